@@ -1,0 +1,86 @@
+// Checkpoint directories, as written by an encoder job with numpy alone:
+//
+//   <root>/<name>/manifest.json        written last: "complete"
+//   <root>/<name>/embeddings-00000.npy float32 or float16, [n, dim]
+//   <root>/<name>/ids-00000.npy        int64, [n]
+//   <root>/<name>/labels-00000.npy     int64, [n] (optional)
+//
+// manifest.json: {"name": "...", "step": 12000, "dim": 768,
+//   "metric": "inner_product", "shards": [{"embeddings": "...",
+//   "ids": "...", "labels": "..."}]}
+//
+// Stateless functions; safe to call from any thread.
+#ifndef HARDNEG_SRC_CHECKPOINT_H_
+#define HARDNEG_SRC_CHECKPOINT_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "candidate_store.h"
+#include "metric.h"
+
+namespace hardneg {
+
+struct CheckpointShard {
+  std::string embeddings;  // file names relative to the checkpoint dir
+  std::string ids;
+  std::string labels;  // empty when the shard has no labels
+};
+
+struct CheckpointManifest {
+  std::string name;
+  uint64_t step = 0;
+  uint32_t dim = 0;
+  std::optional<Metric> metric;  // absent when the manifest omits it
+  std::vector<CheckpointShard> shards;
+};
+
+struct Checkpoint {
+  CheckpointManifest manifest;
+  std::string dir;
+  CandidateStore store;
+};
+
+// Parses `<dir>/manifest.json`. NOT_FOUND when absent; INVALID_ARGUMENT
+// (naming the field) when malformed: not JSON, a missing or mistyped field,
+// zero dim, no shards, a shard path that is absolute or contains "..".
+absl::StatusOr<CheckpointManifest> ReadManifest(const std::string& dir);
+
+// Reads a whole checkpoint: the manifest and every shard, checked against
+// each other. Errors name the file and the reason: a missing shard, bad
+// magic, wrong dtype, wrong shape, truncated data, a dimension mismatch with
+// the manifest, ids/labels/embeddings row counts that differ, labels in some
+// shards but not others, duplicate ids (naming the id), non-finite values
+// (naming the file and row).
+absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir);
+
+// A complete checkpoint found under a root directory.
+struct CheckpointEntry {
+  std::string dir;
+  std::string name;
+  uint64_t step = 0;
+};
+
+// The subdirectories of `root` holding a readable manifest.json, highest
+// step first (ties: name descending). Subdirectories without a manifest
+// are incomplete and skipped silently; ones whose manifest does not parse
+// are skipped too and reported in `rejected` when it is non-null, as
+// "<dir>: <reason>". NOT_FOUND when `root` does not exist.
+absl::StatusOr<std::vector<CheckpointEntry>> ListCheckpoints(
+    const std::string& root, std::vector<std::string>* rejected = nullptr);
+
+// Writes a one-shard checkpoint to `<root>/<manifest.name>` (files first,
+// manifest.json last). `labels` may be empty. For tests, the CLI and demos.
+absl::Status WriteCheckpoint(const std::string& root,
+                             const CheckpointManifest& manifest,
+                             const std::vector<float>& embeddings,
+                             const std::vector<int64_t>& ids,
+                             const std::vector<int64_t>& labels);
+
+}  // namespace hardneg
+
+#endif  // HARDNEG_SRC_CHECKPOINT_H_

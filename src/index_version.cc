@@ -1,0 +1,17 @@
+#include "index_version.h"
+
+#include "status_macros.h"
+
+namespace hardneg {
+
+absl::StatusOr<std::shared_ptr<const IndexVersion>> IndexVersion::Build(
+    VersionInfo info, CandidateStore store, const IndexBuildOptions& options) {
+  auto owned_store = std::make_unique<CandidateStore>(std::move(store));
+  HARDNEG_ASSIGN_OR_RETURN(
+      std::unique_ptr<VectorIndex> index,
+      BuildVectorIndex(*owned_store, info.metric, options));
+  return std::shared_ptr<const IndexVersion>(new IndexVersion(
+      std::move(info), std::move(owned_store), std::move(index)));
+}
+
+}  // namespace hardneg

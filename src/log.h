@@ -1,0 +1,25 @@
+// The project's one logging facility: one structured line per event on
+// stderr, `ts=<RFC3339> level=<level> event=<event> key=value ...`.
+//
+// Thread-safe: lines from concurrent callers never interleave.
+#ifndef HARDNEG_SRC_LOG_H_
+#define HARDNEG_SRC_LOG_H_
+
+#include <initializer_list>
+#include <string>
+#include <string_view>
+#include <utility>
+
+namespace hardneg {
+
+enum class LogLevel { kInfo, kWarning, kError };
+
+using LogField = std::pair<std::string_view, std::string>;
+
+// Writes one line. Values containing spaces, quotes or '=' are quoted.
+void Log(LogLevel level, std::string_view event,
+         std::initializer_list<LogField> fields = {});
+
+}  // namespace hardneg
+
+#endif  // HARDNEG_SRC_LOG_H_

@@ -1,0 +1,102 @@
+// Miner: answers queries with their hard negatives over one IndexVersion,
+// following the mining semantics (README, "Mining semantics"):
+//
+//   1. score every candidate (inner product, or squared L2);
+//   2. exclude positive_ids, query_id, and the query's label;
+//   3. positive-aware filters: p is the weakest positive (stored positives
+//      scored against the query, plus positive_scores); margins against p,
+//      and max_score/min_score bounds;
+//   4. order survivors best first (ties: id ascending), keep ranks
+//      [range_min, range_max);
+//   5. sample num_negatives from that window: TOP, UNIFORM or SOFTMAX,
+//      seeded; returned best first;
+//   6. search deeper until enough survive or the index is exhausted, and
+//      report what is still missing as shortfall.
+//
+// Scores are recomputed exactly (double accumulation, rounded to float) for
+// every candidate the index returns, so identical vectors tie exactly and
+// the window is exact for exact indexes.
+//
+// Stateless after construction: Mine may be called from any thread.
+#ifndef HARDNEG_SRC_MINER_H_
+#define HARDNEG_SRC_MINER_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "index_version.h"
+
+namespace hardneg {
+
+enum class Sampling { kTop, kUniform, kSoftmax };
+
+struct MiningOptions {
+  uint32_t num_negatives = 0;
+  uint32_t range_min = 0;
+  uint32_t range_max = 0;  // 0 means range_min + num_negatives
+  std::optional<float> max_score;
+  std::optional<float> min_score;
+  std::optional<float> absolute_margin;
+  std::optional<float> relative_margin;
+  Sampling sampling = Sampling::kTop;
+  float temperature = 0;  // 0 means 1.0
+  uint64_t seed = 0;
+};
+
+// One query; the spans are views that must outlive the Mine call.
+struct MiningQuery {
+  absl::Span<const float> embedding;
+  absl::Span<const int64_t> positive_ids;
+  absl::Span<const float> positive_scores;
+  std::optional<int64_t> label;
+  std::optional<int64_t> query_id;
+};
+
+struct MinedNegative {
+  int64_t id = 0;
+  float score = 0;
+  int64_t label = 0;
+  uint32_t rank = 0;  // position among all survivors
+  uint32_t row = 0;   // row in the version's CandidateStore
+};
+
+struct MiningResult {
+  std::vector<MinedNegative> negatives;  // best first
+  uint32_t shortfall = 0;
+  std::optional<float> positive_score;  // p, when there is a positive
+};
+
+struct MinerLimits {
+  uint32_t max_negatives = 10000;  // per query
+  uint32_t max_range = 1000000;    // range_max after defaulting
+};
+
+class Miner {
+ public:
+  explicit Miner(MinerLimits limits = {}) : limits_(limits) {}
+
+  // Mines every query against `version`. INVALID_ARGUMENT, naming the field
+  // (and the query index, e.g. "queries[3].embedding"), for: no queries; an
+  // embedding of the wrong dimension or with NaN/Inf; a non-finite
+  // positive_score; num_negatives 0 or over the limit; range_max set and
+  // smaller than range_min + num_negatives, or over the limit; a negative or
+  // non-finite temperature; a non-finite bound or margin. INTERNAL if the
+  // index fails. Same queries, options, seed and version: same results.
+  absl::StatusOr<std::vector<MiningResult>> Mine(
+      const IndexVersion& version, absl::Span<const MiningQuery> queries,
+      const MiningOptions& options) const;
+
+  // The option checks of Mine alone (no queries needed).
+  absl::Status ValidateOptions(const MiningOptions& options) const;
+
+ private:
+  MinerLimits limits_;
+};
+
+}  // namespace hardneg
+
+#endif  // HARDNEG_SRC_MINER_H_

@@ -1,0 +1,68 @@
+// VectorIndex: finds the candidate rows closest to a batch of queries.
+//
+// "Flat" is served by an exact blocked-sgemm kernel that reads the
+// CandidateStore's vectors in place (no second copy). Any other FAISS
+// factory string ("IVF1024,Flat", "HNSW32", ...) builds a FAISS index,
+// trained on the store at build time.
+//
+// Immutable after Build: Search may be called from any number of threads.
+#ifndef HARDNEG_SRC_VECTOR_INDEX_H_
+#define HARDNEG_SRC_VECTOR_INDEX_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "candidate_store.h"
+#include "metric.h"
+
+namespace hardneg {
+
+class VectorIndex {
+ public:
+  virtual ~VectorIndex() = default;
+
+  // For each of `nq` queries (row-major nq x dim), writes the `k` best rows
+  // to rows[i * k + j], best first, with their approximate scores; -1 pads
+  // when fewer than k candidates are found. INTERNAL if FAISS fails.
+  virtual absl::Status Search(const float* queries, size_t nq, size_t k,
+                              float* scores, int64_t* rows) const = 0;
+
+  // True when Search ranks every candidate, up to float32 rounding error of
+  // at most ErrorBound(): then a row it did not return is never closer
+  // than the worst returned score by more than that bound.
+  virtual bool exact() const = 0;
+
+  // Bound on |approximate score - true score| for a query of norm
+  // `query_norm`. Meaningful only when exact().
+  virtual double ErrorBound(double query_norm) const = 0;
+
+  // The factory string, e.g. "Flat".
+  virtual std::string type() const = 0;
+
+  // Heap bytes held beyond the CandidateStore.
+  virtual size_t MemoryBytes() const = 0;
+
+  VectorIndex() = default;
+  VectorIndex(const VectorIndex&) = delete;
+  VectorIndex& operator=(const VectorIndex&) = delete;
+};
+
+struct IndexBuildOptions {
+  std::string factory = "Flat";
+  // Training sample size for indexes that need training; 0 means all.
+  size_t max_train_rows = 262144;
+};
+
+// Builds an index over `store`, which must outlive it. INVALID_ARGUMENT for
+// a factory string FAISS does not know; INTERNAL when FAISS fails.
+absl::StatusOr<std::unique_ptr<VectorIndex>> BuildVectorIndex(
+    const CandidateStore& store, Metric metric,
+    const IndexBuildOptions& options);
+
+}  // namespace hardneg
+
+#endif  // HARDNEG_SRC_VECTOR_INDEX_H_
