@@ -1,1 +1,149 @@
-// placeholder
+#include "convert.h"
+
+#include <cstring>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+
+namespace hardneg {
+namespace {
+
+absl::Status DecodeQuery(const v1::Query& query, size_t i,
+                         DecodedMineRequest* out, MiningQuery* q) {
+  if (!query.embedding_bytes().empty()) {
+    if (query.embedding_size() != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("queries[", i,
+                       "] sets both embedding and embedding_bytes; send one"));
+    }
+    const std::string& bytes = query.embedding_bytes();
+    if (bytes.size() % sizeof(float) != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("queries[", i, "].embedding_bytes has ", bytes.size(),
+                       " bytes, not a multiple of 4 (little-endian float32)"));
+    }
+    // Copied once: the bytes need not be aligned for float.
+    std::vector<float>& decoded =
+        out->decoded_embeddings.emplace_back(bytes.size() / sizeof(float));
+    std::memcpy(decoded.data(), bytes.data(), bytes.size());
+    q->embedding = decoded;
+  } else {
+    q->embedding =
+        absl::MakeConstSpan(query.embedding().data(), query.embedding_size());
+  }
+  q->positive_ids = absl::MakeConstSpan(query.positive_ids().data(),
+                                        query.positive_ids_size());
+  q->positive_scores = absl::MakeConstSpan(query.positive_scores().data(),
+                                           query.positive_scores_size());
+  if (query.has_label()) q->label = query.label();
+  if (query.has_query_id()) q->query_id = query.query_id();
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status DecodeMineRequest(const v1::MineRequest& request,
+                               DecodedMineRequest* out) {
+  const v1::MiningOptions& o = request.options();
+  MiningOptions& options = out->options;
+  options.num_negatives = o.num_negatives();
+  options.range_min = o.range_min();
+  options.range_max = o.range_max();
+  if (o.has_max_score()) options.max_score = o.max_score();
+  if (o.has_min_score()) options.min_score = o.min_score();
+  if (o.has_absolute_margin()) options.absolute_margin = o.absolute_margin();
+  if (o.has_relative_margin()) options.relative_margin = o.relative_margin();
+  switch (o.sampling()) {
+    case v1::SAMPLING_TOP:
+      options.sampling = Sampling::kTop;
+      break;
+    case v1::SAMPLING_UNIFORM:
+      options.sampling = Sampling::kUniform;
+      break;
+    case v1::SAMPLING_SOFTMAX:
+      options.sampling = Sampling::kSoftmax;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("options.sampling has unknown value ", o.sampling(),
+                       "; expected SAMPLING_TOP, SAMPLING_UNIFORM or "
+                       "SAMPLING_SOFTMAX"));
+  }
+  options.temperature = o.temperature();
+  options.seed = o.seed();
+  out->return_embeddings = o.return_embeddings();
+
+  // Reserve so that spans into decoded_embeddings stay valid.
+  size_t byte_queries = 0;
+  for (const v1::Query& q : request.queries()) {
+    if (!q.embedding_bytes().empty()) ++byte_queries;
+  }
+  out->decoded_embeddings.reserve(byte_queries);
+  out->queries.resize(request.queries_size());
+  for (int i = 0; i < request.queries_size(); ++i) {
+    absl::Status status =
+        DecodeQuery(request.queries(i), i, out, &out->queries[i]);
+    if (!status.ok()) return status;
+  }
+  return absl::OkStatus();
+}
+
+void EncodeResults(const std::vector<MiningResult>& results,
+                   const IndexVersion& version, bool return_embeddings,
+                   v1::MineResponse* response) {
+  const CandidateStore& store = version.store();
+  response->mutable_results()->Reserve(static_cast<int>(results.size()));
+  for (const MiningResult& result : results) {
+    v1::QueryResult* out = response->add_results();
+    out->set_shortfall(result.shortfall);
+    if (result.positive_score.has_value()) {
+      out->set_positive_score(*result.positive_score);
+    }
+    out->mutable_negatives()->Reserve(
+        static_cast<int>(result.negatives.size()));
+    for (const MinedNegative& negative : result.negatives) {
+      v1::Negative* n = out->add_negatives();
+      n->set_id(negative.id);
+      n->set_score(negative.score);
+      n->set_label(negative.label);
+      n->set_rank(negative.rank);
+      if (return_embeddings) {
+        const float* v = store.vector(negative.row);
+        n->mutable_embedding()->Add(v, v + store.dim());
+      }
+    }
+  }
+}
+
+void EncodeVersion(const VersionInfo& info, v1::IndexVersion* out) {
+  out->set_name(info.name);
+  out->set_sequence(info.sequence);
+}
+
+v1::IndexInfo EncodeIndexInfo(const IndexVersion* version,
+                              const BuildStatus& status) {
+  v1::IndexInfo info;
+  info.set_build_state(status.state);
+  if (version == nullptr) return info;
+  EncodeVersion(version->info(), info.mutable_version());
+  info.set_size(version->size());
+  info.set_dim(static_cast<uint32_t>(version->dim()));
+  info.set_metric(MetricName(version->metric()));
+  info.set_index_type(version->index().type());
+  info.set_step(version->info().step);
+  info.set_has_labels(version->store().has_labels());
+  return info;
+}
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()));
+}
+
+void EncodeError(const absl::Status& status, v1::MineResponse* response) {
+  response->mutable_error()->set_code(static_cast<uint32_t>(status.code()));
+  response->mutable_error()->set_message(std::string(status.message()));
+}
+
+}  // namespace hardneg

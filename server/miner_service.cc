@@ -1,1 +1,220 @@
-// placeholder
+#include "miner_service.h"
+
+#include <deque>
+#include <memory>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "convert.h"
+
+namespace hardneg {
+namespace {
+
+// One Mine stream. Reads run one at a time; each request is mined on the
+// pool; responses are written in request order, one write at a time.
+// gRPC operations are started outside mu_, since their reactions may run
+// on another thread at once.
+class MineReactor final
+    : public grpc::ServerBidiReactor<v1::MineRequest, v1::MineResponse> {
+ public:
+  explicit MineReactor(const MinerService* service) : service_(service) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    Actions actions;
+    if (!ok) {
+      absl::MutexLock lock(&mu_);
+      read_in_flight_ = false;
+      reads_done_ = true;
+      actions = Advance();
+    } else {
+      auto slot = std::make_shared<Slot>();
+      auto request = std::make_shared<v1::MineRequest>(std::move(request_));
+      request_.Clear();
+      absl::MutexLock lock(&mu_);
+      read_in_flight_ = false;
+      slots_.push_back(slot);
+      ++outstanding_;  // keeps the reactor alive until the task is done
+      service_->pool()->Submit(
+          [this, slot, request] { Work(*slot, *request); });
+      actions = Advance();
+    }
+    Run(actions);
+  }
+
+  void OnWriteDone(bool ok) override {
+    Actions actions;
+    {
+      absl::MutexLock lock(&mu_);
+      write_in_flight_ = false;
+      if (!ok) broken_ = true;
+      actions = Advance();
+    }
+    Run(actions);
+  }
+
+  void OnCancel() override {
+    Actions actions;
+    {
+      absl::MutexLock lock(&mu_);
+      broken_ = true;
+      actions = Advance();
+    }
+    Run(actions);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  struct Slot {
+    bool ready = false;  // guarded by the reactor's mu_
+    v1::MineResponse response;
+  };
+
+  // gRPC operations to start once mu_ is released. Each one holds a flag
+  // (write or read in flight, finished) that stops any other thread from
+  // finishing the call, so the reactor outlives the starts.
+  struct Actions {
+    bool write = false;
+    bool read = false;
+    bool finish = false;
+    grpc::Status status;
+  };
+
+  void Work(Slot& slot, const v1::MineRequest& request) {
+    absl::Status status = service_->Handle(request, &slot.response);
+    if (!status.ok()) {
+      slot.response.clear_results();
+      EncodeError(status, &slot.response);
+    }
+    Actions actions;
+    {
+      absl::MutexLock lock(&mu_);
+      slot.ready = true;
+      --outstanding_;
+      actions = Advance();
+    }
+    Run(actions);
+  }
+
+  // Decides what the state allows: the next in-order write, the next read,
+  // or Finish once everything is answered (or the stream broke and no task
+  // is left that could touch this reactor).
+  Actions Advance() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    Actions actions;
+    if (finished_) return actions;
+    if (!broken_ && !write_in_flight_ && !slots_.empty() &&
+        slots_.front()->ready) {
+      write_ = std::move(slots_.front()->response);
+      slots_.pop_front();
+      write_in_flight_ = true;
+      actions.write = true;
+    }
+    if (!broken_ && !reads_done_ && !read_in_flight_ &&
+        slots_.size() < service_->options().max_in_flight_per_stream) {
+      read_in_flight_ = true;
+      actions.read = true;
+    }
+    if (broken_ && outstanding_ == 0 && !write_in_flight_ && !read_in_flight_) {
+      actions.finish = true;
+      actions.status = grpc::Status(grpc::StatusCode::CANCELLED,
+                                    "stream cancelled or broken");
+    } else if (reads_done_ && slots_.empty() && outstanding_ == 0 &&
+               !write_in_flight_) {
+      actions.finish = true;
+    }
+    finished_ = actions.finish;
+    return actions;
+  }
+
+  void Run(const Actions& actions) {
+    if (actions.write) StartWrite(&write_);
+    if (actions.read) StartRead(&request_);
+    if (actions.finish) Finish(actions.status);
+  }
+
+  const MinerService* const service_;
+  v1::MineRequest request_;  // owned by the read in flight
+  v1::MineResponse write_;   // owned by the write in flight
+  absl::Mutex mu_;
+  std::deque<std::shared_ptr<Slot>> slots_ ABSL_GUARDED_BY(mu_);
+  size_t outstanding_ ABSL_GUARDED_BY(mu_) = 0;
+  bool read_in_flight_ ABSL_GUARDED_BY(mu_) = true;
+  bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;
+  bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace
+
+MinerService::MinerService(IndexManager* manager, const Miner* miner,
+                           WorkerPool* pool, MinerServiceOptions options)
+    : manager_(manager), miner_(miner), pool_(pool), options_(options) {}
+
+absl::Status MinerService::Handle(const v1::MineRequest& request,
+                                  v1::MineResponse* response) const {
+  response->set_request_id(request.request_id());
+  std::shared_ptr<const IndexVersion> version = manager_->Current();
+  if (version == nullptr) {
+    return absl::UnavailableError(
+        "no index is loaded yet: the server is waiting for a complete "
+        "checkpoint (a directory with manifest.json) under --checkpoints");
+  }
+  EncodeVersion(version->info(), response->mutable_index());
+  DecodedMineRequest decoded;
+  absl::Status status = DecodeMineRequest(request, &decoded);
+  if (!status.ok()) return status;
+  absl::StatusOr<std::vector<MiningResult>> results =
+      miner_->Mine(*version, decoded.queries, decoded.options);
+  if (!results.ok()) return results.status();
+  EncodeResults(*results, *version, decoded.return_embeddings, response);
+  return absl::OkStatus();
+}
+
+grpc::ServerBidiReactor<v1::MineRequest, v1::MineResponse>* MinerService::Mine(
+    grpc::CallbackServerContext* /*context*/) {
+  return new MineReactor(this);
+}
+
+grpc::ServerUnaryReactor* MinerService::MineOnce(
+    grpc::CallbackServerContext* context, const v1::MineRequest* request,
+    v1::MineResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  pool_->Submit([this, reactor, request, response] {
+    reactor->Finish(ToGrpcStatus(Handle(*request, response)));
+  });
+  return reactor;
+}
+
+grpc::ServerReadReactor<v1::PublishRequest>* MinerService::Publish(
+    grpc::CallbackServerContext* context, v1::PublishResponse* /*response*/) {
+  // Declared for the contract; checkpoints are picked up from
+  // --checkpoints until Publish is implemented.
+  class Unimplemented final
+      : public grpc::ServerReadReactor<v1::PublishRequest> {
+   public:
+    Unimplemented() {
+      Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
+                          "Publish is not implemented yet: write a checkpoint "
+                          "directory under --checkpoints instead"));
+    }
+    void OnDone() override { delete this; }
+  };
+  (void)context;
+  return new Unimplemented();
+}
+
+grpc::ServerUnaryReactor* MinerService::GetIndexInfo(
+    grpc::CallbackServerContext* context,
+    const v1::GetIndexInfoRequest* /*request*/, v1::IndexInfo* response) {
+  std::shared_ptr<const IndexVersion> version = manager_->Current();
+  *response = EncodeIndexInfo(version.get(), manager_->build_status());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace hardneg

@@ -1,1 +1,85 @@
-// placeholder
+#include "server.h"
+
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+
+namespace hardneg {
+namespace {
+
+constexpr char kServiceName[] = "hardneg.v1.Miner";
+
+size_t DefaultThreads() {
+  const unsigned cores = std::thread::hardware_concurrency();
+  return cores == 0 ? 2 : cores;
+}
+
+}  // namespace
+
+HardnegServer::HardnegServer(const ServerOptions& options,
+                             IndexManager* manager)
+    : manager_(manager),
+      miner_(options.limits),
+      pool_(std::make_unique<WorkerPool>(
+          options.threads == 0 ? DefaultThreads() : options.threads)),
+      service_(std::make_unique<MinerService>(manager, &miner_, pool_.get(),
+                                              options.service)) {}
+
+absl::StatusOr<std::unique_ptr<HardnegServer>> HardnegServer::Start(
+    const ServerOptions& options, IndexManager* manager) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  std::unique_ptr<HardnegServer> server(new HardnegServer(options, manager));
+  grpc::ServerBuilder builder;
+  const std::string address =
+      absl::StrCat(options.host.find(':') != std::string::npos
+                       ? absl::StrCat("[", options.host, "]")
+                       : options.host,
+                   ":", options.port);
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(),
+                           &server->port_);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  builder.RegisterService(server->service_.get());
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr || server->port_ == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", address,
+                     ": the port is in use or the address is not local"));
+  }
+  server->UpdateHealth();
+  return server;
+}
+
+HardnegServer::~HardnegServer() { Shutdown(absl::Seconds(5)); }
+
+void HardnegServer::UpdateHealth() {
+  if (server_ == nullptr) return;
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  if (health == nullptr) return;
+  const bool serving = !shut_down_ && manager_->Current() != nullptr;
+  health->SetServingStatus(serving);
+  health->SetServingStatus(kServiceName, serving);
+}
+
+void HardnegServer::Shutdown(absl::Duration deadline) {
+  if (shut_down_ || server_ == nullptr) return;
+  shut_down_ = true;
+  UpdateHealth();
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + deadline));
+  server_->Wait();
+  pool_.reset();  // runs what is queued, then joins
+}
+
+std::shared_ptr<grpc::Channel> HardnegServer::InProcessChannel() {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  args.SetMaxSendMessageSize(64 << 20);
+  return server_->InProcessChannel(args);
+}
+
+}  // namespace hardneg

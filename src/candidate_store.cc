@@ -19,8 +19,8 @@ absl::StatusOr<CandidateStore> CandidateStore::Create(
                      ids.size() * dim, " floats, got ", vectors.size()));
   }
   if (labels.has_value() && labels->size() != ids.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "expected ", ids.size(), " labels, got ", labels->size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("expected ", ids.size(), " labels, got ", labels->size()));
   }
   if (ids.size() > std::numeric_limits<uint32_t>::max()) {
     return absl::InvalidArgumentError("more than 2^32-1 candidates");

@@ -31,8 +31,7 @@ class IndexVersion {
  public:
   // Builds the index over `store` (slow for large stores).
   static absl::StatusOr<std::shared_ptr<const IndexVersion>> Build(
-      VersionInfo info, CandidateStore store,
-      const IndexBuildOptions& options);
+      VersionInfo info, CandidateStore store, const IndexBuildOptions& options);
 
   const VersionInfo& info() const { return info_; }
   const CandidateStore& store() const { return *store_; }

@@ -8,8 +8,9 @@ namespace hardneg {
 absl::StatusOr<Metric> ParseMetric(std::string_view name) {
   if (name == "inner_product" || name == "ip") return Metric::kInnerProduct;
   if (name == "l2") return Metric::kL2;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown metric \"", std::string(name), "\": expected \"inner_product\" or \"l2\""));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown metric \"", std::string(name),
+                   "\": expected \"inner_product\" or \"l2\""));
 }
 
 std::string MetricName(Metric metric) {

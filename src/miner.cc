@@ -1,1 +1,410 @@
 #include "miner.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "status_macros.h"
+
+namespace hardneg {
+namespace {
+
+// Positive id lists longer than this are put in a hash set for lookups.
+constexpr size_t kLinearScanPositives = 16;
+
+// The exact score, accumulated in double with a fixed order (so identical
+// vectors score identically), rounded to float.
+float ExactScore(Metric metric, const float* q, const float* x, size_t dim) {
+  double acc[4] = {0, 0, 0, 0};
+  size_t i = 0;
+  if (metric == Metric::kInnerProduct) {
+    for (; i + 4 <= dim; i += 4) {
+      for (size_t j = 0; j < 4; ++j) {
+        acc[j] += static_cast<double>(q[i + j]) * x[i + j];
+      }
+    }
+    for (; i < dim; ++i) acc[0] += static_cast<double>(q[i]) * x[i];
+  } else {
+    for (; i + 4 <= dim; i += 4) {
+      for (size_t j = 0; j < 4; ++j) {
+        const double t = static_cast<double>(q[i + j]) - x[i + j];
+        acc[j] += t * t;
+      }
+    }
+    for (; i < dim; ++i) {
+      const double t = static_cast<double>(q[i]) - x[i];
+      acc[0] += t * t;
+    }
+  }
+  return static_cast<float>((acc[0] + acc[1]) + (acc[2] + acc[3]));
+}
+
+// SplitMix64: a small, fully specified generator, so answers are the same
+// on every platform and standard library.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : state_(seed) {}
+  uint64_t Next() {
+    uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
+  // Uniform in (0, 1), never 0 or 1.
+  double Open01() {
+    return (static_cast<double>(Next() >> 11) + 0.5) *
+           (1.0 / 9007199254740992.0);
+  }
+  // Uniform in [0, n).
+  uint64_t Below(uint64_t n) {
+    // Rejection sampling removes modulo bias.
+    const uint64_t limit = std::numeric_limits<uint64_t>::max() -
+                           std::numeric_limits<uint64_t>::max() % n;
+    uint64_t x;
+    do {
+      x = Next();
+    } while (x >= limit);
+    return x % n;
+  }
+
+ private:
+  uint64_t state_;
+};
+
+struct Scored {
+  float score;
+  uint32_t row;
+};
+
+// Per-query state across deepening rounds.
+struct QueryState {
+  size_t k = 0;  // candidates to fetch in the next round
+  bool done = false;
+  std::optional<double> p;  // the weakest positive's score
+  double norm = 0;
+  absl::flat_hash_set<int64_t> positive_set;  // only for long lists
+  std::vector<Scored> survivors;
+};
+
+std::string QueryField(size_t i, const char* field) {
+  return absl::StrCat("queries[", i, "].", field);
+}
+
+absl::Status ValidateQuery(const MiningQuery& query, size_t i, size_t dim) {
+  if (query.embedding.size() != dim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        QueryField(i, "embedding"), " has ", query.embedding.size(),
+        " values; the index dimension is ", dim));
+  }
+  for (size_t j = 0; j < dim; ++j) {
+    if (!std::isfinite(query.embedding[j])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(QueryField(i, "embedding"), "[", j, "] is ",
+                       std::isnan(query.embedding[j]) ? "NaN" : "infinite",
+                       "; embeddings must be finite"));
+    }
+  }
+  for (size_t j = 0; j < query.positive_scores.size(); ++j) {
+    if (!std::isfinite(query.positive_scores[j])) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          QueryField(i, "positive_scores"), "[", j, "] is not finite"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+bool IsPositive(const MiningQuery& query, const QueryState& state, int64_t id) {
+  if (!state.positive_set.empty()) return state.positive_set.contains(id);
+  return std::find(query.positive_ids.begin(), query.positive_ids.end(), id) !=
+         query.positive_ids.end();
+}
+
+// Steps 2 and 3 of the semantics: true when the candidate survives.
+bool Survives(const MiningQuery& query, const QueryState& state,
+              const MiningOptions& options, Metric metric,
+              const CandidateStore& store, uint32_t row, float score) {
+  const int64_t id = store.id(row);
+  if (query.query_id.has_value() && *query.query_id == id) return false;
+  if (query.label.has_value() && store.has_labels() &&
+      store.label(row) == *query.label) {
+    return false;
+  }
+  if (IsPositive(query, state, id)) return false;
+  const double s = score;
+  if (options.max_score.has_value() && s > *options.max_score) return false;
+  if (options.min_score.has_value() && s < *options.min_score) return false;
+  if (state.p.has_value()) {
+    const double p = *state.p;
+    if (metric == Metric::kInnerProduct) {
+      if (options.absolute_margin.has_value() &&
+          s + *options.absolute_margin > p) {
+        return false;
+      }
+      if (options.relative_margin.has_value() &&
+          s > p - std::abs(p) * *options.relative_margin) {
+        return false;
+      }
+    } else {
+      if (options.absolute_margin.has_value() &&
+          s < p + *options.absolute_margin) {
+        return false;
+      }
+      if (options.relative_margin.has_value() &&
+          s < p + std::abs(p) * *options.relative_margin) {
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
+// p: the weakest of the stored positives' scores and the client's scores.
+std::optional<double> WeakestPositive(const MiningQuery& query, Metric metric,
+                                      const CandidateStore& store) {
+  std::optional<float> p;
+  auto take = [&](float s) {
+    if (!p.has_value() || Closer(metric, *p, s)) p = s;
+  };
+  for (int64_t id : query.positive_ids) {
+    std::optional<size_t> row = store.RowOf(id);
+    if (!row.has_value()) continue;
+    take(ExactScore(metric, query.embedding.data(), store.vector(*row),
+                    store.dim()));
+  }
+  for (float s : query.positive_scores) take(s);
+  if (!p.has_value()) return std::nullopt;
+  return static_cast<double>(*p);
+}
+
+// Step 5: picks indexes into the window [0, window), best first.
+std::vector<size_t> Sample(const MiningOptions& options, Metric metric,
+                           const std::vector<Scored>& window_scores,
+                           size_t picks, uint64_t seed) {
+  const size_t window = window_scores.size();
+  std::vector<size_t> chosen;
+  chosen.reserve(picks);
+  if (picks >= window || options.sampling == Sampling::kTop) {
+    for (size_t i = 0; i < picks; ++i) chosen.push_back(i);
+    return chosen;
+  }
+  Rng rng(seed);
+  if (options.sampling == Sampling::kUniform) {
+    // Partial Fisher-Yates.
+    std::vector<size_t> order(window);
+    for (size_t i = 0; i < window; ++i) order[i] = i;
+    for (size_t i = 0; i < picks; ++i) {
+      std::swap(order[i], order[i + rng.Below(window - i)]);
+    }
+    chosen.assign(order.begin(), order.begin() + picks);
+  } else {
+    // Gumbel top-k: the top `picks` of log(w) + Gumbel noise are a sample
+    // without replacement with probabilities proportional to w.
+    const double t = options.temperature == 0 ? 1.0 : options.temperature;
+    const double sign = metric == Metric::kInnerProduct ? 1.0 : -1.0;
+    std::vector<std::pair<double, size_t>> keys(window);
+    for (size_t i = 0; i < window; ++i) {
+      const double gumbel = -std::log(-std::log(rng.Open01()));
+      keys[i] = {sign * window_scores[i].score / t + gumbel, i};
+    }
+    std::partial_sort(keys.begin(), keys.begin() + picks, keys.end(),
+                      [](const auto& a, const auto& b) {
+                        return a.first > b.first ||
+                               (a.first == b.first && a.second < b.second);
+                      });
+    for (size_t i = 0; i < picks; ++i) chosen.push_back(keys[i].second);
+  }
+  std::sort(chosen.begin(), chosen.end());
+  return chosen;
+}
+
+uint64_t QuerySeed(uint64_t seed, size_t query_index) {
+  Rng mix(seed ^ (0x632be59bd9b4e019ULL * (query_index + 1)));
+  return mix.Next();
+}
+
+}  // namespace
+
+absl::Status Miner::ValidateOptions(const MiningOptions& options) const {
+  if (options.num_negatives == 0) {
+    return absl::InvalidArgumentError(
+        "options.num_negatives must be at least 1");
+  }
+  if (options.num_negatives > limits_.max_negatives) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("options.num_negatives is ", options.num_negatives,
+                     "; the limit is ", limits_.max_negatives));
+  }
+  const uint64_t needed =
+      uint64_t{options.range_min} + uint64_t{options.num_negatives};
+  if (options.range_max != 0 && options.range_max < needed) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("options.range_max (", options.range_max,
+                     ") must be at least range_min + num_negatives (", needed,
+                     "), or 0 for exactly that"));
+  }
+  const uint64_t range_max =
+      options.range_max != 0 ? options.range_max : needed;
+  if (range_max > limits_.max_range) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "options.range_max (", range_max,
+        " after defaulting) is over the limit ", limits_.max_range));
+  }
+  if (std::isnan(options.temperature) || options.temperature < 0 ||
+      std::isinf(options.temperature)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("options.temperature is ", options.temperature,
+                     "; it must be a finite value >= 0 (0 means 1.0)"));
+  }
+  const std::pair<const char*, const std::optional<float>*> bounds[] = {
+      {"max_score", &options.max_score},
+      {"min_score", &options.min_score},
+      {"absolute_margin", &options.absolute_margin},
+      {"relative_margin", &options.relative_margin}};
+  for (const auto& [name, value] : bounds) {
+    if (value->has_value() && std::isnan(**value)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("options.", name, " is NaN"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<MiningResult>> Miner::Mine(
+    const IndexVersion& version, absl::Span<const MiningQuery> queries,
+    const MiningOptions& options) const {
+  if (queries.empty()) {
+    return absl::InvalidArgumentError("queries is empty: send at least one");
+  }
+  HARDNEG_RETURN_IF_ERROR(ValidateOptions(options));
+  const CandidateStore& store = version.store();
+  const VectorIndex& index = version.index();
+  const Metric metric = version.metric();
+  const size_t dim = store.dim();
+  const size_t n = store.size();
+  for (size_t i = 0; i < queries.size(); ++i) {
+    HARDNEG_RETURN_IF_ERROR(ValidateQuery(queries[i], i, dim));
+  }
+  const size_t range_max =
+      options.range_max != 0
+          ? options.range_max
+          : size_t{options.range_min} + size_t{options.num_negatives};
+
+  std::vector<QueryState> states(queries.size());
+  for (size_t i = 0; i < queries.size(); ++i) {
+    QueryState& st = states[i];
+    const MiningQuery& q = queries[i];
+    st.p = WeakestPositive(q, metric, store);
+    if (q.positive_ids.size() > kLinearScanPositives) {
+      st.positive_set.insert(q.positive_ids.begin(), q.positive_ids.end());
+    }
+    double sq = 0;
+    for (float v : q.embedding) sq += static_cast<double>(v) * v;
+    st.norm = std::sqrt(sq);
+    st.k = std::min(n, 2 * (range_max + q.positive_ids.size() + 1) + 32);
+    st.done = n == 0;
+  }
+
+  // Step 6: fetch, filter, and deepen the queries that came up short, all
+  // pending queries in one batched search per round.
+  std::vector<size_t> pending;
+  std::vector<float> batch;
+  std::vector<float> approx;
+  std::vector<int64_t> rows;
+  std::vector<Scored> fetched;
+  while (true) {
+    pending.clear();
+    size_t k = 0;
+    for (size_t i = 0; i < states.size(); ++i) {
+      if (states[i].done) continue;
+      pending.push_back(i);
+      k = std::max(k, states[i].k);
+    }
+    if (pending.empty()) break;
+    batch.resize(pending.size() * dim);
+    for (size_t j = 0; j < pending.size(); ++j) {
+      std::copy(queries[pending[j]].embedding.begin(),
+                queries[pending[j]].embedding.end(), batch.begin() + j * dim);
+    }
+    approx.resize(pending.size() * k);
+    rows.resize(pending.size() * k);
+    HARDNEG_RETURN_IF_ERROR(index.Search(batch.data(), pending.size(), k,
+                                         approx.data(), rows.data()));
+    for (size_t j = 0; j < pending.size(); ++j) {
+      const size_t qi = pending[j];
+      QueryState& st = states[qi];
+      const MiningQuery& q = queries[qi];
+      size_t count = 0;
+      while (count < k && rows[j * k + count] >= 0) ++count;
+      const bool exhausted = count < k || k >= n;
+      // A fetched candidate is certain when no unfetched one can be closer;
+      // for exact indexes, that needs a margin of the kernel's error bound
+      // past the worst fetched approximate score.
+      const bool bounded = index.exact() && !exhausted && count > 0;
+      const double worst = bounded ? approx[j * k + count - 1] : 0;
+      const double eps = bounded ? index.ErrorBound(st.norm) : 0;
+      st.survivors.clear();
+      for (size_t c = 0; c < count; ++c) {
+        const auto row = static_cast<uint32_t>(rows[j * k + c]);
+        const float s =
+            ExactScore(metric, q.embedding.data(), store.vector(row), dim);
+        if (bounded) {
+          const bool certain = metric == Metric::kInnerProduct
+                                   ? s > worst + eps
+                                   : s < worst - eps;
+          if (!certain) continue;
+        }
+        if (Survives(q, st, options, metric, store, row, s)) {
+          st.survivors.push_back({s, row});
+        }
+      }
+      if (st.survivors.size() >= range_max || exhausted) {
+        st.done = true;
+        continue;
+      }
+      // Grow by the observed survival rate, at least doubling; past half
+      // the index, scan it all.
+      const double rate = static_cast<double>(st.survivors.size() + 1) /
+                          static_cast<double>(count + 1);
+      size_t next = static_cast<size_t>(
+          std::min<double>(static_cast<double>(n),
+                           1.5 * static_cast<double>(range_max + 1) / rate));
+      next = std::max(next, 2 * k);
+      st.k = next * 2 > n ? n : next;
+    }
+  }
+
+  std::vector<MiningResult> results(queries.size());
+  for (size_t qi = 0; qi < queries.size(); ++qi) {
+    QueryState& st = states[qi];
+    MiningResult& result = results[qi];
+    if (st.p.has_value()) result.positive_score = static_cast<float>(*st.p);
+    // Step 4: order best first, ties by id, and cut the window.
+    std::vector<Scored>& survivors = st.survivors;
+    const size_t end = std::min(range_max, survivors.size());
+    auto better = [&](const Scored& a, const Scored& b) {
+      if (a.score != b.score) return Closer(metric, a.score, b.score);
+      return store.id(a.row) < store.id(b.row);
+    };
+    std::partial_sort(survivors.begin(), survivors.begin() + end,
+                      survivors.end(), better);
+    const size_t begin = std::min<size_t>(options.range_min, end);
+    std::vector<Scored> window(survivors.begin() + begin,
+                               survivors.begin() + end);
+    const size_t picks = std::min<size_t>(options.num_negatives, window.size());
+    result.shortfall = static_cast<uint32_t>(options.num_negatives - picks);
+    for (size_t w :
+         Sample(options, metric, window, picks, QuerySeed(options.seed, qi))) {
+      const Scored& c = window[w];
+      result.negatives.push_back({store.id(c.row), c.score, store.label(c.row),
+                                  static_cast<uint32_t>(begin + w), c.row});
+    }
+  }
+  return results;
+}
+
+}  // namespace hardneg

@@ -17,8 +17,9 @@
 
 // Evaluates `rexpr` (an absl::StatusOr<T>); returns its status on error,
 // otherwise moves the value into `lhs` (which may be a declaration).
-#define HARDNEG_ASSIGN_OR_RETURN(lhs, rexpr) \
-  HARDNEG_ASSIGN_OR_RETURN_IMPL_(HARDNEG_CONCAT_(hardneg_sor_, __LINE__), lhs, rexpr)
+#define HARDNEG_ASSIGN_OR_RETURN(lhs, rexpr)                                   \
+  HARDNEG_ASSIGN_OR_RETURN_IMPL_(HARDNEG_CONCAT_(hardneg_sor_, __LINE__), lhs, \
+                                 rexpr)
 
 #define HARDNEG_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, rexpr) \
   auto statusor = (rexpr);                                   \

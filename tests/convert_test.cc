@@ -1,1 +1,184 @@
-// placeholder
+#include "convert.h"
+
+#include <cstring>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace hardneg {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+std::shared_ptr<const IndexVersion> TinyVersion() {
+  absl::StatusOr<CandidateStore> store = CandidateStore::Create(
+      2, {10, 20}, {1, 0, 0, 1}, std::vector<int64_t>{7, 8});
+  EXPECT_TRUE(store.ok());
+  VersionInfo info;
+  info.name = "tiny";
+  info.sequence = 3;
+  info.step = 42;
+  absl::StatusOr<std::shared_ptr<const IndexVersion>> version =
+      IndexVersion::Build(info, *std::move(store), IndexBuildOptions{});
+  EXPECT_TRUE(version.ok());
+  return *version;
+}
+
+TEST(DecodeMineRequestTest, MapsEveryOptionAndKeepsPresence) {
+  v1::MineRequest request;
+  v1::MiningOptions* o = request.mutable_options();
+  o->set_num_negatives(5);
+  o->set_range_min(2);
+  o->set_range_max(9);
+  o->set_max_score(0);  // a bound of 0 is a bound
+  o->set_relative_margin(0.25f);
+  o->set_sampling(v1::SAMPLING_SOFTMAX);
+  o->set_temperature(0.5f);
+  o->set_seed(77);
+  o->set_return_embeddings(true);
+  v1::Query* q = request.add_queries();
+  q->add_embedding(1);
+  q->add_embedding(2);
+  q->add_positive_ids(4);
+  q->add_positive_scores(0.5f);
+  q->set_label(0);
+
+  DecodedMineRequest decoded;
+  ASSERT_TRUE(DecodeMineRequest(request, &decoded).ok());
+  const MiningOptions& options = decoded.options;
+  EXPECT_EQ(options.num_negatives, 5u);
+  EXPECT_EQ(options.range_min, 2u);
+  EXPECT_EQ(options.range_max, 9u);
+  ASSERT_TRUE(options.max_score.has_value());
+  EXPECT_EQ(*options.max_score, 0.0f);
+  EXPECT_FALSE(options.min_score.has_value());
+  EXPECT_FALSE(options.absolute_margin.has_value());
+  EXPECT_EQ(options.relative_margin, 0.25f);
+  EXPECT_EQ(options.sampling, Sampling::kSoftmax);
+  EXPECT_EQ(options.temperature, 0.5f);
+  EXPECT_EQ(options.seed, 77u);
+  EXPECT_TRUE(decoded.return_embeddings);
+  ASSERT_EQ(decoded.queries.size(), 1u);
+  const MiningQuery& query = decoded.queries[0];
+  EXPECT_THAT(
+      std::vector<float>(query.embedding.begin(), query.embedding.end()),
+      ElementsAre(1, 2));
+  EXPECT_THAT(std::vector<int64_t>(query.positive_ids.begin(),
+                                   query.positive_ids.end()),
+              ElementsAre(4));
+  EXPECT_EQ(query.label, 0);
+  EXPECT_FALSE(query.query_id.has_value());
+}
+
+TEST(DecodeMineRequestTest, DecodesLittleEndianBytes) {
+  v1::MineRequest request;
+  const float values[3] = {0.5f, -2.0f, 3.25f};
+  std::string bytes(sizeof(values), '\0');
+  std::memcpy(bytes.data(), values, sizeof(values));
+  for (int i = 0; i < 3; ++i) request.add_queries()->set_embedding_bytes(bytes);
+  DecodedMineRequest decoded;
+  ASSERT_TRUE(DecodeMineRequest(request, &decoded).ok());
+  ASSERT_EQ(decoded.queries.size(), 3u);
+  for (const MiningQuery& q : decoded.queries) {
+    EXPECT_THAT(std::vector<float>(q.embedding.begin(), q.embedding.end()),
+                ElementsAre(0.5f, -2.0f, 3.25f));
+  }
+}
+
+TEST(DecodeMineRequestTest, RejectsMalformedPayloads) {
+  {
+    v1::MineRequest request;
+    request.add_queries()->add_embedding(1);
+    request.add_queries()->set_embedding_bytes(std::string(7, '\0'));
+    DecodedMineRequest decoded;
+    absl::Status status = DecodeMineRequest(request, &decoded);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(status.message()),
+                HasSubstr("queries[1].embedding_bytes has 7 bytes"));
+  }
+  {
+    v1::MineRequest request;
+    v1::Query* q = request.add_queries();
+    q->add_embedding(1);
+    q->set_embedding_bytes(std::string(4, '\0'));
+    DecodedMineRequest decoded;
+    absl::Status status = DecodeMineRequest(request, &decoded);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(status.message()), HasSubstr("queries[0]"));
+  }
+  {
+    v1::MineRequest request;
+    request.mutable_options()->set_sampling(static_cast<v1::Sampling>(9));
+    DecodedMineRequest decoded;
+    absl::Status status = DecodeMineRequest(request, &decoded);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(status.message()), HasSubstr("options.sampling"));
+  }
+}
+
+TEST(EncodeTest, ResultsCarryStoredLabelsAndOptionalEmbeddings) {
+  std::shared_ptr<const IndexVersion> version = TinyVersion();
+  MiningResult with_p;
+  with_p.positive_score = 0.75f;
+  with_p.shortfall = 1;
+  with_p.negatives.push_back({20, 0.5f, 8, 3, 1});
+  MiningResult without_p;
+  std::vector<MiningResult> results = {with_p, without_p};
+
+  v1::MineResponse plain;
+  EncodeResults(results, *version, false, &plain);
+  ASSERT_EQ(plain.results_size(), 2);
+  const v1::QueryResult& r0 = plain.results(0);
+  EXPECT_TRUE(r0.has_positive_score());
+  EXPECT_EQ(r0.positive_score(), 0.75f);
+  EXPECT_EQ(r0.shortfall(), 1u);
+  ASSERT_EQ(r0.negatives_size(), 1);
+  EXPECT_EQ(r0.negatives(0).id(), 20);
+  EXPECT_EQ(r0.negatives(0).label(), 8);
+  EXPECT_EQ(r0.negatives(0).rank(), 3u);
+  EXPECT_EQ(r0.negatives(0).embedding_size(), 0);
+  EXPECT_FALSE(plain.results(1).has_positive_score());
+
+  v1::MineResponse with_embeddings;
+  EncodeResults(results, *version, true, &with_embeddings);
+  EXPECT_THAT(with_embeddings.results(0).negatives(0).embedding(),
+              ElementsAre(0.0f, 1.0f));
+}
+
+TEST(EncodeTest, IndexInfoAndVersion) {
+  std::shared_ptr<const IndexVersion> version = TinyVersion();
+  v1::IndexInfo info = EncodeIndexInfo(version.get(), {"serving", ""});
+  EXPECT_EQ(info.version().name(), "tiny");
+  EXPECT_EQ(info.version().sequence(), 3u);
+  EXPECT_EQ(info.size(), 2u);
+  EXPECT_EQ(info.dim(), 2u);
+  EXPECT_EQ(info.metric(), "inner_product");
+  EXPECT_EQ(info.index_type(), "Flat");
+  EXPECT_EQ(info.build_state(), "serving");
+  EXPECT_EQ(info.step(), 42u);
+  EXPECT_TRUE(info.has_labels());
+
+  v1::IndexInfo empty = EncodeIndexInfo(nullptr, {"empty", ""});
+  EXPECT_EQ(empty.build_state(), "empty");
+  EXPECT_EQ(empty.size(), 0u);
+}
+
+TEST(StatusTest, MapsCodeAndMessage) {
+  grpc::Status status =
+      ToGrpcStatus(absl::InvalidArgumentError("queries[2].embedding"));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message(), "queries[2].embedding");
+  EXPECT_TRUE(ToGrpcStatus(absl::OkStatus()).ok());
+  EXPECT_EQ(ToGrpcStatus(absl::FailedPreconditionError("x")).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+
+  v1::MineResponse response;
+  EncodeError(absl::UnavailableError("no index"), &response);
+  EXPECT_EQ(response.error().code(), 14u);
+  EXPECT_EQ(response.error().message(), "no index");
+}
+
+}  // namespace
+}  // namespace hardneg

@@ -1,1 +1,361 @@
-// placeholder
+// In-process server tests over loopback TCP: streams with many requests,
+// in-band errors that leave the stream usable, health, GetIndexInfo.
+#include "server.h"
+
+#include <filesystem>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "checkpoint.h"
+#include "gmock/gmock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "gtest/gtest.h"
+#include "hardneg/v1/miner.grpc.pb.h"
+#include "index_manager.h"
+
+namespace hardneg {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr int kDim = 32;
+constexpr int kCandidates = 3000;
+
+std::string FreshDir(const std::string& name) {
+  std::string dir = ::testing::TempDir() + "/hardneg_server_test_" + name +
+                    "_" + std::to_string(::getpid());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+void WriteRandomCheckpoint(const std::string& root, const std::string& name,
+                           uint64_t step, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal;
+  std::vector<float> embeddings(size_t{kCandidates} * kDim);
+  for (float& v : embeddings) v = normal(rng);
+  std::vector<int64_t> ids(kCandidates), labels(kCandidates);
+  for (int i = 0; i < kCandidates; ++i) {
+    ids[i] = 100000 + i * 7;
+    labels[i] = i % 5;
+  }
+  CheckpointManifest manifest;
+  manifest.name = name;
+  manifest.step = step;
+  manifest.dim = kDim;
+  manifest.metric = Metric::kInnerProduct;
+  ASSERT_TRUE(WriteCheckpoint(root, manifest, embeddings, ids, labels).ok());
+}
+
+v1::MineRequest RandomRequest(uint64_t request_id, int queries,
+                              uint32_t num_negatives, std::mt19937& rng,
+                              int dim = kDim) {
+  std::normal_distribution<float> normal;
+  v1::MineRequest request;
+  request.set_request_id(request_id);
+  request.mutable_options()->set_num_negatives(num_negatives);
+  for (int q = 0; q < queries; ++q) {
+    v1::Query* query = request.add_queries();
+    for (int i = 0; i < dim; ++i) query->add_embedding(normal(rng));
+    query->add_positive_ids(100000 +
+                            7 * static_cast<int64_t>(rng() % kCandidates));
+    query->set_label(static_cast<int64_t>(rng() % 5));
+  }
+  return request;
+}
+
+std::shared_ptr<grpc::Channel> Connect(int port) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  args.SetMaxSendMessageSize(64 << 20);
+  return grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port),
+                                   grpc::InsecureChannelCredentials(), args);
+}
+
+class ServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    root_ = new std::string(FreshDir("served"));
+    WriteRandomCheckpoint(*root_, "v1", 100, 1);
+    IndexManagerOptions options;
+    options.checkpoints_dir = *root_;
+    manager_ = new IndexManager(options);
+    ASSERT_TRUE(manager_->LoadNewest().ok());
+    ServerOptions server_options;
+    server_options.host = "127.0.0.1";
+    server_options.port = 0;
+    server_options.threads = 2;
+    absl::StatusOr<std::unique_ptr<HardnegServer>> server =
+        HardnegServer::Start(server_options, manager_);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = server->release();
+  }
+
+  static void TearDownTestSuite() {
+    delete server_;
+    delete manager_;
+    std::filesystem::remove_all(*root_);
+    delete root_;
+  }
+
+  std::unique_ptr<v1::Miner::Stub> Stub() {
+    return v1::Miner::NewStub(Connect(server_->port()));
+  }
+
+  static std::string* root_;
+  static IndexManager* manager_;
+  static HardnegServer* server_;
+};
+
+std::string* ServerTest::root_ = nullptr;
+IndexManager* ServerTest::manager_ = nullptr;
+HardnegServer* ServerTest::server_ = nullptr;
+
+TEST_F(ServerTest, StreamAnswersEveryRequestInOrderWithErrorsInBand) {
+  auto stub = Stub();
+  std::mt19937 rng(7);
+  constexpr int kRequests = 60;
+  std::vector<v1::MineRequest> requests;
+  for (int i = 0; i < kRequests; ++i) {
+    // Every 7th request has a wrong dimension; every 11th asks for 0.
+    v1::MineRequest request =
+        RandomRequest(5000 + i * 3, 1 + i % 4, i % 11 == 10 ? 0 : 1 + i % 9,
+                      rng, i % 7 == 6 ? kDim - 1 : kDim);
+    requests.push_back(request);
+  }
+  grpc::ClientContext context;
+  auto stream = stub->Mine(&context);
+  // Write everything from another thread while reading, so that the server
+  // sees many requests in flight on one stream.
+  std::thread writer([&] {
+    for (const auto& request : requests) ASSERT_TRUE(stream->Write(request));
+    stream->WritesDone();
+  });
+  std::vector<v1::MineResponse> responses;
+  v1::MineResponse response;
+  while (stream->Read(&response)) responses.push_back(response);
+  writer.join();
+  ASSERT_TRUE(stream->Finish().ok());
+  ASSERT_EQ(responses.size(), requests.size());
+  for (int i = 0; i < kRequests; ++i) {
+    const v1::MineResponse& r = responses[i];
+    EXPECT_EQ(r.request_id(), requests[i].request_id());
+    if (i % 7 == 6) {
+      EXPECT_EQ(r.error().code(),
+                static_cast<uint32_t>(grpc::INVALID_ARGUMENT));
+      EXPECT_THAT(r.error().message(), HasSubstr("queries[0].embedding"));
+      EXPECT_EQ(r.results_size(), 0);
+    } else if (i % 11 == 10) {
+      EXPECT_EQ(r.error().code(),
+                static_cast<uint32_t>(grpc::INVALID_ARGUMENT));
+      EXPECT_THAT(r.error().message(), HasSubstr("num_negatives"));
+    } else {
+      EXPECT_EQ(r.error().code(), 0u) << r.error().message();
+      EXPECT_EQ(r.index().name(), "v1");
+      EXPECT_EQ(r.index().sequence(), 1u);
+      ASSERT_EQ(r.results_size(), requests[i].queries_size());
+      for (const v1::QueryResult& result : r.results()) {
+        EXPECT_EQ(result.negatives_size(),
+                  static_cast<int>(requests[i].options().num_negatives()));
+        EXPECT_TRUE(result.has_positive_score());
+      }
+      // The unary RPC answers the same request identically.
+      grpc::ClientContext once_context;
+      v1::MineResponse once;
+      ASSERT_TRUE(stub->MineOnce(&once_context, requests[i], &once).ok());
+      EXPECT_EQ(once.SerializeAsString(), r.SerializeAsString());
+    }
+  }
+}
+
+TEST_F(ServerTest, ConcurrentStreamsKeepTheirOwnOrder) {
+  constexpr int kStreams = 8;
+  constexpr int kRequests = 25;
+  std::vector<std::thread> threads;
+  std::vector<int> failures(kStreams, 0);
+  for (int s = 0; s < kStreams; ++s) {
+    threads.emplace_back([&, s] {
+      auto stub = Stub();
+      std::mt19937 rng(100 + s);
+      grpc::ClientContext context;
+      auto stream = stub->Mine(&context);
+      for (int i = 0; i < kRequests; ++i) {
+        stream->Write(RandomRequest(s * 1000 + i, 2, 3, rng));
+      }
+      stream->WritesDone();
+      v1::MineResponse response;
+      int expected = 0;
+      while (stream->Read(&response)) {
+        if (response.request_id() !=
+                static_cast<uint64_t>(s * 1000 + expected) ||
+            response.error().code() != 0 || response.results_size() != 2) {
+          ++failures[s];
+        }
+        ++expected;
+      }
+      if (expected != kRequests || !stream->Finish().ok()) ++failures[s];
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int s = 0; s < kStreams; ++s)
+    EXPECT_EQ(failures[s], 0) << "stream " << s;
+}
+
+TEST_F(ServerTest, MineOnceReturnsInvalidArgumentNamingTheField) {
+  auto stub = Stub();
+  std::mt19937 rng(3);
+  v1::MineRequest request = RandomRequest(9, 3, 4, rng);
+  request.mutable_queries(1)->set_embedding(5, std::nanf(""));
+  grpc::ClientContext context;
+  v1::MineResponse response;
+  grpc::Status status = stub->MineOnce(&context, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("queries[1].embedding[5]"));
+
+  v1::MineRequest empty;
+  empty.mutable_options()->set_num_negatives(1);
+  grpc::ClientContext context2;
+  status = stub->MineOnce(&context2, empty, &response);
+  EXPECT_EQ(status.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("queries"));
+}
+
+TEST_F(ServerTest, MineOnceEchoesRequestIdAndVersion) {
+  auto stub = Stub();
+  std::mt19937 rng(4);
+  v1::MineRequest request = RandomRequest(123456789, 2, 5, rng);
+  request.mutable_options()->set_return_embeddings(true);
+  grpc::ClientContext context;
+  v1::MineResponse response;
+  ASSERT_TRUE(stub->MineOnce(&context, request, &response).ok());
+  EXPECT_EQ(response.request_id(), 123456789u);
+  EXPECT_EQ(response.index().name(), "v1");
+  ASSERT_EQ(response.results_size(), 2);
+  EXPECT_EQ(response.results(0).negatives(0).embedding_size(), kDim);
+}
+
+TEST_F(ServerTest, LargeResponsesFitTheMessageLimit) {
+  auto stub = Stub();
+  std::mt19937 rng(5);
+  // 200 queries x 200 negatives x 32 floats with embeddings is ~6 MB, over
+  // gRPC's default 4 MB.
+  v1::MineRequest request = RandomRequest(1, 200, 200, rng);
+  request.mutable_options()->set_return_embeddings(true);
+  grpc::ClientContext context;
+  v1::MineResponse response;
+  grpc::Status status = stub->MineOnce(&context, request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_GT(response.ByteSizeLong(), size_t{4} << 20);
+}
+
+TEST_F(ServerTest, GetIndexInfoDescribesTheServedVersion) {
+  auto stub = Stub();
+  grpc::ClientContext context;
+  v1::IndexInfo info;
+  ASSERT_TRUE(stub->GetIndexInfo(&context, {}, &info).ok());
+  EXPECT_EQ(info.version().name(), "v1");
+  EXPECT_EQ(info.version().sequence(), 1u);
+  EXPECT_EQ(info.size(), static_cast<uint64_t>(kCandidates));
+  EXPECT_EQ(info.dim(), static_cast<uint32_t>(kDim));
+  EXPECT_EQ(info.metric(), "inner_product");
+  EXPECT_EQ(info.index_type(), "Flat");
+  EXPECT_EQ(info.build_state(), "serving");
+  EXPECT_EQ(info.step(), 100u);
+}
+
+TEST_F(ServerTest, HealthIsServingWithAnIndex) {
+  auto health = grpc::health::v1::Health::NewStub(Connect(server_->port()));
+  for (const char* service : {"", "hardneg.v1.Miner"}) {
+    grpc::ClientContext context;
+    grpc::health::v1::HealthCheckRequest request;
+    request.set_service(service);
+    grpc::health::v1::HealthCheckResponse response;
+    ASSERT_TRUE(health->Check(&context, request, &response).ok());
+    EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING)
+        << service;
+  }
+}
+
+TEST_F(ServerTest, PublishIsDeclaredButUnimplemented) {
+  auto stub = Stub();
+  grpc::ClientContext context;
+  v1::PublishResponse response;
+  auto writer = stub->Publish(&context, &response);
+  writer->WritesDone();
+  EXPECT_EQ(writer->Finish().error_code(), grpc::UNIMPLEMENTED);
+}
+
+TEST_F(ServerTest, CancelledStreamLeavesTheServerHealthy) {
+  for (int round = 0; round < 5; ++round) {
+    auto stub = Stub();
+    std::mt19937 rng(round);
+    grpc::ClientContext context;
+    auto stream = stub->Mine(&context);
+    for (int i = 0; i < 20; ++i) stream->Write(RandomRequest(i, 8, 50, rng));
+    v1::MineResponse response;
+    stream->Read(&response);
+    context.TryCancel();
+    while (stream->Read(&response)) {
+    }
+    EXPECT_EQ(stream->Finish().error_code(), grpc::CANCELLED);
+  }
+  auto stub = Stub();
+  std::mt19937 rng(1);
+  grpc::ClientContext context;
+  v1::MineResponse response;
+  EXPECT_TRUE(
+      stub->MineOnce(&context, RandomRequest(1, 1, 1, rng), &response).ok());
+}
+
+TEST(ServerWithoutIndexTest, NotServingUntilACheckpointLoads) {
+  const std::string root = FreshDir("empty");
+  IndexManagerOptions options;
+  options.checkpoints_dir = root;
+  IndexManager manager(options);
+  EXPECT_TRUE(manager.LoadNewest().ok());  // nothing to load is not an error
+  ServerOptions server_options;
+  server_options.host = "127.0.0.1";
+  server_options.port = 0;
+  server_options.threads = 1;
+  auto server = HardnegServer::Start(server_options, &manager);
+  ASSERT_TRUE(server.ok());
+  HardnegServer* s = server->get();
+  manager.SetSwapListener([s](const IndexVersion&) { s->UpdateHealth(); });
+  auto channel = Connect(s->port());
+  auto health = grpc::health::v1::Health::NewStub(channel);
+  auto stub = v1::Miner::NewStub(channel);
+  auto check = [&] {
+    grpc::ClientContext context;
+    grpc::health::v1::HealthCheckResponse response;
+    EXPECT_TRUE(health->Check(&context, {}, &response).ok());
+    return response.status();
+  };
+  EXPECT_EQ(check(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  std::mt19937 rng(1);
+  {
+    grpc::ClientContext context;
+    v1::MineResponse response;
+    grpc::Status status =
+        stub->MineOnce(&context, RandomRequest(1, 1, 1, rng), &response);
+    EXPECT_EQ(status.error_code(), grpc::UNAVAILABLE);
+    EXPECT_THAT(status.error_message(), HasSubstr("--checkpoints"));
+  }
+  WriteRandomCheckpoint(root, "late", 5, 2);
+  ASSERT_TRUE(manager.LoadNewest().ok());
+  EXPECT_EQ(check(), grpc::health::v1::HealthCheckResponse::SERVING);
+  grpc::ClientContext context;
+  v1::MineResponse response;
+  EXPECT_TRUE(
+      stub->MineOnce(&context, RandomRequest(1, 1, 1, rng), &response).ok());
+  EXPECT_EQ(response.index().name(), "late");
+  server->reset();
+  std::filesystem::remove_all(root);
+}
+
+}  // namespace
+}  // namespace hardneg

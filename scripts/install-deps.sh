@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what hardneg needs from Debian 12's packages, only what is
+# missing, and selects the OpenMP build of OpenBLAS (3-4x faster than the
+# pthread build for batched search called from worker threads).
+#
+#   scripts/install-deps.sh            build + test + demo dependencies
+#   scripts/install-deps.sh --runtime  only what hardneg-server needs to run
+#
+# Used by scripts/test.sh, scripts/demo.sh and the Dockerfile alike.
+set -euo pipefail
+
+runtime=(libgrpc++1.51 libprotobuf32 libabsl20220623 libprometheus-cpp-core1.0
+         libprometheus-cpp-pull1.0 libopenblas0-openmp libgomp1 zlib1g)
+build=(build-essential cmake ninja-build pkg-config git
+       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+       libabsl-dev libfaiss-dev prometheus-cpp-dev libopenblas-dev
+       libopenblas0-openmp libgtest-dev libgmock-dev libbenchmark-dev
+       nlohmann-json3-dev zlib1g-dev dataset-fashion-mnist)
+
+if [[ "${1:-}" == "--runtime" ]]; then wanted=("${runtime[@]}"); else wanted=("${build[@]}"); fi
+
+missing=()
+for pkg in "${wanted[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+
+sudo=""
+if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
+
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
+    --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The BLAS that FAISS and our kernel load at run time.
+arch=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)
+for lib in libblas.so.3 liblapack.so.3 libopenblas.so.0; do
+  target="/usr/lib/$arch/openblas-openmp/$lib"
+  if [[ -e "$target" ]]; then
+    current=$(readlink -f "/usr/lib/$arch/$lib" 2>/dev/null || true)
+    if [[ "$current" != "$(readlink -f "$target")" ]]; then
+      $sudo update-alternatives --quiet --set "$lib-$arch" "$target"
+    fi
+  fi
+done

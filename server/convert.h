@@ -1,0 +1,56 @@
+// The one place where protos meet the domain: hardneg.v1 messages to and
+// from Miner types, and absl::Status to grpc::Status.
+//
+// Stateless functions; safe to call from any thread.
+#ifndef HARDNEG_SERVER_CONVERT_H_
+#define HARDNEG_SERVER_CONVERT_H_
+
+#include <vector>
+
+#include "absl/status/status.h"
+#include "grpcpp/support/status.h"
+#include "hardneg/v1/miner.pb.h"
+#include "index_manager.h"
+#include "index_version.h"
+#include "miner.h"
+
+namespace hardneg {
+
+// A MineRequest in domain terms. The queries are views into the request
+// (and into `decoded_embeddings` for embedding_bytes), so the request must
+// outlive this struct, and the struct must not be copied.
+struct DecodedMineRequest {
+  std::vector<MiningQuery> queries;
+  MiningOptions options;
+  bool return_embeddings = false;
+  std::vector<std::vector<float>> decoded_embeddings;
+};
+
+// Fills `out` from `request`. INVALID_ARGUMENT, naming the field and query
+// index, for embedding_bytes whose size is not a multiple of 4, a query
+// with both embedding and embedding_bytes, or an unknown sampling value.
+// Semantic checks (dimension, NaN, options) are the Miner's.
+absl::Status DecodeMineRequest(const v1::MineRequest& request,
+                               DecodedMineRequest* out);
+
+// Appends one QueryResult per result; copies stored vectors when
+// `return_embeddings`.
+void EncodeResults(const std::vector<MiningResult>& results,
+                   const IndexVersion& version, bool return_embeddings,
+                   v1::MineResponse* response);
+
+void EncodeVersion(const VersionInfo& info, v1::IndexVersion* out);
+
+// IndexInfo for `version` (may be null: nothing served yet).
+v1::IndexInfo EncodeIndexInfo(const IndexVersion* version,
+                              const BuildStatus& status);
+
+// Same code and message.
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+// Sets response.error from a non-OK status.
+void EncodeError(const absl::Status& status, v1::MineResponse* response);
+
+}  // namespace hardneg
+
+#endif  // HARDNEG_SERVER_CONVERT_H_

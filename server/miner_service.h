@@ -1,0 +1,61 @@
+// MinerService: the hardneg.v1.Miner gRPC service on the callback API.
+//
+// Reactions never block: each MineRequest is decoded, mined and encoded on
+// the WorkerPool, which then completes the RPC (MineOnce) or queues the
+// response (Mine). A Mine stream answers in request order, one response per
+// request; a bad request is answered in-band and the stream stays open.
+//
+// Thread-safe; the IndexManager, Miner and WorkerPool must outlive it.
+#ifndef HARDNEG_SERVER_MINER_SERVICE_H_
+#define HARDNEG_SERVER_MINER_SERVICE_H_
+
+#include <cstddef>
+
+#include "hardneg/v1/miner.grpc.pb.h"
+#include "index_manager.h"
+#include "miner.h"
+#include "worker_pool.h"
+
+namespace hardneg {
+
+struct MinerServiceOptions {
+  // Requests a single Mine stream may have in flight before the server
+  // stops reading from it (flow control towards a fast sender).
+  size_t max_in_flight_per_stream = 16;
+};
+
+class MinerService final : public v1::Miner::CallbackService {
+ public:
+  MinerService(IndexManager* manager, const Miner* miner, WorkerPool* pool,
+               MinerServiceOptions options = {});
+
+  grpc::ServerBidiReactor<v1::MineRequest, v1::MineResponse>* Mine(
+      grpc::CallbackServerContext* context) override;
+  grpc::ServerUnaryReactor* MineOnce(grpc::CallbackServerContext* context,
+                                     const v1::MineRequest* request,
+                                     v1::MineResponse* response) override;
+  grpc::ServerReadReactor<v1::PublishRequest>* Publish(
+      grpc::CallbackServerContext* context,
+      v1::PublishResponse* response) override;
+  grpc::ServerUnaryReactor* GetIndexInfo(grpc::CallbackServerContext* context,
+                                         const v1::GetIndexInfoRequest* request,
+                                         v1::IndexInfo* response) override;
+
+  // Mines one request into `response` (request_id, index version, results)
+  // and returns the outcome. Blocking; runs on the worker pool.
+  absl::Status Handle(const v1::MineRequest& request,
+                      v1::MineResponse* response) const;
+
+  WorkerPool* pool() const { return pool_; }
+  const MinerServiceOptions& options() const { return options_; }
+
+ private:
+  IndexManager* const manager_;
+  const Miner* const miner_;
+  WorkerPool* const pool_;
+  const MinerServiceOptions options_;
+};
+
+}  // namespace hardneg
+
+#endif  // HARDNEG_SERVER_MINER_SERVICE_H_

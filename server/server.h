@@ -1,0 +1,70 @@
+// HardnegServer: the gRPC server around a MinerService, with the standard
+// health service (SERVING only while an index is loaded) and reflection.
+//
+// Start, port and Shutdown may be called from any thread; Shutdown is
+// idempotent and is also run by the destructor.
+#ifndef HARDNEG_SERVER_SERVER_H_
+#define HARDNEG_SERVER_SERVER_H_
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/channel.h"
+#include "grpcpp/server.h"
+#include "index_manager.h"
+#include "miner.h"
+#include "miner_service.h"
+#include "worker_pool.h"
+
+namespace hardneg {
+
+struct ServerOptions {
+  std::string host = "0.0.0.0";
+  int port = 50051;    // 0 picks a free port
+  size_t threads = 0;  // search workers; 0 means one per core
+  size_t max_message_bytes = size_t{64} << 20;
+  MinerLimits limits;
+  MinerServiceOptions service;
+};
+
+class HardnegServer {
+ public:
+  // Binds and starts serving. `manager` must outlive the server.
+  // UNAVAILABLE when the port cannot be bound.
+  static absl::StatusOr<std::unique_ptr<HardnegServer>> Start(
+      const ServerOptions& options, IndexManager* manager);
+  ~HardnegServer();
+
+  HardnegServer(const HardnegServer&) = delete;
+  HardnegServer& operator=(const HardnegServer&) = delete;
+
+  int port() const { return port_; }
+
+  // Health follows whether an index is loaded.
+  void UpdateHealth();
+
+  // Stops accepting calls, lets calls in flight finish for up to
+  // `deadline` (then cancels them), and drains the worker pool.
+  void Shutdown(absl::Duration deadline);
+
+  // A channel to this server that bypasses the network (for tests).
+  std::shared_ptr<grpc::Channel> InProcessChannel();
+
+ private:
+  HardnegServer(const ServerOptions& options, IndexManager* manager);
+
+  IndexManager* const manager_;
+  Miner miner_;
+  std::unique_ptr<WorkerPool> pool_;
+  std::unique_ptr<MinerService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  bool shut_down_ = false;
+};
+
+}  // namespace hardneg
+
+#endif  // HARDNEG_SERVER_SERVER_H_
