@@ -78,7 +78,7 @@ int main(int argc, char** argv) {
   }
   hardneg::IndexManager manager(manager_options);
   absl::Status loaded = manager.LoadNewest();
-  if (!loaded.ok() && !absl::IsNotFound(loaded)) {
+  if (!loaded.ok()) {
     Log(LogLevel::kWarning, "no_checkpoint_served",
         {{"reason", std::string(loaded.message())}});
   }

@@ -266,9 +266,11 @@ absl::Status Miner::ValidateOptions(const MiningOptions& options) const {
       {"absolute_margin", &options.absolute_margin},
       {"relative_margin", &options.relative_margin}};
   for (const auto& [name, value] : bounds) {
-    if (value->has_value() && std::isnan(**value)) {
+    if (value->has_value() && !std::isfinite(**value)) {
       return absl::InvalidArgumentError(
-          absl::StrCat("options.", name, " is NaN"));
+          absl::StrCat("options.", name, " is ", **value,
+                       "; bounds and margins must be finite (leave the "
+                       "option unset for no bound)"));
     }
   }
   return absl::OkStatus();
