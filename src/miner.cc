@@ -124,40 +124,44 @@ bool IsPositive(const MiningQuery& query, const QueryState& state, int64_t id) {
          query.positive_ids.end();
 }
 
-// Steps 2 and 3 of the semantics: true when the candidate survives.
-bool Survives(const MiningQuery& query, const QueryState& state,
-              const MiningOptions& options, Metric metric,
-              const CandidateStore& store, uint32_t row, float score) {
+// Step 2: true when the candidate matches the query (and is excluded).
+// Needs no score, so it runs before the exact rescoring.
+bool Matches(const MiningQuery& query, const QueryState& state,
+             const CandidateStore& store, uint32_t row) {
   const int64_t id = store.id(row);
-  if (query.query_id.has_value() && *query.query_id == id) return false;
+  if (query.query_id.has_value() && *query.query_id == id) return true;
   if (query.label.has_value() && store.has_labels() &&
       store.label(row) == *query.label) {
-    return false;
+    return true;
   }
-  if (IsPositive(query, state, id)) return false;
+  return IsPositive(query, state, id);
+}
+
+// Step 3: true when the score passes the bounds and the margins against p.
+bool PassesFilters(const QueryState& state, const MiningOptions& options,
+                   Metric metric, float score) {
   const double s = score;
   if (options.max_score.has_value() && s > *options.max_score) return false;
   if (options.min_score.has_value() && s < *options.min_score) return false;
-  if (state.p.has_value()) {
-    const double p = *state.p;
-    if (metric == Metric::kInnerProduct) {
-      if (options.absolute_margin.has_value() &&
-          s + *options.absolute_margin > p) {
-        return false;
-      }
-      if (options.relative_margin.has_value() &&
-          s > p - std::abs(p) * *options.relative_margin) {
-        return false;
-      }
-    } else {
-      if (options.absolute_margin.has_value() &&
-          s < p + *options.absolute_margin) {
-        return false;
-      }
-      if (options.relative_margin.has_value() &&
-          s < p + std::abs(p) * *options.relative_margin) {
-        return false;
-      }
+  if (!state.p.has_value()) return true;
+  const double p = *state.p;
+  if (metric == Metric::kInnerProduct) {
+    if (options.absolute_margin.has_value() &&
+        s + *options.absolute_margin > p) {
+      return false;
+    }
+    if (options.relative_margin.has_value() &&
+        s > p - std::abs(p) * *options.relative_margin) {
+      return false;
+    }
+  } else {
+    if (options.absolute_margin.has_value() &&
+        s < p + *options.absolute_margin) {
+      return false;
+    }
+    if (options.relative_margin.has_value() &&
+        s < p + std::abs(p) * *options.relative_margin) {
+      return false;
     }
   }
   return true;
@@ -307,7 +311,10 @@ absl::StatusOr<std::vector<MiningResult>> Miner::Mine(
     double sq = 0;
     for (float v : q.embedding) sq += static_cast<double>(v) * v;
     st.norm = std::sqrt(sq);
-    st.k = std::min(n, 2 * (range_max + q.positive_ids.size() + 1) + 32);
+    // A Flat scan costs about the same for any k, so start generously:
+    // label exclusion alone can remove most of the nearest candidates.
+    st.k = std::min(
+        n, std::max<size_t>(256, 4 * (range_max + q.positive_ids.size() + 1)));
     st.done = n == 0;
   }
 
@@ -352,6 +359,7 @@ absl::StatusOr<std::vector<MiningResult>> Miner::Mine(
       st.survivors.clear();
       for (size_t c = 0; c < count; ++c) {
         const auto row = static_cast<uint32_t>(rows[j * k + c]);
+        if (Matches(q, st, store, row)) continue;
         const float s =
             ExactScore(metric, q.embedding.data(), store.vector(row), dim);
         if (bounded) {
@@ -360,7 +368,7 @@ absl::StatusOr<std::vector<MiningResult>> Miner::Mine(
                                    : s < worst - eps;
           if (!certain) continue;
         }
-        if (Survives(q, st, options, metric, store, row, s)) {
+        if (PassesFilters(st, options, metric, s)) {
           st.survivors.push_back({s, row});
         }
       }
@@ -368,13 +376,15 @@ absl::StatusOr<std::vector<MiningResult>> Miner::Mine(
         st.done = true;
         continue;
       }
-      // Grow by the observed survival rate, at least doubling; past half
-      // the index, scan it all.
-      const double rate = static_cast<double>(st.survivors.size() + 1) /
-                          static_cast<double>(count + 1);
-      size_t next = static_cast<size_t>(
-          std::min<double>(static_cast<double>(n),
-                           1.5 * static_cast<double>(range_max + 1) / rate));
+      // Grow by the observed survival rate (x8 when nothing survived), at
+      // least doubling; past half the index, scan it all.
+      const double wanted = st.survivors.empty()
+                                ? 8.0 * static_cast<double>(k)
+                                : 2.0 * static_cast<double>(k) *
+                                      static_cast<double>(range_max) /
+                                      static_cast<double>(st.survivors.size());
+      size_t next =
+          static_cast<size_t>(std::min<double>(static_cast<double>(n), wanted));
       next = std::max(next, 2 * k);
       st.k = next * 2 > n ? n : next;
     }

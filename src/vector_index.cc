@@ -19,7 +19,7 @@ namespace {
 
 // Candidates per sgemm block: big enough to amortise the call, small enough
 // that a block of scores for a batch stays in cache.
-constexpr size_t kBlockRows = 2048;
+constexpr size_t kBlockRows = 4096;
 // Upper bound on per-call candidate buffers (entries), so a deep search of a
 // big batch is split into query chunks instead of exhausting memory.
 constexpr size_t kMaxBufferEntries = size_t{1} << 24;
