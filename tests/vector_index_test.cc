@@ -1,1 +1,487 @@
-// placeholder
+// VectorIndex: the exact "Flat" kernel against exact double-precision scores
+// and against faiss::IndexFlatIP / IndexFlatL2; an "IVF64,Flat" build for
+// valid output and recall against brute force.
+#include "vector_index.h"
+
+#include <faiss/IndexFlat.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "candidate_store.h"
+#include "metric.h"
+
+namespace hardneg {
+namespace {
+
+using Rng = std::mt19937_64;
+
+std::unique_ptr<CandidateStore> MakeStore(size_t dim,
+                                          std::vector<float> vectors) {
+  const size_t n = vectors.size() / dim;
+  std::vector<int64_t> ids;
+  for (size_t i = 0; i < n; ++i) ids.push_back(static_cast<int64_t>(i) * 3 + 1);
+  absl::StatusOr<CandidateStore> store = CandidateStore::Create(
+      dim, std::move(ids), std::move(vectors), std::nullopt);
+  if (!store.ok()) {
+    ADD_FAILURE() << store.status();
+    return nullptr;
+  }
+  return std::make_unique<CandidateStore>(*std::move(store));
+}
+
+std::vector<float> Gaussian(Rng& rng, size_t count, float mean = 0.0f,
+                            float sd = 1.0f) {
+  std::normal_distribution<float> normal(mean, sd);
+  std::vector<float> v(count);
+  for (float& x : v) x = normal(rng);
+  return v;
+}
+
+double ExactScore(Metric metric, const float* q, const float* x, size_t dim) {
+  double sum = 0;
+  for (size_t i = 0; i < dim; ++i) {
+    const double a = q[i];
+    const double b = x[i];
+    sum += metric == Metric::kInnerProduct ? a * b : (a - b) * (a - b);
+  }
+  return sum;
+}
+
+double Norm(const float* v, size_t dim) {
+  double sq = 0;
+  for (size_t i = 0; i < dim; ++i) sq += static_cast<double>(v[i]) * v[i];
+  return std::sqrt(sq);
+}
+
+// True when `a` is strictly closer than `b`.
+bool Better(Metric metric, double a, double b) {
+  return metric == Metric::kInnerProduct ? a > b : a < b;
+}
+
+// Slack for rounding the exact score to float once.
+double Ulp(double x) { return std::fabs(x) * std::ldexp(1.0, -23); }
+
+// Search results of `nq` queries, k each.
+struct SearchResult {
+  std::vector<float> scores;
+  std::vector<int64_t> rows;
+};
+
+SearchResult RunSearch(const VectorIndex& index, const std::vector<float>& q,
+                       size_t dim, size_t k) {
+  const size_t nq = q.size() / dim;
+  SearchResult r;
+  r.scores.assign(nq * k, std::numeric_limits<float>::quiet_NaN());
+  r.rows.assign(nq * k, -7);
+  const absl::Status status =
+      index.Search(q.data(), nq, k, r.scores.data(), r.rows.data());
+  EXPECT_TRUE(status.ok()) << status;
+  return r;
+}
+
+SearchResult RunFaiss(Metric metric, const CandidateStore& store,
+                      const std::vector<float>& q, size_t k) {
+  const size_t dim = store.dim();
+  const size_t nq = q.size() / dim;
+  std::unique_ptr<faiss::IndexFlat> index;
+  if (metric == Metric::kInnerProduct) {
+    index = std::make_unique<faiss::IndexFlatIP>(dim);
+  } else {
+    index = std::make_unique<faiss::IndexFlatL2>(dim);
+  }
+  index->add(static_cast<faiss::Index::idx_t>(store.size()), store.data());
+  SearchResult r;
+  r.scores.resize(nq * k);
+  std::vector<faiss::Index::idx_t> labels(nq * k);
+  index->search(static_cast<faiss::Index::idx_t>(nq), q.data(),
+                static_cast<faiss::Index::idx_t>(k), r.scores.data(),
+                labels.data());
+  r.rows.assign(labels.begin(), labels.end());
+  return r;
+}
+
+// Checks one query's exact-kernel answer against the contract of exact():
+// valid distinct rows best first, -1 padding only past the store's end,
+// every score within ErrorBound of the true score, the j-th returned score
+// within ErrorBound of the j-th best true score, and no row left out that
+// beats the worst returned one by more than the bound.
+void CheckExactAnswer(Metric metric, const CandidateStore& store,
+                      const VectorIndex& index, const float* q, size_t k,
+                      const float* scores, const int64_t* rows,
+                      const std::string& where) {
+  SCOPED_TRACE(where);
+  const size_t dim = store.dim();
+  const size_t n = store.size();
+  const double bound = index.ErrorBound(Norm(q, dim));
+  ASSERT_TRUE(std::isfinite(bound));
+  ASSERT_GE(bound, 0.0);
+  std::vector<double> exact(n);
+  for (size_t r = 0; r < n; ++r) {
+    exact[r] = ExactScore(metric, q, store.vector(r), dim);
+  }
+  std::vector<double> sorted = exact;
+  std::sort(sorted.begin(), sorted.end(),
+            [metric](double a, double b) { return Better(metric, a, b); });
+  const size_t found = std::min(k, n);
+  std::set<int64_t> seen;
+  for (size_t j = 0; j < k; ++j) {
+    if (j >= found) {
+      ASSERT_EQ(rows[j], -1) << "position " << j << " past the store's end";
+      continue;
+    }
+    ASSERT_GE(rows[j], 0) << "position " << j;
+    ASSERT_LT(rows[j], static_cast<int64_t>(n)) << "position " << j;
+    ASSERT_TRUE(seen.insert(rows[j]).second)
+        << "row " << rows[j] << " returned twice";
+    const double truth = exact[static_cast<size_t>(rows[j])];
+    EXPECT_LE(std::fabs(scores[j] - truth), bound + Ulp(truth))
+        << "position " << j << " row " << rows[j] << ": score " << scores[j]
+        << ", exact " << truth << ", bound " << bound;
+    EXPECT_LE(std::fabs(scores[j] - sorted[j]), bound + Ulp(sorted[j]))
+        << "position " << j << ": score " << scores[j] << ", the " << j
+        << "-th best exact score is " << sorted[j] << ", bound " << bound;
+    if (j > 0) {
+      EXPECT_FALSE(Better(metric, scores[j], scores[j - 1]))
+          << "not best first at position " << j;
+    }
+  }
+  if (found == 0 || found == n) return;
+  const double worst = scores[found - 1];
+  for (size_t r = 0; r < n; ++r) {
+    if (seen.count(static_cast<int64_t>(r)) != 0) continue;
+    const double slack = bound + Ulp(exact[r]);
+    EXPECT_FALSE(
+        Better(metric, exact[r],
+               metric == Metric::kInnerProduct ? worst + slack : worst - slack))
+        << "row " << r << " (exact " << exact[r]
+        << ") was left out, worst returned " << worst << ", bound " << bound;
+  }
+}
+
+std::string MetricLabel(Metric metric) {
+  return metric == Metric::kInnerProduct ? "Ip" : "L2";
+}
+
+// ---------------------------------------------------------------------------
+// Flat.
+
+class FlatKernelTest
+    : public ::testing::TestWithParam<std::tuple<Metric, size_t, size_t>> {};
+
+TEST_P(FlatKernelTest, MatchesFaissFlat) {
+  const Metric metric = std::get<0>(GetParam());
+  const size_t nq = std::get<1>(GetParam());
+  const size_t k = std::get<2>(GetParam());
+  Rng rng(1000 + nq * 7 + k);
+  const size_t dim = 24;
+  const size_t n = 2000;
+  std::unique_ptr<CandidateStore> store =
+      MakeStore(dim, Gaussian(rng, n * dim));
+  ASSERT_NE(store, nullptr);
+  absl::StatusOr<std::unique_ptr<VectorIndex>> index =
+      BuildVectorIndex(*store, metric, IndexBuildOptions{});
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_TRUE((*index)->exact());
+  EXPECT_EQ((*index)->type(), "Flat");
+  const std::vector<float> queries = Gaussian(rng, nq * dim);
+  const SearchResult got = RunSearch(**index, queries, dim, k);
+  const SearchResult want = RunFaiss(metric, *store, queries, k);
+  for (size_t i = 0; i < nq; ++i) {
+    const float* q = queries.data() + i * dim;
+    CheckExactAnswer(metric, *store, **index, q, k, got.scores.data() + i * k,
+                     got.rows.data() + i * k, "query " + std::to_string(i));
+    const double bound = (*index)->ErrorBound(Norm(q, dim));
+    // Same rows as FAISS, position by position, except swaps among scores
+    // within the error bound.
+    for (size_t j = 0; j < k; ++j) {
+      const int64_t a = got.rows[i * k + j];
+      const int64_t b = want.rows[i * k + j];
+      if (a == b) continue;
+      ASSERT_GE(a, 0);
+      ASSERT_GE(b, 0);
+      const double sa = ExactScore(metric, q, store->vector(a), dim);
+      const double sb = ExactScore(metric, q, store->vector(b), dim);
+      EXPECT_LE(std::fabs(sa - sb), 2 * bound + Ulp(sa) + Ulp(sb))
+          << "query " << i << " position " << j << ": row " << a << " (" << sa
+          << ") vs FAISS row " << b << " (" << sb << ")";
+    }
+    if (HasFailure()) return;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, FlatKernelTest,
+    ::testing::Combine(::testing::Values(Metric::kInnerProduct, Metric::kL2),
+                       ::testing::Values(size_t{1}, size_t{7}, size_t{300}),
+                       ::testing::Values(size_t{1}, size_t{10}, size_t{1000})),
+    [](const ::testing::TestParamInfo<std::tuple<Metric, size_t, size_t>>& p) {
+      return MetricLabel(std::get<0>(p.param)) + "_nq" +
+             std::to_string(std::get<1>(p.param)) + "_k" +
+             std::to_string(std::get<2>(p.param));
+    });
+
+class FlatMetricTest : public ::testing::TestWithParam<Metric> {};
+
+INSTANTIATE_TEST_SUITE_P(Metrics, FlatMetricTest,
+                         ::testing::Values(Metric::kInnerProduct, Metric::kL2),
+                         [](const ::testing::TestParamInfo<Metric>& p) {
+                           return MetricLabel(p.param);
+                         });
+
+// k larger than the store: every row, then -1.
+TEST_P(FlatMetricTest, KLargerThanTheStorePadsWithMinusOne) {
+  const Metric metric = GetParam();
+  Rng rng(2);
+  const size_t dim = 8;
+  for (size_t n : {size_t{1}, size_t{50}}) {
+    std::unique_ptr<CandidateStore> store =
+        MakeStore(dim, Gaussian(rng, n * dim));
+    ASSERT_NE(store, nullptr);
+    absl::StatusOr<std::unique_ptr<VectorIndex>> index =
+        BuildVectorIndex(*store, metric, IndexBuildOptions{});
+    ASSERT_TRUE(index.ok()) << index.status();
+    for (size_t nq : {size_t{1}, size_t{7}, size_t{300}}) {
+      for (size_t k : {n + 1, size_t{100}, size_t{1000}}) {
+        const std::vector<float> queries = Gaussian(rng, nq * dim);
+        const SearchResult got = RunSearch(**index, queries, dim, k);
+        const SearchResult want = RunFaiss(metric, *store, queries, k);
+        for (size_t i = 0; i < nq; ++i) {
+          CheckExactAnswer(metric, *store, **index, queries.data() + i * dim, k,
+                           got.scores.data() + i * k, got.rows.data() + i * k,
+                           "n " + std::to_string(n) + " k " +
+                               std::to_string(k) + " query " +
+                               std::to_string(i));
+          std::set<int64_t> a(got.rows.begin() + i * k,
+                              got.rows.begin() + (i + 1) * k);
+          std::set<int64_t> b(want.rows.begin() + i * k,
+                              want.rows.begin() + (i + 1) * k);
+          EXPECT_EQ(a, b);  // all rows and -1, like FAISS
+        }
+        if (HasFailure()) return;
+      }
+    }
+  }
+}
+
+// Identical vectors score identically; the bound covers the kernel's
+// rounding even where the norm expansion of L2 cancels badly (vectors far
+// from the origin, close to each other).
+TEST_P(FlatMetricTest, ErrorBoundHoldsFarFromTheOrigin) {
+  const Metric metric = GetParam();
+  Rng rng(3);
+  const size_t dim = 32;
+  const size_t n = 1500;
+  std::unique_ptr<CandidateStore> store =
+      MakeStore(dim, Gaussian(rng, n * dim, 10.0f, 0.01f));
+  ASSERT_NE(store, nullptr);
+  absl::StatusOr<std::unique_ptr<VectorIndex>> index =
+      BuildVectorIndex(*store, metric, IndexBuildOptions{});
+  ASSERT_TRUE(index.ok()) << index.status();
+  const size_t nq = 20;
+  const std::vector<float> queries = Gaussian(rng, nq * dim, 10.0f, 0.01f);
+  for (size_t k : {size_t{10}, size_t{500}}) {
+    const SearchResult got = RunSearch(**index, queries, dim, k);
+    for (size_t i = 0; i < nq; ++i) {
+      CheckExactAnswer(
+          metric, *store, **index, queries.data() + i * dim, k,
+          got.scores.data() + i * k, got.rows.data() + i * k,
+          "k " + std::to_string(k) + " query " + std::to_string(i));
+    }
+  }
+}
+
+// The bound is an error bound, not a shrug: far smaller than the scores'
+// own scale, so the exactness promise means something.
+TEST_P(FlatMetricTest, ErrorBoundIsTight) {
+  const Metric metric = GetParam();
+  Rng rng(4);
+  const size_t dim = 64;
+  const size_t n = 1000;
+  std::unique_ptr<CandidateStore> store =
+      MakeStore(dim, Gaussian(rng, n * dim));
+  ASSERT_NE(store, nullptr);
+  absl::StatusOr<std::unique_ptr<VectorIndex>> index =
+      BuildVectorIndex(*store, metric, IndexBuildOptions{});
+  ASSERT_TRUE(index.ok()) << index.status();
+  for (double query_norm : {0.0, 1.0, 8.0, 100.0}) {
+    const double bound = (*index)->ErrorBound(query_norm);
+    const double max_norm = store->max_norm();
+    const double scale =
+        metric == Metric::kInnerProduct
+            ? query_norm * max_norm
+            : (query_norm + max_norm) * (query_norm + max_norm);
+    EXPECT_GE(bound, 0.0);
+    EXPECT_LE(bound, 1e-3 * scale + 1e-6) << "query norm " << query_norm;
+  }
+}
+
+// "No second copy": the kernel reads the store in place.
+TEST_P(FlatMetricTest, DoesNotCopyTheVectors) {
+  const Metric metric = GetParam();
+  Rng rng(5);
+  const size_t dim = 32;
+  const size_t n = 5000;
+  std::unique_ptr<CandidateStore> store =
+      MakeStore(dim, Gaussian(rng, n * dim));
+  ASSERT_NE(store, nullptr);
+  absl::StatusOr<std::unique_ptr<VectorIndex>> index =
+      BuildVectorIndex(*store, metric, IndexBuildOptions{});
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_LT((*index)->MemoryBytes(), n * dim * sizeof(float) / 2);
+}
+
+// Concurrent searches on one index give the single-threaded answers.
+TEST_P(FlatMetricTest, ConcurrentSearchesAgree) {
+  const Metric metric = GetParam();
+  Rng rng(6);
+  const size_t dim = 16;
+  const size_t n = 3000;
+  std::unique_ptr<CandidateStore> store =
+      MakeStore(dim, Gaussian(rng, n * dim));
+  ASSERT_NE(store, nullptr);
+  absl::StatusOr<std::unique_ptr<VectorIndex>> index =
+      BuildVectorIndex(*store, metric, IndexBuildOptions{});
+  ASSERT_TRUE(index.ok()) << index.status();
+  const size_t nq = 40;
+  const size_t k = 20;
+  std::vector<std::vector<float>> queries;
+  std::vector<SearchResult> expected;
+  for (int t = 0; t < 4; ++t) {
+    queries.push_back(Gaussian(rng, nq * dim));
+    expected.push_back(RunSearch(**index, queries.back(), dim, k));
+  }
+  std::vector<SearchResult> got(4);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 5; ++round) {
+        got[t].scores.assign(nq * k, 0);
+        got[t].rows.assign(nq * k, 0);
+        (void)(*index)->Search(queries[t].data(), nq, k, got[t].scores.data(),
+                               got[t].rows.data());
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int t = 0; t < 4; ++t) {
+    EXPECT_EQ(got[t].rows, expected[t].rows) << "thread " << t;
+    EXPECT_EQ(got[t].scores, expected[t].scores) << "thread " << t;
+  }
+}
+
+TEST(VectorIndexTest, UnknownFactoryIsInvalidArgument) {
+  Rng rng(7);
+  std::unique_ptr<CandidateStore> store = MakeStore(8, Gaussian(rng, 100 * 8));
+  ASSERT_NE(store, nullptr);
+  IndexBuildOptions options;
+  options.factory = "NoSuchIndex42";
+  absl::StatusOr<std::unique_ptr<VectorIndex>> index =
+      BuildVectorIndex(*store, Metric::kInnerProduct, options);
+  ASSERT_FALSE(index.ok());
+  EXPECT_EQ(index.status().code(), absl::StatusCode::kInvalidArgument)
+      << index.status();
+}
+
+// ---------------------------------------------------------------------------
+// IVF64,Flat.
+
+// Well-separated clusters, so that one probe (the default nprobe, which the
+// API does not expose) finds most true neighbours.
+TEST_P(FlatMetricTest, IvfFlatIsValidWithRecall) {
+  const Metric metric = GetParam();
+  Rng rng(8);
+  const size_t dim = 16;
+  const size_t clusters = 64;
+  const size_t per_cluster = 80;
+  const size_t n = clusters * per_cluster;
+  std::vector<float> centers = Gaussian(rng, clusters * dim, 0.0f, 3.0f);
+  if (metric == Metric::kInnerProduct) {
+    // Unit directions: inner product search is then cosine-like.
+    for (size_t c = 0; c < clusters; ++c) {
+      const double norm = Norm(centers.data() + c * dim, dim);
+      for (size_t i = 0; i < dim; ++i) {
+        centers[c * dim + i] = static_cast<float>(centers[c * dim + i] / norm);
+      }
+    }
+  }
+  const float spread = metric == Metric::kInnerProduct ? 0.05f : 0.3f;
+  std::normal_distribution<float> noise(0.0f, spread);
+  std::vector<float> vectors;
+  for (size_t r = 0; r < n; ++r) {
+    const size_t c = r % clusters;
+    for (size_t i = 0; i < dim; ++i) {
+      vectors.push_back(centers[c * dim + i] + noise(rng));
+    }
+  }
+  std::unique_ptr<CandidateStore> store = MakeStore(dim, vectors);
+  ASSERT_NE(store, nullptr);
+  IndexBuildOptions options;
+  options.factory = "IVF64,Flat";
+  absl::StatusOr<std::unique_ptr<VectorIndex>> index =
+      BuildVectorIndex(*store, metric, options);
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_FALSE((*index)->exact());
+  EXPECT_EQ((*index)->type(), "IVF64,Flat");
+
+  const size_t nq = 200;
+  const size_t k = 10;
+  std::uniform_int_distribution<size_t> any_row(0, n - 1);
+  std::vector<float> queries;
+  for (size_t i = 0; i < nq; ++i) {
+    const size_t r = any_row(rng);
+    for (size_t j = 0; j < dim; ++j) {
+      queries.push_back(store->vector(r)[j] + noise(rng));
+    }
+  }
+  const SearchResult got = RunSearch(**index, queries, dim, k);
+  const SearchResult truth = RunFaiss(metric, *store, queries, k);
+  size_t hits = 0;
+  for (size_t i = 0; i < nq; ++i) {
+    const float* q = queries.data() + i * dim;
+    std::set<int64_t> seen;
+    bool padding = false;
+    for (size_t j = 0; j < k; ++j) {
+      const int64_t row = got.rows[i * k + j];
+      if (row == -1) {
+        padding = true;
+        continue;
+      }
+      ASSERT_FALSE(padding) << "query " << i << ": a row after -1 padding";
+      ASSERT_GE(row, 0);
+      ASSERT_LT(row, static_cast<int64_t>(n));
+      ASSERT_TRUE(seen.insert(row).second) << "row " << row << " twice";
+      // IVF-Flat scores are computed from the full vectors, in float.
+      const double exact = ExactScore(metric, q, store->vector(row), dim);
+      EXPECT_NEAR(got.scores[i * k + j], exact, 1e-4 * (1 + std::fabs(exact)))
+          << "query " << i << " position " << j;
+      if (j > 0 && got.rows[i * k + j - 1] != -1) {
+        EXPECT_FALSE(
+            Better(metric, got.scores[i * k + j], got.scores[i * k + j - 1]));
+      }
+    }
+    for (size_t j = 0; j < k; ++j) {
+      hits += seen.count(truth.rows[i * k + j]);
+    }
+  }
+  const double recall = static_cast<double>(hits) / (nq * k);
+  RecordProperty("recall_at_10", std::to_string(recall));
+  EXPECT_GE(recall, 0.8) << "recall@10 with the default nprobe";
+}
+
+}  // namespace
+}  // namespace hardneg
