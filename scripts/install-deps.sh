@@ -15,7 +15,8 @@ build=(build-essential cmake ninja-build pkg-config git
        libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
        libabsl-dev libfaiss-dev prometheus-cpp-dev libopenblas-dev
        libopenblas0-openmp libgtest-dev libgmock-dev libbenchmark-dev
-       nlohmann-json3-dev zlib1g-dev dataset-fashion-mnist)
+       nlohmann-json3-dev zlib1g-dev dataset-fashion-mnist
+       python3-grpcio python3-numpy python3-protobuf)
 
 if [[ "${1:-}" == "--runtime" ]]; then wanted=("${runtime[@]}"); else wanted=("${build[@]}"); fi
 
@@ -37,13 +38,14 @@ if ((${#missing[@]})); then
 fi
 
 # The BLAS that FAISS and our kernel load at run time.
-arch=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)
-for lib in libblas.so.3 liblapack.so.3 libopenblas.so.0; do
-  target="/usr/lib/$arch/openblas-openmp/$lib"
-  if [[ -e "$target" ]]; then
-    current=$(readlink -f "/usr/lib/$arch/$lib" 2>/dev/null || true)
-    if [[ "$current" != "$(readlink -f "$target")" ]]; then
+for dir in /usr/lib/*/openblas-openmp; do
+  [[ -d "$dir" ]] || continue
+  arch=$(basename "$(dirname "$dir")")
+  for lib in libblas.so.3 liblapack.so.3 libopenblas.so.0; do
+    target="$dir/$lib"
+    [[ -e "$target" ]] || continue
+    if [[ "$(readlink -f "/usr/lib/$arch/$lib")" != "$(readlink -f "$target")" ]]; then
       $sudo update-alternatives --quiet --set "$lib-$arch" "$target"
     fi
-  fi
+  done
 done
