@@ -1,0 +1,509 @@
+"""A numpy-first client of the hardneg Miner service.
+
+    import numpy as np
+    import hardneg
+
+    with hardneg.Client("localhost:50051") as client:
+        res = client.mine(queries, positive_ids=pos, num_negatives=8)
+        res.ids       # [n, 8] int64, -1 where a query came up short
+        res.scores    # [n, 8] float32, NaN where padded
+
+Embeddings go over the wire as little-endian float32 bytes
+(`Query.embedding_bytes`), which is much faster than repeated floats.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
+
+import grpc
+import numpy as np
+
+try:
+    from hardneg.v1 import miner_pb2, miner_pb2_grpc
+except ImportError as e:  # pragma: no cover - depends on the checkout
+    raise ImportError(
+        "hardneg.v1.miner_pb2 is missing: generate the stubs with "
+        "python/generate.sh (needs protoc and grpc_python_plugin)") from e
+
+__all__ = [
+    "Client", "MineStream", "MineResult", "MineError", "IndexInfo",
+    "IndexVersion", "SAMPLING",
+]
+
+# Accepted values of the `sampling` option.
+SAMPLING = {
+    "top": miner_pb2.SAMPLING_TOP,
+    "uniform": miner_pb2.SAMPLING_UNIFORM,
+    "softmax": miner_pb2.SAMPLING_SOFTMAX,
+}
+
+# Option name -> whether it is an `optional` field (None means unset).
+_OPTIONS = {
+    "num_negatives": False,
+    "range_min": False,
+    "range_max": False,
+    "max_score": True,
+    "min_score": True,
+    "absolute_margin": True,
+    "relative_margin": True,
+    "sampling": False,
+    "temperature": False,
+    "seed": False,
+    "return_embeddings": False,
+}
+
+
+class MineError(Exception):
+    """A request the server refused (code is a gRPC status code number).
+
+    On a stream the error comes in-band and the stream stays usable.
+    """
+
+    def __init__(self, code: int, message: str, request_id: Optional[int] = None):
+        super().__init__(f"{_code_name(code)}: {message}")
+        self.code = int(code)
+        self.message = message
+        self.request_id = request_id
+
+    @property
+    def status_code(self) -> Optional[grpc.StatusCode]:
+        for c in grpc.StatusCode:
+            if c.value[0] == self.code:
+                return c
+        return None
+
+
+def _code_name(code: int) -> str:
+    for c in grpc.StatusCode:
+        if c.value[0] == code:
+            return c.name
+    return f"code {code}"
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexVersion:
+    name: str
+    sequence: int
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexInfo:
+    version: IndexVersion
+    size: int
+    dim: int
+    metric: str
+    index_type: str
+    build_state: str
+    step: int
+    has_labels: bool
+
+
+@dataclasses.dataclass
+class MineResult:
+    """The answer to one batch, as arrays of `num_negatives` columns.
+
+    ids        [n, k] int64, -1 where padded (the query came up short)
+    scores     [n, k] float32, NaN where padded (L2: squared distances)
+    labels     [n, k] int64, the stored labels (0 where padded or unlabeled)
+    ranks      [n, k] int64, 0-based rank among the survivors, -1 where padded
+    shortfall  [n] int64, how many negatives are missing per query
+    positive_score [n] float32, p (the weakest positive), NaN when absent
+    embeddings [n, k, dim] float32 (NaN where padded), when return_embeddings
+    index      the IndexVersion that answered
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    ranks: np.ndarray
+    shortfall: np.ndarray
+    positive_score: np.ndarray
+    index: IndexVersion
+    request_id: int = 0
+    embeddings: Optional[np.ndarray] = None
+
+    @property
+    def mask(self) -> np.ndarray:
+        """[n, k] bool, True where a negative was returned."""
+        return self.ids != -1
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+
+# ---------------------------------------------------------------- requests
+
+
+def _as_queries(queries: Any) -> np.ndarray:
+    q = np.asarray(queries)
+    if q.ndim == 1:
+        q = q[None, :]
+    if q.ndim != 2:
+        raise ValueError(f"queries must be [n, dim], got shape {q.shape}")
+    return np.ascontiguousarray(q, dtype="<f4")
+
+
+def _per_query(value: Any, n: int, name: str) -> List[Any]:
+    """A per-query list of length n, from None / sequence / array."""
+    if value is None:
+        return [None] * n
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        raise ValueError(f"{name} must have one entry per query")
+    seq = list(value)
+    if len(seq) != n:
+        raise ValueError(f"{name} has {len(seq)} entries for {n} queries")
+    return seq
+
+
+def _row_list(row: Any, pad: Optional[float], dtype) -> List:
+    """One query's list of positives; drops `pad` (-1 ids, NaN scores)."""
+    if row is None:
+        return []
+    arr = np.asarray(row, dtype=dtype).reshape(-1)
+    if pad is None:
+        return arr.tolist()
+    if isinstance(pad, float) and np.isnan(pad):
+        return arr[~np.isnan(arr)].tolist()
+    return arr[arr != pad].tolist()
+
+
+def _optional_int(v: Any) -> Optional[int]:
+    if v is None:
+        return None
+    if isinstance(v, (float, np.floating)) and np.isnan(v):
+        return None
+    return int(v)
+
+
+def _build_options(options: Dict[str, Any]) -> "miner_pb2.MiningOptions":
+    unknown = set(options) - set(_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown mining option(s): {sorted(unknown)}; "
+                        f"known: {sorted(_OPTIONS)}")
+    o = miner_pb2.MiningOptions()
+    for name, value in options.items():
+        if value is None:
+            if _OPTIONS[name]:
+                continue  # an optional left unset
+            raise TypeError(f"option {name} cannot be None")
+        if name == "sampling":
+            if isinstance(value, str):
+                try:
+                    value = SAMPLING[value.lower()]
+                except KeyError:
+                    raise ValueError(f"sampling must be one of {sorted(SAMPLING)}") from None
+            o.sampling = int(value)
+        elif name == "return_embeddings":
+            o.return_embeddings = bool(value)
+        elif name in ("max_score", "min_score", "absolute_margin",
+                      "relative_margin", "temperature"):
+            setattr(o, name, float(value))
+        else:
+            setattr(o, name, int(value))
+    return o
+
+
+def build_request(queries: Any,
+                  positive_ids: Any = None,
+                  labels: Any = None,
+                  query_ids: Any = None,
+                  positive_scores: Any = None,
+                  request_id: int = 0,
+                  **options: Any) -> "miner_pb2.MineRequest":
+    """The MineRequest for a batch (see Client.mine for the arguments)."""
+    q = _as_queries(queries)
+    n = q.shape[0]
+    if "num_negatives" not in options:
+        raise TypeError("num_negatives is required")
+    pos = _per_query(positive_ids, n, "positive_ids")
+    # A 1-D array holds one score per query (NaN: none); see below.
+    pscores = _per_query(positive_scores, n, "positive_scores")
+    labs = _per_query(labels, n, "labels")
+    qids = _per_query(query_ids, n, "query_ids")
+    req = miner_pb2.MineRequest(request_id=int(request_id))
+    req.options.CopyFrom(_build_options(options))
+    raw = q.tobytes()
+    row_bytes = q.shape[1] * 4
+    for i in range(n):
+        query = req.queries.add()
+        query.embedding_bytes = raw[i * row_bytes:(i + 1) * row_bytes]
+        query.positive_ids.extend(_row_list(pos[i], -1, np.int64))
+        ps = pscores[i]
+        if ps is not None and np.ndim(ps) == 0:
+            ps = [ps]
+        query.positive_scores.extend(_row_list(ps, float("nan"), np.float32))
+        label = _optional_int(labs[i])
+        if label is not None:
+            query.label = label
+        qid = _optional_int(qids[i])
+        if qid is not None:
+            query.query_id = qid
+    return req
+
+
+# ---------------------------------------------------------------- responses
+
+
+def to_result(resp: "miner_pb2.MineResponse", k: int) -> MineResult:
+    """Arrays of a MineResponse, padded to k columns; raises MineError."""
+    if resp.HasField("error") and resp.error.code != 0:
+        raise MineError(resp.error.code, resp.error.message, resp.request_id)
+    n = len(resp.results)
+    k = max(k, max((len(r.negatives) for r in resp.results), default=0))
+    ids = np.full((n, k), -1, dtype=np.int64)
+    scores = np.full((n, k), np.nan, dtype=np.float32)
+    labels = np.zeros((n, k), dtype=np.int64)
+    ranks = np.full((n, k), -1, dtype=np.int64)
+    shortfall = np.zeros(n, dtype=np.int64)
+    pscore = np.full(n, np.nan, dtype=np.float32)
+    embeddings = None
+    for i, r in enumerate(resp.results):
+        shortfall[i] = r.shortfall
+        if r.HasField("positive_score"):
+            pscore[i] = r.positive_score
+        for j, neg in enumerate(r.negatives):
+            ids[i, j] = neg.id
+            scores[i, j] = neg.score
+            labels[i, j] = neg.label
+            ranks[i, j] = neg.rank
+            if len(neg.embedding):
+                if embeddings is None:
+                    embeddings = np.full((n, k, len(neg.embedding)), np.nan,
+                                         dtype=np.float32)
+                embeddings[i, j] = neg.embedding
+    return MineResult(ids=ids, scores=scores, labels=labels, ranks=ranks,
+                      shortfall=shortfall, positive_score=pscore,
+                      index=IndexVersion(resp.index.name, resp.index.sequence),
+                      request_id=resp.request_id, embeddings=embeddings)
+
+
+# ---------------------------------------------------------------- streams
+
+
+_DONE = object()
+
+
+class MineStream:
+    """One bidi `Mine` stream: send() batches, recv() their results in order.
+
+    A refused request raises MineError from the matching recv(); the stream
+    stays open. Not thread-safe: use one stream per thread (or per worker).
+    """
+
+    def __init__(self, stub, timeout: Optional[float] = None,
+                 metadata=None, **defaults: Any):
+        self._requests: "queue.Queue" = queue.Queue()
+        self._pending: List[tuple] = []  # (request_id, k) in send order
+        self._next_id = 1
+        self._defaults = defaults
+        self._call = stub.Mine(iter(self._requests.get, _DONE),
+                               timeout=timeout, metadata=metadata)
+        self._closed = False
+
+    def send(self, queries: Any, positive_ids: Any = None, labels: Any = None,
+             query_ids: Any = None, positive_scores: Any = None,
+             request_id: Optional[int] = None, **options: Any) -> int:
+        """Queues one batch; returns its request_id (the next free one)."""
+        if self._closed:
+            raise RuntimeError("stream is closed")
+        opts = dict(self._defaults)
+        opts.update(options)
+        if request_id is None:
+            request_id = self._next_id
+        self._next_id = max(self._next_id, int(request_id)) + 1
+        req = build_request(queries, positive_ids, labels, query_ids,
+                            positive_scores, request_id=request_id, **opts)
+        self.send_request(req)
+        return int(request_id)
+
+    def send_request(self, req: "miner_pb2.MineRequest") -> None:
+        """Queues a raw MineRequest."""
+        self._pending.append((req.request_id, req.options.num_negatives))
+        self._requests.put(req)
+
+    def recv_response(self) -> "miner_pb2.MineResponse":
+        """The next raw MineResponse (errors are left in resp.error)."""
+        if not self._pending:
+            raise RuntimeError("recv() without a pending send()")
+        self._pending.pop(0)
+        return next(self._call)
+
+    def recv(self) -> MineResult:
+        """The result of the oldest pending batch."""
+        k = self._pending[0][1] if self._pending else 0
+        return to_result(self.recv_response(), k)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def results(self, batches: Iterable[Any], max_in_flight: int = 4
+                ) -> Iterator[MineResult]:
+        """Pipelines `batches` (arrays of queries, or dicts of send() kwargs)
+        with up to max_in_flight requests outstanding; yields in order."""
+        for batch in batches:
+            if isinstance(batch, dict):
+                self.send(**batch)
+            else:
+                self.send(batch)
+            while self.pending >= max_in_flight:
+                yield self.recv()
+        while self.pending:
+            yield self.recv()
+
+    def close(self) -> None:
+        """Half-closes the stream and waits for the server to finish it."""
+        if self._closed:
+            return
+        self._closed = True
+        self._requests.put(_DONE)
+        try:
+            for _ in self._call:  # drain (answers nobody asked for)
+                pass
+        except grpc.RpcError:
+            pass
+
+    def cancel(self) -> None:
+        self._closed = True
+        self._requests.put(_DONE)
+        self._call.cancel()
+
+    def __enter__(self) -> "MineStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+        else:
+            self.cancel()
+
+
+# ---------------------------------------------------------------- client
+
+
+class Client:
+    """A connection to a hardneg server (or router).
+
+    Client("host:50051") opens an insecure channel; pass `channel=` for TLS,
+    load balancing (e.g. "dns:///hardneg:50051" with round_robin) and such.
+    Default mining options (e.g. num_negatives=8) can be given here and are
+    overridden per call.
+    """
+
+    def __init__(self, target: Optional[str] = None, *,
+                 channel: Optional[grpc.Channel] = None,
+                 timeout: Optional[float] = None,
+                 metadata: Optional[Sequence[tuple]] = None,
+                 channel_options: Optional[Sequence[tuple]] = None,
+                 **default_options: Any):
+        if channel is None:
+            if target is None:
+                raise TypeError("Client needs a target or a channel")
+            opts = [("grpc.max_receive_message_length", 256 << 20),
+                    ("grpc.max_send_message_length", 256 << 20)]
+            opts.extend(channel_options or [])
+            channel = grpc.insecure_channel(target, options=opts)
+            self._own_channel = True
+        else:
+            self._own_channel = False
+        _build_options(default_options)  # fail early on typos
+        self._channel = channel
+        self._stub = miner_pb2_grpc.MinerStub(channel)
+        self._timeout = timeout
+        self._metadata = metadata
+        self._defaults = default_options
+        self._lock = threading.Lock()
+        self._next_id = 1
+
+    @property
+    def stub(self):
+        """The raw generated MinerStub."""
+        return self._stub
+
+    def _request_id(self) -> int:
+        with self._lock:
+            rid = self._next_id
+            self._next_id += 1
+            return rid
+
+    def mine(self, queries: Any,
+             positive_ids: Any = None,
+             labels: Any = None,
+             query_ids: Any = None,
+             positive_scores: Any = None,
+             *, timeout: Optional[float] = None,
+             request_id: Optional[int] = None,
+             **options: Any) -> MineResult:
+        """Mines one batch with MineOnce.
+
+        queries          [n, dim] float32 (a single [dim] vector is [1, dim])
+        positive_ids     per query: a list of ids, or a 2-D int array padded with -1
+        labels           per query: an int, or None for no label
+        query_ids        per query: an int, or None
+        positive_scores  per query: a list of floats, or a 2-D float array padded
+                         with NaN, or a 1-D array of one score per query
+        options          MiningOptions fields: num_negatives, range_min,
+                         range_max, max_score, min_score, absolute_margin,
+                         relative_margin, sampling ("top", "uniform",
+                         "softmax"), temperature, seed, return_embeddings
+
+        Raises MineError (e.g. code 3, INVALID_ARGUMENT) when refused.
+        """
+        opts = dict(self._defaults)
+        opts.update(options)
+        if request_id is None:
+            request_id = self._request_id()
+        req = build_request(queries, positive_ids, labels, query_ids,
+                            positive_scores, request_id=request_id, **opts)
+        try:
+            resp = self._stub.MineOnce(
+                req, timeout=timeout if timeout is not None else self._timeout,
+                metadata=self._metadata)
+        except grpc.RpcError as e:
+            code = e.code() if hasattr(e, "code") else None
+            if code is None:
+                raise
+            raise MineError(code.value[0], e.details() or "", request_id) from e
+        return to_result(resp, req.options.num_negatives)
+
+    def stream(self, *, timeout: Optional[float] = None, **options: Any
+               ) -> MineStream:
+        """Opens a bidi Mine stream; `options` are defaults for its sends."""
+        opts = dict(self._defaults)
+        opts.update(options)
+        return MineStream(self._stub,
+                          timeout=timeout if timeout is not None else self._timeout,
+                          metadata=self._metadata, **opts)
+
+    def mine_iter(self, batches: Iterable[Any], max_in_flight: int = 4,
+                  **options: Any) -> Iterator[MineResult]:
+        """Mines every batch over one stream, pipelined; yields in order.
+
+        A batch is an array of queries or a dict of MineStream.send kwargs.
+        """
+        with self.stream(**options) as s:
+            yield from s.results(batches, max_in_flight=max_in_flight)
+
+    def info(self, *, timeout: Optional[float] = None) -> IndexInfo:
+        r = self._stub.GetIndexInfo(
+            miner_pb2.GetIndexInfoRequest(),
+            timeout=timeout if timeout is not None else self._timeout,
+            metadata=self._metadata)
+        return IndexInfo(version=IndexVersion(r.version.name, r.version.sequence),
+                         size=r.size, dim=r.dim, metric=r.metric,
+                         index_type=r.index_type, build_state=r.build_state,
+                         step=r.step, has_labels=r.has_labels)
+
+    def close(self) -> None:
+        if self._own_channel:
+            self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

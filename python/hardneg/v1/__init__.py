@@ -1,0 +1,1 @@
+"""Generated stubs of proto/hardneg/v1/miner.proto (run python/generate.sh)."""
