@@ -1,1 +1,298 @@
-// placeholder
+#include "client.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <string>
+#include <utility>
+
+#include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "hardneg/v1/miner.grpc.pb.h"
+
+namespace hardneg {
+namespace {
+
+// Status payload marking an in-band MineResponse.error; the value is the
+// failed request's id in decimal.
+constexpr char kRequestIdPayload[] = "type.hardneg.dev/hardneg.v1.request_id";
+
+absl::Status FromGrpcStatus(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                      status.error_message());
+}
+
+std::chrono::system_clock::time_point DeadlineAfter(absl::Duration timeout) {
+  return absl::ToChronoTime(absl::Now() + timeout);
+}
+
+v1::Sampling ToProto(Sampling sampling) {
+  switch (sampling) {
+    case Sampling::kTop:
+      return v1::SAMPLING_TOP;
+    case Sampling::kUniform:
+      return v1::SAMPLING_UNIFORM;
+    case Sampling::kSoftmax:
+      return v1::SAMPLING_SOFTMAX;
+  }
+  return v1::SAMPLING_TOP;
+}
+
+void ToProto(const MiningOptions& options, v1::MiningOptions* out) {
+  out->set_num_negatives(options.num_negatives);
+  out->set_range_min(options.range_min);
+  out->set_range_max(options.range_max);
+  if (options.max_score) out->set_max_score(*options.max_score);
+  if (options.min_score) out->set_min_score(*options.min_score);
+  if (options.absolute_margin) {
+    out->set_absolute_margin(*options.absolute_margin);
+  }
+  if (options.relative_margin) {
+    out->set_relative_margin(*options.relative_margin);
+  }
+  out->set_sampling(ToProto(options.sampling));
+  out->set_temperature(options.temperature);
+  out->set_seed(options.seed);
+  out->set_return_embeddings(options.return_embeddings);
+}
+
+void ToProto(const Query& query, v1::Query* out) {
+  out->mutable_embedding()->Add(query.embedding.begin(), query.embedding.end());
+  out->mutable_positive_ids()->Add(query.positive_ids.begin(),
+                                   query.positive_ids.end());
+  out->mutable_positive_scores()->Add(query.positive_scores.begin(),
+                                      query.positive_scores.end());
+  if (query.label) out->set_label(*query.label);
+  if (query.query_id) out->set_query_id(*query.query_id);
+}
+
+void ToProto(uint64_t request_id, const std::vector<Query>& queries,
+             const MiningOptions& options, v1::MineRequest* out) {
+  out->set_request_id(request_id);
+  out->mutable_queries()->Reserve(static_cast<int>(queries.size()));
+  for (const Query& query : queries) ToProto(query, out->add_queries());
+  ToProto(options, out->mutable_options());
+}
+
+IndexVersion FromProto(const v1::IndexVersion& version) {
+  IndexVersion out;
+  out.name = version.name();
+  out.sequence = version.sequence();
+  return out;
+}
+
+// The reply, or the in-band error it carries as a status tagged with the
+// request id.
+absl::StatusOr<MineReply> FromProto(const v1::MineResponse& response) {
+  if (response.has_error() &&
+      (response.error().code() != 0 || !response.error().message().empty())) {
+    const uint32_t code = response.error().code();
+    absl::Status status(code >= 1 && code <= 16
+                            ? static_cast<absl::StatusCode>(code)
+                            : absl::StatusCode::kUnknown,
+                        response.error().message());
+    status.SetPayload(kRequestIdPayload,
+                      absl::Cord(absl::StrCat(response.request_id())));
+    return status;
+  }
+  MineReply reply;
+  reply.request_id = response.request_id();
+  reply.index = FromProto(response.index());
+  reply.results.reserve(response.results_size());
+  for (const v1::QueryResult& result : response.results()) {
+    QueryResult& out = reply.results.emplace_back();
+    out.shortfall = result.shortfall();
+    if (result.has_positive_score()) {
+      out.positive_score = result.positive_score();
+    }
+    out.negatives.reserve(result.negatives_size());
+    for (const v1::Negative& negative : result.negatives()) {
+      Negative& n = out.negatives.emplace_back();
+      n.id = negative.id();
+      n.score = negative.score();
+      n.label = negative.label();
+      n.rank = negative.rank();
+      n.embedding.assign(negative.embedding().begin(),
+                         negative.embedding().end());
+    }
+  }
+  return reply;
+}
+
+}  // namespace
+
+std::optional<uint64_t> FailedRequestId(const absl::Status& status) {
+  auto payload = status.GetPayload(kRequestIdPayload);  // absl::optional
+  uint64_t id = 0;
+  if (!payload || !absl::SimpleAtoi(payload->Flatten(), &id)) {
+    return std::nullopt;
+  }
+  return id;
+}
+
+// ---------------------------------------------------------------------------
+// Client
+
+struct Client::Rpc {
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::Miner::Stub> stub;
+};
+
+Client::Client(std::unique_ptr<Rpc> rpc, const ClientOptions& options)
+    : rpc_(std::move(rpc)), options_(options) {}
+
+Client::~Client() = default;
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
+    const std::string& target, const ClientOptions& options) {
+  if (target.empty()) {
+    return absl::InvalidArgumentError(
+        "server address is empty; expected host:port");
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(options.max_message_bytes);
+  args.SetMaxSendMessageSize(options.max_message_bytes);
+  if (!options.load_balancing_policy.empty()) {
+    args.SetLoadBalancingPolicyName(options.load_balancing_policy);
+  }
+  std::shared_ptr<grpc::ChannelCredentials> credentials =
+      options.credentials != nullptr ? options.credentials
+                                     : grpc::InsecureChannelCredentials();
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(target, credentials, args);
+  if (options.connect_timeout &&
+      !channel->WaitForConnected(DeadlineAfter(*options.connect_timeout))) {
+    return absl::UnavailableError(
+        absl::StrCat("could not connect to ", target, " within ",
+                     absl::FormatDuration(*options.connect_timeout)));
+  }
+  return FromChannel(std::move(channel), options);
+}
+
+std::unique_ptr<Client> Client::FromChannel(
+    std::shared_ptr<grpc::Channel> channel, const ClientOptions& options) {
+  auto rpc = std::make_unique<Rpc>();
+  rpc->stub = v1::Miner::NewStub(channel);
+  rpc->channel = std::move(channel);
+  return std::unique_ptr<Client>(new Client(std::move(rpc), options));
+}
+
+absl::StatusOr<MineReply> Client::MineOnce(const std::vector<Query>& queries,
+                                           const MiningOptions& options,
+                                           uint64_t request_id) {
+  v1::MineRequest request;
+  ToProto(request_id, queries, options, &request);
+  grpc::ClientContext context;
+  context.set_wait_for_ready(options_.wait_for_ready);
+  if (options_.rpc_timeout) {
+    context.set_deadline(DeadlineAfter(*options_.rpc_timeout));
+  }
+  v1::MineResponse response;
+  grpc::Status status = rpc_->stub->MineOnce(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return FromProto(response);
+}
+
+absl::StatusOr<IndexInfo> Client::GetIndexInfo() {
+  grpc::ClientContext context;
+  context.set_wait_for_ready(options_.wait_for_ready);
+  if (options_.rpc_timeout) {
+    context.set_deadline(DeadlineAfter(*options_.rpc_timeout));
+  }
+  v1::IndexInfo response;
+  grpc::Status status =
+      rpc_->stub->GetIndexInfo(&context, v1::GetIndexInfoRequest(), &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  IndexInfo info;
+  info.version = FromProto(response.version());
+  info.size = response.size();
+  info.dim = response.dim();
+  info.metric = response.metric();
+  info.index_type = response.index_type();
+  info.build_state = response.build_state();
+  info.step = response.step();
+  info.has_labels = response.has_labels();
+  return info;
+}
+
+// ---------------------------------------------------------------------------
+// MineStream
+
+struct MineStream::Call {
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::MineRequest, v1::MineResponse>>
+      stream;
+};
+
+std::unique_ptr<MineStream> Client::OpenStream() {
+  auto call = std::make_unique<MineStream::Call>();
+  call->context.set_wait_for_ready(options_.wait_for_ready);
+  if (options_.stream_timeout) {
+    call->context.set_deadline(DeadlineAfter(*options_.stream_timeout));
+  }
+  call->stream = rpc_->stub->Mine(&call->context);
+  return std::unique_ptr<MineStream>(new MineStream(std::move(call)));
+}
+
+MineStream::MineStream(std::unique_ptr<Call> call) : call_(std::move(call)) {}
+
+MineStream::~MineStream() {
+  if (final_status_) return;
+  // gRPC wants Finish after the last read; cancel so that both are quick.
+  Cancel();
+  CloseAndFinish().IgnoreError();
+}
+
+absl::Status MineStream::Send(uint64_t request_id,
+                              const std::vector<Query>& queries,
+                              const MiningOptions& options) {
+  if (send_closed_) {
+    return absl::FailedPreconditionError(
+        "Send after CloseSend on a Mine stream");
+  }
+  v1::MineRequest request;
+  ToProto(request_id, queries, options, &request);
+  if (!call_->stream->Write(request)) {
+    return absl::AbortedError(
+        "the Mine stream is closed; CloseAndFinish() returns why");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MineStream::CloseSend() {
+  if (send_closed_) return absl::OkStatus();
+  send_closed_ = true;
+  if (!call_->stream->WritesDone()) {
+    return absl::AbortedError(
+        "the Mine stream is closed; CloseAndFinish() returns why");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<MineReply> MineStream::Receive() {
+  if (!receive_ended_) {
+    v1::MineResponse response;
+    if (call_->stream->Read(&response)) return FromProto(response);
+    receive_ended_ = true;
+  }
+  return absl::OutOfRangeError(
+      "the Mine stream has ended; CloseAndFinish() returns its final status");
+}
+
+void MineStream::Cancel() { call_->context.TryCancel(); }
+
+absl::Status MineStream::CloseAndFinish() {
+  if (final_status_) return *final_status_;
+  // A failed WritesDone means the stream is broken; Finish says why.
+  CloseSend().IgnoreError();
+  v1::MineResponse unread;
+  while (!receive_ended_ && call_->stream->Read(&unread)) {
+  }
+  receive_ended_ = true;
+  final_status_ = FromGrpcStatus(call_->stream->Finish());
+  return *final_status_;
+}
+
+}  // namespace hardneg

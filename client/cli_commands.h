@@ -1,0 +1,58 @@
+// The subcommands of the `hardneg` CLI. Each takes the arguments after its
+// name, parses its own flags, writes results to stdout (or the file named by
+// a flag) and diagnostics to stderr, and returns the process exit code:
+// kExitOk, kExitRuntimeError (1) or kExitUsageError (2) (cli_flags.h).
+//
+// Called from main's thread; each runs one command to completion.
+#ifndef HARDNEG_CLIENT_CLI_COMMANDS_H_
+#define HARDNEG_CLIENT_CLI_COMMANDS_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "cli_flags.h"
+#include "client.h"
+
+namespace hardneg {
+
+// `hardneg info`: the served index's version and shape.
+int RunInfoCommand(const std::vector<std::string>& args);
+
+// `hardneg mine`: mines negatives for the queries of a .npy file.
+int RunMineCommand(const std::vector<std::string>& args);
+
+// `hardneg make-checkpoint`: writes a checkpoint directory from .npy files
+// or Fashion-MNIST, and exports Fashion-MNIST test queries.
+int RunMakeCheckpointCommand(const std::vector<std::string>& args);
+
+// The flags every command that talks to a server shares.
+struct ServerFlags {
+  std::string server;
+  float timeout_seconds = 10;
+  bool wait_for_ready = false;
+};
+
+// Registers --server, --timeout and --wait_for_ready.
+void AddServerFlags(FlagSet& flags, ServerFlags* server_flags);
+
+// Connects as the flags say: waits up to --timeout for the channel, and
+// applies --timeout to each unary call (not to a Mine stream).
+absl::StatusOr<std::unique_ptr<Client>> ConnectToServer(
+    const ServerFlags& server_flags);
+
+// "CODE: message", without the status payloads that ToString() adds.
+std::string StatusText(const absl::Status& status);
+
+// `text` as a JSON string literal, quotes included.
+std::string JsonString(const std::string& text);
+
+// Writes "hardneg <command>: <what>: <status>" to stderr; returns
+// kExitRuntimeError.
+int RuntimeError(const std::string& command, const std::string& what,
+                 const absl::Status& status);
+
+}  // namespace hardneg
+
+#endif  // HARDNEG_CLIENT_CLI_COMMANDS_H_

@@ -1,0 +1,76 @@
+// `hardneg info`.
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "cli_commands.h"
+#include "cli_flags.h"
+#include "client.h"
+
+namespace hardneg {
+
+int RunInfoCommand(const std::vector<std::string>& args) {
+  ServerFlags server_flags;
+  std::string format = "text";
+  FlagSet flags("info", "--server HOST:PORT [--format text|json]",
+                "Prints the served index: version name and sequence, size, "
+                "dim, metric, index type, build state and checkpoint step.");
+  AddServerFlags(flags, &server_flags);
+  flags.String("format", &format, "text|json", "Output format.");
+  if (absl::Status status = flags.Parse(args); !status.ok()) {
+    return flags.UsageError(status);
+  }
+  if (flags.help_requested()) {
+    std::cout << flags.Usage();
+    return kExitOk;
+  }
+  if (server_flags.server.empty()) {
+    return flags.UsageError("--server is required");
+  }
+  if (server_flags.timeout_seconds < 0) {
+    return flags.UsageError("--timeout must not be negative");
+  }
+  if (format != "text" && format != "json") {
+    return flags.UsageError(
+        absl::StrCat("--format=", format, ": expected text or json"));
+  }
+
+  absl::StatusOr<std::unique_ptr<Client>> client =
+      ConnectToServer(server_flags);
+  if (!client.ok()) {
+    return RuntimeError("info", server_flags.server, client.status());
+  }
+  absl::StatusOr<IndexInfo> info = (*client)->GetIndexInfo();
+  if (!info.ok()) {
+    return RuntimeError("info",
+                        absl::StrCat("GetIndexInfo on ", server_flags.server),
+                        info.status());
+  }
+  if (format == "json") {
+    std::cout << "{\"version\": {\"name\": " << JsonString(info->version.name)
+              << ", \"sequence\": " << info->version.sequence
+              << "}, \"size\": " << info->size << ", \"dim\": " << info->dim
+              << ", \"metric\": " << JsonString(info->metric)
+              << ", \"index_type\": " << JsonString(info->index_type)
+              << ", \"build_state\": " << JsonString(info->build_state)
+              << ", \"step\": " << info->step
+              << ", \"has_labels\": " << (info->has_labels ? "true" : "false")
+              << "}\n";
+  } else {
+    std::cout << "version:      " << info->version.name << "\n"
+              << "sequence:     " << info->version.sequence << "\n"
+              << "size:         " << info->size << "\n"
+              << "dim:          " << info->dim << "\n"
+              << "metric:       " << info->metric << "\n"
+              << "index_type:   " << info->index_type << "\n"
+              << "build_state:  " << info->build_state << "\n"
+              << "step:         " << info->step << "\n"
+              << "has_labels:   " << (info->has_labels ? "true" : "false")
+              << "\n";
+  }
+  return kExitOk;
+}
+
+}  // namespace hardneg

@@ -1,0 +1,72 @@
+// What the subcommands share: server flags, error reporting, JSON strings.
+#include <iostream>
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "cli_commands.h"
+
+namespace hardneg {
+std::string JsonString(const std::string& text) {
+  std::string out = "\"";
+  for (const char c : text) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          absl::StrAppend(&out, "\\u00",
+                          absl::Hex(static_cast<unsigned>(c), absl::kZeroPad2));
+        } else {
+          out += c;
+        }
+    }
+  }
+  out += '"';
+  return out;
+}
+
+void AddServerFlags(FlagSet& flags, ServerFlags* server_flags) {
+  flags.String("server", &server_flags->server, "HOST:PORT",
+               "The hardneg server's gRPC address (required).");
+  flags.Float("timeout", &server_flags->timeout_seconds,
+              "Seconds to wait for the connection, and for each unary call.\n"
+              "0 waits forever.");
+  flags.Bool("wait_for_ready", &server_flags->wait_for_ready,
+             "Queue calls while the server is unreachable instead of failing "
+             "them.");
+}
+
+absl::StatusOr<std::unique_ptr<Client>> ConnectToServer(
+    const ServerFlags& server_flags) {
+  ClientOptions options;
+  options.wait_for_ready = server_flags.wait_for_ready;
+  if (server_flags.timeout_seconds > 0) {
+    const absl::Duration timeout = absl::Seconds(server_flags.timeout_seconds);
+    options.connect_timeout = timeout;
+    options.rpc_timeout = timeout;
+  }
+  return Client::Connect(server_flags.server, options);
+}
+
+std::string StatusText(const absl::Status& status) {
+  return absl::StrCat(absl::StatusCodeToString(status.code()), ": ",
+                      status.message());
+}
+
+int RuntimeError(const std::string& command, const std::string& what,
+                 const absl::Status& status) {
+  std::cerr << "hardneg " << command << ": " << what << ": "
+            << StatusText(status) << "\n";
+  return kExitRuntimeError;
+}
+
+}  // namespace hardneg

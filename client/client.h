@@ -1,0 +1,241 @@
+// hardneg::Client: a C++ client of the hardneg.v1.Miner gRPC service, for
+// trainers. It speaks in plain structs (no protos in this header) and returns
+// absl::Status / absl::StatusOr: a failed RPC becomes an absl::Status with the
+// same code and message as the grpc::Status.
+//
+// Thread safety:
+//   - A Client is thread-safe: any number of threads may call MineOnce,
+//     GetIndexInfo and OpenStream on one Client at the same time (it holds
+//     one gRPC channel; calls share its connections).
+//   - A MineStream is not thread-safe as a whole, but it is made for one
+//     sender thread and one receiver thread: at any moment at most one thread
+//     may be in Send/CloseSend and at most one (other) thread in Receive.
+//     Cancel may be called from any thread at any time. CloseAndFinish and
+//     the destructor must not run concurrently with any other call on the
+//     stream (join the sender and receiver threads first).
+//   - A MineStream must not outlive the Client that opened it.
+//
+// A trainer's typical loop (two threads, pipelined):
+//
+//   auto client = hardneg::Client::Connect("miner:50051", {});
+//   auto stream = (*client)->OpenStream();
+//   sender:   for (...) stream->Send(step, queries, options);
+//             stream->CloseSend();
+//   receiver: for (...) { auto reply = stream->Receive(); ... }
+//   after joining both: stream->CloseAndFinish();
+#ifndef HARDNEG_CLIENT_CLIENT_H_
+#define HARDNEG_CLIENT_CLIENT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace grpc {
+class Channel;
+class ChannelCredentials;
+}  // namespace grpc
+
+namespace hardneg {
+
+// One query of a mining request. See DESIGN.md "Mining semantics".
+struct Query {
+  std::vector<float> embedding;  // exactly the index's dim, all finite
+  // Ids that match this query: never returned, and scored to find p.
+  std::vector<int64_t> positive_ids;
+  // Scores of positives computed by the caller; they count towards p.
+  std::vector<float> positive_scores;
+  // Candidates with this stored label are excluded (0 is a label).
+  std::optional<int64_t> label;
+  // The query's own id, excluded.
+  std::optional<int64_t> query_id;
+};
+
+enum class Sampling {
+  kTop,      // the best ones in the window
+  kUniform,  // uniform without replacement, seeded
+  kSoftmax,  // without replacement, weight exp(s / T) (exp(-s / T) for L2)
+};
+
+// Mirrors hardneg.v1.MiningOptions. An absent optional is "unset"; a value
+// of 0 is a real bound.
+struct MiningOptions {
+  uint32_t num_negatives = 10;  // per query; 0 is INVALID_ARGUMENT
+  uint32_t range_min = 0;       // rank window [range_min, range_max)
+  uint32_t range_max = 0;       // 0 means range_min + num_negatives
+  std::optional<float> max_score;
+  std::optional<float> min_score;
+  std::optional<float> absolute_margin;
+  std::optional<float> relative_margin;
+  Sampling sampling = Sampling::kTop;
+  float temperature = 0;  // for kSoftmax; 0 means 1.0
+  uint64_t seed = 0;
+  bool return_embeddings = false;  // fill Negative::embedding
+};
+
+struct Negative {
+  int64_t id = 0;
+  float score = 0;    // inner product, or squared L2 distance
+  int64_t label = 0;  // the stored label (0 when the index has none)
+  uint32_t rank = 0;  // 0-based among the survivors: range_min <= rank
+  std::vector<float> embedding;  // only with return_embeddings
+};
+
+struct QueryResult {
+  std::vector<Negative> negatives;  // best first
+  uint32_t shortfall = 0;  // how many fewer than num_negatives survived
+  std::optional<float> positive_score;  // p; absent without positives
+};
+
+// The index version that answered: `sequence` rises with every swap.
+struct IndexVersion {
+  std::string name;
+  uint64_t sequence = 0;
+};
+
+// The answer to one request: one result per query, in query order.
+struct MineReply {
+  uint64_t request_id = 0;
+  std::vector<QueryResult> results;
+  IndexVersion index;
+};
+
+struct IndexInfo {
+  IndexVersion version;
+  uint64_t size = 0;  // number of candidates
+  uint32_t dim = 0;
+  std::string metric;       // "inner_product" or "l2"
+  std::string index_type;   // e.g. a FAISS factory string
+  std::string build_state;  // e.g. "serving", "building"
+  uint64_t step = 0;        // the checkpoint's training step
+  bool has_labels = false;
+};
+
+struct ClientOptions {
+  // Largest message sent or received, both ways (gRPC's default is 4 MiB).
+  int max_message_bytes = 64 << 20;
+  // Queue RPCs while the channel is not ready instead of failing them at
+  // once with UNAVAILABLE.
+  bool wait_for_ready = false;
+  // When set, Connect waits this long for the channel to become ready and
+  // fails with UNAVAILABLE otherwise. When unset, Connect does not wait.
+  std::optional<absl::Duration> connect_timeout;
+  // Deadline of each unary call (MineOnce, GetIndexInfo).
+  std::optional<absl::Duration> rpc_timeout;
+  // Deadline of a whole Mine stream, from OpenStream.
+  std::optional<absl::Duration> stream_timeout;
+  // E.g. "round_robin" for a headless Service of replicas; empty: default.
+  std::string load_balancing_policy;
+  // nullptr means insecure (plaintext).
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+};
+
+// When `status` came from an in-band MineResponse.error (the request failed
+// but its stream stays usable), the failed request's id; otherwise nullopt.
+std::optional<uint64_t> FailedRequestId(const absl::Status& status);
+
+class MineStream;
+
+class Client {
+ public:
+  // Creates a channel to `target` ("host:port", "dns:///host:port", ...).
+  // INVALID_ARGUMENT for an empty target; UNAVAILABLE when
+  // `options.connect_timeout` is set and the channel is not ready in time.
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(
+      const std::string& target, const ClientOptions& options);
+
+  // Wraps an existing channel, e.g. a server's in-process channel in tests.
+  // The channel's own arguments (message sizes) apply.
+  static std::unique_ptr<Client> FromChannel(
+      std::shared_ptr<grpc::Channel> channel, const ClientOptions& options);
+
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+  ~Client();
+
+  // One unary MineOnce call. On success, one result per query in order. A
+  // failed call returns its status (e.g. INVALID_ARGUMENT naming the field
+  // and query, UNAVAILABLE, DEADLINE_EXCEEDED).
+  absl::StatusOr<MineReply> MineOnce(const std::vector<Query>& queries,
+                                     const MiningOptions& options,
+                                     uint64_t request_id = 0);
+
+  // The served index's version, size, dim, metric, type and build state.
+  absl::StatusOr<IndexInfo> GetIndexInfo();
+
+  // Opens a Mine stream. Never fails here: connection errors surface from
+  // Send, Receive and CloseAndFinish.
+  std::unique_ptr<MineStream> OpenStream();
+
+ private:
+  struct Rpc;  // the channel and the generated stub
+  Client(std::unique_ptr<Rpc> rpc, const ClientOptions& options);
+
+  std::unique_ptr<Rpc> rpc_;
+  const ClientOptions options_;
+};
+
+// One bidirectional Mine stream: requests go out with Send, replies come
+// back from Receive one per request, in order. See the thread-safety
+// contract at the top of this file.
+class MineStream {
+ public:
+  MineStream(const MineStream&) = delete;
+  MineStream& operator=(const MineStream&) = delete;
+  // Cancels the stream if CloseAndFinish was not called.
+  ~MineStream();
+
+  // Writes one request; blocks while gRPC flow control pushes back. OK once
+  // written (the reply comes from Receive). FAILED_PRECONDITION after
+  // CloseSend; ABORTED when the stream is already broken: CloseAndFinish
+  // then returns why.
+  absl::Status Send(uint64_t request_id, const std::vector<Query>& queries,
+                    const MiningOptions& options);
+
+  // Half-closes: tells the server no more requests follow. Idempotent.
+  // Call it from the sender thread.
+  absl::Status CloseSend();
+
+  // Blocks for the next reply.
+  //  - OK: the reply (its request_id is the request's).
+  //  - The request failed in-band: that request's code and message, with
+  //    FailedRequestId(status) set; the stream stays usable.
+  //  - The stream ended (the server finished it, or CloseSend was called and
+  //    every reply was read, or it was cancelled): OUT_OF_RANGE, and
+  //    FailedRequestId(status) is nullopt. CloseAndFinish then returns the
+  //    final status of the RPC.
+  absl::StatusOr<MineReply> Receive();
+
+  // Aborts the stream: a blocked Send or Receive returns soon after. Safe
+  // from any thread, at any time, any number of times.
+  void Cancel();
+
+  // Half-closes if needed, discards replies not yet received, and returns
+  // the final status of the RPC (OK when the server finished cleanly,
+  // CANCELLED after Cancel). Call once, after the sender and the receiver
+  // are done; later calls return the same status.
+  absl::Status CloseAndFinish();
+
+ private:
+  friend class Client;
+  struct Call;  // the ClientContext and the gRPC stream
+  explicit MineStream(std::unique_ptr<Call> call);
+
+  std::unique_ptr<Call> call_;
+  // Sender side.
+  bool send_closed_ = false;
+  // Receiver side.
+  bool receive_ended_ = false;
+  // Set by CloseAndFinish.
+  std::optional<absl::Status> final_status_;
+};
+
+}  // namespace hardneg
+
+#endif  // HARDNEG_CLIENT_CLIENT_H_

@@ -1,0 +1,149 @@
+#include "mine_output.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstddef>
+#include <limits>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "cli_commands.h"
+#include "npy_array.h"
+
+namespace hardneg {
+namespace {
+
+// The shortest text that reads back as the same float; null if non-finite.
+void AppendJsonFloat(std::string* out, float value) {
+  if (!std::isfinite(value)) {
+    out->append("null");
+    return;
+  }
+  char buffer[32];
+  const std::to_chars_result result =
+      std::to_chars(buffer, buffer + sizeof(buffer), value);
+  out->append(buffer, result.ptr);
+}
+
+void AppendVersion(std::string* out, const IndexVersion& version) {
+  absl::StrAppend(out, "{\"name\": ", JsonString(version.name),
+                  ", \"sequence\": ", version.sequence, "}");
+}
+
+bool SameVersion(const IndexVersion& a, const IndexVersion& b) {
+  return a.name == b.name && a.sequence == b.sequence;
+}
+
+}  // namespace
+
+absl::Status WriteMineJson(const MinedQueries& mined, std::FILE* out) {
+  bool version_changed = false;
+  for (const IndexVersion& version : mined.versions) {
+    if (!SameVersion(version, mined.versions.front())) version_changed = true;
+  }
+  std::string text = "{\"index\": ";
+  AppendVersion(
+      &text, mined.versions.empty() ? IndexVersion() : mined.versions.back());
+  absl::StrAppend(&text, ", \"num_queries\": ", mined.results.size(),
+                  ", \"results\": [\n");
+  for (size_t i = 0; i < mined.results.size(); ++i) {
+    const QueryResult& result = mined.results[i];
+    absl::StrAppend(&text, "{\"query\": ", i, ", \"negatives\": [");
+    for (size_t j = 0; j < result.negatives.size(); ++j) {
+      const Negative& negative = result.negatives[j];
+      absl::StrAppend(&text, j == 0 ? "" : ", ", "{\"id\": ", negative.id,
+                      ", \"score\": ");
+      AppendJsonFloat(&text, negative.score);
+      absl::StrAppend(&text, ", \"label\": ", negative.label,
+                      ", \"rank\": ", negative.rank);
+      if (!negative.embedding.empty()) {
+        text.append(", \"embedding\": [");
+        for (size_t d = 0; d < negative.embedding.size(); ++d) {
+          if (d > 0) text.append(", ");
+          AppendJsonFloat(&text, negative.embedding[d]);
+        }
+        text.append("]");
+      }
+      text.append("}");
+    }
+    absl::StrAppend(&text, "], \"shortfall\": ", result.shortfall,
+                    ", \"positive_score\": ");
+    if (result.positive_score) {
+      AppendJsonFloat(&text, *result.positive_score);
+    } else {
+      text.append("null");
+    }
+    if (version_changed) {
+      text.append(", \"index\": ");
+      AppendVersion(&text, mined.versions[i]);
+    }
+    absl::StrAppend(&text, "}", i + 1 < mined.results.size() ? "," : "", "\n");
+    // Flush in pieces so a large output never sits in memory whole.
+    if (text.size() > (1 << 20)) {
+      if (std::fwrite(text.data(), 1, text.size(), out) != text.size()) {
+        return absl::UnavailableError("writing the JSON output failed");
+      }
+      text.clear();
+    }
+  }
+  text.append("]}\n");
+  if (std::fwrite(text.data(), 1, text.size(), out) != text.size() ||
+      std::fflush(out) != 0) {
+    return absl::UnavailableError("writing the JSON output failed");
+  }
+  return absl::OkStatus();
+}
+
+MineNpyPaths MineNpyPathsFor(const std::string& path) {
+  std::string base = path;
+  if (absl::EndsWith(base, ".npy")) base.resize(base.size() - 4);
+  return {path, absl::StrCat(base, ".scores.npy"),
+          absl::StrCat(base, ".embeddings.npy")};
+}
+
+absl::Status WriteMineNpy(const MinedQueries& mined, uint32_t num_negatives,
+                          bool embeddings, const std::string& path) {
+  const MineNpyPaths paths = MineNpyPathsFor(path);
+  const size_t n = mined.results.size();
+  const size_t k = num_negatives;
+  std::vector<int64_t> ids(n * k, -1);
+  std::vector<float> scores(n * k, std::numeric_limits<float>::quiet_NaN());
+  size_t dim = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const std::vector<Negative>& negatives = mined.results[i].negatives;
+    if (negatives.size() > k) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("query ", i, " got ", negatives.size(),
+                       " negatives, more than the ", k, " asked for"));
+    }
+    for (size_t j = 0; j < negatives.size(); ++j) {
+      ids[i * k + j] = negatives[j].id;
+      scores[i * k + j] = negatives[j].score;
+      if (embeddings && dim == 0) dim = negatives[j].embedding.size();
+    }
+  }
+  absl::Status status = WriteNpyArray(paths.ids, "<i8", {n, k}, ids.data());
+  if (!status.ok()) return status;
+  status = WriteNpyArray(paths.scores, "<f4", {n, k}, scores.data());
+  if (!status.ok() || !embeddings) return status;
+
+  std::vector<float> vectors(n * k * dim, 0.0f);
+  for (size_t i = 0; i < n; ++i) {
+    const std::vector<Negative>& negatives = mined.results[i].negatives;
+    for (size_t j = 0; j < negatives.size(); ++j) {
+      const std::vector<float>& embedding = negatives[j].embedding;
+      if (embedding.size() != dim) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("query ", i, " negative ", j, " came with a ",
+                         embedding.size(), "-float embedding, expected ", dim));
+      }
+      std::copy(
+          embedding.begin(), embedding.end(),
+          vectors.begin() + static_cast<std::ptrdiff_t>((i * k + j) * dim));
+    }
+  }
+  return WriteNpyArray(paths.embeddings, "<f4", {n, k, dim}, vectors.data());
+}
+
+}  // namespace hardneg

@@ -1,0 +1,55 @@
+// Writing what `hardneg mine` mined: JSON (one object per query) or .npy
+// arrays padded to num_negatives columns.
+//
+// Stateless functions; safe to call from any thread.
+#ifndef HARDNEG_CLIENT_MINE_OUTPUT_H_
+#define HARDNEG_CLIENT_MINE_OUTPUT_H_
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "client.h"
+
+namespace hardneg {
+
+// The answers for every query of an input file, in query order.
+struct MinedQueries {
+  std::vector<QueryResult> results;
+  // The index version that answered each query (a swap can happen between
+  // two batches).
+  std::vector<IndexVersion> versions;
+};
+
+// Writes one JSON document:
+//   {"index": {"name", "sequence"}, "num_queries": n, "results": [
+//    {"query": i, "negatives": [{"id", "score", "label", "rank"
+//      [, "embedding"]}], "shortfall": s, "positive_score": p or null}, ...]}
+// one result per line. When the version changed during the run, "index" is
+// the last one and each result carries its own "index" too. Non-finite
+// floats are written as null.
+absl::Status WriteMineJson(const MinedQueries& mined, std::FILE* out);
+
+// The file names WriteMineNpy writes, from `path`: the ids go to `path`
+// itself, the rest next to it with ".npy" replaced by ".scores.npy" and
+// ".embeddings.npy".
+struct MineNpyPaths {
+  std::string ids;
+  std::string scores;
+  std::string embeddings;
+};
+MineNpyPaths MineNpyPathsFor(const std::string& path);
+
+// Writes ids int64 [n, num_negatives] padded with -1, scores float32
+// [n, num_negatives] padded with NaN, and with `embeddings` also float32
+// [n, num_negatives, dim] padded with zeros. INVALID_ARGUMENT when the
+// returned embeddings do not all have one dimension; file errors name the
+// file.
+absl::Status WriteMineNpy(const MinedQueries& mined, uint32_t num_negatives,
+                          bool embeddings, const std::string& path);
+
+}  // namespace hardneg
+
+#endif  // HARDNEG_CLIENT_MINE_OUTPUT_H_
