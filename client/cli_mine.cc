@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -23,6 +24,7 @@
 #include "cli_commands.h"
 #include "cli_flags.h"
 #include "client.h"
+#include "fashion_mnist.h"
 #include "mine_output.h"
 #include "npy.h"
 #include "npy_array.h"
@@ -270,7 +272,8 @@ absl::StatusOr<MineInputs> ReadInputs(const std::string& queries_path,
 int RunMineCommand(const std::vector<std::string>& args) {
   ServerFlags server_flags;
   std::string queries_path, positives_path, labels_path, query_ids_path;
-  std::string sampling = "top", output, format;
+  std::string sampling = "top", output, format, label_names_flag;
+  uint32_t show = 0;
   uint32_t batch_size = 256;
   uint32_t max_in_flight = 4;
   bool stream = true;
@@ -330,6 +333,13 @@ int RunMineCommand(const std::vector<std::string>& args) {
                "Output format; default: npy when --output ends in .npy, "
                "otherwise json.");
 
+  flags.Uint32("show", &show,
+               "Print a table of the first N queries' negatives to stdout "
+               "(then JSON goes to stdout only with --output).");
+  flags.String("label_names", &label_names_flag, "fashion-mnist|FILE",
+               "Names for labels in --show: fashion-mnist, or a text file "
+               "with one name per line (line i names label i).");
+
   if (absl::Status status = flags.Parse(args); !status.ok()) {
     return flags.UsageError(status);
   }
@@ -380,6 +390,21 @@ int RunMineCommand(const std::vector<std::string>& args) {
     return flags.UsageError("--format=npy needs --output FILE.npy");
   }
 
+  std::vector<std::string> label_names;
+  if (label_names_flag == "fashion-mnist") {
+    label_names.assign(kFashionMnistClassNames.begin(),
+                       kFashionMnistClassNames.end());
+  } else if (!label_names_flag.empty()) {
+    std::ifstream names(label_names_flag);
+    if (!names) {
+      return flags.UsageError(
+          absl::StrCat("--label_names=", label_names_flag, ": cannot open"));
+    }
+    for (std::string line; std::getline(names, line);) {
+      label_names.push_back(line);
+    }
+  }
+
   std::string failed_flag;
   absl::StatusOr<MineInputs> inputs = ReadInputs(
       queries_path, positives_path, labels_path, query_ids_path, &failed_flag);
@@ -413,7 +438,7 @@ int RunMineCommand(const std::vector<std::string>& args) {
     const absl::Status written = WriteMineNpy(
         mined, options.num_negatives, options.return_embeddings, output);
     if (!written.ok()) return RuntimeError(kCommand, "--output", written);
-  } else {
+  } else if (show == 0 || !output.empty()) {
     std::FILE* out = output.empty() ? stdout : std::fopen(output.c_str(), "w");
     if (out == nullptr) {
       return RuntimeError(
@@ -428,6 +453,12 @@ int RunMineCommand(const std::vector<std::string>& args) {
       return RuntimeError(kCommand, output.empty() ? "stdout" : output,
                           written);
     }
+  }
+
+  if (show > 0) {
+    WriteMineTable(mined, inputs->labels.value_or(std::vector<int64_t>{}),
+                   label_names, show, stdout);
+    std::fflush(stdout);
   }
 
   uint64_t negatives = 0;

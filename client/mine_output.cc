@@ -8,6 +8,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "cli_commands.h"
 #include "npy_array.h"
 
@@ -144,6 +145,42 @@ absl::Status WriteMineNpy(const MinedQueries& mined, uint32_t num_negatives,
     }
   }
   return WriteNpyArray(paths.embeddings, "<f4", {n, k, dim}, vectors.data());
+}
+
+void WriteMineTable(const MinedQueries& mined,
+                    const std::vector<int64_t>& query_labels,
+                    const std::vector<std::string>& label_names, size_t show,
+                    std::FILE* out) {
+  auto name = [&](int64_t label) {
+    if (label >= 0 && static_cast<size_t>(label) < label_names.size()) {
+      return absl::StrFormat("%s (%d)", label_names[label], label);
+    }
+    return absl::StrCat(label);
+  };
+  const size_t n = std::min(show, mined.results.size());
+  for (size_t i = 0; i < n; ++i) {
+    const QueryResult& result = mined.results[i];
+    std::string header = absl::StrCat("query ", i);
+    if (i < query_labels.size()) {
+      absl::StrAppend(&header, ": ", name(query_labels[i]),
+                      ", its class excluded");
+    }
+    if (result.positive_score.has_value()) {
+      absl::StrAppend(&header,
+                      absl::StrFormat(", p = %.4f", *result.positive_score));
+    }
+    std::fprintf(out, "%s:\n", header.c_str());
+    std::fprintf(out, "  %5s  %10s  %-24s  %10s\n", "rank", "id", "label",
+                 "score");
+    for (const Negative& negative : result.negatives) {
+      std::fprintf(out, "  %5u  %10lld  %-24s  %10.4f\n", negative.rank,
+                   static_cast<long long>(negative.id),
+                   name(negative.label).c_str(), negative.score);
+    }
+    if (result.shortfall > 0) {
+      std::fprintf(out, "  (shortfall %u)\n", result.shortfall);
+    }
+  }
 }
 
 }  // namespace hardneg

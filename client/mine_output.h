@@ -32,6 +32,14 @@ struct MinedQueries {
 // floats are written as null.
 absl::Status WriteMineJson(const MinedQueries& mined, std::FILE* out);
 
+// Writes a human-readable table of the first `show` queries' negatives:
+// rank, id, label (named by `label_names` when it covers the label) and
+// score. `query_labels`, when non-empty, gives each query's own label.
+void WriteMineTable(const MinedQueries& mined,
+                    const std::vector<int64_t>& query_labels,
+                    const std::vector<std::string>& label_names, size_t show,
+                    std::FILE* out);
+
 // The file names WriteMineNpy writes, from `path`: the ids go to `path`
 // itself, the rest next to it with ".npy" replaced by ".scores.npy" and
 // ".embeddings.npy".

@@ -2,6 +2,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -24,6 +25,9 @@ ABSL_FLAG(std::string, index, "Flat",
 ABSL_FLAG(std::string, metric, "",
           "inner_product or l2; when empty, each checkpoint's manifest says.");
 ABSL_FLAG(int, threads, 0, "Search worker threads; 0 means one per core.");
+ABSL_FLAG(int, blas_threads, 0,
+          "Threads one BLAS call may use; 0 means 1 when there are several "
+          "search workers (they already fill the cores), else one per core.");
 ABSL_FLAG(absl::Duration, poll_interval, absl::Seconds(2),
           "How often --checkpoints is scanned for a newer checkpoint.");
 ABSL_FLAG(uint32_t, max_negatives, 10000, "Largest num_negatives accepted.");
@@ -86,7 +90,9 @@ int main(int argc, char** argv) {
   hardneg::ServerOptions server_options;
   server_options.host = absl::GetFlag(FLAGS_host);
   server_options.port = absl::GetFlag(FLAGS_grpc_port);
-  server_options.threads = static_cast<size_t>(absl::GetFlag(FLAGS_threads));
+  server_options.threads =
+      static_cast<size_t>(std::max(0, absl::GetFlag(FLAGS_threads)));
+  server_options.blas_threads = absl::GetFlag(FLAGS_blas_threads);
   server_options.limits.max_negatives = absl::GetFlag(FLAGS_max_negatives);
   server_options.limits.max_range = absl::GetFlag(FLAGS_max_range);
   absl::StatusOr<std::unique_ptr<hardneg::HardnegServer>> server =

@@ -1,5 +1,8 @@
 #include "server.h"
 
+#include <cblas.h>
+#include <omp.h>
+
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -18,6 +21,19 @@ size_t DefaultThreads() {
   return cores == 0 ? 2 : cores;
 }
 
+// Runs on each search worker: OpenMP's thread count is per thread, and
+// workers x BLAS threads must not exceed the cores, or OpenBLAS's threads
+// spin against each other.
+std::function<void()> WorkerThreadInit(size_t workers, int blas_threads) {
+  if (blas_threads <= 0) {
+    blas_threads = workers > 1 ? 1 : static_cast<int>(DefaultThreads());
+  }
+  return [blas_threads] {
+    omp_set_num_threads(blas_threads);
+    openblas_set_num_threads(blas_threads);
+  };
+}
+
 }  // namespace
 
 HardnegServer::HardnegServer(const ServerOptions& options,
@@ -25,7 +41,10 @@ HardnegServer::HardnegServer(const ServerOptions& options,
     : manager_(manager),
       miner_(options.limits),
       pool_(std::make_unique<WorkerPool>(
-          options.threads == 0 ? DefaultThreads() : options.threads)),
+          options.threads == 0 ? DefaultThreads() : options.threads,
+          WorkerThreadInit(
+              options.threads == 0 ? DefaultThreads() : options.threads,
+              options.blas_threads))),
       service_(std::make_unique<MinerService>(manager, &miner_, pool_.get(),
                                               options.service)) {}
 

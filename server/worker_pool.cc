@@ -4,11 +4,14 @@
 
 namespace hardneg {
 
-WorkerPool::WorkerPool(size_t threads) {
+WorkerPool::WorkerPool(size_t threads, std::function<void()> thread_init) {
   if (threads == 0) threads = 1;
   threads_.reserve(threads);
   for (size_t i = 0; i < threads; ++i) {
-    threads_.emplace_back([this] { Run(); });
+    threads_.emplace_back([this, thread_init] {
+      if (thread_init) thread_init();
+      Run();
+    });
   }
 }
 

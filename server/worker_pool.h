@@ -19,7 +19,10 @@ namespace hardneg {
 
 class WorkerPool {
  public:
-  explicit WorkerPool(size_t threads);
+  // `thread_init`, when set, runs first on each worker thread (for
+  // per-thread settings such as OpenMP's thread count).
+  explicit WorkerPool(size_t threads,
+                      std::function<void()> thread_init = nullptr);
   ~WorkerPool();
 
   WorkerPool(const WorkerPool&) = delete;

@@ -353,22 +353,33 @@ absl::StatusOr<std::vector<MiningResult>> Miner::Mine(
       // A fetched candidate is certain when no unfetched one can be closer;
       // for exact indexes, that needs a margin of the kernel's error bound
       // past the worst fetched approximate score.
-      const bool bounded = index.exact() && !exhausted && count > 0;
+      const bool exact = index.exact();
+      const double eps = exact ? index.ErrorBound(st.norm) : 0;
+      const bool bounded = exact && !exhausted && count > 0;
       const double worst = bounded ? approx[j * k + count - 1] : 0;
-      const double eps = bounded ? index.ErrorBound(st.norm) : 0;
+      const bool ip = metric == Metric::kInnerProduct;
+      double weakest = 0;  // the weakest survivor's exact score so far
       st.survivors.clear();
       for (size_t c = 0; c < count; ++c) {
+        // Candidates come best first by approximate score: once the window
+        // is full, stop at the first one that cannot beat its weakest
+        // survivor even with the kernel's error, rather than rescoring a
+        // deep tail exactly.
+        if (exact && st.survivors.size() >= range_max) {
+          const double a = approx[j * k + c];
+          if (ip ? a + eps < weakest : a - eps > weakest) break;
+        }
         const auto row = static_cast<uint32_t>(rows[j * k + c]);
         if (Matches(q, st, store, row)) continue;
         const float s =
             ExactScore(metric, q.embedding.data(), store.vector(row), dim);
-        if (bounded) {
-          const bool certain = metric == Metric::kInnerProduct
-                                   ? s > worst + eps
-                                   : s < worst - eps;
-          if (!certain) continue;
+        if (bounded && !(ip ? s > worst + eps : s < worst - eps)) {
+          continue;  // an unfetched candidate might be closer
         }
         if (PassesFilters(st, options, metric, s)) {
+          if (st.survivors.empty() || (ip ? s < weakest : s > weakest)) {
+            weakest = s;
+          }
           st.survivors.push_back({s, row});
         }
       }

@@ -23,6 +23,8 @@ constexpr size_t kBlockRows = 4096;
 // Upper bound on per-call candidate buffers (entries), so a deep search of a
 // big batch is split into query chunks instead of exhausting memory.
 constexpr size_t kMaxBufferEntries = size_t{1} << 24;
+// Below this many queries, one sgemv per query beats sgemm's packing.
+constexpr size_t kMinGemmQueries = 4;
 // float32 unit roundoff.
 constexpr double kUnitRoundoff = 1.0 / (1 << 24);
 
@@ -98,11 +100,22 @@ class FlatIndex final : public VectorIndex {
 
     for (size_t b0 = 0; b0 < n; b0 += block) {
       const size_t bn = std::min(block, n - b0);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nq),
-                  static_cast<int>(bn), static_cast<int>(dim), 1.0f, queries,
-                  static_cast<int>(dim), store_.data() + b0 * dim,
-                  static_cast<int>(dim), 0.0f, dots.data(),
-                  static_cast<int>(bn));
+      if (nq < kMinGemmQueries) {
+        // sgemm would repack the whole block for a query or two; sgemv
+        // streams it once.
+        for (size_t q = 0; q < nq; ++q) {
+          cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(bn),
+                      static_cast<int>(dim), 1.0f, store_.data() + b0 * dim,
+                      static_cast<int>(dim), queries + q * dim, 1, 0.0f,
+                      dots.data() + q * bn, 1);
+        }
+      } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
+                    static_cast<int>(nq), static_cast<int>(bn),
+                    static_cast<int>(dim), 1.0f, queries, static_cast<int>(dim),
+                    store_.data() + b0 * dim, static_cast<int>(dim), 0.0f,
+                    dots.data(), static_cast<int>(bn));
+      }
       for (size_t q = 0; q < nq; ++q) {
         const float* s = dots.data() + q * bn;
         std::vector<Candidate>& heap = heaps[q];
