@@ -51,17 +51,15 @@ TEST(CandidateStoreTest, RejectsNonFiniteValuesNamingTheRow) {
       2, {1, 2}, {0, 1, std::numeric_limits<float>::infinity(), 0},
       std::nullopt);
   EXPECT_EQ(store.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(store.status().message()),
-              HasSubstr("row 1 (id 2)"));
+  EXPECT_THAT(std::string(store.status().message()), HasSubstr("row 1 (id 2)"));
   store = CandidateStore::Create(1, {1}, {std::nanf("")}, std::nullopt);
   EXPECT_EQ(store.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(CandidateStoreTest, RejectsMismatchedSizes) {
   EXPECT_FALSE(CandidateStore::Create(2, {1, 2}, {1, 2, 3}, std::nullopt).ok());
-  EXPECT_FALSE(CandidateStore::Create(1, {1, 2}, {1, 2},
-                                      std::vector<int64_t>{1})
-                   .ok());
+  EXPECT_FALSE(
+      CandidateStore::Create(1, {1, 2}, {1, 2}, std::vector<int64_t>{1}).ok());
   EXPECT_FALSE(CandidateStore::Create(0, {}, {}, std::nullopt).ok());
 }
 
