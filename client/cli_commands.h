@@ -15,7 +15,7 @@
 #include "cli_flags.h"
 #include "client.h"
 
-namespace hardneg {
+namespace hardneg::client {
 
 // `hardneg info`: the served index's version and shape.
 int RunInfoCommand(const std::vector<std::string>& args);
@@ -53,6 +53,6 @@ std::string JsonString(const std::string& text);
 int RuntimeError(const std::string& command, const std::string& what,
                  const absl::Status& status);
 
-}  // namespace hardneg
+}  // namespace hardneg::client
 
 #endif  // HARDNEG_CLIENT_CLI_COMMANDS_H_

@@ -10,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 
-namespace hardneg {
+namespace hardneg::client {
 namespace {
 
 absl::Status BadValue(const std::string& name, const std::string& value,
@@ -254,4 +254,4 @@ int FlagSet::UsageError(const std::string& message) const {
   return kExitUsageError;
 }
 
-}  // namespace hardneg
+}  // namespace hardneg::client

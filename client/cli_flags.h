@@ -17,7 +17,7 @@
 
 #include "absl/status/status.h"
 
-namespace hardneg {
+namespace hardneg::client {
 
 // Process exit codes of the CLI.
 inline constexpr int kExitOk = 0;
@@ -84,6 +84,6 @@ class FlagSet {
   bool help_requested_ = false;
 };
 
-}  // namespace hardneg
+}  // namespace hardneg::client
 
 #endif  // HARDNEG_CLIENT_CLI_FLAGS_H_

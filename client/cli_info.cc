@@ -9,7 +9,7 @@
 #include "cli_flags.h"
 #include "client.h"
 
-namespace hardneg {
+namespace hardneg::client {
 
 int RunInfoCommand(const std::vector<std::string>& args) {
   ServerFlags server_flags;
@@ -73,4 +73,4 @@ int RunInfoCommand(const std::vector<std::string>& args) {
   return kExitOk;
 }
 
-}  // namespace hardneg
+}  // namespace hardneg::client

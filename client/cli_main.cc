@@ -28,19 +28,19 @@ constexpr char kUsage[] =
 int main(int argc, char** argv) {
   if (argc < 2) {
     std::cerr << kUsage;
-    return hardneg::kExitUsageError;
+    return hardneg::client::kExitUsageError;
   }
   const std::string_view command = argv[1];
   const std::vector<std::string> args(argv + 2, argv + argc);
-  if (command == "info") return hardneg::RunInfoCommand(args);
-  if (command == "mine") return hardneg::RunMineCommand(args);
+  if (command == "info") return hardneg::client::RunInfoCommand(args);
+  if (command == "mine") return hardneg::client::RunMineCommand(args);
   if (command == "make-checkpoint" || command == "make_checkpoint") {
-    return hardneg::RunMakeCheckpointCommand(args);
+    return hardneg::client::RunMakeCheckpointCommand(args);
   }
   if (command == "help" || command == "--help" || command == "-h") {
     std::cout << kUsage;
-    return hardneg::kExitOk;
+    return hardneg::client::kExitOk;
   }
   std::cerr << "hardneg: unknown command '" << command << "'\n\n" << kUsage;
-  return hardneg::kExitUsageError;
+  return hardneg::client::kExitUsageError;
 }

@@ -19,7 +19,7 @@
 #include "metric.h"
 #include "npy.h"
 
-namespace hardneg {
+namespace hardneg::client {
 namespace {
 
 constexpr char kCommand[] = "make-checkpoint";
@@ -303,4 +303,4 @@ int RunMakeCheckpointCommand(const std::vector<std::string>& args) {
   return kExitOk;
 }
 
-}  // namespace hardneg
+}  // namespace hardneg::client

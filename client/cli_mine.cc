@@ -29,7 +29,7 @@
 #include "npy.h"
 #include "npy_array.h"
 
-namespace hardneg {
+namespace hardneg::client {
 namespace {
 
 constexpr char kCommand[] = "mine";
@@ -499,4 +499,4 @@ int RunMineCommand(const std::vector<std::string>& args) {
   return kExitOk;
 }
 
-}  // namespace hardneg
+}  // namespace hardneg::client

@@ -7,7 +7,7 @@
 #include "absl/time/time.h"
 #include "cli_commands.h"
 
-namespace hardneg {
+namespace hardneg::client {
 std::string JsonString(const std::string& text) {
   std::string out = "\"";
   for (const char c : text) {
@@ -69,4 +69,4 @@ int RuntimeError(const std::string& command, const std::string& what,
   return kExitRuntimeError;
 }
 
-}  // namespace hardneg
+}  // namespace hardneg::client

@@ -11,7 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "hardneg/v1/miner.grpc.pb.h"
 
-namespace hardneg {
+namespace hardneg::client {
 namespace {
 
 // Status payload marking an in-band MineResponse.error; the value is the
@@ -295,4 +295,4 @@ absl::Status MineStream::CloseAndFinish() {
   return *final_status_;
 }
 
-}  // namespace hardneg
+}  // namespace hardneg::client

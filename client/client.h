@@ -42,7 +42,7 @@ class Channel;
 class ChannelCredentials;
 }  // namespace grpc
 
-namespace hardneg {
+namespace hardneg::client {
 
 // One query of a mining request. See DESIGN.md "Mining semantics".
 struct Query {
@@ -236,6 +236,14 @@ class MineStream {
   std::optional<absl::Status> final_status_;
 };
 
+}  // namespace hardneg::client
+
+namespace hardneg {
+// The client's plain structs live in hardneg::client (the server's domain
+// types share their names); the entry points are also reachable as
+// hardneg::Client and hardneg::MineStream.
+using client::Client;
+using client::MineStream;
 }  // namespace hardneg
 
 #endif  // HARDNEG_CLIENT_CLIENT_H_

@@ -13,7 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 
-namespace hardneg {
+namespace hardneg::client {
 namespace {
 
 constexpr uint8_t kIdxUnsignedByte = 0x08;
@@ -183,4 +183,4 @@ absl::StatusOr<FashionMnistData> ReadFashionMnist(const std::string& dir,
   return data;
 }
 
-}  // namespace hardneg
+}  // namespace hardneg::client

@@ -22,7 +22,7 @@
 
 #include "absl/status/statusor.h"
 
-namespace hardneg {
+namespace hardneg::client {
 
 // Where Debian's dataset-fashion-mnist package installs the files.
 inline constexpr char kFashionMnistDefaultDir[] =
@@ -67,6 +67,6 @@ absl::StatusOr<FashionMnistData> ReadFashionMnist(const std::string& dir,
                                                   bool normalize,
                                                   size_t limit = 0);
 
-}  // namespace hardneg
+}  // namespace hardneg::client
 
 #endif  // HARDNEG_CLIENT_FASHION_MNIST_H_

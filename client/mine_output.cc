@@ -12,7 +12,7 @@
 #include "cli_commands.h"
 #include "npy_array.h"
 
-namespace hardneg {
+namespace hardneg::client {
 namespace {
 
 // The shortest text that reads back as the same float; null if non-finite.
@@ -183,4 +183,4 @@ void WriteMineTable(const MinedQueries& mined,
   }
 }
 
-}  // namespace hardneg
+}  // namespace hardneg::client

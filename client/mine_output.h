@@ -13,7 +13,7 @@
 #include "absl/status/status.h"
 #include "client.h"
 
-namespace hardneg {
+namespace hardneg::client {
 
 // The answers for every query of an input file, in query order.
 struct MinedQueries {
@@ -58,6 +58,6 @@ MineNpyPaths MineNpyPathsFor(const std::string& path);
 absl::Status WriteMineNpy(const MinedQueries& mined, uint32_t num_negatives,
                           bool embeddings, const std::string& path);
 
-}  // namespace hardneg
+}  // namespace hardneg::client
 
 #endif  // HARDNEG_CLIENT_MINE_OUTPUT_H_

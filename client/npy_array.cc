@@ -16,7 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
-namespace hardneg {
+namespace hardneg::client {
 namespace {
 
 constexpr char kMagic[] = "\x93NUMPY";
@@ -256,4 +256,4 @@ absl::Status WriteNpyArray(const std::string& path, const std::string& descr,
   return absl::OkStatus();
 }
 
-}  // namespace hardneg
+}  // namespace hardneg::client

@@ -14,7 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
-namespace hardneg {
+namespace hardneg::client {
 
 // A row-major int64 matrix. A 1-D file of n values reads as [n, 1].
 struct NpyInt64Matrix {
@@ -37,6 +37,6 @@ absl::StatusOr<NpyInt64Matrix> ReadNpyInt64Matrix(const std::string& path);
 absl::Status WriteNpyArray(const std::string& path, const std::string& descr,
                            const std::vector<size_t>& shape, const void* data);
 
-}  // namespace hardneg
+}  // namespace hardneg::client
 
 #endif  // HARDNEG_CLIENT_NPY_ARRAY_H_
