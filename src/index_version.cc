@@ -14,4 +14,11 @@ absl::StatusOr<std::shared_ptr<const IndexVersion>> IndexVersion::Build(
       std::move(info), std::move(owned_store), std::move(index)));
 }
 
+std::shared_ptr<const IndexVersion> IndexVersion::FromParts(
+    VersionInfo info, std::unique_ptr<CandidateStore> store,
+    std::unique_ptr<VectorIndex> index) {
+  return std::shared_ptr<const IndexVersion>(
+      new IndexVersion(std::move(info), std::move(store), std::move(index)));
+}
+
 }  // namespace hardneg

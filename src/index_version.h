@@ -33,6 +33,17 @@ class IndexVersion {
   static absl::StatusOr<std::shared_ptr<const IndexVersion>> Build(
       VersionInfo info, CandidateStore store, const IndexBuildOptions& options);
 
+  // Assembles a version from parts; `index` must have been built or loaded
+  // over `*store` (which stays at the same address).
+  static std::shared_ptr<const IndexVersion> FromParts(
+      VersionInfo info, std::unique_ptr<CandidateStore> store,
+      std::unique_ptr<VectorIndex> index);
+
+  // Heap bytes held by the store and the index.
+  size_t MemoryBytes() const {
+    return store_->MemoryBytes() + index_->MemoryBytes();
+  }
+
   const VersionInfo& info() const { return info_; }
   const CandidateStore& store() const { return *store_; }
   const VectorIndex& index() const { return *index_; }

@@ -4,10 +4,12 @@
 #include <faiss/Index.h>
 #include <faiss/impl/FaissException.h>
 #include <faiss/index_factory.h>
+#include <faiss/index_io.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <new>
 #include <utility>
 #include <vector>
 
@@ -74,6 +76,10 @@ class FlatIndex final : public VectorIndex {
   }
 
   std::string type() const override { return "Flat"; }
+  // The vectors are the store's, which is saved with it.
+  absl::Status Save(const std::string& /*path*/) const override {
+    return absl::OkStatus();
+  }
   size_t MemoryBytes() const override { return 0; }
 
  private:
@@ -183,6 +189,18 @@ class FaissIndex final : public VectorIndex {
   bool exact() const override { return false; }
   double ErrorBound(double /*query_norm*/) const override { return 0; }
   std::string type() const override { return factory_; }
+
+  absl::Status Save(const std::string& path) const override {
+    try {
+      faiss::write_index(index_.get(), path.c_str());
+    } catch (const faiss::FaissException& e) {
+      return absl::InternalError(absl::StrCat("writing FAISS index \"",
+                                              factory_, "\" to ", path,
+                                              " failed: ", e.what()));
+    }
+    return absl::OkStatus();
+  }
+
   size_t MemoryBytes() const override {
     // Codes dominate; FAISS keeps no portable accounting of its own.
     return static_cast<size_t>(index_->ntotal) * index_->d * sizeof(float);
@@ -193,6 +211,22 @@ class FaissIndex final : public VectorIndex {
   std::string factory_;
 };
 
+faiss::MetricType FaissMetric(Metric metric) {
+  return metric == Metric::kInnerProduct ? faiss::METRIC_INNER_PRODUCT
+                                         : faiss::METRIC_L2;
+}
+
+const char* FaissMetricName(faiss::MetricType metric) {
+  switch (metric) {
+    case faiss::METRIC_INNER_PRODUCT:
+      return "inner_product";
+    case faiss::METRIC_L2:
+      return "l2";
+    default:
+      return "another FAISS metric";
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<VectorIndex>> BuildVectorIndex(
@@ -201,9 +235,7 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> BuildVectorIndex(
   if (options.factory == "Flat") {
     return std::unique_ptr<VectorIndex>(new FlatIndex(store, metric));
   }
-  const faiss::MetricType faiss_metric = metric == Metric::kInnerProduct
-                                             ? faiss::METRIC_INNER_PRODUCT
-                                             : faiss::METRIC_L2;
+  const faiss::MetricType faiss_metric = FaissMetric(metric);
   std::unique_ptr<faiss::Index> index;
   try {
     index.reset(faiss::index_factory(static_cast<int>(store.dim()),
@@ -243,6 +275,48 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> BuildVectorIndex(
   }
   return std::unique_ptr<VectorIndex>(
       new FaissIndex(std::move(index), options.factory));
+}
+
+absl::StatusOr<std::unique_ptr<VectorIndex>> LoadVectorIndex(
+    const std::string& path, const CandidateStore& store, Metric metric,
+    const std::string& factory) {
+  if (factory == "Flat") {
+    return std::unique_ptr<VectorIndex>(new FlatIndex(store, metric));
+  }
+  std::unique_ptr<faiss::Index> index;
+  try {
+    index = std::unique_ptr<faiss::Index>(faiss::read_index(path.c_str()));
+  } catch (const faiss::FaissException& e) {
+    return absl::InternalError(absl::StrCat("reading FAISS index \"", factory,
+                                            "\" from ", path,
+                                            " failed: ", e.what()));
+  } catch (const std::bad_alloc&) {
+    // A corrupt length field can ask for terabytes.
+    return absl::InternalError(
+        absl::StrCat("reading FAISS index \"", factory, "\" from ", path,
+                     " failed: out of memory (is the file corrupt?)"));
+  }
+  if (static_cast<size_t>(index->d) != store.dim()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": the index has dimension ", index->d,
+                     ", the candidates have dimension ", store.dim()));
+  }
+  if (index->metric_type != FaissMetric(metric)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": the index uses metric ", FaissMetricName(index->metric_type),
+        ", expected ", MetricName(metric)));
+  }
+  if (index->ntotal < 0 || static_cast<size_t>(index->ntotal) != store.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": the index holds ", index->ntotal,
+                     " vectors, the candidates are ", store.size()));
+  }
+  if (!index->is_trained) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": the index is not trained"));
+  }
+  return std::unique_ptr<VectorIndex>(
+      new FaissIndex(std::move(index), factory));
 }
 
 }  // namespace hardneg

@@ -43,6 +43,11 @@ class VectorIndex {
   // The factory string, e.g. "Flat".
   virtual std::string type() const = 0;
 
+  // Writes what Load needs to restore this index without rebuilding it to
+  // `path` (a FAISS index file). Flat writes nothing: its data is the
+  // store's. INTERNAL when writing fails.
+  virtual absl::Status Save(const std::string& path) const = 0;
+
   // Heap bytes held beyond the CandidateStore.
   virtual size_t MemoryBytes() const = 0;
 
@@ -62,6 +67,14 @@ struct IndexBuildOptions {
 absl::StatusOr<std::unique_ptr<VectorIndex>> BuildVectorIndex(
     const CandidateStore& store, Metric metric,
     const IndexBuildOptions& options);
+
+// Restores an index saved by VectorIndex::Save over `store` (which must
+// outlive it). For "Flat", `path` is not read. INVALID_ARGUMENT / INTERNAL
+// when the file is unreadable, or its dimension, metric or size does not
+// match the store.
+absl::StatusOr<std::unique_ptr<VectorIndex>> LoadVectorIndex(
+    const std::string& path, const CandidateStore& store, Metric metric,
+    const std::string& factory);
 
 }  // namespace hardneg
 
