@@ -4,6 +4,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 
 namespace hardneg {
 namespace {
@@ -124,7 +125,13 @@ v1::IndexInfo EncodeIndexInfo(const IndexVersion* version,
                               const BuildStatus& status) {
   v1::IndexInfo info;
   info.set_build_state(status.state);
+  info.set_building(status.building);
+  info.set_build_progress(status.progress);
+  info.set_last_rejected(status.last_rejected);
+  info.set_rejected_total(status.rejected_total);
   if (version == nullptr) return info;
+  info.set_age_seconds(
+      absl::ToDoubleSeconds(absl::Now() - version->info().created));
   EncodeVersion(version->info(), info.mutable_version());
   info.set_size(version->size());
   info.set_dim(static_cast<uint32_t>(version->dim()));

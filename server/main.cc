@@ -30,6 +30,19 @@ ABSL_FLAG(int, blas_threads, 0,
           "search workers (they already fill the cores), else one per core.");
 ABSL_FLAG(absl::Duration, poll_interval, absl::Seconds(2),
           "How often --checkpoints is scanned for a newer checkpoint.");
+ABSL_FLAG(std::string, data_dir, "",
+          "Snapshots of every served version go here; at start the newest "
+          "is served at once. Empty: no snapshots.");
+ABSL_FLAG(int, keep_snapshots, 3, "Snapshots kept under --data_dir.");
+ABSL_FLAG(int, build_threads, 1,
+          "Threads one background index build may use, so that serving "
+          "keeps its latency.");
+ABSL_FLAG(bool, allow_schema_change, false,
+          "Accept a new version whose dim or metric differs from the "
+          "served one (trainers' queries would all fail at once).");
+ABSL_FLAG(uint64_t, max_index_bytes, 0,
+          "Memory budget for the served version plus the one being built "
+          "(0: none); a publish over it gets RESOURCE_EXHAUSTED.");
 ABSL_FLAG(uint32_t, max_negatives, 10000, "Largest num_negatives accepted.");
 ABSL_FLAG(uint32_t, max_range, 1000000, "Largest range_max accepted.");
 
@@ -76,15 +89,30 @@ int main(int argc, char** argv) {
     }
     manager_options.metric = *metric;
   }
-  if (manager_options.checkpoints_dir.empty()) {
-    std::fprintf(stderr, "--checkpoints DIR is required\n");
+  manager_options.data_dir = absl::GetFlag(FLAGS_data_dir);
+  manager_options.keep_snapshots =
+      static_cast<size_t>(std::max(1, absl::GetFlag(FLAGS_keep_snapshots)));
+  manager_options.build_threads = absl::GetFlag(FLAGS_build_threads);
+  manager_options.allow_schema_change =
+      absl::GetFlag(FLAGS_allow_schema_change);
+  manager_options.max_index_bytes =
+      static_cast<size_t>(absl::GetFlag(FLAGS_max_index_bytes));
+  if (manager_options.checkpoints_dir.empty() &&
+      manager_options.data_dir.empty()) {
+    std::fprintf(stderr,
+                 "--checkpoints DIR (or --data_dir with a snapshot, or both) "
+                 "is required\n");
     return 2;
   }
   hardneg::IndexManager manager(manager_options);
-  absl::Status loaded = manager.LoadNewest();
-  if (!loaded.ok()) {
-    Log(LogLevel::kWarning, "no_checkpoint_served",
-        {{"reason", std::string(loaded.message())}});
+  // The newest snapshot serves at once; without one, the newest checkpoint
+  // is loaded before listening, so "listening on" means "serving".
+  if (!manager.RestoreSnapshot().ok()) {
+    absl::Status loaded = manager.LoadNewest();
+    if (!loaded.ok()) {
+      Log(LogLevel::kWarning, "no_checkpoint_served",
+          {{"reason", std::string(loaded.message())}});
+    }
   }
 
   hardneg::ServerOptions server_options;
@@ -103,8 +131,11 @@ int main(int argc, char** argv) {
     return 1;
   }
   hardneg::HardnegServer* s = server->get();
-  manager.SetSwapListener(
-      [s](const hardneg::IndexVersion&) { s->UpdateHealth(); });
+  hardneg::IndexEvents events;
+  events.swapped = [s](const hardneg::IndexVersion&, absl::Duration) {
+    s->UpdateHealth();
+  };
+  manager.SetEvents(std::move(events));
   manager.StartWatching(absl::GetFlag(FLAGS_poll_interval));
   std::printf("listening on %d\n", s->port());
   std::fflush(stdout);

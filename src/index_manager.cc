@@ -1,25 +1,63 @@
 #include "index_manager.h"
 
+#include <omp.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <limits>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "checkpoint.h"
 #include "log.h"
+#include "snapshot.h"
 #include "status_macros.h"
 
 namespace hardneg {
+namespace {
+
+// The manifest's modification time in nanoseconds, or -1.
+int64_t ManifestMtime(const std::string& dir) {
+  struct stat st;
+  if (::stat((dir + "/manifest.json").c_str(), &st) != 0) return -1;
+  return int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
+}
+
+std::string Seconds(absl::Duration d) {
+  return absl::StrCat(absl::ToDoubleSeconds(d));
+}
+
+}  // namespace
 
 IndexManager::IndexManager(IndexManagerOptions options)
-    : options_(std::move(options)) {}
+    : options_(std::move(options)) {
+  status_.state = "empty";
+  wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+}
 
 IndexManager::~IndexManager() {
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
   }
+  if (wake_fd_ >= 0) {
+    const uint64_t one = 1;
+    (void)!::write(wake_fd_, &one, sizeof(one));
+  }
   if (watcher_.joinable()) watcher_.join();
+  // A build in progress (Install from another thread) finishes first.
+  absl::MutexLock build_lock(&build_mu_);
+  if (wake_fd_ >= 0) ::close(wake_fd_);
 }
 
 std::shared_ptr<const IndexVersion> IndexManager::Current() const {
@@ -29,32 +67,161 @@ std::shared_ptr<const IndexVersion> IndexManager::Current() const {
 
 BuildStatus IndexManager::build_status() const {
   absl::MutexLock lock(&mu_);
-  return {state_, last_rejected_};
+  return status_;
 }
 
-absl::StatusOr<std::shared_ptr<const IndexVersion>> IndexManager::Load(
-    const std::string& dir, uint64_t sequence) const {
-  HARDNEG_ASSIGN_OR_RETURN(Checkpoint checkpoint, ReadCheckpoint(dir));
-  const CheckpointManifest& manifest = checkpoint.manifest;
-  Metric metric =
-      manifest.metric.value_or(options_.metric.value_or(Metric::kInnerProduct));
-  if (options_.metric.has_value() && metric != *options_.metric) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the manifest's metric is ", MetricName(metric),
-        " but the server runs with --metric ", MetricName(*options_.metric)));
+void IndexManager::SetEvents(IndexEvents events) {
+  absl::MutexLock lock(&mu_);
+  events_ = std::move(events);
+}
+
+size_t IndexManager::RemainingBytes() const {
+  if (options_.max_index_bytes == 0) return std::numeric_limits<size_t>::max();
+  absl::MutexLock lock(&mu_);
+  const size_t served = current_ ? current_->MemoryBytes() : 0;
+  return options_.max_index_bytes > served ? options_.max_index_bytes - served
+                                           : 0;
+}
+
+void IndexManager::Reject(const std::string& source,
+                          const absl::Status& status) {
+  Log(LogLevel::kError, "version_rejected",
+      {{"source", source}, {"reason", std::string(status.message())}});
+  std::function<void(const std::string&, const absl::Status&)> rejected;
+  {
+    absl::MutexLock lock(&mu_);
+    status_.last_rejected = absl::StrCat(source, ": ", status.message());
+    ++status_.rejected_total;
+    rejected = events_.rejected;
   }
-  VersionInfo info;
-  info.name = manifest.name;
-  info.step = manifest.step;
-  info.sequence = sequence;
-  info.metric = metric;
+  if (rejected) rejected(source, status);
+}
+
+absl::Status IndexManager::RestoreSnapshot() {
+  if (options_.data_dir.empty()) {
+    return absl::NotFoundError("no --data_dir: snapshots are off");
+  }
+  absl::MutexLock build_lock(&build_mu_);
+  HARDNEG_ASSIGN_OR_RETURN(
+      std::shared_ptr<const IndexVersion> version,
+      ReadNewestSnapshot({options_.data_dir, options_.keep_snapshots}));
+  const VersionInfo& info = version->info();
+  Log(LogLevel::kInfo, "snapshot_restored",
+      {{"name", info.name},
+       {"step", absl::StrCat(info.step)},
+       {"sequence", absl::StrCat(info.sequence)},
+       {"candidates", absl::StrCat(version->size())},
+       {"data_dir", options_.data_dir}});
+  std::function<void(const IndexVersion&, absl::Duration)> swapped;
+  {
+    absl::MutexLock lock(&mu_);
+    current_ = version;
+    last_sequence_ = std::max(last_sequence_, info.sequence);
+    // A newer snapshot that failed to load still used its sequence.
+    std::error_code ec;
+    for (const auto& e :
+         std::filesystem::directory_iterator(options_.data_dir, ec)) {
+      const std::string dir_name = e.path().filename().string();
+      uint64_t sequence = 0;
+      if (dir_name.rfind("snapshot-", 0) == 0 &&
+          absl::SimpleAtoi(dir_name.substr(9), &sequence)) {
+        last_sequence_ = std::max(last_sequence_, sequence);
+      }
+    }
+    status_.state = "serving";
+    swapped = events_.swapped;
+  }
+  if (swapped) swapped(*version, absl::ZeroDuration());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<VersionInfo> IndexManager::BuildAndSwap(
+    const std::string& source, VersionInfo info, CandidateStore store) {
+  const absl::Time start = absl::Now();
+  std::shared_ptr<const IndexVersion> served = Current();
+  if (served != nullptr && !options_.allow_schema_change &&
+      (served->dim() != store.dim() || served->metric() != info.metric)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "dim ", store.dim(), " and metric ", MetricName(info.metric),
+        " differ from the served version's (dim ", served->dim(), ", ",
+        MetricName(served->metric()),
+        "); every trainer's queries would fail. Restart the server with "
+        "--allow_schema_change to accept it"));
+  }
+  if (options_.max_index_bytes != 0) {
+    const size_t served_bytes = served ? served->MemoryBytes() : 0;
+    const size_t needed = store.MemoryBytes();
+    if (served_bytes + needed > options_.max_index_bytes) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the new version needs about ", needed,
+                       " bytes and the served one ", "holds ", served_bytes,
+                       ": over --max_index_bytes=", options_.max_index_bytes));
+    }
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    status_.state = current_ ? "serving" : "building";
+    status_.building = info.name;
+    status_.progress = 0;
+    info.sequence = last_sequence_ + 1;
+  }
+  // Bounded build threads: OpenMP's count is per calling thread.
+  omp_set_num_threads(std::max(1, options_.build_threads));
   info.created = absl::Now();
-  return IndexVersion::Build(std::move(info), std::move(checkpoint.store),
-                             options_.build);
+  absl::StatusOr<std::shared_ptr<const IndexVersion>> built =
+      IndexVersion::Build(info, std::move(store), options_.build);
+  {
+    absl::MutexLock lock(&mu_);
+    status_.building.clear();
+    status_.progress = built.ok() ? 1 : 0;
+    if (!built.ok() && current_ == nullptr) status_.state = "empty";
+  }
+  if (!built.ok()) return built.status();
+  const std::shared_ptr<const IndexVersion>& version = *built;
+  const absl::Duration build_time = absl::Now() - start;
+  // Snapshot before the swap: a version that served must survive a kill,
+  // or a restart would serve an older sequence than clients have seen.
+  if (!options_.data_dir.empty()) {
+    const absl::Time snap_start = absl::Now();
+    absl::Status written =
+        WriteSnapshot({options_.data_dir, options_.keep_snapshots}, *version);
+    if (written.ok()) {
+      Log(LogLevel::kInfo, "snapshot_written",
+          {{"sequence", absl::StrCat(info.sequence)},
+           {"seconds", Seconds(absl::Now() - snap_start)}});
+    } else {
+      // Served anyway: only a restart would fall back to the previous
+      // snapshot (and its sequence).
+      Log(LogLevel::kError, "snapshot_failed",
+          {{"sequence", absl::StrCat(info.sequence)},
+           {"reason", std::string(written.message())}});
+    }
+  }
+  std::function<void(const IndexVersion&, absl::Duration)> swapped;
+  {
+    absl::MutexLock lock(&mu_);
+    current_ = version;
+    last_sequence_ = info.sequence;
+    status_.state = "serving";
+    swapped = events_.swapped;
+  }
+  Log(LogLevel::kInfo, "version_swap",
+      {{"source", source},
+       {"name", info.name},
+       {"step", absl::StrCat(info.step)},
+       {"sequence", absl::StrCat(info.sequence)},
+       {"candidates", absl::StrCat(version->size())},
+       {"dim", absl::StrCat(version->dim())},
+       {"metric", MetricName(info.metric)},
+       {"index", version->index().type()},
+       {"build_seconds", Seconds(build_time)}});
+  if (swapped) swapped(*version, build_time);
+  return info;
 }
 
 absl::Status IndexManager::LoadNewest() {
-  absl::MutexLock build_lock(&load_mu_);
+  if (options_.checkpoints_dir.empty()) return absl::OkStatus();
+  absl::MutexLock build_lock(&build_mu_);
   std::vector<std::string> unparsable;
   HARDNEG_ASSIGN_OR_RETURN(
       std::vector<CheckpointEntry> entries,
@@ -63,70 +230,127 @@ absl::Status IndexManager::LoadNewest() {
   absl::Status last_error = absl::OkStatus();
   for (const CheckpointEntry& entry : entries) {
     if (served != nullptr && entry.step <= served->info().step) break;
+    const int64_t mtime = ManifestMtime(entry.dir);
     {
       absl::MutexLock lock(&mu_);
-      if (state_ == "empty") state_ = "loading";
-      if (last_rejected_.rfind(entry.dir + ":", 0) == 0) continue;
+      const bool seen =
+          std::find(rejected_.begin(), rejected_.end(),
+                    std::make_pair(entry.dir, mtime)) != rejected_.end();
+      if (seen) continue;
     }
-    const absl::Time start = absl::Now();
-    const uint64_t sequence = served ? served->info().sequence + 1 : 1;
-    absl::StatusOr<std::shared_ptr<const IndexVersion>> loaded =
-        Load(entry.dir, sequence);
-    if (!loaded.ok()) {
-      Log(LogLevel::kError, "checkpoint_rejected",
-          {{"dir", entry.dir},
-           {"reason", std::string(loaded.status().message())}});
-      absl::MutexLock lock(&mu_);
-      last_rejected_ = absl::StrCat(entry.dir, ": ", loaded.status().message());
-      last_error = loaded.status();
-      continue;
-    }
-    const VersionInfo& info = (*loaded)->info();
-    Log(LogLevel::kInfo, "version_swap",
-        {{"name", info.name},
-         {"step", absl::StrCat(info.step)},
-         {"sequence", absl::StrCat(info.sequence)},
-         {"candidates", absl::StrCat((*loaded)->size())},
-         {"dim", absl::StrCat((*loaded)->dim())},
-         {"metric", MetricName(info.metric)},
-         {"index", (*loaded)->index().type()},
-         {"load_seconds",
-          absl::StrCat(absl::ToDoubleSeconds(absl::Now() - start))}});
-    std::function<void(const IndexVersion&)> listener;
+    absl::StatusOr<VersionInfo> swapped = [&]() -> absl::StatusOr<VersionInfo> {
+      HARDNEG_ASSIGN_OR_RETURN(Checkpoint checkpoint,
+                               ReadCheckpoint(entry.dir));
+      const CheckpointManifest& manifest = checkpoint.manifest;
+      VersionInfo info;
+      info.name = manifest.name;
+      info.step = manifest.step;
+      info.metric = manifest.metric.value_or(
+          options_.metric.value_or(Metric::kInnerProduct));
+      if (options_.metric.has_value() && info.metric != *options_.metric) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("the manifest's metric is ", MetricName(info.metric),
+                         " but the server runs with --metric ",
+                         MetricName(*options_.metric)));
+      }
+      return BuildAndSwap(entry.dir, std::move(info),
+                          std::move(checkpoint.store));
+    }();
+    if (swapped.ok()) return absl::OkStatus();
+    Reject(entry.dir, swapped.status());
     {
       absl::MutexLock lock(&mu_);
-      current_ = *loaded;
-      state_ = "serving";
-      listener = listener_;
+      rejected_.emplace_back(entry.dir, mtime);
     }
-    if (listener) listener(**loaded);
-    return absl::OkStatus();
+    last_error = swapped.status();
   }
   return last_error;
 }
 
-void IndexManager::SetSwapListener(
-    std::function<void(const IndexVersion&)> listener) {
-  absl::MutexLock lock(&mu_);
-  listener_ = std::move(listener);
+absl::StatusOr<VersionInfo> IndexManager::Install(
+    const std::string& name, uint64_t step, Metric metric, CandidateStore store,
+    std::optional<uint64_t> expected_sequence) {
+  absl::MutexLock build_lock(&build_mu_);
+  if (expected_sequence.has_value()) {
+    std::shared_ptr<const IndexVersion> served = Current();
+    const uint64_t live = served ? served->info().sequence : 0;
+    if (live != *expected_sequence) {
+      absl::Status stale = absl::FailedPreconditionError(absl::StrCat(
+          "the publish was built on sequence ", *expected_sequence,
+          " but sequence ", live,
+          " went live meanwhile; publish again against the new base"));
+      Reject(absl::StrCat("publish ", name), stale);
+      return stale;
+    }
+  }
+  VersionInfo info;
+  info.name = name;
+  info.step = step;
+  info.metric = metric;
+  absl::StatusOr<VersionInfo> swapped = BuildAndSwap(
+      absl::StrCat("publish ", name), std::move(info), std::move(store));
+  if (!swapped.ok()) Reject(absl::StrCat("publish ", name), swapped.status());
+  return swapped;
 }
 
-void IndexManager::StartWatching(absl::Duration interval) {
-  watcher_ = std::thread([this, interval] { WatchLoop(interval); });
+void IndexManager::StartWatching(absl::Duration poll_interval) {
+  watcher_ = std::thread([this, poll_interval] { WatchLoop(poll_interval); });
 }
 
-void IndexManager::WatchLoop(absl::Duration interval) {
+void IndexManager::WatchLoop(absl::Duration poll_interval) {
+  namespace fs = std::filesystem;
+  const std::string& root = options_.checkpoints_dir;
+  if (root.empty()) return;
+  // inotify wakes the loop as soon as a manifest is written or a directory
+  // is renamed in; the poll timeout is the fallback (and covers
+  // filesystems without inotify, such as some network volumes).
+  const int ifd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  int root_wd = -1;
+  constexpr uint32_t kDirEvents =
+      IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE_SELF;
+  auto watch_subdirs = [&] {
+    std::error_code ec;
+    for (const fs::directory_entry& e : fs::directory_iterator(root, ec)) {
+      if (e.is_directory(ec)) {
+        ::inotify_add_watch(ifd, e.path().c_str(), kDirEvents);
+      }
+    }
+  };
+  const int timeout_ms = static_cast<int>(
+      std::max<int64_t>(1, absl::ToInt64Milliseconds(poll_interval)));
+  std::vector<char> buffer(64 * 1024);
   while (true) {
+    if (ifd >= 0 && root_wd < 0) {
+      root_wd = ::inotify_add_watch(ifd, root.c_str(), kDirEvents);
+      if (root_wd >= 0) watch_subdirs();
+    }
+    pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {ifd, POLLIN, 0}};
+    ::poll(fds, ifd >= 0 ? 2 : 1, timeout_ms);
     {
       absl::MutexLock lock(&mu_);
-      auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stopping_;
-      };
-      if (mu_.AwaitWithTimeout(absl::Condition(&stopping), interval)) return;
+      if (stopping_) break;
     }
-    // Errors are logged by LoadNewest; the served version keeps serving.
+    if (ifd >= 0) {
+      bool new_dir = false;
+      ssize_t n;
+      while ((n = ::read(ifd, buffer.data(), buffer.size())) > 0) {
+        for (ssize_t off = 0; off < n;) {
+          const auto* event =
+              reinterpret_cast<const inotify_event*>(buffer.data() + off);
+          if (event->wd == root_wd && (event->mask & IN_ISDIR)) new_dir = true;
+          if (event->mask & (IN_DELETE_SELF | IN_IGNORED)) {
+            if (event->wd == root_wd) root_wd = -1;
+          }
+          off += static_cast<ssize_t>(sizeof(inotify_event) + event->len);
+        }
+      }
+      if (new_dir) watch_subdirs();
+    }
+    // Errors are logged and counted by LoadNewest; the served version keeps
+    // serving.
     LoadNewest().IgnoreError();
   }
+  if (ifd >= 0) ::close(ifd);
 }
 
 }  // namespace hardneg

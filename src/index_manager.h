@@ -1,10 +1,13 @@
 // IndexManager: owns the served IndexVersion and replaces it when a newer
-// checkpoint appears under the checkpoints directory.
+// version arrives: a checkpoint under --checkpoints (watched with inotify,
+// polled as a fallback), or a Publish (Install). Every version that goes
+// live is snapshotted under --data_dir, and the newest snapshot is served
+// at start, before any checkpoint.
 //
 // Thread-safe. Current() is cheap (one locked shared_ptr copy) and never
-// waits for a build: builds run outside the lock and publish by swapping
-// the pointer, so requests in flight finish on the version they started
-// with. One build runs at a time.
+// waits for a build: builds run outside mu_ and publish by swapping the
+// pointer, so requests in flight finish on the version they started with.
+// One build runs at a time, with at most `build_threads` OpenMP threads.
 #ifndef HARDNEG_SRC_INDEX_MANAGER_H_
 #define HARDNEG_SRC_INDEX_MANAGER_H_
 
@@ -17,25 +20,43 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "candidate_store.h"
 #include "index_version.h"
 #include "metric.h"
 
 namespace hardneg {
 
 struct IndexManagerOptions {
-  std::string checkpoints_dir;
+  std::string checkpoints_dir;  // empty: only Publish brings versions
   IndexBuildOptions build;
   // When set, checkpoints must use this metric; otherwise the manifest's
   // (inner_product when the manifest names none).
   std::optional<Metric> metric;
+  // Accept a version whose dim or metric differs from the served one's.
+  bool allow_schema_change = false;
+  std::string data_dir;  // snapshots; empty: none
+  size_t keep_snapshots = 3;
+  int build_threads = 1;  // OpenMP threads for one build
+  // Bound on the served version plus the one being built (0: none).
+  size_t max_index_bytes = 0;
 };
 
 // What GetIndexInfo reports beyond the served version.
 struct BuildStatus {
-  std::string state;          // "empty", "loading", "serving"
-  std::string last_rejected;  // "<dir>: <reason>", empty when none
+  std::string state;          // "empty", "building", "serving"
+  std::string building;       // name of the version being built, if any
+  double progress = 0;        // of the build in progress, 0..1
+  std::string last_rejected;  // "<source>: <reason>", empty when none
+  uint64_t rejected_total = 0;
+};
+
+// Counters the server exports; called on the thread that built.
+struct IndexEvents {
+  std::function<void(const IndexVersion&, absl::Duration build_time)> swapped;
+  std::function<void(const std::string& source, const absl::Status&)> rejected;
 };
 
 class IndexManager {
@@ -49,36 +70,63 @@ class IndexManager {
   // The served version; null until one is loaded.
   std::shared_ptr<const IndexVersion> Current() const ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Serves the newest snapshot under data_dir, if any (call before
+  // serving). NOT_FOUND when there is none.
+  absl::Status RestoreSnapshot() ABSL_LOCKS_EXCLUDED(mu_, build_mu_);
+
   // Serves the newest complete checkpoint with a higher step than the
   // served one, trying older ones when the newest is rejected. OK when
   // there is nothing new; the error of the last rejection when every new
   // checkpoint was rejected (the served version keeps serving). Each
-  // rejection is logged with the directory and the reason.
-  absl::Status LoadNewest() ABSL_LOCKS_EXCLUDED(mu_, load_mu_);
+  // rejection is logged with the directory and the reason, and counted. A
+  // rejected checkpoint is not retried until its manifest changes.
+  absl::Status LoadNewest() ABSL_LOCKS_EXCLUDED(mu_, build_mu_);
 
-  // Calls LoadNewest every `interval` on a background thread until
-  // destruction.
-  void StartWatching(absl::Duration interval) ABSL_LOCKS_EXCLUDED(mu_);
+  // Builds `store` into the next version and swaps it in, exactly as for a
+  // checkpoint (schema check, snapshot). Blocks until it serves.
+  // FAILED_PRECONDITION for a schema change without allow_schema_change,
+  // or when `expected_sequence` is set and another version went live since
+  // (an incremental publish built on a base that is no longer served);
+  // RESOURCE_EXHAUSTED over max_index_bytes.
+  absl::StatusOr<VersionInfo> Install(
+      const std::string& name, uint64_t step, Metric metric,
+      CandidateStore store,
+      std::optional<uint64_t> expected_sequence = std::nullopt)
+      ABSL_LOCKS_EXCLUDED(mu_, build_mu_);
+
+  // Bytes a new version may still take under max_index_bytes, given the
+  // served one (SIZE_MAX when unbounded).
+  size_t RemainingBytes() const ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Watches checkpoints_dir on a background thread (inotify, and a scan at
+  // least every `poll_interval`) until destruction.
+  void StartWatching(absl::Duration poll_interval) ABSL_LOCKS_EXCLUDED(mu_);
 
   BuildStatus build_status() const ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Calls `listener` after every swap, on the thread that swapped.
-  void SetSwapListener(std::function<void(const IndexVersion&)> listener)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  // Set before StartWatching / serving; called on the building thread.
+  void SetEvents(IndexEvents events) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  absl::StatusOr<std::shared_ptr<const IndexVersion>> Load(
-      const std::string& dir, uint64_t sequence) const;
-  void WatchLoop(absl::Duration interval) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<VersionInfo> BuildAndSwap(const std::string& source,
+                                           VersionInfo info,
+                                           CandidateStore store)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(build_mu_) ABSL_LOCKS_EXCLUDED(mu_);
+  void Reject(const std::string& source, const absl::Status& status)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void WatchLoop(absl::Duration poll_interval) ABSL_LOCKS_EXCLUDED(mu_);
 
   const IndexManagerOptions options_;
-  absl::Mutex load_mu_;  // serialises builds
+  absl::Mutex build_mu_;  // serialises builds and snapshot writes
   mutable absl::Mutex mu_;
   std::shared_ptr<const IndexVersion> current_ ABSL_GUARDED_BY(mu_);
-  std::string state_ ABSL_GUARDED_BY(mu_) = "empty";
-  std::string last_rejected_ ABSL_GUARDED_BY(mu_);
+  uint64_t last_sequence_ ABSL_GUARDED_BY(mu_) = 0;
+  BuildStatus status_ ABSL_GUARDED_BY(mu_);
+  // Rejected checkpoint dirs, with the manifest's mtime when rejected.
+  std::vector<std::pair<std::string, int64_t>> rejected_ ABSL_GUARDED_BY(mu_);
+  IndexEvents events_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::function<void(const IndexVersion&)> listener_ ABSL_GUARDED_BY(mu_);
+  int wake_fd_ = -1;  // eventfd that interrupts the watcher's poll
   std::thread watcher_;
 };
 

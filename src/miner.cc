@@ -14,6 +14,9 @@
 namespace hardneg {
 namespace {
 
+// Candidates fetched per search round across its queries (~12 bytes each),
+// so that deep searches of big batches stay within a few hundred MB.
+constexpr size_t kMaxFetch = size_t{16} << 20;
 // Positive id lists longer than this are put in a hash set for lookups.
 constexpr size_t kLinearScanPositives = 16;
 
@@ -330,8 +333,13 @@ absl::StatusOr<std::vector<MiningResult>> Miner::Mine(
     size_t k = 0;
     for (size_t i = 0; i < states.size(); ++i) {
       if (states[i].done) continue;
+      // Bound one round's buffers; the queries left out go next round.
+      const size_t round_k = std::max(k, states[i].k);
+      if (!pending.empty() && (pending.size() + 1) * round_k > kMaxFetch) {
+        break;
+      }
       pending.push_back(i);
-      k = std::max(k, states[i].k);
+      k = round_k;
     }
     if (pending.empty()) break;
     batch.resize(pending.size() * dim);

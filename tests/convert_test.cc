@@ -149,7 +149,8 @@ TEST(EncodeTest, ResultsCarryStoredLabelsAndOptionalEmbeddings) {
 
 TEST(EncodeTest, IndexInfoAndVersion) {
   std::shared_ptr<const IndexVersion> version = TinyVersion();
-  v1::IndexInfo info = EncodeIndexInfo(version.get(), {"serving", ""});
+  v1::IndexInfo info =
+      EncodeIndexInfo(version.get(), BuildStatus{"serving", "", 0, "", 0});
   EXPECT_EQ(info.version().name(), "tiny");
   EXPECT_EQ(info.version().sequence(), 3u);
   EXPECT_EQ(info.size(), 2u);
@@ -160,7 +161,8 @@ TEST(EncodeTest, IndexInfoAndVersion) {
   EXPECT_EQ(info.step(), 42u);
   EXPECT_TRUE(info.has_labels());
 
-  v1::IndexInfo empty = EncodeIndexInfo(nullptr, {"empty", ""});
+  v1::IndexInfo empty =
+      EncodeIndexInfo(nullptr, BuildStatus{"empty", "", 0, "", 0});
   EXPECT_EQ(empty.build_state(), "empty");
   EXPECT_EQ(empty.size(), 0u);
 }

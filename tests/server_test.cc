@@ -281,13 +281,18 @@ TEST_F(ServerTest, HealthIsServingWithAnIndex) {
   }
 }
 
-TEST_F(ServerTest, PublishIsDeclaredButUnimplemented) {
+TEST_F(ServerTest, PublishWithoutAHeaderIsRejected) {
   auto stub = Stub();
   grpc::ClientContext context;
   v1::PublishResponse response;
   auto writer = stub->Publish(&context, &response);
   writer->WritesDone();
-  EXPECT_EQ(writer->Finish().error_code(), grpc::UNIMPLEMENTED);
+  EXPECT_EQ(writer->Finish().error_code(), grpc::INVALID_ARGUMENT);
+  // The served version is untouched.
+  grpc::ClientContext info_context;
+  v1::IndexInfo info;
+  ASSERT_TRUE(stub->GetIndexInfo(&info_context, {}, &info).ok());
+  EXPECT_EQ(info.version().name(), "v1");
 }
 
 TEST_F(ServerTest, CancelledStreamLeavesTheServerHealthy) {
@@ -325,7 +330,11 @@ TEST(ServerWithoutIndexTest, NotServingUntilACheckpointLoads) {
   auto server = HardnegServer::Start(server_options, &manager);
   ASSERT_TRUE(server.ok());
   HardnegServer* s = server->get();
-  manager.SetSwapListener([s](const IndexVersion&) { s->UpdateHealth(); });
+  IndexEvents events;
+  events.swapped = [s](const IndexVersion&, absl::Duration) {
+    s->UpdateHealth();
+  };
+  manager.SetEvents(std::move(events));
   auto channel = Connect(s->port());
   auto health = grpc::health::v1::Health::NewStub(channel);
   auto stub = v1::Miner::NewStub(channel);

@@ -1,0 +1,254 @@
+#include "index_manager.h"
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "checkpoint.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "npy.h"
+
+namespace hardneg {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+class IndexManagerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = ::testing::TempDir() + "/hardneg_manager_test_" +
+            std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    fs::remove_all(root_);
+    fs::create_directories(root_ + "/ckpts");
+  }
+  void TearDown() override { fs::remove_all(root_); }
+
+  std::string ckpts() const { return root_ + "/ckpts"; }
+
+  // A checkpoint of `n` rows x `dim`, ids offset by `id_base`.
+  void Write(const std::string& dir_root, const std::string& name,
+             uint64_t step, size_t n = 50, uint32_t dim = 4,
+             Metric metric = Metric::kInnerProduct, int64_t id_base = 0) {
+    std::mt19937 rng(static_cast<uint32_t>(step));
+    std::normal_distribution<float> normal;
+    std::vector<float> embeddings(n * dim);
+    for (float& v : embeddings) v = normal(rng);
+    std::vector<int64_t> ids(n), labels(n);
+    for (size_t i = 0; i < n; ++i) {
+      ids[i] = id_base + static_cast<int64_t>(i);
+      labels[i] = static_cast<int64_t>(i % 3);
+    }
+    CheckpointManifest manifest;
+    manifest.name = name;
+    manifest.step = step;
+    manifest.dim = dim;
+    manifest.metric = metric;
+    ASSERT_TRUE(
+        WriteCheckpoint(dir_root, manifest, embeddings, ids, labels).ok());
+  }
+
+  IndexManagerOptions Options() const {
+    IndexManagerOptions options;
+    options.checkpoints_dir = ckpts();
+    return options;
+  }
+
+  std::string root_;
+};
+
+TEST_F(IndexManagerTest, ServesTheHighestStepAndCountsSequences) {
+  Write(ckpts(), "a", 5);
+  Write(ckpts(), "b", 7);
+  Write(ckpts(), "c", 6);
+  IndexManager manager(Options());
+  EXPECT_EQ(manager.Current(), nullptr);
+  EXPECT_EQ(manager.build_status().state, "empty");
+  ASSERT_TRUE(manager.LoadNewest().ok());
+  ASSERT_NE(manager.Current(), nullptr);
+  EXPECT_EQ(manager.Current()->info().name, "b");
+  EXPECT_EQ(manager.Current()->info().sequence, 1u);
+  EXPECT_EQ(manager.build_status().state, "serving");
+  // Nothing newer: no swap.
+  ASSERT_TRUE(manager.LoadNewest().ok());
+  EXPECT_EQ(manager.Current()->info().sequence, 1u);
+  Write(ckpts(), "d", 8);
+  ASSERT_TRUE(manager.LoadNewest().ok());
+  EXPECT_EQ(manager.Current()->info().name, "d");
+  EXPECT_EQ(manager.Current()->info().sequence, 2u);
+}
+
+// Each kind of malformed checkpoint is rejected, named with its reason,
+// counted, and the served version keeps serving.
+TEST_F(IndexManagerTest, RejectsMalformedCheckpointsWhileTheOldOneServes) {
+  Write(ckpts(), "good", 1);
+  IndexManager manager(Options());
+  ASSERT_TRUE(manager.LoadNewest().ok());
+  struct Case {
+    std::string name;
+    std::function<void(const std::string& dir)> corrupt;
+    std::string reason;
+  };
+  const std::vector<Case> cases = {
+      {"truncated",
+       [](const std::string& dir) {
+         fs::resize_file(dir + "/embeddings-00000.npy", 100);
+       },
+       "embeddings-00000.npy"},
+      {"bad-magic",
+       [](const std::string& dir) {
+         std::ofstream(dir + "/ids-00000.npy") << "not numpy at all";
+       },
+       "ids-00000.npy"},
+      {"missing-shard",
+       [](const std::string& dir) { fs::remove(dir + "/ids-00000.npy"); },
+       "ids-00000.npy"},
+      {"nan",
+       [](const std::string& dir) {
+         std::vector<float> v(50 * 4, 1.0f);
+         v[7] = std::nanf("");
+         ASSERT_TRUE(
+             WriteNpyMatrix(dir + "/embeddings-00000.npy", v.data(), 50, 4)
+                 .ok());
+       },
+       "row 1"},
+      {"duplicate-ids",
+       [](const std::string& dir) {
+         std::vector<int64_t> ids(50, 3);
+         ASSERT_TRUE(WriteNpyInt64(dir + "/ids-00000.npy", ids).ok());
+       },
+       "duplicate id 3"},
+  };
+  uint64_t step = 10;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    // Write elsewhere, corrupt, then rename in whole: a complete directory.
+    Write(root_, c.name, step++);
+    c.corrupt(root_ + "/" + c.name);
+    fs::rename(root_ + "/" + c.name, ckpts() + "/" + c.name);
+    absl::Status status = manager.LoadNewest();
+    EXPECT_FALSE(status.ok());
+    EXPECT_EQ(manager.Current()->info().name, "good");
+    BuildStatus build = manager.build_status();
+    EXPECT_THAT(build.last_rejected, HasSubstr(c.name));
+    EXPECT_THAT(build.last_rejected, HasSubstr(c.reason));
+    fs::remove_all(ckpts() + "/" + c.name);
+  }
+  EXPECT_EQ(manager.build_status().rejected_total, cases.size());
+}
+
+TEST_F(IndexManagerTest, RejectedCheckpointIsNotRetriedUntilItChanges) {
+  Write(ckpts(), "good", 1);
+  IndexManager manager(Options());
+  ASSERT_TRUE(manager.LoadNewest().ok());
+  Write(ckpts(), "broken", 2);
+  fs::remove(ckpts() + "/broken/ids-00000.npy");
+  EXPECT_FALSE(manager.LoadNewest().ok());
+  EXPECT_TRUE(manager.LoadNewest().ok());  // not read again
+  EXPECT_EQ(manager.build_status().rejected_total, 1u);
+  Write(ckpts(), "broken", 2);  // fixed: a new manifest
+  ASSERT_TRUE(manager.LoadNewest().ok());
+  EXPECT_EQ(manager.Current()->info().name, "broken");
+}
+
+TEST_F(IndexManagerTest, SchemaChangeNeedsPermission) {
+  Write(ckpts(), "d4", 1, 50, 4);
+  {
+    IndexManager manager(Options());
+    ASSERT_TRUE(manager.LoadNewest().ok());
+    Write(ckpts(), "d8", 2, 50, 8);
+    absl::Status status = manager.LoadNewest();
+    EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(std::string(status.message()),
+                HasSubstr("--allow_schema_change"));
+    EXPECT_EQ(manager.Current()->info().name, "d4");
+    Write(ckpts(), "l2", 3, 50, 4, Metric::kL2);
+    EXPECT_EQ(manager.LoadNewest().code(),
+              absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ(manager.Current()->info().name, "d4");
+  }
+  IndexManagerOptions options = Options();
+  options.allow_schema_change = true;
+  fs::remove_all(ckpts() + "/l2");
+  IndexManager manager(options);
+  ASSERT_TRUE(manager.LoadNewest().ok());  // d8: newest
+  EXPECT_EQ(manager.Current()->dim(), 8u);
+}
+
+TEST_F(IndexManagerTest, InstallSwapsAndHonoursTheBudget) {
+  Write(ckpts(), "base", 1, 100, 4);
+  IndexManagerOptions options = Options();
+  IndexManager probe(options);
+  ASSERT_TRUE(probe.LoadNewest().ok());
+  const size_t served = probe.Current()->MemoryBytes();
+  options.max_index_bytes = served * 2 + served / 2;
+  IndexManager manager(options);
+  ASSERT_TRUE(manager.LoadNewest().ok());
+  EXPECT_LT(manager.RemainingBytes(), options.max_index_bytes);
+
+  auto store = [](size_t n) {
+    std::vector<int64_t> ids(n);
+    for (size_t i = 0; i < n; ++i) ids[i] = static_cast<int64_t>(i);
+    return *CandidateStore::Create(4, ids, std::vector<float>(n * 4, 0.5f),
+                                   std::nullopt);
+  };
+  absl::StatusOr<VersionInfo> small =
+      manager.Install("small", 2, Metric::kInnerProduct, store(100));
+  ASSERT_TRUE(small.ok()) << small.status();
+  EXPECT_EQ(small->sequence, 2u);
+  EXPECT_EQ(manager.Current()->info().name, "small");
+  absl::StatusOr<VersionInfo> big =
+      manager.Install("big", 3, Metric::kInnerProduct, store(1000));
+  EXPECT_EQ(big.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(manager.Current()->info().name, "small");
+  EXPECT_THAT(manager.build_status().last_rejected, HasSubstr("publish big"));
+}
+
+// inotify: with a poll interval of an hour, only the notification can make
+// the watcher load a checkpoint written in place or renamed in.
+TEST_F(IndexManagerTest, WatcherLoadsNewCheckpointsFromNotifications) {
+  Write(ckpts(), "v1", 1);
+  IndexManager manager(Options());
+  ASSERT_TRUE(manager.LoadNewest().ok());
+  auto swapped = std::make_shared<absl::Notification>();
+  auto swapped2 = std::make_shared<absl::Notification>();
+  IndexEvents events;
+  events.swapped = [&, swapped, swapped2](const IndexVersion& v,
+                                          absl::Duration) {
+    if (v.info().name == "v2") swapped->Notify();
+    if (v.info().name == "v3") swapped2->Notify();
+  };
+  manager.SetEvents(events);
+  manager.StartWatching(absl::Hours(1));
+  Write(ckpts(), "v2", 2);  // in place, manifest last
+  ASSERT_TRUE(swapped->WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(manager.Current()->info().sequence, 2u);
+  Write(root_, "v3", 3);
+  fs::rename(root_ + "/v3", ckpts() + "/v3");  // renamed in whole
+  ASSERT_TRUE(swapped2->WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(manager.Current()->info().name, "v3");
+}
+
+TEST_F(IndexManagerTest, PollingFindsCheckpointsWithoutNotifications) {
+  IndexManager manager(Options());
+  auto swapped = std::make_shared<absl::Notification>();
+  IndexEvents events;
+  events.swapped = [swapped](const IndexVersion&, absl::Duration) {
+    swapped->Notify();
+  };
+  manager.SetEvents(events);
+  // The root does not exist yet, so inotify cannot watch it: the poll must.
+  fs::remove_all(ckpts());
+  manager.StartWatching(absl::Milliseconds(20));
+  Write(ckpts(), "late", 1);
+  ASSERT_TRUE(swapped->WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(manager.Current()->info().name, "late");
+}
+
+}  // namespace
+}  // namespace hardneg
