@@ -23,6 +23,10 @@ int RunInfoCommand(const std::vector<std::string>& args);
 // `hardneg mine`: mines negatives for the queries of a .npy file.
 int RunMineCommand(const std::vector<std::string>& args);
 
+// `hardneg publish`: streams a checkpoint directory or .npy files to the
+// server's Publish RPC (full, or incremental onto a served version).
+int RunPublishCommand(const std::vector<std::string>& args);
+
 // `hardneg make-checkpoint`: writes a checkpoint directory from .npy files
 // or Fashion-MNIST, and exports Fashion-MNIST test queries.
 int RunMakeCheckpointCommand(const std::vector<std::string>& args);

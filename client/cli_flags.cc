@@ -174,12 +174,20 @@ void FlagSet::Bool(std::string name, bool* value, std::string help) {
   Add(std::move(flag));
 }
 
+void FlagSet::Positionals(std::vector<std::string>* values) {
+  positionals_ = values;
+}
+
 absl::Status FlagSet::Parse(const std::vector<std::string>& args) {
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
     if (arg == "--help" || arg == "-h" || arg == "-help" || arg == "help") {
       help_requested_ = true;
       return absl::OkStatus();
+    }
+    if (positionals_ != nullptr && (arg.empty() || arg[0] != '-')) {
+      positionals_->push_back(arg);
+      continue;
     }
     if (arg.size() < 2 || arg[0] != '-' || arg == "--") {
       return absl::InvalidArgumentError(absl::StrCat(

@@ -2,7 +2,8 @@
 // after the subcommand's name. Accepted forms: `--name=value`,
 // `--name value`, and for booleans `--name`, `--name=true|false` and
 // `--noname` (a single leading '-' works too). `--help` / `-h` asks for the
-// usage text. Positional arguments are an error.
+// usage text. Positional arguments are an error unless Positionals() was
+// called.
 //
 // Not thread-safe; a FlagSet lives in one subcommand's main function.
 #ifndef HARDNEG_CLIENT_CLI_FLAGS_H_
@@ -43,6 +44,9 @@ class FlagSet {
   void OptionalFloat(std::string name, std::optional<float>* value,
                      std::string help);
   void Bool(std::string name, bool* value, std::string help);
+  // Collects positional arguments (anything not a flag or a flag's value)
+  // into `*values`, in order, instead of rejecting them.
+  void Positionals(std::vector<std::string>* values);
 
   // Parses `args`, stopping early at --help. INVALID_ARGUMENT naming the
   // flag for an unknown flag, a missing value, or a value of the wrong type
@@ -81,6 +85,7 @@ class FlagSet {
   std::string synopsis_;
   std::string description_;
   std::vector<Flag> flags_;
+  std::vector<std::string>* positionals_ = nullptr;
   bool help_requested_ = false;
 };
 

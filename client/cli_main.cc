@@ -17,6 +17,8 @@ constexpr char kUsage[] =
     "  info             Print the served index's version, size, dim and "
     "metric.\n"
     "  mine             Mine hard negatives for the queries of a .npy file.\n"
+    "  publish          Stream a new index version (a checkpoint directory or\n"
+    "                   .npy files, full or incremental) to the server.\n"
     "  make-checkpoint  Write a checkpoint from .npy files or Fashion-MNIST,\n"
     "                   and export Fashion-MNIST test queries.\n"
     "\n"
@@ -34,6 +36,7 @@ int main(int argc, char** argv) {
   const std::vector<std::string> args(argv + 2, argv + argc);
   if (command == "info") return hardneg::client::RunInfoCommand(args);
   if (command == "mine") return hardneg::client::RunMineCommand(args);
+  if (command == "publish") return hardneg::client::RunPublishCommand(args);
   if (command == "make-checkpoint" || command == "make_checkpoint") {
     return hardneg::client::RunMakeCheckpointCommand(args);
   }

@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <string>
 #include <utility>
@@ -9,6 +10,7 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "hardneg/v1/miner.grpc.pb.h"
 
 namespace hardneg::client {
@@ -215,6 +217,105 @@ absl::StatusOr<IndexInfo> Client::GetIndexInfo() {
   info.step = response.step();
   info.has_labels = response.has_labels();
   return info;
+}
+
+absl::StatusOr<IndexVersion> Client::Publish(
+    const PublishSpec& spec,
+    const std::function<void(const PublishProgress&)>& progress) {
+  if (spec.name.empty()) {
+    return absl::InvalidArgumentError("PublishSpec.name is empty");
+  }
+  if (spec.dim == 0) return absl::InvalidArgumentError("PublishSpec.dim is 0");
+  if (spec.embeddings.size() != spec.ids.size() * spec.dim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "PublishSpec.embeddings has ", spec.embeddings.size(),
+        " floats, expected ", spec.ids.size(), " ids x dim ", spec.dim));
+  }
+  if (!spec.labels.empty() && spec.labels.size() != spec.ids.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("PublishSpec.labels has ", spec.labels.size(),
+                     " values for ", spec.ids.size(), " ids"));
+  }
+  if (!spec.delete_ids.empty() && !spec.base_version) {
+    return absl::InvalidArgumentError(
+        "PublishSpec.delete_ids needs base_version (an incremental publish)");
+  }
+  // A row costs its floats plus at most 10 bytes per varint id and label;
+  // keep each message to half the limit.
+  const size_t message_budget =
+      static_cast<size_t>(std::max(options_.max_message_bytes, 2)) / 2;
+  const size_t row_bytes = size_t{spec.dim} * sizeof(float) + 20;
+  const size_t chunk_rows = std::max<size_t>(
+      1, std::min(spec.chunk_rows, message_budget / row_bytes));
+  const size_t delete_chunk = std::max<size_t>(1, message_budget / 10);
+
+  grpc::ClientContext context;
+  context.set_wait_for_ready(options_.wait_for_ready);
+  if (options_.publish_timeout) {
+    context.set_deadline(DeadlineAfter(*options_.publish_timeout));
+  }
+  v1::PublishResponse response;
+  std::unique_ptr<grpc::ClientWriter<v1::PublishRequest>> writer =
+      rpc_->stub->Publish(&context, &response);
+
+  const absl::Time start = absl::Now();
+  PublishProgress sent;
+  sent.total_rows = spec.ids.size() + spec.delete_ids.size();
+  v1::PublishRequest request;
+  v1::PublishHeader* header = request.mutable_header();
+  header->set_name(spec.name);
+  header->set_step(spec.step);
+  header->set_dim(spec.dim);
+  header->set_metric(spec.metric);
+  if (spec.base_version) header->set_base_version(*spec.base_version);
+  header->set_wait(spec.wait);
+  header->set_total_ids(spec.ids.size());
+  header->set_total_delete_ids(spec.delete_ids.size());
+  // Write fails only when the call is over; Finish then says why.
+  bool writing = writer->Write(request);
+  sent.bytes_sent += request.ByteSizeLong();
+
+  // One request, reused: its fields keep their capacity between chunks.
+  v1::PublishChunk* chunk = request.mutable_chunk();
+  auto send = [&](size_t rows) {
+    writing = writer->Write(request);
+    sent.bytes_sent += request.ByteSizeLong();
+    sent.rows_sent += rows;
+    sent.elapsed = absl::Now() - start;
+    if (progress) progress(sent);
+    chunk->Clear();
+  };
+  for (size_t begin = 0; writing && begin < spec.ids.size();
+       begin += chunk_rows) {
+    const size_t rows = std::min(chunk_rows, spec.ids.size() - begin);
+    chunk->mutable_ids()->Add(spec.ids.begin() + begin,
+                              spec.ids.begin() + begin + rows);
+    if (!spec.labels.empty()) {
+      chunk->mutable_labels()->Add(spec.labels.begin() + begin,
+                                   spec.labels.begin() + begin + rows);
+    }
+    const float* first = spec.embeddings.data() + begin * spec.dim;
+    const size_t floats = rows * spec.dim;
+    if (spec.send_bytes) {
+      // float32 in host order: little-endian on the platforms we build for.
+      chunk->set_embeddings_bytes(reinterpret_cast<const char*>(first),
+                                  floats * sizeof(float));
+    } else {
+      chunk->mutable_embeddings()->Add(first, first + floats);
+    }
+    send(rows);
+  }
+  for (size_t begin = 0; writing && begin < spec.delete_ids.size();
+       begin += delete_chunk) {
+    const size_t rows = std::min(delete_chunk, spec.delete_ids.size() - begin);
+    chunk->mutable_delete_ids()->Add(spec.delete_ids.begin() + begin,
+                                     spec.delete_ids.begin() + begin + rows);
+    send(rows);
+  }
+  if (writing) writer->WritesDone();
+  grpc::Status status = writer->Finish();
+  if (!status.ok()) return FromGrpcStatus(status);
+  return FromProto(response.version());
 }
 
 // ---------------------------------------------------------------------------

@@ -5,8 +5,8 @@
 //
 // Thread safety:
 //   - A Client is thread-safe: any number of threads may call MineOnce,
-//     GetIndexInfo and OpenStream on one Client at the same time (it holds
-//     one gRPC channel; calls share its connections).
+//     GetIndexInfo, Publish and OpenStream on one Client at the same time (it
+//     holds one gRPC channel; calls share its connections).
 //   - A MineStream is not thread-safe as a whole, but it is made for one
 //     sender thread and one receiver thread: at any moment at most one thread
 //     may be in Send/CloseSend and at most one (other) thread in Receive.
@@ -28,6 +28,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -36,6 +37,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 
 namespace grpc {
 class Channel;
@@ -117,6 +119,40 @@ struct IndexInfo {
   bool has_labels = false;
 };
 
+// A new index version for Publish. Full (no base_version): ids, labels and
+// embeddings are the whole corpus. Incremental (base_version names the
+// served version): ids carry the upserts (new or changed ids, replacing
+// changed rows in place) and delete_ids the ids to remove. The spans are
+// views: the data must stay alive during the call.
+struct PublishSpec {
+  std::string name;  // the new version's name
+  uint64_t step = 0;
+  uint32_t dim = 0;
+  std::string metric;  // "inner_product" or "l2"; empty: the served one's
+  std::optional<std::string> base_version;
+  absl::Span<const int64_t> ids;
+  absl::Span<const int64_t> labels;    // empty, or one per id
+  absl::Span<const float> embeddings;  // ids.size() x dim, row-major
+  absl::Span<const int64_t> delete_ids;
+  // Rows per PublishChunk; fewer when a chunk would not fit in
+  // ClientOptions::max_message_bytes.
+  size_t chunk_rows = 4096;
+  // Send embeddings as little-endian float32 bytes instead of packed floats.
+  bool send_bytes = false;
+  // True: return once the new version serves. False: once the server has
+  // received and checked the data; the build goes on in the background
+  // (the returned sequence is then 0; GetIndexInfo shows when it serves).
+  bool wait = true;
+};
+
+// How far a Publish upload is, reported after each chunk is written.
+struct PublishProgress {
+  uint64_t rows_sent = 0;  // ids and delete_ids sent so far
+  uint64_t total_rows = 0;
+  uint64_t bytes_sent = 0;  // serialized message bytes
+  absl::Duration elapsed;
+};
+
 struct ClientOptions {
   // Largest message sent or received, both ways (gRPC's default is 4 MiB).
   int max_message_bytes = 64 << 20;
@@ -130,6 +166,8 @@ struct ClientOptions {
   std::optional<absl::Duration> rpc_timeout;
   // Deadline of a whole Mine stream, from OpenStream.
   std::optional<absl::Duration> stream_timeout;
+  // Deadline of a whole Publish call: the upload and, with wait, the build.
+  std::optional<absl::Duration> publish_timeout;
   // E.g. "round_robin" for a headless Service of replicas; empty: default.
   std::string load_balancing_policy;
   // nullptr means insecure (plaintext).
@@ -172,6 +210,20 @@ class Client {
   // Opens a Mine stream. Never fails here: connection errors surface from
   // Send, Receive and CloseAndFinish.
   std::unique_ptr<MineStream> OpenStream();
+
+  // Streams a new version to the server: a header, then chunks of
+  // spec.chunk_rows rows, then the delete_ids. `progress`, when set, is
+  // called on this thread after each chunk. Returns the version that now
+  // serves (with spec.wait; otherwise the name and sequence 0).
+  // INVALID_ARGUMENT for a spec whose sizes disagree (before any RPC), or
+  // the server's: INVALID_ARGUMENT for bad data (naming the chunk and
+  // field), FAILED_PRECONDITION for a base_version that is not the served
+  // version or a dim/metric change the server does not allow,
+  // RESOURCE_EXHAUSTED over the server's memory budget. On any error the
+  // served version is unchanged.
+  absl::StatusOr<IndexVersion> Publish(
+      const PublishSpec& spec,
+      const std::function<void(const PublishProgress&)>& progress = nullptr);
 
  private:
   struct Rpc;  // the channel and the generated stub

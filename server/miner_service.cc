@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "convert.h"
 
@@ -164,6 +165,13 @@ absl::Status MinerService::Handle(const v1::MineRequest& request,
         "checkpoint (a directory with manifest.json) under --checkpoints");
   }
   EncodeVersion(version->info(), response->mutable_index());
+  const uint64_t min_sequence = request.options().min_index_sequence();
+  if (version->info().sequence < min_sequence) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the served index is ", version->info().name, " at sequence ",
+        version->info().sequence, ", older than options.min_index_sequence ",
+        min_sequence, "; retry once a newer version is live"));
+  }
   DecodedMineRequest decoded;
   absl::Status status = DecodeMineRequest(request, &decoded);
   if (!status.ok()) return status;
@@ -190,21 +198,8 @@ grpc::ServerUnaryReactor* MinerService::MineOnce(
 }
 
 grpc::ServerReadReactor<v1::PublishRequest>* MinerService::Publish(
-    grpc::CallbackServerContext* context, v1::PublishResponse* /*response*/) {
-  // Declared for the contract; checkpoints are picked up from
-  // --checkpoints until Publish is implemented.
-  class Unimplemented final
-      : public grpc::ServerReadReactor<v1::PublishRequest> {
-   public:
-    Unimplemented() {
-      Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
-                          "Publish is not implemented yet: write a checkpoint "
-                          "directory under --checkpoints instead"));
-    }
-    void OnDone() override { delete this; }
-  };
-  (void)context;
-  return new Unimplemented();
+    grpc::CallbackServerContext* context, v1::PublishResponse* response) {
+  return NewPublishReactor(context, response, manager_, &publish_builds_);
 }
 
 grpc::ServerUnaryReactor* MinerService::GetIndexInfo(

@@ -14,6 +14,7 @@
 #include "hardneg/v1/miner.grpc.pb.h"
 #include "index_manager.h"
 #include "miner.h"
+#include "publish_reactor.h"
 #include "worker_pool.h"
 
 namespace hardneg {
@@ -54,6 +55,9 @@ class MinerService final : public v1::Miner::CallbackService {
   const Miner* const miner_;
   WorkerPool* const pool_;
   const MinerServiceOptions options_;
+  // Owns Publish builds that outlive their call (wait=false); declared last
+  // so that it joins them before the rest is destroyed.
+  PublishBuilds publish_builds_;
 };
 
 }  // namespace hardneg

@@ -1,0 +1,316 @@
+#include "publish_reactor.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "convert.h"
+#include "grpcpp/server_context.h"
+#include "log.h"
+#include "metric.h"
+#include "publish.h"
+
+namespace hardneg {
+namespace {
+
+// One Publish call. Reads run one at a time, and each chunk goes to the
+// assembler in OnReadDone (a copy and a finiteness check, proportional to
+// the message gRPC just parsed). At the end of the stream Build runs on a
+// PublishBuilds thread; it owns the reactor's state until it calls Finish,
+// and touches nothing of the reactor after (OnDone may have deleted it).
+class PublishReactor final
+    : public grpc::ServerReadReactor<v1::PublishRequest> {
+ public:
+  PublishReactor(grpc::CallbackServerContext* context,
+                 v1::PublishResponse* response, IndexManager* manager,
+                 PublishBuilds* builds)
+      : context_(context),
+        response_(response),
+        manager_(manager),
+        builds_(builds),
+        start_(absl::Now()) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      EndOfStream();
+      return;
+    }
+    const absl::Status status =
+        assembler_.has_value() ? AddChunk() : StartPublish();
+    if (!status.ok()) {
+      Reject(status);
+      return;
+    }
+    StartRead(&request_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  // The header: validates it and starts the assembler under the budget the
+  // manager has left.
+  absl::Status StartPublish() {
+    if (!request_.has_header()) {
+      return absl::InvalidArgumentError(
+          "the first PublishRequest must carry a header (name, step, dim, "
+          "metric), then chunks");
+    }
+    const v1::PublishHeader& h = request_.header();
+    PublishHeader header;
+    header.name = h.name();
+    header.step = h.step();
+    header.dim = h.dim();
+    if (!h.metric().empty()) {
+      absl::StatusOr<Metric> metric = ParseMetric(h.metric());
+      if (!metric.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("header.metric: ", metric.status().message()));
+      }
+      header.metric = *metric;
+    }
+    if (h.has_base_version()) header.base_version = h.base_version();
+    wait_ = !h.has_wait() || h.wait();
+    if (h.has_total_ids()) total_ids_ = h.total_ids();
+    if (h.has_total_delete_ids()) total_delete_ids_ = h.total_delete_ids();
+
+    const size_t remaining = manager_->RemainingBytes();
+    if (remaining == 0) {
+      return absl::ResourceExhaustedError(
+          "the served version leaves no room under --max_index_bytes for a "
+          "new one; raise --max_index_bytes");
+    }
+    absl::StatusOr<PublishAssembler> assembler = PublishAssembler::Start(
+        std::move(header), remaining == SIZE_MAX ? 0 : remaining);
+    if (!assembler.ok()) return assembler.status();
+    assembler_.emplace(*std::move(assembler));
+    return absl::OkStatus();
+  }
+
+  absl::Status AddChunk() {
+    const size_t chunk = chunks_++;
+    if (request_.has_header()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("PublishRequest ", chunk + 1,
+                       " carries a second header; only the first request "
+                       "carries one, the others carry chunks"));
+    }
+    if (!request_.has_chunk()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("PublishRequest ", chunk + 1,
+                       " carries neither a header nor a chunk"));
+    }
+    const v1::PublishChunk& c = request_.chunk();
+    const std::string& bytes = c.embeddings_bytes();
+    absl::Span<const float> embeddings =
+        absl::MakeConstSpan(c.embeddings().data(), c.embeddings_size());
+    if (!bytes.empty()) {
+      if (!embeddings.empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("chunk ", chunk,
+                         " sets both embeddings and embeddings_bytes; send "
+                         "one of them"));
+      }
+      if (bytes.size() % sizeof(float) != 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "chunk ", chunk, ": embeddings_bytes has ", bytes.size(),
+            " bytes, not a multiple of 4 (little-endian float32)"));
+      }
+      // One copy: the bytes need not be aligned for float.
+      buffer_.resize(bytes.size() / sizeof(float));
+      std::memcpy(buffer_.data(), bytes.data(), bytes.size());
+      embeddings = buffer_;
+    } else if (c.ids_size() > 0 && embeddings.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunk ", chunk, " has ", c.ids_size(),
+                       " ids but no embeddings; set embeddings or "
+                       "embeddings_bytes"));
+    }
+    delete_ids_ += static_cast<uint64_t>(c.delete_ids_size());
+    bytes_ += static_cast<uint64_t>(c.ByteSizeLong());
+    return assembler_->AddChunk(
+        absl::MakeConstSpan(c.ids().data(), c.ids_size()),
+        absl::MakeConstSpan(c.labels().data(), c.labels_size()), embeddings,
+        absl::MakeConstSpan(c.delete_ids().data(), c.delete_ids_size()));
+  }
+
+  // The client half-closed, or the call broke.
+  void EndOfStream() {
+    if (context_->IsCancelled()) {
+      Reject(absl::CancelledError(
+          "the Publish call was cancelled before its end; nothing was "
+          "installed"));
+      return;
+    }
+    if (!assembler_.has_value()) {
+      Reject(absl::InvalidArgumentError(
+          "the Publish stream ended without a header; send a header, then "
+          "chunks"));
+      return;
+    }
+    if (total_ids_.has_value() && *total_ids_ != assembler_->rows()) {
+      Reject(absl::InvalidArgumentError(absl::StrCat(
+          "header.total_ids is ", *total_ids_, " but the stream carried ",
+          assembler_->rows(), " ids: the publish was cut short")));
+      return;
+    }
+    if (total_delete_ids_.has_value() && *total_delete_ids_ != delete_ids_) {
+      Reject(absl::InvalidArgumentError(
+          absl::StrCat("header.total_delete_ids is ", *total_delete_ids_,
+                       " but the stream carried ", delete_ids_,
+                       " delete_ids: the publish was cut short")));
+      return;
+    }
+    // The reads are over: release their buffers before the build.
+    request_ = v1::PublishRequest();
+    buffer_ = std::vector<float>();
+    Log(LogLevel::kInfo, "publish_received",
+        {{"name", assembler_->header().name},
+         {"rows", absl::StrCat(assembler_->rows())},
+         {"delete_ids", absl::StrCat(delete_ids_)},
+         {"chunks", absl::StrCat(chunks_)},
+         {"mb_per_s",
+          absl::StrFormat(
+              "%.1f",
+              static_cast<double>(bytes_) / 1e6 /
+                  std::max(1e-9, absl::ToDoubleSeconds(absl::Now() - start_)))},
+         {"wait", wait_ ? "true" : "false"}});
+    builds_->Run([this] { Build(); });
+  }
+
+  // On a PublishBuilds thread: assembles, answers (now when !wait_), and
+  // installs.
+  void Build() {
+    const std::shared_ptr<const IndexVersion> served = manager_->Current();
+    absl::StatusOr<CandidateStore> store = assembler_->Finish(served.get());
+    if (!store.ok()) {
+      Reject(store.status());
+      return;
+    }
+    if (context_->IsCancelled()) {
+      Reject(absl::CancelledError(
+          "the Publish call was cancelled before the build; nothing was "
+          "installed"));
+      return;
+    }
+    const PublishHeader& header = assembler_->header();
+    const Metric metric = header.metric.value_or(
+        served != nullptr ? served->metric() : Metric::kInnerProduct);
+    // Everything the build needs past an early answer, out of the reactor.
+    const std::string name = header.name;
+    const uint64_t step = header.step;
+    IndexManager* const manager = manager_;
+    const bool wait = wait_;
+    // An incremental publish applies to the version it was checked against.
+    std::optional<uint64_t> expected_sequence;
+    if (header.base_version.has_value()) {
+      expected_sequence = served != nullptr ? served->info().sequence : 0;
+    }
+    if (!wait) {
+      response_->mutable_version()->set_name(name);
+      response_->mutable_version()->set_sequence(0);
+      Finish(grpc::Status::OK);  // `this` may be deleted from here on
+    }
+    const absl::Time build_start = absl::Now();
+    absl::StatusOr<VersionInfo> installed = manager->Install(
+        name, step, metric, *std::move(store), expected_sequence);
+    if (installed.ok()) {
+      Log(LogLevel::kInfo, "publish_installed",
+          {{"name", name},
+           {"sequence", absl::StrCat(installed->sequence)},
+           {"build_seconds",
+            absl::StrFormat(
+                "%.3f", absl::ToDoubleSeconds(absl::Now() - build_start))}});
+    } else {
+      Log(LogLevel::kError, "publish_install_failed",
+          {{"name", name},
+           {"code", absl::StatusCodeToString(installed.status().code())},
+           {"reason", std::string(installed.status().message())}});
+    }
+    if (!wait) return;
+    if (!installed.ok()) {
+      Finish(ToGrpcStatus(installed.status()));
+      return;
+    }
+    EncodeVersion(*installed, response_->mutable_version());
+    Finish(grpc::Status::OK);
+  }
+
+  // Ends the call with `status`; the served version is untouched.
+  void Reject(const absl::Status& status) {
+    Log(LogLevel::kWarning, "publish_rejected",
+        {{"name", assembler_.has_value() ? assembler_->header().name : ""},
+         {"code", absl::StatusCodeToString(status.code())},
+         {"reason", std::string(status.message())}});
+    Finish(ToGrpcStatus(status));
+  }
+
+  grpc::CallbackServerContext* const context_;
+  v1::PublishResponse* const response_;
+  IndexManager* const manager_;
+  PublishBuilds* const builds_;
+  const absl::Time start_;
+
+  v1::PublishRequest request_;                 // owned by the read in flight
+  std::vector<float> buffer_;                  // embeddings_bytes, decoded
+  std::optional<PublishAssembler> assembler_;  // set by the header
+  bool wait_ = true;
+  std::optional<uint64_t> total_ids_;
+  std::optional<uint64_t> total_delete_ids_;
+  size_t chunks_ = 0;
+  uint64_t delete_ids_ = 0;
+  uint64_t bytes_ = 0;
+};
+
+}  // namespace
+
+PublishBuilds::~PublishBuilds() {
+  std::list<Build> builds;
+  {
+    absl::MutexLock lock(&mu_);
+    builds.splice(builds.end(), builds_);
+  }
+  for (Build& build : builds) build.thread.join();
+}
+
+void PublishBuilds::Run(std::function<void()> build) {
+  std::list<Build> finished;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto it = builds_.begin(); it != builds_.end();) {
+      const auto next = std::next(it);
+      if (it->done) finished.splice(finished.end(), builds_, it);
+      it = next;
+    }
+    const auto it = builds_.emplace(builds_.end());
+    // The thread sets `done` under mu_, so only after this assignment.
+    it->thread = std::thread([this, it, build = std::move(build)] {
+      build();
+      absl::MutexLock done_lock(&mu_);
+      it->done = true;
+    });
+  }
+  // These threads have returned from their build: joining is immediate.
+  for (Build& done : finished) done.thread.join();
+}
+
+grpc::ServerReadReactor<v1::PublishRequest>* NewPublishReactor(
+    grpc::CallbackServerContext* context, v1::PublishResponse* response,
+    IndexManager* manager, PublishBuilds* builds) {
+  return new PublishReactor(context, response, manager, builds);
+}
+
+}  // namespace hardneg
