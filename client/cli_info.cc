@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "cli_commands.h"
 #include "cli_flags.h"
 #include "client.h"
@@ -57,7 +58,11 @@ int RunInfoCommand(const std::vector<std::string>& args) {
               << ", \"build_state\": " << JsonString(info->build_state)
               << ", \"step\": " << info->step
               << ", \"has_labels\": " << (info->has_labels ? "true" : "false")
-              << "}\n";
+              << ", \"age_seconds\": " << info->age_seconds
+              << ", \"building\": " << JsonString(info->building)
+              << ", \"build_progress\": " << info->build_progress
+              << ", \"last_rejected\": " << JsonString(info->last_rejected)
+              << ", \"rejected_total\": " << info->rejected_total << "}\n";
   } else {
     std::cout << "version:      " << info->version.name << "\n"
               << "sequence:     " << info->version.sequence << "\n"
@@ -68,7 +73,18 @@ int RunInfoCommand(const std::vector<std::string>& args) {
               << "build_state:  " << info->build_state << "\n"
               << "step:         " << info->step << "\n"
               << "has_labels:   " << (info->has_labels ? "true" : "false")
-              << "\n";
+              << "\n"
+              << "age:          "
+              << absl::StrFormat("%.1f s", info->age_seconds) << "\n";
+    if (!info->building.empty()) {
+      std::cout << "building:     " << info->building
+                << absl::StrFormat(" (%.0f%%)", 100 * info->build_progress)
+                << "\n";
+    }
+    if (info->rejected_total > 0) {
+      std::cout << "rejected:     " << info->rejected_total
+                << ", last: " << info->last_rejected << "\n";
+    }
   }
   return kExitOk;
 }

@@ -216,6 +216,11 @@ absl::StatusOr<IndexInfo> Client::GetIndexInfo() {
   info.build_state = response.build_state();
   info.step = response.step();
   info.has_labels = response.has_labels();
+  info.age_seconds = response.age_seconds();
+  info.building = response.building();
+  info.build_progress = response.build_progress();
+  info.last_rejected = response.last_rejected();
+  info.rejected_total = response.rejected_total();
   return info;
 }
 

@@ -117,6 +117,11 @@ struct IndexInfo {
   std::string build_state;  // e.g. "serving", "building"
   uint64_t step = 0;        // the checkpoint's training step
   bool has_labels = false;
+  double age_seconds = 0;     // since the served version went live
+  std::string building;       // version being built now, if any
+  double build_progress = 0;  // of that build, 0..1
+  std::string last_rejected;  // "<source>: <reason>" of the last rejection
+  uint64_t rejected_total = 0;
 };
 
 // A new index version for Publish. Full (no base_version): ids, labels and
