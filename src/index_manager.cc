@@ -4,7 +4,9 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -31,6 +33,12 @@ int64_t ManifestMtime(const std::string& dir) {
   struct stat st;
   if (::stat((dir + "/manifest.json").c_str(), &st) != 0) return -1;
   return int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
+}
+
+// Builds run at a lower CPU priority than serving: build_threads bounds
+// their threads, this makes searches win when the cores are contended.
+void LowerThreadPriority() {
+  setpriority(PRIO_PROCESS, static_cast<id_t>(::syscall(SYS_gettid)), 10);
 }
 
 std::string Seconds(absl::Duration d) {
@@ -136,8 +144,8 @@ absl::Status IndexManager::RestoreSnapshot() {
 }
 
 absl::StatusOr<VersionInfo> IndexManager::BuildAndSwap(
-    const std::string& source, VersionInfo info, CandidateStore store) {
-  const absl::Time start = absl::Now();
+    const std::string& source, VersionInfo info, CandidateStore store,
+    absl::Time start) {
   std::shared_ptr<const IndexVersion> served = Current();
   if (served != nullptr && !options_.allow_schema_change &&
       (served->dim() != store.dim() || served->metric() != info.metric)) {
@@ -238,6 +246,7 @@ absl::Status IndexManager::LoadNewest() {
                     std::make_pair(entry.dir, mtime)) != rejected_.end();
       if (seen) continue;
     }
+    const absl::Time start = absl::Now();
     absl::StatusOr<VersionInfo> swapped = [&]() -> absl::StatusOr<VersionInfo> {
       HARDNEG_ASSIGN_OR_RETURN(Checkpoint checkpoint,
                                ReadCheckpoint(entry.dir));
@@ -254,7 +263,7 @@ absl::Status IndexManager::LoadNewest() {
                          MetricName(*options_.metric)));
       }
       return BuildAndSwap(entry.dir, std::move(info),
-                          std::move(checkpoint.store));
+                          std::move(checkpoint.store), start);
     }();
     if (swapped.ok()) return absl::OkStatus();
     Reject(entry.dir, swapped.status());
@@ -287,8 +296,10 @@ absl::StatusOr<VersionInfo> IndexManager::Install(
   info.name = name;
   info.step = step;
   info.metric = metric;
-  absl::StatusOr<VersionInfo> swapped = BuildAndSwap(
-      absl::StrCat("publish ", name), std::move(info), std::move(store));
+  LowerThreadPriority();  // Install runs on the publisher's own thread
+  absl::StatusOr<VersionInfo> swapped =
+      BuildAndSwap(absl::StrCat("publish ", name), std::move(info),
+                   std::move(store), absl::Now());
   if (!swapped.ok()) Reject(absl::StrCat("publish ", name), swapped.status());
   return swapped;
 }
@@ -301,6 +312,7 @@ void IndexManager::WatchLoop(absl::Duration poll_interval) {
   namespace fs = std::filesystem;
   const std::string& root = options_.checkpoints_dir;
   if (root.empty()) return;
+  LowerThreadPriority();
   // inotify wakes the loop as soon as a manifest is written or a directory
   // is renamed in; the poll timeout is the fallback (and covers
   // filesystems without inotify, such as some network volumes).

@@ -108,9 +108,11 @@ class IndexManager {
   void SetEvents(IndexEvents events) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
+  // `start`: when reading the version began (for build_seconds).
   absl::StatusOr<VersionInfo> BuildAndSwap(const std::string& source,
                                            VersionInfo info,
-                                           CandidateStore store)
+                                           CandidateStore store,
+                                           absl::Time start)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(build_mu_) ABSL_LOCKS_EXCLUDED(mu_);
   void Reject(const std::string& source, const absl::Status& status)
       ABSL_LOCKS_EXCLUDED(mu_);
