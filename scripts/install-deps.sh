@@ -16,7 +16,8 @@ build=(build-essential cmake ninja-build pkg-config git
        libabsl-dev libfaiss-dev prometheus-cpp-dev libopenblas-dev
        libopenblas0-openmp libgtest-dev libgmock-dev libbenchmark-dev
        nlohmann-json3-dev zlib1g-dev dataset-fashion-mnist
-       python3-grpcio python3-numpy python3-protobuf)
+       python3-grpcio python3-numpy python3-protobuf
+       prometheus yamllint)  # promtool, and the server the Prometheus test scrapes with
 
 if [[ "${1:-}" == "--runtime" ]]; then wanted=("${runtime[@]}"); else wanted=("${build[@]}"); fi
 

@@ -5,7 +5,10 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -13,13 +16,21 @@
 #include "absl/strings/str_cat.h"
 #include "index_manager.h"
 #include "log.h"
+#include "metrics.h"
+#include "prometheus/registry.h"
 #include "server.h"
 
 ABSL_FLAG(std::string, checkpoints, "",
           "Directory of checkpoints; the newest complete one is served and "
           "the directory is watched for newer ones.");
 ABSL_FLAG(int, grpc_port, 50051, "gRPC port; 0 picks a free one.");
-ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
+ABSL_FLAG(std::string, host, "0.0.0.0",
+          "Address to listen on (gRPC and /metrics).");
+ABSL_FLAG(std::optional<int>, metrics_port, std::nullopt,
+          "Port of the Prometheus /metrics endpoint; 0 picks a free one, "
+          "-1 disables metrics. Default: 9464, or a free one when "
+          "--grpc_port is 0 (so that servers started for tests never "
+          "collide).");
 ABSL_FLAG(std::string, index, "Flat",
           "FAISS factory string: Flat (exact), or e.g. IVF1024,Flat.");
 ABSL_FLAG(std::string, metric, "",
@@ -47,6 +58,8 @@ ABSL_FLAG(uint32_t, max_negatives, 10000, "Largest num_negatives accepted.");
 ABSL_FLAG(uint32_t, max_range, 1000000, "Largest range_max accepted.");
 
 namespace {
+
+constexpr int kDefaultMetricsPort = 9464;
 
 // OpenMP reads OMP_WAIT_POLICY when the runtime loads, before main, so it
 // is set by re-executing. Spinning OpenMP threads fight OpenBLAS's for the
@@ -104,7 +117,26 @@ int main(int argc, char** argv) {
                  "is required\n");
     return 2;
   }
+  // Declared before the manager: its build threads record into them.
+  const int metrics_port =
+      absl::GetFlag(FLAGS_metrics_port)
+          .value_or(absl::GetFlag(FLAGS_grpc_port) == 0 ? 0
+                                                        : kDefaultMetricsPort);
+  if (metrics_port < -1 || metrics_port > 65535) {
+    std::fprintf(stderr,
+                 "--metrics_port must be a port, 0 (a free one) or -1 (off)\n");
+    return 2;
+  }
+  auto registry = std::make_shared<prometheus::Registry>();
+  std::unique_ptr<hardneg::ServerMetrics> metrics;
+  if (metrics_port >= 0) {
+    metrics = std::make_unique<hardneg::ServerMetrics>(*registry);
+  }
   hardneg::IndexManager manager(manager_options);
+  // The first load is a refresh too; health joins once the server is up.
+  if (metrics != nullptr) {
+    manager.SetEvents(hardneg::WithIndexMetrics(metrics.get()));
+  }
   // The newest snapshot serves at once; without one, the newest checkpoint
   // is loaded before listening, so "listening on" means "serving".
   if (!manager.RestoreSnapshot().ok()) {
@@ -123,6 +155,7 @@ int main(int argc, char** argv) {
   server_options.blas_threads = absl::GetFlag(FLAGS_blas_threads);
   server_options.limits.max_negatives = absl::GetFlag(FLAGS_max_negatives);
   server_options.limits.max_range = absl::GetFlag(FLAGS_max_range);
+  server_options.metrics = metrics.get();
   absl::StatusOr<std::unique_ptr<hardneg::HardnegServer>> server =
       hardneg::HardnegServer::Start(server_options, &manager);
   if (!server.ok()) {
@@ -135,12 +168,28 @@ int main(int argc, char** argv) {
   events.swapped = [s](const hardneg::IndexVersion&, absl::Duration) {
     s->UpdateHealth();
   };
+  std::unique_ptr<hardneg::MetricsEndpoint> endpoint;
+  if (metrics != nullptr) {
+    events = hardneg::WithIndexMetrics(metrics.get(), std::move(events));
+    absl::StatusOr<std::unique_ptr<hardneg::MetricsEndpoint>> started =
+        hardneg::MetricsEndpoint::Start(
+            server_options.host, metrics_port,
+            {registry, metrics->ScrapeTimeMetrics()});
+    if (!started.ok()) {
+      Log(LogLevel::kError, "start_failed",
+          {{"reason", std::string(started.status().message())}});
+      return 1;
+    }
+    endpoint = *std::move(started);
+  }
   manager.SetEvents(std::move(events));
   manager.StartWatching(absl::GetFlag(FLAGS_poll_interval));
   std::printf("listening on %d\n", s->port());
+  if (endpoint != nullptr) std::printf("metrics on %d\n", endpoint->port());
   std::fflush(stdout);
   Log(LogLevel::kInfo, "start",
       {{"port", absl::StrCat(s->port())},
+       {"metrics_port", absl::StrCat(endpoint ? endpoint->port() : -1)},
        {"checkpoints", manager_options.checkpoints_dir},
        {"index", manager_options.build.factory}});
 
@@ -149,7 +198,10 @@ int main(int argc, char** argv) {
   Log(LogLevel::kInfo, "shutdown",
       {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"}});
   s->Shutdown(absl::Seconds(10));
+  // No swap may call into the server once it is gone.
+  manager.StopWatching();
   server->reset();
+  endpoint.reset();
   Log(LogLevel::kInfo, "stopped");
   return 0;
 }

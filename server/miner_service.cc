@@ -1,5 +1,6 @@
 #include "miner_service.h"
 
+#include <chrono>
 #include <deque>
 #include <memory>
 #include <utility>
@@ -31,6 +32,7 @@ class MineReactor final
       reads_done_ = true;
       actions = Advance();
     } else {
+      const auto start = std::chrono::steady_clock::now();
       auto slot = std::make_shared<Slot>();
       auto request = std::make_shared<v1::MineRequest>(std::move(request_));
       request_.Clear();
@@ -39,7 +41,7 @@ class MineReactor final
       slots_.push_back(slot);
       ++outstanding_;  // keeps the reactor alive until the task is done
       service_->pool()->Submit(
-          [this, slot, request] { Work(*slot, *request); });
+          [this, slot, request, start] { Work(*slot, *request, start); });
       actions = Advance();
     }
     Run(actions);
@@ -84,12 +86,15 @@ class MineReactor final
     grpc::Status status;
   };
 
-  void Work(Slot& slot, const v1::MineRequest& request) {
+  // Mines one request read at `start` and queues its response.
+  void Work(Slot& slot, const v1::MineRequest& request,
+            std::chrono::steady_clock::time_point start) {
     absl::Status status = service_->Handle(request, &slot.response);
     if (!status.ok()) {
       slot.response.clear_results();
       EncodeError(status, &slot.response);
     }
+    service_->RecordRequest(MineRpc::kMine, start, status, slot.response);
     Actions actions;
     {
       absl::MutexLock lock(&mu_);
@@ -152,8 +157,13 @@ class MineReactor final
 }  // namespace
 
 MinerService::MinerService(IndexManager* manager, const Miner* miner,
-                           WorkerPool* pool, MinerServiceOptions options)
-    : manager_(manager), miner_(miner), pool_(pool), options_(options) {}
+                           WorkerPool* pool, MinerServiceOptions options,
+                           ServerMetrics* metrics)
+    : manager_(manager),
+      miner_(miner),
+      pool_(pool),
+      options_(options),
+      metrics_(metrics) {}
 
 absl::Status MinerService::Handle(const v1::MineRequest& request,
                                   v1::MineResponse* response) const {
@@ -178,6 +188,7 @@ absl::Status MinerService::Handle(const v1::MineRequest& request,
   absl::StatusOr<std::vector<MiningResult>> results =
       miner_->Mine(*version, decoded.queries, decoded.options);
   if (!results.ok()) return results.status();
+  if (metrics_ != nullptr) metrics_->RecordBatch(decoded.queries.size());
   EncodeResults(*results, *version, decoded.return_embeddings, response);
   return absl::OkStatus();
 }
@@ -190,11 +201,37 @@ grpc::ServerBidiReactor<v1::MineRequest, v1::MineResponse>* MinerService::Mine(
 grpc::ServerUnaryReactor* MinerService::MineOnce(
     grpc::CallbackServerContext* context, const v1::MineRequest* request,
     v1::MineResponse* response) {
+  const auto start = std::chrono::steady_clock::now();
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  pool_->Submit([this, reactor, request, response] {
-    reactor->Finish(ToGrpcStatus(Handle(*request, response)));
+  pool_->Submit([this, reactor, request, response, start] {
+    const absl::Status status = Handle(*request, response);
+    RecordRequest(MineRpc::kMineOnce, start, status, *response);
+    reactor->Finish(ToGrpcStatus(status));
   });
   return reactor;
+}
+
+void MinerService::RecordRequest(MineRpc rpc,
+                                 std::chrono::steady_clock::time_point start,
+                                 const absl::Status& status,
+                                 const v1::MineResponse& response) const {
+  if (metrics_ == nullptr) return;
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
+  if (!status.ok()) {
+    metrics_->RecordFailed(rpc, seconds, status.code());
+    return;
+  }
+  uint64_t negatives = 0;
+  uint64_t shortfall = 0;
+  for (const v1::QueryResult& result : response.results()) {
+    negatives += static_cast<uint64_t>(result.negatives_size());
+    shortfall += result.shortfall();
+  }
+  metrics_->RecordMined(rpc, seconds,
+                        static_cast<uint64_t>(response.results_size()),
+                        negatives, shortfall);
 }
 
 grpc::ServerReadReactor<v1::PublishRequest>* MinerService::Publish(

@@ -5,14 +5,23 @@
 // response (Mine). A Mine stream answers in request order, one response per
 // request; a bad request is answered in-band and the stream stays open.
 //
-// Thread-safe; the IndexManager, Miner and WorkerPool must outlive it.
+// With a ServerMetrics, each mining request is recorded where it completes
+// (a Mine request when its response is queued, a MineOnce call before it
+// finishes), and each Miner call's batch size; without one (nullptr),
+// nothing is measured.
+//
+// Thread-safe; the IndexManager, Miner, WorkerPool and ServerMetrics must
+// outlive it.
 #ifndef HARDNEG_SERVER_MINER_SERVICE_H_
 #define HARDNEG_SERVER_MINER_SERVICE_H_
 
+#include <chrono>
 #include <cstddef>
 
+#include "absl/status/status.h"
 #include "hardneg/v1/miner.grpc.pb.h"
 #include "index_manager.h"
+#include "metrics.h"
 #include "miner.h"
 #include "publish_reactor.h"
 #include "worker_pool.h"
@@ -27,8 +36,10 @@ struct MinerServiceOptions {
 
 class MinerService final : public v1::Miner::CallbackService {
  public:
+  // `metrics` may be null: nothing is measured.
   MinerService(IndexManager* manager, const Miner* miner, WorkerPool* pool,
-               MinerServiceOptions options = {});
+               MinerServiceOptions options = {},
+               ServerMetrics* metrics = nullptr);
 
   grpc::ServerBidiReactor<v1::MineRequest, v1::MineResponse>* Mine(
       grpc::CallbackServerContext* context) override;
@@ -47,6 +58,12 @@ class MinerService final : public v1::Miner::CallbackService {
   absl::Status Handle(const v1::MineRequest& request,
                       v1::MineResponse* response) const;
 
+  // Records one mining request that was read at `start` and answered
+  // with `response` (results when `status` is OK). No-op without metrics.
+  void RecordRequest(MineRpc rpc, std::chrono::steady_clock::time_point start,
+                     const absl::Status& status,
+                     const v1::MineResponse& response) const;
+
   WorkerPool* pool() const { return pool_; }
   const MinerServiceOptions& options() const { return options_; }
 
@@ -55,6 +72,7 @@ class MinerService final : public v1::Miner::CallbackService {
   const Miner* const miner_;
   WorkerPool* const pool_;
   const MinerServiceOptions options_;
+  ServerMetrics* const metrics_;  // null: metrics off
   // Owns Publish builds that outlive their call (wait=false); declared last
   // so that it joins them before the rest is destroyed.
   PublishBuilds publish_builds_;

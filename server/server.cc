@@ -3,7 +3,10 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <memory>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -45,8 +48,8 @@ HardnegServer::HardnegServer(const ServerOptions& options,
           WorkerThreadInit(
               options.threads == 0 ? DefaultThreads() : options.threads,
               options.blas_threads))),
-      service_(std::make_unique<MinerService>(manager, &miner_, pool_.get(),
-                                              options.service)) {}
+      service_(std::make_unique<MinerService>(
+          manager, &miner_, pool_.get(), options.service, options.metrics)) {}
 
 absl::StatusOr<std::unique_ptr<HardnegServer>> HardnegServer::Start(
     const ServerOptions& options, IndexManager* manager) {
@@ -64,6 +67,13 @@ absl::StatusOr<std::unique_ptr<HardnegServer>> HardnegServer::Start(
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   builder.RegisterService(server->service_.get());
+  if (options.metrics != nullptr) {
+    std::vector<
+        std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+        interceptors;
+    interceptors.push_back(options.metrics->NewRpcInterceptorFactory());
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  }
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(
@@ -77,18 +87,26 @@ absl::StatusOr<std::unique_ptr<HardnegServer>> HardnegServer::Start(
 HardnegServer::~HardnegServer() { Shutdown(absl::Seconds(5)); }
 
 void HardnegServer::UpdateHealth() {
-  if (server_ == nullptr) return;
+  absl::MutexLock lock(&health_mu_);
+  if (shut_down_ || server_ == nullptr) return;
   grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
   if (health == nullptr) return;
-  const bool serving = !shut_down_ && manager_->Current() != nullptr;
+  const bool serving = manager_->Current() != nullptr;
   health->SetServingStatus(serving);
   health->SetServingStatus(kServiceName, serving);
 }
 
 void HardnegServer::Shutdown(absl::Duration deadline) {
-  if (shut_down_ || server_ == nullptr) return;
-  shut_down_ = true;
-  UpdateHealth();
+  {
+    absl::MutexLock lock(&health_mu_);
+    if (shut_down_ || server_ == nullptr) return;
+    shut_down_ = true;
+    if (grpc::HealthCheckServiceInterface* health =
+            server_->GetHealthCheckService()) {
+      health->SetServingStatus(false);
+      health->SetServingStatus(kServiceName, false);
+    }
+  }
   server_->Shutdown(absl::ToChronoTime(absl::Now() + deadline));
   server_->Wait();
   pool_.reset();  // runs what is queued, then joins

@@ -1,5 +1,6 @@
 // HardnegServer: the gRPC server around a MinerService, with the standard
-// health service (SERVING only while an index is loaded) and reflection.
+// health service (SERVING only while an index is loaded) and reflection,
+// and, with ServerOptions::metrics, per-request and per-RPC metrics.
 //
 // Start, port and Shutdown may be called from any thread; Shutdown is
 // idempotent and is also run by the destructor.
@@ -10,11 +11,14 @@
 #include <memory>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/server.h"
 #include "index_manager.h"
+#include "metrics.h"
 #include "miner.h"
 #include "miner_service.h"
 #include "worker_pool.h"
@@ -31,6 +35,9 @@ struct ServerOptions {
   size_t max_message_bytes = size_t{64} << 20;
   MinerLimits limits;
   MinerServiceOptions service;
+  // Not owned; must outlive the server. Null: no metrics (requests are not
+  // measured and no interceptor runs).
+  ServerMetrics* metrics = nullptr;
 };
 
 class HardnegServer {
@@ -46,8 +53,9 @@ class HardnegServer {
 
   int port() const { return port_; }
 
-  // Health follows whether an index is loaded.
-  void UpdateHealth();
+  // Health follows whether an index is loaded; after Shutdown it stays
+  // NOT_SERVING and this touches nothing else.
+  void UpdateHealth() ABSL_LOCKS_EXCLUDED(health_mu_);
 
   // Stops accepting calls, lets calls in flight finish for up to
   // `deadline` (then cancels them), and drains the worker pool.
@@ -60,12 +68,15 @@ class HardnegServer {
   HardnegServer(const ServerOptions& options, IndexManager* manager);
 
   IndexManager* const manager_;
+  // Declared before the members whose destruction can call UpdateHealth
+  // (Publish builds joined by service_), so it outlives them.
+  absl::Mutex health_mu_;
+  bool shut_down_ ABSL_GUARDED_BY(health_mu_) = false;
   Miner miner_;
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<MinerService> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
-  bool shut_down_ = false;
 };
 
 }  // namespace hardneg

@@ -54,6 +54,13 @@ IndexManager::IndexManager(IndexManagerOptions options)
 }
 
 IndexManager::~IndexManager() {
+  StopWatching();
+  // A build in progress (Install from another thread) finishes first.
+  absl::MutexLock build_lock(&build_mu_);
+  if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+void IndexManager::StopWatching() {
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
@@ -63,9 +70,6 @@ IndexManager::~IndexManager() {
     (void)!::write(wake_fd_, &one, sizeof(one));
   }
   if (watcher_.joinable()) watcher_.join();
-  // A build in progress (Install from another thread) finishes first.
-  absl::MutexLock build_lock(&build_mu_);
-  if (wake_fd_ >= 0) ::close(wake_fd_);
 }
 
 std::shared_ptr<const IndexVersion> IndexManager::Current() const {

@@ -102,6 +102,9 @@ class IndexManager {
   // least every `poll_interval`) until destruction.
   void StartWatching(absl::Duration poll_interval) ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Stops the watcher, waiting for a build it is running. Idempotent.
+  void StopWatching() ABSL_LOCKS_EXCLUDED(mu_);
+
   BuildStatus build_status() const ABSL_LOCKS_EXCLUDED(mu_);
 
   // Set before StartWatching / serving; called on the building thread.

@@ -1,0 +1,163 @@
+// ServerMetrics: hardneg's Prometheus metrics (README, "Metrics"), with
+// every handle resolved once at construction, so that recording a request
+// costs a few atomic adds and histogram observations and never a
+// Family::Add. The registry is passed in: no global registry.
+//
+// What is exported:
+//   - per request (Mine stream requests and MineOnce calls): latency,
+//     latency per query, queries, negatives, shortfall, failures by code;
+//   - per Miner call: the batch size;
+//   - per RPC, for the four Miner methods: grpc_server_started_total and
+//     grpc_server_handled_total (through a gRPC server interceptor);
+//   - per index version: candidates, sequence, age, refresh duration and
+//     refresh failures (through IndexEvents);
+//   - the process: CPU seconds, resident and virtual memory, start time and
+//     file descriptors, read from /proc at scrape time.
+//
+// The age and process metrics are computed at scrape time, so they come
+// from ScrapeTimeMetrics() rather than the registry; MetricsEndpoint serves
+// both.
+//
+// Thread-safe: every method may be called from any thread, concurrently
+// with scrapes.
+#ifndef HARDNEG_SERVER_METRICS_H_
+#define HARDNEG_SERVER_METRICS_H_
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "grpcpp/support/server_interceptor.h"
+#include "index_manager.h"
+#include "index_version.h"
+#include "prometheus/collectable.h"
+#include "prometheus/counter.h"
+#include "prometheus/exposer.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace hardneg {
+
+// The RPC a mining request came in on (the `rpc` label).
+enum class MineRpc { kMine = 0, kMineOnce = 1 };
+
+class ServerMetrics {
+ public:
+  // Registers every family in `registry`, which must outlive this object.
+  explicit ServerMetrics(prometheus::Registry& registry);
+
+  ServerMetrics(const ServerMetrics&) = delete;
+  ServerMetrics& operator=(const ServerMetrics&) = delete;
+
+  // A request that was answered with results, `seconds` after it was read.
+  void RecordMined(MineRpc rpc, double seconds, uint64_t queries,
+                   uint64_t negatives, uint64_t shortfall);
+  // A request answered with an error (in-band on Mine, the RPC status on
+  // MineOnce). `code` is never OK.
+  void RecordFailed(MineRpc rpc, double seconds, absl::StatusCode code);
+  // One Miner call over `queries` queries.
+  void RecordBatch(size_t queries);
+
+  // `version` is live: sets the index gauges and restarts the age. A
+  // version no newer (by sequence) than the one recorded is ignored, so
+  // this may be called for the version served at start, racing its swap.
+  void IndexServed(const IndexVersion& version);
+  // A build went live after `build_time` (zero for a snapshot restore,
+  // which is not observed as a refresh).
+  void IndexSwapped(const IndexVersion& version, absl::Duration build_time);
+  // A checkpoint or publish was rejected.
+  void IndexRejected();
+
+  // The grpc_server_started_total / grpc_server_handled_total counters of
+  // the hardneg.v1.Miner methods; other services are not intercepted. This
+  // object must outlive the gRPC server.
+  std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
+  NewRpcInterceptorFactory();
+
+  // hardneg_index_age_seconds and the process_* metrics, computed when
+  // collected. Shared so that an Exposer may hold it (weakly); it may
+  // outlive this object.
+  std::shared_ptr<prometheus::Collectable> ScrapeTimeMetrics() const;
+
+  // The handles of one Miner method, for the interceptor.
+  struct RpcCounters {
+    prometheus::Counter* started = nullptr;
+    std::array<prometheus::Counter*, 17> handled{};  // by grpc::StatusCode
+  };
+
+ private:
+  class ScrapeTime;
+
+  std::array<prometheus::Histogram*, 2> mine_latency_{};   // by MineRpc
+  std::array<prometheus::Histogram*, 2> query_latency_{};  // by MineRpc
+  prometheus::Histogram* batch_size_;
+  prometheus::Counter* queries_;
+  prometheus::Counter* negatives_;
+  prometheus::Counter* shortfall_;
+  std::array<prometheus::Counter*, 17> failed_{};  // by absl::StatusCode
+  prometheus::Gauge* index_candidates_;
+  prometheus::Gauge* index_sequence_;
+  prometheus::Histogram* refresh_duration_;
+  prometheus::Counter* refresh_failures_;
+  // Mine, MineOnce, Publish, GetIndexInfo.
+  std::array<RpcCounters, 4> rpcs_;
+
+  const std::shared_ptr<ScrapeTime> scrape_time_;
+
+  // Orders IndexServed calls, which may race (a build thread's swap and a
+  // caller recording the version served at start).
+  absl::Mutex mu_;
+  uint64_t served_sequence_ ABSL_GUARDED_BY(mu_) = 0;
+  bool serving_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// `events` with the index metrics chained on: each swap and rejection runs
+// `events`' own callback, then records in `metrics`, which must outlive
+// the IndexManager these events are set on.
+IndexEvents WithIndexMetrics(ServerMetrics* metrics, IndexEvents events = {});
+
+// Serves /metrics over HTTP (prometheus-cpp's Exposer): the collectables
+// in order. Stopping takes about two seconds (the HTTP server's poll), so
+// tests should share one.
+class MetricsEndpoint {
+ public:
+  // Listens on host:port (port 0 picks a free one). UNAVAILABLE when the
+  // address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<MetricsEndpoint>> Start(
+      const std::string& host, int port,
+      const std::vector<std::shared_ptr<prometheus::Collectable>>&
+          collectables);
+
+  MetricsEndpoint(const MetricsEndpoint&) = delete;
+  MetricsEndpoint& operator=(const MetricsEndpoint&) = delete;
+
+  int port() const { return port_; }
+
+ private:
+  MetricsEndpoint(
+      std::unique_ptr<prometheus::Exposer> exposer,
+      std::vector<std::shared_ptr<prometheus::Collectable>> collectables,
+      int port)
+      : collectables_(std::move(collectables)),
+        exposer_(std::move(exposer)),
+        port_(port) {}
+
+  // Kept alive here (the exposer holds them weakly), and destroyed after
+  // the exposer has stopped.
+  std::vector<std::shared_ptr<prometheus::Collectable>> collectables_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  int port_;
+};
+
+}  // namespace hardneg
+
+#endif  // HARDNEG_SERVER_METRICS_H_
