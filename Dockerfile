@@ -17,6 +17,6 @@ COPY --from=build /src/build/server/hardneg-server /usr/local/bin/
 COPY --from=build /src/build/client/hardneg /usr/local/bin/
 ENV OMP_WAIT_POLICY=PASSIVE
 USER 65532:65532
-EXPOSE 50051
+EXPOSE 50051 9464
 ENTRYPOINT ["/usr/local/bin/hardneg-server"]
-CMD ["--checkpoints", "/checkpoints", "--grpc_port", "50051"]
+CMD ["--checkpoints", "/checkpoints", "--data_dir", "/data", "--grpc_port", "50051", "--metrics_port", "9464"]
