@@ -8,6 +8,7 @@
 #define HARDNEG_CLIENT_CLI_COMMANDS_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,13 @@ struct ServerFlags {
 
 // Registers --server, --timeout and --wait_for_ready.
 void AddServerFlags(FlagSet& flags, ServerFlags* server_flags);
+
+// Parses `args` for a command that talks to a server and checks the server
+// flags. Returns the exit code when the command is over already (usage
+// error, or --help printed), nullopt when it should go on.
+std::optional<int> ParseServerCommand(FlagSet& flags,
+                                      const std::vector<std::string>& args,
+                                      const ServerFlags& server_flags);
 
 // Connects as the flags say: waits up to --timeout for the channel, and
 // applies --timeout to each unary call (not to a Mine stream).

@@ -20,18 +20,8 @@ int RunInfoCommand(const std::vector<std::string>& args) {
                 "dim, metric, index type, build state and checkpoint step.");
   AddServerFlags(flags, &server_flags);
   flags.String("format", &format, "text|json", "Output format.");
-  if (absl::Status status = flags.Parse(args); !status.ok()) {
-    return flags.UsageError(status);
-  }
-  if (flags.help_requested()) {
-    std::cout << flags.Usage();
-    return kExitOk;
-  }
-  if (server_flags.server.empty()) {
-    return flags.UsageError("--server is required");
-  }
-  if (server_flags.timeout_seconds < 0) {
-    return flags.UsageError("--timeout must not be negative");
+  if (std::optional<int> done = ParseServerCommand(flags, args, server_flags)) {
+    return *done;
   }
   if (format != "text" && format != "json") {
     return flags.UsageError(

@@ -340,18 +340,8 @@ int RunMineCommand(const std::vector<std::string>& args) {
                "Names for labels in --show: fashion-mnist, or a text file "
                "with one name per line (line i names label i).");
 
-  if (absl::Status status = flags.Parse(args); !status.ok()) {
-    return flags.UsageError(status);
-  }
-  if (flags.help_requested()) {
-    std::cout << flags.Usage();
-    return kExitOk;
-  }
-  if (server_flags.server.empty()) {
-    return flags.UsageError("--server is required");
-  }
-  if (server_flags.timeout_seconds < 0) {
-    return flags.UsageError("--timeout must not be negative");
+  if (std::optional<int> done = ParseServerCommand(flags, args, server_flags)) {
+    return *done;
   }
   if (queries_path.empty()) return flags.UsageError("--queries is required");
   if (options.num_negatives == 0) {

@@ -134,18 +134,8 @@ int RunPublishCommand(const std::vector<std::string>& args) {
   flags.Bool("wait", &wait,
              "Wait until the new version serves; --nowait returns once the "
              "server has received and checked the data.");
-  if (absl::Status status = flags.Parse(args); !status.ok()) {
-    return flags.UsageError(status);
-  }
-  if (flags.help_requested()) {
-    std::cout << flags.Usage();
-    return kExitOk;
-  }
-  if (server_flags.server.empty()) {
-    return flags.UsageError("--server is required");
-  }
-  if (server_flags.timeout_seconds < 0) {
-    return flags.UsageError("--timeout must not be negative");
+  if (std::optional<int> done = ParseServerCommand(flags, args, server_flags)) {
+    return *done;
   }
   if (dirs.size() > 1) {
     return flags.UsageError(

@@ -45,6 +45,25 @@ void AddServerFlags(FlagSet& flags, ServerFlags* server_flags) {
              "them.");
 }
 
+std::optional<int> ParseServerCommand(FlagSet& flags,
+                                      const std::vector<std::string>& args,
+                                      const ServerFlags& server_flags) {
+  if (absl::Status status = flags.Parse(args); !status.ok()) {
+    return flags.UsageError(status);
+  }
+  if (flags.help_requested()) {
+    std::cout << flags.Usage();
+    return kExitOk;
+  }
+  if (server_flags.server.empty()) {
+    return flags.UsageError("--server is required");
+  }
+  if (server_flags.timeout_seconds < 0) {
+    return flags.UsageError("--timeout must not be negative");
+  }
+  return std::nullopt;
+}
+
 absl::StatusOr<std::unique_ptr<Client>> ConnectToServer(
     const ServerFlags& server_flags) {
   ClientOptions options;
