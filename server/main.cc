@@ -54,6 +54,13 @@ ABSL_FLAG(bool, allow_schema_change, false,
 ABSL_FLAG(uint64_t, max_index_bytes, 0,
           "Memory budget for the served version plus the one being built "
           "(0: none); a publish over it gets RESOURCE_EXHAUSTED.");
+ABSL_FLAG(uint32_t, max_batch, 256,
+          "Queries from all streams and calls coalesced into one search, at "
+          "most.");
+ABSL_FLAG(int64_t, max_batch_delay_us, 0,
+          "How long a worker waits for more requests to fill a batch; 0 "
+          "never waits (requests that queue while workers are busy are "
+          "coalesced anyway).");
 ABSL_FLAG(uint32_t, max_negatives, 10000, "Largest num_negatives accepted.");
 ABSL_FLAG(uint32_t, max_range, 1000000, "Largest range_max accepted.");
 
@@ -153,6 +160,10 @@ int main(int argc, char** argv) {
   server_options.threads =
       static_cast<size_t>(std::max(0, absl::GetFlag(FLAGS_threads)));
   server_options.blas_threads = absl::GetFlag(FLAGS_blas_threads);
+  server_options.service.max_batch_queries =
+      std::max<uint32_t>(1, absl::GetFlag(FLAGS_max_batch));
+  server_options.service.max_batch_delay = absl::Microseconds(
+      std::max<int64_t>(0, absl::GetFlag(FLAGS_max_batch_delay_us)));
   server_options.limits.max_negatives = absl::GetFlag(FLAGS_max_negatives);
   server_options.limits.max_range = absl::GetFlag(FLAGS_max_range);
   server_options.metrics = metrics.get();

@@ -40,8 +40,10 @@ class MineReactor final
       read_in_flight_ = false;
       slots_.push_back(slot);
       ++outstanding_;  // keeps the reactor alive until the task is done
-      service_->pool()->Submit(
-          [this, slot, request, start] { Work(*slot, *request, start); });
+      service_->Enqueue({request.get(), &slot->response,
+                         [this, slot, request, start](const absl::Status& st) {
+                           Done(*slot, st, start);
+                         }});
       actions = Advance();
     }
     Run(actions);
@@ -86,10 +88,9 @@ class MineReactor final
     grpc::Status status;
   };
 
-  // Mines one request read at `start` and queues its response.
-  void Work(Slot& slot, const v1::MineRequest& request,
+  // Queues the response of a request read at `start`, once mined.
+  void Done(Slot& slot, const absl::Status& status,
             std::chrono::steady_clock::time_point start) {
-    absl::Status status = service_->Handle(request, &slot.response);
     if (!status.ok()) {
       slot.response.clear_results();
       EncodeError(status, &slot.response);
@@ -167,30 +168,108 @@ MinerService::MinerService(IndexManager* manager, const Miner* miner,
 
 absl::Status MinerService::Handle(const v1::MineRequest& request,
                                   v1::MineResponse* response) const {
-  response->set_request_id(request.request_id());
+  absl::Status result;
+  std::vector<MineJob> jobs(1);
+  jobs[0].request = &request;
+  jobs[0].response = response;
+  jobs[0].done = [&result](const absl::Status& status) { result = status; };
+  HandleBatch(jobs);
+  return result;
+}
+
+void MinerService::Enqueue(MineJob job) const {
+  {
+    absl::MutexLock lock(&queue_mu_);
+    queue_.push_back(std::move(job));
+  }
+  // One drain per job: a drain that finds the queue emptied by another
+  // (which took this job into its batch) returns at once.
+  pool_->Submit([this] { DrainQueue(); });
+}
+
+void MinerService::DrainQueue() const {
+  std::vector<MineJob> jobs;
+  size_t queries = 0;
+  {
+    absl::MutexLock lock(&queue_mu_);
+    const absl::Time deadline = absl::Now() + options_.max_batch_delay;
+    while (true) {
+      while (!queue_.empty()) {
+        const size_t next =
+            static_cast<size_t>(queue_.front().request->queries_size());
+        if (!jobs.empty() && queries + next > options_.max_batch_queries) {
+          break;
+        }
+        queries += next;
+        jobs.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+      if (jobs.empty() || queries >= options_.max_batch_queries ||
+          !queue_.empty() || options_.max_batch_delay <= absl::ZeroDuration()) {
+        break;
+      }
+      // Not full: wait a little for more requests to join.
+      auto more = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) {
+        return !queue_.empty();
+      };
+      if (!queue_mu_.AwaitWithDeadline(absl::Condition(&more), deadline)) {
+        break;
+      }
+    }
+  }
+  if (!jobs.empty()) HandleBatch(jobs);
+}
+
+void MinerService::HandleBatch(std::vector<MineJob>& jobs) const {
+  // One version for the whole batch: each answer is exact for the version
+  // it reports.
   std::shared_ptr<const IndexVersion> version = manager_->Current();
-  if (version == nullptr) {
-    return absl::UnavailableError(
-        "no index is loaded yet: the server is waiting for a complete "
-        "checkpoint (a directory with manifest.json) under --checkpoints");
+  std::vector<absl::Status> status(jobs.size());
+  std::vector<std::unique_ptr<DecodedMineRequest>> decoded(jobs.size());
+  std::vector<MiningBatchItem> items;
+  std::vector<size_t> item_job;
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const v1::MineRequest& request = *jobs[j].request;
+    v1::MineResponse* response = jobs[j].response;
+    response->set_request_id(request.request_id());
+    if (version == nullptr) {
+      status[j] = absl::UnavailableError(
+          "no index is loaded yet: the server is waiting for a complete "
+          "checkpoint (a directory with manifest.json) under --checkpoints");
+      continue;
+    }
+    EncodeVersion(version->info(), response->mutable_index());
+    const uint64_t min_sequence = request.options().min_index_sequence();
+    if (version->info().sequence < min_sequence) {
+      status[j] = absl::FailedPreconditionError(absl::StrCat(
+          "the served index is ", version->info().name, " at sequence ",
+          version->info().sequence, ", older than options.min_index_sequence ",
+          min_sequence, "; retry once a newer version is live"));
+      continue;
+    }
+    decoded[j] = std::make_unique<DecodedMineRequest>();
+    status[j] = DecodeMineRequest(request, decoded[j].get());
+    if (!status[j].ok()) continue;
+    items.push_back({decoded[j]->queries, &decoded[j]->options});
+    item_job.push_back(j);
   }
-  EncodeVersion(version->info(), response->mutable_index());
-  const uint64_t min_sequence = request.options().min_index_sequence();
-  if (version->info().sequence < min_sequence) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the served index is ", version->info().name, " at sequence ",
-        version->info().sequence, ", older than options.min_index_sequence ",
-        min_sequence, "; retry once a newer version is live"));
+  if (!items.empty()) {
+    std::vector<absl::StatusOr<std::vector<MiningResult>>> results =
+        miner_->MineBatch(*version, items);
+    size_t searched = 0;  // queries of the requests that passed validation
+    for (size_t i = 0; i < items.size(); ++i) {
+      const size_t j = item_job[i];
+      if (!results[i].ok()) {
+        status[j] = results[i].status();
+        continue;
+      }
+      searched += results[i]->size();
+      EncodeResults(*results[i], *version, decoded[j]->return_embeddings,
+                    jobs[j].response);
+    }
+    if (metrics_ != nullptr && searched > 0) metrics_->RecordBatch(searched);
   }
-  DecodedMineRequest decoded;
-  absl::Status status = DecodeMineRequest(request, &decoded);
-  if (!status.ok()) return status;
-  absl::StatusOr<std::vector<MiningResult>> results =
-      miner_->Mine(*version, decoded.queries, decoded.options);
-  if (!results.ok()) return results.status();
-  if (metrics_ != nullptr) metrics_->RecordBatch(decoded.queries.size());
-  EncodeResults(*results, *version, decoded.return_embeddings, response);
-  return absl::OkStatus();
+  for (size_t j = 0; j < jobs.size(); ++j) jobs[j].done(status[j]);
 }
 
 grpc::ServerBidiReactor<v1::MineRequest, v1::MineResponse>* MinerService::Mine(
@@ -203,11 +282,11 @@ grpc::ServerUnaryReactor* MinerService::MineOnce(
     v1::MineResponse* response) {
   const auto start = std::chrono::steady_clock::now();
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  pool_->Submit([this, reactor, request, response, start] {
-    const absl::Status status = Handle(*request, response);
-    RecordRequest(MineRpc::kMineOnce, start, status, *response);
-    reactor->Finish(ToGrpcStatus(status));
-  });
+  Enqueue({request, response,
+           [this, reactor, response, start](const absl::Status& status) {
+             RecordRequest(MineRpc::kMineOnce, start, status, *response);
+             reactor->Finish(ToGrpcStatus(status));
+           }});
   return reactor;
 }
 

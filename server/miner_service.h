@@ -17,8 +17,13 @@
 
 #include <chrono>
 #include <cstddef>
+#include <deque>
+#include <functional>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "hardneg/v1/miner.grpc.pb.h"
 #include "index_manager.h"
 #include "metrics.h"
@@ -32,6 +37,21 @@ struct MinerServiceOptions {
   // Requests a single Mine stream may have in flight before the server
   // stops reading from it (flow control towards a fast sender).
   size_t max_in_flight_per_stream = 16;
+  // Requests queued from all streams and calls are coalesced into one
+  // search of up to this many queries (a larger request still goes alone).
+  size_t max_batch_queries = 256;
+  // How long a worker waits for more requests to join a batch that is not
+  // full. 0: never wait; requests that queue while the workers are busy
+  // are coalesced anyway, so a lone query is never held back.
+  absl::Duration max_batch_delay = absl::ZeroDuration();
+};
+
+// One mining request waiting for a batch. `done` runs on a worker once
+// `response` is filled (or the request failed with that status).
+struct MineJob {
+  const v1::MineRequest* request = nullptr;
+  v1::MineResponse* response = nullptr;
+  std::function<void(const absl::Status&)> done;
 };
 
 class MinerService final : public v1::Miner::CallbackService {
@@ -54,9 +74,12 @@ class MinerService final : public v1::Miner::CallbackService {
                                          v1::IndexInfo* response) override;
 
   // Mines one request into `response` (request_id, index version, results)
-  // and returns the outcome. Blocking; runs on the worker pool.
+  // and returns the outcome. Blocking.
   absl::Status Handle(const v1::MineRequest& request,
                       v1::MineResponse* response) const;
+
+  // Queues `job` for the next batch; a worker of the pool answers it.
+  void Enqueue(MineJob job) const ABSL_LOCKS_EXCLUDED(queue_mu_);
 
   // Records one mining request that was read at `start` and answered
   // with `response` (results when `status` is OK). No-op without metrics.
@@ -68,11 +91,18 @@ class MinerService final : public v1::Miner::CallbackService {
   const MinerServiceOptions& options() const { return options_; }
 
  private:
+  // Takes the queued jobs that fit one batch and answers them.
+  void DrainQueue() const ABSL_LOCKS_EXCLUDED(queue_mu_);
+  // Answers `jobs` with one search over the same version; calls each done.
+  void HandleBatch(std::vector<MineJob>& jobs) const;
+
   IndexManager* const manager_;
   const Miner* const miner_;
   WorkerPool* const pool_;
   const MinerServiceOptions options_;
   ServerMetrics* const metrics_;  // null: metrics off
+  mutable absl::Mutex queue_mu_;
+  mutable std::deque<MineJob> queue_ ABSL_GUARDED_BY(queue_mu_);
   // Owns Publish builds that outlive their call (wait=false); declared last
   // so that it joins them before the rest is destroyed.
   PublishBuilds publish_builds_;

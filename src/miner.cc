@@ -286,27 +286,89 @@ absl::Status Miner::ValidateOptions(const MiningOptions& options) const {
 absl::StatusOr<std::vector<MiningResult>> Miner::Mine(
     const IndexVersion& version, absl::Span<const MiningQuery> queries,
     const MiningOptions& options) const {
+  const MiningBatchItem item{queries, &options};
+  std::vector<absl::StatusOr<std::vector<MiningResult>>> results =
+      MineBatch(version, absl::MakeConstSpan(&item, 1));
+  return std::move(results[0]);
+}
+
+absl::Status Miner::Validate(const IndexVersion& version,
+                             absl::Span<const MiningQuery> queries,
+                             const MiningOptions& options) const {
   if (queries.empty()) {
     return absl::InvalidArgumentError("queries is empty: send at least one");
   }
   HARDNEG_RETURN_IF_ERROR(ValidateOptions(options));
+  for (size_t i = 0; i < queries.size(); ++i) {
+    HARDNEG_RETURN_IF_ERROR(ValidateQuery(queries[i], i, version.dim()));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<absl::StatusOr<std::vector<MiningResult>>> Miner::MineBatch(
+    const IndexVersion& version,
+    absl::Span<const MiningBatchItem> items) const {
+  std::vector<absl::StatusOr<std::vector<MiningResult>>> out;
+  out.reserve(items.size());
+  // Every valid item's queries are mined together; an invalid item fails
+  // alone.
+  std::vector<const MiningQuery*> queries;
+  std::vector<const MiningOptions*> query_options;
+  std::vector<size_t> query_index;  // within its item, for the seed
+  for (const MiningBatchItem& item : items) {
+    absl::Status status = Validate(version, item.queries, *item.options);
+    if (!status.ok()) {
+      out.emplace_back(std::move(status));
+      continue;
+    }
+    out.emplace_back(std::vector<MiningResult>());
+    for (size_t i = 0; i < item.queries.size(); ++i) {
+      queries.push_back(&item.queries[i]);
+      query_options.push_back(item.options);
+      query_index.push_back(i);
+    }
+  }
+  std::vector<MiningResult> results(queries.size());
+  absl::Status mined =
+      MineQueries(version, queries, query_options, query_index, results);
+  size_t next = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (!out[i].ok()) continue;
+    if (!mined.ok()) {
+      out[i] = mined;
+      continue;
+    }
+    std::vector<MiningResult> item_results(
+        std::make_move_iterator(results.begin() + next),
+        std::make_move_iterator(results.begin() + next +
+                                items[i].queries.size()));
+    next += items[i].queries.size();
+    out[i] = std::move(item_results);
+  }
+  return out;
+}
+
+absl::Status Miner::MineQueries(
+    const IndexVersion& version, const std::vector<const MiningQuery*>& qs,
+    const std::vector<const MiningOptions*>& query_options,
+    const std::vector<size_t>& query_index,
+    std::vector<MiningResult>& results) const {
   const CandidateStore& store = version.store();
   const VectorIndex& index = version.index();
   const Metric metric = version.metric();
   const size_t dim = store.dim();
   const size_t n = store.size();
-  for (size_t i = 0; i < queries.size(); ++i) {
-    HARDNEG_RETURN_IF_ERROR(ValidateQuery(queries[i], i, dim));
-  }
-  const size_t range_max =
-      options.range_max != 0
-          ? options.range_max
-          : size_t{options.range_min} + size_t{options.num_negatives};
+  auto range_max_of = [](const MiningOptions& options) {
+    return options.range_max != 0
+               ? size_t{options.range_max}
+               : size_t{options.range_min} + size_t{options.num_negatives};
+  };
 
-  std::vector<QueryState> states(queries.size());
-  for (size_t i = 0; i < queries.size(); ++i) {
+  std::vector<QueryState> states(qs.size());
+  for (size_t i = 0; i < qs.size(); ++i) {
     QueryState& st = states[i];
-    const MiningQuery& q = queries[i];
+    const MiningQuery& q = *qs[i];
+    const size_t range_max = range_max_of(*query_options[i]);
     st.p = WeakestPositive(q, metric, store);
     if (q.positive_ids.size() > kLinearScanPositives) {
       st.positive_set.insert(q.positive_ids.begin(), q.positive_ids.end());
@@ -320,7 +382,6 @@ absl::StatusOr<std::vector<MiningResult>> Miner::Mine(
         n, std::max<size_t>(256, 4 * (range_max + q.positive_ids.size() + 1)));
     st.done = n == 0;
   }
-
   // Step 6: fetch, filter, and deepen the queries that came up short, all
   // pending queries in one batched search per round.
   std::vector<size_t> pending;
@@ -344,8 +405,8 @@ absl::StatusOr<std::vector<MiningResult>> Miner::Mine(
     if (pending.empty()) break;
     batch.resize(pending.size() * dim);
     for (size_t j = 0; j < pending.size(); ++j) {
-      std::copy(queries[pending[j]].embedding.begin(),
-                queries[pending[j]].embedding.end(), batch.begin() + j * dim);
+      std::copy(qs[pending[j]]->embedding.begin(),
+                qs[pending[j]]->embedding.end(), batch.begin() + j * dim);
     }
     approx.resize(pending.size() * k);
     rows.resize(pending.size() * k);
@@ -354,7 +415,9 @@ absl::StatusOr<std::vector<MiningResult>> Miner::Mine(
     for (size_t j = 0; j < pending.size(); ++j) {
       const size_t qi = pending[j];
       QueryState& st = states[qi];
-      const MiningQuery& q = queries[qi];
+      const MiningQuery& q = *qs[qi];
+      const MiningOptions& options = *query_options[qi];
+      const size_t range_max = range_max_of(options);
       size_t count = 0;
       while (count < k && rows[j * k + count] >= 0) ++count;
       const bool exhausted = count < k || k >= n;
@@ -409,10 +472,11 @@ absl::StatusOr<std::vector<MiningResult>> Miner::Mine(
     }
   }
 
-  std::vector<MiningResult> results(queries.size());
-  for (size_t qi = 0; qi < queries.size(); ++qi) {
+  for (size_t qi = 0; qi < qs.size(); ++qi) {
     QueryState& st = states[qi];
     MiningResult& result = results[qi];
+    const MiningOptions& options = *query_options[qi];
+    const size_t range_max = range_max_of(options);
     if (st.p.has_value()) result.positive_score = static_cast<float>(*st.p);
     // Step 4: order best first, ties by id, and cut the window.
     std::vector<Scored>& survivors = st.survivors;
@@ -428,14 +492,14 @@ absl::StatusOr<std::vector<MiningResult>> Miner::Mine(
                                survivors.begin() + end);
     const size_t picks = std::min<size_t>(options.num_negatives, window.size());
     result.shortfall = static_cast<uint32_t>(options.num_negatives - picks);
-    for (size_t w :
-         Sample(options, metric, window, picks, QuerySeed(options.seed, qi))) {
+    for (size_t w : Sample(options, metric, window, picks,
+                           QuerySeed(options.seed, query_index[qi]))) {
       const Scored& c = window[w];
       result.negatives.push_back({store.id(c.row), c.score, store.label(c.row),
                                   static_cast<uint32_t>(begin + w), c.row});
     }
   }
-  return results;
+  return absl::OkStatus();
 }
 
 }  // namespace hardneg

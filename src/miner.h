@@ -70,6 +70,13 @@ struct MiningResult {
   std::optional<float> positive_score;  // p, when there is a positive
 };
 
+// One request of a batch: its queries and their options (views that must
+// outlive the MineBatch call).
+struct MiningBatchItem {
+  absl::Span<const MiningQuery> queries;
+  const MiningOptions* options = nullptr;
+};
+
 struct MinerLimits {
   uint32_t max_negatives = 10000;  // per query
   uint32_t max_range = 1000000;    // range_max after defaulting
@@ -90,10 +97,31 @@ class Miner {
       const IndexVersion& version, absl::Span<const MiningQuery> queries,
       const MiningOptions& options) const;
 
+  // Mines several requests, each with its own options, as one batch: the
+  // queries of every valid request share each search call. Returns one
+  // outcome per item, in order: an invalid item gets its own
+  // INVALID_ARGUMENT (as Mine would) without affecting the others. Each
+  // item's answer equals what Mine gives for it alone.
+  std::vector<absl::StatusOr<std::vector<MiningResult>>> MineBatch(
+      const IndexVersion& version,
+      absl::Span<const MiningBatchItem> items) const;
+
   // The option checks of Mine alone (no queries needed).
   absl::Status ValidateOptions(const MiningOptions& options) const;
 
  private:
+  // Mine's checks of one request.
+  absl::Status Validate(const IndexVersion& version,
+                        absl::Span<const MiningQuery> queries,
+                        const MiningOptions& options) const;
+  // Mines validated queries; `query_index` is each query's index within its
+  // request (it picks the sampling seed). INTERNAL if the index fails.
+  absl::Status MineQueries(const IndexVersion& version,
+                           const std::vector<const MiningQuery*>& qs,
+                           const std::vector<const MiningOptions*>& options,
+                           const std::vector<size_t>& query_index,
+                           std::vector<MiningResult>& results) const;
+
   MinerLimits limits_;
 };
 

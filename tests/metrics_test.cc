@@ -414,12 +414,15 @@ TEST_F(MetricsTest, CountersMoveByExactlyWhatAScriptedRunDid) {
             3);
 
   // Histograms: one latency sample per request (OK or not), one per-query
-  // latency and one batch size per answered request.
+  // latency per answered request, and one batch size per search call:
+  // requests queued together share one, so there are at most as many as
+  // answered requests, and they sum to the queries answered.
   EXPECT_EQ(delta("hardneg_mine_latency_seconds", {{"rpc", "MineOnce"}}), 9);
   EXPECT_EQ(delta("hardneg_mine_latency_seconds", {{"rpc", "Mine"}}), 5);
   EXPECT_EQ(delta("hardneg_query_latency_seconds", {{"rpc", "MineOnce"}}), 7);
   EXPECT_EQ(delta("hardneg_query_latency_seconds", {{"rpc", "Mine"}}), 4);
-  EXPECT_EQ(delta("hardneg_batch_size"), 11);
+  EXPECT_GE(delta("hardneg_batch_size"), 1);
+  EXPECT_LE(delta("hardneg_batch_size"), 11);
   const prometheus::ClientMetric* batch_after =
       Find(after, "hardneg_batch_size");
   const prometheus::ClientMetric* batch_before =

@@ -1643,3 +1643,88 @@ TEST(MinerTest, ApproximateIndexReturnsOnlyValidNegatives) {
 
 }  // namespace
 }  // namespace hardneg
+
+namespace hardneg {
+namespace {
+
+// Requests with different options mined as one batch answer exactly as
+// each does alone, and an invalid request fails alone.
+TEST(MinerBatchTest, BatchedAnswersEqualUnbatchedOnes) {
+  for (Metric metric : {Metric::kInnerProduct, Metric::kL2}) {
+    SCOPED_TRACE(MetricName(metric));
+    Rng rng(2024);
+    StoreSpec spec;
+    spec.n = 3000;
+    spec.dim = 24;
+    spec.num_labels = 5;
+    StoreData data = RandomStore(rng, spec);
+    std::shared_ptr<const IndexVersion> version = BuildVersion(data, metric);
+    ASSERT_NE(version, nullptr);
+
+    constexpr size_t kItems = 7;
+    std::vector<std::vector<std::vector<float>>> embeddings(kItems);
+    std::vector<std::vector<int64_t>> positives(kItems);
+    std::vector<std::vector<MiningQuery>> queries(kItems);
+    std::vector<MiningOptions> options(kItems);
+    for (size_t i = 0; i < kItems; ++i) {
+      const size_t nq = 1 + i % 4;
+      const bool invalid = i == 3;
+      for (size_t q = 0; q < nq; ++q) {
+        embeddings[i].push_back(GaussianVector(
+            rng, invalid && q == 1 ? spec.dim + 1 : spec.dim, false));
+      }
+      positives[i] = {data.ids[i * 11], data.ids[i * 13 + 1]};
+      for (size_t q = 0; q < nq; ++q) {
+        MiningQuery query;
+        query.embedding = embeddings[i][q];
+        query.positive_ids = positives[i];
+        if (q % 2 == 0) query.label = static_cast<int64_t>(q % 5);
+        queries[i].push_back(query);
+      }
+      MiningOptions& o = options[i];
+      o.num_negatives = 3 + static_cast<uint32_t>(i);
+      o.range_min = static_cast<uint32_t>(i % 3) * 4;
+      o.range_max = i % 2 == 0 ? 0 : o.range_min + o.num_negatives + 20;
+      o.sampling = static_cast<Sampling>(i % 3);
+      o.temperature = i % 3 == 2 ? 0.05f : 0.0f;
+      o.seed = 100 + i;
+      if (i == 5) o.max_score = metric == Metric::kL2 ? 50.0f : 0.2f;
+      if (i == 6) o.relative_margin = 0.1f;
+    }
+    std::vector<MiningBatchItem> items;
+    for (size_t i = 0; i < kItems; ++i) {
+      items.push_back({queries[i], &options[i]});
+    }
+    const Miner miner;
+    auto batched = miner.MineBatch(*version, items);
+    ASSERT_EQ(batched.size(), kItems);
+    for (size_t i = 0; i < kItems; ++i) {
+      SCOPED_TRACE(i);
+      auto alone = miner.Mine(*version, queries[i], options[i]);
+      ASSERT_EQ(batched[i].ok(), alone.ok());
+      if (!alone.ok()) {
+        EXPECT_EQ(i, 3u);
+        EXPECT_EQ(batched[i].status(), alone.status());
+        EXPECT_THAT(std::string(alone.status().message()),
+                    HasSubstr("queries[1].embedding"));
+        continue;
+      }
+      ASSERT_EQ(batched[i]->size(), alone->size());
+      for (size_t q = 0; q < alone->size(); ++q) {
+        const MiningResult& a = (*alone)[q];
+        const MiningResult& b = (*batched[i])[q];
+        EXPECT_EQ(a.shortfall, b.shortfall);
+        EXPECT_EQ(a.positive_score, b.positive_score);
+        ASSERT_EQ(a.negatives.size(), b.negatives.size());
+        for (size_t j = 0; j < a.negatives.size(); ++j) {
+          EXPECT_EQ(a.negatives[j].id, b.negatives[j].id);
+          EXPECT_EQ(a.negatives[j].rank, b.negatives[j].rank);
+          EXPECT_EQ(a.negatives[j].score, b.negatives[j].score);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace hardneg

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "checkpoint.h"
+#include "convert.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/create_channel.h"
@@ -16,6 +17,7 @@
 #include "gtest/gtest.h"
 #include "hardneg/v1/miner.grpc.pb.h"
 #include "index_manager.h"
+#include "miner.h"
 
 namespace hardneg {
 namespace {
@@ -362,6 +364,81 @@ TEST(ServerWithoutIndexTest, NotServingUntilACheckpointLoads) {
   EXPECT_TRUE(
       stub->MineOnce(&context, RandomRequest(1, 1, 1, rng), &response).ok());
   EXPECT_EQ(response.index().name(), "late");
+  server->reset();
+  std::filesystem::remove_all(root);
+}
+
+}  // namespace
+}  // namespace hardneg
+
+namespace hardneg {
+namespace {
+
+// Requests from many threads, each with its own options, are coalesced
+// into shared searches (a batching delay makes sure of it); every answer
+// must equal what the Miner gives for that request alone.
+TEST(BatchingServerTest, CoalescedAnswersEqualUnbatchedOnes) {
+  const std::string root = FreshDir("batching");
+  WriteRandomCheckpoint(root, "b1", 1, 9);
+  IndexManagerOptions options;
+  options.checkpoints_dir = root;
+  IndexManager manager(options);
+  ASSERT_TRUE(manager.LoadNewest().ok());
+  ServerOptions server_options;
+  server_options.host = "127.0.0.1";
+  server_options.port = 0;
+  server_options.threads = 2;
+  server_options.service.max_batch_queries = 64;
+  server_options.service.max_batch_delay = absl::Milliseconds(5);
+  auto server = HardnegServer::Start(server_options, &manager);
+  ASSERT_TRUE(server.ok());
+  auto channel = Connect((*server)->port());
+  std::shared_ptr<const IndexVersion> version = manager.Current();
+
+  constexpr int kThreads = 8;
+  constexpr int kRequests = 12;
+  std::vector<std::vector<v1::MineRequest>> sent(kThreads);
+  std::vector<std::vector<v1::MineResponse>> got(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    std::mt19937 rng(1000 + t);
+    for (int i = 0; i < kRequests; ++i) {
+      v1::MineRequest request =
+          RandomRequest(t * 100 + i, 1 + (i % 5), 1 + (t + i) % 7, rng);
+      v1::MiningOptions* o = request.mutable_options();
+      o->set_sampling(static_cast<v1::Sampling>((t + i) % 3));
+      o->set_seed(static_cast<uint64_t>(t * 31 + i));
+      o->set_range_min(static_cast<uint32_t>(i % 4));
+      if (i % 3 == 0) o->set_max_score(3.0f);
+      sent[t].push_back(request);
+    }
+    threads.emplace_back([&, t] {
+      auto stub = v1::Miner::NewStub(channel);
+      for (const v1::MineRequest& request : sent[t]) {
+        grpc::ClientContext context;
+        v1::MineResponse response;
+        EXPECT_TRUE(stub->MineOnce(&context, request, &response).ok());
+        got[t].push_back(response);
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  const Miner miner;
+  for (int t = 0; t < kThreads; ++t) {
+    ASSERT_EQ(got[t].size(), sent[t].size());
+    for (size_t i = 0; i < sent[t].size(); ++i) {
+      DecodedMineRequest decoded;
+      ASSERT_TRUE(DecodeMineRequest(sent[t][i], &decoded).ok());
+      auto alone = miner.Mine(*version, decoded.queries, decoded.options);
+      ASSERT_TRUE(alone.ok());
+      v1::MineResponse expected;
+      expected.set_request_id(sent[t][i].request_id());
+      EncodeVersion(version->info(), expected.mutable_index());
+      EncodeResults(*alone, *version, false, &expected);
+      EXPECT_EQ(got[t][i].SerializeAsString(), expected.SerializeAsString())
+          << "thread " << t << " request " << i;
+    }
+  }
   server->reset();
   std::filesystem::remove_all(root);
 }
