@@ -49,7 +49,7 @@ echo "== 3. Hard negatives for the first test images (their own class excluded)"
   2>/dev/null | sed -n '1,40p' || true
 
 echo
-echo "== 4. Throughput and latency over one Mine stream (4 requests in flight)"
+echo "== 4. Throughput and latency over one Mine stream (16 requests in flight)"
 # Batch 1 scans all 60k x 784 candidates per query (memory-bound), so it
 # runs on the first 500 queries only.
 "$bin/client/hardneg" make-checkpoint --fashion_mnist \
@@ -59,7 +59,7 @@ for batch in 1 32 256; do
   q="$work/queries.npy"; l="$work/labels.npy"
   if [[ $batch == 1 ]]; then q="$work/queries-500.npy"; l="$work/labels-500.npy"; fi
   "$bin/client/hardneg" mine --server "127.0.0.1:$port" --queries "$q" \
-    --labels "$l" --num_negatives 10 --batch_size "$batch" --max_in_flight 4 \
+    --labels "$l" --num_negatives 10 --batch_size "$batch" --max_in_flight 16 \
     --output "$work/negatives-b$batch.npy" 2>&1 >/dev/null |
     grep -E 'queries/s' | sed "s/^hardneg mine: /  /; s/; index .*//"
 done

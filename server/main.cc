@@ -33,6 +33,9 @@ ABSL_FLAG(std::optional<int>, metrics_port, std::nullopt,
           "collide).");
 ABSL_FLAG(std::string, index, "Flat",
           "FAISS factory string: Flat (exact), or e.g. IVF1024,Flat.");
+ABSL_FLAG(uint32_t, nprobe, 0,
+          "Inverted lists probed per query by IVF --index types (0: FAISS's "
+          "default of 1). More: better recall, slower search.");
 ABSL_FLAG(std::string, metric, "",
           "inner_product or l2; when empty, each checkpoint's manifest says.");
 ABSL_FLAG(int, threads, 0, "Search worker threads; 0 means one per core.");
@@ -99,6 +102,7 @@ int main(int argc, char** argv) {
   hardneg::IndexManagerOptions manager_options;
   manager_options.checkpoints_dir = absl::GetFlag(FLAGS_checkpoints);
   manager_options.build.factory = absl::GetFlag(FLAGS_index);
+  manager_options.build.nprobe = absl::GetFlag(FLAGS_nprobe);
   if (!absl::GetFlag(FLAGS_metric).empty()) {
     absl::StatusOr<hardneg::Metric> metric =
         hardneg::ParseMetric(absl::GetFlag(FLAGS_metric));

@@ -1,6 +1,7 @@
 #include "vector_index.h"
 
 #include <cblas.h>
+#include <faiss/AutoTune.h>
 #include <faiss/Index.h>
 #include <faiss/impl/FaissException.h>
 #include <faiss/index_factory.h>
@@ -269,6 +270,12 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> BuildVectorIndex(
       }
     }
     index->add(n, store.data());
+    if (options.nprobe > 0 &&
+        options.factory.find("IVF") != std::string::npos) {
+      // ParameterSpace reaches through wrappers such as IndexPreTransform.
+      faiss::ParameterSpace().set_index_parameter(
+          index.get(), "nprobe", static_cast<double>(options.nprobe));
+    }
   } catch (const faiss::FaissException& e) {
     return absl::InternalError(absl::StrCat(
         "building FAISS index \"", options.factory, "\" failed: ", e.what()));

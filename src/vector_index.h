@@ -60,6 +60,9 @@ struct IndexBuildOptions {
   std::string factory = "Flat";
   // Training sample size for indexes that need training; 0 means all.
   size_t max_train_rows = 262144;
+  // Inverted lists probed per query by IVF indexes (0: FAISS's default, 1).
+  // More lists: better recall, slower search.
+  size_t nprobe = 0;
 };
 
 // Builds an index over `store`, which must outlive it. INVALID_ARGUMENT for

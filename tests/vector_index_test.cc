@@ -483,5 +483,40 @@ TEST_P(FlatMetricTest, IvfFlatIsValidWithRecall) {
   EXPECT_GE(recall, 0.8) << "recall@10 with the default nprobe";
 }
 
+// Probing every list of an IVF index is an exhaustive search: with
+// --nprobe equal to the list count, it finds exactly FAISS Flat's top-k,
+// where one probe on unclustered data misses many.
+TEST_P(FlatMetricTest, IvfNprobeTradesSpeedForRecall) {
+  const Metric metric = GetParam();
+  Rng rng(21);
+  const size_t dim = 16;
+  const size_t n = 4000;
+  std::vector<float> vectors = Gaussian(rng, n * dim, 0.0f, 1.0f);
+  std::unique_ptr<CandidateStore> store = MakeStore(dim, vectors);
+  ASSERT_NE(store, nullptr);
+  const std::vector<float> queries = Gaussian(rng, 50 * dim, 0.0f, 1.0f);
+  const size_t k = 10;
+  const SearchResult truth = RunFaiss(metric, *store, queries, k);
+  auto recall = [&](size_t nprobe) {
+    IndexBuildOptions options;
+    options.factory = "IVF16,Flat";
+    options.nprobe = nprobe;
+    absl::StatusOr<std::unique_ptr<VectorIndex>> index =
+        BuildVectorIndex(*store, metric, options);
+    EXPECT_TRUE(index.ok()) << index.status();
+    if (!index.ok()) return 0.0;
+    const SearchResult got = RunSearch(**index, queries, dim, k);
+    size_t hits = 0;
+    for (size_t i = 0; i < 50; ++i) {
+      std::set<int64_t> found(got.rows.begin() + i * k,
+                              got.rows.begin() + (i + 1) * k);
+      for (size_t j = 0; j < k; ++j) hits += found.count(truth.rows[i * k + j]);
+    }
+    return static_cast<double>(hits) / (50 * k);
+  };
+  EXPECT_EQ(recall(16), 1.0);
+  EXPECT_LT(recall(1), 0.9);
+}
+
 }  // namespace
 }  // namespace hardneg
