@@ -166,17 +166,6 @@ MinerService::MinerService(IndexManager* manager, const Miner* miner,
       options_(options),
       metrics_(metrics) {}
 
-absl::Status MinerService::Handle(const v1::MineRequest& request,
-                                  v1::MineResponse* response) const {
-  absl::Status result;
-  std::vector<MineJob> jobs(1);
-  jobs[0].request = &request;
-  jobs[0].response = response;
-  jobs[0].done = [&result](const absl::Status& status) { result = status; };
-  HandleBatch(jobs);
-  return result;
-}
-
 void MinerService::Enqueue(MineJob job) const {
   {
     absl::MutexLock lock(&queue_mu_);

@@ -73,11 +73,6 @@ class MinerService final : public v1::Miner::CallbackService {
                                          const v1::GetIndexInfoRequest* request,
                                          v1::IndexInfo* response) override;
 
-  // Mines one request into `response` (request_id, index version, results)
-  // and returns the outcome. Blocking.
-  absl::Status Handle(const v1::MineRequest& request,
-                      v1::MineResponse* response) const;
-
   // Queues `job` for the next batch; a worker of the pool answers it.
   void Enqueue(MineJob job) const ABSL_LOCKS_EXCLUDED(queue_mu_);
 
