@@ -61,12 +61,14 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "bench_util.h"
 #include "checkpoint.h"
 #include "hardneg/v1/miner.grpc.pb.h"
 #include "hardneg/v1/miner.pb.h"
 #include "index_manager.h"
 #include "index_version.h"
 #include "miner.h"
+#include "omp_policy.h"
 #include "server.h"
 
 ABSL_FLAG(bool, quick, false,
@@ -84,6 +86,10 @@ ABSL_FLAG(uint64_t, seed, 42, "Seed of the vectors and queries.");
 namespace hardneg {
 namespace {
 
+using bench::FillUnitVectors;
+using bench::LoadAverage;
+using bench::SplitMix64;
+
 namespace pb = ::hardneg::v1;
 
 constexpr uint32_t kNumNegatives = 10;
@@ -95,58 +101,11 @@ constexpr size_t kQueryPool = 2048;
 constexpr int kSgemmM = 256;
 constexpr int kSgemmN = 4096;
 
-// OpenMP reads OMP_WAIT_POLICY when the runtime loads, before main, so it
-// is set by re-executing (as hardneg-server does).
-void EnsurePassiveOpenMp(char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
-  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-  execv("/proc/self/exe", argv);
-}
-
-class SplitMix64 {
- public:
-  explicit SplitMix64(uint64_t seed) : state_(seed) {}
-  uint64_t Next() {
-    uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  }
-  float NextSigned() {
-    return static_cast<float>(Next() >> 40) * (2.0f / (1 << 24)) - 1.0f;
-  }
-  size_t NextBelow(size_t n) { return static_cast<size_t>(Next() % n); }
-
- private:
-  uint64_t state_;
-};
-
-void FillUnitVectors(SplitMix64* rng, size_t n, size_t dim, float* out) {
-  for (size_t row = 0; row < n; ++row) {
-    float* v = out + row * dim;
-    double sq = 0;
-    for (size_t i = 0; i < dim; ++i) {
-      v[i] = rng->NextSigned();
-      sq += static_cast<double>(v[i]) * v[i];
-    }
-    const float inv = sq > 0 ? static_cast<float>(1 / std::sqrt(sq)) : 0;
-    for (size_t i = 0; i < dim; ++i) v[i] *= inv;
-    if (sq == 0) v[0] = 1;
-  }
-}
-
 int CountCores() {
   cpu_set_t set;
   CPU_ZERO(&set);
   if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
   return std::max(1, CPU_COUNT(&set));
-}
-
-std::string LoadAverage() {
-  std::ifstream file("/proc/loadavg");
-  std::string one, five, fifteen;
-  file >> one >> five >> fifteen;
-  return one + " " + five + " " + fifteen;
 }
 
 class TempDir {

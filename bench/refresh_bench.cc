@@ -53,10 +53,12 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "bench_util.h"
 #include "checkpoint.h"
 #include "index_manager.h"
 #include "index_version.h"
 #include "miner.h"
+#include "omp_policy.h"
 
 ABSL_FLAG(bool, quick, false, "Divide every workload's n by 10.");
 ABSL_FLAG(double, scale, 0,
@@ -83,6 +85,10 @@ ABSL_FLAG(uint64_t, seed, 42, "Seed of the vectors and queries.");
 namespace hardneg {
 namespace {
 
+using bench::FillUnitVectors;
+using bench::LoadAverage;
+using bench::SplitMix64;
+
 constexpr size_t kBatchQueries = 16;
 constexpr uint32_t kNumNegatives = 10;
 constexpr int64_t kNumLabels = 10;
@@ -92,52 +98,6 @@ constexpr size_t kWarmupCalls = 3;
 constexpr double kMaxP99Ratio = 2.0;
 constexpr double kMaxRssRatio = 2.2;
 constexpr double kMiB = 1024.0 * 1024.0;
-
-// OpenMP reads OMP_WAIT_POLICY when the runtime loads, before main, so it
-// is set by re-executing (as hardneg-server does): spinning OpenMP threads
-// would take the cores from the load thread and skew every latency.
-void EnsurePassiveOpenMp(char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
-  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-  execv("/proc/self/exe", argv);
-  // If re-exec is impossible, run on with the default policy.
-}
-
-// A fast, seeded generator; the vectors only need to be random, not good.
-class SplitMix64 {
- public:
-  explicit SplitMix64(uint64_t seed) : state_(seed) {}
-
-  uint64_t Next() {
-    uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  }
-  // Uniform in [-1, 1).
-  float NextSigned() {
-    return static_cast<float>(Next() >> 40) * (2.0f / (1 << 24)) - 1.0f;
-  }
-  size_t NextBelow(size_t n) { return static_cast<size_t>(Next() % n); }
-
- private:
-  uint64_t state_;
-};
-
-// `n` x `dim` row-major vectors, uniform in the cube, scaled to norm 1.
-void FillUnitVectors(SplitMix64* rng, size_t n, size_t dim, float* out) {
-  for (size_t row = 0; row < n; ++row) {
-    float* v = out + row * dim;
-    double sq = 0;
-    for (size_t i = 0; i < dim; ++i) {
-      v[i] = rng->NextSigned();
-      sq += static_cast<double>(v[i]) * v[i];
-    }
-    const float inv = sq > 0 ? static_cast<float>(1 / std::sqrt(sq)) : 0;
-    for (size_t i = 0; i < dim; ++i) v[i] *= inv;
-    if (sq == 0) v[0] = 1;
-  }
-}
 
 // Writes checkpoint `name` (one shard, inner product) of `n` x `dim` random
 // unit vectors under `root`. Everything it allocates is freed on return.
@@ -173,15 +133,6 @@ size_t ReadRssBytes() {
     }
   }
   return 0;
-}
-
-// The 1, 5 and 15 minute load averages: other processes on the same cores
-// skew every latency here.
-std::string LoadAverage() {
-  std::ifstream file("/proc/loadavg");
-  std::string one, five, fifteen;
-  file >> one >> five >> fifteen;
-  return one + " " + five + " " + fifteen;
 }
 
 // CPU time used by every process and by this one, in clock ticks, to tell

@@ -17,6 +17,7 @@
 #include "index_manager.h"
 #include "log.h"
 #include "metrics.h"
+#include "omp_policy.h"
 #include "prometheus/registry.h"
 #include "server.h"
 
@@ -71,20 +72,10 @@ namespace {
 
 constexpr int kDefaultMetricsPort = 9464;
 
-// OpenMP reads OMP_WAIT_POLICY when the runtime loads, before main, so it
-// is set by re-executing. Spinning OpenMP threads fight OpenBLAS's for the
-// cores (a 50x slowdown at small batches).
-void EnsurePassiveOpenMp(char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
-  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-  execv("/proc/self/exe", argv);
-  // If re-exec is impossible, run on with the default policy.
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  EnsurePassiveOpenMp(argv);
+  hardneg::EnsurePassiveOpenMp(argv);
   absl::SetProgramUsageMessage(
       "hardneg-server --checkpoints DIR [--grpc_port N] [--index Flat] ...");
   absl::ParseCommandLine(argc, argv);
