@@ -27,14 +27,11 @@ Exits 1 and says what failed, including a missing promtool or yamllint
 (Debian packages prometheus and yamllint).
 """
 
-import argparse
 import copy
-import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 
@@ -350,15 +347,7 @@ def check_against_server(args, work_dir):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--server", required=True, help="hardneg-server binary")
-    parser.add_argument("--proto_dir", default=os.path.join(mc.ROOT, "proto"))
-    parser.add_argument("--work_dir", default="")
-    args = parser.parse_args()
-    mc.install_signal_cleanup(100)
-    work_dir = args.work_dir or tempfile.mkdtemp(prefix="hardneg-monitoring-")
-    shutil.rmtree(work_dir, ignore_errors=True)
-    os.makedirs(work_dir)
+    args, work_dir = mc.parse_args_and_work_dir(__doc__, "hardneg-monitoring-")
     checks = [
         ("yamllint", check_yamllint),
         ("alert rules: promtool check rules + test rules", check_rules),

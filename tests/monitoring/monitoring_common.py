@@ -6,13 +6,16 @@ a PromQL expression refers to. Standard library + numpy + grpcio only
 (Debian's python3-numpy, python3-grpcio, python3-protobuf).
 """
 
+import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -376,3 +379,20 @@ def load_rules():
     import yaml
     with open(os.path.join(MONITORING, "alert-rules.yaml")) as f:
         return yaml.safe_load(f)
+
+
+def parse_args_and_work_dir(doc, prefix):
+    """The command line both monitoring tests share, with a fresh work dir.
+
+    Also arms the self-timeout cleanup. Returns (args, work_dir).
+    """
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--server", required=True, help="hardneg-server binary")
+    parser.add_argument("--proto_dir", default=os.path.join(ROOT, "proto"))
+    parser.add_argument("--work_dir", default="")
+    args = parser.parse_args()
+    install_signal_cleanup(100)
+    work_dir = args.work_dir or tempfile.mkdtemp(prefix=prefix)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    os.makedirs(work_dir)
+    return args, work_dir

@@ -29,14 +29,12 @@ Usage:
       --server build/server/hardneg-server [--proto_dir proto] [--work_dir DIR]
 """
 
-import argparse
 import json
 import math
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 import urllib.error
@@ -397,15 +395,7 @@ def check_rules_live(prom, checks):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--server", required=True, help="hardneg-server binary")
-    parser.add_argument("--proto_dir", default=os.path.join(mc.ROOT, "proto"))
-    parser.add_argument("--work_dir", default="")
-    args = parser.parse_args()
-    mc.install_signal_cleanup(100)
-    work_dir = args.work_dir or tempfile.mkdtemp(prefix="hardneg-prometheus-")
-    shutil.rmtree(work_dir, ignore_errors=True)
-    os.makedirs(work_dir)
+    args, work_dir = mc.parse_args_and_work_dir(__doc__, "hardneg-prometheus-")
     checks = Checks()
     started = time.time()
     try:
