@@ -177,11 +177,14 @@ absl::StatusOr<VersionInfo> IndexManager::BuildAndSwap(
     status_.progress = 0;
     info.sequence = last_sequence_ + 1;
   }
-  // Bounded build threads: OpenMP's count is per calling thread.
+  // Bounded build threads: OpenMP's count is per calling thread, which
+  // gets its own count back afterwards.
+  const int caller_threads = omp_get_max_threads();
   omp_set_num_threads(std::max(1, options_.build_threads));
   info.created = absl::Now();
   absl::StatusOr<std::shared_ptr<const IndexVersion>> built =
       IndexVersion::Build(info, std::move(store), options_.build);
+  omp_set_num_threads(caller_threads);
   {
     absl::MutexLock lock(&mu_);
     status_.building.clear();
