@@ -43,6 +43,8 @@ class CandidateStore {
   const float* data() const { return vectors_.data(); }
   // |x|^2 of each row, for L2 search kernels.
   float squared_norm(size_t row) const { return squared_norms_[row]; }
+  // All size() squared norms, by row.
+  const float* squared_norms() const { return squared_norms_.data(); }
   // The largest |x| over all rows.
   float max_norm() const { return max_norm_; }
 

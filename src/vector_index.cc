@@ -2,10 +2,18 @@
 
 #include <cblas.h>
 #include <faiss/AutoTune.h>
+#include <faiss/IVFlib.h>
 #include <faiss/Index.h>
+#include <faiss/IndexIVF.h>
+#include <faiss/IndexPreTransform.h>
 #include <faiss/impl/FaissException.h>
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
+#include <omp.h>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -20,14 +28,25 @@
 namespace hardneg {
 namespace {
 
-// Candidates per sgemm block: big enough to amortise the call, small enough
-// that a block of scores for a batch stays in cache.
-constexpr size_t kBlockRows = 4096;
+// Scores computed per sgemm call (a block of rows for a batch of queries):
+// small enough to stay in a core's L2 cache from the sgemm that writes
+// them to the scan that reads them.
+constexpr size_t kBlockScores = size_t{1} << 16;
+// Rows per block: at least enough to amortise a call, at most what one
+// query needs to stream its rows once.
+constexpr size_t kMinBlockRows = 256;
+constexpr size_t kMaxBlockRows = 4096;
 // Upper bound on per-call candidate buffers (entries), so a deep search of a
 // big batch is split into query chunks instead of exhausting memory.
 constexpr size_t kMaxBufferEntries = size_t{1} << 24;
+// A thread keeps its buffers between calls up to this many candidate
+// entries; a deep search's bigger ones are freed when it ends.
+constexpr size_t kKeptBufferEntries = size_t{1} << 20;
 // Below this many queries, one sgemv per query beats sgemm's packing.
 constexpr size_t kMinGemmQueries = 4;
+// Scores are screened this many at a time against the query's threshold:
+// one bit mask, usually zero, for the whole group.
+constexpr size_t kGroup = 32;
 // float32 unit roundoff.
 constexpr double kUnitRoundoff = 1.0 / (1 << 24);
 
@@ -40,29 +59,130 @@ bool Better(const Candidate& a, const Candidate& b) {
   return a.key > b.key || (a.key == b.key && a.row < b.row);
 }
 
+// Bit j set when s[j] >= threshold, for j in [0, kGroup).
+inline uint32_t GroupMask(const float* s, float threshold) {
+#if defined(__SSE2__)
+  const __m128 t = _mm_set1_ps(threshold);
+  uint32_t mask = 0;
+  for (int i = 0; i < 8; ++i) {
+    const int bits = _mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(s + 4 * i), t));
+    mask |= static_cast<uint32_t>(bits) << (4 * i);
+  }
+  return mask;
+#else
+  uint32_t mask = 0;
+  for (size_t j = 0; j < kGroup; ++j) {
+    if (s[j] >= threshold) mask |= uint32_t{1} << j;
+  }
+  return mask;
+#endif
+}
+
+// L2 keys in place: s[j] = 2 s[j] - query_sq - row_sq[j], so that higher
+// is closer as for inner products.
+void ToL2Keys(float* s, size_t n, float query_sq, const float* row_sq) {
+  size_t j = 0;
+#if defined(__SSE2__)
+  const __m128 q = _mm_set1_ps(query_sq);
+  for (; j + 4 <= n; j += 4) {
+    const __m128 d = _mm_loadu_ps(s + j);
+    _mm_storeu_ps(s + j, _mm_sub_ps(_mm_sub_ps(_mm_add_ps(d, d), q),
+                                    _mm_loadu_ps(row_sq + j)));
+  }
+#endif
+  for (; j < n; ++j) s[j] = 2 * s[j] - query_sq - row_sq[j];
+}
+
+// A query's best candidates so far: an unordered buffer of up to 2 * kept
+// entries, cut back to the best `kept` when full. Candidates below the
+// threshold (the kept-th best key after a cut) cannot enter.
+class TopK {
+ public:
+  TopK(Candidate* buffer, size_t kept) : buffer_(buffer), kept_(kept) {}
+
+  float threshold() const { return threshold_; }
+
+  void Push(float key, int64_t row) {
+    buffer_[size_++] = {key, row};
+    if (size_ == 2 * kept_) {
+      std::nth_element(buffer_, buffer_ + (kept_ - 1), buffer_ + size_, Better);
+      size_ = kept_;
+      threshold_ = buffer_[kept_ - 1].key;
+    }
+  }
+
+  // The best min(kept, size) candidates, best first.
+  size_t Finish() {
+    const size_t m = std::min(kept_, size_);
+    std::partial_sort(buffer_, buffer_ + m, buffer_ + size_, Better);
+    return m;
+  }
+  const Candidate& operator[](size_t i) const { return buffer_[i]; }
+
+ private:
+  Candidate* buffer_;
+  size_t kept_;
+  size_t size_ = 0;
+  float threshold_ = -std::numeric_limits<float>::infinity();
+};
+
+// Buffers reused by the calls of one thread, so that a steady stream of
+// batches allocates nothing.
+struct Scratch {
+  std::vector<float> dots;
+  std::vector<Candidate> candidates;
+  std::vector<TopK> tops;
+  std::vector<float> query_sq;
+  std::vector<float> ceiling;
+};
+
+Scratch& ThreadScratch() {
+  thread_local Scratch scratch;
+  return scratch;
+}
+
+template <typename T>
+void ResizeUninitialized(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
 // Exact search over the store's vectors in place: blocked sgemm for the dot
-// products, then a per-query top-k with a threshold filter so that most
-// candidates cost one comparison.
+// products, then each query's scores screened kGroup at a time against its
+// threshold, so that most candidates cost a fraction of a comparison.
 class FlatIndex final : public VectorIndex {
  public:
   FlatIndex(const CandidateStore& store, Metric metric)
       : store_(store), metric_(metric) {}
 
-  absl::Status Search(const float* queries, size_t nq, size_t k, float* scores,
+  using VectorIndex::Search;
+  absl::Status Search(const float* queries, size_t nq, size_t k,
+                      const SearchOptions& options, float* scores,
                       int64_t* rows) const override {
     if (nq == 0 || k == 0) return absl::OkStatus();
     const size_t kept = std::min(k, store_.size());
-    const size_t chunk =
-        std::max<size_t>(1, std::min(nq, kMaxBufferEntries / (2 * kept + 1)));
+    // With several OpenMP threads, each scans its own share of the rows
+    // (one BLAS thread each) and the shares' top-k are merged: no
+    // synchronisation per block, and a lone query uses every core too.
+    const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+    const size_t parts =
+        std::max<size_t>(1, std::min(static_cast<size_t>(std::max(threads, 1)),
+                                     store_.size() / kMaxBlockRows));
+    const size_t chunk = std::max<size_t>(
+        1, std::min(nq, kMaxBufferEntries / (parts * (2 * kept + 1))));
+    Scratch& scratch = ThreadScratch();
     for (size_t q0 = 0; q0 < nq; q0 += chunk) {
       const size_t nc = std::min(chunk, nq - q0);
-      SearchChunk(queries + q0 * store_.dim(), nc, k, kept, scores + q0 * k,
-                  rows + q0 * k);
+      SearchChunk(queries + q0 * store_.dim(), q0, nc, k, kept, parts, options,
+                  scratch, scores + q0 * k, rows + q0 * k);
+    }
+    if (scratch.candidates.size() > kKeptBufferEntries) {
+      std::vector<Candidate>().swap(scratch.candidates);
     }
     return absl::OkStatus();
   }
 
   bool exact() const override { return true; }
+  bool skips() const override { return true; }
 
   double ErrorBound(double query_norm) const override {
     // sgemm accumulates d products in float: |error| <= d * u * |q| * |x|
@@ -84,83 +204,150 @@ class FlatIndex final : public VectorIndex {
   size_t MemoryBytes() const override { return 0; }
 
  private:
-  void SearchChunk(const float* queries, size_t nq, size_t k, size_t kept,
-                   float* scores, int64_t* rows) const {
+  // Queries [first, first + nq) of the call, their rows split in `parts`.
+  void SearchChunk(const float* queries, size_t first, size_t nq, size_t k,
+                   size_t kept, size_t parts, const SearchOptions& options,
+                   Scratch& scratch, float* scores, int64_t* rows) const {
     const size_t n = store_.size();
     const size_t dim = store_.dim();
-    const size_t block = std::min(kBlockRows, n);
-    std::vector<float> dots(nq * block);
-    std::vector<float> query_sq(nq, 0.0f);
-    if (metric_ == Metric::kL2) {
+    const bool l2 = metric_ == Metric::kL2;
+    const size_t block =
+        std::min(n, std::clamp(kBlockScores / nq / kGroup * kGroup,
+                               kMinBlockRows, kMaxBlockRows));
+    ResizeUninitialized(scratch.dots, parts * nq * block);
+    ResizeUninitialized(scratch.candidates, parts * nq * 2 * kept);
+    scratch.tops.clear();
+    for (size_t t = 0; t < parts * nq; ++t) {
+      scratch.tops.emplace_back(scratch.candidates.data() + t * 2 * kept, kept);
+    }
+    // Keys above a query's ceiling are skipped.
+    scratch.ceiling.assign(nq, std::numeric_limits<float>::infinity());
+    if (!options.closest.empty()) {
+      for (size_t q = 0; q < nq; ++q) {
+        const float c = options.closest[first + q];
+        scratch.ceiling[q] = l2 ? -c : c;
+      }
+    }
+    scratch.query_sq.assign(nq, 0.0f);
+    if (l2) {
       for (size_t q = 0; q < nq; ++q) {
         double sq = 0;
         for (size_t i = 0; i < dim; ++i) {
           sq +=
               static_cast<double>(queries[q * dim + i]) * queries[q * dim + i];
         }
-        query_sq[q] = static_cast<float>(sq);
+        scratch.query_sq[q] = static_cast<float>(sq);
       }
     }
-    std::vector<std::vector<Candidate>> heaps(nq);
-    std::vector<float> threshold(nq, -std::numeric_limits<float>::infinity());
-    for (auto& h : heaps) h.reserve(std::min(2 * kept, n));
+    const Rows all{queries, first, nq, block, options, scratch};
+    if (parts == 1) {
+      ScanRows(all, 0, n, scratch.dots.data(), scratch.tops.data());
+    } else {
+      const auto part_count = static_cast<int>(parts);
+#pragma omp parallel for schedule(static, 1) num_threads(part_count)
+      for (int part = 0; part < part_count; ++part) {
+        const auto p = static_cast<size_t>(part);
+        ScanRows(all, n * p / parts, n * (p + 1) / parts,
+                 scratch.dots.data() + p * nq * block,
+                 scratch.tops.data() + p * nq);
+      }
+    }
+    std::vector<Candidate> merged;
+    for (size_t q = 0; q < nq; ++q) {
+      const Candidate* best = nullptr;
+      size_t m = 0;
+      if (parts == 1) {
+        m = scratch.tops[q].Finish();
+        best = &scratch.tops[q][0];
+      } else {
+        merged.clear();
+        for (size_t p = 0; p < parts; ++p) {
+          TopK& top = scratch.tops[p * nq + q];
+          const size_t found = top.Finish();
+          for (size_t j = 0; j < found; ++j) merged.push_back(top[j]);
+        }
+        m = std::min(kept, merged.size());
+        std::partial_sort(merged.begin(), merged.begin() + m, merged.end(),
+                          Better);
+        best = merged.data();
+      }
+      for (size_t j = 0; j < k; ++j) {
+        if (j < m) {
+          scores[q * k + j] = l2 ? -best[j].key : best[j].key;
+          rows[q * k + j] = best[j].row;
+        } else {
+          scores[q * k + j] = l2 ? std::numeric_limits<float>::infinity()
+                                 : -std::numeric_limits<float>::infinity();
+          rows[q * k + j] = -1;
+        }
+      }
+    }
+  }
 
-    for (size_t b0 = 0; b0 < n; b0 += block) {
-      const size_t bn = std::min(block, n - b0);
+  // What ScanRows shares across the parts of one chunk.
+  struct Rows {
+    const float* queries;
+    size_t first;  // index of queries[0] in the Search call
+    size_t nq;
+    size_t block;
+    const SearchOptions& options;
+    const Scratch& scratch;
+  };
+
+  // Offers rows [begin, end) to the `tops` of every query, a block at a
+  // time, with `dots` for one block's scores.
+  void ScanRows(const Rows& r, size_t begin, size_t end, float* dots,
+                TopK* tops) const {
+    const size_t dim = store_.dim();
+    const size_t nq = r.nq;
+    const bool l2 = metric_ == Metric::kL2;
+    for (size_t b0 = begin; b0 < end; b0 += r.block) {
+      const size_t bn = std::min(r.block, end - b0);
       if (nq < kMinGemmQueries) {
         // sgemm would repack the whole block for a query or two; sgemv
         // streams it once.
         for (size_t q = 0; q < nq; ++q) {
           cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(bn),
                       static_cast<int>(dim), 1.0f, store_.data() + b0 * dim,
-                      static_cast<int>(dim), queries + q * dim, 1, 0.0f,
-                      dots.data() + q * bn, 1);
+                      static_cast<int>(dim), r.queries + q * dim, 1, 0.0f,
+                      dots + q * bn, 1);
         }
       } else {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
                     static_cast<int>(nq), static_cast<int>(bn),
-                    static_cast<int>(dim), 1.0f, queries, static_cast<int>(dim),
-                    store_.data() + b0 * dim, static_cast<int>(dim), 0.0f,
-                    dots.data(), static_cast<int>(bn));
+                    static_cast<int>(dim), 1.0f, r.queries,
+                    static_cast<int>(dim), store_.data() + b0 * dim,
+                    static_cast<int>(dim), 0.0f, dots, static_cast<int>(bn));
       }
       for (size_t q = 0; q < nq; ++q) {
-        const float* s = dots.data() + q * bn;
-        std::vector<Candidate>& heap = heaps[q];
-        float thr = threshold[q];
-        for (size_t j = 0; j < bn; ++j) {
-          float key = s[j];
-          if (metric_ == Metric::kL2) {
-            key = 2 * s[j] - query_sq[q] - store_.squared_norm(b0 + j);
-          }
-          if (key < thr) continue;
-          heap.push_back({key, static_cast<int64_t>(b0 + j)});
-          if (heap.size() >= 2 * kept) {
-            std::nth_element(heap.begin(), heap.begin() + (kept - 1),
-                             heap.end(), Better);
-            heap.resize(kept);
-            thr = heap[kept - 1].key;
-          }
+        float* s = dots + q * bn;
+        if (l2) {
+          ToL2Keys(s, bn, r.scratch.query_sq[q], store_.squared_norms() + b0);
         }
-        threshold[q] = thr;
+        Scan(s, bn, b0, r.first + q, r.scratch.ceiling[q], r.options, tops[q]);
       }
     }
-    for (size_t q = 0; q < nq; ++q) {
-      std::vector<Candidate>& heap = heaps[q];
-      const size_t m = std::min(kept, heap.size());
-      std::partial_sort(heap.begin(), heap.begin() + m, heap.end(), Better);
-      for (size_t j = 0; j < k; ++j) {
-        if (j < m) {
-          const float key = heap[j].key;
-          scores[q * k + j] = metric_ == Metric::kL2 ? -key : key;
-          rows[q * k + j] = heap[j].row;
-        } else {
-          scores[q * k + j] = metric_ == Metric::kL2
-                                  ? std::numeric_limits<float>::infinity()
-                                  : -std::numeric_limits<float>::infinity();
-          rows[q * k + j] = -1;
-        }
+  }
+
+  // Offers keys s[0, bn) of rows b0 + j to query `query`'s top-k.
+  static void Scan(const float* s, size_t bn, size_t b0, size_t query,
+                   float ceiling, const SearchOptions& options, TopK& top) {
+    auto offer = [&](size_t j) {
+      const float key = s[j];
+      if (key < top.threshold() || key > ceiling) return;
+      const auto row = static_cast<int64_t>(b0 + j);
+      if (options.skip_row && options.skip_row(query, row)) return;
+      top.Push(key, row);
+    };
+    size_t j = 0;
+    for (; j + kGroup <= bn; j += kGroup) {
+      // Usually zero once the threshold has settled.
+      for (uint32_t mask = GroupMask(s + j, top.threshold()); mask != 0;
+           mask &= mask - 1) {
+        offer(j + static_cast<size_t>(__builtin_ctz(mask)));
       }
     }
+    for (; j < bn; ++j) offer(j);
   }
 
   const CandidateStore& store_;
@@ -171,15 +358,35 @@ class FlatIndex final : public VectorIndex {
 class FaissIndex final : public VectorIndex {
  public:
   FaissIndex(std::unique_ptr<faiss::Index> index, std::string factory)
-      : index_(std::move(index)), factory_(std::move(factory)) {}
+      : index_(std::move(index)),
+        factory_(std::move(factory)),
+        ivf_(faiss::ivflib::try_extract_index_ivf(index_.get())),
+        pre_transform_(
+            dynamic_cast<const faiss::IndexPreTransform*>(index_.get())) {}
 
-  absl::Status Search(const float* queries, size_t nq, size_t k, float* scores,
+  using VectorIndex::Search;
+  absl::Status Search(const float* queries, size_t nq, size_t k,
+                      const SearchOptions& options, float* scores,
                       int64_t* rows) const override {
     static_assert(sizeof(faiss::Index::idx_t) == sizeof(int64_t));
+    // A per-call nprobe travels in SearchParameters, never by changing the
+    // shared index, so concurrent calls with different values are safe.
+    faiss::SearchParametersIVF ivf_params;
+    faiss::SearchParametersPreTransform pre_params;
+    const faiss::SearchParameters* params = nullptr;
+    if (options.nprobe > 0 && ivf_ != nullptr) {
+      ivf_params.nprobe = options.nprobe;
+      ivf_params.max_codes = ivf_->max_codes;
+      params = &ivf_params;
+      if (pre_transform_ != nullptr) {
+        pre_params.index_params = &ivf_params;
+        params = &pre_params;
+      }
+    }
     try {
       index_->search(static_cast<faiss::Index::idx_t>(nq), queries,
                      static_cast<faiss::Index::idx_t>(k), scores,
-                     reinterpret_cast<faiss::Index::idx_t*>(rows));
+                     reinterpret_cast<faiss::Index::idx_t*>(rows), params);
     } catch (const faiss::FaissException& e) {
       return absl::InternalError(
           absl::StrCat("FAISS search failed: ", e.what()));
@@ -188,6 +395,7 @@ class FaissIndex final : public VectorIndex {
   }
 
   bool exact() const override { return false; }
+  bool skips() const override { return false; }
   double ErrorBound(double /*query_norm*/) const override { return 0; }
   std::string type() const override { return factory_; }
 
@@ -210,6 +418,9 @@ class FaissIndex final : public VectorIndex {
  private:
   std::unique_ptr<faiss::Index> index_;
   std::string factory_;
+  // The inverted-file index inside index_, if any, for per-call nprobe.
+  const faiss::IndexIVF* ivf_;
+  const faiss::IndexPreTransform* pre_transform_;
 };
 
 faiss::MetricType FaissMetric(Metric metric) {

@@ -11,15 +11,34 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "candidate_store.h"
 #include "metric.h"
 
 namespace hardneg {
+
+// What one Search call may skip, and how hard an approximate index looks.
+// Skipping is a hint: the Flat kernel drops such candidates before they
+// reach its top-k (so they take no place in it, at no cost to the BLAS
+// path); FAISS indexes return them anyway. Callers filter again.
+struct SearchOptions {
+  // Per query (empty: none): a candidate whose approximate score is closer
+  // than closest[i] may be skipped for query i.
+  absl::Span<const float> closest;
+  // Rows that may be skipped for query i (empty function: none). Called
+  // only for candidates that would enter the top-k, from the calling
+  // thread or, for a batch, from OpenMP threads at once.
+  std::function<bool(size_t i, int64_t row)> skip_row;
+  // Inverted lists probed per query by IVF indexes; 0 keeps the index's
+  // own setting. Ignored by other indexes.
+  size_t nprobe = 0;
+};
 
 class VectorIndex {
  public:
@@ -28,8 +47,14 @@ class VectorIndex {
   // For each of `nq` queries (row-major nq x dim), writes the `k` best rows
   // to rows[i * k + j], best first, with their approximate scores; -1 pads
   // when fewer than k candidates are found. INTERNAL if FAISS fails.
+  absl::Status Search(const float* queries, size_t nq, size_t k, float* scores,
+                      int64_t* rows) const {
+    return Search(queries, nq, k, SearchOptions{}, scores, rows);
+  }
+  // The same, with candidates that `options` allows skipped.
   virtual absl::Status Search(const float* queries, size_t nq, size_t k,
-                              float* scores, int64_t* rows) const = 0;
+                              const SearchOptions& options, float* scores,
+                              int64_t* rows) const = 0;
 
   // True when Search ranks every candidate, up to float32 rounding error of
   // at most ErrorBound(): then a row it did not return is never closer
@@ -39,6 +64,10 @@ class VectorIndex {
   // Bound on |approximate score - true score| for a query of norm
   // `query_norm`. Meaningful only when exact().
   virtual double ErrorBound(double query_norm) const = 0;
+
+  // True when Search leaves out the candidates SearchOptions allows it to
+  // skip, so that they take no place among the k returned.
+  virtual bool skips() const = 0;
 
   // The factory string, e.g. "Flat".
   virtual std::string type() const = 0;

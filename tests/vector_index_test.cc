@@ -6,6 +6,7 @@
 #include <faiss/IndexFlat.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -516,6 +517,160 @@ TEST_P(FlatMetricTest, IvfNprobeTradesSpeedForRecall) {
   };
   EXPECT_EQ(recall(16), 1.0);
   EXPECT_LT(recall(1), 0.9);
+}
+
+// The same recall through SearchOptions::nprobe on one index built with
+// FAISS's default of 1: per-call nprobe without touching the shared index.
+TEST_P(FlatMetricTest, IvfNprobePerCallOverridesTheBuildSetting) {
+  const Metric metric = GetParam();
+  Rng rng(22);
+  const size_t dim = 16;
+  const size_t n = 4000;
+  const size_t nq = 50;
+  std::unique_ptr<CandidateStore> store =
+      MakeStore(dim, Gaussian(rng, n * dim, 0.0f, 1.0f));
+  ASSERT_NE(store, nullptr);
+  const std::vector<float> queries = Gaussian(rng, nq * dim, 0.0f, 1.0f);
+  const size_t k = 10;
+  const SearchResult truth = RunFaiss(metric, *store, queries, k);
+  IndexBuildOptions build;
+  build.factory = "IVF16,Flat";
+  absl::StatusOr<std::unique_ptr<VectorIndex>> index =
+      BuildVectorIndex(*store, metric, build);
+  ASSERT_TRUE(index.ok()) << index.status();
+  auto recall = [&](size_t nprobe) {
+    SearchOptions options;
+    options.nprobe = nprobe;
+    SearchResult got;
+    got.scores.resize(nq * k);
+    got.rows.resize(nq * k);
+    EXPECT_TRUE((*index)
+                    ->Search(queries.data(), nq, k, options, got.scores.data(),
+                             got.rows.data())
+                    .ok());
+    size_t hits = 0;
+    for (size_t i = 0; i < nq; ++i) {
+      std::set<int64_t> found(got.rows.begin() + i * k,
+                              got.rows.begin() + (i + 1) * k);
+      for (size_t j = 0; j < k; ++j) hits += found.count(truth.rows[i * k + j]);
+    }
+    return static_cast<double>(hits) / (nq * k);
+  };
+  const double all_lists = recall(16);
+  const double one_list = recall(0);  // the build's nprobe: 1
+  EXPECT_EQ(all_lists, 1.0);
+  EXPECT_LT(one_list, 0.9);
+  EXPECT_EQ(recall(1), one_list);
+  EXPECT_FALSE((*index)->skips());
+}
+
+// Several blocks, a ragged last block, and rows split over two OpenMP
+// threads (each with its own top-k, merged): the same exact answer as one
+// thread, and as FAISS up to ties within the error bound.
+TEST_P(FlatMetricTest, RowsSplitOverThreadsGiveTheExactAnswer) {
+  const Metric metric = GetParam();
+  Rng rng(23);
+  const size_t dim = 12;
+  const size_t n = 3 * 4096 + 77;
+  std::unique_ptr<CandidateStore> store =
+      MakeStore(dim, Gaussian(rng, n * dim, 0.0f, 1.0f));
+  ASSERT_NE(store, nullptr);
+  absl::StatusOr<std::unique_ptr<VectorIndex>> index =
+      BuildVectorIndex(*store, metric, IndexBuildOptions{});
+  ASSERT_TRUE(index.ok()) << index.status();
+  const int threads = omp_get_max_threads();
+  for (size_t nq : {size_t{1}, size_t{3}, size_t{40}}) {
+    for (size_t k : {size_t{1}, size_t{25}}) {
+      const std::vector<float> queries = Gaussian(rng, nq * dim);
+      omp_set_num_threads(1);
+      const SearchResult one = RunSearch(**index, queries, dim, k);
+      omp_set_num_threads(2);
+      const SearchResult two = RunSearch(**index, queries, dim, k);
+      omp_set_num_threads(threads);
+      for (size_t i = 0; i < nq; ++i) {
+        const std::string what = "nq " + std::to_string(nq) + " k " +
+                                 std::to_string(k) + " query " +
+                                 std::to_string(i);
+        CheckExactAnswer(metric, *store, **index, queries.data() + i * dim, k,
+                         two.scores.data() + i * k, two.rows.data() + i * k,
+                         what + " (2 threads)");
+        CheckExactAnswer(metric, *store, **index, queries.data() + i * dim, k,
+                         one.scores.data() + i * k, one.rows.data() + i * k,
+                         what + " (1 thread)");
+      }
+      if (HasFailure()) return;
+    }
+  }
+}
+
+// SearchOptions: rows skip_row names and scores closer than `closest` take
+// no place in the top k; what is returned is the exact top k of the rest.
+TEST_P(FlatMetricTest, SkippedCandidatesTakeNoPlace) {
+  const Metric metric = GetParam();
+  Rng rng(24);
+  const size_t dim = 10;
+  const size_t n = 5000;
+  const size_t nq = 6;
+  const size_t k = 15;
+  std::unique_ptr<CandidateStore> store =
+      MakeStore(dim, Gaussian(rng, n * dim, 0.0f, 1.0f));
+  ASSERT_NE(store, nullptr);
+  absl::StatusOr<std::unique_ptr<VectorIndex>> index =
+      BuildVectorIndex(*store, metric, IndexBuildOptions{});
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_TRUE((*index)->skips());
+  const std::vector<float> queries = Gaussian(rng, nq * dim);
+  // Per query: skip every third row, and everything closer than a limit
+  // set midway in a wide gap between two exact scores near the 40th best
+  // (so that no score sits within the error bound of it).
+  std::vector<float> closest(nq);
+  std::vector<std::vector<double>> allowed(nq);
+  for (size_t i = 0; i < nq; ++i) {
+    const float* q = queries.data() + i * dim;
+    const double bound = (*index)->ErrorBound(Norm(q, dim));
+    std::vector<double> exact(n);
+    for (size_t r = 0; r < n; ++r) {
+      exact[r] = ExactScore(metric, q, store->vector(r), dim);
+    }
+    std::vector<double> sorted = exact;
+    std::sort(sorted.begin(), sorted.end(),
+              [&](double a, double b) { return Better(metric, a, b); });
+    size_t cut = 40;
+    while (std::fabs(sorted[cut] - sorted[cut + 1]) < 8 * bound) ++cut;
+    closest[i] = static_cast<float>((sorted[cut] + sorted[cut + 1]) / 2);
+    for (size_t r = 0; r < n; ++r) {
+      if (r % 3 != 0 && !Better(metric, exact[r], closest[i])) {
+        allowed[i].push_back(exact[r]);
+      }
+    }
+    std::sort(allowed[i].begin(), allowed[i].end(),
+              [&](double a, double b) { return Better(metric, a, b); });
+  }
+  SearchOptions options;
+  options.closest = closest;
+  options.skip_row = [](size_t, int64_t row) { return row % 3 == 0; };
+  SearchResult got;
+  got.scores.resize(nq * k);
+  got.rows.resize(nq * k);
+  ASSERT_TRUE((*index)
+                  ->Search(queries.data(), nq, k, options, got.scores.data(),
+                           got.rows.data())
+                  .ok());
+  for (size_t i = 0; i < nq; ++i) {
+    const float* q = queries.data() + i * dim;
+    const double bound = (*index)->ErrorBound(Norm(q, dim));
+    for (size_t j = 0; j < k; ++j) {
+      const int64_t row = got.rows[i * k + j];
+      ASSERT_GE(row, 0);
+      EXPECT_NE(row % 3, 0) << "query " << i << ": skipped row " << row;
+      const double exact = ExactScore(metric, q, store->vector(row), dim);
+      EXPECT_FALSE(Better(metric, exact, closest[i]))
+          << "query " << i << ": row " << row << " (" << exact
+          << ") is closer than " << closest[i];
+      EXPECT_LE(std::fabs(exact - allowed[i][j]), 2 * bound + Ulp(exact))
+          << "query " << i << " position " << j;
+    }
+  }
 }
 
 }  // namespace
