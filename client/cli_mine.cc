@@ -317,6 +317,11 @@ int RunMineCommand(const std::vector<std::string>& args) {
   flags.Uint64("seed", &options.seed, "Seed for uniform and softmax sampling.");
   flags.Bool("return_embeddings", &options.return_embeddings,
              "Return each negative's stored embedding.");
+  flags.Uint64("min_index_sequence", &options.min_index_sequence,
+               "Refuse answers from an index older than this sequence.");
+  flags.Uint32("nprobe", &options.nprobe,
+               "IVF lists to probe (more: better recall, slower); 0 keeps "
+               "the server's --nprobe.");
   flags.Uint32("batch_size", &batch_size, "Queries per request (> 0).");
   flags.Uint32("max_in_flight", &max_in_flight,
                "With --stream: at most N batches sent and not yet answered; 0 "

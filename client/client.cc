@@ -58,6 +58,8 @@ void ToProto(const MiningOptions& options, v1::MiningOptions* out) {
   out->set_temperature(options.temperature);
   out->set_seed(options.seed);
   out->set_return_embeddings(options.return_embeddings);
+  out->set_min_index_sequence(options.min_index_sequence);
+  out->set_nprobe(options.nprobe);
 }
 
 void ToProto(const Query& query, v1::Query* out) {

@@ -79,6 +79,10 @@ struct MiningOptions {
   float temperature = 0;  // for kSoftmax; 0 means 1.0
   uint64_t seed = 0;
   bool return_embeddings = false;  // fill Negative::embedding
+  // Fail (FAILED_PRECONDITION) when the served index is older than this.
+  uint64_t min_index_sequence = 0;
+  // Inverted lists an IVF index probes; 0 keeps the server's setting.
+  uint32_t nprobe = 0;
 };
 
 struct Negative {

@@ -72,6 +72,7 @@ absl::Status DecodeMineRequest(const v1::MineRequest& request,
   }
   options.temperature = o.temperature();
   options.seed = o.seed();
+  options.nprobe = o.nprobe();
   out->return_embeddings = o.return_embeddings();
 
   // Reserve so that spans into decoded_embeddings stay valid.

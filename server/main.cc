@@ -41,8 +41,9 @@ ABSL_FLAG(std::string, metric, "",
           "inner_product or l2; when empty, each checkpoint's manifest says.");
 ABSL_FLAG(int, threads, 0, "Search worker threads; 0 means one per core.");
 ABSL_FLAG(int, blas_threads, 0,
-          "Threads one BLAS call may use; 0 means 1 when there are several "
-          "search workers (they already fill the cores), else one per core.");
+          "Threads one search may use; 0 means 1 when there are several "
+          "search workers (they already fill the cores), else one per core, "
+          "and one per core for a batch that runs while no other does.");
 ABSL_FLAG(absl::Duration, poll_interval, absl::Seconds(2),
           "How often --checkpoints is scanned for a newer checkpoint.");
 ABSL_FLAG(std::string, data_dir, "",
@@ -67,6 +68,8 @@ ABSL_FLAG(int64_t, max_batch_delay_us, 0,
           "coalesced anyway).");
 ABSL_FLAG(uint32_t, max_negatives, 10000, "Largest num_negatives accepted.");
 ABSL_FLAG(uint32_t, max_range, 1000000, "Largest range_max accepted.");
+ABSL_FLAG(uint32_t, max_nprobe, 4096,
+          "Largest per-request options.nprobe accepted (IVF indexes).");
 
 namespace {
 
@@ -161,6 +164,7 @@ int main(int argc, char** argv) {
       std::max<int64_t>(0, absl::GetFlag(FLAGS_max_batch_delay_us)));
   server_options.limits.max_negatives = absl::GetFlag(FLAGS_max_negatives);
   server_options.limits.max_range = absl::GetFlag(FLAGS_max_range);
+  server_options.limits.max_nprobe = absl::GetFlag(FLAGS_max_nprobe);
   server_options.metrics = metrics.get();
   absl::StatusOr<std::unique_ptr<hardneg::HardnegServer>> server =
       hardneg::HardnegServer::Start(server_options, &manager);

@@ -90,6 +90,8 @@ struct QueryState {
   bool done = false;
   std::optional<double> p;  // the weakest positive's score
   double norm = 0;
+  // Search may skip candidates whose approximate score is past this.
+  float skip_beyond = 0;
   absl::flat_hash_set<int64_t> positive_set;  // only for long lists
   std::vector<Scored> survivors;
 };
@@ -188,6 +190,55 @@ std::optional<double> WeakestPositive(const MiningQuery& query, Metric metric,
   return static_cast<double>(*p);
 }
 
+// The nearest score step 3 lets through, when it has one: candidates closer
+// than this are filtered out (by max_score or the margins for inner
+// products, by min_score or the margins for L2).
+std::optional<double> NearLimit(const QueryState& state,
+                                const MiningOptions& options, Metric metric) {
+  const bool ip = metric == Metric::kInnerProduct;
+  std::optional<double> limit;
+  auto take = [&](double v) {
+    if (!limit.has_value() || (ip ? v < *limit : v > *limit)) limit = v;
+  };
+  const std::optional<float>& bound =
+      ip ? options.max_score : options.min_score;
+  if (bound.has_value()) take(*bound);
+  if (state.p.has_value()) {
+    const double p = *state.p;
+    const double sign = ip ? -1.0 : 1.0;
+    if (options.absolute_margin.has_value()) {
+      take(p + sign * *options.absolute_margin);
+    }
+    if (options.relative_margin.has_value()) {
+      take(p + sign * std::abs(p) * *options.relative_margin);
+    }
+  }
+  return limit;
+}
+
+// The farthest score step 3 lets through, when it has one (min_score for
+// inner products, max_score for L2).
+std::optional<double> FarLimit(const MiningOptions& options, Metric metric) {
+  const std::optional<float>& bound =
+      metric == Metric::kInnerProduct ? options.min_score : options.max_score;
+  if (!bound.has_value()) return std::nullopt;
+  return static_cast<double>(*bound);
+}
+
+// The approximate score past which a candidate is certainly closer than
+// `limit` (so certainly filtered) when approximate scores are within `eps`
+// of the exact ones: limit + eps for inner products, limit - eps for L2,
+// rounded outwards to float with an ulp to spare.
+float SkipBeyond(double limit, double eps, Metric metric) {
+  const bool ip = metric == Metric::kInnerProduct;
+  const double edge = ip ? limit + eps : limit - eps;
+  const float toward = ip ? std::numeric_limits<float>::infinity()
+                          : -std::numeric_limits<float>::infinity();
+  float f = static_cast<float>(edge);
+  if (ip ? f < edge : f > edge) f = std::nextafter(f, toward);
+  return std::nextafter(f, toward);
+}
+
 // Step 5: picks indexes into the window [0, window), best first.
 std::vector<size_t> Sample(const MiningOptions& options, Metric metric,
                            const std::vector<Scored>& window_scores,
@@ -229,6 +280,76 @@ std::vector<size_t> Sample(const MiningOptions& options, Metric metric,
   return chosen;
 }
 
+// Takes one query's `k` fetched candidates (best first by approximate
+// score, rows padded with -1) into its survivors, then marks it done or
+// sets how many to fetch next round.
+void Collect(const MiningQuery& q, const MiningOptions& options,
+             const IndexVersion& version, QueryState& st, size_t range_max,
+             size_t k, const float* approx, const int64_t* rows) {
+  const CandidateStore& store = version.store();
+  const VectorIndex& index = version.index();
+  const Metric metric = version.metric();
+  const bool ip = metric == Metric::kInnerProduct;
+  const size_t n = store.size();
+  size_t count = 0;
+  while (count < k && rows[count] >= 0) ++count;
+  const bool exhausted = count < k || k >= n;
+  // A fetched candidate is certain when no unfetched one can be closer;
+  // for exact indexes, that needs a margin of the kernel's error bound
+  // past the worst fetched approximate score.
+  const bool exact = index.exact();
+  const double eps = exact ? index.ErrorBound(st.norm) : 0;
+  const bool bounded = exact && !exhausted && count > 0;
+  const double worst = bounded ? approx[count - 1] : 0;
+  double weakest = 0;  // the weakest survivor's exact score so far
+  st.survivors.clear();
+  for (size_t c = 0; c < count; ++c) {
+    // Candidates come best first by approximate score: once the window is
+    // full, stop at the first one that cannot beat its weakest survivor
+    // even with the kernel's error, rather than rescoring a deep tail.
+    if (exact && st.survivors.size() >= range_max) {
+      const double a = approx[c];
+      if (ip ? a + eps < weakest : a - eps > weakest) break;
+    }
+    const auto row = static_cast<uint32_t>(rows[c]);
+    if (Matches(q, st, store, row)) continue;
+    const float s =
+        ExactScore(metric, q.embedding.data(), store.vector(row), store.dim());
+    if (bounded && !(ip ? s > worst + eps : s < worst - eps)) {
+      continue;  // an unfetched candidate might be closer
+    }
+    if (PassesFilters(st, options, metric, s)) {
+      if (st.survivors.empty() || (ip ? s < weakest : s > weakest)) {
+        weakest = s;
+      }
+      st.survivors.push_back({s, row});
+    }
+  }
+  if (st.survivors.size() >= range_max || exhausted) {
+    st.done = true;
+    return;
+  }
+  // Every unfetched candidate already fails the far bound: deeper
+  // searches would find nothing.
+  const std::optional<double> far = FarLimit(options, metric);
+  if (bounded && far.has_value() &&
+      (ip ? worst + eps < *far : worst - eps > *far)) {
+    st.done = true;
+    return;
+  }
+  // Grow by the observed survival rate (x8 when nothing survived), at
+  // least doubling; past half the index, scan it all.
+  const double wanted = st.survivors.empty()
+                            ? 8.0 * static_cast<double>(k)
+                            : 2.0 * static_cast<double>(k) *
+                                  static_cast<double>(range_max) /
+                                  static_cast<double>(st.survivors.size());
+  size_t next =
+      static_cast<size_t>(std::min<double>(static_cast<double>(n), wanted));
+  next = std::max(next, 2 * k);
+  st.k = next * 2 > n ? n : next;
+}
+
 uint64_t QuerySeed(uint64_t seed, size_t query_index) {
   Rng mix(seed ^ (0x632be59bd9b4e019ULL * (query_index + 1)));
   return mix.Next();
@@ -266,6 +387,11 @@ absl::Status Miner::ValidateOptions(const MiningOptions& options) const {
     return absl::InvalidArgumentError(
         absl::StrCat("options.temperature is ", options.temperature,
                      "; it must be a finite value >= 0 (0 means 1.0)"));
+  }
+  if (options.nprobe > limits_.max_nprobe) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("options.nprobe is ", options.nprobe, "; the limit is ",
+                     limits_.max_nprobe));
   }
   const std::pair<const char*, const std::optional<float>*> bounds[] = {
       {"max_score", &options.max_score},
@@ -356,6 +482,8 @@ absl::Status Miner::MineQueries(
   const CandidateStore& store = version.store();
   const VectorIndex& index = version.index();
   const Metric metric = version.metric();
+  const bool ip = metric == Metric::kInnerProduct;
+  const bool exact = index.exact();
   const size_t dim = store.dim();
   const size_t n = store.size();
   auto range_max_of = [](const MiningOptions& options) {
@@ -368,7 +496,8 @@ absl::Status Miner::MineQueries(
   for (size_t i = 0; i < qs.size(); ++i) {
     QueryState& st = states[i];
     const MiningQuery& q = *qs[i];
-    const size_t range_max = range_max_of(*query_options[i]);
+    const MiningOptions& options = *query_options[i];
+    const size_t range_max = range_max_of(options);
     st.p = WeakestPositive(q, metric, store);
     if (q.positive_ids.size() > kLinearScanPositives) {
       st.positive_set.insert(q.positive_ids.begin(), q.positive_ids.end());
@@ -376,99 +505,86 @@ absl::Status Miner::MineQueries(
     double sq = 0;
     for (float v : q.embedding) sq += static_cast<double>(v) * v;
     st.norm = std::sqrt(sq);
-    // A Flat scan costs about the same for any k, so start generously:
-    // label exclusion alone can remove most of the nearest candidates.
-    st.k = std::min(
-        n, std::max<size_t>(256, 4 * (range_max + q.positive_ids.size() + 1)));
+    const double eps = exact ? index.ErrorBound(st.norm) : 0;
+    const std::optional<double> near = NearLimit(st, options, metric);
+    st.skip_beyond = near.has_value() ? SkipBeyond(*near, eps, metric)
+                     : ip             ? std::numeric_limits<float>::infinity()
+                                      : -std::numeric_limits<float>::infinity();
+    if (index.skips()) {
+      // Matches and near filters never take a place among the k fetched,
+      // so a little over the window leaves room for the scores too close
+      // to the k-th to be certain.
+      st.k = std::min(n, range_max + std::max<size_t>(8, range_max / 8));
+    } else {
+      // An approximate scan costs about the same for any k, so start
+      // generously: label exclusion alone can remove most of the nearest
+      // candidates.
+      st.k = std::min(n, std::max<size_t>(
+                             256, 4 * (range_max + q.positive_ids.size() + 1)));
+    }
     st.done = n == 0;
   }
   // Step 6: fetch, filter, and deepen the queries that came up short, all
-  // pending queries in one batched search per round.
+  // pending queries with the same nprobe in one batched search per round.
   std::vector<size_t> pending;
+  std::vector<size_t> group;
   std::vector<float> batch;
+  std::vector<float> closest;
   std::vector<float> approx;
   std::vector<int64_t> rows;
-  std::vector<Scored> fetched;
   while (true) {
     pending.clear();
-    size_t k = 0;
+    size_t max_k = 0;
     for (size_t i = 0; i < states.size(); ++i) {
       if (states[i].done) continue;
       // Bound one round's buffers; the queries left out go next round.
-      const size_t round_k = std::max(k, states[i].k);
+      const size_t round_k = std::max(max_k, states[i].k);
       if (!pending.empty() && (pending.size() + 1) * round_k > kMaxFetch) {
         break;
       }
       pending.push_back(i);
-      k = round_k;
+      max_k = round_k;
     }
     if (pending.empty()) break;
-    batch.resize(pending.size() * dim);
-    for (size_t j = 0; j < pending.size(); ++j) {
-      std::copy(qs[pending[j]]->embedding.begin(),
-                qs[pending[j]]->embedding.end(), batch.begin() + j * dim);
-    }
-    approx.resize(pending.size() * k);
-    rows.resize(pending.size() * k);
-    HARDNEG_RETURN_IF_ERROR(index.Search(batch.data(), pending.size(), k,
-                                         approx.data(), rows.data()));
-    for (size_t j = 0; j < pending.size(); ++j) {
-      const size_t qi = pending[j];
-      QueryState& st = states[qi];
-      const MiningQuery& q = *qs[qi];
-      const MiningOptions& options = *query_options[qi];
-      const size_t range_max = range_max_of(options);
-      size_t count = 0;
-      while (count < k && rows[j * k + count] >= 0) ++count;
-      const bool exhausted = count < k || k >= n;
-      // A fetched candidate is certain when no unfetched one can be closer;
-      // for exact indexes, that needs a margin of the kernel's error bound
-      // past the worst fetched approximate score.
-      const bool exact = index.exact();
-      const double eps = exact ? index.ErrorBound(st.norm) : 0;
-      const bool bounded = exact && !exhausted && count > 0;
-      const double worst = bounded ? approx[j * k + count - 1] : 0;
-      const bool ip = metric == Metric::kInnerProduct;
-      double weakest = 0;  // the weakest survivor's exact score so far
-      st.survivors.clear();
-      for (size_t c = 0; c < count; ++c) {
-        // Candidates come best first by approximate score: once the window
-        // is full, stop at the first one that cannot beat its weakest
-        // survivor even with the kernel's error, rather than rescoring a
-        // deep tail exactly.
-        if (exact && st.survivors.size() >= range_max) {
-          const double a = approx[j * k + c];
-          if (ip ? a + eps < weakest : a - eps > weakest) break;
-        }
-        const auto row = static_cast<uint32_t>(rows[j * k + c]);
-        if (Matches(q, st, store, row)) continue;
-        const float s =
-            ExactScore(metric, q.embedding.data(), store.vector(row), dim);
-        if (bounded && !(ip ? s > worst + eps : s < worst - eps)) {
-          continue;  // an unfetched candidate might be closer
-        }
-        if (PassesFilters(st, options, metric, s)) {
-          if (st.survivors.empty() || (ip ? s < weakest : s > weakest)) {
-            weakest = s;
-          }
-          st.survivors.push_back({s, row});
-        }
+    std::stable_sort(pending.begin(), pending.end(), [&](size_t a, size_t b) {
+      return query_options[a]->nprobe < query_options[b]->nprobe;
+    });
+    for (size_t g0 = 0; g0 < pending.size();) {
+      size_t g1 = g0 + 1;
+      const uint32_t nprobe = query_options[pending[g0]]->nprobe;
+      while (g1 < pending.size() &&
+             query_options[pending[g1]]->nprobe == nprobe) {
+        ++g1;
       }
-      if (st.survivors.size() >= range_max || exhausted) {
-        st.done = true;
-        continue;
+      group.assign(pending.begin() + g0, pending.begin() + g1);
+      g0 = g1;
+      size_t k = 0;
+      batch.resize(group.size() * dim);
+      closest.resize(group.size());
+      for (size_t j = 0; j < group.size(); ++j) {
+        const QueryState& st = states[group[j]];
+        k = std::max(k, st.k);
+        std::copy(qs[group[j]]->embedding.begin(),
+                  qs[group[j]]->embedding.end(), batch.begin() + j * dim);
+        closest[j] = st.skip_beyond;
       }
-      // Grow by the observed survival rate (x8 when nothing survived), at
-      // least doubling; past half the index, scan it all.
-      const double wanted = st.survivors.empty()
-                                ? 8.0 * static_cast<double>(k)
-                                : 2.0 * static_cast<double>(k) *
-                                      static_cast<double>(range_max) /
-                                      static_cast<double>(st.survivors.size());
-      size_t next =
-          static_cast<size_t>(std::min<double>(static_cast<double>(n), wanted));
-      next = std::max(next, 2 * k);
-      st.k = next * 2 > n ? n : next;
+      approx.resize(group.size() * k);
+      rows.resize(group.size() * k);
+      SearchOptions search;
+      search.closest = closest;
+      search.nprobe = nprobe;
+      search.skip_row = [&](size_t j, int64_t row) {
+        return Matches(*qs[group[j]], states[group[j]], store,
+                       static_cast<uint32_t>(row));
+      };
+      HARDNEG_RETURN_IF_ERROR(index.Search(batch.data(), group.size(), k,
+                                           search, approx.data(), rows.data()));
+      for (size_t j = 0; j < group.size(); ++j) {
+        QueryState& st = states[group[j]];
+        Collect(*qs[group[j]], *query_options[group[j]], version, st,
+                range_max_of(*query_options[group[j]]), k,
+                approx.data() + j * k, rows.data() + j * k);
+      }
     }
   }
 

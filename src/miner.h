@@ -45,6 +45,9 @@ struct MiningOptions {
   Sampling sampling = Sampling::kTop;
   float temperature = 0;  // 0 means 1.0
   uint64_t seed = 0;
+  // Inverted lists an IVF index probes for this request; 0 keeps the
+  // index's own setting. Ignored by exact indexes.
+  uint32_t nprobe = 0;
 };
 
 // One query; the spans are views that must outlive the Mine call.
@@ -80,6 +83,7 @@ struct MiningBatchItem {
 struct MinerLimits {
   uint32_t max_negatives = 10000;  // per query
   uint32_t max_range = 1000000;    // range_max after defaulting
+  uint32_t max_nprobe = 4096;      // options.nprobe
 };
 
 class Miner {
@@ -91,8 +95,9 @@ class Miner {
   // embedding of the wrong dimension or with NaN/Inf; a non-finite
   // positive_score; num_negatives 0 or over the limit; range_max set and
   // smaller than range_min + num_negatives, or over the limit; a negative or
-  // non-finite temperature; a non-finite bound or margin. INTERNAL if the
-  // index fails. Same queries, options, seed and version: same results.
+  // non-finite temperature; a non-finite bound or margin; nprobe over the
+  // limit. INTERNAL if the index fails. Same queries, options, seed and
+  // version: same results.
   absl::StatusOr<std::vector<MiningResult>> Mine(
       const IndexVersion& version, absl::Span<const MiningQuery> queries,
       const MiningOptions& options) const;

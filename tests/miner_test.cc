@@ -1527,6 +1527,17 @@ TEST_F(MinerValidationTest, RangeOverTheLimit) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST_F(MinerValidationTest, NprobeOverTheLimit) {
+  MinerLimits limits;
+  limits.max_nprobe = 64;
+  const Miner limited(limits);
+  MiningOptions o = Top(10);
+  o.nprobe = 64;  // accepted, and ignored by the exact index
+  EXPECT_TRUE(MineStatus(queries_, o, limited).ok());
+  o.nprobe = 65;
+  ExpectInvalid(MineStatus(queries_, o, limited), {"nprobe", "64"});
+}
+
 TEST_F(MinerValidationTest, Temperature) {
   for (Sampling sampling :
        {Sampling::kSoftmax, Sampling::kUniform, Sampling::kTop}) {
@@ -1638,6 +1649,60 @@ TEST(MinerTest, ApproximateIndexReturnsOnlyValidNegatives) {
         }
       }
     }
+  }
+}
+
+// Per-request nprobe on one IVF version: probing every list gives the
+// exact answer, and requests with different nprobe in one batch each get
+// what they get alone.
+TEST(MinerTest, PerRequestNprobeOnOneIvfVersion) {
+  Rng rng(51);
+  StoreSpec spec;
+  spec.n = 3000;
+  spec.num_labels = 3;
+  const StoreData data = RandomStore(rng, spec);
+  const Metric metric = Metric::kInnerProduct;
+  std::shared_ptr<const IndexVersion> version =
+      BuildVersion(data, metric, "IVF64,Flat");
+  ASSERT_NE(version, nullptr);
+  const std::vector<OwnedQuery> queries =
+      RandomQueries(rng, data, metric, false, 3, 30);
+  const std::vector<MiningQuery> views = Views(queries);
+  MiningOptions all = Top(10);
+  all.nprobe = 64;
+  MiningOptions one = Top(10);
+  one.nprobe = 1;
+  auto ids = [](const MiningResult& r) {
+    std::vector<int64_t> out;
+    for (const MinedNegative& n : r.negatives) out.push_back(n.id);
+    return out;
+  };
+  absl::StatusOr<std::vector<MiningResult>> got_all =
+      Miner().Mine(*version, views, all);
+  absl::StatusOr<std::vector<MiningResult>> got_one =
+      Miner().Mine(*version, views, one);
+  ASSERT_TRUE(got_all.ok()) << got_all.status();
+  ASSERT_TRUE(got_one.ok()) << got_one.status();
+  size_t differ = 0;
+  for (size_t i = 0; i < views.size(); ++i) {
+    const ReferenceResult want =
+        ReferenceMine(version->store(), metric, views[i], all);
+    std::vector<int64_t> want_ids;
+    for (const ReferenceNegative& n : want.top) want_ids.push_back(n.id);
+    EXPECT_EQ(ids((*got_all)[i]), want_ids) << "queries[" << i << "]";
+    if (ids((*got_one)[i]) != want_ids) ++differ;
+  }
+  EXPECT_GT(differ, 0u) << "nprobe=1 found the exact answer for every query";
+  const MiningBatchItem items[] = {{views, &one}, {views, &all}};
+  std::vector<absl::StatusOr<std::vector<MiningResult>>> batch =
+      Miner().MineBatch(*version, items);
+  ASSERT_EQ(batch.size(), 2u);
+  ASSERT_TRUE(batch[0].ok() && batch[1].ok());
+  for (size_t i = 0; i < views.size(); ++i) {
+    EXPECT_EQ(ids((*batch[0])[i]), ids((*got_one)[i]))
+        << "queries[" << i << "]";
+    EXPECT_EQ(ids((*batch[1])[i]), ids((*got_all)[i]))
+        << "queries[" << i << "]";
   }
 }
 

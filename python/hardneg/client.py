@@ -54,6 +54,8 @@ _OPTIONS = {
     "temperature": False,
     "seed": False,
     "return_embeddings": False,
+    "min_index_sequence": False,
+    "nprobe": False,
 }
 
 
@@ -449,7 +451,9 @@ class Client:
         options          MiningOptions fields: num_negatives, range_min,
                          range_max, max_score, min_score, absolute_margin,
                          relative_margin, sampling ("top", "uniform",
-                         "softmax"), temperature, seed, return_embeddings
+                         "softmax"), temperature, seed, return_embeddings,
+                         min_index_sequence, nprobe (IVF lists to probe; 0
+                         keeps the server's --nprobe)
 
         Raises MineError (e.g. code 3, INVALID_ARGUMENT) when refused.
         """
