@@ -1,5 +1,7 @@
 #include "miner_service.h"
 
+#include <omp.h>
+
 #include <chrono>
 #include <deque>
 #include <memory>
@@ -206,7 +208,20 @@ void MinerService::DrainQueue() const {
       }
     }
   }
-  if (!jobs.empty()) HandleBatch(jobs);
+  if (jobs.empty()) return;
+  bool alone = false;
+  {
+    absl::MutexLock lock(&queue_mu_);
+    alone = ++running_batches_ == 1 && queue_.empty();
+  }
+  const int threads = omp_get_max_threads();
+  if (alone && options_.lone_batch_threads > 0) {
+    omp_set_num_threads(options_.lone_batch_threads);
+  }
+  HandleBatch(jobs);
+  omp_set_num_threads(threads);
+  absl::MutexLock lock(&queue_mu_);
+  --running_batches_;
 }
 
 void MinerService::HandleBatch(std::vector<MineJob>& jobs) const {

@@ -44,6 +44,10 @@ struct MinerServiceOptions {
   // full. 0: never wait; requests that queue while the workers are busy
   // are coalesced anyway, so a lone query is never held back.
   absl::Duration max_batch_delay = absl::ZeroDuration();
+  // OpenMP threads for a batch that runs while no other batch runs or
+  // waits, so that a lone query uses every core (the Flat kernel splits
+  // its rows). 0 leaves each worker's own setting.
+  int lone_batch_threads = 0;
 };
 
 // One mining request waiting for a batch. `done` runs on a worker once
@@ -98,6 +102,8 @@ class MinerService final : public v1::Miner::CallbackService {
   ServerMetrics* const metrics_;  // null: metrics off
   mutable absl::Mutex queue_mu_;
   mutable std::deque<MineJob> queue_ ABSL_GUARDED_BY(queue_mu_);
+  // Batches being answered now.
+  mutable int running_batches_ ABSL_GUARDED_BY(queue_mu_) = 0;
   // Owns Publish builds that outlive their call (wait=false); declared last
   // so that it joins them before the rest is destroyed.
   PublishBuilds publish_builds_;

@@ -37,6 +37,19 @@ std::function<void()> WorkerThreadInit(size_t workers, int blas_threads) {
   };
 }
 
+// With automatic BLAS threads and several workers, a batch that runs
+// alone may use every core.
+MinerServiceOptions ServiceOptions(const ServerOptions& options) {
+  MinerServiceOptions service = options.service;
+  const size_t workers =
+      options.threads == 0 ? DefaultThreads() : options.threads;
+  if (options.blas_threads <= 0 && workers > 1 &&
+      service.lone_batch_threads == 0) {
+    service.lone_batch_threads = static_cast<int>(DefaultThreads());
+  }
+  return service;
+}
+
 }  // namespace
 
 HardnegServer::HardnegServer(const ServerOptions& options,
@@ -48,8 +61,9 @@ HardnegServer::HardnegServer(const ServerOptions& options,
           WorkerThreadInit(
               options.threads == 0 ? DefaultThreads() : options.threads,
               options.blas_threads))),
-      service_(std::make_unique<MinerService>(
-          manager, &miner_, pool_.get(), options.service, options.metrics)) {}
+      service_(std::make_unique<MinerService>(manager, &miner_, pool_.get(),
+                                              ServiceOptions(options),
+                                              options.metrics)) {}
 
 absl::StatusOr<std::unique_ptr<HardnegServer>> HardnegServer::Start(
     const ServerOptions& options, IndexManager* manager) {

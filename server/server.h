@@ -30,7 +30,8 @@ struct ServerOptions {
   int port = 50051;    // 0 picks a free port
   size_t threads = 0;  // search workers; 0 means one per core
   // Threads one search may use inside BLAS/OpenMP; 0 means 1 when there
-  // are several workers (they already fill the cores), else one per core.
+  // are several workers (they already fill the cores), else one per core,
+  // and one per core for a batch that runs while no other runs or waits.
   int blas_threads = 0;
   size_t max_message_bytes = size_t{64} << 20;
   MinerLimits limits;
