@@ -47,6 +47,27 @@ inline void FillUnitVectors(SplitMix64* rng, size_t n, size_t dim, float* out) {
   }
 }
 
+// `n` x `dim` row-major unit vectors drawn from a mixture of the
+// `centers.size() / dim` unit vectors in `centers`: row r is centre
+// (r mod clusters) plus uniform noise of norm about `spread`, scaled to
+// norm 1. Real embeddings cluster like this; uniform ones do not.
+inline void FillClusteredUnitVectors(SplitMix64* rng, size_t n, size_t dim,
+                                     const float* centers, size_t clusters,
+                                     float spread, float* out) {
+  FillUnitVectors(rng, n, dim, out);
+  for (size_t row = 0; row < n; ++row) {
+    float* v = out + row * dim;
+    const float* c = centers + (row % clusters) * dim;
+    double sq = 0;
+    for (size_t i = 0; i < dim; ++i) {
+      v[i] = c[i] + spread * v[i];
+      sq += static_cast<double>(v[i]) * v[i];
+    }
+    const float inv = sq > 0 ? static_cast<float>(1 / std::sqrt(sq)) : 0;
+    for (size_t i = 0; i < dim; ++i) v[i] *= inv;
+  }
+}
+
 // The 1, 5 and 15 minute load averages: other processes on the same cores
 // skew every latency measured here.
 inline std::string LoadAverage() {

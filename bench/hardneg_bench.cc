@@ -1,26 +1,38 @@
 // hardneg-bench: throughput and latency of hard-negative mining, measured
 // in one run against two references on the same machine (issue 4, section
-// 6). For each workload (W1 100,000 x 128, W2 1,000,000 x 128, W3 200,000 x
-// 768; inner product, random unit float32 vectors; each query excludes one
-// positive id and asks for 10 negatives in the window [0, 10)) it prints:
+// 6). Workloads: W1 100,000 x 128 and W3 200,000 x 768, uniform random unit
+// vectors; W2 1,000,000 x 128, unit vectors in 3,000 clusters (uniform
+// vectors have no neighbourhoods for IVF to find). Inner product; each
+// query excludes one positive id and asks for 10 negatives in the window
+// [0, 10). For each workload it prints:
 //
 //   (d) the sgemm rate (cblas_sgemm 256 x 4096 x dim, one BLAS thread on
-//       each core at once), giving the bound q/s = rate / (2 * N * d);
+//       each core at once, best of 3), giving the bound
+//       q/s = rate / (2 * N * d);
 //   (a) in-process faiss::IndexFlatIP search, batches of 256, k = 11: the
 //       reference;
 //   (b) hardneg's Miner::Mine in-process on the IndexVersion that
 //       IndexManager::LoadNewest builds from a checkpoint written here,
 //       batches of 256, 16 and 1;
+//   (e) the bare gRPC round trip (GetIndexInfo), part of every request;
 //   (c) the service over loopback: HardnegServer in this process (127.0.0.1,
 //       port 0, default threads), S client threads each with its own
 //       channel and Mine stream, requests of B queries (embedding_bytes),
 //       up to 4 requests in flight per stream; plus S=1, B=1 with one
-//       request in flight for the unloaded single-query latency.
+//       request in flight for the unloaded single-query latency;
+//   (f) W2 only: IVF1024,Flat built from the same checkpoint, the Miner at
+//       B=256 with per-request nprobe 4..64, each with its recall@10 of
+//       negatives against the exact (Flat) Miner on 512 queries;
+//   (g) W2 only: the service on IVF, S=8 B=16, at the first nprobe whose
+//       recall reaches 0.95;
+//   (a) and (d) again at the end: the summary divides by the better of
+//       each pair, so a slow first measurement cannot flatter the ratios.
 //
 // Every line gives q/s, p50 and p99 latency of a call (a batch for (a) and
 // (b), a request for (c)) and the ratios to (a) and to the bound. A cell of
 // (c) is skipped when the queries it keeps in flight would take longer than
-// two cell durations to drain at (a)'s rate.
+// two cell durations to drain at (a)'s rate. The summary states each of the
+// issue's targets beside the measured ratio.
 //
 // A benchmark, not a test: it asserts nothing and is not registered with
 // CTest; its numbers depend on the machine and on what else runs on it.
@@ -70,6 +82,7 @@
 #include "miner.h"
 #include "omp_policy.h"
 #include "server.h"
+#include "status_macros.h"
 
 ABSL_FLAG(bool, quick, false,
           "Divide every workload's n by 10 and shorten every measurement.");
@@ -86,6 +99,7 @@ ABSL_FLAG(uint64_t, seed, 42, "Seed of the vectors and queries.");
 namespace hardneg {
 namespace {
 
+using bench::FillClusteredUnitVectors;
 using bench::FillUnitVectors;
 using bench::LoadAverage;
 using bench::SplitMix64;
@@ -100,6 +114,13 @@ constexpr int kInFlight = 4;
 constexpr size_t kQueryPool = 2048;
 constexpr int kSgemmM = 256;
 constexpr int kSgemmN = 4096;
+// Noise norm around a cluster's centre, for clustered workloads.
+constexpr float kClusterSpread = 1.0f;
+// IVF on workloads that ask for it: lists, and the nprobe values tried.
+constexpr char kIvfFactory[] = "IVF1024,Flat";
+constexpr uint32_t kNprobes[] = {4, 8, 16, 32, 64};
+// Queries whose negatives are compared, IVF against exact.
+constexpr size_t kRecallQueries = 512;
 
 int CountCores() {
   cpu_set_t set;
@@ -139,6 +160,10 @@ struct Workload {
   std::string name;
   size_t n = 0;
   size_t dim = 0;
+  // 0: uniform unit vectors; else a mixture of this many clusters.
+  size_t clusters = 0;
+  // Also measure IVF against exact search.
+  bool ivf = false;
 };
 
 // One printed line: calls are batches (a, b) or requests (c).
@@ -213,14 +238,37 @@ struct QueryPool {
   std::vector<int64_t> positives;
 };
 
-QueryPool MakeQueries(size_t n, size_t dim, uint64_t seed) {
+// The centres of a clustered workload's mixture (seeded, so the candidates
+// and the queries share them).
+std::vector<float> MakeCenters(const Workload& w, uint64_t seed) {
+  std::vector<float> centers(w.clusters * w.dim);
+  SplitMix64 rng(seed ^ 0xc3a5c85c97cb3127ULL);
+  FillUnitVectors(&rng, w.clusters, w.dim, centers.data());
+  return centers;
+}
+
+// `n` vectors of workload `w`.
+void FillWorkloadVectors(const Workload& w, const std::vector<float>& centers,
+                         SplitMix64* rng, size_t n, float* out) {
+  if (w.clusters == 0) {
+    FillUnitVectors(rng, n, w.dim, out);
+  } else {
+    FillClusteredUnitVectors(rng, n, w.dim, centers.data(), w.clusters,
+                             kClusterSpread, out);
+  }
+}
+
+QueryPool MakeQueries(const Workload& w, const std::vector<float>& centers,
+                      uint64_t seed) {
   QueryPool pool;
-  pool.dim = dim;
-  pool.embeddings.resize(kQueryPool * dim);
+  pool.dim = w.dim;
+  pool.embeddings.resize(kQueryPool * w.dim);
   pool.positives.resize(kQueryPool);
   SplitMix64 rng(seed);
-  FillUnitVectors(&rng, kQueryPool, dim, pool.embeddings.data());
-  for (int64_t& p : pool.positives) p = static_cast<int64_t>(rng.NextBelow(n));
+  FillWorkloadVectors(w, centers, &rng, kQueryPool, pool.embeddings.data());
+  for (int64_t& p : pool.positives) {
+    p = static_cast<int64_t>(rng.NextBelow(w.n));
+  }
   return pool;
 }
 
@@ -258,7 +306,8 @@ MiningOptions BenchMiningOptions(uint64_t seed) {
 
 // (b) Miner::Mine of `batch` queries back to back on this thread.
 LineStats RunMiner(const IndexVersion& version, const QueryPool& pool,
-                   size_t batch, double seconds, size_t max_calls) {
+                   size_t batch, uint32_t nprobe, double seconds,
+                   size_t max_calls) {
   const Miner miner;
   std::vector<MiningQuery> queries(batch);
   std::vector<double> ms;
@@ -276,7 +325,8 @@ LineStats RunMiner(const IndexVersion& version, const QueryPool& pool,
       queries[i].positive_ids = absl::MakeConstSpan(&pool.positives[q], 1);
     }
     offset = (offset + batch) % kQueryPool;
-    const MiningOptions options = BenchMiningOptions(call++);
+    MiningOptions options = BenchMiningOptions(call++);
+    options.nprobe = nprobe;
     const absl::Time t = absl::Now();
     absl::StatusOr<std::vector<MiningResult>> result =
         miner.Mine(version, queries, options);
@@ -329,6 +379,7 @@ struct CellConfig {
   int in_flight = kInFlight;
   double seconds = 3;
   int max_requests = 100000;
+  uint32_t nprobe = 0;  // options.nprobe of every request
 };
 
 void NoteError(StreamResult* out, const std::string& what) {
@@ -360,6 +411,7 @@ void RunStream(const std::string& target, const CellConfig& cfg,
     options->set_range_min(0);
     options->set_range_max(kRangeMax);
     options->set_seed(static_cast<uint64_t>(t));
+    options->set_nprobe(cfg.nprobe);
     const size_t first =
         (static_cast<size_t>(stream_index * kInFlight + t) * cfg.batch) %
         kQueryPool;
@@ -443,6 +495,33 @@ void RunStream(const std::string& target, const CellConfig& cfg,
   if (!status.ok()) NoteError(out, "Finish: " + status.error_message());
 }
 
+// (e) A Mine request of one query on one stream costs a gRPC round trip
+// besides the search; this times that round trip alone with GetIndexInfo
+// (a unary call answered from memory) on one channel, back to back.
+LineStats RunRoundTrips(const std::string& target, double seconds) {
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  std::unique_ptr<pb::Miner::Stub> stub = pb::Miner::NewStub(channel);
+  std::vector<double> ms;
+  size_t errors = 0;
+  const absl::Time start = absl::Now();
+  const absl::Time deadline = start + absl::Seconds(seconds);
+  do {
+    grpc::ClientContext context;
+    pb::GetIndexInfoRequest request;
+    pb::IndexInfo info;
+    const absl::Time t = absl::Now();
+    const grpc::Status status = stub->GetIndexInfo(&context, request, &info);
+    ms.push_back(absl::ToDoubleMilliseconds(absl::Now() - t));
+    if (!status.ok()) ++errors;
+  } while (absl::Now() < deadline || ms.size() < 2);
+  const size_t calls = ms.size();
+  LineStats stats = Summarize(std::move(ms), calls,
+                              absl::ToDoubleSeconds(absl::Now() - start));
+  stats.errors = errors;
+  return stats;
+}
+
 LineStats RunCell(const std::string& target, const CellConfig& cfg,
                   const QueryPool& pool, std::string* first_error) {
   StartGate gate(cfg.streams);
@@ -494,37 +573,188 @@ void PrintLine(const std::string& name, const LineStats& s, double ref_qps,
   std::fflush(stdout);
 }
 
-struct SingleQuery {
+// What the summary reports for one workload.
+struct Summary {
   std::string workload;
-  double miner_p50 = 0;
-  double service_p50 = 0;      // S=1, B=1, 1 in flight
-  double service_p50_q4 = -1;  // S=1, B=1, 4 in flight (-1: skipped)
+  double faiss_qps[2] = {0, 0};  // (a) at the start and at the end
+  double bound_qps[2] = {0, 0};  // (d) at the start and at the end
+  double service_qps = 0;        // (c) S=8 B=16
+  double miner_p50 = 0;          // (b) B=1
+  double service_p50 = 0;        // (c) S=1 B=1, 1 in flight
+  double round_trip_p50 = 0;     // (e)
+  // IVF: the first nprobe (smallest) with recall >= 0.95, if any.
+  bool ivf = false;
+  uint32_t ivf_nprobe = 0;
+  double ivf_recall = 0;
+  double ivf_speedup = 0;          // IVF Miner B=256 q/s over exact Miner B=256
+  double ivf_service_speedup = 0;  // (c) S=8 B=16, IVF over exact
 };
 
-absl::Status RunWorkload(const Workload& w, const Options& opt,
-                         std::vector<SingleQuery>* singles) {
-  std::printf(
-      "\n== %s: %zu x %zu, inner product, %u negatives, 1 positive "
-      "excluded, window [0, %u) (load average %s) ==\n",
-      w.name.c_str(), w.n, w.dim, kNumNegatives, kRangeMax,
-      LoadAverage().c_str());
-  std::fflush(stdout);
-
-  // (d)
+// (d) measured a few times; the best is the bound (the least flattering).
+double MeasureBound(const Workload& w, const Options& opt, double* gflops) {
   openblas_set_num_threads(1);
-  const double gflops_one = SgemmGflops(w.dim, 1, std::min(1.0, opt.seconds));
-  const double gflops =
-      SgemmGflops(w.dim, opt.cores, std::min(1.0, opt.seconds));
+  double best = 0;
+  for (int i = 0; i < 3; ++i) {
+    best = std::max(best,
+                    SgemmGflops(w.dim, opt.cores, std::min(0.5, opt.seconds)));
+  }
   openblas_set_num_threads(opt.cores);
   omp_set_num_threads(opt.cores);
-  const double bound_qps =
-      gflops * 1e9 /
-      (2.0 * static_cast<double>(w.n) * static_cast<double>(w.dim));
+  *gflops = best;
+  return best * 1e9 /
+         (2.0 * static_cast<double>(w.n) * static_cast<double>(w.dim));
+}
+
+// The ids of the negatives each of the first `count` queries gets from
+// `version` (B = 256, the bench's mining options).
+std::vector<std::vector<int64_t>> MineIds(const IndexVersion& version,
+                                          const QueryPool& pool, size_t count,
+                                          uint32_t nprobe) {
+  const Miner miner;
+  std::vector<std::vector<int64_t>> ids;
+  for (size_t q0 = 0; q0 < count; q0 += kFaissBatch) {
+    std::vector<MiningQuery> queries;
+    for (size_t q = q0; q < std::min(count, q0 + kFaissBatch); ++q) {
+      MiningQuery& query = queries.emplace_back();
+      query.embedding =
+          absl::MakeConstSpan(pool.embeddings.data() + q * pool.dim, pool.dim);
+      query.positive_ids = absl::MakeConstSpan(&pool.positives[q], 1);
+    }
+    MiningOptions options = BenchMiningOptions(0);
+    options.nprobe = nprobe;
+    absl::StatusOr<std::vector<MiningResult>> results =
+        miner.Mine(version, queries, options);
+    for (size_t i = 0; i < queries.size(); ++i) {
+      std::vector<int64_t>& out = ids.emplace_back();
+      if (!results.ok()) continue;
+      for (const MinedNegative& negative : (*results)[i].negatives) {
+        out.push_back(negative.id);
+      }
+    }
+  }
+  return ids;
+}
+
+// Mean over queries of |got & want| / |want|.
+double Recall(const std::vector<std::vector<int64_t>>& got,
+              const std::vector<std::vector<int64_t>>& want) {
+  double sum = 0;
+  for (size_t q = 0; q < want.size(); ++q) {
+    size_t hits = 0;
+    for (int64_t id : got[q]) {
+      hits += std::count(want[q].begin(), want[q].end(), id);
+    }
+    sum += want[q].empty() ? 1.0
+                           : static_cast<double>(hits) /
+                                 static_cast<double>(want[q].size());
+  }
+  return want.empty() ? 0 : sum / static_cast<double>(want.size());
+}
+
+std::string CellName(const CellConfig& cfg) {
+  return "(c) S=" + std::to_string(cfg.streams) +
+         " B=" + std::to_string(cfg.batch) + " in-flight " +
+         std::to_string(cfg.in_flight);
+}
+
+// Starts a server on `manager` (loopback, a free port, default threads).
+absl::StatusOr<std::unique_ptr<HardnegServer>> StartServer(
+    IndexManager* manager) {
+  ServerOptions server_options;
+  server_options.host = "127.0.0.1";
+  server_options.port = 0;
+  return HardnegServer::Start(server_options, manager);
+}
+
+// IVF on `w`: builds kIvfFactory, then for each nprobe (per request) the
+// Miner's q/s and recall@10 of negatives against `exact`, then the
+// service at the first nprobe that reaches 0.95.
+absl::Status RunIvf(const Workload& w, const Options& opt,
+                    const std::string& checkpoints, const QueryPool& pool,
+                    const std::vector<std::vector<int64_t>>& exact_ids,
+                    double exact_miner_qps, double exact_service_qps,
+                    double ref_qps, double bound_qps, Summary* summary) {
+  IndexManagerOptions options;
+  options.checkpoints_dir = checkpoints;
+  options.build.factory = kIvfFactory;
+  options.build_threads = opt.cores;
+  IndexManager manager(options);
+  const absl::Time t = absl::Now();
+  HARDNEG_RETURN_IF_ERROR(manager.LoadNewest());
+  std::shared_ptr<const IndexVersion> version = manager.Current();
+  if (version == nullptr) return absl::InternalError("LoadNewest served none");
+  std::printf(
+      "  %s built in %.1f s (trained on %zu of %zu rows); recall@%u: the "
+      "share of the exact negatives (Flat, same options) that IVF returns, "
+      "over %zu queries\n",
+      kIvfFactory, absl::ToDoubleSeconds(absl::Now() - t),
+      std::min<size_t>(w.n, IndexBuildOptions{}.max_train_rows), w.n,
+      kNumNegatives, exact_ids.size());
+  std::fflush(stdout);
+  summary->ivf = true;
+  for (uint32_t nprobe : kNprobes) {
+    const double recall =
+        Recall(MineIds(*version, pool, exact_ids.size(), nprobe), exact_ids);
+    const LineStats s =
+        RunMiner(*version, pool, kFaissBatch, nprobe, opt.seconds, 100000);
+    const std::string name = "(f) IVF nprobe=" + std::to_string(nprobe) +
+                             " Miner B=" + std::to_string(kFaissBatch);
+    PrintLine(name, s, ref_qps, bound_qps);
+    std::printf("    recall@%u %.4f, %.2fx exact Miner B=%zu\n", kNumNegatives,
+                recall, s.qps / exact_miner_qps, kFaissBatch);
+    std::fflush(stdout);
+    if (summary->ivf_nprobe == 0 && recall >= 0.95) {
+      summary->ivf_nprobe = nprobe;
+      summary->ivf_recall = recall;
+      summary->ivf_speedup = s.qps / exact_miner_qps;
+    }
+  }
+  if (summary->ivf_nprobe == 0) return absl::OkStatus();
+  version.reset();
+  absl::StatusOr<std::unique_ptr<HardnegServer>> server = StartServer(&manager);
+  if (!server.ok()) return server.status();
+  CellConfig cfg;
+  cfg.streams = 8;
+  cfg.batch = 16;
+  cfg.seconds = opt.seconds;
+  cfg.max_requests = opt.max_requests;
+  cfg.nprobe = summary->ivf_nprobe;
+  std::string first_error;
+  const LineStats s = RunCell("127.0.0.1:" + std::to_string((*server)->port()),
+                              cfg, pool, &first_error);
+  PrintLine("(g) IVF nprobe=" + std::to_string(cfg.nprobe) + " S=8 B=16", s,
+            ref_qps, bound_qps);
+  if (!first_error.empty()) {
+    std::printf("    first error: %s\n", first_error.c_str());
+  }
+  summary->ivf_service_speedup = s.qps / exact_service_qps;
+  std::printf("    %.2fx exact (c) S=8 B=16\n", summary->ivf_service_speedup);
+  (*server)->Shutdown(absl::Seconds(5));
+  return absl::OkStatus();
+}
+
+absl::Status RunWorkload(const Workload& w, const Options& opt,
+                         Summary* summary) {
+  summary->workload = w.name;
+  std::printf(
+      "\n== %s: %zu x %zu, inner product, %s, %u negatives, 1 positive "
+      "excluded, window [0, %u) (load average %s) ==\n",
+      w.name.c_str(), w.n, w.dim,
+      w.clusters == 0
+          ? "uniform unit vectors"
+          : ("unit vectors in " + std::to_string(w.clusters) + " clusters")
+                .c_str(),
+      kNumNegatives, kRangeMax, LoadAverage().c_str());
+  std::fflush(stdout);
+
+  double gflops = 0;
+  const double bound_qps = MeasureBound(w, opt, &gflops);
+  summary->bound_qps[0] = bound_qps;
   std::printf(
       "  (d) sgemm 256x4096x%zu: %.1f GFLOP/s on %d cores at once (1 BLAS "
-      "thread each; %.1f on one core) -> bound %.1f q/s (2*N*d = %.1f "
+      "thread each, best of 3) -> bound %.1f q/s (2*N*d = %.1f "
       "MFLOP/query)\n",
-      w.dim, gflops, opt.cores, gflops_one, bound_qps,
+      w.dim, gflops, opt.cores, bound_qps,
       2.0 * static_cast<double>(w.n) * static_cast<double>(w.dim) / 1e6);
   std::fflush(stdout);
 
@@ -532,13 +762,14 @@ absl::Status RunWorkload(const Workload& w, const Options& opt,
   absl::StatusOr<TempDir> tmp = TempDir::Create(opt.tmp_dir);
   if (!tmp.ok()) return tmp.status();
   const std::string checkpoints = tmp->path() + "/checkpoints";
-  const QueryPool pool = MakeQueries(w.n, w.dim, opt.seed + 7);
-  LineStats faiss_stats;
+  const std::vector<float> centers = MakeCenters(w, opt.seed);
+  const QueryPool pool = MakeQueries(w, centers, opt.seed + 7);
+  faiss::IndexFlatIP flat(static_cast<faiss::Index::idx_t>(w.dim));
   {
     absl::Time t = absl::Now();
     std::vector<float> embeddings(w.n * w.dim);
     SplitMix64 rng(opt.seed);
-    FillUnitVectors(&rng, w.n, w.dim, embeddings.data());
+    FillWorkloadVectors(w, centers, &rng, w.n, embeddings.data());
     std::vector<int64_t> ids(w.n);
     std::vector<int64_t> labels(w.n);
     for (size_t i = 0; i < w.n; ++i) {
@@ -550,66 +781,68 @@ absl::Status RunWorkload(const Workload& w, const Options& opt,
     manifest.step = 1;
     manifest.dim = static_cast<uint32_t>(w.dim);
     manifest.metric = Metric::kInnerProduct;
-    absl::Status written =
-        WriteCheckpoint(checkpoints, manifest, embeddings, ids, labels);
-    if (!written.ok()) return written;
-    faiss::IndexFlatIP flat(static_cast<faiss::Index::idx_t>(w.dim));
+    HARDNEG_RETURN_IF_ERROR(
+        WriteCheckpoint(checkpoints, manifest, embeddings, ids, labels));
     flat.add(static_cast<faiss::Index::idx_t>(w.n), embeddings.data());
-    std::vector<float>().swap(embeddings);
     std::printf(
         "  data generated, checkpoint written, FAISS index built in "
         "%.1f s (not timed below)\n",
         absl::ToDoubleSeconds(absl::Now() - t));
-    PrintHeader();
-    faiss_stats = RunFaiss(flat, pool, opt.seconds);
-    PrintLine("(a) faiss IndexFlatIP B=256 k=11", faiss_stats, faiss_stats.qps,
-              bound_qps);
   }
+  PrintHeader();
+  const LineStats faiss_stats = RunFaiss(flat, pool, opt.seconds);
+  PrintLine("(a) faiss IndexFlatIP B=256 k=11", faiss_stats, faiss_stats.qps,
+            bound_qps);
+  summary->faiss_qps[0] = faiss_stats.qps;
   const double ref_qps = faiss_stats.qps;
 
   IndexManagerOptions manager_options;
   manager_options.checkpoints_dir = checkpoints;
   IndexManager manager(manager_options);
-  absl::Status loaded = manager.LoadNewest();
-  if (!loaded.ok()) return loaded;
+  HARDNEG_RETURN_IF_ERROR(manager.LoadNewest());
   std::shared_ptr<const IndexVersion> version = manager.Current();
   if (version == nullptr) return absl::InternalError("LoadNewest served none");
 
-  SingleQuery single;
-  single.workload = w.name;
+  double miner_qps = 0;  // B=256
   for (size_t batch : {size_t{256}, size_t{16}, size_t{1}}) {
-    const LineStats s = RunMiner(*version, pool, batch, opt.seconds, 100000);
+    const LineStats s = RunMiner(*version, pool, batch, 0, opt.seconds, 100000);
     PrintLine("(b) Miner::Mine B=" + std::to_string(batch), s, ref_qps,
               bound_qps);
-    if (batch == 1) single.miner_p50 = s.p50_ms;
+    if (batch == 256) miner_qps = s.qps;
+    if (batch == 1) summary->miner_p50 = s.p50_ms;
   }
+  std::vector<std::vector<int64_t>> exact_ids;
+  if (w.ivf) exact_ids = MineIds(*version, pool, kRecallQueries, 0);
   version.reset();
 
-  ServerOptions server_options;
-  server_options.host = "127.0.0.1";
-  server_options.port = 0;
-  absl::StatusOr<std::unique_ptr<HardnegServer>> server =
-      HardnegServer::Start(server_options, &manager);
+  absl::StatusOr<std::unique_ptr<HardnegServer>> server = StartServer(&manager);
   if (!server.ok()) return server.status();
   const std::string target = "127.0.0.1:" + std::to_string((*server)->port());
 
-  struct Cell {
-    int streams;
-    size_t batch;
-    int in_flight;
-  };
-  std::vector<Cell> cells = {{1, 1, 1}};
-  for (int s : {1, 8, 32}) {
-    for (size_t b : {size_t{1}, size_t{16}, size_t{256}}) {
-      cells.push_back({s, b, kInFlight});
+  const LineStats trips = RunRoundTrips(target, std::min(1.0, opt.seconds));
+  PrintLine("(e) GetIndexInfo round trip", trips, 0, 0);
+  summary->round_trip_p50 = trips.p50_ms;
+
+  std::vector<CellConfig> cells;
+  {
+    CellConfig lone;
+    lone.in_flight = 1;
+    cells.push_back(lone);
+  }
+  for (int streams : {1, 8, 32}) {
+    for (size_t batch : {size_t{1}, size_t{16}, size_t{256}}) {
+      CellConfig cfg;
+      cfg.streams = streams;
+      cfg.batch = batch;
+      cells.push_back(cfg);
     }
   }
-  for (const Cell& cell : cells) {
-    const std::string name = "(c) S=" + std::to_string(cell.streams) +
-                             " B=" + std::to_string(cell.batch) +
-                             " in-flight " + std::to_string(cell.in_flight);
-    const double outstanding = static_cast<double>(cell.streams) *
-                               static_cast<double>(cell.batch) * cell.in_flight;
+  for (CellConfig& cfg : cells) {
+    cfg.seconds = opt.seconds;
+    cfg.max_requests = opt.max_requests;
+    const std::string name = CellName(cfg);
+    const double outstanding = static_cast<double>(cfg.streams) *
+                               static_cast<double>(cfg.batch) * cfg.in_flight;
     const double drain_s = ref_qps > 0 ? outstanding / ref_qps : 0;
     if (drain_s > 2 * opt.seconds) {
       std::printf(
@@ -618,30 +851,71 @@ absl::Status RunWorkload(const Workload& w, const Options& opt,
           name.c_str(), outstanding, drain_s);
       continue;
     }
-    CellConfig cfg;
-    cfg.streams = cell.streams;
-    cfg.batch = cell.batch;
-    cfg.in_flight = cell.in_flight;
-    cfg.seconds = opt.seconds;
-    cfg.max_requests = opt.max_requests;
     std::string first_error;
     const LineStats s = RunCell(target, cfg, pool, &first_error);
     PrintLine(name, s, ref_qps, bound_qps);
     if (!first_error.empty()) {
       std::printf("    first error: %s\n", first_error.c_str());
     }
-    if (cell.streams == 1 && cell.batch == 1) {
-      if (cell.in_flight == 1) {
-        single.service_p50 = s.p50_ms;
-      } else {
-        single.service_p50_q4 = s.p50_ms;
-      }
+    if (cfg.streams == 1 && cfg.batch == 1 && cfg.in_flight == 1) {
+      summary->service_p50 = s.p50_ms;
     }
+    if (cfg.streams == 8 && cfg.batch == 16) summary->service_qps = s.qps;
   }
   (*server)->Shutdown(absl::Seconds(5));
   server->reset();
-  singles->push_back(single);
+
+  if (w.ivf) {
+    HARDNEG_RETURN_IF_ERROR(RunIvf(w, opt, checkpoints, pool, exact_ids,
+                                   miner_qps, summary->service_qps, ref_qps,
+                                   bound_qps, summary));
+  }
+
+  // The references again, after the rest: the summary takes the better.
+  const LineStats faiss_again = RunFaiss(flat, pool, opt.seconds);
+  PrintLine("(a) again, at the end", faiss_again, ref_qps, bound_qps);
+  summary->faiss_qps[1] = faiss_again.qps;
+  summary->bound_qps[1] = MeasureBound(w, opt, &gflops);
+  std::printf("  (d) again, at the end: %.1f GFLOP/s -> bound %.1f q/s\n",
+              gflops, summary->bound_qps[1]);
   return absl::OkStatus();
+}
+
+void PrintSummary(const std::vector<Summary>& summaries, int cores) {
+  std::printf(
+      "\n== Summary (%d cores; each reference is the better of its two "
+      "measurements) ==\n",
+      cores);
+  for (const Summary& s : summaries) {
+    const double faiss = std::max(s.faiss_qps[0], s.faiss_qps[1]);
+    const double bound = std::max(s.bound_qps[0], s.bound_qps[1]);
+    std::printf("  %s\n", s.workload.c_str());
+    if (s.service_qps > 0) {
+      std::printf(
+          "    service S=8 B=16: %.1f q/s = %.3fx faiss batched (%.1f q/s; "
+          "target >= 1.0), %.3fx the sgemm bound (%.1f q/s; target >= 0.7)\n",
+          s.service_qps, s.service_qps / faiss, faiss, s.service_qps / bound,
+          bound);
+    }
+    std::printf(
+        "    single query p50: Miner B=1 %.3f ms, service S=1 B=1 %.3f ms, "
+        "difference %.3f ms (target <= 0.3); a bare gRPC round trip is "
+        "%.3f ms of it\n",
+        s.miner_p50, s.service_p50, s.service_p50 - s.miner_p50,
+        s.round_trip_p50);
+    if (s.ivf) {
+      if (s.ivf_nprobe == 0) {
+        std::printf("    IVF: no nprobe tried reached recall@%u 0.95\n",
+                    kNumNegatives);
+      } else {
+        std::printf(
+            "    IVF (%s): nprobe=%u, recall@%u %.4f at %.2fx the exact "
+            "Miner and %.2fx the exact service (target: >= 0.95 at >= 5x)\n",
+            kIvfFactory, s.ivf_nprobe, kNumNegatives, s.ivf_recall,
+            s.ivf_speedup, s.ivf_service_speedup);
+      }
+    }
+  }
 }
 
 int Main() {
@@ -665,7 +939,7 @@ int Main() {
     if (name == "W1") {
       workloads.push_back({"W1", 100000 / divisor, 128});
     } else if (name == "W2") {
-      workloads.push_back({"W2", 1000000 / divisor, 128});
+      workloads.push_back({"W2", 1000000 / divisor, 128, 3000 / divisor, true});
     } else if (name == "W3") {
       workloads.push_back({"W3", 200000 / divisor, 768});
     } else {
@@ -687,29 +961,17 @@ int Main() {
       "one request, send to response, clients in this process\n");
   std::fflush(stdout);
 
-  std::vector<SingleQuery> singles;
+  std::vector<Summary> summaries;
   for (const Workload& w : workloads) {
-    absl::Status status = RunWorkload(w, opt, &singles);
+    Summary& summary = summaries.emplace_back();
+    absl::Status status = RunWorkload(w, opt, &summary);
     if (!status.ok()) {
       std::fprintf(stderr, "%s: %s\n", w.name.c_str(),
                    status.ToString().c_str());
       return 1;
     }
   }
-  std::printf("\n== Single query, p50 ms (%d cores) ==\n", opt.cores);
-  std::printf("  %-5s %14s %18s %12s %20s\n", "load", "Miner B=1",
-              "service S1 B1", "difference", "service S1 B1 q4");
-  for (const SingleQuery& s : singles) {
-    char q4[32] = "skipped";
-    if (s.service_p50_q4 >= 0) {
-      std::snprintf(q4, sizeof(q4), "%.3f", s.service_p50_q4);
-    }
-    std::printf("  %-5s %14.3f %18.3f %12.3f %20s\n", s.workload.c_str(),
-                s.miner_p50, s.service_p50, s.service_p50 - s.miner_p50, q4);
-  }
-  std::printf(
-      "  (service S1 B1: one request in flight; q4: four in flight, so each "
-      "request also waits for the ones before it)\n");
+  PrintSummary(summaries, opt.cores);
   return 0;
 }
 
