@@ -25,6 +25,8 @@
 //       negatives against the exact (Flat) Miner on 512 queries;
 //   (g) W2 only: the service on IVF, S=8 B=16, at the first nprobe whose
 //       recall reaches 0.95;
+//   (h) the same query mined in-process and then over the service,
+//       alternately, for the single-query gap without drift between lines;
 //   (a) and (d) again at the end: the summary divides by the better of
 //       each pair, so a slow first measurement cannot flatter the ratios.
 //
@@ -573,6 +575,79 @@ void PrintLine(const std::string& name, const LineStats& s, double ref_qps,
   std::fflush(stdout);
 }
 
+// (h): the same query mined in-process (Miner::Mine, B=1, this thread)
+// and then sent over the service (one Mine stream, one request in flight),
+// alternately, so that both see the same machine at the same moment.
+struct Interleaved {
+  size_t pairs = 0;
+  double miner_p50 = 0;
+  double service_p50 = 0;
+  double difference_p50 = 0;  // median of (service - in-process) per pair
+};
+
+Interleaved RunInterleaved(const std::string& target,
+                           const IndexVersion& version, const QueryPool& pool,
+                           double seconds) {
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  std::unique_ptr<pb::Miner::Stub> stub = pb::Miner::NewStub(channel);
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::ClientReaderWriter<pb::MineRequest, pb::MineResponse>>
+      stream = stub->Mine(&context);
+  const Miner miner;
+  std::vector<double> local;
+  std::vector<double> remote;
+  std::vector<double> difference;
+  pb::MineRequest request;
+  pb::MineResponse response;
+  const absl::Time deadline = absl::Now() + absl::Seconds(2 * seconds);
+  for (size_t i = 0; absl::Now() < deadline || i < 2; ++i) {
+    const size_t q = i % kQueryPool;
+    MiningQuery query;
+    query.embedding =
+        absl::MakeConstSpan(pool.embeddings.data() + q * pool.dim, pool.dim);
+    query.positive_ids = absl::MakeConstSpan(&pool.positives[q], 1);
+    const MiningOptions options = BenchMiningOptions(i);
+    absl::Time t = absl::Now();
+    const bool mined =
+        miner.Mine(version, absl::MakeConstSpan(&query, 1), options).ok();
+    const double in_process = absl::ToDoubleMilliseconds(absl::Now() - t);
+
+    request.Clear();
+    request.set_request_id(i + 1);
+    pb::MiningOptions* o = request.mutable_options();
+    o->set_num_negatives(kNumNegatives);
+    o->set_range_max(kRangeMax);
+    o->set_seed(i);
+    pb::Query* pq = request.add_queries();
+    pq->set_embedding_bytes(
+        reinterpret_cast<const char*>(pool.embeddings.data() + q * pool.dim),
+        pool.dim * sizeof(float));
+    pq->add_positive_ids(pool.positives[q]);
+    t = absl::Now();
+    if (!stream->Write(request) || !stream->Read(&response)) break;
+    const double service = absl::ToDoubleMilliseconds(absl::Now() - t);
+    if (!mined || response.error().code() != 0) continue;
+    if (i == 0) continue;  // warm-up
+    local.push_back(in_process);
+    remote.push_back(service);
+    difference.push_back(service - in_process);
+  }
+  stream->WritesDone();
+  (void)stream->Finish();
+  Interleaved out;
+  out.pairs = local.size();
+  auto median = [](std::vector<double> v) {
+    if (v.empty()) return 0.0;
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  out.miner_p50 = median(local);
+  out.service_p50 = median(remote);
+  out.difference_p50 = median(difference);
+  return out;
+}
+
 // What the summary reports for one workload.
 struct Summary {
   std::string workload;
@@ -582,6 +657,7 @@ struct Summary {
   double miner_p50 = 0;          // (b) B=1
   double service_p50 = 0;        // (c) S=1 B=1, 1 in flight
   double round_trip_p50 = 0;     // (e)
+  Interleaved interleaved;       // (h)
   // IVF: the first nprobe (smallest) with recall >= 0.95, if any.
   bool ivf = false;
   uint32_t ivf_nprobe = 0;
@@ -813,7 +889,6 @@ absl::Status RunWorkload(const Workload& w, const Options& opt,
   }
   std::vector<std::vector<int64_t>> exact_ids;
   if (w.ivf) exact_ids = MineIds(*version, pool, kRecallQueries, 0);
-  version.reset();
 
   absl::StatusOr<std::unique_ptr<HardnegServer>> server = StartServer(&manager);
   if (!server.ok()) return server.status();
@@ -862,6 +937,17 @@ absl::Status RunWorkload(const Workload& w, const Options& opt,
     }
     if (cfg.streams == 8 && cfg.batch == 16) summary->service_qps = s.qps;
   }
+  const Interleaved single =
+      RunInterleaved(target, *version, pool, opt.seconds);
+  std::printf(
+      "  (h) one query, in-process then over the service, alternately "
+      "(%zu pairs): p50 %.3f ms in-process, %.3f ms service; p50 of the "
+      "pairwise differences %.3f ms\n",
+      single.pairs, single.miner_p50, single.service_p50,
+      single.difference_p50);
+  std::fflush(stdout);
+  summary->interleaved = single;
+  version.reset();
   (*server)->Shutdown(absl::Seconds(5));
   server->reset();
 
@@ -898,11 +984,14 @@ void PrintSummary(const std::vector<Summary>& summaries, int cores) {
           bound);
     }
     std::printf(
-        "    single query p50: Miner B=1 %.3f ms, service S=1 B=1 %.3f ms, "
-        "difference %.3f ms (target <= 0.3); a bare gRPC round trip is "
-        "%.3f ms of it\n",
-        s.miner_p50, s.service_p50, s.service_p50 - s.miner_p50,
-        s.round_trip_p50);
+        "    single query p50, the same query alternately (h): in-process "
+        "%.3f ms, service %.3f ms, difference %.3f ms (target <= 0.3); a "
+        "bare gRPC round trip (e) is %.3f ms of it\n",
+        s.interleaved.miner_p50, s.interleaved.service_p50,
+        s.interleaved.difference_p50, s.round_trip_p50);
+    std::printf(
+        "    (measured apart: Miner B=1 %.3f ms, service S=1 B=1 %.3f ms)\n",
+        s.miner_p50, s.service_p50);
     if (s.ivf) {
       if (s.ivf_nprobe == 0) {
         std::printf("    IVF: no nprobe tried reached recall@%u 0.95\n",
