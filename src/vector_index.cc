@@ -24,6 +24,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "ivf_flat_scan.h"
 
 namespace hardneg {
 namespace {
@@ -481,6 +482,7 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> BuildVectorIndex(
       }
     }
     index->add(n, store.data());
+    index = WithFastListScan(std::move(index));
     if (options.nprobe > 0 &&
         options.factory.find("IVF") != std::string::npos) {
       // ParameterSpace reaches through wrappers such as IndexPreTransform.
@@ -514,6 +516,7 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> LoadVectorIndex(
         absl::StrCat("reading FAISS index \"", factory, "\" from ", path,
                      " failed: out of memory (is the file corrupt?)"));
   }
+  index = WithFastListScan(std::move(index));
   if (static_cast<size_t>(index->d) != store.dim()) {
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": the index has dimension ", index->d,
