@@ -10,7 +10,7 @@
 //       each core at once, best of 3), giving the bound
 //       q/s = rate / (2 * N * d);
 //   (a) in-process faiss::IndexFlatIP search, batches of 256, k = 11: the
-//       reference;
+//       reference; and one query a call, for the single-query latency;
 //   (b) hardneg's Miner::Mine in-process on the IndexVersion that
 //       IndexManager::LoadNewest builds from a checkpoint written here,
 //       batches of 256, 16 and 1;
@@ -274,11 +274,12 @@ QueryPool MakeQueries(const Workload& w, const std::vector<float>& centers,
   return pool;
 }
 
-// (a) FAISS IndexFlatIP, batches of kFaissBatch, default OpenMP threads.
+// (a) FAISS IndexFlatIP, batches of `batch` (kFaissBatch for the
+// reference), default OpenMP threads.
 LineStats RunFaiss(const faiss::IndexFlatIP& index, const QueryPool& pool,
-                   double seconds) {
-  std::vector<float> distances(kFaissBatch * kFaissK);
-  std::vector<faiss::Index::idx_t> labels(kFaissBatch * kFaissK);
+                   size_t batch, double seconds) {
+  std::vector<float> distances(batch * kFaissK);
+  std::vector<faiss::Index::idx_t> labels(batch * kFaissK);
   std::vector<double> ms;
   size_t queries = 0;
   size_t offset = 0;
@@ -286,12 +287,12 @@ LineStats RunFaiss(const faiss::IndexFlatIP& index, const QueryPool& pool,
   const absl::Time deadline = start + absl::Seconds(seconds);
   do {
     const absl::Time t = absl::Now();
-    index.search(static_cast<faiss::Index::idx_t>(kFaissBatch),
+    index.search(static_cast<faiss::Index::idx_t>(batch),
                  pool.embeddings.data() + offset * pool.dim, kFaissK,
                  distances.data(), labels.data());
     ms.push_back(absl::ToDoubleMilliseconds(absl::Now() - t));
-    queries += kFaissBatch;
-    offset = (offset + kFaissBatch) % kQueryPool;
+    queries += batch;
+    offset = (offset + batch) % kQueryPool;
   } while (absl::Now() < deadline || ms.size() < 2);
   return Summarize(std::move(ms), queries,
                    absl::ToDoubleSeconds(absl::Now() - start));
@@ -657,6 +658,7 @@ struct Summary {
   double miner_p50 = 0;          // (b) B=1
   double service_p50 = 0;        // (c) S=1 B=1, 1 in flight
   double round_trip_p50 = 0;     // (e)
+  double faiss_single_p50 = 0;   // (a) B=1
   Interleaved interleaved;       // (h)
   // IVF: the first nprobe (smallest) with recall >= 0.95, if any.
   bool ivf = false;
@@ -866,11 +868,15 @@ absl::Status RunWorkload(const Workload& w, const Options& opt,
         absl::ToDoubleSeconds(absl::Now() - t));
   }
   PrintHeader();
-  const LineStats faiss_stats = RunFaiss(flat, pool, opt.seconds);
+  const LineStats faiss_stats = RunFaiss(flat, pool, kFaissBatch, opt.seconds);
   PrintLine("(a) faiss IndexFlatIP B=256 k=11", faiss_stats, faiss_stats.qps,
             bound_qps);
   summary->faiss_qps[0] = faiss_stats.qps;
   const double ref_qps = faiss_stats.qps;
+  const LineStats faiss_single =
+      RunFaiss(flat, pool, 1, std::min(1.0, opt.seconds));
+  PrintLine("(a) faiss IndexFlatIP B=1 k=11", faiss_single, ref_qps, bound_qps);
+  summary->faiss_single_p50 = faiss_single.p50_ms;
 
   IndexManagerOptions manager_options;
   manager_options.checkpoints_dir = checkpoints;
@@ -958,7 +964,7 @@ absl::Status RunWorkload(const Workload& w, const Options& opt,
   }
 
   // The references again, after the rest: the summary takes the better.
-  const LineStats faiss_again = RunFaiss(flat, pool, opt.seconds);
+  const LineStats faiss_again = RunFaiss(flat, pool, kFaissBatch, opt.seconds);
   PrintLine("(a) again, at the end", faiss_again, ref_qps, bound_qps);
   summary->faiss_qps[1] = faiss_again.qps;
   summary->bound_qps[1] = MeasureBound(w, opt, &gflops);
@@ -990,8 +996,9 @@ void PrintSummary(const std::vector<Summary>& summaries, int cores) {
         s.interleaved.miner_p50, s.interleaved.service_p50,
         s.interleaved.difference_p50, s.round_trip_p50);
     std::printf(
-        "    (measured apart: Miner B=1 %.3f ms, service S=1 B=1 %.3f ms)\n",
-        s.miner_p50, s.service_p50);
+        "    (measured apart: Miner B=1 %.3f ms, service S=1 B=1 %.3f ms, "
+        "in-process FAISS B=1 %.3f ms)\n",
+        s.miner_p50, s.service_p50, s.faiss_single_p50);
     if (s.ivf) {
       if (s.ivf_nprobe == 0) {
         std::printf("    IVF: no nprobe tried reached recall@%u 0.95\n",
