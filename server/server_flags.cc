@@ -1,0 +1,122 @@
+#include "server_flags.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "metric.h"
+
+ABSL_FLAG(std::string, checkpoints, "",
+          "Directory of checkpoints; the newest complete one is served and "
+          "the directory is watched for newer ones.");
+ABSL_FLAG(int, grpc_port, 50051, "gRPC port; 0 picks a free one.");
+ABSL_FLAG(std::string, host, "0.0.0.0",
+          "Address to listen on (gRPC and /metrics).");
+ABSL_FLAG(std::optional<int>, metrics_port, std::nullopt,
+          "Port of the Prometheus /metrics endpoint; 0 picks a free one, "
+          "-1 disables metrics. Default: 9464, or a free one when "
+          "--grpc_port is 0 (so that servers started for tests never "
+          "collide).");
+ABSL_FLAG(std::string, index, "Flat",
+          "FAISS factory string: Flat (exact), or e.g. IVF1024,Flat.");
+ABSL_FLAG(uint32_t, nprobe, 0,
+          "Inverted lists probed per query by IVF --index types (0: FAISS's "
+          "default of 1). More: better recall, slower search.");
+ABSL_FLAG(std::string, metric, "",
+          "inner_product or l2; when empty, each checkpoint's manifest says.");
+ABSL_FLAG(int, threads, 0, "Search worker threads; 0 means one per core.");
+ABSL_FLAG(int, blas_threads, 0,
+          "Threads one search may use; 0 means 1 when there are several "
+          "search workers (they already fill the cores), else one per core, "
+          "and one per core for a batch that runs while no other does.");
+ABSL_FLAG(absl::Duration, poll_interval, absl::Seconds(2),
+          "How often --checkpoints is scanned for a newer checkpoint.");
+ABSL_FLAG(std::string, data_dir, "",
+          "Snapshots of every served version go here; at start the newest "
+          "is served at once. Empty: no snapshots.");
+ABSL_FLAG(int, keep_snapshots, 3, "Snapshots kept under --data_dir.");
+ABSL_FLAG(int, build_threads, 1,
+          "Threads one background index build may use, so that serving "
+          "keeps its latency.");
+ABSL_FLAG(bool, allow_schema_change, false,
+          "Accept a new version whose dim or metric differs from the "
+          "served one (trainers' queries would all fail at once).");
+ABSL_FLAG(uint64_t, max_index_bytes, 0,
+          "Memory budget for the served version plus the one being built "
+          "(0: none); a publish over it gets RESOURCE_EXHAUSTED.");
+ABSL_FLAG(uint32_t, max_batch, 256,
+          "Queries from all streams and calls coalesced into one search, at "
+          "most.");
+ABSL_FLAG(int64_t, max_batch_delay_us, 0,
+          "How long a worker waits for more requests to fill a batch; 0 "
+          "never waits (requests that queue while workers are busy are "
+          "coalesced anyway).");
+ABSL_FLAG(uint32_t, max_negatives, 10000, "Largest num_negatives accepted.");
+ABSL_FLAG(uint32_t, max_range, 1000000, "Largest range_max accepted.");
+ABSL_FLAG(uint32_t, max_nprobe, 4096,
+          "Largest per-request options.nprobe accepted (IVF indexes).");
+
+namespace hardneg {
+namespace {
+
+constexpr int kDefaultMetricsPort = 9464;
+
+}  // namespace
+
+absl::StatusOr<ServerConfig> ServerConfigFromFlags() {
+  ServerConfig config;
+  IndexManagerOptions& manager = config.manager;
+  manager.checkpoints_dir = absl::GetFlag(FLAGS_checkpoints);
+  manager.build.factory = absl::GetFlag(FLAGS_index);
+  manager.build.nprobe = absl::GetFlag(FLAGS_nprobe);
+  if (!absl::GetFlag(FLAGS_metric).empty()) {
+    absl::StatusOr<Metric> metric = ParseMetric(absl::GetFlag(FLAGS_metric));
+    if (!metric.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--metric: ", metric.status().message()));
+    }
+    manager.metric = *metric;
+  }
+  manager.data_dir = absl::GetFlag(FLAGS_data_dir);
+  manager.keep_snapshots =
+      static_cast<size_t>(std::max(1, absl::GetFlag(FLAGS_keep_snapshots)));
+  manager.build_threads = absl::GetFlag(FLAGS_build_threads);
+  manager.allow_schema_change = absl::GetFlag(FLAGS_allow_schema_change);
+  manager.max_index_bytes =
+      static_cast<size_t>(absl::GetFlag(FLAGS_max_index_bytes));
+  if (manager.checkpoints_dir.empty() && manager.data_dir.empty()) {
+    return absl::InvalidArgumentError(
+        "--checkpoints DIR (or --data_dir with a snapshot, or both) is "
+        "required");
+  }
+  config.metrics_port =
+      absl::GetFlag(FLAGS_metrics_port)
+          .value_or(absl::GetFlag(FLAGS_grpc_port) == 0 ? 0
+                                                        : kDefaultMetricsPort);
+  if (config.metrics_port < -1 || config.metrics_port > 65535) {
+    return absl::InvalidArgumentError(
+        "--metrics_port must be a port, 0 (a free one) or -1 (off)");
+  }
+  config.poll_interval = absl::GetFlag(FLAGS_poll_interval);
+
+  ServerOptions& server = config.server;
+  server.host = absl::GetFlag(FLAGS_host);
+  server.port = absl::GetFlag(FLAGS_grpc_port);
+  server.threads =
+      static_cast<size_t>(std::max(0, absl::GetFlag(FLAGS_threads)));
+  server.blas_threads = absl::GetFlag(FLAGS_blas_threads);
+  server.service.max_batch_queries =
+      std::max<uint32_t>(1, absl::GetFlag(FLAGS_max_batch));
+  server.service.max_batch_delay = absl::Microseconds(
+      std::max<int64_t>(0, absl::GetFlag(FLAGS_max_batch_delay_us)));
+  server.limits.max_negatives = absl::GetFlag(FLAGS_max_negatives);
+  server.limits.max_range = absl::GetFlag(FLAGS_max_range);
+  server.limits.max_nprobe = absl::GetFlag(FLAGS_max_nprobe);
+  return config;
+}
+
+}  // namespace hardneg

@@ -1,0 +1,28 @@
+// The hardneg-server command line: its flags, read into the options of the
+// parts the server wires together. Linked into hardneg-server alone, so
+// that no other binary inherits these flags.
+#ifndef HARDNEG_SERVER_SERVER_FLAGS_H_
+#define HARDNEG_SERVER_SERVER_FLAGS_H_
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "index_manager.h"
+#include "server.h"
+
+namespace hardneg {
+
+struct ServerConfig {
+  IndexManagerOptions manager;
+  // `metrics` is left null: the caller owns the metrics.
+  ServerOptions server;
+  int metrics_port = -1;  // -1: no metrics
+  absl::Duration poll_interval;
+};
+
+// Reads the parsed flags. INVALID_ARGUMENT, naming the flag, for a value
+// the server cannot use.
+absl::StatusOr<ServerConfig> ServerConfigFromFlags();
+
+}  // namespace hardneg
+
+#endif  // HARDNEG_SERVER_SERVER_FLAGS_H_
