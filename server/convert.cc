@@ -9,8 +9,9 @@
 namespace hardneg {
 namespace {
 
-absl::Status DecodeQuery(const v1::Query& query, size_t i,
-                         DecodedMineRequest* out, MiningQuery* q) {
+// `decoded` has room for this query's embedding_bytes (if any).
+absl::Status DecodeQuery(const v1::Query& query, size_t i, float* decoded,
+                         MiningQuery* q) {
   if (!query.embedding_bytes().empty()) {
     if (query.embedding_size() != 0) {
       return absl::InvalidArgumentError(
@@ -18,16 +19,9 @@ absl::Status DecodeQuery(const v1::Query& query, size_t i,
                        "] sets both embedding and embedding_bytes; send one"));
     }
     const std::string& bytes = query.embedding_bytes();
-    if (bytes.size() % sizeof(float) != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("queries[", i, "].embedding_bytes has ", bytes.size(),
-                       " bytes, not a multiple of 4 (little-endian float32)"));
-    }
     // Copied once: the bytes need not be aligned for float.
-    std::vector<float>& decoded =
-        out->decoded_embeddings.emplace_back(bytes.size() / sizeof(float));
-    std::memcpy(decoded.data(), bytes.data(), bytes.size());
-    q->embedding = decoded;
+    std::memcpy(decoded, bytes.data(), bytes.size());
+    q->embedding = absl::MakeConstSpan(decoded, bytes.size() / sizeof(float));
   } else {
     q->embedding =
         absl::MakeConstSpan(query.embedding().data(), query.embedding_size());
@@ -75,17 +69,27 @@ absl::Status DecodeMineRequest(const v1::MineRequest& request,
   options.nprobe = o.nprobe();
   out->return_embeddings = o.return_embeddings();
 
-  // Reserve so that spans into decoded_embeddings stay valid.
-  size_t byte_queries = 0;
-  for (const v1::Query& q : request.queries()) {
-    if (!q.embedding_bytes().empty()) ++byte_queries;
-  }
-  out->decoded_embeddings.reserve(byte_queries);
-  out->queries.resize(request.queries_size());
+  // One buffer for every query's embedding_bytes, sized before any span
+  // points into it.
+  size_t floats = 0;
   for (int i = 0; i < request.queries_size(); ++i) {
-    absl::Status status =
-        DecodeQuery(request.queries(i), i, out, &out->queries[i]);
+    const size_t bytes = request.queries(i).embedding_bytes().size();
+    if (bytes % sizeof(float) != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("queries[", i, "].embedding_bytes has ", bytes,
+                       " bytes, not a multiple of 4 (little-endian float32)"));
+    }
+    floats += bytes / sizeof(float);
+  }
+  out->decoded_embeddings.resize(floats);
+  out->queries.resize(request.queries_size());
+  size_t next = 0;
+  for (int i = 0; i < request.queries_size(); ++i) {
+    const v1::Query& query = request.queries(i);
+    absl::Status status = DecodeQuery(
+        query, i, out->decoded_embeddings.data() + next, &out->queries[i]);
     if (!status.ok()) return status;
+    next += query.embedding_bytes().size() / sizeof(float);
   }
   return absl::OkStatus();
 }

@@ -23,7 +23,8 @@ struct DecodedMineRequest {
   std::vector<MiningQuery> queries;
   MiningOptions options;
   bool return_embeddings = false;
-  std::vector<std::vector<float>> decoded_embeddings;
+  // Every query's embedding_bytes, decoded, back to back.
+  std::vector<float> decoded_embeddings;
 };
 
 // Fills `out` from `request`. INVALID_ARGUMENT, naming the field and query
