@@ -11,6 +11,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "convert.h"
+#include "google/protobuf/arena.h"
+#include "grpcpp/support/message_allocator.h"
 
 namespace hardneg {
 namespace {
@@ -22,8 +24,9 @@ namespace {
 class MineReactor final
     : public grpc::ServerBidiReactor<v1::MineRequest, v1::MineResponse> {
  public:
-  explicit MineReactor(const MinerService* service) : service_(service) {
-    StartRead(&request_);
+  explicit MineReactor(const MinerService* service)
+      : service_(service), reading_(std::make_shared<Slot>()) {
+    StartRead(reading_->request);
   }
 
   void OnReadDone(bool ok) override {
@@ -35,15 +38,14 @@ class MineReactor final
       actions = Advance();
     } else {
       const auto start = std::chrono::steady_clock::now();
-      auto slot = std::make_shared<Slot>();
-      auto request = std::make_shared<v1::MineRequest>(std::move(request_));
-      request_.Clear();
+      std::shared_ptr<Slot> slot = std::move(reading_);
+      reading_ = std::make_shared<Slot>();  // for the next read
       absl::MutexLock lock(&mu_);
       read_in_flight_ = false;
       slots_.push_back(slot);
       ++outstanding_;  // keeps the reactor alive until the task is done
-      service_->Enqueue({request.get(), &slot->response,
-                         [this, slot, request, start](const absl::Status& st) {
+      service_->Enqueue({slot->request, slot->response,
+                         [this, slot, start](const absl::Status& st) {
                            Done(*slot, st, start);
                          }});
       actions = Advance();
@@ -75,17 +77,26 @@ class MineReactor final
   void OnDone() override { delete this; }
 
  private:
+  // One request and its response, on one arena: the queries, results and
+  // negatives of a request cost a few block allocations, not one each.
   struct Slot {
+    Slot()
+        : request(
+              google::protobuf::Arena::CreateMessage<v1::MineRequest>(&arena)),
+          response(google::protobuf::Arena::CreateMessage<v1::MineResponse>(
+              &arena)) {}
+    google::protobuf::Arena arena;
+    v1::MineRequest* const request;
+    v1::MineResponse* const response;
     bool ready = false;  // guarded by the reactor's mu_
-    v1::MineResponse response;
   };
 
   // gRPC operations to start once mu_ is released. Each one holds a flag
   // (write or read in flight, finished) that stops any other thread from
   // finishing the call, so the reactor outlives the starts.
   struct Actions {
-    bool write = false;
-    bool read = false;
+    v1::MineResponse* write = nullptr;  // the response to send
+    v1::MineRequest* read = nullptr;    // where the next request goes
     bool finish = false;
     grpc::Status status;
   };
@@ -94,10 +105,10 @@ class MineReactor final
   void Done(Slot& slot, const absl::Status& status,
             std::chrono::steady_clock::time_point start) {
     if (!status.ok()) {
-      slot.response.clear_results();
-      EncodeError(status, &slot.response);
+      slot.response->clear_results();
+      EncodeError(status, slot.response);
     }
-    service_->RecordRequest(MineRpc::kMine, start, status, slot.response);
+    service_->RecordRequest(MineRpc::kMine, start, status, *slot.response);
     Actions actions;
     {
       absl::MutexLock lock(&mu_);
@@ -116,15 +127,15 @@ class MineReactor final
     if (finished_) return actions;
     if (!broken_ && !write_in_flight_ && !slots_.empty() &&
         slots_.front()->ready) {
-      write_ = std::move(slots_.front()->response);
+      writing_ = std::move(slots_.front());
       slots_.pop_front();
       write_in_flight_ = true;
-      actions.write = true;
+      actions.write = writing_->response;
     }
     if (!broken_ && !reads_done_ && !read_in_flight_ &&
         slots_.size() < service_->options().max_in_flight_per_stream) {
       read_in_flight_ = true;
-      actions.read = true;
+      actions.read = reading_->request;
     }
     if (broken_ && outstanding_ == 0 && !write_in_flight_ && !read_in_flight_) {
       actions.finish = true;
@@ -139,14 +150,17 @@ class MineReactor final
   }
 
   void Run(const Actions& actions) {
-    if (actions.write) StartWrite(&write_);
-    if (actions.read) StartRead(&request_);
+    if (actions.write != nullptr) StartWrite(actions.write);
+    if (actions.read != nullptr) StartRead(actions.read);
     if (actions.finish) Finish(actions.status);
   }
 
   const MinerService* const service_;
-  v1::MineRequest request_;  // owned by the read in flight
-  v1::MineResponse write_;   // owned by the write in flight
+  // The slot the next or current read fills: replaced in OnReadDone before
+  // mu_ is taken, read by Advance under it (one read runs at a time).
+  std::shared_ptr<Slot> reading_;
+  // The slot whose response the write in flight sends.
+  std::shared_ptr<Slot> writing_ ABSL_GUARDED_BY(mu_);
   absl::Mutex mu_;
   std::deque<std::shared_ptr<Slot>> slots_ ABSL_GUARDED_BY(mu_);
   size_t outstanding_ ABSL_GUARDED_BY(mu_) = 0;
@@ -155,6 +169,31 @@ class MineReactor final
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// MineOnce's request and response on one arena, like a Mine slot's.
+class ArenaMessages final
+    : public grpc::MessageHolder<v1::MineRequest, v1::MineResponse> {
+ public:
+  ArenaMessages() {
+    set_request(
+        google::protobuf::Arena::CreateMessage<v1::MineRequest>(&arena_));
+    set_response(
+        google::protobuf::Arena::CreateMessage<v1::MineResponse>(&arena_));
+  }
+  void Release() override { delete this; }
+
+ private:
+  google::protobuf::Arena arena_;
+};
+
+class ArenaAllocator final
+    : public grpc::MessageAllocator<v1::MineRequest, v1::MineResponse> {
+ public:
+  grpc::MessageHolder<v1::MineRequest, v1::MineResponse>* AllocateMessages()
+      override {
+    return new ArenaMessages();
+  }
 };
 
 }  // namespace
@@ -166,7 +205,10 @@ MinerService::MinerService(IndexManager* manager, const Miner* miner,
       miner_(miner),
       pool_(pool),
       options_(options),
-      metrics_(metrics) {}
+      metrics_(metrics),
+      allocator_(std::make_unique<ArenaAllocator>()) {
+  SetMessageAllocatorFor_MineOnce(allocator_.get());
+}
 
 void MinerService::Enqueue(MineJob job) const {
   {

@@ -4,6 +4,8 @@
 // the WorkerPool, which then completes the RPC (MineOnce) or queues the
 // response (Mine). A Mine stream answers in request order, one response per
 // request; a bad request is answered in-band and the stream stays open.
+// Each request and its response share one protobuf arena, so results and
+// negatives are not allocated one by one.
 //
 // With a ServerMetrics, each mining request is recorded where it completes
 // (a Mine request when its response is queued, a MineOnce call before it
@@ -19,11 +21,13 @@
 #include <cstddef>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "grpcpp/support/message_allocator.h"
 #include "hardneg/v1/miner.grpc.pb.h"
 #include "index_manager.h"
 #include "metrics.h"
@@ -100,6 +104,10 @@ class MinerService final : public v1::Miner::CallbackService {
   WorkerPool* const pool_;
   const MinerServiceOptions options_;
   ServerMetrics* const metrics_;  // null: metrics off
+  // Puts each MineOnce call's messages on an arena of their own.
+  const std::unique_ptr<
+      grpc::MessageAllocator<v1::MineRequest, v1::MineResponse>>
+      allocator_;
   mutable absl::Mutex queue_mu_;
   mutable std::deque<MineJob> queue_ ABSL_GUARDED_BY(queue_mu_);
   // Batches being answered now.
