@@ -1,13 +1,25 @@
-// Helpers shared by the benchmarks: seeded random vectors and the machine's
-// load. Header-only; benchmarks only.
+// Helpers shared by the benchmarks: seeded random vectors, the machine's
+// cores and load, and a scratch directory. Header-only; benchmarks only.
 #ifndef HARDNEG_BENCH_BENCH_UTIL_H_
 #define HARDNEG_BENCH_BENCH_UTIL_H_
 
+#include <sched.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <string>
+#include <system_error>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace hardneg::bench {
 
@@ -76,6 +88,50 @@ inline std::string LoadAverage() {
   file >> one >> five >> fifteen;
   return one + " " + five + " " + fifteen;
 }
+
+// The cores this process may run on (at least 1).
+inline int CountCores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
+  return std::max(1, CPU_COUNT(&set));
+}
+
+// Where scratch data goes when no flag says: $TMPDIR, else /tmp.
+inline std::string DefaultTmpDir() {
+  const char* env = std::getenv("TMPDIR");
+  return env != nullptr && *env != '\0' ? env : "/tmp";
+}
+
+// A fresh directory under `parent` named `prefix`-XXXXXX, removed with its
+// contents on destruction.
+class TempDir {
+ public:
+  static absl::StatusOr<TempDir> Create(const std::string& parent,
+                                        const std::string& prefix) {
+    std::string pattern = parent + "/" + prefix + "-XXXXXX";
+    if (mkdtemp(pattern.data()) == nullptr) {
+      return absl::ErrnoToStatus(errno, "mkdtemp under " + parent);
+    }
+    return TempDir(std::move(pattern));
+  }
+  TempDir(TempDir&& other) noexcept : path_(std::move(other.path_)) {
+    other.path_.clear();
+  }
+  TempDir& operator=(TempDir&&) = delete;
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  ~TempDir() {
+    if (path_.empty()) return;
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  explicit TempDir(std::string path) : path_(std::move(path)) {}
+  std::string path_;
+};
 
 }  // namespace hardneg::bench
 

@@ -42,23 +42,18 @@
 #include <faiss/IndexFlat.h>
 #include <grpcpp/grpcpp.h>
 #include <omp.h>
-#include <sched.h>
-#include <stdlib.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <string>
-#include <system_error>
 #include <thread>
 #include <unordered_map>
 #include <utility>
@@ -101,10 +96,13 @@ ABSL_FLAG(uint64_t, seed, 42, "Seed of the vectors and queries.");
 namespace hardneg {
 namespace {
 
+using bench::CountCores;
+using bench::DefaultTmpDir;
 using bench::FillClusteredUnitVectors;
 using bench::FillUnitVectors;
 using bench::LoadAverage;
 using bench::SplitMix64;
+using bench::TempDir;
 
 namespace pb = ::hardneg::v1;
 
@@ -123,40 +121,6 @@ constexpr char kIvfFactory[] = "IVF1024,Flat";
 constexpr uint32_t kNprobes[] = {4, 8, 16, 32, 64};
 // Queries whose negatives are compared, IVF against exact.
 constexpr size_t kRecallQueries = 512;
-
-int CountCores() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
-  return std::max(1, CPU_COUNT(&set));
-}
-
-class TempDir {
- public:
-  static absl::StatusOr<TempDir> Create(const std::string& parent) {
-    std::string pattern = parent + "/hardneg-bench-XXXXXX";
-    if (mkdtemp(pattern.data()) == nullptr) {
-      return absl::ErrnoToStatus(errno, "mkdtemp under " + parent);
-    }
-    return TempDir(std::move(pattern));
-  }
-  TempDir(TempDir&& other) noexcept : path_(std::move(other.path_)) {
-    other.path_.clear();
-  }
-  TempDir& operator=(TempDir&&) = delete;
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  ~TempDir() {
-    if (path_.empty()) return;
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  explicit TempDir(std::string path) : path_(std::move(path)) {}
-  std::string path_;
-};
 
 struct Workload {
   std::string name;
@@ -837,7 +801,7 @@ absl::Status RunWorkload(const Workload& w, const Options& opt,
   std::fflush(stdout);
 
   // Data: the checkpoint and FAISS get the same vectors.
-  absl::StatusOr<TempDir> tmp = TempDir::Create(opt.tmp_dir);
+  absl::StatusOr<TempDir> tmp = TempDir::Create(opt.tmp_dir, "hardneg-bench");
   if (!tmp.ok()) return tmp.status();
   const std::string checkpoints = tmp->path() + "/checkpoints";
   const std::vector<float> centers = MakeCenters(w, opt.seed);
@@ -1023,10 +987,7 @@ int Main() {
   opt.seed = absl::GetFlag(FLAGS_seed);
   opt.cores = CountCores();
   opt.tmp_dir = absl::GetFlag(FLAGS_tmp_dir);
-  if (opt.tmp_dir.empty()) {
-    const char* env = std::getenv("TMPDIR");
-    opt.tmp_dir = env != nullptr && *env != '\0' ? env : "/tmp";
-  }
+  if (opt.tmp_dir.empty()) opt.tmp_dir = DefaultTmpDir();
   const size_t divisor = quick ? 10 : 1;
   std::string names = absl::GetFlag(FLAGS_workloads);
   if (names.empty()) names = "W1,W2,W3";

@@ -19,22 +19,17 @@
 // time; the helper classes below state their own thread-safety.
 #include <cblas.h>
 #include <omp.h>
-#include <sched.h>
-#include <stdlib.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
 #include <string>
-#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -85,9 +80,12 @@ ABSL_FLAG(uint64_t, seed, 42, "Seed of the vectors and queries.");
 namespace hardneg {
 namespace {
 
+using bench::CountCores;
+using bench::DefaultTmpDir;
 using bench::FillUnitVectors;
 using bench::LoadAverage;
 using bench::SplitMix64;
+using bench::TempDir;
 
 constexpr size_t kBatchQueries = 16;
 constexpr uint32_t kNumNegatives = 10;
@@ -381,35 +379,6 @@ LatencyStats Summarize(const std::vector<MiningCall>& calls, absl::Time from,
   return stats;
 }
 
-// A fresh directory under `parent`, removed with its contents on
-// destruction.
-class TempDir {
- public:
-  static absl::StatusOr<TempDir> Create(const std::string& parent) {
-    std::string pattern = parent + "/hardneg-refresh-bench-XXXXXX";
-    if (mkdtemp(pattern.data()) == nullptr) {
-      return absl::ErrnoToStatus(errno, "mkdtemp under " + parent);
-    }
-    return TempDir(std::move(pattern));
-  }
-  TempDir(TempDir&& other) noexcept : path_(std::move(other.path_)) {
-    other.path_.clear();
-  }
-  TempDir& operator=(TempDir&&) = delete;
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  ~TempDir() {
-    if (path_.empty()) return;
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  explicit TempDir(std::string path) : path_(std::move(path)) {}
-  std::string path_;
-};
-
 // What the swapped event reported for one version.
 struct SwapRecord {
   absl::Time at;
@@ -614,7 +583,8 @@ absl::StatusOr<WorkloadReport> RunWorkload(const Workload& workload,
       workload.name.c_str(), workload.n, workload.dim, bench.index.c_str(),
       LoadAverage().c_str());
   std::fflush(stdout);
-  absl::StatusOr<TempDir> tmp = TempDir::Create(bench.tmp_dir);
+  absl::StatusOr<TempDir> tmp =
+      TempDir::Create(bench.tmp_dir, "hardneg-refresh-bench");
   if (!tmp.ok()) return tmp.status();
   const std::string checkpoints = tmp->path() + "/checkpoints";
 
@@ -784,13 +754,6 @@ absl::StatusOr<WorkloadReport> RunWorkload(const Workload& workload,
   return report;
 }
 
-int CountCores() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 0;
-  return CPU_COUNT(&set);
-}
-
 int Main() {
   double scale = absl::GetFlag(FLAGS_scale);
   if (scale <= 0) scale = absl::GetFlag(FLAGS_quick) ? 0.1 : 1.0;
@@ -814,10 +777,7 @@ int Main() {
   }
   BenchOptions bench;
   bench.tmp_dir = absl::GetFlag(FLAGS_tmp_dir);
-  if (bench.tmp_dir.empty()) {
-    const char* env = std::getenv("TMPDIR");
-    bench.tmp_dir = env != nullptr && *env != '\0' ? env : "/tmp";
-  }
+  if (bench.tmp_dir.empty()) bench.tmp_dir = DefaultTmpDir();
   bench.data_dir = absl::GetFlag(FLAGS_data_dir);
   bench.index = absl::GetFlag(FLAGS_index);
   bench.steady_window = absl::GetFlag(FLAGS_steady_window);
