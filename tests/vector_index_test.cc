@@ -84,15 +84,28 @@ struct SearchResult {
 };
 
 SearchResult RunSearch(const VectorIndex& index, const std::vector<float>& q,
-                       size_t dim, size_t k) {
+                       size_t dim, size_t k,
+                       const SearchOptions& options = SearchOptions{}) {
   const size_t nq = q.size() / dim;
   SearchResult r;
   r.scores.assign(nq * k, std::numeric_limits<float>::quiet_NaN());
   r.rows.assign(nq * k, -7);
   const absl::Status status =
-      index.Search(q.data(), nq, k, r.scores.data(), r.rows.data());
+      index.Search(q.data(), nq, k, options, r.scores.data(), r.rows.data());
   EXPECT_TRUE(status.ok()) << status;
   return r;
+}
+
+// The share of `truth`'s rows (k per query) that `got` also returns.
+double Recall(const SearchResult& got, const SearchResult& truth, size_t k) {
+  const size_t nq = truth.rows.size() / k;
+  size_t hits = 0;
+  for (size_t i = 0; i < nq; ++i) {
+    std::set<int64_t> found(got.rows.begin() + i * k,
+                            got.rows.begin() + (i + 1) * k);
+    for (size_t j = 0; j < k; ++j) hits += found.count(truth.rows[i * k + j]);
+  }
+  return static_cast<double>(hits) / static_cast<double>(nq * k);
 }
 
 SearchResult RunFaiss(Metric metric, const CandidateStore& store,
@@ -506,14 +519,7 @@ TEST_P(FlatMetricTest, IvfNprobeTradesSpeedForRecall) {
         BuildVectorIndex(*store, metric, options);
     EXPECT_TRUE(index.ok()) << index.status();
     if (!index.ok()) return 0.0;
-    const SearchResult got = RunSearch(**index, queries, dim, k);
-    size_t hits = 0;
-    for (size_t i = 0; i < 50; ++i) {
-      std::set<int64_t> found(got.rows.begin() + i * k,
-                              got.rows.begin() + (i + 1) * k);
-      for (size_t j = 0; j < k; ++j) hits += found.count(truth.rows[i * k + j]);
-    }
-    return static_cast<double>(hits) / (50 * k);
+    return Recall(RunSearch(**index, queries, dim, k), truth, k);
   };
   EXPECT_EQ(recall(16), 1.0);
   EXPECT_LT(recall(1), 0.9);
@@ -541,20 +547,7 @@ TEST_P(FlatMetricTest, IvfNprobePerCallOverridesTheBuildSetting) {
   auto recall = [&](size_t nprobe) {
     SearchOptions options;
     options.nprobe = nprobe;
-    SearchResult got;
-    got.scores.resize(nq * k);
-    got.rows.resize(nq * k);
-    EXPECT_TRUE((*index)
-                    ->Search(queries.data(), nq, k, options, got.scores.data(),
-                             got.rows.data())
-                    .ok());
-    size_t hits = 0;
-    for (size_t i = 0; i < nq; ++i) {
-      std::set<int64_t> found(got.rows.begin() + i * k,
-                              got.rows.begin() + (i + 1) * k);
-      for (size_t j = 0; j < k; ++j) hits += found.count(truth.rows[i * k + j]);
-    }
-    return static_cast<double>(hits) / (nq * k);
+    return Recall(RunSearch(**index, queries, dim, k, options), truth, k);
   };
   const double all_lists = recall(16);
   const double one_list = recall(0);  // the build's nprobe: 1
@@ -649,13 +642,7 @@ TEST_P(FlatMetricTest, SkippedCandidatesTakeNoPlace) {
   SearchOptions options;
   options.closest = closest;
   options.skip_row = [](size_t, int64_t row) { return row % 3 == 0; };
-  SearchResult got;
-  got.scores.resize(nq * k);
-  got.rows.resize(nq * k);
-  ASSERT_TRUE((*index)
-                  ->Search(queries.data(), nq, k, options, got.scores.data(),
-                           got.rows.data())
-                  .ok());
+  const SearchResult got = RunSearch(**index, queries, dim, k, options);
   for (size_t i = 0; i < nq; ++i) {
     const float* q = queries.data() + i * dim;
     const double bound = (*index)->ErrorBound(Norm(q, dim));
