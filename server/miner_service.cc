@@ -223,6 +223,7 @@ void MinerService::Enqueue(MineJob job) const {
 void MinerService::DrainQueue() const {
   std::vector<MineJob> jobs;
   size_t queries = 0;
+  bool alone = false;  // no other batch runs or waits
   {
     absl::MutexLock lock(&queue_mu_);
     const absl::Time deadline = absl::Now() + options_.max_batch_delay;
@@ -249,11 +250,7 @@ void MinerService::DrainQueue() const {
         break;
       }
     }
-  }
-  if (jobs.empty()) return;
-  bool alone = false;
-  {
-    absl::MutexLock lock(&queue_mu_);
+    if (jobs.empty()) return;
     alone = ++running_batches_ == 1 && queue_.empty();
   }
   const int threads = omp_get_max_threads();
