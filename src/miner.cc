@@ -90,6 +90,8 @@ struct QueryState {
   bool done = false;
   std::optional<double> p;  // the weakest positive's score
   double norm = 0;
+  // The index's error bound for this query (0 for approximate indexes).
+  double eps = 0;
   // Search may skip candidates whose approximate score is past this.
   float skip_beyond = 0;
   absl::flat_hash_set<int64_t> positive_set;  // only for long lists
@@ -298,7 +300,7 @@ void Collect(const MiningQuery& q, const MiningOptions& options,
   // for exact indexes, that needs a margin of the kernel's error bound
   // past the worst fetched approximate score.
   const bool exact = index.exact();
-  const double eps = exact ? index.ErrorBound(st.norm) : 0;
+  const double eps = st.eps;
   const bool bounded = exact && !exhausted && count > 0;
   const double worst = bounded ? approx[count - 1] : 0;
   double weakest = 0;  // the weakest survivor's exact score so far
@@ -505,9 +507,9 @@ absl::Status Miner::MineQueries(
     double sq = 0;
     for (float v : q.embedding) sq += static_cast<double>(v) * v;
     st.norm = std::sqrt(sq);
-    const double eps = exact ? index.ErrorBound(st.norm) : 0;
+    st.eps = exact ? index.ErrorBound(st.norm) : 0;
     const std::optional<double> near = NearLimit(st, options, metric);
-    st.skip_beyond = near.has_value() ? SkipBeyond(*near, eps, metric)
+    st.skip_beyond = near.has_value() ? SkipBeyond(*near, st.eps, metric)
                      : ip             ? std::numeric_limits<float>::infinity()
                                       : -std::numeric_limits<float>::infinity();
     if (index.skips()) {
