@@ -26,6 +26,10 @@ ABSL_FLAG(std::string, index, "Flat",
 ABSL_FLAG(uint32_t, nprobe, 0,
           "Inverted lists probed per query by IVF --index types (0: FAISS's "
           "default of 1). More: better recall, slower search.");
+ABSL_FLAG(bool, half_scan, true,
+          "Flat: also keep the vectors in float16 (+50% of their memory) "
+          "for searches of 1-3 queries, which read them first and rescore "
+          "in float32: about 2x faster single queries, same answers.");
 ABSL_FLAG(std::string, metric, "",
           "inner_product or l2; when empty, each checkpoint's manifest says.");
 ABSL_FLAG(int, threads, 0, "Search worker threads; 0 means one per core.");
@@ -73,6 +77,7 @@ absl::StatusOr<ServerConfig> ServerConfigFromFlags() {
   manager.checkpoints_dir = absl::GetFlag(FLAGS_checkpoints);
   manager.build.factory = absl::GetFlag(FLAGS_index);
   manager.build.nprobe = absl::GetFlag(FLAGS_nprobe);
+  manager.build.half_scan = absl::GetFlag(FLAGS_half_scan);
   if (!absl::GetFlag(FLAGS_metric).empty()) {
     absl::StatusOr<Metric> metric = ParseMetric(absl::GetFlag(FLAGS_metric));
     if (!metric.ok()) {

@@ -24,6 +24,7 @@
 #include "log.h"
 #include "snapshot.h"
 #include "status_macros.h"
+#include "vector_index.h"
 
 namespace hardneg {
 namespace {
@@ -116,7 +117,8 @@ absl::Status IndexManager::RestoreSnapshot() {
   absl::MutexLock build_lock(&build_mu_);
   HARDNEG_ASSIGN_OR_RETURN(
       std::shared_ptr<const IndexVersion> version,
-      ReadNewestSnapshot({options_.data_dir, options_.keep_snapshots}));
+      ReadNewestSnapshot({options_.data_dir, options_.keep_snapshots,
+                          options_.build.half_scan}));
   const VersionInfo& info = version->info();
   Log(LogLevel::kInfo, "snapshot_restored",
       {{"name", info.name},
@@ -162,7 +164,8 @@ absl::StatusOr<VersionInfo> IndexManager::BuildAndSwap(
   }
   if (options_.max_index_bytes != 0) {
     const size_t served_bytes = served ? served->MemoryBytes() : 0;
-    const size_t needed = store.MemoryBytes();
+    const size_t needed =
+        store.MemoryBytes() + IndexBytesEstimate(store, options_.build);
     if (served_bytes + needed > options_.max_index_bytes) {
       return absl::ResourceExhaustedError(
           absl::StrCat("the new version needs about ", needed,

@@ -314,7 +314,7 @@ absl::StatusOr<T> Field(const json& meta, const char* field) {
 }
 
 absl::StatusOr<std::shared_ptr<const IndexVersion>> LoadSnapshot(
-    const std::string& dir, uint64_t sequence) {
+    const std::string& dir, uint64_t sequence, bool half_scan) {
   HARDNEG_ASSIGN_OR_RETURN(std::string text,
                            ReadTextFile(JoinPath(dir, kMetaFile)));
   const json meta = json::parse(text, nullptr, /*allow_exceptions=*/false);
@@ -370,9 +370,13 @@ absl::StatusOr<std::shared_ptr<const IndexVersion>> LoadSnapshot(
       CandidateStore::Create(dim, std::move(ids), std::move(vectors.data),
                              std::move(labels)));
   auto owned_store = std::make_unique<CandidateStore>(std::move(store));
-  HARDNEG_ASSIGN_OR_RETURN(std::unique_ptr<VectorIndex> index,
-                           LoadVectorIndex(JoinPath(dir, kIndexFile),
-                                           *owned_store, info.metric, factory));
+  IndexBuildOptions index_options;
+  index_options.factory = std::move(factory);
+  index_options.half_scan = half_scan;
+  HARDNEG_ASSIGN_OR_RETURN(
+      std::unique_ptr<VectorIndex> index,
+      LoadVectorIndex(JoinPath(dir, kIndexFile), *owned_store, info.metric,
+                      index_options));
   return IndexVersion::FromParts(std::move(info), std::move(owned_store),
                                  std::move(index));
 }
@@ -427,7 +431,7 @@ absl::StatusOr<std::shared_ptr<const IndexVersion>> ReadNewestSnapshot(
   size_t skipped = 0;
   for (const auto& [sequence, path] : listing.snapshots) {
     absl::StatusOr<std::shared_ptr<const IndexVersion>> version =
-        LoadSnapshot(path, sequence);
+        LoadSnapshot(path, sequence, options.half_scan);
     if (version.ok()) return version;
     ++skipped;
     Log(LogLevel::kWarning, "snapshot_skipped",

@@ -33,6 +33,7 @@ namespace hardneg {
 struct SnapshotOptions {
   std::string data_dir;  // created when missing
   size_t keep = 3;       // newest snapshots kept after a write (>= 1)
+  bool half_scan = true;  // IndexBuildOptions::half_scan of loaded versions
 };
 
 // Writes `version` as described above, then removes all but the newest

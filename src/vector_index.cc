@@ -25,6 +25,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "ivf_flat_scan.h"
+#include "row_dots.h"
 
 namespace hardneg {
 namespace {
@@ -50,6 +51,19 @@ constexpr size_t kMinGemmQueries = 4;
 constexpr size_t kGroup = 32;
 // float32 unit roundoff.
 constexpr double kUnitRoundoff = 1.0 / (1 << 24);
+// binary16: unit roundoff, and the largest error of rounding a value
+// below the normal range (half the subnormal spacing, 2^-24).
+constexpr double kHalfRoundoff = 1.0 / (1 << 11);
+constexpr double kHalfSubnormalError = 1.0 / (1 << 25);
+// Vectors longer than this have components too close to binary16's
+// largest finite value (65504) for a half copy.
+constexpr float kHalfMaxNorm = 60000.0f;
+
+// Whether a Flat index over `store` keeps a half copy.
+bool UsesHalfScan(const CandidateStore& store, bool half_scan) {
+  return half_scan && RowDotsSimd() && store.size() > 0 &&
+         store.max_norm() <= kHalfMaxNorm;
+}
 
 struct Candidate {
   float key;  // higher is closer for both metrics
@@ -135,6 +149,8 @@ struct Scratch {
   std::vector<TopK> tops;
   std::vector<float> query_sq;
   std::vector<float> ceiling;
+  std::vector<Candidate> merged;
+  std::vector<Candidate> rescored;
 };
 
 Scratch& ThreadScratch() {
@@ -150,10 +166,30 @@ void ResizeUninitialized(std::vector<T>& v, size_t n) {
 // Exact search over the store's vectors in place: blocked sgemm for the dot
 // products, then each query's scores screened kGroup at a time against its
 // threshold, so that most candidates cost a fraction of a comparison.
+//
+// Searches of fewer than kMinGemmQueries queries read each row once
+// (RowDots) instead. With a half copy, they read binary16 rows, half the
+// memory traffic, for a deeper top-k whose candidates are then rescored in
+// double from the float32 rows. The answer is kept only when no row left
+// out of the first pass can come within the half error of it; otherwise the
+// query is searched again in float32. Either way the answer meets the
+// float32 ErrorBound.
 class FlatIndex final : public VectorIndex {
  public:
-  FlatIndex(const CandidateStore& store, Metric metric)
-      : store_(store), metric_(metric) {}
+  FlatIndex(const CandidateStore& store, Metric metric, bool half_scan)
+      : store_(store), metric_(metric) {
+    if (!UsesHalfScan(store, half_scan)) return;
+    const size_t dim = store.dim();
+    half_ = std::make_unique<uint16_t[]>(store.size() * dim);
+    const auto blocks = static_cast<int64_t>(
+        (store.size() + kMaxBlockRows - 1) / kMaxBlockRows);
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const size_t r0 = static_cast<size_t>(b) * kMaxBlockRows;
+      const size_t rn = std::min(kMaxBlockRows, store.size() - r0);
+      ToHalf(store.vector(r0), rn * dim, half_.get() + r0 * dim);
+    }
+  }
 
   using VectorIndex::Search;
   absl::Status Search(const float* queries, size_t nq, size_t k,
@@ -173,8 +209,13 @@ class FlatIndex final : public VectorIndex {
     Scratch& scratch = ThreadScratch();
     for (size_t q0 = 0; q0 < nq; q0 += chunk) {
       const size_t nc = std::min(chunk, nq - q0);
-      SearchChunk(queries + q0 * store_.dim(), q0, nc, k, kept, parts, options,
-                  scratch, scores + q0 * k, rows + q0 * k);
+      const Chunk c{queries + q0 * store_.dim(), q0, nc, k, kept, parts};
+      if (half_ != nullptr && nc < kMinGemmQueries) {
+        SearchHalf(c, options, scratch, scores + q0 * k, rows + q0 * k);
+      } else {
+        SearchChunk(c, options, scratch, /*half=*/false, scores + q0 * k,
+                    rows + q0 * k);
+      }
     }
     if (scratch.candidates.size() > kKeptBufferEntries) {
       std::vector<Candidate>().swap(scratch.candidates);
@@ -202,15 +243,144 @@ class FlatIndex final : public VectorIndex {
   absl::Status Save(const std::string& /*path*/) const override {
     return absl::OkStatus();
   }
-  size_t MemoryBytes() const override { return 0; }
+  size_t MemoryBytes() const override {
+    return half_ != nullptr ? store_.size() * store_.dim() * sizeof(uint16_t)
+                            : 0;
+  }
 
  private:
-  // Queries [first, first + nq) of the call, their rows split in `parts`.
-  void SearchChunk(const float* queries, size_t first, size_t nq, size_t k,
-                   size_t kept, size_t parts, const SearchOptions& options,
-                   Scratch& scratch, float* scores, int64_t* rows) const {
+  // Queries [first, first + nq) of the Search call, k wanted (kept of them
+  // can exist), their rows split in `parts`.
+  struct Chunk {
+    const float* queries;
+    size_t first;
+    size_t nq;
+    size_t k;
+    size_t kept;
+    size_t parts;
+  };
+
+  // Bound on |q.x - q.h| plus the float rounding of q.h, where h is x
+  // rounded to binary16, for a query of norm `query_norm`.
+  double HalfDotError(double query_norm) const {
+    const double d = static_cast<double>(store_.dim());
+    const double m = store_.max_norm();
+    const double tail = std::sqrt(d) * kHalfSubnormalError;
+    const double h = m * (1 + kHalfRoundoff) + tail;
+    return 1.0625 * query_norm *
+           (m * kHalfRoundoff + tail + 2 * (d + 8) * kUnitRoundoff * h);
+  }
+
+  // The key (higher is closer) of `row` for `query`, in double.
+  double ExactKey(const float* query, size_t row) const {
+    const float* x = store_.vector(row);
+    double sum = 0;
+    if (metric_ == Metric::kInnerProduct) {
+      for (size_t i = 0; i < store_.dim(); ++i) {
+        sum += static_cast<double>(query[i]) * x[i];
+      }
+      return sum;
+    }
+    for (size_t i = 0; i < store_.dim(); ++i) {
+      const double diff = static_cast<double>(query[i]) - x[i];
+      sum += diff * diff;
+    }
+    return -sum;
+  }
+
+  // A few queries over the half copy, each answer checked, and searched
+  // again in float32 when the check fails.
+  void SearchHalf(const Chunk& c, const SearchOptions& options,
+                  Scratch& scratch, float* scores, int64_t* rows) const {
+    const size_t dim = store_.dim();
+    const bool l2 = metric_ == Metric::kL2;
+    Chunk deep = c;
+    deep.kept = std::min(store_.size(), 2 * c.kept + 8);
+    deep.k = deep.kept;
+    // Bound on |half key - float32 key|: L2 keys hold 2 q.x.
+    float slack[kMinGemmQueries];
+    for (size_t q = 0; q < c.nq; ++q) {
+      const float* query = c.queries + q * dim;
+      double sq = 0;
+      for (size_t i = 0; i < dim; ++i)
+        sq += static_cast<double>(query[i]) * query[i];
+      const double norm = std::sqrt(sq);
+      slack[q] = static_cast<float>((l2 ? 2 : 1) * HalfDotError(norm) +
+                                    ErrorBound(norm));
+    }
+    size_t failed[kMinGemmQueries];
+    size_t failures = 0;
+    SearchChunk(
+        deep, options, scratch, /*half=*/true, nullptr, nullptr,
+        [&](size_t q, const Candidate* best, size_t m) {
+          const float* query = c.queries + q * dim;
+          float ceiling = std::numeric_limits<float>::infinity();
+          if (!options.closest.empty()) {
+            ceiling = options.closest[c.first + q];
+            if (l2) ceiling = -ceiling;
+          }
+          std::vector<Candidate>& rescored = scratch.rescored;
+          rescored.clear();
+          for (size_t j = 0; j < m; ++j) {
+            const auto key = static_cast<float>(
+                ExactKey(query, static_cast<size_t>(best[j].row)));
+            if (key > ceiling) continue;
+            rescored.push_back({key, best[j].row});
+          }
+          const size_t found = std::min(c.kept, rescored.size());
+          std::partial_sort(rescored.begin(), rescored.begin() + found,
+                            rescored.end(), Better);
+          // Every row the first pass left out has a half key of at
+          // most `cut`, so a float32 key within slack of it.
+          if (m == deep.kept) {
+            const double cut = best[m - 1].key;
+            if (found < c.kept || cut + slack[q] > rescored[found - 1].key) {
+              failed[failures++] = q;
+              return;
+            }
+          }
+          WriteAnswer(rescored.data(), found, c.k, scores + q * c.k,
+                      rows + q * c.k);
+        });
+    for (size_t i = 0; i < failures; ++i) {
+      const size_t q = failed[i];
+      const Chunk one{
+          c.queries + q * dim, c.first + q, 1, c.k, c.kept, c.parts};
+      SearchChunk(one, options, scratch, /*half=*/false, scores + q * c.k,
+                  rows + q * c.k);
+    }
+  }
+
+  // Writes the best `found` candidates, then padding, as k scores and rows.
+  void WriteAnswer(const Candidate* best, size_t found, size_t k, float* scores,
+                   int64_t* rows) const {
+    const bool l2 = metric_ == Metric::kL2;
+    for (size_t j = 0; j < k; ++j) {
+      if (j < found) {
+        scores[j] = l2 ? -best[j].key : best[j].key;
+        rows[j] = best[j].row;
+      } else {
+        scores[j] = l2 ? std::numeric_limits<float>::infinity()
+                       : -std::numeric_limits<float>::infinity();
+        rows[j] = -1;
+      }
+    }
+  }
+
+  // Called with each query's best candidates, best first, instead of
+  // writing them.
+  using Answer = std::function<void(size_t q, const Candidate* best, size_t m)>;
+
+  // Searches chunk `c`, reading the half copy when `half`. Writes each
+  // query's answer to scores/rows, or hands it to `answer` when given.
+  void SearchChunk(const Chunk& c, const SearchOptions& options,
+                   Scratch& scratch, bool half, float* scores, int64_t* rows,
+                   const Answer& answer = nullptr) const {
     const size_t n = store_.size();
     const size_t dim = store_.dim();
+    const size_t nq = c.nq;
+    const size_t kept = c.kept;
+    const size_t parts = c.parts;
     const bool l2 = metric_ == Metric::kL2;
     const size_t block =
         std::min(n, std::clamp(kBlockScores / nq / kGroup * kGroup,
@@ -221,26 +391,31 @@ class FlatIndex final : public VectorIndex {
     for (size_t t = 0; t < parts * nq; ++t) {
       scratch.tops.emplace_back(scratch.candidates.data() + t * 2 * kept, kept);
     }
-    // Keys above a query's ceiling are skipped.
+    scratch.query_sq.assign(nq, 0.0f);
+    std::vector<double> norms(nq, 0.0);
+    for (size_t q = 0; q < nq; ++q) {
+      double sq = 0;
+      for (size_t i = 0; i < dim; ++i) {
+        sq += static_cast<double>(c.queries[q * dim + i]) *
+              c.queries[q * dim + i];
+      }
+      if (l2) scratch.query_sq[q] = static_cast<float>(sq);
+      norms[q] = std::sqrt(sq);
+    }
+    // Keys above a query's ceiling are skipped; a half pass skips only
+    // those certainly above it.
     scratch.ceiling.assign(nq, std::numeric_limits<float>::infinity());
     if (!options.closest.empty()) {
       for (size_t q = 0; q < nq; ++q) {
-        const float c = options.closest[first + q];
-        scratch.ceiling[q] = l2 ? -c : c;
-      }
-    }
-    scratch.query_sq.assign(nq, 0.0f);
-    if (l2) {
-      for (size_t q = 0; q < nq; ++q) {
-        double sq = 0;
-        for (size_t i = 0; i < dim; ++i) {
-          sq +=
-              static_cast<double>(queries[q * dim + i]) * queries[q * dim + i];
+        const float closest = options.closest[c.first + q];
+        scratch.ceiling[q] = l2 ? -closest : closest;
+        if (half) {
+          scratch.ceiling[q] += static_cast<float>(
+              (l2 ? 2 : 1) * HalfDotError(norms[q]) + ErrorBound(norms[q]));
         }
-        scratch.query_sq[q] = static_cast<float>(sq);
       }
     }
-    const Rows all{queries, first, nq, block, options, scratch};
+    const Rows all{c.queries, c.first, nq, block, half, options, scratch};
     if (parts == 1) {
       ScanRows(all, 0, n, scratch.dots.data(), scratch.tops.data());
     } else {
@@ -253,7 +428,7 @@ class FlatIndex final : public VectorIndex {
                  scratch.tops.data() + p * nq);
       }
     }
-    std::vector<Candidate> merged;
+    std::vector<Candidate>& merged = scratch.merged;
     for (size_t q = 0; q < nq; ++q) {
       const Candidate* best = nullptr;
       size_t m = 0;
@@ -272,15 +447,10 @@ class FlatIndex final : public VectorIndex {
                           Better);
         best = merged.data();
       }
-      for (size_t j = 0; j < k; ++j) {
-        if (j < m) {
-          scores[q * k + j] = l2 ? -best[j].key : best[j].key;
-          rows[q * k + j] = best[j].row;
-        } else {
-          scores[q * k + j] = l2 ? std::numeric_limits<float>::infinity()
-                                 : -std::numeric_limits<float>::infinity();
-          rows[q * k + j] = -1;
-        }
+      if (answer) {
+        answer(q, best, m);
+      } else {
+        WriteAnswer(best, m, c.k, scores + q * c.k, rows + q * c.k);
       }
     }
   }
@@ -291,6 +461,7 @@ class FlatIndex final : public VectorIndex {
     size_t first;  // index of queries[0] in the Search call
     size_t nq;
     size_t block;
+    bool half;  // read the half copy (nq < kMinGemmQueries)
     const SearchOptions& options;
     const Scratch& scratch;
   };
@@ -304,7 +475,11 @@ class FlatIndex final : public VectorIndex {
     const bool l2 = metric_ == Metric::kL2;
     for (size_t b0 = begin; b0 < end; b0 += r.block) {
       const size_t bn = std::min(r.block, end - b0);
-      if (nq < kMinGemmQueries) {
+      if (r.half) {
+        RowDotsHalf(half_.get() + b0 * dim, bn, dim, r.queries, nq, dots);
+      } else if (nq < kMinGemmQueries && RowDotsSimd()) {
+        RowDots(store_.data() + b0 * dim, bn, dim, r.queries, nq, dots);
+      } else if (nq < kMinGemmQueries) {
         // sgemm would repack the whole block for a query or two; sgemv
         // streams it once.
         for (size_t q = 0; q < nq; ++q) {
@@ -353,6 +528,8 @@ class FlatIndex final : public VectorIndex {
 
   const CandidateStore& store_;
   const Metric metric_;
+  // The vectors rounded to binary16, or null (see the class comment).
+  std::unique_ptr<uint16_t[]> half_;
 };
 
 // Any other FAISS factory string: FAISS holds its own codes.
@@ -446,7 +623,8 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> BuildVectorIndex(
     const CandidateStore& store, Metric metric,
     const IndexBuildOptions& options) {
   if (options.factory == "Flat") {
-    return std::unique_ptr<VectorIndex>(new FlatIndex(store, metric));
+    return std::unique_ptr<VectorIndex>(
+        new FlatIndex(store, metric, options.half_scan));
   }
   const faiss::MetricType faiss_metric = FaissMetric(metric);
   std::unique_ptr<faiss::Index> index;
@@ -497,11 +675,21 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> BuildVectorIndex(
       new FaissIndex(std::move(index), options.factory));
 }
 
+size_t IndexBytesEstimate(const CandidateStore& store,
+                          const IndexBuildOptions& options) {
+  const size_t values = store.size() * store.dim();
+  if (options.factory != "Flat") return values * sizeof(float);
+  return UsesHalfScan(store, options.half_scan) ? values * sizeof(uint16_t)
+                                                : 0;
+}
+
 absl::StatusOr<std::unique_ptr<VectorIndex>> LoadVectorIndex(
     const std::string& path, const CandidateStore& store, Metric metric,
-    const std::string& factory) {
+    const IndexBuildOptions& options) {
+  const std::string& factory = options.factory;
   if (factory == "Flat") {
-    return std::unique_ptr<VectorIndex>(new FlatIndex(store, metric));
+    return std::unique_ptr<VectorIndex>(
+        new FlatIndex(store, metric, options.half_scan));
   }
   std::unique_ptr<faiss::Index> index;
   try {

@@ -1,7 +1,8 @@
 // VectorIndex: finds the candidate rows closest to a batch of queries.
 //
 // "Flat" is served by an exact blocked-sgemm kernel that reads the
-// CandidateStore's vectors in place (no second copy). Any other FAISS
+// CandidateStore's vectors in place (plus, by default, a binary16 copy for
+// searches of a few queries: IndexBuildOptions::half_scan). Any other FAISS
 // factory string ("IVF1024,Flat", "HNSW32", ...) builds a FAISS index,
 // trained on the store at build time.
 //
@@ -92,6 +93,12 @@ struct IndexBuildOptions {
   // Inverted lists probed per query by IVF indexes (0: FAISS's default, 1).
   // More lists: better recall, slower search.
   size_t nprobe = 0;
+  // Flat: also keep the vectors rounded to binary16 (half the store's
+  // vector bytes again), which searches of one to three queries read first;
+  // they rescore what they find from the float32 vectors, so answers stay
+  // within ErrorBound. Used only on CPUs with AVX2, FMA and F16C, and only
+  // when every vector's norm is below 60000.
+  bool half_scan = true;
 };
 
 // Builds an index over `store`, which must outlive it. INVALID_ARGUMENT for
@@ -100,13 +107,19 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> BuildVectorIndex(
     const CandidateStore& store, Metric metric,
     const IndexBuildOptions& options);
 
+// About the bytes BuildVectorIndex(store, ..., options)->MemoryBytes() will
+// be, for budgets checked before building.
+size_t IndexBytesEstimate(const CandidateStore& store,
+                          const IndexBuildOptions& options);
+
 // Restores an index saved by VectorIndex::Save over `store` (which must
-// outlive it). For "Flat", `path` is not read. INVALID_ARGUMENT / INTERNAL
+// outlive it): options.factory names its type, and options.half_scan
+// applies as in BuildVectorIndex. For "Flat", `path` is not read. INVALID_ARGUMENT / INTERNAL
 // when the file is unreadable, or its dimension, metric or size does not
 // match the store.
 absl::StatusOr<std::unique_ptr<VectorIndex>> LoadVectorIndex(
     const std::string& path, const CandidateStore& store, Metric metric,
-    const std::string& factory);
+    const IndexBuildOptions& options);
 
 }  // namespace hardneg
 

@@ -503,6 +503,12 @@ class LoadVectorIndexTest : public ::testing::Test {
     return *std::move(store);
   }
 
+  static IndexBuildOptions Ivf() {
+    IndexBuildOptions options;
+    options.factory = kIvf;
+    return options;
+  }
+
   std::string dir_;
   std::string path_;
   std::shared_ptr<const IndexVersion> version_;
@@ -510,7 +516,7 @@ class LoadVectorIndexTest : public ::testing::Test {
 
 TEST_F(LoadVectorIndexTest, MatchingStoreLoads) {
   absl::StatusOr<std::unique_ptr<VectorIndex>> index =
-      LoadVectorIndex(path_, version_->store(), Metric::kInnerProduct, kIvf);
+      LoadVectorIndex(path_, version_->store(), Metric::kInnerProduct, Ivf());
   ASSERT_TRUE(index.ok()) << index.status();
   EXPECT_EQ((*index)->type(), kIvf);
   EXPECT_FALSE((*index)->exact());
@@ -519,7 +525,7 @@ TEST_F(LoadVectorIndexTest, MatchingStoreLoads) {
 TEST_F(LoadVectorIndexTest, DimensionMismatchIsInvalidArgument) {
   CandidateStore store = Store(kRows, kDim + 1);
   absl::StatusOr<std::unique_ptr<VectorIndex>> index =
-      LoadVectorIndex(path_, store, Metric::kInnerProduct, kIvf);
+      LoadVectorIndex(path_, store, Metric::kInnerProduct, Ivf());
   EXPECT_EQ(index.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(index.status().message(), HasSubstr("dimension 16"));
   EXPECT_THAT(index.status().message(), HasSubstr("dimension 17"));
@@ -527,7 +533,7 @@ TEST_F(LoadVectorIndexTest, DimensionMismatchIsInvalidArgument) {
 
 TEST_F(LoadVectorIndexTest, MetricMismatchIsInvalidArgument) {
   absl::StatusOr<std::unique_ptr<VectorIndex>> index =
-      LoadVectorIndex(path_, version_->store(), Metric::kL2, kIvf);
+      LoadVectorIndex(path_, version_->store(), Metric::kL2, Ivf());
   EXPECT_EQ(index.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(index.status().message(), HasSubstr("metric inner_product"));
   EXPECT_THAT(index.status().message(), HasSubstr("expected l2"));
@@ -536,7 +542,7 @@ TEST_F(LoadVectorIndexTest, MetricMismatchIsInvalidArgument) {
 TEST_F(LoadVectorIndexTest, SizeMismatchIsInvalidArgument) {
   CandidateStore store = Store(kRows - 1, kDim);
   absl::StatusOr<std::unique_ptr<VectorIndex>> index =
-      LoadVectorIndex(path_, store, Metric::kInnerProduct, kIvf);
+      LoadVectorIndex(path_, store, Metric::kInnerProduct, Ivf());
   EXPECT_EQ(index.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(index.status().message(), HasSubstr("2000 vectors"));
   EXPECT_THAT(index.status().message(), HasSubstr("1999"));
@@ -544,14 +550,15 @@ TEST_F(LoadVectorIndexTest, SizeMismatchIsInvalidArgument) {
 
 TEST_F(LoadVectorIndexTest, UnreadableFileIsInternalAndNamesIt) {
   absl::StatusOr<std::unique_ptr<VectorIndex>> index = LoadVectorIndex(
-      dir_ + "/missing.faiss", version_->store(), Metric::kInnerProduct, kIvf);
+      dir_ + "/missing.faiss", version_->store(), Metric::kInnerProduct, Ivf());
   EXPECT_EQ(index.status().code(), absl::StatusCode::kInternal);
   EXPECT_THAT(index.status().message(), HasSubstr("missing.faiss"));
 }
 
 TEST_F(LoadVectorIndexTest, FlatReadsNothing) {
-  absl::StatusOr<std::unique_ptr<VectorIndex>> index = LoadVectorIndex(
-      dir_ + "/missing.faiss", version_->store(), Metric::kL2, "Flat");
+  absl::StatusOr<std::unique_ptr<VectorIndex>> index =
+      LoadVectorIndex(dir_ + "/missing.faiss", version_->store(), Metric::kL2,
+                      IndexBuildOptions{});
   ASSERT_TRUE(index.ok()) << index.status();
   EXPECT_EQ((*index)->type(), "Flat");
   EXPECT_TRUE((*index)->exact());

@@ -25,6 +25,7 @@
 #include "absl/status/status.h"
 #include "candidate_store.h"
 #include "metric.h"
+#include "row_dots.h"
 
 namespace hardneg {
 namespace {
@@ -241,7 +242,8 @@ TEST_P(FlatKernelTest, MatchesFaissFlat) {
 INSTANTIATE_TEST_SUITE_P(
     Shapes, FlatKernelTest,
     ::testing::Combine(::testing::Values(Metric::kInnerProduct, Metric::kL2),
-                       ::testing::Values(size_t{1}, size_t{7}, size_t{300}),
+                       ::testing::Values(size_t{1}, size_t{3}, size_t{7},
+                                         size_t{300}),
                        ::testing::Values(size_t{1}, size_t{10}, size_t{1000})),
     [](const ::testing::TestParamInfo<std::tuple<Metric, size_t, size_t>>& p) {
       return MetricLabel(std::get<0>(p.param)) + "_nq" +
@@ -316,6 +318,17 @@ TEST_P(FlatMetricTest, ErrorBoundHoldsFarFromTheOrigin) {
           got.scores.data() + i * k, got.rows.data() + i * k,
           "k " + std::to_string(k) + " query " + std::to_string(i));
     }
+    // One query at a time: binary16 cannot rank vectors this close, so the
+    // half pass must notice and search again in float32.
+    for (size_t i = 0; i < 4; ++i) {
+      const std::vector<float> one(queries.begin() + i * dim,
+                                   queries.begin() + (i + 1) * dim);
+      const SearchResult alone = RunSearch(**index, one, dim, k);
+      CheckExactAnswer(
+          metric, *store, **index, one.data(), k, alone.scores.data(),
+          alone.rows.data(),
+          "alone, k " + std::to_string(k) + " query " + std::to_string(i));
+    }
   }
 }
 
@@ -344,8 +357,9 @@ TEST_P(FlatMetricTest, ErrorBoundIsTight) {
   }
 }
 
-// "No second copy": the kernel reads the store in place.
-TEST_P(FlatMetricTest, DoesNotCopyTheVectors) {
+// No float32 copy: the kernel reads the store in place, plus a binary16
+// copy unless half_scan is off (or the CPU lacks F16C).
+TEST_P(FlatMetricTest, KeepsOnlyAHalfCopy) {
   const Metric metric = GetParam();
   Rng rng(5);
   const size_t dim = 32;
@@ -353,10 +367,118 @@ TEST_P(FlatMetricTest, DoesNotCopyTheVectors) {
   std::unique_ptr<CandidateStore> store =
       MakeStore(dim, Gaussian(rng, n * dim));
   ASSERT_NE(store, nullptr);
+  IndexBuildOptions options;
+  absl::StatusOr<std::unique_ptr<VectorIndex>> index =
+      BuildVectorIndex(*store, metric, options);
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_EQ((*index)->MemoryBytes(),
+            RowDotsSimd() ? n * dim * sizeof(uint16_t) : 0);
+  EXPECT_EQ(IndexBytesEstimate(*store, options), (*index)->MemoryBytes());
+  options.half_scan = false;
+  index = BuildVectorIndex(*store, metric, options);
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_EQ((*index)->MemoryBytes(), 0u);
+  EXPECT_EQ(IndexBytesEstimate(*store, options), 0u);
+}
+
+// Searches of one to three queries read the binary16 copy first, then
+// rescore: exact answers, the same as without the copy up to ties within
+// the error bound, on a dimension with a SIMD tail, with several threads.
+TEST_P(FlatMetricTest, HalfScanAnswersAsFloat32Does) {
+  const Metric metric = GetParam();
+  Rng rng(25);
+  const size_t dim = 45;
+  const size_t n = 3 * 4096 + 5;
+  std::unique_ptr<CandidateStore> store =
+      MakeStore(dim, Gaussian(rng, n * dim, 0.3f, 1.0f));
+  ASSERT_NE(store, nullptr);
+  IndexBuildOptions options;
+  absl::StatusOr<std::unique_ptr<VectorIndex>> half =
+      BuildVectorIndex(*store, metric, options);
+  ASSERT_TRUE(half.ok()) << half.status();
+  options.half_scan = false;
+  absl::StatusOr<std::unique_ptr<VectorIndex>> full =
+      BuildVectorIndex(*store, metric, options);
+  ASSERT_TRUE(full.ok()) << full.status();
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(2);
+  for (size_t nq : {size_t{1}, size_t{2}, size_t{3}}) {
+    for (size_t k : {size_t{1}, size_t{10}, size_t{300}}) {
+      const std::vector<float> queries = Gaussian(rng, nq * dim);
+      const SearchResult got = RunSearch(**half, queries, dim, k);
+      const SearchResult want = RunSearch(**full, queries, dim, k);
+      for (size_t i = 0; i < nq; ++i) {
+        const float* q = queries.data() + i * dim;
+        const std::string what = "nq " + std::to_string(nq) + " k " +
+                                 std::to_string(k) + " query " +
+                                 std::to_string(i);
+        CheckExactAnswer(metric, *store, **half, q, k,
+                         got.scores.data() + i * k, got.rows.data() + i * k,
+                         what);
+        const double bound = (*half)->ErrorBound(Norm(q, dim));
+        for (size_t j = 0; j < k; ++j) {
+          const int64_t a = got.rows[i * k + j];
+          const int64_t b = want.rows[i * k + j];
+          if (a == b) continue;
+          const double sa = ExactScore(metric, q, store->vector(a), dim);
+          const double sb = ExactScore(metric, q, store->vector(b), dim);
+          EXPECT_LE(std::fabs(sa - sb), 2 * bound + Ulp(sa) + Ulp(sb))
+              << what << " position " << j;
+        }
+      }
+      if (HasFailure()) break;
+    }
+  }
+  omp_set_num_threads(threads);
+}
+
+// Vectors that differ by less than binary16's spacing: the half pass
+// cannot rank them, must notice, and search again in float32.
+TEST_P(FlatMetricTest, HalfScanFallsBackWhereBinary16CannotRank) {
+  const Metric metric = GetParam();
+  Rng rng(27);
+  const size_t dim = 32;
+  const size_t n = 3000;
+  std::unique_ptr<CandidateStore> store =
+      MakeStore(dim, Gaussian(rng, n * dim, 10.0f, 0.001f));
+  ASSERT_NE(store, nullptr);
   absl::StatusOr<std::unique_ptr<VectorIndex>> index =
       BuildVectorIndex(*store, metric, IndexBuildOptions{});
   ASSERT_TRUE(index.ok()) << index.status();
-  EXPECT_LT((*index)->MemoryBytes(), n * dim * sizeof(float) / 2);
+  for (size_t nq : {size_t{1}, size_t{3}}) {
+    for (size_t k : {size_t{1}, size_t{10}}) {
+      const std::vector<float> queries =
+          metric == Metric::kInnerProduct
+              ? Gaussian(rng, nq * dim)
+              : Gaussian(rng, nq * dim, 10.0f, 0.001f);
+      const SearchResult got = RunSearch(**index, queries, dim, k);
+      for (size_t i = 0; i < nq; ++i) {
+        CheckExactAnswer(metric, *store, **index, queries.data() + i * dim, k,
+                         got.scores.data() + i * k, got.rows.data() + i * k,
+                         "nq " + std::to_string(nq) + " k " +
+                             std::to_string(k) + " query " + std::to_string(i));
+      }
+    }
+  }
+}
+
+// Vectors too long for binary16 keep no half copy, and stay exact.
+TEST_P(FlatMetricTest, NoHalfCopyBeyondTheBinary16Range) {
+  const Metric metric = GetParam();
+  Rng rng(26);
+  const size_t dim = 16;
+  const size_t n = 2000;
+  std::unique_ptr<CandidateStore> store =
+      MakeStore(dim, Gaussian(rng, n * dim, 0.0f, 30000.0f));
+  ASSERT_NE(store, nullptr);
+  absl::StatusOr<std::unique_ptr<VectorIndex>> index =
+      BuildVectorIndex(*store, metric, IndexBuildOptions{});
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_EQ((*index)->MemoryBytes(), 0u);
+  const std::vector<float> query = Gaussian(rng, dim);
+  const SearchResult got = RunSearch(**index, query, dim, 10);
+  CheckExactAnswer(metric, *store, **index, query.data(), 10, got.scores.data(),
+                   got.rows.data(), "one query");
 }
 
 // Concurrent searches on one index give the single-threaded answers.
@@ -603,7 +725,6 @@ TEST_P(FlatMetricTest, SkippedCandidatesTakeNoPlace) {
   Rng rng(24);
   const size_t dim = 10;
   const size_t n = 5000;
-  const size_t nq = 6;
   const size_t k = 15;
   std::unique_ptr<CandidateStore> store =
       MakeStore(dim, Gaussian(rng, n * dim, 0.0f, 1.0f));
@@ -612,50 +733,53 @@ TEST_P(FlatMetricTest, SkippedCandidatesTakeNoPlace) {
       BuildVectorIndex(*store, metric, IndexBuildOptions{});
   ASSERT_TRUE(index.ok()) << index.status();
   EXPECT_TRUE((*index)->skips());
-  const std::vector<float> queries = Gaussian(rng, nq * dim);
-  // Per query: skip every third row, and everything closer than a limit
-  // set midway in a wide gap between two exact scores near the 40th best
-  // (so that no score sits within the error bound of it).
-  std::vector<float> closest(nq);
-  std::vector<std::vector<double>> allowed(nq);
-  for (size_t i = 0; i < nq; ++i) {
-    const float* q = queries.data() + i * dim;
-    const double bound = (*index)->ErrorBound(Norm(q, dim));
-    std::vector<double> exact(n);
-    for (size_t r = 0; r < n; ++r) {
-      exact[r] = ExactScore(metric, q, store->vector(r), dim);
-    }
-    std::vector<double> sorted = exact;
-    std::sort(sorted.begin(), sorted.end(),
-              [&](double a, double b) { return Better(metric, a, b); });
-    size_t cut = 40;
-    while (std::fabs(sorted[cut] - sorted[cut + 1]) < 8 * bound) ++cut;
-    closest[i] = static_cast<float>((sorted[cut] + sorted[cut + 1]) / 2);
-    for (size_t r = 0; r < n; ++r) {
-      if (r % 3 != 0 && !Better(metric, exact[r], closest[i])) {
-        allowed[i].push_back(exact[r]);
+  // Two queries take the half pass; six take sgemm.
+  for (size_t nq : {size_t{2}, size_t{6}}) {
+    const std::vector<float> queries = Gaussian(rng, nq * dim);
+    // Per query: skip every third row, and everything closer than a limit
+    // set midway in a wide gap between two exact scores near the 40th best
+    // (so that no score sits within the error bound of it).
+    std::vector<float> closest(nq);
+    std::vector<std::vector<double>> allowed(nq);
+    for (size_t i = 0; i < nq; ++i) {
+      const float* q = queries.data() + i * dim;
+      const double bound = (*index)->ErrorBound(Norm(q, dim));
+      std::vector<double> exact(n);
+      for (size_t r = 0; r < n; ++r) {
+        exact[r] = ExactScore(metric, q, store->vector(r), dim);
       }
+      std::vector<double> sorted = exact;
+      std::sort(sorted.begin(), sorted.end(),
+                [&](double a, double b) { return Better(metric, a, b); });
+      size_t cut = 40;
+      while (std::fabs(sorted[cut] - sorted[cut + 1]) < 8 * bound) ++cut;
+      closest[i] = static_cast<float>((sorted[cut] + sorted[cut + 1]) / 2);
+      for (size_t r = 0; r < n; ++r) {
+        if (r % 3 != 0 && !Better(metric, exact[r], closest[i])) {
+          allowed[i].push_back(exact[r]);
+        }
+      }
+      std::sort(allowed[i].begin(), allowed[i].end(),
+                [&](double a, double b) { return Better(metric, a, b); });
     }
-    std::sort(allowed[i].begin(), allowed[i].end(),
-              [&](double a, double b) { return Better(metric, a, b); });
-  }
-  SearchOptions options;
-  options.closest = closest;
-  options.skip_row = [](size_t, int64_t row) { return row % 3 == 0; };
-  const SearchResult got = RunSearch(**index, queries, dim, k, options);
-  for (size_t i = 0; i < nq; ++i) {
-    const float* q = queries.data() + i * dim;
-    const double bound = (*index)->ErrorBound(Norm(q, dim));
-    for (size_t j = 0; j < k; ++j) {
-      const int64_t row = got.rows[i * k + j];
-      ASSERT_GE(row, 0);
-      EXPECT_NE(row % 3, 0) << "query " << i << ": skipped row " << row;
-      const double exact = ExactScore(metric, q, store->vector(row), dim);
-      EXPECT_FALSE(Better(metric, exact, closest[i]))
-          << "query " << i << ": row " << row << " (" << exact
-          << ") is closer than " << closest[i];
-      EXPECT_LE(std::fabs(exact - allowed[i][j]), 2 * bound + Ulp(exact))
-          << "query " << i << " position " << j;
+    SearchOptions options;
+    options.closest = closest;
+    options.skip_row = [](size_t, int64_t row) { return row % 3 == 0; };
+    const SearchResult got = RunSearch(**index, queries, dim, k, options);
+    for (size_t i = 0; i < nq; ++i) {
+      const float* q = queries.data() + i * dim;
+      const double bound = (*index)->ErrorBound(Norm(q, dim));
+      for (size_t j = 0; j < k; ++j) {
+        const int64_t row = got.rows[i * k + j];
+        ASSERT_GE(row, 0);
+        EXPECT_NE(row % 3, 0) << "query " << i << ": skipped row " << row;
+        const double exact = ExactScore(metric, q, store->vector(row), dim);
+        EXPECT_FALSE(Better(metric, exact, closest[i]))
+            << "query " << i << ": row " << row << " (" << exact
+            << ") is closer than " << closest[i];
+        EXPECT_LE(std::fabs(exact - allowed[i][j]), 2 * bound + Ulp(exact))
+            << "query " << i << " position " << j;
+      }
     }
   }
 }
