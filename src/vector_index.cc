@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "ivf_flat_scan.h"
@@ -158,6 +159,12 @@ Scratch& ThreadScratch() {
   return scratch;
 }
 
+double SquaredNorm(const float* v, size_t dim) {
+  double sq = 0;
+  for (size_t i = 0; i < dim; ++i) sq += static_cast<double>(v[i]) * v[i];
+  return sq;
+}
+
 template <typename T>
 void ResizeUninitialized(std::vector<T>& v, size_t n) {
   if (v.size() < n) v.resize(n);
@@ -213,8 +220,11 @@ class FlatIndex final : public VectorIndex {
       if (half_ != nullptr && nc < kMinGemmQueries) {
         SearchHalf(c, options, scratch, scores + q0 * k, rows + q0 * k);
       } else {
-        SearchChunk(c, options, scratch, /*half=*/false, scores + q0 * k,
-                    rows + q0 * k);
+        SearchChunk(c, options, scratch, /*half=*/false,
+                    [&](size_t q, const Candidate* best, size_t m) {
+                      WriteAnswer(best, m, k, scores + (q0 + q) * k,
+                                  rows + (q0 + q) * k);
+                    });
       }
     }
     if (scratch.candidates.size() > kKeptBufferEntries) {
@@ -271,6 +281,12 @@ class FlatIndex final : public VectorIndex {
            (m * kHalfRoundoff + tail + 2 * (d + 8) * kUnitRoundoff * h);
   }
 
+  // Bound on |half-pass key - exact key| (L2 keys hold 2 q.x).
+  double HalfKeySlack(double query_norm) const {
+    const double dot = HalfDotError(query_norm);
+    return (metric_ == Metric::kL2 ? 2 * dot : dot) + ErrorBound(query_norm);
+  }
+
   // The key (higher is closer) of `row` for `query`, in double.
   double ExactKey(const float* query, size_t row) const {
     const float* x = store_.vector(row);
@@ -297,21 +313,10 @@ class FlatIndex final : public VectorIndex {
     Chunk deep = c;
     deep.kept = std::min(store_.size(), 2 * c.kept + 8);
     deep.k = deep.kept;
-    // Bound on |half key - float32 key|: L2 keys hold 2 q.x.
-    float slack[kMinGemmQueries];
-    for (size_t q = 0; q < c.nq; ++q) {
-      const float* query = c.queries + q * dim;
-      double sq = 0;
-      for (size_t i = 0; i < dim; ++i)
-        sq += static_cast<double>(query[i]) * query[i];
-      const double norm = std::sqrt(sq);
-      slack[q] = static_cast<float>((l2 ? 2 : 1) * HalfDotError(norm) +
-                                    ErrorBound(norm));
-    }
     size_t failed[kMinGemmQueries];
     size_t failures = 0;
     SearchChunk(
-        deep, options, scratch, /*half=*/true, nullptr, nullptr,
+        deep, options, scratch, /*half=*/true,
         [&](size_t q, const Candidate* best, size_t m) {
           const float* query = c.queries + q * dim;
           float ceiling = std::numeric_limits<float>::infinity();
@@ -330,11 +335,14 @@ class FlatIndex final : public VectorIndex {
           const size_t found = std::min(c.kept, rescored.size());
           std::partial_sort(rescored.begin(), rescored.begin() + found,
                             rescored.end(), Better);
-          // Every row the first pass left out has a half key of at
-          // most `cut`, so a float32 key within slack of it.
-          if (m == deep.kept) {
+          // Every row the first pass left out (if it could leave any)
+          // has a half key of at most `cut`, so an exact key within the
+          // slack of it.
+          if (m == deep.kept && deep.kept < store_.size()) {
             const double cut = best[m - 1].key;
-            if (found < c.kept || cut + slack[q] > rescored[found - 1].key) {
+            const double slack =
+                HalfKeySlack(std::sqrt(SquaredNorm(query, dim)));
+            if (found < c.kept || cut + slack > rescored[found - 1].key) {
               failed[failures++] = q;
               return;
             }
@@ -346,8 +354,10 @@ class FlatIndex final : public VectorIndex {
       const size_t q = failed[i];
       const Chunk one{
           c.queries + q * dim, c.first + q, 1, c.k, c.kept, c.parts};
-      SearchChunk(one, options, scratch, /*half=*/false, scores + q * c.k,
-                  rows + q * c.k);
+      SearchChunk(one, options, scratch, /*half=*/false,
+                  [&](size_t, const Candidate* best, size_t m) {
+                    WriteAnswer(best, m, c.k, scores + q * c.k, rows + q * c.k);
+                  });
     }
   }
 
@@ -367,15 +377,14 @@ class FlatIndex final : public VectorIndex {
     }
   }
 
-  // Called with each query's best candidates, best first, instead of
-  // writing them.
-  using Answer = std::function<void(size_t q, const Candidate* best, size_t m)>;
+  // Receives query q's best m candidates (of the chunk), best first.
+  using Answer =
+      absl::FunctionRef<void(size_t q, const Candidate* best, size_t m)>;
 
-  // Searches chunk `c`, reading the half copy when `half`. Writes each
-  // query's answer to scores/rows, or hands it to `answer` when given.
+  // Searches chunk `c`, reading the half copy when `half` (keys within
+  // HalfKeySlack of the exact ones), and hands each query's answer over.
   void SearchChunk(const Chunk& c, const SearchOptions& options,
-                   Scratch& scratch, bool half, float* scores, int64_t* rows,
-                   const Answer& answer = nullptr) const {
+                   Scratch& scratch, bool half, Answer answer) const {
     const size_t n = store_.size();
     const size_t dim = store_.dim();
     const size_t nq = c.nq;
@@ -392,15 +401,11 @@ class FlatIndex final : public VectorIndex {
       scratch.tops.emplace_back(scratch.candidates.data() + t * 2 * kept, kept);
     }
     scratch.query_sq.assign(nq, 0.0f);
-    std::vector<double> norms(nq, 0.0);
-    for (size_t q = 0; q < nq; ++q) {
-      double sq = 0;
-      for (size_t i = 0; i < dim; ++i) {
-        sq += static_cast<double>(c.queries[q * dim + i]) *
-              c.queries[q * dim + i];
+    if (l2) {
+      for (size_t q = 0; q < nq; ++q) {
+        scratch.query_sq[q] =
+            static_cast<float>(SquaredNorm(c.queries + q * dim, dim));
       }
-      if (l2) scratch.query_sq[q] = static_cast<float>(sq);
-      norms[q] = std::sqrt(sq);
     }
     // Keys above a query's ceiling are skipped; a half pass skips only
     // those certainly above it.
@@ -411,7 +416,7 @@ class FlatIndex final : public VectorIndex {
         scratch.ceiling[q] = l2 ? -closest : closest;
         if (half) {
           scratch.ceiling[q] += static_cast<float>(
-              (l2 ? 2 : 1) * HalfDotError(norms[q]) + ErrorBound(norms[q]));
+              HalfKeySlack(std::sqrt(SquaredNorm(c.queries + q * dim, dim))));
         }
       }
     }
@@ -447,11 +452,7 @@ class FlatIndex final : public VectorIndex {
                           Better);
         best = merged.data();
       }
-      if (answer) {
-        answer(q, best, m);
-      } else {
-        WriteAnswer(best, m, c.k, scores + q * c.k, rows + q * c.k);
-      }
+      answer(q, best, m);
     }
   }
 
@@ -679,8 +680,7 @@ size_t IndexBytesEstimate(const CandidateStore& store,
                           const IndexBuildOptions& options) {
   const size_t values = store.size() * store.dim();
   if (options.factory != "Flat") return values * sizeof(float);
-  return UsesHalfScan(store, options.half_scan) ? values * sizeof(uint16_t)
-                                                : 0;
+  return UsesHalfScan(store, options.half_scan) ? values * sizeof(uint16_t) : 0;
 }
 
 absl::StatusOr<std::unique_ptr<VectorIndex>> LoadVectorIndex(
