@@ -16,6 +16,8 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <new>
@@ -50,6 +52,9 @@ constexpr size_t kMinGemmQueries = 4;
 // Scores are screened this many at a time against the query's threshold:
 // one bit mask, usually zero, for the whole group.
 constexpr size_t kGroup = 32;
+// How long the calling thread of a parallel search spins for the other
+// parts to finish before it sleeps (see AwaitParts).
+constexpr std::chrono::microseconds kMaxPartSpin{200};
 // float32 unit roundoff.
 constexpr double kUnitRoundoff = 1.0 / (1 << 24);
 // binary16: unit roundoff, and the largest error of rounding a value
@@ -157,6 +162,23 @@ struct Scratch {
 Scratch& ThreadScratch() {
   thread_local Scratch scratch;
   return scratch;
+}
+
+// The thread that called a parallel search waits for the other parts by
+// spinning briefly instead of sleeping at OpenMP's closing barrier: with
+// OMP_WAIT_POLICY=PASSIVE a thread asleep there must be woken by the last
+// one, which cost 25 us a lone query here (a VM). Gives up, and sleeps at
+// the barrier, after kMaxPartSpin.
+void AwaitParts(const std::atomic<size_t>& done, size_t parts) {
+  const auto deadline = std::chrono::steady_clock::now() + kMaxPartSpin;
+  while (done.load(std::memory_order_acquire) < parts) {
+    for (int i = 0; i < 32; ++i) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
+    if (std::chrono::steady_clock::now() > deadline) return;
+  }
 }
 
 double SquaredNorm(const float* v, size_t dim) {
@@ -425,12 +447,17 @@ class FlatIndex final : public VectorIndex {
       ScanRows(all, 0, n, scratch.dots.data(), scratch.tops.data());
     } else {
       const auto part_count = static_cast<int>(parts);
+      std::atomic<size_t> done{0};
 #pragma omp parallel for schedule(static, 1) num_threads(part_count)
       for (int part = 0; part < part_count; ++part) {
         const auto p = static_cast<size_t>(part);
         ScanRows(all, n * p / parts, n * (p + 1) / parts,
                  scratch.dots.data() + p * nq * block,
                  scratch.tops.data() + p * nq);
+        done.fetch_add(1, std::memory_order_release);
+        if (omp_get_thread_num() == 0 && omp_get_num_threads() == part_count) {
+          AwaitParts(done, parts);
+        }
       }
     }
     std::vector<Candidate>& merged = scratch.merged;
