@@ -188,6 +188,17 @@ void CheckExactAnswer(Metric metric, const CandidateStore& store,
   }
 }
 
+// A Flat index over `store` (which must outlive it); null, with a test
+// failure, when the build fails.
+std::unique_ptr<VectorIndex> BuildFlat(const CandidateStore& store,
+                                       Metric metric,
+                                       const IndexBuildOptions& options) {
+  absl::StatusOr<std::unique_ptr<VectorIndex>> index =
+      BuildVectorIndex(store, metric, options);
+  EXPECT_TRUE(index.ok()) << index.status();
+  return index.ok() ? *std::move(index) : nullptr;
+}
+
 std::string MetricLabel(Metric metric) {
   return metric == Metric::kInnerProduct ? "Ip" : "L2";
 }
@@ -368,16 +379,15 @@ TEST_P(FlatMetricTest, KeepsOnlyAHalfCopy) {
       MakeStore(dim, Gaussian(rng, n * dim));
   ASSERT_NE(store, nullptr);
   IndexBuildOptions options;
-  absl::StatusOr<std::unique_ptr<VectorIndex>> index =
-      BuildVectorIndex(*store, metric, options);
-  ASSERT_TRUE(index.ok()) << index.status();
-  EXPECT_EQ((*index)->MemoryBytes(),
+  std::unique_ptr<VectorIndex> index = BuildFlat(*store, metric, options);
+  ASSERT_NE(index, nullptr);
+  EXPECT_EQ(index->MemoryBytes(),
             RowDotsSimd() ? n * dim * sizeof(uint16_t) : 0);
-  EXPECT_EQ(IndexBytesEstimate(*store, options), (*index)->MemoryBytes());
+  EXPECT_EQ(IndexBytesEstimate(*store, options), index->MemoryBytes());
   options.half_scan = false;
-  index = BuildVectorIndex(*store, metric, options);
-  ASSERT_TRUE(index.ok()) << index.status();
-  EXPECT_EQ((*index)->MemoryBytes(), 0u);
+  index = BuildFlat(*store, metric, options);
+  ASSERT_NE(index, nullptr);
+  EXPECT_EQ(index->MemoryBytes(), 0u);
   EXPECT_EQ(IndexBytesEstimate(*store, options), 0u);
 }
 
@@ -393,29 +403,26 @@ TEST_P(FlatMetricTest, HalfScanAnswersAsFloat32Does) {
       MakeStore(dim, Gaussian(rng, n * dim, 0.3f, 1.0f));
   ASSERT_NE(store, nullptr);
   IndexBuildOptions options;
-  absl::StatusOr<std::unique_ptr<VectorIndex>> half =
-      BuildVectorIndex(*store, metric, options);
-  ASSERT_TRUE(half.ok()) << half.status();
+  const std::unique_ptr<VectorIndex> half = BuildFlat(*store, metric, options);
   options.half_scan = false;
-  absl::StatusOr<std::unique_ptr<VectorIndex>> full =
-      BuildVectorIndex(*store, metric, options);
-  ASSERT_TRUE(full.ok()) << full.status();
+  const std::unique_ptr<VectorIndex> full = BuildFlat(*store, metric, options);
+  ASSERT_NE(half, nullptr);
+  ASSERT_NE(full, nullptr);
   const int threads = omp_get_max_threads();
   omp_set_num_threads(2);
   for (size_t nq : {size_t{1}, size_t{2}, size_t{3}}) {
     for (size_t k : {size_t{1}, size_t{10}, size_t{300}}) {
       const std::vector<float> queries = Gaussian(rng, nq * dim);
-      const SearchResult got = RunSearch(**half, queries, dim, k);
-      const SearchResult want = RunSearch(**full, queries, dim, k);
+      const SearchResult got = RunSearch(*half, queries, dim, k);
+      const SearchResult want = RunSearch(*full, queries, dim, k);
       for (size_t i = 0; i < nq; ++i) {
         const float* q = queries.data() + i * dim;
         const std::string what = "nq " + std::to_string(nq) + " k " +
                                  std::to_string(k) + " query " +
                                  std::to_string(i);
-        CheckExactAnswer(metric, *store, **half, q, k,
-                         got.scores.data() + i * k, got.rows.data() + i * k,
-                         what);
-        const double bound = (*half)->ErrorBound(Norm(q, dim));
+        CheckExactAnswer(metric, *store, *half, q, k, got.scores.data() + i * k,
+                         got.rows.data() + i * k, what);
+        const double bound = half->ErrorBound(Norm(q, dim));
         for (size_t j = 0; j < k; ++j) {
           const int64_t a = got.rows[i * k + j];
           const int64_t b = want.rows[i * k + j];
@@ -442,18 +449,18 @@ TEST_P(FlatMetricTest, HalfScanFallsBackWhereBinary16CannotRank) {
   std::unique_ptr<CandidateStore> store =
       MakeStore(dim, Gaussian(rng, n * dim, 10.0f, 0.001f));
   ASSERT_NE(store, nullptr);
-  absl::StatusOr<std::unique_ptr<VectorIndex>> index =
-      BuildVectorIndex(*store, metric, IndexBuildOptions{});
-  ASSERT_TRUE(index.ok()) << index.status();
+  const std::unique_ptr<VectorIndex> index =
+      BuildFlat(*store, metric, IndexBuildOptions{});
+  ASSERT_NE(index, nullptr);
   for (size_t nq : {size_t{1}, size_t{3}}) {
     for (size_t k : {size_t{1}, size_t{10}}) {
       const std::vector<float> queries =
           metric == Metric::kInnerProduct
               ? Gaussian(rng, nq * dim)
               : Gaussian(rng, nq * dim, 10.0f, 0.001f);
-      const SearchResult got = RunSearch(**index, queries, dim, k);
+      const SearchResult got = RunSearch(*index, queries, dim, k);
       for (size_t i = 0; i < nq; ++i) {
-        CheckExactAnswer(metric, *store, **index, queries.data() + i * dim, k,
+        CheckExactAnswer(metric, *store, *index, queries.data() + i * dim, k,
                          got.scores.data() + i * k, got.rows.data() + i * k,
                          "nq " + std::to_string(nq) + " k " +
                              std::to_string(k) + " query " + std::to_string(i));
@@ -467,17 +474,16 @@ TEST_P(FlatMetricTest, NoHalfCopyBeyondTheBinary16Range) {
   const Metric metric = GetParam();
   Rng rng(26);
   const size_t dim = 16;
-  const size_t n = 2000;
   std::unique_ptr<CandidateStore> store =
-      MakeStore(dim, Gaussian(rng, n * dim, 0.0f, 30000.0f));
+      MakeStore(dim, Gaussian(rng, 2000 * dim, 0.0f, 30000.0f));
   ASSERT_NE(store, nullptr);
-  absl::StatusOr<std::unique_ptr<VectorIndex>> index =
-      BuildVectorIndex(*store, metric, IndexBuildOptions{});
-  ASSERT_TRUE(index.ok()) << index.status();
-  EXPECT_EQ((*index)->MemoryBytes(), 0u);
+  const std::unique_ptr<VectorIndex> index =
+      BuildFlat(*store, metric, IndexBuildOptions{});
+  ASSERT_NE(index, nullptr);
+  EXPECT_EQ(index->MemoryBytes(), 0u);
   const std::vector<float> query = Gaussian(rng, dim);
-  const SearchResult got = RunSearch(**index, query, dim, 10);
-  CheckExactAnswer(metric, *store, **index, query.data(), 10, got.scores.data(),
+  const SearchResult got = RunSearch(*index, query, dim, 10);
+  CheckExactAnswer(metric, *store, *index, query.data(), 10, got.scores.data(),
                    got.rows.data(), "one query");
 }
 
