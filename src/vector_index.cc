@@ -61,6 +61,9 @@ constexpr double kUnitRoundoff = 1.0 / (1 << 24);
 // below the normal range (half the subnormal spacing, 2^-24).
 constexpr double kHalfRoundoff = 1.0 / (1 << 11);
 constexpr double kHalfSubnormalError = 1.0 / (1 << 25);
+// Searches for more than this many rows a query skip the half copy: their
+// first pass would keep and rescore twice as many, and memory for them.
+constexpr size_t kMaxHalfKept = 1024;
 // Vectors longer than this have components too close to binary16's
 // largest finite value (65504) for a half copy.
 constexpr float kHalfMaxNorm = 60000.0f;
@@ -239,7 +242,7 @@ class FlatIndex final : public VectorIndex {
     for (size_t q0 = 0; q0 < nq; q0 += chunk) {
       const size_t nc = std::min(chunk, nq - q0);
       const Chunk c{queries + q0 * store_.dim(), q0, nc, k, kept, parts};
-      if (half_ != nullptr && nc < kMinGemmQueries) {
+      if (half_ != nullptr && nc < kMinGemmQueries && kept <= kMaxHalfKept) {
         SearchHalf(c, options, scratch, scores + q0 * k, rows + q0 * k);
       } else {
         SearchChunk(c, options, scratch, /*half=*/false,
