@@ -27,6 +27,9 @@
 //       recall reaches 0.95;
 //   (h) the same query mined in-process and then over the service,
 //       alternately, for the single-query gap without drift between lines;
+//   (i) the (e) round trip, each right after an untimed in-process
+//       single-query Mine: what the gRPC path costs once a scan of the
+//       candidates has evicted it from the caches;
 //   (a) and (d) again at the end: the summary divides by the better of
 //       each pair, so a slow first measurement cannot flatter the ratios.
 //
@@ -52,7 +55,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <memory>
+#include <numeric>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -465,7 +470,8 @@ void RunStream(const std::string& target, const CellConfig& cfg,
 // (e) A Mine request of one query on one stream costs a gRPC round trip
 // besides the search; this times that round trip alone with GetIndexInfo
 // (a unary call answered from memory) on one channel, back to back.
-LineStats RunRoundTrips(const std::string& target, double seconds) {
+LineStats RunRoundTrips(const std::string& target, double seconds,
+                        const std::function<void(size_t call)>& before = {}) {
   std::shared_ptr<grpc::Channel> channel =
       grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
   std::unique_ptr<pb::Miner::Stub> stub = pb::Miner::NewStub(channel);
@@ -474,6 +480,7 @@ LineStats RunRoundTrips(const std::string& target, double seconds) {
   const absl::Time start = absl::Now();
   const absl::Time deadline = start + absl::Seconds(seconds);
   do {
+    if (before) before(ms.size());
     grpc::ClientContext context;
     pb::GetIndexInfoRequest request;
     pb::IndexInfo info;
@@ -483,8 +490,11 @@ LineStats RunRoundTrips(const std::string& target, double seconds) {
     if (!status.ok()) ++errors;
   } while (absl::Now() < deadline || ms.size() < 2);
   const size_t calls = ms.size();
-  LineStats stats = Summarize(std::move(ms), calls,
-                              absl::ToDoubleSeconds(absl::Now() - start));
+  // With `before`, q/s counts the round trips' own time only.
+  const double seconds_spent =
+      before ? std::accumulate(ms.begin(), ms.end(), 0.0) / 1000
+             : absl::ToDoubleSeconds(absl::Now() - start);
+  LineStats stats = Summarize(std::move(ms), calls, seconds_spent);
   stats.errors = errors;
   return stats;
 }
@@ -622,6 +632,7 @@ struct Summary {
   double miner_p50 = 0;          // (b) B=1
   double service_p50 = 0;        // (c) S=1 B=1, 1 in flight
   double round_trip_p50 = 0;     // (e)
+  double cold_trip_p50 = 0;      // (i)
   double faiss_single_p50 = 0;   // (a) B=1
   Interleaved interleaved;       // (h)
   // IVF: the first nprobe (smallest) with recall >= 0.95, if any.
@@ -917,6 +928,19 @@ absl::Status RunWorkload(const Workload& w, const Options& opt,
       single.difference_p50);
   std::fflush(stdout);
   summary->interleaved = single;
+  const Miner miner;
+  const LineStats cold =
+      RunRoundTrips(target, std::min(1.0, opt.seconds), [&](size_t call) {
+        const size_t q = call % kQueryPool;
+        MiningQuery query;
+        query.embedding = absl::MakeConstSpan(
+            pool.embeddings.data() + q * pool.dim, pool.dim);
+        query.positive_ids = absl::MakeConstSpan(&pool.positives[q], 1);
+        (void)miner.Mine(*version, absl::MakeConstSpan(&query, 1),
+                         BenchMiningOptions(call));
+      });
+  PrintLine("(i) round trip after a scan", cold, 0, 0);
+  summary->cold_trip_p50 = cold.p50_ms;
   version.reset();
   (*server)->Shutdown(absl::Seconds(5));
   server->reset();
@@ -956,9 +980,10 @@ void PrintSummary(const std::vector<Summary>& summaries, int cores) {
     std::printf(
         "    single query p50, the same query alternately (h): in-process "
         "%.3f ms, service %.3f ms, difference %.3f ms (target <= 0.3); a "
-        "bare gRPC round trip (e) is %.3f ms of it\n",
+        "bare gRPC round trip is %.3f ms back to back (e) and %.3f ms right "
+        "after an in-process scan (i)\n",
         s.interleaved.miner_p50, s.interleaved.service_p50,
-        s.interleaved.difference_p50, s.round_trip_p50);
+        s.interleaved.difference_p50, s.round_trip_p50, s.cold_trip_p50);
     std::printf(
         "    (measured apart: Miner B=1 %.3f ms, service S=1 B=1 %.3f ms, "
         "in-process FAISS B=1 %.3f ms)\n",
