@@ -255,6 +255,9 @@ class FlatIndex final : public VectorIndex {
     if (scratch.candidates.size() > kKeptBufferEntries) {
       std::vector<Candidate>().swap(scratch.candidates);
     }
+    if (scratch.merged.capacity() > kKeptBufferEntries) {
+      std::vector<Candidate>().swap(scratch.merged);
+    }
     return absl::OkStatus();
   }
 
