@@ -29,7 +29,8 @@ ABSL_FLAG(uint32_t, nprobe, 0,
 ABSL_FLAG(bool, half_scan, true,
           "Flat: also keep the vectors in float16 (+50% of their memory) "
           "for searches of 1-3 queries, which read them first and rescore "
-          "in float32: about 2x faster single queries, same answers.");
+          "from float32: about 2x faster single queries, as exact as "
+          "without it.");
 ABSL_FLAG(std::string, metric, "",
           "inner_product or l2; when empty, each checkpoint's manifest says.");
 ABSL_FLAG(int, threads, 0, "Search worker threads; 0 means one per core.");
