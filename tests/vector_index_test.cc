@@ -447,18 +447,17 @@ TEST_P(FlatMetricTest, HalfScanFallsBackWhereBinary16CannotRank) {
   Rng rng(27);
   const size_t dim = 32;
   const size_t n = 3000;
+  // Components 0.2 +- 1e-4, where binary16's spacing is 1.2e-4; the
+  // scores still spread far wider than the float32 bound, for both metrics.
   std::unique_ptr<CandidateStore> store =
-      MakeStore(dim, Gaussian(rng, n * dim, 10.0f, 0.001f));
+      MakeStore(dim, Gaussian(rng, n * dim, 0.2f, 0.0001f));
   ASSERT_NE(store, nullptr);
   const std::unique_ptr<VectorIndex> index =
       BuildFlat(*store, metric, IndexBuildOptions{});
   ASSERT_NE(index, nullptr);
   for (size_t nq : {size_t{1}, size_t{3}}) {
     for (size_t k : {size_t{1}, size_t{10}}) {
-      const std::vector<float> queries =
-          metric == Metric::kInnerProduct
-              ? Gaussian(rng, nq * dim)
-              : Gaussian(rng, nq * dim, 10.0f, 0.001f);
+      const std::vector<float> queries = Gaussian(rng, nq * dim, 0.0f, 0.2f);
       const SearchResult got = RunSearch(*index, queries, dim, k);
       for (size_t i = 0; i < nq; ++i) {
         CheckExactAnswer(metric, *store, *index, queries.data() + i * dim, k,
@@ -725,69 +724,118 @@ TEST_P(FlatMetricTest, RowsSplitOverThreadsGiveTheExactAnswer) {
   }
 }
 
+// Searches `queries` with every third row skipped and, per query, a
+// `closest` limit midway in a gap of `gap` times the error bound between
+// two exact scores past the `from`-th best (so that no score sits within
+// the bound of it), and checks that the answer is the exact top k of the
+// rest.
+void CheckSkippedSearch(Metric metric, const CandidateStore& store,
+                        const VectorIndex& index,
+                        const std::vector<float>& queries, size_t k,
+                        size_t from, double gap) {
+  const size_t dim = store.dim();
+  const size_t n = store.size();
+  const size_t nq = queries.size() / dim;
+  std::vector<float> closest(nq);
+  std::vector<std::vector<double>> allowed(nq);
+  for (size_t i = 0; i < nq; ++i) {
+    const float* q = queries.data() + i * dim;
+    const double bound = index.ErrorBound(Norm(q, dim));
+    std::vector<double> exact(n);
+    for (size_t r = 0; r < n; ++r) {
+      exact[r] = ExactScore(metric, q, store.vector(r), dim);
+    }
+    std::vector<double> sorted = exact;
+    std::sort(sorted.begin(), sorted.end(),
+              [&](double a, double b) { return Better(metric, a, b); });
+    size_t cut = from;
+    while (cut + 1 < n &&
+           std::fabs(sorted[cut] - sorted[cut + 1]) < gap * bound) {
+      ++cut;
+    }
+    ASSERT_LT(cut, from + 500)
+        << "no gap of " << gap << "x the bound soon after the " << from
+        << "-th best score";
+    closest[i] = static_cast<float>((sorted[cut] + sorted[cut + 1]) / 2);
+    for (size_t r = 0; r < n; ++r) {
+      if (r % 3 != 0 && !Better(metric, exact[r], closest[i])) {
+        allowed[i].push_back(exact[r]);
+      }
+    }
+    std::sort(allowed[i].begin(), allowed[i].end(),
+              [&](double a, double b) { return Better(metric, a, b); });
+  }
+  SearchOptions options;
+  options.closest = closest;
+  options.skip_row = [](size_t, int64_t row) { return row % 3 == 0; };
+  const SearchResult got = RunSearch(index, queries, dim, k, options);
+  for (size_t i = 0; i < nq; ++i) {
+    const float* q = queries.data() + i * dim;
+    const double bound = index.ErrorBound(Norm(q, dim));
+    for (size_t j = 0; j < k; ++j) {
+      const int64_t row = got.rows[i * k + j];
+      ASSERT_GE(row, 0) << "query " << i << " position " << j;
+      EXPECT_NE(row % 3, 0) << "query " << i << ": skipped row " << row;
+      const double exact = ExactScore(metric, q, store.vector(row), dim);
+      EXPECT_FALSE(Better(metric, exact, closest[i]))
+          << "query " << i << ": row " << row << " (" << exact
+          << ") is closer than " << closest[i];
+      EXPECT_LE(std::fabs(exact - allowed[i][j]), 2 * bound + Ulp(exact))
+          << "query " << i << " position " << j;
+    }
+  }
+}
+
 // SearchOptions: rows skip_row names and scores closer than `closest` take
 // no place in the top k; what is returned is the exact top k of the rest.
 TEST_P(FlatMetricTest, SkippedCandidatesTakeNoPlace) {
   const Metric metric = GetParam();
   Rng rng(24);
   const size_t dim = 10;
-  const size_t n = 5000;
-  const size_t k = 15;
   std::unique_ptr<CandidateStore> store =
-      MakeStore(dim, Gaussian(rng, n * dim, 0.0f, 1.0f));
+      MakeStore(dim, Gaussian(rng, 5000 * dim, 0.0f, 1.0f));
   ASSERT_NE(store, nullptr);
-  absl::StatusOr<std::unique_ptr<VectorIndex>> index =
-      BuildVectorIndex(*store, metric, IndexBuildOptions{});
-  ASSERT_TRUE(index.ok()) << index.status();
-  EXPECT_TRUE((*index)->skips());
+  const std::unique_ptr<VectorIndex> index =
+      BuildFlat(*store, metric, IndexBuildOptions{});
+  ASSERT_NE(index, nullptr);
+  EXPECT_TRUE(index->skips());
   // Two queries take the half pass; six take sgemm.
   for (size_t nq : {size_t{2}, size_t{6}}) {
-    const std::vector<float> queries = Gaussian(rng, nq * dim);
-    // Per query: skip every third row, and everything closer than a limit
-    // set midway in a wide gap between two exact scores near the 40th best
-    // (so that no score sits within the error bound of it).
-    std::vector<float> closest(nq);
-    std::vector<std::vector<double>> allowed(nq);
-    for (size_t i = 0; i < nq; ++i) {
-      const float* q = queries.data() + i * dim;
-      const double bound = (*index)->ErrorBound(Norm(q, dim));
-      std::vector<double> exact(n);
-      for (size_t r = 0; r < n; ++r) {
-        exact[r] = ExactScore(metric, q, store->vector(r), dim);
-      }
-      std::vector<double> sorted = exact;
-      std::sort(sorted.begin(), sorted.end(),
-                [&](double a, double b) { return Better(metric, a, b); });
-      size_t cut = 40;
-      while (std::fabs(sorted[cut] - sorted[cut + 1]) < 8 * bound) ++cut;
-      closest[i] = static_cast<float>((sorted[cut] + sorted[cut + 1]) / 2);
-      for (size_t r = 0; r < n; ++r) {
-        if (r % 3 != 0 && !Better(metric, exact[r], closest[i])) {
-          allowed[i].push_back(exact[r]);
-        }
-      }
-      std::sort(allowed[i].begin(), allowed[i].end(),
-                [&](double a, double b) { return Better(metric, a, b); });
-    }
-    SearchOptions options;
-    options.closest = closest;
-    options.skip_row = [](size_t, int64_t row) { return row % 3 == 0; };
-    const SearchResult got = RunSearch(**index, queries, dim, k, options);
-    for (size_t i = 0; i < nq; ++i) {
-      const float* q = queries.data() + i * dim;
-      const double bound = (*index)->ErrorBound(Norm(q, dim));
-      for (size_t j = 0; j < k; ++j) {
-        const int64_t row = got.rows[i * k + j];
-        ASSERT_GE(row, 0);
-        EXPECT_NE(row % 3, 0) << "query " << i << ": skipped row " << row;
-        const double exact = ExactScore(metric, q, store->vector(row), dim);
-        EXPECT_FALSE(Better(metric, exact, closest[i]))
-            << "query " << i << ": row " << row << " (" << exact
-            << ") is closer than " << closest[i];
-        EXPECT_LE(std::fabs(exact - allowed[i][j]), 2 * bound + Ulp(exact))
-            << "query " << i << " position " << j;
-      }
-    }
+    CheckSkippedSearch(metric, *store, *index, Gaussian(rng, nq * dim), 15, 40,
+                       8);
+  }
+}
+
+// The half pass at the `closest` limit, on scores built around binary16's
+// rounding (the query is the first axis, so a row's score is its first
+// component). Rows scoring 0.99985-0.99989 are allowed but round up to 1.0,
+// past the limit 0.9999: the half pass must widen the limit by its error or
+// it loses them. Thirty rows scoring 0.99991-1.0002 also round to 1.0 and
+// come first by row, so all the candidates it keeps are past the limit once
+// rescored: it must search again in float32.
+TEST(FlatHalfScanTest, AllowsForItsErrorAtTheClosestLimit) {
+  const size_t dim = 8;
+  std::vector<float> first;
+  for (int i = 0; i < 30; ++i) first.push_back(0.99991f + 1e-5f * i);  // past
+  for (int i = 0; i < 5; ++i) first.push_back(0.99989f - 1e-5f * i);   // in
+  for (int i = 0; i < 2000; ++i) first.push_back(0.9f - 2e-4f * i);    // far
+  std::vector<float> vectors(first.size() * dim, 0.0f);
+  for (size_t r = 0; r < first.size(); ++r) vectors[r * dim] = first[r];
+  std::unique_ptr<CandidateStore> store = MakeStore(dim, std::move(vectors));
+  ASSERT_NE(store, nullptr);
+  const std::unique_ptr<VectorIndex> index =
+      BuildFlat(*store, Metric::kInnerProduct, IndexBuildOptions{});
+  ASSERT_NE(index, nullptr);
+  std::vector<float> query(dim, 0.0f);
+  query[0] = 1.0f;
+  const std::vector<float> closest = {0.9999f};
+  SearchOptions options;
+  options.closest = closest;
+  const size_t k = 10;
+  const SearchResult got = RunSearch(*index, query, dim, k, options);
+  // The five allowed rows near the limit, best first, then the far ones.
+  for (size_t j = 0; j < k; ++j) {
+    EXPECT_EQ(got.rows[j], static_cast<int64_t>(30 + j)) << "position " << j;
   }
 }
 
