@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -556,6 +557,12 @@ TEST_F(MetricsTest, IndexGaugesFollowTheServedVersion) {
 }
 
 TEST_F(MetricsTest, ProcessMetricsDescribeThisProcess) {
+  // /proc counts CPU time in clock ticks (10 ms): a test process that has
+  // barely run can read 0, so use 50 ms of CPU first.
+  timespec cpu{};
+  do {
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &cpu);
+  } while (cpu.tv_sec == 0 && cpu.tv_nsec < 50'000'000);
   const Families families = Collect();
   EXPECT_GT(Value(families, "process_cpu_seconds_total"), 0);
   EXPECT_GT(Value(families, "process_resident_memory_bytes"), 1 << 20);
