@@ -11,6 +11,9 @@
 #include <cstdint>
 #include <typeinfo>
 #include <utility>
+#include <vector>
+
+#include "row_dots.h"
 
 namespace hardneg {
 namespace {
@@ -22,29 +25,6 @@ inline float HorizontalSum(__m128 v) {
   return _mm_cvtss_f32(v);
 }
 #endif
-
-float Dot(const float* a, const float* b, size_t d) {
-  size_t i = 0;
-  float sum = 0;
-#if defined(__SSE2__)
-  __m128 s[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(),
-                 _mm_setzero_ps()};
-  for (; i + 16 <= d; i += 16) {
-    for (int j = 0; j < 4; ++j) {
-      s[j] = _mm_add_ps(s[j], _mm_mul_ps(_mm_loadu_ps(a + i + 4 * j),
-                                         _mm_loadu_ps(b + i + 4 * j)));
-    }
-  }
-  for (; i + 4 <= d; i += 4) {
-    s[0] =
-        _mm_add_ps(s[0], _mm_mul_ps(_mm_loadu_ps(a + i), _mm_loadu_ps(b + i)));
-  }
-  sum =
-      HorizontalSum(_mm_add_ps(_mm_add_ps(s[0], s[1]), _mm_add_ps(s[2], s[3])));
-#endif
-  for (; i < d; ++i) sum += a[i] * b[i];
-  return sum;
-}
 
 float SquaredL2(const float* a, const float* b, size_t d) {
   size_t i = 0;
@@ -86,7 +66,10 @@ class SimdFlatScanner final : public faiss::InvertedListScanner {
 
   float distance_to_code(const uint8_t* code) const override {
     const auto* x = reinterpret_cast<const float*>(code);
-    return inner_product_ ? Dot(query_, x, d_) : SquaredL2(query_, x, d_);
+    if (!inner_product_) return SquaredL2(query_, x, d_);
+    float dot = 0;
+    RowDots(x, 1, d_, query_, 1, &dot);
+    return dot;
   }
 
   size_t scan_codes(size_t n, const uint8_t* codes, const idx_t* ids,
@@ -94,8 +77,13 @@ class SimdFlatScanner final : public faiss::InvertedListScanner {
     const auto* x = reinterpret_cast<const float*>(codes);
     size_t updates = 0;
     if (inner_product_) {
-      for (size_t j = 0; j < n; ++j, x += d_) {
-        const float dis = Dot(query_, x, d_);
+      // The whole list's dot products in one RowDots pass (AVX2 where the
+      // CPU has it), then the heap.
+      thread_local std::vector<float> dots;
+      if (dots.size() < n) dots.resize(n);
+      RowDots(x, n, d_, query_, 1, dots.data());
+      for (size_t j = 0; j < n; ++j) {
+        const float dis = dots[j];
         if (dis > distances[0]) {
           faiss::minheap_replace_top(k, distances, labels, dis, ids[j]);
           ++updates;
