@@ -2,6 +2,7 @@
 #ifndef HARDNEG_SRC_METRIC_H_
 #define HARDNEG_SRC_METRIC_H_
 
+#include <cstddef>
 #include <string>
 #include <string_view>
 
@@ -19,6 +20,11 @@ absl::StatusOr<Metric> ParseMetric(std::string_view name);
 
 // "inner_product" or "l2".
 std::string MetricName(Metric metric);
+
+// The exact score of `x` for query `q` (both `dim` floats), accumulated in
+// double in a fixed order (so identical vectors score identically), then
+// rounded to float.
+float ExactScore(Metric metric, const float* q, const float* x, size_t dim);
 
 // True when score `a` ranks strictly before score `b` under `metric`.
 inline bool Closer(Metric metric, float a, float b) {

@@ -20,33 +20,6 @@ constexpr size_t kMaxFetch = size_t{16} << 20;
 // Positive id lists longer than this are put in a hash set for lookups.
 constexpr size_t kLinearScanPositives = 16;
 
-// The exact score, accumulated in double with a fixed order (so identical
-// vectors score identically), rounded to float.
-float ExactScore(Metric metric, const float* q, const float* x, size_t dim) {
-  double acc[4] = {0, 0, 0, 0};
-  size_t i = 0;
-  if (metric == Metric::kInnerProduct) {
-    for (; i + 4 <= dim; i += 4) {
-      for (size_t j = 0; j < 4; ++j) {
-        acc[j] += static_cast<double>(q[i + j]) * x[i + j];
-      }
-    }
-    for (; i < dim; ++i) acc[0] += static_cast<double>(q[i]) * x[i];
-  } else {
-    for (; i + 4 <= dim; i += 4) {
-      for (size_t j = 0; j < 4; ++j) {
-        const double t = static_cast<double>(q[i + j]) - x[i + j];
-        acc[j] += t * t;
-      }
-    }
-    for (; i < dim; ++i) {
-      const double t = static_cast<double>(q[i]) - x[i];
-      acc[0] += t * t;
-    }
-  }
-  return static_cast<float>((acc[0] + acc[1]) + (acc[2] + acc[3]));
-}
-
 // SplitMix64: a small, fully specified generator, so answers are the same
 // on every platform and standard library.
 class Rng {

@@ -315,23 +315,6 @@ class FlatIndex final : public VectorIndex {
     return (metric_ == Metric::kL2 ? 2 * dot : dot) + ErrorBound(query_norm);
   }
 
-  // The key (higher is closer) of `row` for `query`, in double.
-  double ExactKey(const float* query, size_t row) const {
-    const float* x = store_.vector(row);
-    double sum = 0;
-    if (metric_ == Metric::kInnerProduct) {
-      for (size_t i = 0; i < store_.dim(); ++i) {
-        sum += static_cast<double>(query[i]) * x[i];
-      }
-      return sum;
-    }
-    for (size_t i = 0; i < store_.dim(); ++i) {
-      const double diff = static_cast<double>(query[i]) - x[i];
-      sum += diff * diff;
-    }
-    return -sum;
-  }
-
   // A few queries over the half copy, each answer checked, and searched
   // again in float32 when the check fails.
   void SearchHalf(const Chunk& c, const SearchOptions& options,
@@ -355,8 +338,10 @@ class FlatIndex final : public VectorIndex {
           std::vector<Candidate>& rescored = scratch.rescored;
           rescored.clear();
           for (size_t j = 0; j < m; ++j) {
-            const auto key = static_cast<float>(
-                ExactKey(query, static_cast<size_t>(best[j].row)));
+            const float score = ExactScore(
+                metric_, query, store_.vector(static_cast<size_t>(best[j].row)),
+                dim);
+            const float key = l2 ? -score : score;
             if (key > ceiling) continue;
             rescored.push_back({key, best[j].row});
           }

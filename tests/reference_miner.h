@@ -101,8 +101,8 @@ inline std::optional<float> WeakestPositive(const CandidateStore& store,
     // Brute force on purpose: the reference does not trust RowOf either.
     for (size_t row = 0; row < store.size(); ++row) {
       if (store.id(row) == id) {
-        consider(ExactScore(metric, query.embedding.data(), store.vector(row),
-                            store.dim()));
+        consider(reference::ExactScore(metric, query.embedding.data(),
+                                       store.vector(row), store.dim()));
         break;
       }
     }
@@ -168,8 +168,8 @@ inline ReferenceResult ReferenceMine(const CandidateStore& store, Metric metric,
       excluded = true;
     }
     if (excluded) continue;
-    const float s = ExactScore(metric, query.embedding.data(),
-                               store.vector(row), store.dim());
+    const float s = reference::ExactScore(metric, query.embedding.data(),
+                                          store.vector(row), store.dim());
     if (!PassesFilters(metric, s, result.positive_score, options)) continue;
     ReferenceNegative n;
     n.id = id;

@@ -25,6 +25,7 @@
 #include "absl/status/status.h"
 #include "candidate_store.h"
 #include "metric.h"
+#include "reference_miner.h"
 #include "row_dots.h"
 
 namespace hardneg {
@@ -54,15 +55,8 @@ std::vector<float> Gaussian(Rng& rng, size_t count, float mean = 0.0f,
   return v;
 }
 
-double ExactScore(Metric metric, const float* q, const float* x, size_t dim) {
-  double sum = 0;
-  for (size_t i = 0; i < dim; ++i) {
-    const double a = q[i];
-    const double b = x[i];
-    sum += metric == Metric::kInnerProduct ? a * b : (a - b) * (a - b);
-  }
-  return sum;
-}
+// The true score, in double: the reference the kernel is checked against.
+using reference::ExactScoreDouble;
 
 double Norm(const float* v, size_t dim) {
   double sq = 0;
@@ -147,7 +141,7 @@ void CheckExactAnswer(Metric metric, const CandidateStore& store,
   ASSERT_GE(bound, 0.0);
   std::vector<double> exact(n);
   for (size_t r = 0; r < n; ++r) {
-    exact[r] = ExactScore(metric, q, store.vector(r), dim);
+    exact[r] = ExactScoreDouble(metric, q, store.vector(r), dim);
   }
   std::vector<double> sorted = exact;
   std::sort(sorted.begin(), sorted.end(),
@@ -240,8 +234,8 @@ TEST_P(FlatKernelTest, MatchesFaissFlat) {
       if (a == b) continue;
       ASSERT_GE(a, 0);
       ASSERT_GE(b, 0);
-      const double sa = ExactScore(metric, q, store->vector(a), dim);
-      const double sb = ExactScore(metric, q, store->vector(b), dim);
+      const double sa = ExactScoreDouble(metric, q, store->vector(a), dim);
+      const double sb = ExactScoreDouble(metric, q, store->vector(b), dim);
       EXPECT_LE(std::fabs(sa - sb), 2 * bound + Ulp(sa) + Ulp(sb))
           << "query " << i << " position " << j << ": row " << a << " (" << sa
           << ") vs FAISS row " << b << " (" << sb << ")";
@@ -428,8 +422,8 @@ TEST_P(FlatMetricTest, HalfScanAnswersAsFloat32Does) {
           const int64_t a = got.rows[i * k + j];
           const int64_t b = want.rows[i * k + j];
           if (a == b) continue;
-          const double sa = ExactScore(metric, q, store->vector(a), dim);
-          const double sb = ExactScore(metric, q, store->vector(b), dim);
+          const double sa = ExactScoreDouble(metric, q, store->vector(a), dim);
+          const double sb = ExactScoreDouble(metric, q, store->vector(b), dim);
           EXPECT_LE(std::fabs(sa - sb), 2 * bound + Ulp(sa) + Ulp(sb))
               << what << " position " << j;
         }
@@ -608,7 +602,7 @@ TEST_P(FlatMetricTest, IvfFlatIsValidWithRecall) {
       ASSERT_LT(row, static_cast<int64_t>(n));
       ASSERT_TRUE(seen.insert(row).second) << "row " << row << " twice";
       // IVF-Flat scores are computed from the full vectors, in float.
-      const double exact = ExactScore(metric, q, store->vector(row), dim);
+      const double exact = ExactScoreDouble(metric, q, store->vector(row), dim);
       EXPECT_NEAR(got.scores[i * k + j], exact, 1e-4 * (1 + std::fabs(exact)))
           << "query " << i << " position " << j;
       if (j > 0 && got.rows[i * k + j - 1] != -1) {
@@ -743,7 +737,7 @@ void CheckSkippedSearch(Metric metric, const CandidateStore& store,
     const double bound = index.ErrorBound(Norm(q, dim));
     std::vector<double> exact(n);
     for (size_t r = 0; r < n; ++r) {
-      exact[r] = ExactScore(metric, q, store.vector(r), dim);
+      exact[r] = ExactScoreDouble(metric, q, store.vector(r), dim);
     }
     std::vector<double> sorted = exact;
     std::sort(sorted.begin(), sorted.end(),
@@ -776,7 +770,7 @@ void CheckSkippedSearch(Metric metric, const CandidateStore& store,
       const int64_t row = got.rows[i * k + j];
       ASSERT_GE(row, 0) << "query " << i << " position " << j;
       EXPECT_NE(row % 3, 0) << "query " << i << ": skipped row " << row;
-      const double exact = ExactScore(metric, q, store.vector(row), dim);
+      const double exact = ExactScoreDouble(metric, q, store.vector(row), dim);
       EXPECT_FALSE(Better(metric, exact, closest[i]))
           << "query " << i << ": row " << row << " (" << exact
           << ") is closer than " << closest[i];
