@@ -94,6 +94,37 @@ absl::Status DecodeMineRequest(const v1::MineRequest& request,
   return absl::OkStatus();
 }
 
+absl::Status CheckReplySize(const DecodedMineRequest& request, size_t dim,
+                            size_t max_bytes) {
+  // Upper bounds of the encoded sizes: a Negative's id, label (varints of
+  // up to 10 bytes), score, rank and framing take at most 39 bytes, its
+  // packed embedding 4 x dim plus 6; a QueryResult's own fields and
+  // framing 17.
+  const uint64_t per_negative =
+      39 + (request.return_embeddings ? 6 + 4 * uint64_t{dim} : 0);
+  const uint64_t queries = request.queries.size();
+  const uint64_t bytes =
+      1024 + queries * (17 + request.options.num_negatives * per_negative);
+  if (bytes <= max_bytes) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the answer could take ", bytes, " bytes (", queries, " queries x ",
+      request.options.num_negatives, " negatives",
+      request.return_embeddings
+          ? absl::StrCat(" with embeddings of ", dim, " floats")
+          : "",
+      "), over the message limit of ", max_bytes,
+      " bytes; split the request, ask for fewer negatives",
+      request.return_embeddings ? ", or leave out return_embeddings" : ""));
+}
+
+uint64_t RequestFetch(const v1::MineRequest& request) {
+  const v1::MiningOptions& o = request.options();
+  const uint64_t range_max = o.range_max() != 0
+                                 ? o.range_max()
+                                 : uint64_t{o.range_min()} + o.num_negatives();
+  return range_max * static_cast<uint64_t>(request.queries_size());
+}
+
 void EncodeResults(const std::vector<MiningResult>& results,
                    const IndexVersion& version, bool return_embeddings,
                    v1::MineResponse* response) {

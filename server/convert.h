@@ -34,6 +34,17 @@ struct DecodedMineRequest {
 absl::Status DecodeMineRequest(const v1::MineRequest& request,
                                DecodedMineRequest* out);
 
+// RESOURCE_EXHAUSTED when the answer to `request` could exceed `max_bytes`
+// once encoded (num_negatives for every query, with embeddings of `dim`
+// floats when asked for), so that an answer too large to send is refused
+// before any work.
+absl::Status CheckReplySize(const DecodedMineRequest& request, size_t dim,
+                            size_t max_bytes);
+
+// The candidates a request may rank: range_max (after defaulting) x
+// queries, straight from the proto (no decoding), for batching.
+uint64_t RequestFetch(const v1::MineRequest& request);
+
 // Appends one QueryResult per result; copies stored vectors when
 // `return_embeddings`.
 void EncodeResults(const std::vector<MiningResult>& results,

@@ -30,24 +30,40 @@ class MineReactor final
   }
 
   void OnReadDone(bool ok) override {
-    Actions actions;
     if (!ok) {
-      absl::MutexLock lock(&mu_);
-      read_in_flight_ = false;
-      reads_done_ = true;
-      actions = Advance();
-    } else {
-      const auto start = std::chrono::steady_clock::now();
-      std::shared_ptr<Slot> slot = std::move(reading_);
-      reading_ = std::make_shared<Slot>();  // for the next read
+      Actions actions;
+      {
+        absl::MutexLock lock(&mu_);
+        read_in_flight_ = false;
+        reads_done_ = true;
+        actions = Advance();
+      }
+      Run(actions);
+      return;
+    }
+    const auto start = std::chrono::steady_clock::now();
+    std::shared_ptr<Slot> slot = std::move(reading_);
+    reading_ = std::make_shared<Slot>();  // for the next read
+    {
       absl::MutexLock lock(&mu_);
       read_in_flight_ = false;
       slots_.push_back(slot);
       ++outstanding_;  // keeps the reactor alive until the task is done
-      service_->Enqueue({slot->request, slot->response,
-                         [this, slot, start](const absl::Status& st) {
-                           Done(*slot, st, start);
-                         }});
+    }
+    const absl::Status refused =
+        service_->Enqueue({slot->request, slot->response,
+                           [this, slot, start](const absl::Status& st) {
+                             Done(*slot, st, start);
+                           }});
+    if (!refused.ok()) {
+      // Answered in-band and in order, like any failed request.
+      slot->response->set_request_id(slot->request->request_id());
+      Done(*slot, refused, start);  // advances
+      return;
+    }
+    Actions actions;
+    {
+      absl::MutexLock lock(&mu_);
       actions = Advance();
     }
     Run(actions);
@@ -210,31 +226,57 @@ MinerService::MinerService(IndexManager* manager, const Miner* miner,
   SetMessageAllocatorFor_MineOnce(allocator_.get());
 }
 
-void MinerService::Enqueue(MineJob job) const {
+absl::Status MinerService::Enqueue(MineJob job) const {
+  const size_t queries = static_cast<size_t>(job.request->queries_size());
   {
     absl::MutexLock lock(&queue_mu_);
+    // An empty queue always takes a request: its own size is the Miner's
+    // to judge.
+    if (!queue_.empty() &&
+        queued_queries_ + queries > options_.max_queued_queries) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the server is busy: ", queued_queries_,
+                       " queries are waiting, and this request's ", queries,
+                       " would pass the limit of ", options_.max_queued_queries,
+                       " (max_queued_queries); retry with backoff"));
+    }
+    queued_queries_ += queries;
     queue_.push_back(std::move(job));
   }
   // One drain per job: a drain that finds the queue emptied by another
   // (which took this job into its batch) returns at once.
   pool_->Submit([this] { DrainQueue(); });
+  return absl::OkStatus();
+}
+
+void MinerService::AwaitQueuedQueriesForTesting(size_t queries) const {
+  absl::MutexLock lock(&queue_mu_);
+  auto reached = [this, queries]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) {
+    return queued_queries_ == queries;
+  };
+  queue_mu_.Await(absl::Condition(&reached));
 }
 
 void MinerService::DrainQueue() const {
   std::vector<MineJob> jobs;
   size_t queries = 0;
+  uint64_t fetch = 0;
   bool alone = false;  // no other batch runs or waits
   {
     absl::MutexLock lock(&queue_mu_);
     const absl::Time deadline = absl::Now() + options_.max_batch_delay;
     while (true) {
       while (!queue_.empty()) {
-        const size_t next =
-            static_cast<size_t>(queue_.front().request->queries_size());
-        if (!jobs.empty() && queries + next > options_.max_batch_queries) {
+        const v1::MineRequest& request = *queue_.front().request;
+        const size_t next = static_cast<size_t>(request.queries_size());
+        const uint64_t next_fetch = RequestFetch(request);
+        if (!jobs.empty() && (queries + next > options_.max_batch_queries ||
+                              fetch + next_fetch > options_.max_batch_fetch)) {
           break;
         }
         queries += next;
+        fetch += next_fetch;
+        queued_queries_ -= next;
         jobs.push_back(std::move(queue_.front()));
         queue_.pop_front();
       }
@@ -293,6 +335,9 @@ void MinerService::HandleBatch(std::vector<MineJob>& jobs) const {
     decoded[j] = std::make_unique<DecodedMineRequest>();
     status[j] = DecodeMineRequest(request, decoded[j].get());
     if (!status[j].ok()) continue;
+    status[j] =
+        CheckReplySize(*decoded[j], version->dim(), options_.max_reply_bytes);
+    if (!status[j].ok()) continue;
     items.push_back({decoded[j]->queries, &decoded[j]->options});
     item_job.push_back(j);
   }
@@ -325,11 +370,16 @@ grpc::ServerUnaryReactor* MinerService::MineOnce(
     v1::MineResponse* response) {
   const auto start = std::chrono::steady_clock::now();
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  Enqueue({request, response,
-           [this, reactor, response, start](const absl::Status& status) {
-             RecordRequest(MineRpc::kMineOnce, start, status, *response);
-             reactor->Finish(ToGrpcStatus(status));
-           }});
+  const absl::Status refused =
+      Enqueue({request, response,
+               [this, reactor, response, start](const absl::Status& status) {
+                 RecordRequest(MineRpc::kMineOnce, start, status, *response);
+                 reactor->Finish(ToGrpcStatus(status));
+               }});
+  if (!refused.ok()) {
+    RecordRequest(MineRpc::kMineOnce, start, refused, *response);
+    reactor->Finish(ToGrpcStatus(refused));
+  }
   return reactor;
 }
 

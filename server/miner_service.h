@@ -52,6 +52,16 @@ struct MinerServiceOptions {
   // waits, so that a lone query uses every core (the Flat kernel splits
   // its rows). 0 leaves each worker's own setting.
   int lone_batch_threads = 0;
+  // Admission control: queries waiting for a worker, from every stream and
+  // call. A request that would pass it is answered RESOURCE_EXHAUSTED at
+  // once (in-band on a Mine stream), and the client may retry.
+  size_t max_queued_queries = 65536;
+  // A batch ranks at most this many candidates (range_max x queries over
+  // its requests), so coalescing never multiplies one request's memory.
+  uint64_t max_batch_fetch = uint64_t{1} << 24;
+  // Largest answer, encoded; a request whose answer could be larger is
+  // refused before any work (RESOURCE_EXHAUSTED).
+  size_t max_reply_bytes = size_t{64} << 20;
 };
 
 // One mining request waiting for a batch. `done` runs on a worker once
@@ -82,7 +92,9 @@ class MinerService final : public v1::Miner::CallbackService {
                                          v1::IndexInfo* response) override;
 
   // Queues `job` for the next batch; a worker of the pool answers it.
-  void Enqueue(MineJob job) const ABSL_LOCKS_EXCLUDED(queue_mu_);
+  // RESOURCE_EXHAUSTED, naming max_queued_queries, when the queue is full:
+  // then `job.done` is never called and the caller answers.
+  absl::Status Enqueue(MineJob job) const ABSL_LOCKS_EXCLUDED(queue_mu_);
 
   // Records one mining request that was read at `start` and answered
   // with `response` (results when `status` is OK). No-op without metrics.
@@ -91,6 +103,9 @@ class MinerService final : public v1::Miner::CallbackService {
                      const v1::MineResponse& response) const;
 
   WorkerPool* pool() const { return pool_; }
+  // Blocks until exactly `queries` queries wait for a worker (for tests).
+  void AwaitQueuedQueriesForTesting(size_t queries) const
+      ABSL_LOCKS_EXCLUDED(queue_mu_);
   const MinerServiceOptions& options() const { return options_; }
 
  private:
@@ -110,6 +125,7 @@ class MinerService final : public v1::Miner::CallbackService {
       allocator_;
   mutable absl::Mutex queue_mu_;
   mutable std::deque<MineJob> queue_ ABSL_GUARDED_BY(queue_mu_);
+  mutable size_t queued_queries_ ABSL_GUARDED_BY(queue_mu_) = 0;
   // Batches being answered now.
   mutable int running_batches_ ABSL_GUARDED_BY(queue_mu_) = 0;
   // Owns Publish builds that outlive their call (wait=false); declared last

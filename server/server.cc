@@ -41,6 +41,8 @@ std::function<void()> WorkerThreadInit(size_t workers, int blas_threads) {
 // alone may use every core.
 MinerServiceOptions ServiceOptions(const ServerOptions& options) {
   MinerServiceOptions service = options.service;
+  service.max_reply_bytes = options.max_message_bytes;
+  service.max_batch_fetch = options.limits.max_request_fetch;
   const size_t workers =
       options.threads == 0 ? DefaultThreads() : options.threads;
   if (options.blas_threads <= 0 && workers > 1 &&

@@ -65,6 +65,13 @@ class HardnegServer {
   // A channel to this server that bypasses the network (for tests).
   std::shared_ptr<grpc::Channel> InProcessChannel();
 
+  // The search workers (for tests that need to hold them busy).
+  WorkerPool* pool_for_testing() { return pool_.get(); }
+  // Blocks until exactly `queries` queries wait for a worker (for tests).
+  void AwaitQueuedQueriesForTesting(size_t queries) const {
+    service_->AwaitQueuedQueriesForTesting(queries);
+  }
+
  private:
   HardnegServer(const ServerOptions& options, IndexManager* manager);
 

@@ -64,6 +64,21 @@ ABSL_FLAG(uint32_t, max_negatives, 10000, "Largest num_negatives accepted.");
 ABSL_FLAG(uint32_t, max_range, 1000000, "Largest range_max accepted.");
 ABSL_FLAG(uint32_t, max_nprobe, 4096,
           "Largest per-request options.nprobe accepted (IVF indexes).");
+ABSL_FLAG(uint32_t, max_queries, 16384,
+          "Most queries in one request (INVALID_ARGUMENT past it).");
+ABSL_FLAG(uint64_t, max_request_negatives, uint64_t{1} << 20,
+          "Most negatives one request may ask for: num_negatives x queries "
+          "(INVALID_ARGUMENT past it).");
+ABSL_FLAG(uint64_t, max_request_fetch, uint64_t{1} << 24,
+          "Most candidates one request may rank: range_max x queries, about "
+          "8 bytes each while it is answered (INVALID_ARGUMENT past it). "
+          "Also the most a batch of coalesced requests ranks.");
+ABSL_FLAG(uint32_t, max_positives, 65536,
+          "Most positive_ids (or positive_scores) of one query.");
+ABSL_FLAG(uint64_t, max_queued_queries, 65536,
+          "Admission control: queries waiting for a search worker, over all "
+          "streams and calls; a request past it gets RESOURCE_EXHAUSTED at "
+          "once and may be retried.");
 
 namespace hardneg {
 namespace {
@@ -122,6 +137,14 @@ absl::StatusOr<ServerConfig> ServerConfigFromFlags() {
   server.limits.max_negatives = absl::GetFlag(FLAGS_max_negatives);
   server.limits.max_range = absl::GetFlag(FLAGS_max_range);
   server.limits.max_nprobe = absl::GetFlag(FLAGS_max_nprobe);
+  server.limits.max_queries =
+      std::max<uint32_t>(1, absl::GetFlag(FLAGS_max_queries));
+  server.limits.max_request_negatives =
+      absl::GetFlag(FLAGS_max_request_negatives);
+  server.limits.max_request_fetch = absl::GetFlag(FLAGS_max_request_fetch);
+  server.limits.max_positives = absl::GetFlag(FLAGS_max_positives);
+  server.service.max_queued_queries =
+      static_cast<size_t>(absl::GetFlag(FLAGS_max_queued_queries));
   return config;
 }
 

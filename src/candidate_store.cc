@@ -76,4 +76,13 @@ size_t CandidateStore::MemoryBytes() const {
          row_of_.capacity() * (sizeof(int64_t) + sizeof(uint32_t) + 1);
 }
 
+size_t CandidateStore::MemoryBytesFor(size_t rows, size_t dim,
+                                      bool has_labels) {
+  // Vectors, ids, labels, squared norms, and the id -> row map (whose
+  // capacity is at least the row count).
+  return rows * (dim * sizeof(float) + sizeof(int64_t) +
+                 (has_labels ? sizeof(int64_t) : 0) + sizeof(float) +
+                 sizeof(int64_t) + sizeof(uint32_t) + 1);
+}
+
 }  // namespace hardneg

@@ -57,6 +57,10 @@ class CandidateStore {
   // Approximate heap bytes held.
   size_t MemoryBytes() const;
 
+  // About what MemoryBytes() will be for a store of `rows` x `dim`, for
+  // budgets checked before anything is read.
+  static size_t MemoryBytesFor(size_t rows, size_t dim, bool has_labels);
+
  private:
   CandidateStore() = default;
 

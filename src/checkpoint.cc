@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "file_util.h"
 #include "nlohmann/json.hpp"
 #include "npy.h"
 #include "status_macros.h"
@@ -30,10 +31,42 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 constexpr char kManifestFile[] = "manifest.json";
+// A manifest lists file names: even ten thousand shards take under 2 MB.
+// Anything larger is not a manifest, and would cost every poll a parse.
+constexpr size_t kMaxManifestBytes = size_t{4} << 20;
+constexpr size_t kMaxShards = 10000;
+// A manifest is three levels deep; nlohmann's dump() recurses per level,
+// so a hostile file of nested arrays must never reach it.
+constexpr int kMaxJsonDepth = 16;
 
-std::string JoinPath(const std::string& dir, const std::string& name) {
-  if (dir.empty() || dir.back() == '/') return dir + name;
-  return absl::StrCat(dir, "/", name);
+// INVALID_ARGUMENT when `text` nests arrays or objects deeper than
+// `max_depth`. A lexical scan (strings and escapes skipped), so that it
+// runs before any recursive code sees the document.
+absl::Status CheckJsonDepth(absl::string_view text, int max_depth) {
+  int depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > max_depth) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "nested deeper than ", max_depth, " levels at byte ", i));
+      }
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return absl::OkStatus();
 }
 
 // Keeps the code of `status` and puts `prefix` before its message.
@@ -110,6 +143,7 @@ absl::StatusOr<std::string> PathField(const json& object, const char* field,
 // Parses the manifest text; errors carry the reason only, the caller adds
 // where it comes from.
 absl::StatusOr<CheckpointManifest> ParseManifest(const std::string& text) {
+  HARDNEG_RETURN_IF_ERROR(CheckJsonDepth(text, kMaxJsonDepth));
   json root;
   try {
     root = json::parse(text);
@@ -166,6 +200,11 @@ absl::StatusOr<CheckpointManifest> ParseManifest(const std::string& text) {
     return absl::InvalidArgumentError(
         "field \"shards\" must list at least one shard, found []");
   }
+  if (shards->size() > kMaxShards) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "field \"shards\" lists ", shards->size(), " shards; the limit is ",
+        kMaxShards, " (write fewer, larger shards)"));
+  }
   for (size_t i = 0; i < shards->size(); ++i) {
     const json& entry = (*shards)[i];
     const std::string prefix = absl::StrCat("shards[", i, "]");
@@ -190,37 +229,19 @@ absl::StatusOr<CheckpointManifest> ParseManifest(const std::string& text) {
   return manifest;
 }
 
-absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    if (errno == ENOENT) {
-      return absl::NotFoundError(absl::StrCat(path, ": no such file"));
-    }
-    return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot open"));
-  }
-  std::string text;
-  char buffer[1 << 16];
-  while (true) {
-    ssize_t got = read(fd, buffer, sizeof(buffer));
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      absl::Status status =
-          absl::ErrnoToStatus(errno, absl::StrCat(path, ": read failed"));
-      close(fd);
-      return status;
-    }
-    if (got == 0) break;
-    text.append(buffer, static_cast<size_t>(got));
-  }
-  close(fd);
-  return text;
-}
+// One manifest read: an error that names the file when it could not be
+// read (NOT_FOUND when absent), otherwise the parse's outcome, whose errors
+// hold only the reason.
+struct ManifestRead {
+  bool read_failed = false;
+  absl::StatusOr<CheckpointManifest> manifest;
+};
 
-// Like ReadManifest, but on a parse error the message holds only the reason.
-absl::StatusOr<CheckpointManifest> ReadManifestReason(const std::string& dir) {
-  const std::string path = JoinPath(dir, kManifestFile);
-  HARDNEG_ASSIGN_OR_RETURN(std::string text, ReadTextFile(path));
-  return ParseManifest(text);
+ManifestRead ReadManifestFile(const std::string& dir) {
+  absl::StatusOr<std::string> text =
+      ReadSmallTextFile(JoinPath(dir, kManifestFile), kMaxManifestBytes);
+  if (!text.ok()) return {true, text.status()};
+  return {false, ParseManifest(*text)};
 }
 
 // The first non-finite value of a shard, named by file, row and column so the
@@ -270,57 +291,20 @@ absl::Status ExplainDuplicate(const std::vector<int64_t>& ids,
   return absl::OkStatus();
 }
 
-absl::Status WriteTextFileAtomically(const std::string& path,
-                                     const std::string& text) {
-  std::string tmp = path + ".tmp-XXXXXX";
-  int fd = mkstemp(tmp.data());
-  if (fd < 0) {
-    return absl::ErrnoToStatus(
-        errno, absl::StrCat(path, ": cannot create a temporary file"));
-  }
-  absl::Status status = [&]() -> absl::Status {
-    if (fchmod(fd, 0644) != 0) {
-      return absl::ErrnoToStatus(errno, absl::StrCat(tmp, ": chmod failed"));
-    }
-    size_t done = 0;
-    while (done < text.size()) {
-      ssize_t put = write(fd, text.data() + done, text.size() - done);
-      if (put < 0) {
-        if (errno == EINTR) continue;
-        return absl::ErrnoToStatus(errno, absl::StrCat(tmp, ": write failed"));
-      }
-      done += static_cast<size_t>(put);
-    }
-    if (fsync(fd) != 0) {
-      return absl::ErrnoToStatus(errno, absl::StrCat(tmp, ": fsync failed"));
-    }
-    return absl::OkStatus();
-  }();
-  if (close(fd) != 0 && status.ok()) {
-    status = absl::ErrnoToStatus(errno, absl::StrCat(tmp, ": close failed"));
-  }
-  if (status.ok() && rename(tmp.c_str(), path.c_str()) != 0) {
-    status = absl::ErrnoToStatus(errno, absl::StrCat(path, ": rename failed"));
-  }
-  if (!status.ok()) unlink(tmp.c_str());
-  return status;
-}
-
 }  // namespace
 
 absl::StatusOr<CheckpointManifest> ReadManifest(const std::string& dir) {
-  absl::StatusOr<CheckpointManifest> manifest = ReadManifestReason(dir);
-  // I/O errors already name the file; parse errors do not.
-  if (!manifest.ok() &&
-      manifest.status().code() == absl::StatusCode::kInvalidArgument) {
-    return Annotate(manifest.status(),
+  ManifestRead read = ReadManifestFile(dir);
+  // Read errors already name the file; parse errors do not.
+  if (!read.read_failed && !read.manifest.ok()) {
+    return Annotate(read.manifest.status(),
                     absl::StrCat(JoinPath(dir, kManifestFile), ": "));
   }
-  return manifest;
+  return std::move(read.manifest);
 }
 
-absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir) {
-  HARDNEG_ASSIGN_OR_RETURN(CheckpointManifest manifest, ReadManifest(dir));
+absl::StatusOr<CheckpointShape> ReadCheckpointShape(
+    const std::string& dir, const CheckpointManifest& manifest) {
   const std::string manifest_path = JoinPath(dir, kManifestFile);
   const bool has_labels = !manifest.shards[0].labels.empty();
   for (size_t i = 1; i < manifest.shards.size(); ++i) {
@@ -333,62 +317,108 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir) {
     }
   }
 
-  const size_t dim = manifest.dim;
+  CheckpointShape shape;
+  shape.dim = manifest.dim;
+  shape.has_labels = has_labels;
+  for (size_t i = 0; i < manifest.shards.size(); ++i) {
+    const CheckpointShard& shard = manifest.shards[i];
+    const std::string embeddings_path = JoinPath(dir, shard.embeddings);
+    HARDNEG_ASSIGN_OR_RETURN(NpyShape2D matrix,
+                             ReadNpyMatrixShape(embeddings_path));
+    if (matrix.cols != shape.dim) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          embeddings_path, ": embeddings have dimension ", matrix.cols, " but ",
+          manifest_path, " says dim ", shape.dim));
+    }
+    const std::string ids_path = JoinPath(dir, shard.ids);
+    HARDNEG_ASSIGN_OR_RETURN(size_t ids, ReadNpyInt64Length(ids_path));
+    if (ids != matrix.rows) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(ids_path, ": has ", ids, " ids but ", embeddings_path,
+                       " has ", matrix.rows, " rows (shard ", i, ")"));
+    }
+    if (has_labels) {
+      const std::string labels_path = JoinPath(dir, shard.labels);
+      HARDNEG_ASSIGN_OR_RETURN(size_t labels, ReadNpyInt64Length(labels_path));
+      if (labels != matrix.rows) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            labels_path, ": has ", labels, " labels but ", embeddings_path,
+            " has ", matrix.rows, " rows (shard ", i, ")"));
+      }
+    }
+    shape.rows += matrix.rows;
+  }
+  if (shape.rows == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("checkpoint ", dir, " has no rows: every shard is empty"));
+  }
+  return shape;
+}
+
+namespace {
+
+// ReadCheckpoint's work; allocation failures throw std::bad_alloc.
+absl::StatusOr<Checkpoint> ReadCheckpointData(
+    const std::string& dir, const CheckpointAdmission& admit) {
+  HARDNEG_ASSIGN_OR_RETURN(CheckpointManifest manifest, ReadManifest(dir));
+  // Headers first: the budget is checked before any row is read.
+  HARDNEG_ASSIGN_OR_RETURN(CheckpointShape shape,
+                           ReadCheckpointShape(dir, manifest));
+  if (admit) HARDNEG_RETURN_IF_ERROR(admit(shape));
+  const size_t dim = shape.dim;
   std::vector<float> vectors;
   std::vector<int64_t> ids;
   std::vector<int64_t> labels;
+  if (manifest.shards.size() > 1) {
+    vectors.reserve(shape.rows * dim);
+    ids.reserve(shape.rows);
+    if (shape.has_labels) labels.reserve(shape.rows);
+  }
   std::vector<ShardRows> rows_of_shard;
+  // The shapes were checked from the headers; a file whose data disagrees
+  // now was replaced while the checkpoint was being read.
+  auto changed = [&](const std::string& path) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        path,
+        ": changed while the checkpoint was being read; rewrite the "
+        "checkpoint with manifest.json last"));
+  };
   for (size_t i = 0; i < manifest.shards.size(); ++i) {
     const CheckpointShard& shard = manifest.shards[i];
     const std::string embeddings_path = JoinPath(dir, shard.embeddings);
     const std::string ids_path = JoinPath(dir, shard.ids);
     HARDNEG_ASSIGN_OR_RETURN(NpyMatrix matrix, ReadNpyMatrix(embeddings_path));
-    if (matrix.cols != dim) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(embeddings_path, ": embeddings have dimension ",
-                       matrix.cols, " but ", manifest_path, " says dim ", dim));
-    }
+    if (matrix.cols != dim) return changed(embeddings_path);
     HARDNEG_ASSIGN_OR_RETURN(std::vector<int64_t> shard_ids,
                              ReadNpyInt64(ids_path));
-    if (shard_ids.size() != matrix.rows) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          ids_path, ": has ", shard_ids.size(), " ids but ", embeddings_path,
-          " has ", matrix.rows, " rows (shard ", i, ")"));
-    }
+    if (shard_ids.size() != matrix.rows) return changed(ids_path);
     HARDNEG_RETURN_IF_ERROR(CheckFinite(matrix, embeddings_path, shard_ids));
-    if (has_labels) {
+    if (shape.has_labels) {
       const std::string labels_path = JoinPath(dir, shard.labels);
       HARDNEG_ASSIGN_OR_RETURN(std::vector<int64_t> shard_labels,
                                ReadNpyInt64(labels_path));
-      if (shard_labels.size() != matrix.rows) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            labels_path, ": has ", shard_labels.size(), " labels but ",
-            embeddings_path, " has ", matrix.rows, " rows (shard ", i, ")"));
-      }
+      if (shard_labels.size() != matrix.rows) return changed(labels_path);
       labels.insert(labels.end(), shard_labels.begin(), shard_labels.end());
     }
     rows_of_shard.push_back({ids_path, ids.size(), matrix.rows});
     // The common one-shard checkpoint, possibly gigabytes, moves in
     // without a copy.
-    if (vectors.empty()) {
+    if (manifest.shards.size() == 1) {
       vectors = std::move(matrix.data);
     } else {
       vectors.insert(vectors.end(), matrix.data.begin(), matrix.data.end());
     }
     ids.insert(ids.end(), shard_ids.begin(), shard_ids.end());
   }
-  if (ids.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("checkpoint ", dir, " has no rows: every shard is empty"));
-  }
+  if (ids.size() != shape.rows) return changed(JoinPath(dir, kManifestFile));
 
   // Create consumes the ids; keep a copy (8 bytes a row, small next to the
   // vectors) to explain a duplicate in terms of files and rows.
   std::vector<int64_t> ids_copy = ids;
   absl::StatusOr<CandidateStore> store = CandidateStore::Create(
       dim, std::move(ids), std::move(vectors),
-      has_labels ? std::optional<std::vector<int64_t>>(std::move(labels))
-                 : std::nullopt);
+      shape.has_labels ? std::optional<std::vector<int64_t>>(std::move(labels))
+                       : std::nullopt);
   if (!store.ok()) {
     absl::Status duplicate = ExplainDuplicate(ids_copy, rows_of_shard);
     const std::string prefix = absl::StrCat("checkpoint ", dir, ": ");
@@ -398,8 +428,20 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir) {
   return Checkpoint{std::move(manifest), dir, *std::move(store)};
 }
 
+}  // namespace
+
+absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir,
+                                          const CheckpointAdmission& admit) {
+  try {
+    return ReadCheckpointData(dir, admit);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("checkpoint ", dir, ": out of memory while reading it"));
+  }
+}
+
 absl::StatusOr<std::vector<CheckpointEntry>> ListCheckpoints(
-    const std::string& root, std::vector<std::string>* rejected) {
+    const std::string& root, std::vector<RejectedManifest>* rejected) {
   std::error_code error;
   const fs::file_status root_status = fs::status(root, error);
   if (!fs::exists(root_status)) {
@@ -424,16 +466,17 @@ absl::StatusOr<std::vector<CheckpointEntry>> ListCheckpoints(
     std::error_code type_error;
     if (!it->is_directory(type_error)) continue;
     const std::string dir = it->path().string();
-    absl::StatusOr<CheckpointManifest> manifest = ReadManifestReason(dir);
+    ManifestRead read = ReadManifestFile(dir);
+    const absl::StatusOr<CheckpointManifest>& manifest = read.manifest;
     if (absl::IsNotFound(manifest.status())) continue;  // still being written
     if (!manifest.ok()) {
       if (rejected != nullptr) {
-        // Parse errors carry only the reason; I/O errors name the file.
+        // Parse errors carry only the reason; read errors name the file.
         rejected->push_back(
-            absl::IsInvalidArgument(manifest.status())
-                ? absl::StrCat(dir, ": ", kManifestFile, ": ",
-                               manifest.status().message())
-                : absl::StrCat(dir, ": ", manifest.status().message()));
+            {dir, read.read_failed
+                      ? manifest.status()
+                      : Annotate(manifest.status(),
+                                 absl::StrCat(kManifestFile, ": "))});
       }
       continue;
     }
@@ -450,6 +493,13 @@ absl::StatusOr<std::vector<CheckpointEntry>> ListCheckpoints(
               return a.dir > b.dir;
             });
   return entries;
+}
+
+std::string ManifestStamp(const std::string& dir) {
+  struct stat st;
+  if (::stat(JoinPath(dir, kManifestFile).c_str(), &st) != 0) return "";
+  return absl::StrCat(st.st_dev, ":", st.st_ino, ":", st.st_size, ":",
+                      st.st_mtim.tv_sec, ".", st.st_mtim.tv_nsec);
 }
 
 absl::Status WriteCheckpoint(const std::string& root,
@@ -510,7 +560,7 @@ absl::Status WriteCheckpoint(const std::string& root,
   if (manifest.metric.has_value()) {
     root_json["metric"] = MetricName(*manifest.metric);
   }
-  return WriteTextFileAtomically(manifest_path, root_json.dump(2) + "\n");
+  return WriteFileAtomically(manifest_path, root_json.dump(2) + "\n");
 }
 
 }  // namespace hardneg

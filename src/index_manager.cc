@@ -29,13 +29,6 @@
 namespace hardneg {
 namespace {
 
-// The manifest's modification time in nanoseconds, or -1.
-int64_t ManifestMtime(const std::string& dir) {
-  struct stat st;
-  if (::stat((dir + "/manifest.json").c_str(), &st) != 0) return -1;
-  return int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
-}
-
 // Builds run at a lower CPU priority than serving: build_threads bounds
 // their threads, this makes searches win when the cores are contended.
 void LowerThreadPriority() {
@@ -49,7 +42,7 @@ std::string Seconds(absl::Duration d) {
 }  // namespace
 
 IndexManager::IndexManager(IndexManagerOptions options)
-    : options_(std::move(options)) {
+    : options_(std::move(options)), rejections_(options_.data_dir) {
   status_.state = "empty";
   wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 }
@@ -94,6 +87,25 @@ size_t IndexManager::RemainingBytes() const {
   const size_t served = current_ ? current_->MemoryBytes() : 0;
   return options_.max_index_bytes > served ? options_.max_index_bytes - served
                                            : 0;
+}
+
+absl::Status IndexManager::CheckBudget(size_t rows, size_t dim,
+                                       bool has_labels) const {
+  return CheckBytes(CandidateStore::MemoryBytesFor(rows, dim, has_labels) +
+                    IndexBytesBound(rows, dim, options_.build));
+}
+
+absl::Status IndexManager::CheckBytes(size_t needed) const {
+  if (options_.max_index_bytes == 0) return absl::OkStatus();
+  std::shared_ptr<const IndexVersion> served = Current();
+  const size_t served_bytes = served ? served->MemoryBytes() : 0;
+  if (served_bytes + needed <= options_.max_index_bytes) {
+    return absl::OkStatus();
+  }
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the new version needs about ", needed, " bytes and the served one ",
+      "holds ", served_bytes, ": over the memory budget (max_index_bytes) of ",
+      options_.max_index_bytes));
 }
 
 void IndexManager::Reject(const std::string& source,
@@ -162,17 +174,8 @@ absl::StatusOr<VersionInfo> IndexManager::BuildAndSwap(
         "); every trainer's queries would fail. Restart the server with "
         "--allow_schema_change to accept it"));
   }
-  if (options_.max_index_bytes != 0) {
-    const size_t served_bytes = served ? served->MemoryBytes() : 0;
-    const size_t needed =
-        store.MemoryBytes() + IndexBytesEstimate(store, options_.build);
-    if (served_bytes + needed > options_.max_index_bytes) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("the new version needs about ", needed,
-                       " bytes and the served one ", "holds ", served_bytes,
-                       ": over --max_index_bytes=", options_.max_index_bytes));
-    }
-  }
+  HARDNEG_RETURN_IF_ERROR(CheckBytes(
+      store.MemoryBytes() + IndexBytesEstimate(store, options_.build)));
   {
     absl::MutexLock lock(&mu_);
     status_.state = current_ ? "serving" : "building";
@@ -240,26 +243,37 @@ absl::StatusOr<VersionInfo> IndexManager::BuildAndSwap(
 absl::Status IndexManager::LoadNewest() {
   if (options_.checkpoints_dir.empty()) return absl::OkStatus();
   absl::MutexLock build_lock(&build_mu_);
-  std::vector<std::string> unparsable;
+  if (!rejections_restored_) {
+    rejections_restored_ = true;
+    for (const CheckpointRejections::Rejection& r : rejections_.Restore()) {
+      Reject(r.dir, absl::ResourceExhaustedError(r.reason));
+    }
+  }
+  std::vector<RejectedManifest> unparsable;
   HARDNEG_ASSIGN_OR_RETURN(
       std::vector<CheckpointEntry> entries,
       ListCheckpoints(options_.checkpoints_dir, &unparsable));
-  std::shared_ptr<const IndexVersion> served = Current();
   absl::Status last_error = absl::OkStatus();
+  for (const RejectedManifest& bad : unparsable) {
+    const std::string stamp = ManifestStamp(bad.dir);
+    if (rejections_.IsRejected(bad.dir, stamp)) continue;
+    Reject(bad.dir, bad.status);
+    rejections_.Add(bad.dir, stamp, std::string(bad.status.message()));
+    last_error = bad.status;
+  }
+  std::shared_ptr<const IndexVersion> served = Current();
   for (const CheckpointEntry& entry : entries) {
     if (served != nullptr && entry.step <= served->info().step) break;
-    const int64_t mtime = ManifestMtime(entry.dir);
-    {
-      absl::MutexLock lock(&mu_);
-      const bool seen =
-          std::find(rejected_.begin(), rejected_.end(),
-                    std::make_pair(entry.dir, mtime)) != rejected_.end();
-      if (seen) continue;
-    }
+    const std::string stamp = ManifestStamp(entry.dir);
+    if (rejections_.IsRejected(entry.dir, stamp)) continue;
     const absl::Time start = absl::Now();
+    rejections_.BeginLoad(entry.dir, stamp);
     absl::StatusOr<VersionInfo> swapped = [&]() -> absl::StatusOr<VersionInfo> {
-      HARDNEG_ASSIGN_OR_RETURN(Checkpoint checkpoint,
-                               ReadCheckpoint(entry.dir));
+      HARDNEG_ASSIGN_OR_RETURN(
+          Checkpoint checkpoint,
+          ReadCheckpoint(entry.dir, [&](const CheckpointShape& shape) {
+            return CheckBudget(shape.rows, shape.dim, shape.has_labels);
+          }));
       const CheckpointManifest& manifest = checkpoint.manifest;
       VersionInfo info;
       info.name = manifest.name;
@@ -275,12 +289,10 @@ absl::Status IndexManager::LoadNewest() {
       return BuildAndSwap(entry.dir, std::move(info),
                           std::move(checkpoint.store), start);
     }();
+    rejections_.EndLoad();
     if (swapped.ok()) return absl::OkStatus();
     Reject(entry.dir, swapped.status());
-    {
-      absl::MutexLock lock(&mu_);
-      rejected_.emplace_back(entry.dir, mtime);
-    }
+    rejections_.Add(entry.dir, stamp, std::string(swapped.status().message()));
     last_error = swapped.status();
   }
   return last_error;

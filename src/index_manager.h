@@ -24,6 +24,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "candidate_store.h"
+#include "checkpoint_rejections.h"
 #include "index_version.h"
 #include "metric.h"
 
@@ -78,8 +79,12 @@ class IndexManager {
   // served one, trying older ones when the newest is rejected. OK when
   // there is nothing new; the error of the last rejection when every new
   // checkpoint was rejected (the served version keeps serving). Each
-  // rejection is logged with the directory and the reason, and counted. A
-  // rejected checkpoint is not retried until its manifest changes.
+  // rejection, including a manifest that does not parse, is logged with the
+  // directory and the reason, and counted, once. A rejected checkpoint is
+  // not retried until its manifest is rewritten, even after a restart when
+  // data_dir is set; neither is one whose load was interrupted twice (see
+  // CheckpointRejections). A checkpoint over max_index_bytes is rejected
+  // from its headers, before its data is read.
   absl::Status LoadNewest() ABSL_LOCKS_EXCLUDED(mu_, build_mu_);
 
   // Builds `store` into the next version and swaps it in, exactly as for a
@@ -119,6 +124,11 @@ class IndexManager {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(build_mu_) ABSL_LOCKS_EXCLUDED(mu_);
   void Reject(const std::string& source, const absl::Status& status)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // RESOURCE_EXHAUSTED when a version of `rows` x `dim` (or of `needed`
+  // bytes) would not fit beside the served one under max_index_bytes.
+  absl::Status CheckBudget(size_t rows, size_t dim, bool has_labels) const
+      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status CheckBytes(size_t needed) const ABSL_LOCKS_EXCLUDED(mu_);
   void WatchLoop(absl::Duration poll_interval) ABSL_LOCKS_EXCLUDED(mu_);
 
   const IndexManagerOptions options_;
@@ -127,8 +137,9 @@ class IndexManager {
   std::shared_ptr<const IndexVersion> current_ ABSL_GUARDED_BY(mu_);
   uint64_t last_sequence_ ABSL_GUARDED_BY(mu_) = 0;
   BuildStatus status_ ABSL_GUARDED_BY(mu_);
-  // Rejected checkpoint dirs, with the manifest's mtime when rejected.
-  std::vector<std::pair<std::string, int64_t>> rejected_ ABSL_GUARDED_BY(mu_);
+  // Checkpoints given up on (kept under data_dir across restarts).
+  CheckpointRejections rejections_ ABSL_GUARDED_BY(build_mu_);
+  bool rejections_restored_ ABSL_GUARDED_BY(build_mu_) = false;
   IndexEvents events_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   int wake_fd_ = -1;  // eventfd that interrupts the watcher's poll

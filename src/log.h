@@ -16,9 +16,16 @@ enum class LogLevel { kInfo, kWarning, kError };
 
 using LogField = std::pair<std::string_view, std::string>;
 
-// Writes one line. Values containing spaces, quotes or '=' are quoted.
+// Writes one line. Values containing spaces, quotes, '=', backslashes or
+// control characters are quoted, with control characters escaped (\n, \t,
+// \r, \xHH), so a value can never start a line of its own; values over
+// 2 KiB are cut, saying how much was left out.
 void Log(LogLevel level, std::string_view event,
          std::initializer_list<LogField> fields = {});
+
+// The line Log writes, newline included (for tests).
+std::string LogLine(LogLevel level, std::string_view event,
+                    std::initializer_list<LogField> fields = {});
 
 }  // namespace hardneg
 

@@ -384,6 +384,40 @@ absl::Status Miner::ValidateOptions(const MiningOptions& options) const {
   return absl::OkStatus();
 }
 
+uint64_t Miner::RangeMax(const MiningOptions& options) {
+  return options.range_max != 0
+             ? uint64_t{options.range_max}
+             : uint64_t{options.range_min} + uint64_t{options.num_negatives};
+}
+
+absl::Status Miner::ValidateRequestSize(size_t queries,
+                                        const MiningOptions& options,
+                                        size_t candidates) const {
+  if (queries > limits_.max_queries) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request has ", queries, " queries; the limit is ",
+                     limits_.max_queries, " (max_queries): split it"));
+  }
+  const uint64_t negatives = uint64_t{options.num_negatives} * queries;
+  if (negatives > limits_.max_request_negatives) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the request asks for ", negatives, " negatives (num_negatives ",
+        options.num_negatives, " x ", queries, " queries); the limit is ",
+        limits_.max_request_negatives,
+        " (max_request_negatives): split it or ask for fewer"));
+  }
+  const uint64_t ranked = std::min<uint64_t>(RangeMax(options), candidates);
+  const uint64_t fetch = ranked * queries;
+  if (fetch > limits_.max_request_fetch) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the request ranks up to ", fetch, " candidates (", ranked,
+        " a query, from range_max ", RangeMax(options), ", x ", queries,
+        " queries); the limit is ", limits_.max_request_fetch,
+        " (max_request_fetch): split it or lower range_max"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<MiningResult>> Miner::Mine(
     const IndexVersion& version, absl::Span<const MiningQuery> queries,
     const MiningOptions& options) const {
@@ -400,8 +434,18 @@ absl::Status Miner::Validate(const IndexVersion& version,
     return absl::InvalidArgumentError("queries is empty: send at least one");
   }
   HARDNEG_RETURN_IF_ERROR(ValidateOptions(options));
+  HARDNEG_RETURN_IF_ERROR(
+      ValidateRequestSize(queries.size(), options, version.size()));
   for (size_t i = 0; i < queries.size(); ++i) {
     HARDNEG_RETURN_IF_ERROR(ValidateQuery(queries[i], i, version.dim()));
+    const size_t positives = std::max(queries[i].positive_ids.size(),
+                                      queries[i].positive_scores.size());
+    if (positives > limits_.max_positives) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          QueryField(i, "positive_ids"), " and positive_scores hold ",
+          positives, " values; the limit is ", limits_.max_positives,
+          " (max_positives)"));
+    }
   }
   return absl::OkStatus();
 }

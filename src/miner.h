@@ -80,10 +80,20 @@ struct MiningBatchItem {
   const MiningOptions* options = nullptr;
 };
 
+// Bounds on one request's work and memory, checked before any search.
+// The defaults keep a request's own memory to a few hundred MB.
 struct MinerLimits {
   uint32_t max_negatives = 10000;  // per query
   uint32_t max_range = 1000000;    // range_max after defaulting
   uint32_t max_nprobe = 4096;      // options.nprobe
+  uint32_t max_queries = 16384;    // queries in one request
+  // num_negatives x queries: the negatives one answer may hold.
+  uint64_t max_request_negatives = uint64_t{1} << 20;
+  // range_max x queries: the candidates one request may rank (about 8
+  // bytes each, kept until the answer).
+  uint64_t max_request_fetch = uint64_t{1} << 24;
+  // positive_ids (and positive_scores) of one query.
+  uint32_t max_positives = 65536;
 };
 
 class Miner {
@@ -96,8 +106,10 @@ class Miner {
   // positive_score; num_negatives 0 or over the limit; range_max set and
   // smaller than range_min + num_negatives, or over the limit; a negative or
   // non-finite temperature; a non-finite bound or margin; nprobe over the
-  // limit. INTERNAL if the index fails. Same queries, options, seed and
-  // version: same results.
+  // limit; more queries, negatives x queries, range_max x queries, or
+  // positives of a query than MinerLimits allows (naming the limit).
+  // INTERNAL if the index fails. Same queries, options, seed and version:
+  // same results.
   absl::StatusOr<std::vector<MiningResult>> Mine(
       const IndexVersion& version, absl::Span<const MiningQuery> queries,
       const MiningOptions& options) const;
@@ -113,6 +125,17 @@ class Miner {
 
   // The option checks of Mine alone (no queries needed).
   absl::Status ValidateOptions(const MiningOptions& options) const;
+
+  // The checks of a request's size against the limits: `queries` queries
+  // with `options` (which ValidateOptions accepted), over `candidates`
+  // candidates (no query ranks more than there are).
+  absl::Status ValidateRequestSize(size_t queries, const MiningOptions& options,
+                                   size_t candidates) const;
+
+  // range_max after defaulting (0 means range_min + num_negatives).
+  static uint64_t RangeMax(const MiningOptions& options);
+
+  const MinerLimits& limits() const { return limits_; }
 
  private:
   // Mine's checks of one request.

@@ -586,6 +586,17 @@ absl::StatusOr<NpyMatrix> ReadNpyMatrix(const std::string& path) {
   return matrix;
 }
 
+absl::StatusOr<NpyShape2D> ReadNpyMatrixShape(const std::string& path) {
+  HARDNEG_ASSIGN_OR_RETURN(OpenedNpy npy,
+                           OpenNpy(path, kFloatSpec, 2, "[rows, dim]"));
+  return NpyShape2D{npy.header.shape[0], npy.header.shape[1]};
+}
+
+absl::StatusOr<size_t> ReadNpyInt64Length(const std::string& path) {
+  HARDNEG_ASSIGN_OR_RETURN(OpenedNpy npy, OpenNpy(path, kIntSpec, 1, "[n]"));
+  return npy.count;
+}
+
 absl::StatusOr<std::vector<int64_t>> ReadNpyInt64(const std::string& path) {
   // Fortran order changes nothing for a 1-D array.
   HARDNEG_ASSIGN_OR_RETURN(OpenedNpy npy, OpenNpy(path, kIntSpec, 1, "[n]"));

@@ -18,6 +18,11 @@
 
 namespace hardneg {
 
+struct NpyShape2D {
+  size_t rows = 0;
+  size_t cols = 0;
+};
+
 // A 2-D float matrix, row-major.
 struct NpyMatrix {
   size_t rows = 0;
@@ -30,6 +35,15 @@ struct NpyMatrix {
 // dtype, a shape that is not 2-D or data shorter or longer than the shape
 // says; NOT_FOUND when the file does not exist.
 absl::StatusOr<NpyMatrix> ReadNpyMatrix(const std::string& path);
+
+// The shape of the 2-D float array at `path`, from its header alone, with
+// every check of ReadNpyMatrix but the data's values (the file's size must
+// match the shape). For checking a budget before reading.
+absl::StatusOr<NpyShape2D> ReadNpyMatrixShape(const std::string& path);
+
+// The length of the 1-D int array at `path`, from its header alone, with
+// every check of ReadNpyInt64 but the data's values.
+absl::StatusOr<size_t> ReadNpyInt64Length(const std::string& path);
 
 // Reads a 1-D '<i8' or '<i4' array, widened to int64.
 absl::StatusOr<std::vector<int64_t>> ReadNpyInt64(const std::string& path);

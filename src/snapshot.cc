@@ -26,6 +26,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/time.h"
 #include "candidate_store.h"
+#include "file_util.h"
 #include "log.h"
 #include "metric.h"
 #include "nlohmann/json.hpp"
@@ -52,11 +53,6 @@ constexpr char kIndexFile[] = "index.faiss";
 constexpr int kFormat = 1;
 // meta.json is a few hundred bytes; a bigger one is not ours.
 constexpr size_t kMaxMetaBytes = 1 << 20;
-
-std::string JoinPath(const std::string& dir, absl::string_view name) {
-  if (dir.empty() || dir.back() == '/') return absl::StrCat(dir, name);
-  return absl::StrCat(dir, "/", name);
-}
 
 std::string SnapshotName(uint64_t sequence) {
   char digits[kSequenceDigits + 1];
@@ -127,36 +123,6 @@ absl::Status WriteTextFile(const std::string& path, const std::string& text) {
   }
   if (close(fd) != 0) return ErrnoError(path, "close");
   return absl::OkStatus();
-}
-
-absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    if (errno == ENOENT) {
-      return absl::NotFoundError(absl::StrCat(path, ": no such file"));
-    }
-    return ErrnoError(path, "open");
-  }
-  std::string text;
-  char buffer[4096];
-  while (true) {
-    const ssize_t got = read(fd, buffer, sizeof(buffer));
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      absl::Status status = ErrnoError(path, "read");
-      close(fd);
-      return status;
-    }
-    if (got == 0) break;
-    text.append(buffer, static_cast<size_t>(got));
-    if (text.size() > kMaxMetaBytes) {
-      close(fd);
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": larger than ", kMaxMetaBytes, " bytes"));
-    }
-  }
-  close(fd);
-  return text;
 }
 
 // Keeps the code of `status` and puts `prefix` before its message.
@@ -315,8 +281,9 @@ absl::StatusOr<T> Field(const json& meta, const char* field) {
 
 absl::StatusOr<std::shared_ptr<const IndexVersion>> LoadSnapshot(
     const std::string& dir, uint64_t sequence, bool half_scan) {
-  HARDNEG_ASSIGN_OR_RETURN(std::string text,
-                           ReadTextFile(JoinPath(dir, kMetaFile)));
+  HARDNEG_ASSIGN_OR_RETURN(
+      std::string text,
+      ReadSmallTextFile(JoinPath(dir, kMetaFile), kMaxMetaBytes));
   const json meta = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (meta.is_discarded() || !meta.is_object()) {
     return absl::InvalidArgumentError("meta.json: not a JSON object");

@@ -31,8 +31,8 @@
 namespace hardneg {
 
 struct SnapshotOptions {
-  std::string data_dir;  // created when missing
-  size_t keep = 3;       // newest snapshots kept after a write (>= 1)
+  std::string data_dir;   // created when missing
+  size_t keep = 3;        // newest snapshots kept after a write (>= 1)
   bool half_scan = true;  // IndexBuildOptions::half_scan of loaded versions
 };
 

@@ -701,6 +701,13 @@ size_t IndexBytesEstimate(const CandidateStore& store,
   return UsesHalfScan(store, options.half_scan) ? values * sizeof(uint16_t) : 0;
 }
 
+size_t IndexBytesBound(size_t rows, size_t dim,
+                       const IndexBuildOptions& options) {
+  const size_t values = rows * dim;
+  if (options.factory != "Flat") return values * sizeof(float);
+  return options.half_scan ? values * sizeof(uint16_t) : 0;
+}
+
 absl::StatusOr<std::unique_ptr<VectorIndex>> LoadVectorIndex(
     const std::string& path, const CandidateStore& store, Metric metric,
     const IndexBuildOptions& options) {

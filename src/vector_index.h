@@ -112,11 +112,16 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> BuildVectorIndex(
 size_t IndexBytesEstimate(const CandidateStore& store,
                           const IndexBuildOptions& options);
 
+// At least IndexBytesEstimate for any store of `rows` x `dim`, for budgets
+// checked before the store is read.
+size_t IndexBytesBound(size_t rows, size_t dim,
+                       const IndexBuildOptions& options);
+
 // Restores an index saved by VectorIndex::Save over `store` (which must
 // outlive it): options.factory names its type, and options.half_scan
-// applies as in BuildVectorIndex. For "Flat", `path` is not read. INVALID_ARGUMENT / INTERNAL
-// when the file is unreadable, or its dimension, metric or size does not
-// match the store.
+// applies as in BuildVectorIndex. For "Flat", `path` is not read.
+// INVALID_ARGUMENT / INTERNAL when the file is unreadable, or its dimension,
+// metric or size does not match the store.
 absl::StatusOr<std::unique_ptr<VectorIndex>> LoadVectorIndex(
     const std::string& path, const CandidateStore& store, Metric metric,
     const IndexBuildOptions& options);

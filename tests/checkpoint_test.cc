@@ -1,5 +1,6 @@
 #include "checkpoint.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -482,7 +483,29 @@ INSTANTIATE_TEST_SUITE_P(
                     R"({"name": "x", "step": 1, "dim": 2,
                         "shards": [{"embeddings": "e.npy", "ids": "i.npy",
                                     "labels": ".."}]})",
-                    {"field \"shards[0].labels\"", "must stay inside"}}),
+                    {"field \"shards[0].labels\"", "must stay inside"}},
+        // Used to overflow the stack in the JSON dump of the error message:
+        // the server crashed, and crash-looped at restart.
+        BadManifest{"NestedHundredThousandDeep",
+                    std::string(100000, '[') + std::string(100000, ']'),
+                    {"nested deeper than 16 levels"}},
+        BadManifest{"NestedInsideAField",
+                    WithShards(absl::StrCat(
+                        R"("name": "x", "step": 1, )", R"("dim": 2, "extra": )",
+                        std::string(17, '['), std::string(17, ']'))),
+                    {"nested deeper than 16 levels"}},
+        BadManifest{"TooManyShards",
+                    [] {
+                      std::string shards;
+                      for (int i = 0; i < 10001; ++i) {
+                        absl::StrAppend(&shards, i == 0 ? "" : ",",
+                                        R"({"embeddings": "e", "ids": "i"})");
+                      }
+                      return absl::StrCat(
+                          R"({"name": "x", "step": 1, "dim": 2, "shards": [)",
+                          shards, "]}");
+                    }(),
+                    {"lists 10001 shards; the limit is 10000"}}),
     [](const ::testing::TestParamInfo<BadManifest>& param_info) {
       return param_info.param.label;
     });
@@ -499,6 +522,85 @@ TEST_P(BadManifestTest, IsRejectedWithFileAndReason) {
       EXPECT_THAT(std::string(status.message()), HasSubstr(part));
     }
   }
+}
+
+TEST_F(CheckpointTest, BracketsInsideStringsDoNotCountAsNesting) {
+  const std::string dir = Dir("brackets");
+  WriteFile(dir + "/manifest.json",
+            absl::StrCat(R"({"name": ")", std::string(40, '['),
+                         R"(\"", "step": 1, "dim": 2, )", kShards, "}"));
+  absl::StatusOr<CheckpointManifest> manifest = ReadManifest(dir);
+  ASSERT_TRUE(manifest.ok()) << manifest.status();
+  EXPECT_EQ(manifest->name, std::string(40, '[') + "\"");
+}
+
+TEST_F(CheckpointTest, ManifestOverFourMebibytesIsRejectedBeforeReading) {
+  const std::string dir = Dir("huge");
+  // Valid JSON, padded with spaces past the limit.
+  WriteFile(dir + "/manifest.json",
+            WithShards(R"("name": "x", "step": 1, "dim": 2)") +
+                std::string(size_t{4} << 20, ' '));
+  ExpectError(ReadManifest(dir).status(), absl::StatusCode::kInvalidArgument,
+              {dir + "/manifest.json", "over the limit of 4194304"});
+}
+
+TEST_F(CheckpointTest, ManifestThatIsAFifoIsRejectedWithoutBlocking) {
+  const std::string dir = Dir("fifo");
+  ASSERT_EQ(::mkfifo((dir + "/manifest.json").c_str(), 0644), 0);
+  ExpectError(ReadManifest(dir).status(), absl::StatusCode::kInvalidArgument,
+              {dir + "/manifest.json", "not a regular file"});
+  std::vector<RejectedManifest> rejected;
+  ASSERT_TRUE(ListCheckpoints(root_, &rejected).ok());
+  ASSERT_THAT(rejected, SizeIs(1));
+  EXPECT_THAT(std::string(rejected[0].status.message()),
+              HasSubstr("not a regular file"));
+}
+
+TEST_F(CheckpointTest, AdmissionSeesTheShapeBeforeAnyDataIsRead) {
+  const std::string dir = WriteShardedCheckpoint(
+      "ckpt", 1, {MakeShard(2, 3, 0, true), MakeShard(5, 3, 10, true)});
+  // Shapes come from headers: a shard whose data is unreadable (here,
+  // truncated) still gives its shape, and the admission refuses first.
+  std::vector<CheckpointShape> seen;
+  absl::Status status = ReadCheckpoint(dir, [&](const CheckpointShape& shape) {
+                          seen.push_back(shape);
+                          return absl::ResourceExhaustedError("over budget");
+                        }).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  ASSERT_THAT(seen, SizeIs(1));
+  EXPECT_EQ(seen[0].rows, 7u);
+  EXPECT_EQ(seen[0].dim, 3u);
+  EXPECT_TRUE(seen[0].has_labels);
+
+  absl::StatusOr<Checkpoint> admitted = ReadCheckpoint(
+      dir, [](const CheckpointShape&) { return absl::OkStatus(); });
+  ASSERT_TRUE(admitted.ok()) << admitted.status();
+  EXPECT_EQ(admitted->store.size(), 7u);
+}
+
+TEST_F(CheckpointTest, AHugeSparseShardIsRefusedFromItsHeader) {
+  // 2^31 rows x 4 dims claimed by the header, a sparse file of that size:
+  // the admission sees 32 GiB and nothing is allocated.
+  const std::string dir = Dir("sparse");
+  const size_t rows = size_t{1} << 31;
+  const std::string header = Npy("<f4", absl::StrCat("(", rows, ", 4)"), "");
+  WriteFile(dir + "/embeddings-00000.npy", header);
+  ASSERT_EQ(::truncate((dir + "/embeddings-00000.npy").c_str(),
+                       static_cast<off_t>(header.size() + rows * 16)),
+            0);
+  const std::string ids_header = Npy("<i8", absl::StrCat("(", rows, ",)"), "");
+  WriteFile(dir + "/ids-00000.npy", ids_header);
+  ASSERT_EQ(::truncate((dir + "/ids-00000.npy").c_str(),
+                       static_cast<off_t>(ids_header.size() + rows * 8)),
+            0);
+  WriteFile(dir + "/manifest.json", ManifestJson("sparse", 1, 4, 1, false));
+  size_t claimed = 0;
+  absl::Status status = ReadCheckpoint(dir, [&](const CheckpointShape& shape) {
+                          claimed = shape.rows;
+                          return absl::ResourceExhaustedError("over budget");
+                        }).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
+  EXPECT_EQ(claimed, rows);
 }
 
 TEST_F(CheckpointTest, AcceptsDotsInsideFileNames) {
@@ -716,7 +818,7 @@ TEST_F(CheckpointTest, ListsHighestStepFirst) {
     WriteFile(dir + "/manifest.json",
               ManifestJson(v.name, v.step, 2, 1, false));
   }
-  std::vector<std::string> rejected;
+  std::vector<RejectedManifest> rejected;
   absl::StatusOr<std::vector<CheckpointEntry>> entries =
       ListCheckpoints(root_, &rejected);
   ASSERT_TRUE(entries.ok()) << entries.status();
@@ -750,15 +852,20 @@ TEST_F(CheckpointTest, ListSkipsIncompleteAndReportsBrokenManifests) {
             R"({"name": "n", "step": -1, "dim": 2, "shards": []})");
   WriteFile(root_ / "stray-file.txt", "not a checkpoint");
 
-  std::vector<std::string> rejected;
+  std::vector<RejectedManifest> found;
   absl::StatusOr<std::vector<CheckpointEntry>> entries =
-      ListCheckpoints(root_, &rejected);
+      ListCheckpoints(root_, &found);
   ASSERT_TRUE(entries.ok()) << entries.status();
   ASSERT_THAT(*entries, SizeIs(1));
   EXPECT_EQ((*entries)[0].name, "good");
   EXPECT_EQ((*entries)[0].step, 7u);
   EXPECT_EQ((*entries)[0].dir, (root_ / "good").string());
 
+  std::vector<std::string> rejected;
+  for (const RejectedManifest& r : found) {
+    EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument);
+    rejected.push_back(absl::StrCat(r.dir, ": ", r.status.message()));
+  }
   std::sort(rejected.begin(), rejected.end());
   ASSERT_THAT(rejected, SizeIs(2));
   EXPECT_THAT(rejected[0], HasSubstr(negative + ": manifest.json: "));

@@ -147,6 +147,58 @@ TEST(EncodeTest, ResultsCarryStoredLabelsAndOptionalEmbeddings) {
               ElementsAre(0.0f, 1.0f));
 }
 
+// The reply bound holds for the largest encoded answer it admits: ids,
+// labels and ranks at their widest varints, every query full.
+TEST(ReplySizeTest, TheBoundCoversTheWorstEncodingAndRefusesPastIt) {
+  constexpr size_t kDim = 16;
+  constexpr int kQueries = 3;
+  constexpr uint32_t kNegatives = 50;
+  v1::MineResponse worst;
+  worst.set_request_id(~uint64_t{0});
+  worst.mutable_index()->set_name("v");
+  worst.mutable_index()->set_sequence(~uint64_t{0});
+  for (int q = 0; q < kQueries; ++q) {
+    v1::QueryResult* result = worst.add_results();
+    result->set_shortfall(~uint32_t{0});
+    result->set_positive_score(1.5f);
+    for (uint32_t i = 0; i < kNegatives; ++i) {
+      v1::Negative* n = result->add_negatives();
+      n->set_id(-1);  // ten bytes as a varint
+      n->set_label(-1);
+      n->set_score(-0.5f);
+      n->set_rank(~uint32_t{0});
+      for (size_t d = 0; d < kDim; ++d) n->add_embedding(0.25f);
+    }
+  }
+  DecodedMineRequest request;
+  request.queries.resize(kQueries);
+  request.options.num_negatives = kNegatives;
+  request.return_embeddings = true;
+  const size_t encoded = worst.ByteSizeLong();
+  // A limit that this answer would pass must refuse the request...
+  EXPECT_FALSE(CheckReplySize(request, kDim, encoded - 1).ok());
+  // ...and the bound is not wildly loose: within 25% of the worst case.
+  EXPECT_TRUE(CheckReplySize(request, kDim, encoded * 5 / 4).ok());
+  const absl::Status refused = CheckReplySize(request, kDim, encoded / 2);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(refused.message(), HasSubstr("over the message limit"));
+  EXPECT_THAT(refused.message(), HasSubstr("return_embeddings"));
+  // Without embeddings the same request is small.
+  request.return_embeddings = false;
+  EXPECT_TRUE(CheckReplySize(request, kDim, encoded / 2).ok());
+}
+
+TEST(ReplySizeTest, RequestFetchIsRangeMaxTimesQueries) {
+  v1::MineRequest request;
+  request.add_queries();
+  request.add_queries();
+  request.mutable_options()->set_num_negatives(5);
+  request.mutable_options()->set_range_min(3);
+  EXPECT_EQ(RequestFetch(request), 16u);  // range_max 0: 3 + 5
+  request.mutable_options()->set_range_max(1000000);
+  EXPECT_EQ(RequestFetch(request), 2000000u);
+}
+
 TEST(EncodeTest, IndexInfoAndVersion) {
   std::shared_ptr<const IndexVersion> version = TinyVersion();
   v1::IndexInfo info =

@@ -1,11 +1,14 @@
 #include "index_manager.h"
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "checkpoint.h"
 #include "gmock/gmock.h"
@@ -207,6 +210,146 @@ TEST_F(IndexManagerTest, InstallSwapsAndHonoursTheBudget) {
   EXPECT_EQ(big.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(manager.Current()->info().name, "small");
   EXPECT_THAT(manager.build_status().last_rejected, HasSubstr("publish big"));
+}
+
+// The server used to read all 8 GiB of this (sparse) checkpoint with a
+// budget of 1 GiB and abort; at restart it did the same: a crash-loop.
+TEST_F(IndexManagerTest, ACheckpointOverTheBudgetIsRejectedFromItsHeaders) {
+  Write(ckpts(), "small", 1, 50, 4);
+  const std::string dir = ckpts() + "/huge";
+  fs::create_directories(dir);
+  const size_t rows = size_t{1} << 29;  // x 4 dims x 4 bytes = 8 GiB
+  ASSERT_TRUE(
+      WriteNpyMatrix(dir + "/embeddings-00000.npy", nullptr, 0, 4).ok());
+  ASSERT_TRUE(WriteNpyInt64(dir + "/ids-00000.npy", {}).ok());
+  // Rewrite both headers to claim `rows` rows, and extend the files
+  // (sparsely) to match, so that every check but the budget passes.
+  auto claim = [&](const std::string& path, const std::string& shape,
+                   size_t data_bytes) {
+    std::ifstream in(path, std::ios::binary);
+    std::string text((std::istreambuf_iterator<char>(in)),
+                     std::istreambuf_iterator<char>());
+    const size_t at = text.find("(0");
+    ASSERT_NE(at, std::string::npos) << text;
+    const size_t end = text.find(')', at);
+    std::string header = text.substr(0, at) + shape + text.substr(end + 1);
+    // Keep the header length: pad or trim the spaces before '\n'.
+    while (header.size() > text.size()) header.erase(header.rfind(' '), 1);
+    while (header.size() < text.size()) header.insert(header.rfind('\n'), " ");
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << header;
+    out.close();
+    ASSERT_EQ(::truncate(path.c_str(),
+                         static_cast<off_t>(header.size() + data_bytes)),
+              0);
+  };
+  claim(dir + "/embeddings-00000.npy", absl::StrCat("(", rows, ", 4)"),
+        rows * 16);
+  claim(dir + "/ids-00000.npy", absl::StrCat("(", rows, ",)"), rows * 8);
+  CheckpointManifest manifest;
+  manifest.name = "huge";
+  manifest.step = 2;
+  manifest.dim = 4;
+  std::ofstream(dir + "/manifest.json")
+      << R"({"name": "huge", "step": 2, "dim": 4, "shards": [)"
+      << R"({"embeddings": "embeddings-00000.npy", "ids": "ids-00000.npy"}]})";
+
+  IndexManagerOptions options = Options();
+  options.max_index_bytes = size_t{1} << 30;
+  IndexManager manager(options);
+  // The next checkpoint down serves instead.
+  EXPECT_TRUE(manager.LoadNewest().ok());
+  ASSERT_NE(manager.Current(), nullptr);
+  EXPECT_EQ(manager.Current()->info().name, "small");
+  const BuildStatus status = manager.build_status();
+  EXPECT_EQ(status.rejected_total, 1u);
+  EXPECT_THAT(status.last_rejected, HasSubstr("huge"));
+  EXPECT_THAT(status.last_rejected, HasSubstr("over the memory budget"));
+}
+
+TEST_F(IndexManagerTest, AManifestThatDoesNotParseIsReportedOnce) {
+  Write(ckpts(), "good", 1);
+  fs::create_directories(ckpts() + "/broken");
+  std::ofstream(ckpts() + "/broken/manifest.json") << "{\"name\": ";
+  IndexManager manager(Options());
+  EXPECT_TRUE(manager.LoadNewest().ok());  // "good" serves
+  EXPECT_EQ(manager.Current()->info().name, "good");
+  BuildStatus status = manager.build_status();
+  EXPECT_EQ(status.rejected_total, 1u);
+  EXPECT_THAT(status.last_rejected, HasSubstr("broken"));
+  EXPECT_THAT(status.last_rejected, HasSubstr("not valid JSON"));
+  // Polled again, unchanged: not reported again.
+  EXPECT_TRUE(manager.LoadNewest().ok());
+  EXPECT_EQ(manager.build_status().rejected_total, 1u);
+  // Rewritten: read again (and rejected again, for another reason).
+  std::ofstream(ckpts() + "/broken/manifest.json")
+      << R"({"name": "b", "step": -1, "dim": 4, "shards": []})";
+  EXPECT_EQ(manager.LoadNewest().code(), absl::StatusCode::kInvalidArgument);
+  status = manager.build_status();
+  EXPECT_EQ(status.rejected_total, 2u);
+  EXPECT_THAT(status.last_rejected, HasSubstr("must be non-negative"));
+}
+
+TEST_F(IndexManagerTest, ARejectionIsRememberedAcrossRestartsWithADataDir) {
+  Write(ckpts(), "inner", 1, 50, 4, Metric::kInnerProduct);
+  IndexManagerOptions options = Options();
+  options.data_dir = root_ + "/data";
+  {
+    // This server wants l2: it rejects the checkpoint.
+    IndexManagerOptions l2 = options;
+    l2.metric = Metric::kL2;
+    IndexManager manager(l2);
+    EXPECT_FALSE(manager.LoadNewest().ok());
+    EXPECT_EQ(manager.Current(), nullptr);
+  }
+  {
+    // Restarted without --metric it would accept it, but the checkpoint
+    // was not rewritten, so it is not read again.
+    IndexManager manager(options);
+    EXPECT_TRUE(manager.LoadNewest().ok());
+    EXPECT_EQ(manager.Current(), nullptr);
+  }
+  // Rewritten (same content, a new manifest): tried again, and served.
+  Write(ckpts(), "inner", 1, 50, 4, Metric::kInnerProduct);
+  IndexManager manager(options);
+  EXPECT_TRUE(manager.LoadNewest().ok());
+  ASSERT_NE(manager.Current(), nullptr);
+  EXPECT_EQ(manager.Current()->info().name, "inner");
+}
+
+// A load that never ended (the process was killed, say by the OOM killer,
+// while reading or building) is forgiven once, and rejected the second
+// time, so that a restart cannot crash-loop on it.
+TEST_F(IndexManagerTest, ALoadInterruptedTwiceIsRejectedAtRestart) {
+  Write(ckpts(), "v1", 1);
+  IndexManagerOptions options = Options();
+  options.data_dir = root_ + "/data";
+  fs::create_directories(options.data_dir);
+  const std::string dir = ckpts() + "/v1";
+  const std::string marker = options.data_dir + "/loading-checkpoint.tsv";
+  auto interrupted = [&](int tries) {
+    std::ofstream(marker) << dir << "\t" << ManifestStamp(dir) << "\t" << tries
+                          << "\n";
+  };
+  interrupted(1);
+  {
+    IndexManager manager(options);
+    EXPECT_TRUE(manager.LoadNewest().ok());
+    ASSERT_NE(manager.Current(), nullptr);  // forgiven once
+    EXPECT_FALSE(fs::exists(marker));       // and the load finished
+  }
+  // The same checkpoint again, now as if interrupted twice.
+  fs::remove_all(options.data_dir);
+  fs::create_directories(options.data_dir);
+  interrupted(2);
+  IndexManager manager(options);
+  manager.LoadNewest().IgnoreError();
+  EXPECT_EQ(manager.Current(), nullptr);
+  const BuildStatus status = manager.build_status();
+  EXPECT_EQ(status.rejected_total, 1u);
+  EXPECT_THAT(status.last_rejected, HasSubstr(dir));
+  EXPECT_THAT(status.last_rejected, HasSubstr("interrupted 2 times"));
+  EXPECT_FALSE(fs::exists(marker));
 }
 
 // inotify: with a poll interval of an hour, only the notification can make

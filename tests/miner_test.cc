@@ -1527,6 +1527,46 @@ TEST_F(MinerValidationTest, RangeOverTheLimit) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// Request size limits: each one is named when hit, and a request at the
+// limit is accepted.
+TEST_F(MinerValidationTest, RequestSizeLimits) {
+  const size_t n = queries_.size();
+  ASSERT_GE(n, 2u);
+  MinerLimits limits;
+  limits.max_queries = static_cast<uint32_t>(n);
+  limits.max_request_negatives = 10 * n;
+  limits.max_request_fetch = 20 * n;
+  const Miner limited(limits);
+  EXPECT_TRUE(MineStatus(queries_, Top(10), limited).ok());
+  ExpectInvalid(MineStatus(queries_, Top(11), limited),
+                {"max_request_negatives", "num_negatives 11"});
+  MiningOptions deep = Top(5);
+  deep.range_max = 20;
+  EXPECT_TRUE(MineStatus(queries_, deep, limited).ok());
+  deep.range_max = 21;
+  ExpectInvalid(MineStatus(queries_, deep, limited),
+                {"max_request_fetch", "range_max 21"});
+  // No query ranks more candidates than the index holds.
+  deep.range_max = static_cast<uint32_t>(version_->size() + 1000);
+  limits.max_request_fetch = version_->size() * n;
+  EXPECT_TRUE(MineStatus(queries_, deep, Miner(limits)).ok());
+  limits.max_queries = static_cast<uint32_t>(n - 1);
+  ExpectInvalid(MineStatus(queries_, Top(1), Miner(limits)),
+                {"max_queries", absl::StrCat(n, " queries")});
+}
+
+TEST_F(MinerValidationTest, PositivesOverTheLimit) {
+  MinerLimits limits;
+  limits.max_positives = 3;
+  const Miner limited(limits);
+  std::vector<OwnedQuery> queries(queries_.begin(), queries_.begin() + 1);
+  queries[0].positive_ids = {1, 2, 3};
+  EXPECT_TRUE(MineStatus(queries, Top(1), limited).ok());
+  queries[0].positive_ids = {1, 2, 3, 4};
+  ExpectInvalid(MineStatus(queries, Top(1), limited),
+                {"queries[0].positive_ids", "max_positives"});
+}
+
 TEST_F(MinerValidationTest, NprobeOverTheLimit) {
   MinerLimits limits;
   limits.max_nprobe = 64;

@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/synchronization/notification.h"
 #include "checkpoint.h"
 #include "convert.h"
 #include "gmock/gmock.h"
@@ -255,6 +256,57 @@ TEST_F(ServerTest, LargeResponsesFitTheMessageLimit) {
   EXPECT_GT(response.ByteSizeLong(), size_t{4} << 20);
 }
 
+// A hostile probe: 2,000 queries x 10,000 negatives with embeddings, an
+// answer of gigabytes, used to abort the server. It is refused before any
+// work, naming the limit, and the server keeps answering.
+TEST_F(ServerTest, AnAnswerTooLargeToSendIsRefusedBeforeTheWork) {
+  auto stub = Stub();
+  std::mt19937 rng(6);
+  v1::MineRequest request = RandomRequest(1, 100, 10000, rng);
+  request.mutable_options()->set_return_embeddings(true);
+  grpc::ClientContext context;
+  v1::MineResponse response;
+  grpc::Status status = stub->MineOnce(&context, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(status.error_message(), HasSubstr("over the message limit"));
+  EXPECT_THAT(status.error_message(), HasSubstr("return_embeddings"));
+
+  // The probe itself.
+  request = RandomRequest(2, 2000, 10000, rng);
+  request.mutable_options()->set_return_embeddings(true);
+  grpc::ClientContext probe_context;
+  status = stub->MineOnce(&probe_context, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  // An answer that would fit a message, but more negatives than one
+  // request may ask for (120 x 10,000 > 2^20).
+  request = RandomRequest(3, 120, 10000, rng);
+  grpc::ClientContext big_context;
+  status = stub->MineOnce(&big_context, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("max_request_negatives"));
+
+  grpc::ClientContext after;
+  request = RandomRequest(3, 2, 5, rng);
+  ASSERT_TRUE(stub->MineOnce(&after, request, &response).ok());
+  EXPECT_EQ(response.results_size(), 2);
+}
+
+// A hostile probe: 1,500 queries with range_max 1e6 each, on a 1M-row
+// index, used to take the server's memory (survivors of every query kept
+// at once). Here 6,000 queries rank all 3,000 rows: 18M > 2^24.
+TEST_F(ServerTest, ADeepFetchOverTheBudgetIsRefused) {
+  auto stub = Stub();
+  std::mt19937 rng(7);
+  v1::MineRequest request = RandomRequest(1, 6000, 10, rng);
+  request.mutable_options()->set_range_max(1000000);
+  grpc::ClientContext context;
+  v1::MineResponse response;
+  grpc::Status status = stub->MineOnce(&context, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("max_request_fetch"));
+  EXPECT_THAT(status.error_message(), HasSubstr("6000 queries"));
+}
+
 TEST_F(ServerTest, GetIndexInfoDescribesTheServedVersion) {
   auto stub = Stub();
   grpc::ClientContext context;
@@ -377,6 +429,72 @@ namespace {
 // Requests from many threads, each with its own options, are coalesced
 // into shared searches (a batching delay makes sure of it); every answer
 // must equal what the Miner gives for that request alone.
+// Admission control: with the only worker busy, a request that would pass
+// max_queued_queries is answered RESOURCE_EXHAUSTED at once, naming the
+// limit: in-band and in order on a stream, and as the status of MineOnce.
+// Requests that fit are still taken.
+TEST(AdmissionTest, ARequestPastTheQueueLimitIsRefusedAtOnce) {
+  const std::string root = FreshDir("admission");
+  WriteRandomCheckpoint(root, "v1", 1, 3);
+  IndexManagerOptions manager_options;
+  manager_options.checkpoints_dir = root;
+  IndexManager manager(manager_options);
+  ASSERT_TRUE(manager.LoadNewest().ok());
+  ServerOptions options;
+  options.host = "127.0.0.1";
+  options.port = 0;
+  options.threads = 1;
+  options.service.max_queued_queries = 4;
+  absl::StatusOr<std::unique_ptr<HardnegServer>> server =
+      HardnegServer::Start(options, &manager);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::Miner::NewStub(Connect((*server)->port()));
+  // Hold the only worker.
+  absl::Notification release;
+  absl::Notification holding;
+  (*server)->pool_for_testing()->Submit([&] {
+    holding.Notify();
+    release.WaitForNotification();
+  });
+  holding.WaitForNotification();
+
+  std::mt19937 rng(8);
+  grpc::ClientContext stream_context;
+  auto stream = stub->Mine(&stream_context);
+  ASSERT_TRUE(stream->Write(RandomRequest(1, 3, 5, rng)));  // queued: 3
+  ASSERT_TRUE(stream->Write(RandomRequest(2, 3, 5, rng)));  // 6 > 4
+  ASSERT_TRUE(stream->Write(RandomRequest(3, 1, 5, rng)));  // 4: fits
+  // A stream reads one request at a time, so 4 queued means request 2 was
+  // judged too.
+  (*server)->AwaitQueuedQueriesForTesting(4);
+  grpc::ClientContext once_context;
+  v1::MineResponse once;
+  grpc::Status refused =
+      stub->MineOnce(&once_context, RandomRequest(9, 1, 5, rng), &once);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(refused.error_message(), HasSubstr("max_queued_queries"));
+
+  release.Notify();
+  v1::MineResponse response;
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_EQ(response.request_id(), 1u);
+  EXPECT_FALSE(response.has_error());
+  EXPECT_EQ(response.results_size(), 3);
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_EQ(response.request_id(), 2u);
+  EXPECT_EQ(response.results_size(), 0);
+  EXPECT_EQ(response.error().code(),
+            static_cast<uint32_t>(grpc::StatusCode::RESOURCE_EXHAUSTED));
+  EXPECT_THAT(response.error().message(), HasSubstr("max_queued_queries"));
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_EQ(response.request_id(), 3u);
+  EXPECT_FALSE(response.has_error());
+  EXPECT_EQ(response.results_size(), 1);
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+  std::filesystem::remove_all(root);
+}
+
 TEST(BatchingServerTest, CoalescedAnswersEqualUnbatchedOnes) {
   const std::string root = FreshDir("batching");
   WriteRandomCheckpoint(root, "b1", 1, 9);
