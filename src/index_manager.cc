@@ -354,12 +354,18 @@ void IndexManager::WatchLoop(absl::Duration poll_interval) {
       std::max<int64_t>(1, absl::ToInt64Milliseconds(poll_interval)));
   std::vector<char> buffer(64 * 1024);
   while (true) {
+    // Whatever changed before a watch was in place sent no event: scan
+    // at once after (re)establishing the watches.
+    bool scan_now = false;
     if (ifd >= 0 && root_wd < 0) {
       root_wd = ::inotify_add_watch(ifd, root.c_str(), kDirEvents);
-      if (root_wd >= 0) watch_subdirs();
+      if (root_wd >= 0) {
+        watch_subdirs();
+        scan_now = true;
+      }
     }
     pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {ifd, POLLIN, 0}};
-    ::poll(fds, ifd >= 0 ? 2 : 1, timeout_ms);
+    ::poll(fds, ifd >= 0 ? 2 : 1, scan_now ? 0 : timeout_ms);
     {
       absl::MutexLock lock(&mu_);
       if (stopping_) break;
