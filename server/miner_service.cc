@@ -12,7 +12,7 @@
 #include "absl/synchronization/mutex.h"
 #include "convert.h"
 #include "google/protobuf/arena.h"
-#include "grpcpp/support/message_allocator.h"
+#include "wire.h"
 
 namespace hardneg {
 namespace {
@@ -22,11 +22,11 @@ namespace {
 // gRPC operations are started outside mu_, since their reactions may run
 // on another thread at once.
 class MineReactor final
-    : public grpc::ServerBidiReactor<v1::MineRequest, v1::MineResponse> {
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   explicit MineReactor(const MinerService* service)
       : service_(service), reading_(std::make_shared<Slot>()) {
-    StartRead(reading_->request);
+    StartRead(&reading_->in);
   }
 
   void OnReadDone(bool ok) override {
@@ -44,6 +44,23 @@ class MineReactor final
     const auto start = std::chrono::steady_clock::now();
     std::shared_ptr<Slot> slot = std::move(reading_);
     reading_ = std::make_shared<Slot>();  // for the next read
+    const absl::Status parsed = ParseMessage(
+        slot->in, absl::StrCat("MineRequest ", ++read_count_, " of the stream"),
+        slot->request);
+    if (!parsed.ok()) {
+      // The stream fails: the requests before this one are still answered,
+      // none after it is read.
+      Actions actions;
+      {
+        absl::MutexLock lock(&mu_);
+        read_in_flight_ = false;
+        reads_done_ = true;
+        end_status_ = ToGrpcStatus(parsed);
+        actions = Advance();
+      }
+      Run(actions);
+      return;
+    }
     {
       absl::MutexLock lock(&mu_);
       read_in_flight_ = false;
@@ -104,15 +121,17 @@ class MineReactor final
     google::protobuf::Arena arena;
     v1::MineRequest* const request;
     v1::MineResponse* const response;
-    bool ready = false;  // guarded by the reactor's mu_
+    grpc::ByteBuffer in;   // the request as read
+    grpc::ByteBuffer out;  // the response as written
+    bool ready = false;    // guarded by the reactor's mu_
   };
 
   // gRPC operations to start once mu_ is released. Each one holds a flag
   // (write or read in flight, finished) that stops any other thread from
   // finishing the call, so the reactor outlives the starts.
   struct Actions {
-    v1::MineResponse* write = nullptr;  // the response to send
-    v1::MineRequest* read = nullptr;    // where the next request goes
+    grpc::ByteBuffer* write = nullptr;  // the response to send
+    grpc::ByteBuffer* read = nullptr;   // where the next request goes
     bool finish = false;
     grpc::Status status;
   };
@@ -120,11 +139,17 @@ class MineReactor final
   // Queues the response of a request read at `start`, once mined.
   void Done(Slot& slot, const absl::Status& status,
             std::chrono::steady_clock::time_point start) {
-    if (!status.ok()) {
-      slot.response->clear_results();
-      EncodeError(status, slot.response);
+    absl::Status answered = status;
+    if (answered.ok()) {
+      answered = SerializeMessage(*slot.response, &slot.out);
     }
-    service_->RecordRequest(MineRpc::kMine, start, status, *slot.response);
+    if (!answered.ok()) {
+      slot.response->clear_results();
+      EncodeError(answered, slot.response);
+      // A response with an error and no results is a few bytes.
+      SerializeMessage(*slot.response, &slot.out).IgnoreError();
+    }
+    service_->RecordRequest(MineRpc::kMine, start, answered, *slot.response);
     Actions actions;
     {
       absl::MutexLock lock(&mu_);
@@ -146,12 +171,12 @@ class MineReactor final
       writing_ = std::move(slots_.front());
       slots_.pop_front();
       write_in_flight_ = true;
-      actions.write = writing_->response;
+      actions.write = &writing_->out;
     }
     if (!broken_ && !reads_done_ && !read_in_flight_ &&
         slots_.size() < service_->options().max_in_flight_per_stream) {
       read_in_flight_ = true;
-      actions.read = reading_->request;
+      actions.read = &reading_->in;
     }
     if (broken_ && outstanding_ == 0 && !write_in_flight_ && !read_in_flight_) {
       actions.finish = true;
@@ -160,6 +185,7 @@ class MineReactor final
     } else if (reads_done_ && slots_.empty() && outstanding_ == 0 &&
                !write_in_flight_) {
       actions.finish = true;
+      actions.status = end_status_;
     }
     finished_ = actions.finish;
     return actions;
@@ -185,31 +211,24 @@ class MineReactor final
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  // How the stream ends once every request read is answered: OK, or
+  // INVALID_ARGUMENT after a request that did not parse.
+  grpc::Status end_status_ ABSL_GUARDED_BY(mu_);
+  // Requests read, for messages (reads run one at a time).
+  uint64_t read_count_ = 0;
 };
 
-// MineOnce's request and response on one arena, like a Mine slot's.
-class ArenaMessages final
-    : public grpc::MessageHolder<v1::MineRequest, v1::MineResponse> {
- public:
-  ArenaMessages() {
-    set_request(
-        google::protobuf::Arena::CreateMessage<v1::MineRequest>(&arena_));
-    set_response(
-        google::protobuf::Arena::CreateMessage<v1::MineResponse>(&arena_));
-  }
-  void Release() override { delete this; }
-
- private:
-  google::protobuf::Arena arena_;
-};
-
-class ArenaAllocator final
-    : public grpc::MessageAllocator<v1::MineRequest, v1::MineResponse> {
- public:
-  grpc::MessageHolder<v1::MineRequest, v1::MineResponse>* AllocateMessages()
-      override {
-    return new ArenaMessages();
-  }
+// MineOnce's request and response on one arena, like a Mine slot's, alive
+// until the call is answered.
+struct UnaryMessages {
+  UnaryMessages()
+      : request(
+            google::protobuf::Arena::CreateMessage<v1::MineRequest>(&arena)),
+        response(
+            google::protobuf::Arena::CreateMessage<v1::MineResponse>(&arena)) {}
+  google::protobuf::Arena arena;
+  v1::MineRequest* const request;
+  v1::MineResponse* const response;
 };
 
 }  // namespace
@@ -221,10 +240,7 @@ MinerService::MinerService(IndexManager* manager, const Miner* miner,
       miner_(miner),
       pool_(pool),
       options_(options),
-      metrics_(metrics),
-      allocator_(std::make_unique<ArenaAllocator>()) {
-  SetMessageAllocatorFor_MineOnce(allocator_.get());
-}
+      metrics_(metrics) {}
 
 absl::Status MinerService::Enqueue(MineJob job) const {
   const size_t queries = static_cast<size_t>(job.request->queries_size());
@@ -360,26 +376,37 @@ void MinerService::HandleBatch(std::vector<MineJob>& jobs) const {
   for (size_t j = 0; j < jobs.size(); ++j) jobs[j].done(status[j]);
 }
 
-grpc::ServerBidiReactor<v1::MineRequest, v1::MineResponse>* MinerService::Mine(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* MinerService::Mine(
     grpc::CallbackServerContext* /*context*/) {
   return new MineReactor(this);
 }
 
 grpc::ServerUnaryReactor* MinerService::MineOnce(
-    grpc::CallbackServerContext* context, const v1::MineRequest* request,
-    v1::MineResponse* response) {
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
   const auto start = std::chrono::steady_clock::now();
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  const absl::Status refused =
-      Enqueue({request, response,
-               [this, reactor, response, start](const absl::Status& status) {
-                 RecordRequest(MineRpc::kMineOnce, start, status, *response);
-                 reactor->Finish(ToGrpcStatus(status));
-               }});
-  if (!refused.ok()) {
-    RecordRequest(MineRpc::kMineOnce, start, refused, *response);
-    reactor->Finish(ToGrpcStatus(refused));
+  auto messages = std::make_shared<UnaryMessages>();
+  grpc::ByteBuffer bytes = *request;  // shares the slices
+  const absl::Status parsed =
+      ParseMessage(bytes, "the MineOnce request", messages->request);
+  if (!parsed.ok()) {
+    RecordRequest(MineRpc::kMineOnce, start, parsed, *messages->response);
+    reactor->Finish(ToGrpcStatus(parsed));
+    return reactor;
   }
+  auto answer = [this, reactor, response, messages,
+                 start](const absl::Status& status) {
+    absl::Status answered = status;
+    if (answered.ok()) {
+      answered = SerializeMessage(*messages->response, response);
+    }
+    RecordRequest(MineRpc::kMineOnce, start, answered, *messages->response);
+    reactor->Finish(ToGrpcStatus(answered));
+  };
+  const absl::Status refused =
+      Enqueue({messages->request, messages->response, answer});
+  if (!refused.ok()) answer(refused);
   return reactor;
 }
 
@@ -406,18 +433,25 @@ void MinerService::RecordRequest(MineRpc rpc,
                         negatives, shortfall);
 }
 
-grpc::ServerReadReactor<v1::PublishRequest>* MinerService::Publish(
-    grpc::CallbackServerContext* context, v1::PublishResponse* response) {
+grpc::ServerReadReactor<grpc::ByteBuffer>* MinerService::Publish(
+    grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
   return NewPublishReactor(context, response, manager_, &publish_builds_);
 }
 
 grpc::ServerUnaryReactor* MinerService::GetIndexInfo(
-    grpc::CallbackServerContext* context,
-    const v1::GetIndexInfoRequest* /*request*/, v1::IndexInfo* response) {
-  std::shared_ptr<const IndexVersion> version = manager_->Current();
-  *response = EncodeIndexInfo(version.get(), manager_->build_status());
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
+  grpc::ByteBuffer bytes = *request;
+  v1::GetIndexInfoRequest parsed_request;
+  absl::Status status =
+      ParseMessage(bytes, "the GetIndexInfo request", &parsed_request);
+  if (status.ok()) {
+    std::shared_ptr<const IndexVersion> version = manager_->Current();
+    status = SerializeMessage(
+        EncodeIndexInfo(version.get(), manager_->build_status()), response);
+  }
+  reactor->Finish(ToGrpcStatus(status));
   return reactor;
 }
 

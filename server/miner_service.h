@@ -27,7 +27,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "grpcpp/support/message_allocator.h"
+#include "grpcpp/support/byte_buffer.h"
 #include "hardneg/v1/miner.grpc.pb.h"
 #include "index_manager.h"
 #include "metrics.h"
@@ -72,24 +72,33 @@ struct MineJob {
   std::function<void(const absl::Status&)> done;
 };
 
-class MinerService final : public v1::Miner::CallbackService {
+// Every method raw (see wire.h): messages that do not parse fail their
+// call with INVALID_ARGUMENT instead of ending a stream as if it were
+// complete.
+using RawMinerCallbackService = v1::Miner::WithRawCallbackMethod_Mine<
+    v1::Miner::WithRawCallbackMethod_MineOnce<
+        v1::Miner::WithRawCallbackMethod_Publish<
+            v1::Miner::WithRawCallbackMethod_GetIndexInfo<
+                v1::Miner::Service>>>>;
+
+class MinerService final : public RawMinerCallbackService {
  public:
   // `metrics` may be null: nothing is measured.
   MinerService(IndexManager* manager, const Miner* miner, WorkerPool* pool,
                MinerServiceOptions options = {},
                ServerMetrics* metrics = nullptr);
 
-  grpc::ServerBidiReactor<v1::MineRequest, v1::MineResponse>* Mine(
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Mine(
       grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* MineOnce(grpc::CallbackServerContext* context,
-                                     const v1::MineRequest* request,
-                                     v1::MineResponse* response) override;
-  grpc::ServerReadReactor<v1::PublishRequest>* Publish(
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
+  grpc::ServerReadReactor<grpc::ByteBuffer>* Publish(
       grpc::CallbackServerContext* context,
-      v1::PublishResponse* response) override;
+      grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetIndexInfo(grpc::CallbackServerContext* context,
-                                         const v1::GetIndexInfoRequest* request,
-                                         v1::IndexInfo* response) override;
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
 
   // Queues `job` for the next batch; a worker of the pool answers it.
   // RESOURCE_EXHAUSTED, naming max_queued_queries, when the queue is full:
@@ -119,10 +128,6 @@ class MinerService final : public v1::Miner::CallbackService {
   WorkerPool* const pool_;
   const MinerServiceOptions options_;
   ServerMetrics* const metrics_;  // null: metrics off
-  // Puts each MineOnce call's messages on an arena of their own.
-  const std::unique_ptr<
-      grpc::MessageAllocator<v1::MineRequest, v1::MineResponse>>
-      allocator_;
   mutable absl::Mutex queue_mu_;
   mutable std::deque<MineJob> queue_ ABSL_GUARDED_BY(queue_mu_);
   mutable size_t queued_queries_ ABSL_GUARDED_BY(queue_mu_) = 0;

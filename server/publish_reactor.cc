@@ -21,6 +21,7 @@
 #include "log.h"
 #include "metric.h"
 #include "publish.h"
+#include "wire.h"
 
 namespace hardneg {
 namespace {
@@ -30,18 +31,17 @@ namespace {
 // the message gRPC just parsed). At the end of the stream Build runs on a
 // PublishBuilds thread; it owns the reactor's state until it calls Finish,
 // and touches nothing of the reactor after (OnDone may have deleted it).
-class PublishReactor final
-    : public grpc::ServerReadReactor<v1::PublishRequest> {
+class PublishReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
   PublishReactor(grpc::CallbackServerContext* context,
-                 v1::PublishResponse* response, IndexManager* manager,
+                 grpc::ByteBuffer* response, IndexManager* manager,
                  PublishBuilds* builds)
       : context_(context),
         response_(response),
         manager_(manager),
         builds_(builds),
         start_(absl::Now()) {
-    StartRead(&request_);
+    StartRead(&bytes_in_);
   }
 
   void OnReadDone(bool ok) override {
@@ -49,13 +49,21 @@ class PublishReactor final
       EndOfStream();
       return;
     }
-    const absl::Status status =
-        assembler_.has_value() ? AddChunk() : StartPublish();
+    ++messages_;
+    absl::Status status = ParseMessage(
+        bytes_in_, absl::StrCat("PublishRequest ", messages_, " of the stream"),
+        &request_);
+    if (!status.ok()) {
+      status = absl::InvalidArgumentError(
+          absl::StrCat(status.message(), "; nothing was installed"));
+    } else {
+      status = assembler_.has_value() ? AddChunk() : StartPublish();
+    }
     if (!status.ok()) {
       Reject(status);
       return;
     }
-    StartRead(&request_);
+    StartRead(&bytes_in_);
   }
 
   void OnDone() override { delete this; }
@@ -220,9 +228,10 @@ class PublishReactor final
       expected_sequence = served != nullptr ? served->info().sequence : 0;
     }
     if (!wait) {
-      response_->mutable_version()->set_name(name);
-      response_->mutable_version()->set_sequence(0);
-      Finish(grpc::Status::OK);  // `this` may be deleted from here on
+      v1::PublishResponse early;
+      early.mutable_version()->set_name(name);
+      early.mutable_version()->set_sequence(0);
+      FinishWith(early);  // `this` may be deleted from here on
     }
     const absl::Time build_start = absl::Now();
     absl::StatusOr<VersionInfo> installed = manager->Install(
@@ -245,8 +254,14 @@ class PublishReactor final
       Finish(ToGrpcStatus(installed.status()));
       return;
     }
-    EncodeVersion(*installed, response_->mutable_version());
-    Finish(grpc::Status::OK);
+    v1::PublishResponse answer;
+    EncodeVersion(*installed, answer.mutable_version());
+    FinishWith(answer);
+  }
+
+  // Ends the call with OK and `answer`.
+  void FinishWith(const v1::PublishResponse& answer) {
+    Finish(ToGrpcStatus(SerializeMessage(answer, response_)));
   }
 
   // Ends the call with `status`; the served version is untouched.
@@ -259,12 +274,14 @@ class PublishReactor final
   }
 
   grpc::CallbackServerContext* const context_;
-  v1::PublishResponse* const response_;
+  grpc::ByteBuffer* const response_;
   IndexManager* const manager_;
   PublishBuilds* const builds_;
   const absl::Time start_;
 
-  v1::PublishRequest request_;                 // owned by the read in flight
+  grpc::ByteBuffer bytes_in_;                  // owned by the read in flight
+  v1::PublishRequest request_;                 // the last message parsed
+  size_t messages_ = 0;                        // messages read
   std::vector<float> buffer_;                  // embeddings_bytes, decoded
   std::optional<PublishAssembler> assembler_;  // set by the header
   bool wait_ = true;
@@ -307,8 +324,8 @@ void PublishBuilds::Run(std::function<void()> build) {
   for (Build& done : finished) done.thread.join();
 }
 
-grpc::ServerReadReactor<v1::PublishRequest>* NewPublishReactor(
-    grpc::CallbackServerContext* context, v1::PublishResponse* response,
+grpc::ServerReadReactor<grpc::ByteBuffer>* NewPublishReactor(
+    grpc::CallbackServerContext* context, grpc::ByteBuffer* response,
     IndexManager* manager, PublishBuilds* builds) {
   return new PublishReactor(context, response, manager, builds);
 }

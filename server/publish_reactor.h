@@ -23,6 +23,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/server_callback.h"
 #include "hardneg/v1/miner.pb.h"
 #include "index_manager.h"
@@ -57,8 +58,10 @@ class PublishBuilds {
 
 // The reactor of one Publish call; it deletes itself when the call is done.
 // `manager` and `builds` must outlive it (and every build it starts).
-grpc::ServerReadReactor<v1::PublishRequest>* NewPublishReactor(
-    grpc::CallbackServerContext* context, v1::PublishResponse* response,
+// Messages come raw and are parsed here (wire.h): one that does not parse
+// fails the call with INVALID_ARGUMENT, and nothing is installed.
+grpc::ServerReadReactor<grpc::ByteBuffer>* NewPublishReactor(
+    grpc::CallbackServerContext* context, grpc::ByteBuffer* response,
     IndexManager* manager, PublishBuilds* builds);
 
 }  // namespace hardneg

@@ -45,24 +45,24 @@ constexpr int kCandidates = 200;  // ids 0..199 in the first version
 
 // The Miner service with Publish served by NewPublishReactor, the other
 // RPCs by MinerService.
-class PublishingService final : public v1::Miner::CallbackService {
+class PublishingService final : public RawMinerCallbackService {
  public:
   PublishingService(IndexManager* manager, MinerService* service)
       : manager_(manager), service_(service) {}
 
   grpc::ServerUnaryReactor* MineOnce(grpc::CallbackServerContext* context,
-                                     const v1::MineRequest* request,
-                                     v1::MineResponse* response) override {
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override {
     return service_->MineOnce(context, request, response);
   }
   grpc::ServerUnaryReactor* GetIndexInfo(grpc::CallbackServerContext* context,
-                                         const v1::GetIndexInfoRequest* request,
-                                         v1::IndexInfo* response) override {
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override {
     return service_->GetIndexInfo(context, request, response);
   }
-  grpc::ServerReadReactor<v1::PublishRequest>* Publish(
+  grpc::ServerReadReactor<grpc::ByteBuffer>* Publish(
       grpc::CallbackServerContext* context,
-      v1::PublishResponse* response) override {
+      grpc::ByteBuffer* response) override {
     return NewPublishReactor(context, response, manager_, &builds_);
   }
 

@@ -14,11 +14,16 @@
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/create_channel.h"
+#include "grpcpp/impl/codegen/client_unary_call.h"
+#include "grpcpp/impl/codegen/proto_utils.h"
 #include "grpcpp/security/credentials.h"
+#include "grpcpp/support/proto_buffer_writer.h"
+#include "grpcpp/support/sync_stream.h"
 #include "gtest/gtest.h"
 #include "hardneg/v1/miner.grpc.pb.h"
 #include "index_manager.h"
 #include "miner.h"
+#include "wire.h"
 
 namespace hardneg {
 namespace {
@@ -305,6 +310,114 @@ TEST_F(ServerTest, ADeepFetchOverTheBudgetIsRefused) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(status.error_message(), HasSubstr("max_request_fetch"));
   EXPECT_THAT(status.error_message(), HasSubstr("6000 queries"));
+}
+
+// Bytes that are not a valid message of any type: field 2 (length-
+// delimited) claims 16 bytes and carries 3.
+grpc::ByteBuffer CorruptMessage() {
+  static const char kBytes[] =
+      "\x12\x10"
+      "abc";
+  grpc::Slice slice(kBytes, sizeof(kBytes) - 1);
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+grpc::ByteBuffer Raw(const google::protobuf::MessageLite& message) {
+  grpc::ByteBuffer buffer;
+  bool own = false;
+  EXPECT_TRUE((grpc::GenericSerialize<grpc::ProtoBufferWriter,
+                                      google::protobuf::MessageLite>(
+                   message, &buffer, &own))
+                  .ok());
+  return buffer;
+}
+
+// A corrupt message inside a Mine stream used to end it as if the client
+// had closed it: the requests after it were dropped and the stream ended
+// OK. Now the requests before it are answered and the stream fails,
+// naming the message.
+TEST_F(ServerTest, ACorruptMessageFailsAMineStream) {
+  auto channel = Connect(server_->port());
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>>
+      stream(grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer,
+                                                       grpc::ByteBuffer>::
+                 Create(channel.get(),
+                        grpc::internal::RpcMethod(
+                            "/hardneg.v1.Miner/Mine",
+                            grpc::internal::RpcMethod::BIDI_STREAMING),
+                        &context));
+  std::mt19937 rng(9);
+  ASSERT_TRUE(stream->Write(Raw(RandomRequest(1, 2, 3, rng))));
+  ASSERT_TRUE(stream->Write(CorruptMessage()));
+  stream->Write(Raw(RandomRequest(3, 2, 3, rng)));
+  stream->WritesDone();
+  grpc::ByteBuffer bytes;
+  ASSERT_TRUE(stream->Read(&bytes));
+  v1::MineResponse first;
+  ASSERT_TRUE(ParseMessage(bytes, "response", &first).ok());
+  EXPECT_EQ(first.request_id(), 1u);
+  EXPECT_EQ(first.results_size(), 2);
+  EXPECT_FALSE(stream->Read(&bytes));  // nothing for request 3
+  const grpc::Status status = stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(),
+              HasSubstr("MineRequest 2 of the stream could not be parsed"));
+}
+
+// Unparsable unary requests used to get UNIMPLEMENTED with no message.
+TEST_F(ServerTest, ACorruptUnaryRequestIsInvalidArgument) {
+  auto channel = Connect(server_->port());
+  for (const char* method :
+       {"/hardneg.v1.Miner/MineOnce", "/hardneg.v1.Miner/GetIndexInfo"}) {
+    grpc::ClientContext context;
+    grpc::ByteBuffer response;
+    const grpc::Status status =
+        grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
+            channel.get(),
+            grpc::internal::RpcMethod(method,
+                                      grpc::internal::RpcMethod::NORMAL_RPC),
+            &context, CorruptMessage(), &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << method;
+    EXPECT_THAT(status.error_message(), HasSubstr("could not be parsed"));
+  }
+}
+
+// A corrupt message inside a Publish stream used to end it as if complete:
+// the rows received so far were installed and the client got OK.
+TEST_F(ServerTest, ACorruptMessageFailsAPublishAndInstallsNothing) {
+  auto channel = Connect(server_->port());
+  const uint64_t sequence = manager_->Current()->info().sequence;
+  grpc::ClientContext context;
+  grpc::ByteBuffer response;
+  std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> writer(
+      grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(
+          channel.get(),
+          grpc::internal::RpcMethod(
+              "/hardneg.v1.Miner/Publish",
+              grpc::internal::RpcMethod::CLIENT_STREAMING),
+          &context, &response));
+  v1::PublishRequest header;
+  header.mutable_header()->set_name("prefix");
+  header.mutable_header()->set_step(1000);
+  header.mutable_header()->set_dim(kDim);
+  ASSERT_TRUE(writer->Write(Raw(header)));
+  v1::PublishRequest chunk;
+  for (int i = 0; i < 10; ++i) {
+    chunk.mutable_chunk()->add_ids(900000 + i);
+    for (int d = 0; d < kDim; ++d) chunk.mutable_chunk()->add_embeddings(0.5f);
+  }
+  ASSERT_TRUE(writer->Write(Raw(chunk)));
+  writer->Write(CorruptMessage());
+  writer->WritesDone();
+  const grpc::Status status = writer->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(),
+              HasSubstr("PublishRequest 3 of the stream could not be parsed"));
+  EXPECT_THAT(status.error_message(), HasSubstr("nothing was installed"));
+  EXPECT_EQ(manager_->Current()->info().sequence, sequence);
+  EXPECT_EQ(manager_->Current()->info().name, "v1");
 }
 
 TEST_F(ServerTest, GetIndexInfoDescribesTheServedVersion) {
