@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include <atomic>
 #include <chrono>
 #include <deque>
 #include <memory>
@@ -67,11 +68,12 @@ class MineReactor final
       slots_.push_back(slot);
       ++outstanding_;  // keeps the reactor alive until the task is done
     }
-    const absl::Status refused =
-        service_->Enqueue({slot->request, slot->response,
-                           [this, slot, start](const absl::Status& st) {
-                             Done(*slot, st, start);
-                           }});
+    const absl::Status refused = service_->Enqueue(
+        {slot->request, slot->response,
+         [this, slot, start](const absl::Status& st) {
+           Done(*slot, st, start);
+         },
+         [this] { return cancelled_.load(std::memory_order_relaxed); }});
     if (!refused.ok()) {
       // Answered in-band and in order, like any failed request.
       slot->response->set_request_id(slot->request->request_id());
@@ -98,6 +100,7 @@ class MineReactor final
   }
 
   void OnCancel() override {
+    cancelled_.store(true, std::memory_order_relaxed);
     Actions actions;
     {
       absl::MutexLock lock(&mu_);
@@ -216,6 +219,8 @@ class MineReactor final
   grpc::Status end_status_ ABSL_GUARDED_BY(mu_);
   // Requests read, for messages (reads run one at a time).
   uint64_t read_count_ = 0;
+  // Set by OnCancel: queued requests of this stream need no answer.
+  std::atomic<bool> cancelled_{false};
 };
 
 // MineOnce's request and response on one arena, like a Mine slot's, alive
@@ -278,6 +283,7 @@ void MinerService::DrainQueue() const {
   size_t queries = 0;
   uint64_t fetch = 0;
   bool alone = false;  // no other batch runs or waits
+  bool stopped = false;
   {
     absl::MutexLock lock(&queue_mu_);
     const absl::Time deadline = absl::Now() + options_.max_batch_delay;
@@ -310,6 +316,16 @@ void MinerService::DrainQueue() const {
     }
     if (jobs.empty()) return;
     alone = ++running_batches_ == 1 && queue_.empty();
+    stopped = stopped_;
+  }
+  if (stopped) {
+    for (MineJob& job : jobs) {
+      job.done(absl::UnavailableError(
+          "the server is shutting down; retry on another replica"));
+    }
+    absl::MutexLock lock(&queue_mu_);
+    --running_batches_;
+    return;
   }
   const int threads = omp_get_max_threads();
   if (alone && options_.lone_batch_threads > 0) {
@@ -319,6 +335,11 @@ void MinerService::DrainQueue() const {
   omp_set_num_threads(threads);
   absl::MutexLock lock(&queue_mu_);
   --running_batches_;
+}
+
+void MinerService::StopMining() {
+  absl::MutexLock lock(&queue_mu_);
+  stopped_ = true;
 }
 
 void MinerService::HandleBatch(std::vector<MineJob>& jobs) const {
@@ -333,6 +354,11 @@ void MinerService::HandleBatch(std::vector<MineJob>& jobs) const {
     const v1::MineRequest& request = *jobs[j].request;
     v1::MineResponse* response = jobs[j].response;
     response->set_request_id(request.request_id());
+    if (jobs[j].cancelled && jobs[j].cancelled()) {
+      status[j] =
+          absl::CancelledError("the call was cancelled before it was mined");
+      continue;
+    }
     if (version == nullptr) {
       status[j] = absl::UnavailableError(
           "no index is loaded yet: the server is waiting for a complete "
@@ -405,7 +431,8 @@ grpc::ServerUnaryReactor* MinerService::MineOnce(
     reactor->Finish(ToGrpcStatus(answered));
   };
   const absl::Status refused =
-      Enqueue({messages->request, messages->response, answer});
+      Enqueue({messages->request, messages->response, answer,
+               [context] { return context->IsCancelled(); }});
   if (!refused.ok()) answer(refused);
   return reactor;
 }

@@ -70,6 +70,10 @@ struct MineJob {
   const v1::MineRequest* request = nullptr;
   v1::MineResponse* response = nullptr;
   std::function<void(const absl::Status&)> done;
+  // True once nobody waits for the answer (the call was cancelled, timed
+  // out, or its stream broke): the job is then answered CANCELLED without
+  // being mined, and frees its place at once. Null: never.
+  std::function<bool()> cancelled;
 };
 
 // Every method raw (see wire.h): messages that do not parse fail their
@@ -112,6 +116,11 @@ class MinerService final : public RawMinerCallbackService {
                      const v1::MineResponse& response) const;
 
   WorkerPool* pool() const { return pool_; }
+
+  // From now on, jobs still queued are answered UNAVAILABLE ("shutting
+  // down") instead of being mined, so that shutdown never waits for work
+  // nobody will read. Idempotent.
+  void StopMining() ABSL_LOCKS_EXCLUDED(queue_mu_);
   // Blocks until exactly `queries` queries wait for a worker (for tests).
   void AwaitQueuedQueriesForTesting(size_t queries) const
       ABSL_LOCKS_EXCLUDED(queue_mu_);
@@ -131,6 +140,7 @@ class MinerService final : public RawMinerCallbackService {
   mutable absl::Mutex queue_mu_;
   mutable std::deque<MineJob> queue_ ABSL_GUARDED_BY(queue_mu_);
   mutable size_t queued_queries_ ABSL_GUARDED_BY(queue_mu_) = 0;
+  bool stopped_ ABSL_GUARDED_BY(queue_mu_) = false;
   // Batches being answered now.
   mutable int running_batches_ ABSL_GUARDED_BY(queue_mu_) = 0;
   // Owns Publish builds that outlive their call (wait=false); declared last

@@ -81,7 +81,7 @@ int RunServer(const ServerConfig& config, const sigset_t& signals) {
   sigwait(&signals, &signal_number);
   Log(LogLevel::kInfo, "shutdown",
       {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"}});
-  s->Shutdown(absl::Seconds(10));
+  s->Shutdown(config.shutdown_grace);
   // No swap may call into the server once it is gone.
   manager.StopWatching();
   server->reset();

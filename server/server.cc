@@ -124,6 +124,9 @@ void HardnegServer::Shutdown(absl::Duration deadline) {
     }
   }
   server_->Shutdown(absl::ToChronoTime(absl::Now() + deadline));
+  // Past the deadline every call is cancelled: what is still queued is
+  // answered, not mined.
+  service_->StopMining();
   server_->Wait();
   pool_.reset();  // runs what is queued, then joins
 }

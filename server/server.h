@@ -59,7 +59,9 @@ class HardnegServer {
   void UpdateHealth() ABSL_LOCKS_EXCLUDED(health_mu_);
 
   // Stops accepting calls, lets calls in flight finish for up to
-  // `deadline` (then cancels them), and drains the worker pool.
+  // `deadline`, then cancels the rest: queued requests are answered
+  // without being mined, so it returns soon after the deadline (at most
+  // one search later). Drains the worker pool.
   void Shutdown(absl::Duration deadline);
 
   // A channel to this server that bypasses the network (for tests).

@@ -38,6 +38,10 @@ ABSL_FLAG(int, blas_threads, 0,
           "Threads one search may use; 0 means 1 when there are several "
           "search workers (they already fill the cores), else one per core, "
           "and one per core for a batch that runs while no other does.");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
+          "After SIGTERM or SIGINT: how long calls in flight may finish; "
+          "then the rest are cancelled (queued requests are not mined) and "
+          "the server exits 0.");
 ABSL_FLAG(absl::Duration, poll_interval, absl::Seconds(2),
           "How often --checkpoints is scanned for a newer checkpoint.");
 ABSL_FLAG(std::string, data_dir, "",
@@ -123,6 +127,8 @@ absl::StatusOr<ServerConfig> ServerConfigFromFlags() {
         "--metrics_port must be a port, 0 (a free one) or -1 (off)");
   }
   config.poll_interval = absl::GetFlag(FLAGS_poll_interval);
+  config.shutdown_grace =
+      std::max(absl::ZeroDuration(), absl::GetFlag(FLAGS_shutdown_grace));
 
   ServerOptions& server = config.server;
   server.host = absl::GetFlag(FLAGS_host);

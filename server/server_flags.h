@@ -17,6 +17,9 @@ struct ServerConfig {
   ServerOptions server;
   int metrics_port = -1;  // -1: no metrics
   absl::Duration poll_interval;
+  // After SIGTERM, how long calls in flight may finish before the rest
+  // are cancelled.
+  absl::Duration shutdown_grace = absl::Seconds(10);
 };
 
 // Reads the parsed flags. INVALID_ARGUMENT, naming the flag, for a value

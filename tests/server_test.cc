@@ -22,7 +22,9 @@
 #include "gtest/gtest.h"
 #include "hardneg/v1/miner.grpc.pb.h"
 #include "index_manager.h"
+#include "metrics.h"
 #include "miner.h"
+#include "prometheus/registry.h"
 #include "wire.h"
 
 namespace hardneg {
@@ -605,6 +607,74 @@ TEST(AdmissionTest, ARequestPastTheQueueLimitIsRefusedAtOnce) {
   EXPECT_EQ(response.results_size(), 1);
   stream->WritesDone();
   EXPECT_TRUE(stream->Finish().ok());
+  std::filesystem::remove_all(root);
+}
+
+// The sum of hardneg_batch_size: the queries actually searched.
+double SearchedQueries(prometheus::Registry& registry) {
+  for (const prometheus::MetricFamily& family : registry.Collect()) {
+    if (family.name != "hardneg_batch_size") continue;
+    double sum = 0;
+    for (const prometheus::ClientMetric& metric : family.metric) {
+      sum += metric.histogram.sample_sum;
+    }
+    return sum;
+  }
+  ADD_FAILURE() << "no hardneg_batch_size";
+  return -1;
+}
+
+// A call cancelled while it waits for a worker is not mined: its place in
+// the batch goes to requests someone still waits for. (A client that
+// retries on timeout used to pile up work nobody would read.)
+TEST(CancellationTest, ACancelledRequestIsNotMined) {
+  const std::string root = FreshDir("cancel");
+  WriteRandomCheckpoint(root, "v1", 1, 4);
+  IndexManagerOptions manager_options;
+  manager_options.checkpoints_dir = root;
+  IndexManager manager(manager_options);
+  ASSERT_TRUE(manager.LoadNewest().ok());
+  prometheus::Registry registry;
+  ServerMetrics metrics(registry);
+  ServerOptions options;
+  options.host = "127.0.0.1";
+  options.port = 0;
+  options.threads = 1;
+  options.metrics = &metrics;
+  absl::StatusOr<std::unique_ptr<HardnegServer>> server =
+      HardnegServer::Start(options, &manager);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::Miner::NewStub(Connect((*server)->port()));
+  absl::Notification release;
+  absl::Notification holding;
+  (*server)->pool_for_testing()->Submit([&] {
+    holding.Notify();
+    release.WaitForNotification();
+  });
+  holding.WaitForNotification();
+
+  std::mt19937 rng(10);
+  const v1::MineRequest doomed = RandomRequest(1, 5, 5, rng);
+  grpc::ClientContext doomed_context;
+  grpc::Status doomed_status;
+  std::thread caller([&] {
+    v1::MineResponse response;
+    doomed_status = stub->MineOnce(&doomed_context, doomed, &response);
+  });
+  (*server)->AwaitQueuedQueriesForTesting(5);
+  doomed_context.TryCancel();
+  caller.join();
+  EXPECT_EQ(doomed_status.error_code(), grpc::StatusCode::CANCELLED);
+  release.Notify();
+
+  grpc::ClientContext context;
+  v1::MineResponse response;
+  ASSERT_TRUE(
+      stub->MineOnce(&context, RandomRequest(2, 2, 5, rng), &response).ok());
+  EXPECT_EQ(response.results_size(), 2);
+  (*server)->AwaitQueuedQueriesForTesting(0);
+  EXPECT_EQ(SearchedQueries(registry), 2);
+  server->reset();
   std::filesystem::remove_all(root);
 }
 
