@@ -10,7 +10,7 @@
 set -euo pipefail
 
 runtime=(libgrpc++1.51 libprotobuf32 libabsl20220623 libprometheus-cpp-core1.0
-         libprometheus-cpp-pull1.0 libopenblas0-openmp libgomp1 zlib1g)
+         libopenblas0-openmp libgomp1 zlib1g)
 build=(build-essential cmake ninja-build pkg-config git
        libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
        libabsl-dev libfaiss-dev prometheus-cpp-dev libopenblas-dev

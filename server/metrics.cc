@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <cstdlib>
-#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -13,13 +12,13 @@
 #include <string>
 #include <utility>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "hardneg/v1/miner.grpc.pb.h"
 #include "prometheus/client_metric.h"
 #include "prometheus/metric_family.h"
 #include "prometheus/metric_type.h"
+#include "prometheus/text_serializer.h"
 
 namespace hardneg {
 namespace {
@@ -455,28 +454,31 @@ IndexEvents WithIndexMetrics(ServerMetrics* metrics, IndexEvents events) {
 absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
     const std::string& host, int port,
     const std::vector<std::shared_ptr<prometheus::Collectable>>& collectables) {
-  const std::string address = absl::StrCat(
-      absl::StrContains(host, ':') ? absl::StrCat("[", host, "]") : host, ":",
-      port);
-  std::unique_ptr<prometheus::Exposer> exposer;
-  try {
-    exposer = std::make_unique<prometheus::Exposer>(address);
-  } catch (const std::exception& e) {
-    // CivetServer throws when it cannot bind.
-    return absl::UnavailableError(absl::StrCat(
-        "cannot serve /metrics on ", address,
-        ": the port is in use or the address is not local (", e.what(), ")"));
-  }
-  const std::vector<int> ports = exposer->GetListeningPorts();
-  if (ports.empty() || ports.front() <= 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot serve /metrics on ", address, ": not listening"));
-  }
-  for (const auto& collectable : collectables) {
-    exposer->RegisterCollectable(collectable);
+  HttpResource metrics;
+  metrics.path = "/metrics";
+  metrics.content_type = "text/plain; version=0.0.4; charset=utf-8";
+  metrics.body = [collectables] {
+    std::vector<prometheus::MetricFamily> families;
+    for (const auto& collectable : collectables) {
+      if (collectable == nullptr) continue;
+      std::vector<prometheus::MetricFamily> collected = collectable->Collect();
+      families.insert(families.end(),
+                      std::make_move_iterator(collected.begin()),
+                      std::make_move_iterator(collected.end()));
+    }
+    return prometheus::TextSerializer().Serialize(families);
+  };
+  std::vector<HttpResource> resources;
+  resources.push_back(std::move(metrics));
+  absl::StatusOr<std::unique_ptr<HttpEndpoint>> http =
+      HttpEndpoint::Start(host, port, std::move(resources));
+  if (!http.ok()) {
+    return absl::Status(
+        http.status().code(),
+        absl::StrCat("cannot serve /metrics: ", http.status().message()));
   }
   return std::unique_ptr<MetricsEndpoint>(
-      new MetricsEndpoint(std::move(exposer), collectables, ports.front()));
+      new MetricsEndpoint(*std::move(http)));
 }
 
 }  // namespace hardneg

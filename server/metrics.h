@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -36,11 +37,11 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/support/server_interceptor.h"
+#include "http_endpoint.h"
 #include "index_manager.h"
 #include "index_version.h"
 #include "prometheus/collectable.h"
 #include "prometheus/counter.h"
-#include "prometheus/exposer.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
@@ -84,8 +85,8 @@ class ServerMetrics {
   NewRpcInterceptorFactory();
 
   // hardneg_index_age_seconds and the process_* metrics, computed when
-  // collected. Shared so that an Exposer may hold it (weakly); it may
-  // outlive this object.
+  // collected. Shared so that a MetricsEndpoint may hold it; it may outlive
+  // this object.
   std::shared_ptr<prometheus::Collectable> ScrapeTimeMetrics() const;
 
   // The handles of one Miner method, for the interceptor.
@@ -125,13 +126,21 @@ class ServerMetrics {
 // the IndexManager these events are set on.
 IndexEvents WithIndexMetrics(ServerMetrics* metrics, IndexEvents events = {});
 
-// Serves /metrics over HTTP (prometheus-cpp's Exposer): the collectables
-// in order. Stopping takes about two seconds (the HTTP server's poll), so
-// tests should share one.
+// Serves the Prometheus text exposition (format 0.0.4) on GET /metrics:
+// the metric families of `collectables`, collected at each scrape and
+// concatenated in order. Other requests get what HttpEndpoint says (404 for
+// other paths, 405 for other methods, 400 for malformed requests); each
+// connection carries one request.
+//
+// Thread-safe: port() may be called from any thread. The collectables are
+// collected on the endpoint's own thread, concurrently with the rest of the
+// program. The destructor stops promptly, then releases the collectables.
 class MetricsEndpoint {
  public:
-  // Listens on host:port (port 0 picks a free one). UNAVAILABLE when the
-  // address cannot be bound.
+  // Listens on host:port (port 0 picks a free one); an IPv6 host may be
+  // given with or without brackets ("::1", "[::1]"). UNAVAILABLE when the
+  // address cannot be bound; INVALID_ARGUMENT for a port outside
+  // [0, 65535].
   static absl::StatusOr<std::unique_ptr<MetricsEndpoint>> Start(
       const std::string& host, int port,
       const std::vector<std::shared_ptr<prometheus::Collectable>>&
@@ -140,22 +149,13 @@ class MetricsEndpoint {
   MetricsEndpoint(const MetricsEndpoint&) = delete;
   MetricsEndpoint& operator=(const MetricsEndpoint&) = delete;
 
-  int port() const { return port_; }
+  int port() const { return http_->port(); }
 
  private:
-  MetricsEndpoint(
-      std::unique_ptr<prometheus::Exposer> exposer,
-      std::vector<std::shared_ptr<prometheus::Collectable>> collectables,
-      int port)
-      : collectables_(std::move(collectables)),
-        exposer_(std::move(exposer)),
-        port_(port) {}
+  explicit MetricsEndpoint(std::unique_ptr<HttpEndpoint> http)
+      : http_(std::move(http)) {}
 
-  // Kept alive here (the exposer holds them weakly), and destroyed after
-  // the exposer has stopped.
-  std::vector<std::shared_ptr<prometheus::Collectable>> collectables_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
-  int port_;
+  std::unique_ptr<HttpEndpoint> http_;  // holds the collectables
 };
 
 }  // namespace hardneg

@@ -2,11 +2,14 @@
 // registry: a scripted run of requests moves every counter by exactly what
 // it did, the index gauges follow the served version, and the exposition
 // (collected, and as served on /metrics) passes `promtool check metrics`.
+// MetricsEndpoint serves its collectables in order and survives other
+// paths and bad requests (tests/http_endpoint_test.cc covers its HTTP).
 #include "metrics.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -21,8 +24,10 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "candidate_store.h"
 #include "checkpoint.h"
@@ -31,6 +36,8 @@
 #include "gtest/gtest.h"
 #include "hardneg/v1/miner.grpc.pb.h"
 #include "index_manager.h"
+#include "prometheus/counter.h"
+#include "prometheus/gauge.h"
 #include "prometheus/metric_family.h"
 #include "prometheus/registry.h"
 #include "prometheus/text_serializer.h"
@@ -199,30 +206,39 @@ Labels Handled(const std::string& method, const std::string& type,
   return ::testing::AssertionSuccess();
 }
 
-// GET http://127.0.0.1:<port><path> over a plain socket; the status line
-// and the body.
-std::pair<std::string, std::string> HttpGet(int port, const std::string& path) {
+// Sends `request` to 127.0.0.1:<port> over a plain socket and returns all
+// that comes back until the server closes the connection ("" when the
+// connection fails). A 30 s receive timeout keeps a broken server from
+// hanging the test.
+std::string HttpExchange(int port, const std::string& request) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return {};
+  if (fd < 0) return "";
+  timeval timeout{};
+  timeout.tv_sec = 30;
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
   sockaddr_in address{};
   address.sin_family = AF_INET;
   address.sin_port = htons(static_cast<uint16_t>(port));
   address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   std::string reply;
   if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) ==
-      0) {
-    const std::string request =
-        "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    if (::send(fd, request.data(), request.size(), 0) ==
-        static_cast<ssize_t>(request.size())) {
-      char buffer[8192];
-      ssize_t n = 0;
-      while ((n = ::recv(fd, buffer, sizeof(buffer), 0)) > 0) {
-        reply.append(buffer, static_cast<size_t>(n));
-      }
+          0 &&
+      ::send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
+          static_cast<ssize_t>(request.size())) {
+    char buffer[8192];
+    ssize_t n = 0;
+    while ((n = ::recv(fd, buffer, sizeof(buffer), 0)) > 0) {
+      reply.append(buffer, static_cast<size_t>(n));
     }
   }
   ::close(fd);
+  return reply;
+}
+
+// GET http://127.0.0.1:<port><path>; the status line and the body.
+std::pair<std::string, std::string> HttpGet(int port, const std::string& path) {
+  const std::string reply = HttpExchange(
+      port, "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
   const size_t line_end = reply.find("\r\n");
   const size_t body = reply.find("\r\n\r\n");
   if (line_end == std::string::npos || body == std::string::npos) return {};
@@ -231,8 +247,8 @@ std::pair<std::string, std::string> HttpGet(int port, const std::string& path) {
 
 class MetricsTest : public ::testing::Test {
  protected:
-  // One server and one endpoint for the binary: an Exposer takes about two
-  // seconds to stop.
+  // One server, index and endpoint shared by the tests, which compare
+  // counters before and after what they do.
   static void SetUpTestSuite() {
     root_ = new std::string(::testing::TempDir() + "/hardneg_metrics_test_" +
                             std::to_string(::getpid()));
@@ -617,6 +633,98 @@ TEST_F(MetricsTest, ExpositionPassesPromtoolAndHasEveryContractName) {
   EXPECT_NE(body.find("hardneg_index_age_seconds "), std::string::npos);
   EXPECT_NE(body.find("process_cpu_seconds_total "), std::string::npos);
   EXPECT_TRUE(PromtoolAccepts(body));
+}
+
+TEST(MetricsEndpointTest, ServesTheCollectablesInOrder) {
+  auto first = std::make_shared<prometheus::Registry>();
+  prometheus::BuildCounter()
+      .Name("hardneg_test_first_total")
+      .Help("First.")
+      .Register(*first)
+      .Add({{"k", "v"}})
+      .Increment(2);
+  auto second = std::make_shared<prometheus::Registry>();
+  prometheus::BuildGauge()
+      .Name("hardneg_test_second")
+      .Help("Second.")
+      .Register(*second)
+      .Add({})
+      .Set(-1.5);
+  for (const auto& order :
+       {std::vector<std::shared_ptr<prometheus::Registry>>{first, second},
+        std::vector<std::shared_ptr<prometheus::Registry>>{second, first}}) {
+    Families families;
+    for (const auto& registry : order) {
+      for (auto& family : registry->Collect()) families.push_back(family);
+    }
+    std::ostringstream expected;
+    prometheus::TextSerializer().Serialize(expected, families);
+    absl::StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint =
+        MetricsEndpoint::Start("127.0.0.1", 0, {order[0], order[1]});
+    ASSERT_TRUE(endpoint.ok()) << endpoint.status();
+    const int port = (*endpoint)->port();
+
+    const auto [status_line, body] = HttpGet(port, "/metrics?x=1");
+    EXPECT_EQ(status_line, "HTTP/1.1 200 OK");
+    EXPECT_EQ(body, expected.str());
+    const std::string head =
+        HttpExchange(port, "HEAD /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    EXPECT_NE(head.find("\r\nContent-Type: text/plain; version=0.0.4; "
+                        "charset=utf-8\r\n"),
+              std::string::npos)
+        << head;
+    EXPECT_NE(head.find(absl::StrCat(
+                  "\r\nContent-Length: ", expected.str().size(), "\r\n")),
+              std::string::npos)
+        << head;
+    EXPECT_EQ(head.substr(head.size() - 4), "\r\n\r\n");  // no body
+  }
+}
+
+// A regression test for a crash: prometheus-cpp's Exposer answered other
+// paths and bad requests on civetweb worker threads whose fixed ~100 KB
+// stacks, less the 61 KB of static TLS of libopenblas (which this binary
+// loads, as hardneg-server does), overflowed in civetweb's error path, and
+// the whole process died.
+TEST(MetricsEndpointTest, OtherPathsAndBadRequestsGet4xxAndScrapesGoOn) {
+  auto registry = std::make_shared<prometheus::Registry>();
+  prometheus::BuildCounter()
+      .Name("hardneg_test_requests_total")
+      .Help("A counter for this test.")
+      .Register(*registry)
+      .Add({})
+      .Increment(3);
+  absl::StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint =
+      MetricsEndpoint::Start("127.0.0.1", 0, {registry});
+  ASSERT_TRUE(endpoint.ok()) << endpoint.status();
+  const int port = (*endpoint)->port();
+
+  for (const char* path : {"/", "/healthz", "/metrics/x", "/../etc/passwd"}) {
+    EXPECT_EQ(HttpGet(port, path).first, "HTTP/1.1 404 Not Found") << path;
+  }
+  EXPECT_EQ(HttpGet(port, "/" + std::string(5000, 'a')).first,
+            "HTTP/1.1 404 Not Found");
+  for (const std::string& request : {
+           std::string("junk\r\n\r\n"),
+           std::string("GET /metrics\r\n\r\n"),
+           std::string("\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n",
+                       15),  // a TLS hello
+           std::string("GET /metrics HTTP/1.1\r\nHost: x\r\nX: ") +
+               std::string(size_t{100} << 10, 'x') + "\r\n\r\n",
+       }) {
+    const std::string reply = HttpExchange(port, request);
+    EXPECT_EQ(reply.substr(0, 10), "HTTP/1.1 4") << reply;
+  }
+  EXPECT_EQ(HttpExchange(port,
+                         "POST /metrics HTTP/1.1\r\nHost: x\r\n"
+                         "Content-Length: 0\r\n\r\n")
+                .substr(0, 12),
+            "HTTP/1.1 405");
+
+  const auto [status_line, body] = HttpGet(port, "/metrics");
+  EXPECT_EQ(status_line, "HTTP/1.1 200 OK");
+  EXPECT_NE(body.find("\nhardneg_test_requests_total 3\n"), std::string::npos)
+      << body;
 }
 
 TEST(MetricsEndpointTest, AnAddressInUseIsUnavailable) {
