@@ -164,6 +164,16 @@ class ServerProcess {
     return ReadPort();
   }
 
+  // Sends SIGTERM and returns the wait status (see waitpid).
+  int Terminate() {
+    if (pid_ <= 0) return -1;
+    kill(pid_, SIGTERM);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return status;
+  }
+
   void Kill() {
     if (pid_ <= 0) return;
     kill(pid_, SIGKILL);
@@ -577,6 +587,47 @@ TEST_P(RestartTest, RestartServesTheLastCompleteSnapshot) {
   EXPECT_EQ(info.version().name(), "v3");
   EXPECT_EQ(info.version().sequence(), sequence + 1);
   ExpectMinesAgainst(*stub, *v3_, sequence + 1);
+}
+
+// Hostile checkpoints, as a real server meets them at start and at every
+// restart: a manifest of 100,000 nested arrays used to overflow the stack
+// (a segfault, and a crash-loop). It is rejected and reported, the good
+// checkpoint serves, and SIGTERM exits 0, twice in a row.
+TEST(HostileCheckpointTest, RejectedAtEveryStartAndTheServerExitsCleanly) {
+  const std::string root =
+      absl::StrCat(::testing::TempDir(), "/restart_test_hostile_", getpid());
+  fs::remove_all(root);
+  fs::create_directories(root + "/checkpoints/deep");
+  WriteStaged(root + "/checkpoints", MakeData("good", 1, 100, 0, 7));
+  std::ofstream(root + "/checkpoints/deep/manifest.json")
+      << std::string(100000, '[') << std::string(100000, ']');
+  for (int start = 0; start < 2; ++start) {
+    ServerProcess server;
+    const std::string log = absl::StrCat(root, "/server", start, ".log");
+    ASSERT_TRUE(
+        server.Start({"--checkpoints=" + root + "/checkpoints",
+                      "--data_dir=" + root + "/data", "--grpc_port=0",
+                      "--metrics_port=-1", "--host=127.0.0.1", "--threads=1"},
+                     log));
+    {
+      // Closed before the SIGTERM: an idle C++ channel answers the server's
+      // shutdown ping only at its backup poll, 5 s later.
+      auto stub = v1::Miner::NewStub(Connect(server.port()));
+      v1::IndexInfo info;
+      ASSERT_TRUE(GetInfo(*stub, &info).ok());
+      EXPECT_EQ(info.version().name(), "good");
+      if (start == 0) {
+        EXPECT_THAT(info.last_rejected(),
+                    ::testing::HasSubstr("nested deeper than"));
+      }
+    }
+    const int status = server.Terminate();
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        << "wait status " << status << "; log:\n"
+        << ReadFile(log);
+    EXPECT_THAT(ReadFile(log), ::testing::HasSubstr("event=stopped"));
+  }
+  fs::remove_all(root);
 }
 
 INSTANTIATE_TEST_SUITE_P(
