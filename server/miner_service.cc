@@ -278,6 +278,15 @@ void MinerService::AwaitQueuedQueriesForTesting(size_t queries) const {
   queue_mu_.Await(absl::Condition(&reached));
 }
 
+size_t MinerService::CancelledQueuedForTesting() const {
+  absl::MutexLock lock(&queue_mu_);
+  size_t cancelled = 0;
+  for (const MineJob& job : queue_) {
+    if (job.cancelled && job.cancelled()) ++cancelled;
+  }
+  return cancelled;
+}
+
 void MinerService::DrainQueue() const {
   std::vector<MineJob> jobs;
   size_t queries = 0;

@@ -124,6 +124,8 @@ class MinerService final : public RawMinerCallbackService {
   // Blocks until exactly `queries` queries wait for a worker (for tests).
   void AwaitQueuedQueriesForTesting(size_t queries) const
       ABSL_LOCKS_EXCLUDED(queue_mu_);
+  // Queued jobs whose call is known here to be cancelled (for tests).
+  size_t CancelledQueuedForTesting() const ABSL_LOCKS_EXCLUDED(queue_mu_);
   const MinerServiceOptions& options() const { return options_; }
 
  private:

@@ -73,6 +73,9 @@ class HardnegServer {
   void AwaitQueuedQueriesForTesting(size_t queries) const {
     service_->AwaitQueuedQueriesForTesting(queries);
   }
+  size_t CancelledQueuedForTesting() const {
+    return service_->CancelledQueuedForTesting();
+  }
 
  private:
   HardnegServer(const ServerOptions& options, IndexManager* manager);

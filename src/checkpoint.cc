@@ -20,6 +20,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "file_util.h"
+#include "index_version.h"
 #include "nlohmann/json.hpp"
 #include "npy.h"
 #include "status_macros.h"
@@ -164,6 +165,7 @@ absl::StatusOr<CheckpointManifest> ParseManifest(const std::string& text) {
   if (manifest.name.empty()) {
     return absl::InvalidArgumentError("field \"name\" must not be empty");
   }
+  HARDNEG_RETURN_IF_ERROR(CheckVersionName(manifest.name, "field \"name\""));
 
   HARDNEG_ASSIGN_OR_RETURN(manifest.step,
                            UnsignedField(root, "step", "the training step"));

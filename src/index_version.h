@@ -11,13 +11,21 @@
 #include <memory>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "candidate_store.h"
 #include "metric.h"
 #include "vector_index.h"
 
 namespace hardneg {
+
+// The names a version may take: 1 to 128 characters of [A-Za-z0-9._-],
+// not "." or "..". Names travel into logs, GetIndexInfo, metrics and file
+// names, so nothing else is accepted. INVALID_ARGUMENT naming `field`
+// (e.g. "header.name") and the first character refused.
+absl::Status CheckVersionName(absl::string_view name, absl::string_view field);
 
 struct VersionInfo {
   std::string name;       // the manifest's name

@@ -8,6 +8,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "status_macros.h"
 
 namespace hardneg {
 namespace {
@@ -39,6 +40,7 @@ absl::StatusOr<PublishAssembler> PublishAssembler::Start(PublishHeader header,
     return absl::InvalidArgumentError(
         "header.name is empty: name the version being published");
   }
+  HARDNEG_RETURN_IF_ERROR(CheckVersionName(header.name, "header.name"));
   if (header.dim == 0) {
     return absl::InvalidArgumentError(
         "header.dim is 0: give the embeddings' dimension");

@@ -397,6 +397,12 @@ INSTANTIATE_TEST_SUITE_P(
         BadManifest{"EmptyName",
                     WithShards(R"("name": "", "step": 1, "dim": 2)"),
                     {"field \"name\" must not be empty"}},
+        BadManifest{"NameWithANewline",
+                    WithShards(R"("name": "a\nb", "step": 1, "dim": 2)"),
+                    {"field \"name\" has character 0x0a at position 1"}},
+        BadManifest{"NameThatClimbs",
+                    WithShards(R"("name": "../x", "step": 1, "dim": 2)"),
+                    {"field \"name\" has character '/'"}},
         BadManifest{"MissingStep",
                     WithShards(R"("name": "x", "dim": 2)"),
                     {"missing field \"step\""}},
@@ -527,11 +533,12 @@ TEST_P(BadManifestTest, IsRejectedWithFileAndReason) {
 TEST_F(CheckpointTest, BracketsInsideStringsDoNotCountAsNesting) {
   const std::string dir = Dir("brackets");
   WriteFile(dir + "/manifest.json",
-            absl::StrCat(R"({"name": ")", std::string(40, '['),
-                         R"(\"", "step": 1, "dim": 2, )", kShards, "}"));
+            absl::StrCat(R"({"name": "x", "step": 1, "dim": 2, "shards": [)",
+                         R"({"embeddings": ")", std::string(40, '['),
+                         R"(\"", "ids": "i.npy"}]})"));
   absl::StatusOr<CheckpointManifest> manifest = ReadManifest(dir);
   ASSERT_TRUE(manifest.ok()) << manifest.status();
-  EXPECT_EQ(manifest->name, std::string(40, '[') + "\"");
+  EXPECT_EQ(manifest->shards[0].embeddings, std::string(40, '[') + "\"");
 }
 
 TEST_F(CheckpointTest, ManifestOverFourMebibytesIsRejectedBeforeReading) {

@@ -22,6 +22,7 @@ namespace {
 
 using ::testing::AllOf;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 constexpr uint32_t kDim = 4;
 
@@ -344,6 +345,34 @@ TEST(PublishTest, RejectsABadHeader) {
               HasSubstr("header.dim"));
   EXPECT_EQ(PublishAssembler::Start(Header(""), 0).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// Names reach logs, GetIndexInfo and metrics: a hostile publisher used to
+// forge log lines with a newline, move a terminal's cursor, or name a
+// version "../../x".
+TEST(PublishTest, RefusesVersionNamesOutsideTheSafeSet) {
+  for (const std::string& bad :
+       {std::string("../../x"), std::string("/abs"), std::string(".."),
+        std::string("v1\nts=0 level=info event=version_swap"),
+        std::string("\x1b[2Jclear"), std::string("nul\0byte", 8),
+        std::string("with space"), std::string(129, 'a')}) {
+    PublishHeader header = Header();
+    header.name = bad;
+    const absl::Status status = PublishAssembler::Start(header, 0).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(Message(status), HasSubstr("header.name"));
+    EXPECT_THAT(Message(status), HasSubstr("A-Z a-z 0-9 . _ -"));
+    // The refused name itself is never echoed.
+    EXPECT_THAT(Message(status), Not(HasSubstr("\n")));
+    EXPECT_THAT(Message(status), Not(HasSubstr("\x1b")));
+  }
+  for (const std::string& good :
+       {std::string("v1"), std::string("epoch-3_step.12000"),
+        std::string(128, 'z')}) {
+    PublishHeader header = Header();
+    header.name = good;
+    EXPECT_TRUE(PublishAssembler::Start(header, 0).ok()) << good;
+  }
 }
 
 TEST(PublishTest, BoundsMemoryByMaxBytes) {

@@ -665,6 +665,13 @@ TEST(CancellationTest, ACancelledRequestIsNotMined) {
   doomed_context.TryCancel();
   caller.join();
   EXPECT_EQ(doomed_status.error_code(), grpc::StatusCode::CANCELLED);
+  // The cancellation reaches the server asynchronously (RST_STREAM): wait
+  // for it, with a generous bound, before the worker is freed.
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while ((*server)->CancelledQueuedForTesting() == 0 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  ASSERT_EQ((*server)->CancelledQueuedForTesting(), 1u);
   release.Notify();
 
   grpc::ClientContext context;
