@@ -110,7 +110,10 @@ class MineReactor final
     Run(actions);
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    service_->StreamEnded();
+    delete this;
+  }
 
  private:
   // One request and its response, on one arena: the queries, results and
@@ -221,6 +224,14 @@ class MineReactor final
   uint64_t read_count_ = 0;
   // Set by OnCancel: queued requests of this stream need no answer.
   std::atomic<bool> cancelled_{false};
+};
+
+// A Mine stream refused at once (too many streams).
+class RefusedStream final
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  explicit RefusedStream(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
 };
 
 // MineOnce's request and response on one arena, like a Mine slot's, alive
@@ -413,6 +424,15 @@ void MinerService::HandleBatch(std::vector<MineJob>& jobs) const {
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* MinerService::Mine(
     grpc::CallbackServerContext* /*context*/) {
+  const size_t open = streams_.fetch_add(1);
+  if (open >= options_.max_streams) {
+    streams_.fetch_sub(1);
+    return new RefusedStream(grpc::Status(
+        grpc::StatusCode::RESOURCE_EXHAUSTED,
+        absl::StrCat("the server has ", open,
+                     " Mine streams open, the limit (max_streams); retry "
+                     "with backoff, or use another replica")));
+  }
   return new MineReactor(this);
 }
 

@@ -17,6 +17,7 @@
 #ifndef HARDNEG_SERVER_MINER_SERVICE_H_
 #define HARDNEG_SERVER_MINER_SERVICE_H_
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <deque>
@@ -41,6 +42,9 @@ struct MinerServiceOptions {
   // Requests a single Mine stream may have in flight before the server
   // stops reading from it (flow control towards a fast sender).
   size_t max_in_flight_per_stream = 16;
+  // Mine streams open at once; one more is refused with
+  // RESOURCE_EXHAUSTED. Each may hold max_in_flight_per_stream requests.
+  size_t max_streams = 1024;
   // Requests queued from all streams and calls are coalesced into one
   // search of up to this many queries (a larger request still goes alone).
   size_t max_batch_queries = 256;
@@ -127,6 +131,8 @@ class MinerService final : public RawMinerCallbackService {
   // Queued jobs whose call is known here to be cancelled (for tests).
   size_t CancelledQueuedForTesting() const ABSL_LOCKS_EXCLUDED(queue_mu_);
   const MinerServiceOptions& options() const { return options_; }
+  // A Mine stream ended (called by its reactor).
+  void StreamEnded() const { streams_.fetch_sub(1); }
 
  private:
   // Takes the queued jobs that fit one batch and answers them.
@@ -145,6 +151,8 @@ class MinerService final : public RawMinerCallbackService {
   bool stopped_ ABSL_GUARDED_BY(queue_mu_) = false;
   // Batches being answered now.
   mutable int running_batches_ ABSL_GUARDED_BY(queue_mu_) = 0;
+  // Mine streams open now.
+  mutable std::atomic<size_t> streams_{0};
   // Owns Publish builds that outlive their call (wait=false); declared last
   // so that it joins them before the rest is destroyed.
   PublishBuilds publish_builds_;

@@ -79,6 +79,8 @@ ABSL_FLAG(uint64_t, max_request_fetch, uint64_t{1} << 24,
           "Also the most a batch of coalesced requests ranks.");
 ABSL_FLAG(uint32_t, max_positives, 65536,
           "Most positive_ids (or positive_scores) of one query.");
+ABSL_FLAG(uint32_t, max_streams, 1024,
+          "Mine streams open at once; one more gets RESOURCE_EXHAUSTED.");
 ABSL_FLAG(uint64_t, max_queued_queries, 65536,
           "Admission control: queries waiting for a search worker, over all "
           "streams and calls; a request past it gets RESOURCE_EXHAUSTED at "
@@ -149,6 +151,8 @@ absl::StatusOr<ServerConfig> ServerConfigFromFlags() {
       absl::GetFlag(FLAGS_max_request_negatives);
   server.limits.max_request_fetch = absl::GetFlag(FLAGS_max_request_fetch);
   server.limits.max_positives = absl::GetFlag(FLAGS_max_positives);
+  server.service.max_streams =
+      std::max<uint32_t>(1, absl::GetFlag(FLAGS_max_streams));
   server.service.max_queued_queries =
       static_cast<size_t>(absl::GetFlag(FLAGS_max_queued_queries));
   return config;

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -231,6 +232,26 @@ absl::StatusOr<CheckpointManifest> ParseManifest(const std::string& text) {
   return manifest;
 }
 
+// INVALID_ARGUMENT when `path` resolves (through symlinks) outside `root`.
+// A path that does not resolve (missing) is left to its reader to report.
+absl::Status CheckInside(const std::string& path, const std::string& root) {
+  char resolved_root[PATH_MAX];
+  char resolved[PATH_MAX];
+  if (realpath(root.c_str(), resolved_root) == nullptr ||
+      realpath(path.c_str(), resolved) == nullptr) {
+    return absl::OkStatus();
+  }
+  const absl::string_view inside(resolved);
+  const absl::string_view prefix(resolved_root);
+  if (inside == prefix || (absl::StartsWith(inside, prefix) &&
+                           (prefix == "/" || inside[prefix.size()] == '/'))) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(path, " is a symbolic link that leads outside ", root,
+                   "; checkpoints may only read their own files"));
+}
+
 // One manifest read: an error that names the file when it could not be
 // read (NOT_FOUND when absent), otherwise the parse's outcome, whose errors
 // hold only the reason.
@@ -240,8 +261,10 @@ struct ManifestRead {
 };
 
 ManifestRead ReadManifestFile(const std::string& dir) {
-  absl::StatusOr<std::string> text =
-      ReadSmallTextFile(JoinPath(dir, kManifestFile), kMaxManifestBytes);
+  const std::string path = JoinPath(dir, kManifestFile);
+  const absl::Status inside = CheckInside(path, dir);
+  if (!inside.ok()) return {true, inside};
+  absl::StatusOr<std::string> text = ReadSmallTextFile(path, kMaxManifestBytes);
   if (!text.ok()) return {true, text.status()};
   return {false, ParseManifest(*text)};
 }
@@ -308,6 +331,15 @@ absl::StatusOr<CheckpointManifest> ReadManifest(const std::string& dir) {
 absl::StatusOr<CheckpointShape> ReadCheckpointShape(
     const std::string& dir, const CheckpointManifest& manifest) {
   const std::string manifest_path = JoinPath(dir, kManifestFile);
+  // Shard files (or links to them) must resolve inside the checkpoint:
+  // "../" is refused by the parser, symlinks here.
+  for (const CheckpointShard& shard : manifest.shards) {
+    for (const std::string* file :
+         {&shard.embeddings, &shard.ids, &shard.labels}) {
+      if (file->empty()) continue;
+      HARDNEG_RETURN_IF_ERROR(CheckInside(JoinPath(dir, *file), dir));
+    }
+  }
   const bool has_labels = !manifest.shards[0].labels.empty();
   for (size_t i = 1; i < manifest.shards.size(); ++i) {
     if (manifest.shards[i].labels.empty() == has_labels) {
@@ -468,6 +500,15 @@ absl::StatusOr<std::vector<CheckpointEntry>> ListCheckpoints(
     std::error_code type_error;
     if (!it->is_directory(type_error)) continue;
     const std::string dir = it->path().string();
+    // A symlinked checkpoint may point anywhere under the root, nowhere
+    // else: a manifest is data from another job.
+    if (it->is_symlink(type_error)) {
+      const absl::Status inside = CheckInside(dir, root);
+      if (!inside.ok()) {
+        if (rejected != nullptr) rejected->push_back({dir, inside});
+        continue;
+      }
+    }
     ManifestRead read = ReadManifestFile(dir);
     const absl::StatusOr<CheckpointManifest>& manifest = read.manifest;
     if (absl::IsNotFound(manifest.status())) continue;  // still being written

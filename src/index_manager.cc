@@ -19,6 +19,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "checkpoint.h"
 #include "log.h"
@@ -115,7 +116,17 @@ void IndexManager::Reject(const std::string& source,
   std::function<void(const std::string&, const absl::Status&)> rejected;
   {
     absl::MutexLock lock(&mu_);
-    status_.last_rejected = absl::StrCat(source, ": ", status.message());
+    // Any client may read last_rejected: paths are shown relative to the
+    // checkpoint root and the data dir, not as this host's absolute paths.
+    std::string text = absl::StrCat(source, ": ", status.message());
+    for (const std::string& dir :
+         {options_.checkpoints_dir, options_.data_dir}) {
+      if (!dir.empty()) {
+        text = absl::StrReplaceAll(
+            text, {{dir.back() == '/' ? dir : absl::StrCat(dir, "/"), ""}});
+      }
+    }
+    status_.last_rejected = std::move(text);
     ++status_.rejected_total;
     rejected = events_.rejected;
   }

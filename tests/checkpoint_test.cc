@@ -27,9 +27,14 @@ namespace fs = std::filesystem;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
+using ::testing::Not;
 using ::testing::SizeIs;
 
 // Asserts the code and that the message holds every one of `parts`.
+std::string Message(const absl::Status& status) {
+  return std::string(status.message());
+}
+
 void ExpectError(const absl::Status& status, absl::StatusCode code,
                  std::initializer_list<std::string> parts) {
   EXPECT_EQ(status.code(), code) << status;
@@ -608,6 +613,56 @@ TEST_F(CheckpointTest, AHugeSparseShardIsRefusedFromItsHeader) {
                         }).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
   EXPECT_EQ(claimed, rows);
+}
+
+// Symlinks used to be followed anywhere: last_rejected (readable by any
+// client) then showed the first bytes of whatever file they named.
+TEST_F(CheckpointTest, SymlinksMayNotLeadOutOfTheCheckpoint) {
+  const std::string outside =
+      (root_.parent_path() / absl::StrCat("outside_", ::getpid())).string();
+  fs::create_directories(outside);
+  std::ofstream(outside + "/secret.npy") << "root:x:0:0:secret";
+  const Shard shard = MakeShard(3, 2, 0, false);
+  ASSERT_TRUE(WriteCheckpoint(root_, Manifest("linked", 1, 2), shard.embeddings,
+                              shard.ids, {})
+                  .ok());
+  const std::string dir = (root_ / "linked").string();
+  fs::remove(dir + "/embeddings-00000.npy");
+  fs::create_symlink(outside + "/secret.npy", dir + "/embeddings-00000.npy");
+  absl::Status status = ReadCheckpoint(dir).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Message(status), HasSubstr("leads outside"));
+  EXPECT_THAT(Message(status), Not(HasSubstr("root:x")));
+
+  // A symlinked manifest, likewise.
+  fs::remove(dir + "/manifest.json");
+  fs::create_symlink(outside + "/secret.npy", dir + "/manifest.json");
+  EXPECT_THAT(Message(ReadManifest(dir).status()), HasSubstr("leads outside"));
+
+  // A symlinked checkpoint directory that leads out of the root is
+  // reported, not read; one that stays inside is a checkpoint.
+  fs::create_directory_symlink(outside, root_ / "escape");
+  ASSERT_TRUE(WriteCheckpoint(root_, Manifest("real", 2, 2), shard.embeddings,
+                              shard.ids, {})
+                  .ok());
+  fs::create_directory_symlink(root_ / "real", root_ / "alias");
+  std::vector<RejectedManifest> rejected;
+  absl::StatusOr<std::vector<CheckpointEntry>> entries =
+      ListCheckpoints(root_.string(), &rejected);
+  ASSERT_TRUE(entries.ok());
+  std::vector<std::string> dirs;
+  for (const CheckpointEntry& e : *entries) dirs.push_back(e.dir);
+  EXPECT_THAT(dirs, ::testing::UnorderedElementsAre(
+                        (root_ / "real").string(), (root_ / "alias").string()));
+  bool escape_reported = false;
+  for (const RejectedManifest& r : rejected) {
+    if (r.dir == (root_ / "escape").string()) {
+      escape_reported = true;
+      EXPECT_THAT(Message(r.status), HasSubstr("leads outside"));
+    }
+  }
+  EXPECT_TRUE(escape_reported);
+  fs::remove_all(outside);
 }
 
 TEST_F(CheckpointTest, AcceptsDotsInsideFileNames) {

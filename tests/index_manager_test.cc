@@ -347,8 +347,10 @@ TEST_F(IndexManagerTest, ALoadInterruptedTwiceIsRejectedAtRestart) {
   EXPECT_EQ(manager.Current(), nullptr);
   const BuildStatus status = manager.build_status();
   EXPECT_EQ(status.rejected_total, 1u);
-  EXPECT_THAT(status.last_rejected, HasSubstr(dir));
-  EXPECT_THAT(status.last_rejected, HasSubstr("interrupted 2 times"));
+  // Relative to the checkpoint root: clients need not see this host's
+  // paths.
+  EXPECT_THAT(status.last_rejected,
+              ::testing::StartsWith("v1: loading it was interrupted 2 times"));
   EXPECT_FALSE(fs::exists(marker));
 }
 

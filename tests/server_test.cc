@@ -610,6 +610,59 @@ TEST(AdmissionTest, ARequestPastTheQueueLimitIsRefusedAtOnce) {
   std::filesystem::remove_all(root);
 }
 
+TEST(AdmissionTest, AStreamPastTheLimitIsRefusedAndItsPlaceComesBack) {
+  const std::string root = FreshDir("streams");
+  WriteRandomCheckpoint(root, "v1", 1, 5);
+  IndexManagerOptions manager_options;
+  manager_options.checkpoints_dir = root;
+  IndexManager manager(manager_options);
+  ASSERT_TRUE(manager.LoadNewest().ok());
+  ServerOptions options;
+  options.host = "127.0.0.1";
+  options.port = 0;
+  options.service.max_streams = 2;
+  absl::StatusOr<std::unique_ptr<HardnegServer>> server =
+      HardnegServer::Start(options, &manager);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::Miner::NewStub(Connect((*server)->port()));
+  std::mt19937 rng(11);
+  auto round_trip =
+      [&](grpc::ClientReaderWriter<v1::MineRequest, v1::MineResponse>& stream) {
+        v1::MineResponse response;
+        return stream.Write(RandomRequest(1, 1, 2, rng)) &&
+               stream.Read(&response);
+      };
+  grpc::ClientContext c1, c2, c3;
+  auto s1 = stub->Mine(&c1);
+  auto s2 = stub->Mine(&c2);
+  // Answered: both streams are open on the server.
+  ASSERT_TRUE(round_trip(*s1));
+  ASSERT_TRUE(round_trip(*s2));
+  auto s3 = stub->Mine(&c3);
+  v1::MineResponse response;
+  s3->Write(RandomRequest(1, 1, 2, rng));
+  EXPECT_FALSE(s3->Read(&response));
+  const grpc::Status refused = s3->Finish();
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(refused.error_message(), HasSubstr("max_streams"));
+  s1->WritesDone();
+  ASSERT_TRUE(s1->Finish().ok());
+  // s1's place is free again once its reactor is done; the server learns
+  // that asynchronously, so a new stream may need a retry or two.
+  bool admitted = false;
+  for (int attempt = 0; attempt < 100 && !admitted; ++attempt) {
+    grpc::ClientContext c4;
+    auto s4 = stub->Mine(&c4);
+    admitted = round_trip(*s4);
+    s4->WritesDone();
+    s4->Finish();
+  }
+  EXPECT_TRUE(admitted);
+  s2->WritesDone();
+  EXPECT_TRUE(s2->Finish().ok());
+  std::filesystem::remove_all(root);
+}
+
 // The sum of hardneg_batch_size: the queries actually searched.
 double SearchedQueries(prometheus::Registry& registry) {
   for (const prometheus::MetricFamily& family : registry.Collect()) {
