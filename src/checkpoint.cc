@@ -539,10 +539,7 @@ absl::StatusOr<std::vector<CheckpointEntry>> ListCheckpoints(
 }
 
 std::string ManifestStamp(const std::string& dir) {
-  struct stat st;
-  if (::stat(JoinPath(dir, kManifestFile).c_str(), &st) != 0) return "";
-  return absl::StrCat(st.st_dev, ":", st.st_ino, ":", st.st_size, ":",
-                      st.st_mtim.tv_sec, ".", st.st_mtim.tv_nsec);
+  return FileStamp(JoinPath(dir, kManifestFile));
 }
 
 absl::Status WriteCheckpoint(const std::string& root,

@@ -67,6 +67,13 @@ absl::StatusOr<std::string> ReadSmallTextFile(const std::string& path,
   return text;
 }
 
+std::string FileStamp(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return "";
+  return absl::StrCat(st.st_dev, ":", st.st_ino, ":", st.st_size, ":",
+                      st.st_mtim.tv_sec, ".", st.st_mtim.tv_nsec);
+}
+
 absl::Status WriteFileAtomically(const std::string& path,
                                  absl::string_view text) {
   std::string tmp = path + ".tmp-XXXXXX";

@@ -25,6 +25,11 @@ std::string JoinPath(absl::string_view dir, absl::string_view name);
 absl::StatusOr<std::string> ReadSmallTextFile(const std::string& path,
                                               size_t max_bytes);
 
+// The identity of the file at `path` as last written (device, inode, size
+// and modification time), or "" when it cannot be stat'ed: a file that
+// keeps its stamp has not been rewritten.
+std::string FileStamp(const std::string& path);
+
 // Replaces the file at `path` with `text` so that a reader (or a crash)
 // sees either the old content or all of the new: a temporary file beside
 // it, written and fsynced, renamed over `path`, and the directory fsynced.

@@ -17,11 +17,13 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "checkpoint.h"
+#include "file_util.h"
 #include "log.h"
 #include "snapshot.h"
 #include "status_macros.h"
@@ -29,6 +31,11 @@
 
 namespace hardneg {
 namespace {
+
+// Written by an operator under the checkpoint root: the name of a
+// checkpoint directory to serve whatever its step (README, "Forcing a
+// version").
+constexpr char kPromoteFile[] = "PROMOTE";
 
 // Builds run at a lower CPU priority than serving: build_threads bounds
 // their threads, this makes searches win when the cores are contended.
@@ -272,41 +279,77 @@ absl::Status IndexManager::LoadNewest() {
     rejections_.Add(bad.dir, stamp, std::string(bad.status.message()));
     last_error = bad.status;
   }
+  std::optional<absl::Status> promoted = Promote(entries);
+  if (promoted.has_value()) return *promoted;
   std::shared_ptr<const IndexVersion> served = Current();
   for (const CheckpointEntry& entry : entries) {
     if (served != nullptr && entry.step <= served->info().step) break;
     const std::string stamp = ManifestStamp(entry.dir);
     if (rejections_.IsRejected(entry.dir, stamp)) continue;
-    const absl::Time start = absl::Now();
-    rejections_.BeginLoad(entry.dir, stamp);
-    absl::StatusOr<VersionInfo> swapped = [&]() -> absl::StatusOr<VersionInfo> {
-      HARDNEG_ASSIGN_OR_RETURN(
-          Checkpoint checkpoint,
-          ReadCheckpoint(entry.dir, [&](const CheckpointShape& shape) {
-            return CheckBudget(shape.rows, shape.dim, shape.has_labels);
-          }));
-      const CheckpointManifest& manifest = checkpoint.manifest;
-      VersionInfo info;
-      info.name = manifest.name;
-      info.step = manifest.step;
-      info.metric = manifest.metric.value_or(
-          options_.metric.value_or(Metric::kInnerProduct));
-      if (options_.metric.has_value() && info.metric != *options_.metric) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("the manifest's metric is ", MetricName(info.metric),
-                         " but the server runs with --metric ",
-                         MetricName(*options_.metric)));
-      }
-      return BuildAndSwap(entry.dir, std::move(info),
-                          std::move(checkpoint.store), start);
-    }();
-    rejections_.EndLoad();
-    if (swapped.ok()) return absl::OkStatus();
-    Reject(entry.dir, swapped.status());
-    rejections_.Add(entry.dir, stamp, std::string(swapped.status().message()));
-    last_error = swapped.status();
+    const absl::Status loaded = LoadCheckpoint(entry, stamp);
+    if (loaded.ok()) return loaded;
+    last_error = loaded;
   }
   return last_error;
+}
+
+std::optional<absl::Status> IndexManager::Promote(
+    const std::vector<CheckpointEntry>& entries) {
+  const std::string path = JoinPath(options_.checkpoints_dir, kPromoteFile);
+  const std::string stamp = FileStamp(path);
+  if (stamp.empty() || stamp == promote_stamp_) return std::nullopt;
+  promote_stamp_ = stamp;
+  absl::StatusOr<std::string> text = ReadSmallTextFile(path, 4096);
+  if (!text.ok()) {
+    Reject(kPromoteFile, text.status());
+    return text.status();
+  }
+  const std::string wanted(absl::StripAsciiWhitespace(*text));
+  for (const CheckpointEntry& entry : entries) {
+    if (std::filesystem::path(entry.dir).filename() != wanted) continue;
+    Log(LogLevel::kInfo, "version_promote",
+        {{"checkpoint", entry.dir}, {"step", absl::StrCat(entry.step)}});
+    // An operator's word: served whatever its step, and even if it was
+    // rejected before.
+    return LoadCheckpoint(entry, ManifestStamp(entry.dir));
+  }
+  const absl::Status missing = absl::NotFoundError(
+      absl::StrCat("names \"", wanted,
+                   "\", which is no complete checkpoint directory "
+                   "under the checkpoint root"));
+  Reject(kPromoteFile, missing);
+  return missing;
+}
+
+absl::Status IndexManager::LoadCheckpoint(const CheckpointEntry& entry,
+                                          const std::string& stamp) {
+  const absl::Time start = absl::Now();
+  rejections_.BeginLoad(entry.dir, stamp);
+  absl::StatusOr<VersionInfo> swapped = [&]() -> absl::StatusOr<VersionInfo> {
+    HARDNEG_ASSIGN_OR_RETURN(
+        Checkpoint checkpoint,
+        ReadCheckpoint(entry.dir, [&](const CheckpointShape& shape) {
+          return CheckBudget(shape.rows, shape.dim, shape.has_labels);
+        }));
+    const CheckpointManifest& manifest = checkpoint.manifest;
+    VersionInfo info;
+    info.name = manifest.name;
+    info.step = manifest.step;
+    info.metric = manifest.metric.value_or(
+        options_.metric.value_or(Metric::kInnerProduct));
+    if (options_.metric.has_value() && info.metric != *options_.metric) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the manifest's metric is ", MetricName(info.metric),
+          " but the server runs with --metric ", MetricName(*options_.metric)));
+    }
+    return BuildAndSwap(entry.dir, std::move(info), std::move(checkpoint.store),
+                        start);
+  }();
+  rejections_.EndLoad();
+  if (swapped.ok()) return absl::OkStatus();
+  Reject(entry.dir, swapped.status());
+  rejections_.Add(entry.dir, stamp, std::string(swapped.status().message()));
+  return swapped.status();
 }
 
 absl::StatusOr<VersionInfo> IndexManager::Install(

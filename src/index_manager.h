@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -24,6 +25,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "candidate_store.h"
+#include "checkpoint.h"
 #include "checkpoint_rejections.h"
 #include "index_version.h"
 #include "metric.h"
@@ -85,6 +87,12 @@ class IndexManager {
   // data_dir is set; neither is one whose load was interrupted twice (see
   // CheckpointRejections). A checkpoint over max_index_bytes is rejected
   // from its headers, before its data is read.
+  //
+  // An operator may force a checkpoint whatever its step (say, after a
+  // publish with a step no checkpoint can pass): a file PROMOTE under
+  // checkpoints_dir holding the checkpoint directory's name. It is acted
+  // on once each time it is written; the promoted version then serves,
+  // and newer steps replace it as usual.
   absl::Status LoadNewest() ABSL_LOCKS_EXCLUDED(mu_, build_mu_);
 
   // Builds `store` into the next version and swaps it in, exactly as for a
@@ -124,6 +132,16 @@ class IndexManager {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(build_mu_) ABSL_LOCKS_EXCLUDED(mu_);
   void Reject(const std::string& source, const absl::Status& status)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Reads, builds and swaps in one checkpoint whose manifest has `stamp`;
+  // a failure is rejected and remembered.
+  absl::Status LoadCheckpoint(const CheckpointEntry& entry,
+                              const std::string& stamp)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(build_mu_) ABSL_LOCKS_EXCLUDED(mu_);
+  // When <checkpoints>/PROMOTE is new (or rewritten), loads the checkpoint
+  // it names regardless of step and returns the outcome; nullopt otherwise.
+  std::optional<absl::Status> Promote(
+      const std::vector<CheckpointEntry>& entries)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(build_mu_) ABSL_LOCKS_EXCLUDED(mu_);
   // RESOURCE_EXHAUSTED when a version of `rows` x `dim` (or of `needed`
   // bytes) would not fit beside the served one under max_index_bytes.
   absl::Status CheckBudget(size_t rows, size_t dim, bool has_labels) const
@@ -140,6 +158,8 @@ class IndexManager {
   // Checkpoints given up on (kept under data_dir across restarts).
   CheckpointRejections rejections_ ABSL_GUARDED_BY(build_mu_);
   bool rejections_restored_ ABSL_GUARDED_BY(build_mu_) = false;
+  // The PROMOTE file as last acted on.
+  std::string promote_stamp_ ABSL_GUARDED_BY(build_mu_);
   IndexEvents events_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   int wake_fd_ = -1;  // eventfd that interrupts the watcher's poll

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -352,6 +353,45 @@ TEST_F(IndexManagerTest, ALoadInterruptedTwiceIsRejectedAtRestart) {
   EXPECT_THAT(status.last_rejected,
               ::testing::StartsWith("v1: loading it was interrupted 2 times"));
   EXPECT_FALSE(fs::exists(marker));
+}
+
+// A version published with step 2^64-1 used to be final: no checkpoint
+// could ever pass it. PROMOTE lets an operator force one.
+TEST_F(IndexManagerTest, PromoteServesANamedCheckpointWhateverItsStep) {
+  IndexManager manager(Options());
+  auto store = [](size_t n) {
+    std::vector<int64_t> ids(n);
+    for (size_t i = 0; i < n; ++i) ids[i] = static_cast<int64_t>(i);
+    return *CandidateStore::Create(4, ids, std::vector<float>(n * 4, 0.5f),
+                                   std::nullopt);
+  };
+  ASSERT_TRUE(manager
+                  .Install("stuck", std::numeric_limits<uint64_t>::max(),
+                           Metric::kInnerProduct, store(10))
+                  .ok());
+  Write(ckpts(), "fix", 5);
+  EXPECT_TRUE(manager.LoadNewest().ok());
+  EXPECT_EQ(manager.Current()->info().name, "stuck");  // step 5 < 2^64-1
+
+  std::ofstream(ckpts() + "/PROMOTE") << "fix\n";
+  EXPECT_TRUE(manager.LoadNewest().ok());
+  EXPECT_EQ(manager.Current()->info().name, "fix");
+  EXPECT_EQ(manager.Current()->info().step, 5u);
+  // Acted on once: the file left in place does not reload it.
+  EXPECT_TRUE(manager.LoadNewest().ok());
+  EXPECT_EQ(manager.Current()->info().sequence, 2u);
+  // Steps count again from the promoted version.
+  Write(ckpts(), "next", 6);
+  EXPECT_TRUE(manager.LoadNewest().ok());
+  EXPECT_EQ(manager.Current()->info().name, "next");
+
+  // A name that is no checkpoint is reported.
+  fs::remove(ckpts() + "/PROMOTE");
+  std::ofstream(ckpts() + "/PROMOTE") << "nothing-here";
+  EXPECT_EQ(manager.LoadNewest().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(manager.build_status().last_rejected,
+              HasSubstr("PROMOTE: names \"nothing-here\""));
+  EXPECT_EQ(manager.Current()->info().name, "next");
 }
 
 // inotify: with a poll interval of an hour, only the notification can make
