@@ -37,9 +37,15 @@ struct ServerFlags {
   std::string server;
   float timeout_seconds = 10;
   bool wait_for_ready = false;
+  std::string tls_ca;      // PEM CA of the server's certificate: TLS on
+  std::string tls_cert;    // PEM client certificate, for mutual TLS
+  std::string tls_key;     // its key
+  std::string token_file;  // a file holding the bearer token
 };
 
-// Registers --server, --timeout and --wait_for_ready.
+// Registers --server, --timeout, --wait_for_ready, --tls_ca, --tls_cert,
+// --tls_key and --token_file. Without --token_file, the token comes from
+// the environment variable HARDNEG_TOKEN when it is set.
 void AddServerFlags(FlagSet& flags, ServerFlags* server_flags);
 
 // Parses `args` for a command that talks to a server and checks the server

@@ -1,8 +1,11 @@
 // What the subcommands share: server flags, error reporting, JSON strings.
+#include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <memory>
 #include <string>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "cli_commands.h"
@@ -43,6 +46,18 @@ void AddServerFlags(FlagSet& flags, ServerFlags* server_flags) {
   flags.Bool("wait_for_ready", &server_flags->wait_for_ready,
              "Queue calls while the server is unreachable instead of failing "
              "them.");
+  flags.String("tls_ca", &server_flags->tls_ca, "FILE",
+               "Connect with TLS, trusting this PEM CA bundle (the one that "
+               "signed the server's certificate).");
+  flags.String("tls_cert", &server_flags->tls_cert, "FILE",
+               "PEM client certificate, for servers that require mutual TLS "
+               "(with --tls_key).");
+  flags.String("tls_key", &server_flags->tls_key, "FILE",
+               "PEM private key of --tls_cert.");
+  flags.String("token_file", &server_flags->token_file, "FILE",
+               "File holding the bearer token for servers run with "
+               "--auth_tokens.\nDefault: the HARDNEG_TOKEN environment "
+               "variable, if set.");
 }
 
 std::optional<int> ParseServerCommand(FlagSet& flags,
@@ -68,6 +83,25 @@ absl::StatusOr<std::unique_ptr<Client>> ConnectToServer(
     const ServerFlags& server_flags) {
   ClientOptions options;
   options.wait_for_ready = server_flags.wait_for_ready;
+  if (!server_flags.tls_ca.empty() || !server_flags.tls_cert.empty()) {
+    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+        TlsCredentialsFromFiles(server_flags.tls_ca, server_flags.tls_cert,
+                                server_flags.tls_key);
+    if (!credentials.ok()) return credentials.status();
+    options.credentials = *std::move(credentials);
+  }
+  if (!server_flags.token_file.empty()) {
+    std::ifstream in(server_flags.token_file);
+    if (!in) {
+      return absl::NotFoundError(absl::StrCat(
+          "--token_file ", server_flags.token_file, ": cannot be read"));
+    }
+    std::getline(in, options.bearer_token);
+  } else if (const char* token = std::getenv("HARDNEG_TOKEN")) {
+    options.bearer_token = token;
+  }
+  options.bearer_token =
+      std::string(absl::StripAsciiWhitespace(options.bearer_token));
   if (server_flags.timeout_seconds > 0) {
     const absl::Duration timeout = absl::Seconds(server_flags.timeout_seconds);
     options.connect_timeout = timeout;

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <utility>
 
@@ -183,16 +185,56 @@ std::unique_ptr<Client> Client::FromChannel(
   return std::unique_ptr<Client>(new Client(std::move(rpc), options));
 }
 
+void Client::Prepare(grpc::ClientContext& context,
+                     const std::optional<absl::Duration>& timeout) const {
+  context.set_wait_for_ready(options_.wait_for_ready);
+  if (timeout) context.set_deadline(DeadlineAfter(*timeout));
+  if (!options_.bearer_token.empty()) {
+    context.AddMetadata("authorization",
+                        absl::StrCat("Bearer ", options_.bearer_token));
+  }
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>>
+TlsCredentialsFromFiles(const std::string& ca, const std::string& cert,
+                        const std::string& key) {
+  if (cert.empty() != key.empty()) {
+    return absl::InvalidArgumentError(
+        "a client certificate and its key go together (mutual TLS)");
+  }
+  auto read = [](const std::string& path) -> absl::StatusOr<std::string> {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+      return absl::NotFoundError(absl::StrCat(path, ": cannot be read"));
+    }
+    std::ostringstream text;
+    text << in.rdbuf();
+    return text.str();
+  };
+  grpc::SslCredentialsOptions options;
+  if (!ca.empty()) {
+    absl::StatusOr<std::string> pem = read(ca);
+    if (!pem.ok()) return pem.status();
+    options.pem_root_certs = *std::move(pem);
+  }
+  if (!cert.empty()) {
+    absl::StatusOr<std::string> cert_pem = read(cert);
+    if (!cert_pem.ok()) return cert_pem.status();
+    absl::StatusOr<std::string> key_pem = read(key);
+    if (!key_pem.ok()) return key_pem.status();
+    options.pem_cert_chain = *std::move(cert_pem);
+    options.pem_private_key = *std::move(key_pem);
+  }
+  return grpc::SslCredentials(options);
+}
+
 absl::StatusOr<MineReply> Client::MineOnce(const std::vector<Query>& queries,
                                            const MiningOptions& options,
                                            uint64_t request_id) {
   v1::MineRequest request;
   ToProto(request_id, queries, options, &request);
   grpc::ClientContext context;
-  context.set_wait_for_ready(options_.wait_for_ready);
-  if (options_.rpc_timeout) {
-    context.set_deadline(DeadlineAfter(*options_.rpc_timeout));
-  }
+  Prepare(context, options_.rpc_timeout);
   v1::MineResponse response;
   grpc::Status status = rpc_->stub->MineOnce(&context, request, &response);
   if (!status.ok()) return FromGrpcStatus(status);
@@ -201,10 +243,7 @@ absl::StatusOr<MineReply> Client::MineOnce(const std::vector<Query>& queries,
 
 absl::StatusOr<IndexInfo> Client::GetIndexInfo() {
   grpc::ClientContext context;
-  context.set_wait_for_ready(options_.wait_for_ready);
-  if (options_.rpc_timeout) {
-    context.set_deadline(DeadlineAfter(*options_.rpc_timeout));
-  }
+  Prepare(context, options_.rpc_timeout);
   v1::IndexInfo response;
   grpc::Status status =
       rpc_->stub->GetIndexInfo(&context, v1::GetIndexInfoRequest(), &response);
@@ -257,10 +296,7 @@ absl::StatusOr<IndexVersion> Client::Publish(
   const size_t delete_chunk = std::max<size_t>(1, message_budget / 10);
 
   grpc::ClientContext context;
-  context.set_wait_for_ready(options_.wait_for_ready);
-  if (options_.publish_timeout) {
-    context.set_deadline(DeadlineAfter(*options_.publish_timeout));
-  }
+  Prepare(context, options_.publish_timeout);
   v1::PublishResponse response;
   std::unique_ptr<grpc::ClientWriter<v1::PublishRequest>> writer =
       rpc_->stub->Publish(&context, &response);
@@ -336,10 +372,7 @@ struct MineStream::Call {
 
 std::unique_ptr<MineStream> Client::OpenStream() {
   auto call = std::make_unique<MineStream::Call>();
-  call->context.set_wait_for_ready(options_.wait_for_ready);
-  if (options_.stream_timeout) {
-    call->context.set_deadline(DeadlineAfter(*options_.stream_timeout));
-  }
+  Prepare(call->context, options_.stream_timeout);
   call->stream = rpc_->stub->Mine(&call->context);
   return std::unique_ptr<MineStream>(new MineStream(std::move(call)));
 }

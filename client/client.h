@@ -42,6 +42,7 @@
 namespace grpc {
 class Channel;
 class ChannelCredentials;
+class ClientContext;
 }  // namespace grpc
 
 namespace hardneg::client {
@@ -179,9 +180,21 @@ struct ClientOptions {
   std::optional<absl::Duration> publish_timeout;
   // E.g. "round_robin" for a headless Service of replicas; empty: default.
   std::string load_balancing_policy;
-  // nullptr means insecure (plaintext).
+  // nullptr means insecure (plaintext); see TlsCredentialsFromFiles.
   std::shared_ptr<grpc::ChannelCredentials> credentials;
+  // Sent with every call as "authorization: Bearer <token>", for servers
+  // run with --auth_tokens. Empty: none.
+  std::string bearer_token;
 };
+
+// TLS credentials for ClientOptions::credentials from PEM files: `ca`, the
+// CA bundle that signed the server's certificate (empty: the system's
+// roots); `cert` and `key`, a client certificate for mutual TLS (both or
+// neither). NOT_FOUND naming an unreadable file; INVALID_ARGUMENT for a
+// certificate without its key.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>>
+TlsCredentialsFromFiles(const std::string& ca, const std::string& cert,
+                        const std::string& key);
 
 // When `status` came from an in-band MineResponse.error (the request failed
 // but its stream stays usable), the failed request's id; otherwise nullopt.
@@ -236,6 +249,9 @@ class Client {
 
  private:
   struct Rpc;  // the channel and the generated stub
+  // wait_for_ready, the deadline `timeout` from now, and the token.
+  void Prepare(grpc::ClientContext& context,
+               const std::optional<absl::Duration>& timeout) const;
   Client(std::unique_ptr<Rpc> rpc, const ClientOptions& options);
 
   std::unique_ptr<Rpc> rpc_;

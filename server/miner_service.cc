@@ -234,6 +234,13 @@ class RefusedStream final
   void OnDone() override { delete this; }
 };
 
+// A Publish call refused at once (not authorized).
+class RefusedPublish final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
+ public:
+  explicit RefusedPublish(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+
 // MineOnce's request and response on one arena, like a Mine slot's, alive
 // until the call is answered.
 struct UnaryMessages {
@@ -357,6 +364,18 @@ void MinerService::DrainQueue() const {
   --running_batches_;
 }
 
+absl::Status MinerService::Authorize(grpc::CallbackServerContext* context,
+                                     Role role) const {
+  if (options_.auth == nullptr) return absl::OkStatus();
+  const auto& metadata = context->client_metadata();
+  const auto it = metadata.find("authorization");
+  const absl::string_view value =
+      it == metadata.end()
+          ? absl::string_view()
+          : absl::string_view(it->second.data(), it->second.size());
+  return options_.auth->Check(value, role);
+}
+
 void MinerService::StopMining() {
   absl::MutexLock lock(&queue_mu_);
   stopped_ = true;
@@ -423,7 +442,10 @@ void MinerService::HandleBatch(std::vector<MineJob>& jobs) const {
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* MinerService::Mine(
-    grpc::CallbackServerContext* /*context*/) {
+    grpc::CallbackServerContext* context) {
+  if (absl::Status allowed = Authorize(context, Role::kMine); !allowed.ok()) {
+    return new RefusedStream(ToGrpcStatus(allowed));
+  }
   const size_t open = streams_.fetch_add(1);
   if (open >= options_.max_streams) {
     streams_.fetch_sub(1);
@@ -441,6 +463,10 @@ grpc::ServerUnaryReactor* MinerService::MineOnce(
     grpc::ByteBuffer* response) {
   const auto start = std::chrono::steady_clock::now();
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status allowed = Authorize(context, Role::kMine); !allowed.ok()) {
+    reactor->Finish(ToGrpcStatus(allowed));
+    return reactor;
+  }
   auto messages = std::make_shared<UnaryMessages>();
   grpc::ByteBuffer bytes = *request;  // shares the slices
   const absl::Status parsed =
@@ -491,6 +517,10 @@ void MinerService::RecordRequest(MineRpc rpc,
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* MinerService::Publish(
     grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
+  if (absl::Status allowed = Authorize(context, Role::kPublish);
+      !allowed.ok()) {
+    return new RefusedPublish(ToGrpcStatus(allowed));
+  }
   return NewPublishReactor(context, response, manager_, &publish_builds_);
 }
 
@@ -500,8 +530,10 @@ grpc::ServerUnaryReactor* MinerService::GetIndexInfo(
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   grpc::ByteBuffer bytes = *request;
   v1::GetIndexInfoRequest parsed_request;
-  absl::Status status =
-      ParseMessage(bytes, "the GetIndexInfo request", &parsed_request);
+  absl::Status status = Authorize(context, Role::kMine);
+  if (status.ok()) {
+    status = ParseMessage(bytes, "the GetIndexInfo request", &parsed_request);
+  }
   if (status.ok()) {
     std::shared_ptr<const IndexVersion> version = manager_->Current();
     status = SerializeMessage(

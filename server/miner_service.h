@@ -28,6 +28,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "auth.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "hardneg/v1/miner.grpc.pb.h"
 #include "index_manager.h"
@@ -66,6 +67,8 @@ struct MinerServiceOptions {
   // Largest answer, encoded; a request whose answer could be larger is
   // refused before any work (RESOURCE_EXHAUSTED).
   size_t max_reply_bytes = size_t{64} << 20;
+  // Bearer tokens and roles every call must present; null: open.
+  std::shared_ptr<const TokenAuthorizer> auth;
 };
 
 // One mining request waiting for a batch. `done` runs on a worker once
@@ -135,6 +138,9 @@ class MinerService final : public RawMinerCallbackService {
   void StreamEnded() const { streams_.fetch_sub(1); }
 
  private:
+  // OK when no tokens are configured or the call's token has `role`.
+  absl::Status Authorize(grpc::CallbackServerContext* context, Role role) const;
+
   // Takes the queued jobs that fit one batch and answers them.
   void DrainQueue() const ABSL_LOCKS_EXCLUDED(queue_mu_);
   // Answers `jobs` with one search over the same version; calls each done.

@@ -78,7 +78,10 @@ absl::StatusOr<std::unique_ptr<HardnegServer>> HardnegServer::Start(
                        ? absl::StrCat("[", options.host, "]")
                        : options.host,
                    ":", options.port);
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(),
+  builder.AddListeningPort(address,
+                           options.credentials != nullptr
+                               ? options.credentials
+                               : grpc::InsecureServerCredentials(),
                            &server->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));

@@ -16,6 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/channel.h"
+#include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "index_manager.h"
 #include "metrics.h"
@@ -34,6 +35,8 @@ struct ServerOptions {
   // and one per core for a batch that runs while no other runs or waits.
   int blas_threads = 0;
   size_t max_message_bytes = size_t{64} << 20;
+  // TLS (and mTLS) for the gRPC port; null: plaintext.
+  std::shared_ptr<grpc::ServerCredentials> credentials;
   MinerLimits limits;
   MinerServiceOptions service;
   // Not owned; must outlive the server. Null: no metrics (requests are not

@@ -15,6 +15,7 @@ Embeddings go over the wire as little-endian float32 bytes
 from __future__ import annotations
 
 import dataclasses
+import os
 import queue
 import threading
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
@@ -401,17 +402,43 @@ class Client:
                  timeout: Optional[float] = None,
                  metadata: Optional[Sequence[tuple]] = None,
                  channel_options: Optional[Sequence[tuple]] = None,
+                 tls_ca: Optional[str] = None,
+                 tls_cert: Optional[str] = None,
+                 tls_key: Optional[str] = None,
+                 token: Optional[str] = None,
                  **default_options: Any):
+        # tls_ca (a PEM file) turns TLS on; tls_cert and tls_key add a
+        # client certificate (mutual TLS). token (default: the HARDNEG_TOKEN
+        # environment variable) is sent as "authorization: Bearer <token>".
         if channel is None:
             if target is None:
                 raise TypeError("Client needs a target or a channel")
             opts = [("grpc.max_receive_message_length", 256 << 20),
                     ("grpc.max_send_message_length", 256 << 20)]
             opts.extend(channel_options or [])
-            channel = grpc.insecure_channel(target, options=opts)
+            if tls_ca is not None or tls_cert is not None:
+                if (tls_cert is None) != (tls_key is None):
+                    raise TypeError("tls_cert and tls_key go together")
+
+                def read(path: Optional[str]) -> Optional[bytes]:
+                    if path is None:
+                        return None
+                    with open(path, "rb") as f:
+                        return f.read()
+                credentials = grpc.ssl_channel_credentials(
+                    read(tls_ca), read(tls_key), read(tls_cert))
+                channel = grpc.secure_channel(target, credentials,
+                                              options=opts)
+            else:
+                channel = grpc.insecure_channel(target, options=opts)
             self._own_channel = True
         else:
             self._own_channel = False
+        if token is None:
+            token = os.environ.get("HARDNEG_TOKEN") or None
+        if token is not None:
+            metadata = list(metadata or []) + [
+                ("authorization", f"Bearer {token.strip()}")]
         _build_options(default_options)  # fail early on typos
         self._channel = channel
         self._stub = miner_pb2_grpc.MinerStub(channel)
