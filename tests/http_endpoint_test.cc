@@ -29,53 +29,27 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "gtest/gtest.h"
+#include "loopback_socket.h"
 
 namespace hardneg {
 namespace {
 
 constexpr char kMetricsType[] = "text/plain; version=0.0.4; charset=utf-8";
 
-// A blocking client connection to 127.0.0.1:<port>. Receives time out
-// after 30 s, so that a server that never answers fails the test instead
-// of hanging it.
-class Client {
+// A blocking client connection to 127.0.0.1:<port> (receives time out
+// after 30 s).
+class Client : public LoopbackSocket {
  public:
-  explicit Client(int port) : fd_(::socket(AF_INET, SOCK_STREAM, 0)) {
-    timeval timeout{};
-    timeout.tv_sec = 30;
-    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_port = htons(static_cast<uint16_t>(port));
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&address),
-                           sizeof(address)) == 0;
-  }
-  ~Client() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Client(const Client&) = delete;
-  Client& operator=(const Client&) = delete;
+  explicit Client(int port) : LoopbackSocket(port) {}
 
-  bool connected() const { return connected_; }
-
-  bool Send(absl::string_view bytes) {
-    while (!bytes.empty()) {
-      const ssize_t n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
-      if (n <= 0) return false;
-      bytes.remove_prefix(static_cast<size_t>(n));
-    }
-    return true;
-  }
-
-  void CloseWrite() { ::shutdown(fd_, SHUT_WR); }
+  void CloseWrite() { ::shutdown(fd(), SHUT_WR); }
 
   // Up to `n` bytes, fewer when the server closes first.
   std::string Read(size_t n) {
     std::string bytes(n, '\0');
     size_t have = 0;
     while (have < n) {
-      const ssize_t got = ::recv(fd_, bytes.data() + have, n - have, 0);
+      const ssize_t got = ::recv(fd(), bytes.data() + have, n - have, 0);
       if (got <= 0) break;
       have += static_cast<size_t>(got);
     }
@@ -89,7 +63,7 @@ class Client {
     std::string bytes;
     char buffer[65536];
     ssize_t n = 0;
-    while ((n = ::recv(fd_, buffer, sizeof(buffer), 0)) > 0) {
+    while ((n = ::recv(fd(), buffer, sizeof(buffer), 0)) > 0) {
       bytes.append(buffer, static_cast<size_t>(n));
     }
     *closed = n == 0;
@@ -97,17 +71,7 @@ class Client {
     return bytes;
   }
 
-  // Closes with a reset (RST) rather than a FIN.
-  void Reset() {
-    const linger hard{1, 0};
-    ::setsockopt(fd_, SOL_SOCKET, SO_LINGER, &hard, sizeof(hard));
-    ::close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  int fd_;
-  bool connected_ = false;
+  using LoopbackSocket::ReadAll;
 };
 
 struct HttpReply {

@@ -36,6 +36,7 @@
 #include "gtest/gtest.h"
 #include "hardneg/v1/miner.grpc.pb.h"
 #include "index_manager.h"
+#include "loopback_socket.h"
 #include "prometheus/counter.h"
 #include "prometheus/gauge.h"
 #include "prometheus/metric_family.h"
@@ -211,28 +212,9 @@ Labels Handled(const std::string& method, const std::string& type,
 // connection fails). A 30 s receive timeout keeps a broken server from
 // hanging the test.
 std::string HttpExchange(int port, const std::string& request) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return "";
-  timeval timeout{};
-  timeout.tv_sec = 30;
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_port = htons(static_cast<uint16_t>(port));
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string reply;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) ==
-          0 &&
-      ::send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
-          static_cast<ssize_t>(request.size())) {
-    char buffer[8192];
-    ssize_t n = 0;
-    while ((n = ::recv(fd, buffer, sizeof(buffer), 0)) > 0) {
-      reply.append(buffer, static_cast<size_t>(n));
-    }
-  }
-  ::close(fd);
-  return reply;
+  LoopbackSocket socket(port);
+  if (!socket.connected() || !socket.Send(request)) return "";
+  return socket.ReadAll();
 }
 
 // GET http://127.0.0.1:<port><path>; the status line and the body.

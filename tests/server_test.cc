@@ -541,37 +541,63 @@ TEST(ServerWithoutIndexTest, NotServingUntilACheckpointLoads) {
 namespace hardneg {
 namespace {
 
-// Requests from many threads, each with its own options, are coalesced
-// into shared searches (a batching delay makes sure of it); every answer
-// must equal what the Miner gives for that request alone.
+// A server of its own over a fresh checkpoint, for tests that need other
+// options than ServerTest's.
+class OwnServer {
+ public:
+  OwnServer(const std::string& name, uint32_t seed, ServerOptions options)
+      : root_(FreshDir(name)) {
+    WriteRandomCheckpoint(root_, "v1", 1, seed);
+    IndexManagerOptions manager_options;
+    manager_options.checkpoints_dir = root_;
+    manager_ = std::make_unique<IndexManager>(manager_options);
+    EXPECT_TRUE(manager_->LoadNewest().ok());
+    options.host = "127.0.0.1";
+    options.port = 0;
+    absl::StatusOr<std::unique_ptr<HardnegServer>> server =
+        HardnegServer::Start(options, manager_.get());
+    EXPECT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+  }
+  ~OwnServer() {
+    server_.reset();
+    manager_.reset();
+    std::filesystem::remove_all(root_);
+  }
+
+  HardnegServer& server() { return *server_; }
+  std::unique_ptr<v1::Miner::Stub> Stub() {
+    return v1::Miner::NewStub(Connect(server_->port()));
+  }
+  // Occupies the only worker until the returned notification is notified.
+  std::unique_ptr<absl::Notification> HoldTheWorker() {
+    auto release = std::make_unique<absl::Notification>();
+    absl::Notification holding;
+    server_->pool_for_testing()->Submit([&holding, r = release.get()] {
+      holding.Notify();
+      r->WaitForNotification();
+    });
+    holding.WaitForNotification();
+    return release;
+  }
+
+ private:
+  std::string root_;
+  std::unique_ptr<IndexManager> manager_;
+  std::unique_ptr<HardnegServer> server_;
+};
+
 // Admission control: with the only worker busy, a request that would pass
 // max_queued_queries is answered RESOURCE_EXHAUSTED at once, naming the
 // limit: in-band and in order on a stream, and as the status of MineOnce.
 // Requests that fit are still taken.
 TEST(AdmissionTest, ARequestPastTheQueueLimitIsRefusedAtOnce) {
-  const std::string root = FreshDir("admission");
-  WriteRandomCheckpoint(root, "v1", 1, 3);
-  IndexManagerOptions manager_options;
-  manager_options.checkpoints_dir = root;
-  IndexManager manager(manager_options);
-  ASSERT_TRUE(manager.LoadNewest().ok());
   ServerOptions options;
-  options.host = "127.0.0.1";
-  options.port = 0;
   options.threads = 1;
   options.service.max_queued_queries = 4;
-  absl::StatusOr<std::unique_ptr<HardnegServer>> server =
-      HardnegServer::Start(options, &manager);
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto stub = v1::Miner::NewStub(Connect((*server)->port()));
-  // Hold the only worker.
-  absl::Notification release;
-  absl::Notification holding;
-  (*server)->pool_for_testing()->Submit([&] {
-    holding.Notify();
-    release.WaitForNotification();
-  });
-  holding.WaitForNotification();
+  OwnServer own("admission", 3, options);
+  auto stub = own.Stub();
+  std::unique_ptr<absl::Notification> release = own.HoldTheWorker();
 
   std::mt19937 rng(8);
   grpc::ClientContext stream_context;
@@ -581,7 +607,7 @@ TEST(AdmissionTest, ARequestPastTheQueueLimitIsRefusedAtOnce) {
   ASSERT_TRUE(stream->Write(RandomRequest(3, 1, 5, rng)));  // 4: fits
   // A stream reads one request at a time, so 4 queued means request 2 was
   // judged too.
-  (*server)->AwaitQueuedQueriesForTesting(4);
+  own.server().AwaitQueuedQueriesForTesting(4);
   grpc::ClientContext once_context;
   v1::MineResponse once;
   grpc::Status refused =
@@ -589,7 +615,7 @@ TEST(AdmissionTest, ARequestPastTheQueueLimitIsRefusedAtOnce) {
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_THAT(refused.error_message(), HasSubstr("max_queued_queries"));
 
-  release.Notify();
+  release->Notify();
   v1::MineResponse response;
   ASSERT_TRUE(stream->Read(&response));
   EXPECT_EQ(response.request_id(), 1u);
@@ -607,24 +633,13 @@ TEST(AdmissionTest, ARequestPastTheQueueLimitIsRefusedAtOnce) {
   EXPECT_EQ(response.results_size(), 1);
   stream->WritesDone();
   EXPECT_TRUE(stream->Finish().ok());
-  std::filesystem::remove_all(root);
 }
 
 TEST(AdmissionTest, AStreamPastTheLimitIsRefusedAndItsPlaceComesBack) {
-  const std::string root = FreshDir("streams");
-  WriteRandomCheckpoint(root, "v1", 1, 5);
-  IndexManagerOptions manager_options;
-  manager_options.checkpoints_dir = root;
-  IndexManager manager(manager_options);
-  ASSERT_TRUE(manager.LoadNewest().ok());
   ServerOptions options;
-  options.host = "127.0.0.1";
-  options.port = 0;
   options.service.max_streams = 2;
-  absl::StatusOr<std::unique_ptr<HardnegServer>> server =
-      HardnegServer::Start(options, &manager);
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto stub = v1::Miner::NewStub(Connect((*server)->port()));
+  OwnServer own("streams", 5, options);
+  auto stub = own.Stub();
   std::mt19937 rng(11);
   auto round_trip =
       [&](grpc::ClientReaderWriter<v1::MineRequest, v1::MineResponse>& stream) {
@@ -660,7 +675,6 @@ TEST(AdmissionTest, AStreamPastTheLimitIsRefusedAndItsPlaceComesBack) {
   EXPECT_TRUE(admitted);
   s2->WritesDone();
   EXPECT_TRUE(s2->Finish().ok());
-  std::filesystem::remove_all(root);
 }
 
 // The sum of hardneg_batch_size: the queries actually searched.
@@ -681,30 +695,14 @@ double SearchedQueries(prometheus::Registry& registry) {
 // the batch goes to requests someone still waits for. (A client that
 // retries on timeout used to pile up work nobody would read.)
 TEST(CancellationTest, ACancelledRequestIsNotMined) {
-  const std::string root = FreshDir("cancel");
-  WriteRandomCheckpoint(root, "v1", 1, 4);
-  IndexManagerOptions manager_options;
-  manager_options.checkpoints_dir = root;
-  IndexManager manager(manager_options);
-  ASSERT_TRUE(manager.LoadNewest().ok());
   prometheus::Registry registry;
   ServerMetrics metrics(registry);
   ServerOptions options;
-  options.host = "127.0.0.1";
-  options.port = 0;
   options.threads = 1;
   options.metrics = &metrics;
-  absl::StatusOr<std::unique_ptr<HardnegServer>> server =
-      HardnegServer::Start(options, &manager);
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto stub = v1::Miner::NewStub(Connect((*server)->port()));
-  absl::Notification release;
-  absl::Notification holding;
-  (*server)->pool_for_testing()->Submit([&] {
-    holding.Notify();
-    release.WaitForNotification();
-  });
-  holding.WaitForNotification();
+  OwnServer own("cancel", 4, options);
+  auto stub = own.Stub();
+  std::unique_ptr<absl::Notification> release = own.HoldTheWorker();
 
   std::mt19937 rng(10);
   const v1::MineRequest doomed = RandomRequest(1, 5, 5, rng);
@@ -714,30 +712,32 @@ TEST(CancellationTest, ACancelledRequestIsNotMined) {
     v1::MineResponse response;
     doomed_status = stub->MineOnce(&doomed_context, doomed, &response);
   });
-  (*server)->AwaitQueuedQueriesForTesting(5);
+  own.server().AwaitQueuedQueriesForTesting(5);
   doomed_context.TryCancel();
   caller.join();
   EXPECT_EQ(doomed_status.error_code(), grpc::StatusCode::CANCELLED);
   // The cancellation reaches the server asynchronously (RST_STREAM): wait
   // for it, with a generous bound, before the worker is freed.
   const absl::Time give_up = absl::Now() + absl::Seconds(30);
-  while ((*server)->CancelledQueuedForTesting() == 0 && absl::Now() < give_up) {
+  while (own.server().CancelledQueuedForTesting() == 0 &&
+         absl::Now() < give_up) {
     absl::SleepFor(absl::Milliseconds(1));
   }
-  ASSERT_EQ((*server)->CancelledQueuedForTesting(), 1u);
-  release.Notify();
+  ASSERT_EQ(own.server().CancelledQueuedForTesting(), 1u);
+  release->Notify();
 
   grpc::ClientContext context;
   v1::MineResponse response;
   ASSERT_TRUE(
       stub->MineOnce(&context, RandomRequest(2, 2, 5, rng), &response).ok());
   EXPECT_EQ(response.results_size(), 2);
-  (*server)->AwaitQueuedQueriesForTesting(0);
+  own.server().AwaitQueuedQueriesForTesting(0);
   EXPECT_EQ(SearchedQueries(registry), 2);
-  server->reset();
-  std::filesystem::remove_all(root);
 }
 
+// Requests from many threads, each with its own options, are coalesced
+// into shared searches (a batching delay makes sure of it); every answer
+// must equal what the Miner gives for that request alone.
 TEST(BatchingServerTest, CoalescedAnswersEqualUnbatchedOnes) {
   const std::string root = FreshDir("batching");
   WriteRandomCheckpoint(root, "b1", 1, 9);
