@@ -52,6 +52,12 @@ struct StoreData {
 
   size_t size() const { return ids.size(); }
   const float* vector(size_t row) const { return vectors.data() + row * dim; }
+  // A copy of one row. (Copying through vector() makes g++ 12 at -O3 warn
+  // that the pointer may be null, under -Werror=nonnull.)
+  std::vector<float> Row(size_t row) const {
+    const auto first = vectors.begin() + static_cast<std::ptrdiff_t>(row * dim);
+    return std::vector<float>(first, first + static_cast<std::ptrdiff_t>(dim));
+  }
 };
 
 std::shared_ptr<const IndexVersion> BuildVersion(
@@ -185,7 +191,7 @@ OwnedQuery RandomQuery(Rng& rng, const StoreData& data, Metric metric,
     q.embedding = GaussianVector(rng, data.dim, normalize);
   } else {
     const size_t row = any_row(rng);
-    q.embedding.assign(data.vector(row), data.vector(row) + data.dim);
+    q.embedding = data.Row(row);
     if (kind < 0.7) {
       for (float& x : q.embedding) x += noise(rng);
       if (normalize) Normalize(q.embedding.data(), data.dim);
@@ -806,7 +812,7 @@ TEST_P(MinerMetricTest, QueryIdAndAbsentPositives) {
   std::vector<OwnedQuery> queries;
   for (size_t row = 0; row < 30; ++row) {
     OwnedQuery q;
-    q.embedding.assign(data.vector(row), data.vector(row) + data.dim);
+    q.embedding = data.Row(row);
     q.query_id = data.ids[row];
     queries.push_back(q);
     OwnedQuery absent = q;
