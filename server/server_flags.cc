@@ -95,6 +95,9 @@ ABSL_FLAG(std::string, auth_tokens, "",
           "mine, publish; # comments). Every Miner call must then carry "
           "\"authorization: Bearer TOKEN\" with the role it needs; health "
           "stays open. Empty: no tokens.");
+ABSL_FLAG(uint32_t, max_in_flight_per_stream, 16,
+          "Requests one Mine stream may have unanswered (or answered but not "
+          "yet taken by its client) before the server stops reading it.");
 ABSL_FLAG(uint32_t, max_streams, 1024,
           "Mine streams open at once; one more gets RESOURCE_EXHAUSTED.");
 ABSL_FLAG(uint64_t, max_queued_queries, 65536,
@@ -202,6 +205,8 @@ absl::StatusOr<ServerConfig> ServerConfigFromFlags() {
       absl::GetFlag(FLAGS_max_request_negatives);
   server.limits.max_request_fetch = absl::GetFlag(FLAGS_max_request_fetch);
   server.limits.max_positives = absl::GetFlag(FLAGS_max_positives);
+  server.service.max_in_flight_per_stream =
+      std::max<uint32_t>(1, absl::GetFlag(FLAGS_max_in_flight_per_stream));
   server.service.max_streams =
       std::max<uint32_t>(1, absl::GetFlag(FLAGS_max_streams));
   server.service.max_queued_queries =
