@@ -113,9 +113,15 @@ class Context:
 def add_arguments(parser):
     parser.add_argument("--short", action="store_true", default=True,
                         help=f"the CI run (default): a {SHORT_SOAK_SECONDS} s soak")
-    parser.add_argument("--soak_seconds", type=float, default=SHORT_SOAK_SECONDS,
-                        help="how long the 32-stream soak runs (the long soak: "
-                             "600)")
+    def soak_seconds(text):
+        seconds = float(text)
+        if seconds < 15:  # a 10 s warm-up, then something to compare
+            raise ValueError("the soak needs at least 15 s")
+        return seconds
+    parser.add_argument("--soak_seconds", type=soak_seconds,
+                        default=SHORT_SOAK_SECONDS,
+                        help="how long the 32-stream soak runs, at least 15 "
+                             "(the long soak: 600)")
     parser.add_argument("--random_messages", type=int, default=600,
                         help="random and mutated messages over all methods")
     parser.add_argument("--sigterm_repeats", type=int, default=20)
@@ -204,13 +210,18 @@ def main():
         __doc__, "hardneg-hostile-", add_arguments,
         deadline_seconds=lambda a: int(330 + a.soak_seconds))
     checks = hc.Checks([o for o in args.only.split(",") if o])
-    on_deadline = signal.getsignal(signal.SIGALRM)
+    # monitoring_common's handlers stop the servers and exit; the check
+    # that was running fails first, and the closing line is printed.
+    for signum in (signal.SIGALRM, signal.SIGINT, signal.SIGTERM):
+        stop = signal.getsignal(signum)
 
-    def deadline(signum, frame):
-        checks.fail(checks.current or "harness", "ran past the deadline")
-        hc.log(checks.summary())
-        on_deadline(signum, frame)
-    signal.signal(signal.SIGALRM, deadline)
+        def interrupted(num, frame, stop=stop):
+            why = ("ran past the deadline" if num == signal.SIGALRM
+                   else f"interrupted by {signal.Signals(num).name}")
+            checks.fail(checks.current or "harness", why)
+            hc.log(checks.summary())
+            stop(num, frame)
+        signal.signal(signum, interrupted)
     try:
         grpc, pb, pbg = mc.load_stubs(args.proto_dir, work_dir)
         run(Context(args, work_dir, grpc, pb, pbg), checks)

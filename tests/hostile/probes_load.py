@@ -273,10 +273,12 @@ def check_queue_limit(ctx, server):
     heavy = hc.mc.mine_request(pb, 0, ctx.queries(2000), num_negatives=10)
     small = [hc.mc.mine_request(pb, i, ctx.queries(10)) for i in range(1, 5)]
     try:
-        # Bounded retries: only a heavy request that ends before the small
-        # ones arrive (a very fast machine) needs another attempt.
-        for attempt in range(1, 4):
+        # Bounded retries: the heavy request's 512 KB may arrive after the
+        # small ones (then it is the one refused), or end before they arrive
+        # on a fast machine; either way the attempt is repeated.
+        for attempt in range(1, 6):
             busy = stub.MineOnce.future(heavy, timeout=120)
+            time.sleep(0.1)  # makes the intended order likely, not certain
             feed = StreamFeed(stub, timeout=120)
             feed.put(small[0])
             feed.put(small[1])
@@ -292,13 +294,19 @@ def check_queue_limit(ctx, server):
             in_band = [(hc.code_name(r.error.code), r.error.message)
                        if r.HasField("error") else ("OK", "")
                        for r in feed.call]
-            busy.result()
+            try:
+                busy.result()
+                heavy_status = "OK"
+            except ctx.grpc.RpcError as e:
+                heavy_status = hc.code_name(e.code())
             refused_unary = [m for c, m in unary if c == "RESOURCE_EXHAUSTED"]
             refused_band = [m for c, m in in_band if c == "RESOURCE_EXHAUSTED"]
-            if refused_unary and refused_band:
+            if heavy_status == "OK" and refused_unary and refused_band:
                 break
     finally:
         ch.close()
+    expect(heavy_status == "OK", f"the heavy request ended {heavy_status} "
+           f"in all {attempt} attempts")
     expect(len(in_band) == 2, f"the stream answered {len(in_band)} of 2")
     expect(refused_unary and all("max_queued_queries" in m for m in refused_unary),
            f"no MineOnce refused with RESOURCE_EXHAUSTED naming the limit in "
