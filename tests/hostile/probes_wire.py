@@ -316,9 +316,10 @@ def mutate(rng, data):
 
 
 def check_random_bytes(ctx, count):
-    """`count` seeded random or mutated messages over MineOnce, GetIndexInfo,
-    Mine and Publish: every call ends with a clean code, and the server
-    serves the same version, correctly, afterwards."""
+    """About `count` seeded random or mutated messages over MineOnce,
+    GetIndexInfo, Mine and Publish (and some over health and reflection):
+    every call ends with a clean code, and the server serves the same
+    version, correctly, afterwards."""
     pb = ctx.pb
     rng = random.Random(20240601)
     before = hc.index_info(ctx.stub, pb)
@@ -344,9 +345,9 @@ def check_random_bytes(ctx, count):
     tally = {}
     bad = []
 
-    def record(method, code, msg=""):
+    def record(method, code, msg="", clean=CLEAN_CODES):
         tally[(method, code)] = tally.get((method, code), 0) + 1
-        if code not in CLEAN_CODES:
+        if code not in clean:
             bad.append(f"{method}: {code}: {msg[:200]}")
 
     per_method = max(1, count // 4)
@@ -381,6 +382,25 @@ def check_random_bytes(ctx, count):
                  for _ in range(4)]
         code, msg = publish_status(ctx, msgs)
         record("Publish", code, msg)
+    # The standard services beside Miner: health and reflection.
+    for _ in range(per_method // 4):
+        try:
+            ctx.channel.unary_unary("/grpc.health.v1.Health/Check")(
+                noise()[:60], timeout=10)
+            record("Health.Check", "OK")
+        except ctx.grpc.RpcError as e:
+            # An unknown service name is NOT_FOUND, as the protocol says.
+            record("Health.Check", *hc.rpc_error(e),
+                   clean=CLEAN_CODES | {"NOT_FOUND"})
+    reflection = ("/grpc.reflection.v1alpha.ServerReflection/"
+                  "ServerReflectionInfo")
+    for _ in range(per_method // 16):
+        try:
+            list(ctx.channel.stream_stream(reflection)(
+                iter([noise()[:60] for _ in range(3)]), timeout=10))
+            record("Reflection", "OK")
+        except ctx.grpc.RpcError as e:
+            record("Reflection", *hc.rpc_error(e))
     expect(ctx.main.alive(), "the server died")
     expect_unchanged(ctx, before, "after the random bytes")
     ctx.expect_serving()
