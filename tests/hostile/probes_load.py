@@ -414,7 +414,10 @@ def check_soak(ctx, server, streams=32):
                 f"the end ({drift:+.1%}), max {max(r for _, r in rss) / 1e6:.1f} MB")
     expect(not errors, f"errors: {errors[:5]}; {measured}")
     expect(answered > 0, "nothing was answered")
-    expect(abs(drift) <= 0.05, f"RSS moved more than 5%: {measured}")
+    step = max(1, len(rss) // 12)
+    series = ", ".join(f"{s:.0f}s {r / 1e6:.1f}" for s, r in rss[::step])
+    expect(abs(drift) <= 0.05,
+           f"RSS moved more than 5%: {measured}; RSS (MB) over time: {series}")
     return measured
 
 
