@@ -23,8 +23,10 @@ Usage:
   /usr/bin/python3 tests/hostile/harness.py --server build/server/hardneg-server \\
       [--proto_dir proto] [--work_dir DIR] [--short | --soak_seconds 600]
 
---short (the default, run by ctest) soaks for 40 s and takes about 3
-minutes on 2 cores; --soak_seconds N soaks for N seconds instead. Needs
+--short (the default, run by ctest) soaks for 40 s and takes about 1.5
+minutes on 2 cores; --soak_seconds N soaks for N seconds instead (600 took
+10.5 minutes); --only NAME,... runs the checks whose names contain one of
+them. Needs
 Debian's /usr/bin/python3 with python3-grpcio, python3-numpy and
 python3-protobuf, plus protoc and grpc_python_plugin. Prints
 `N passed, M failed` last; exits 1 on any failure.
