@@ -381,17 +381,23 @@ def load_rules():
         return yaml.safe_load(f)
 
 
-def parse_args_and_work_dir(doc, prefix):
-    """The command line both monitoring tests share, with a fresh work dir.
+def parse_args_and_work_dir(doc, prefix, add_arguments=None,
+                            deadline_seconds=100):
+    """The command line the Python tests share, with a fresh work dir.
 
-    Also arms the self-timeout cleanup. Returns (args, work_dir).
+    add_arguments(parser) adds a test's own flags; deadline_seconds (an int,
+    or a function of the parsed args) arms the self-timeout cleanup.
+    Returns (args, work_dir).
     """
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--server", required=True, help="hardneg-server binary")
     parser.add_argument("--proto_dir", default=os.path.join(ROOT, "proto"))
     parser.add_argument("--work_dir", default="")
+    if add_arguments is not None:
+        add_arguments(parser)
     args = parser.parse_args()
-    install_signal_cleanup(100)
+    install_signal_cleanup(deadline_seconds(args) if callable(deadline_seconds)
+                           else deadline_seconds)
     work_dir = args.work_dir or tempfile.mkdtemp(prefix=prefix)
     shutil.rmtree(work_dir, ignore_errors=True)
     os.makedirs(work_dir)
