@@ -51,6 +51,11 @@ absl::StatusOr<PublishAssembler> PublishAssembler::Start(PublishHeader header,
         "incremental publish applies to, or leave it unset for a full "
         "publish");
   }
+  if (header.base_version.has_value()) {
+    // Checked like any name, so that a hostile one is never echoed back.
+    HARDNEG_RETURN_IF_ERROR(
+        CheckVersionName(*header.base_version, "header.base_version"));
+  }
   return PublishAssembler(std::move(header), max_bytes);
 }
 

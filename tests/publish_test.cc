@@ -366,6 +366,14 @@ TEST(PublishTest, RefusesVersionNamesOutsideTheSafeSet) {
     EXPECT_THAT(Message(status), Not(HasSubstr("\n")));
     EXPECT_THAT(Message(status), Not(HasSubstr("\x1b")));
   }
+  for (const std::string& bad :
+       {std::string("../../x"), std::string("a\nb"), std::string(10000, 'b')}) {
+    PublishHeader header = Header(bad);
+    const absl::Status status = PublishAssembler::Start(header, 0).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(Message(status), HasSubstr("header.base_version"));
+    EXPECT_LT(Message(status).size(), 200u);
+  }
   for (const std::string& good :
        {std::string("v1"), std::string("epoch-3_step.12000"),
         std::string(128, 'z')}) {
