@@ -94,17 +94,22 @@ absl::Status DecodeMineRequest(const v1::MineRequest& request,
   return absl::OkStatus();
 }
 
-absl::Status CheckReplySize(const DecodedMineRequest& request, size_t dim,
-                            size_t max_bytes) {
+uint64_t ReplyBytesBound(uint64_t queries, uint32_t num_negatives,
+                         bool return_embeddings, size_t dim) {
   // Upper bounds of the encoded sizes: a Negative's id, label (varints of
   // up to 10 bytes), score, rank and framing take at most 39 bytes, its
   // packed embedding 4 x dim plus 6; a QueryResult's own fields and
   // framing 17.
   const uint64_t per_negative =
-      39 + (request.return_embeddings ? 6 + 4 * uint64_t{dim} : 0);
+      39 + (return_embeddings ? 6 + 4 * uint64_t{dim} : 0);
+  return 1024 + queries * (17 + num_negatives * per_negative);
+}
+
+absl::Status CheckReplySize(const DecodedMineRequest& request, size_t dim,
+                            size_t max_bytes) {
   const uint64_t queries = request.queries.size();
-  const uint64_t bytes =
-      1024 + queries * (17 + request.options.num_negatives * per_negative);
+  const uint64_t bytes = ReplyBytesBound(queries, request.options.num_negatives,
+                                         request.return_embeddings, dim);
   if (bytes <= max_bytes) return absl::OkStatus();
   return absl::ResourceExhaustedError(absl::StrCat(
       "the answer could take ", bytes, " bytes (", queries, " queries x ",

@@ -34,6 +34,11 @@ struct DecodedMineRequest {
 absl::Status DecodeMineRequest(const v1::MineRequest& request,
                                DecodedMineRequest* out);
 
+// At least the encoded size of an answer to `queries` queries of
+// `num_negatives` each (with embeddings of `dim` floats when asked for).
+uint64_t ReplyBytesBound(uint64_t queries, uint32_t num_negatives,
+                         bool return_embeddings, size_t dim);
+
 // RESOURCE_EXHAUSTED when the answer to `request` could exceed `max_bytes`
 // once encoded (num_negatives for every query, with embeddings of `dim`
 // floats when asked for), so that an answer too large to send is refused

@@ -62,10 +62,12 @@ class MineReactor final
       Run(actions);
       return;
     }
+    slot->reserved = service_->ReplyBytesBound(*slot->request);
     {
       absl::MutexLock lock(&mu_);
       read_in_flight_ = false;
       slots_.push_back(slot);
+      reserved_bytes_ += slot->reserved;
       ++outstanding_;  // keeps the reactor alive until the task is done
     }
     const absl::Status refused = service_->Enqueue(
@@ -90,9 +92,12 @@ class MineReactor final
 
   void OnWriteDone(bool ok) override {
     Actions actions;
+    std::shared_ptr<Slot> written;
     {
       absl::MutexLock lock(&mu_);
       write_in_flight_ = false;
+      reserved_bytes_ -= writing_->reserved;
+      written = std::move(writing_);  // its answer is freed below, unlocked
       if (!ok) broken_ = true;
       actions = Advance();
     }
@@ -127,9 +132,10 @@ class MineReactor final
     google::protobuf::Arena arena;
     v1::MineRequest* const request;
     v1::MineResponse* const response;
-    grpc::ByteBuffer in;   // the request as read
-    grpc::ByteBuffer out;  // the response as written
-    bool ready = false;    // guarded by the reactor's mu_
+    grpc::ByteBuffer in;    // the request as read
+    grpc::ByteBuffer out;   // the response as written
+    uint64_t reserved = 0;  // bound on out's size, counted in reserved_bytes_
+    bool ready = false;     // guarded by the reactor's mu_
   };
 
   // gRPC operations to start once mu_ is released. Each one holds a flag
@@ -156,6 +162,9 @@ class MineReactor final
       SerializeMessage(*slot.response, &slot.out).IgnoreError();
     }
     service_->RecordRequest(MineRpc::kMine, start, answered, *slot.response);
+    // Only the serialized answer is needed from here on: free the messages
+    // (the request and the response, a second copy of the answer).
+    slot.arena.Reset();
     Actions actions;
     {
       absl::MutexLock lock(&mu_);
@@ -180,7 +189,9 @@ class MineReactor final
       actions.write = &writing_->out;
     }
     if (!broken_ && !reads_done_ && !read_in_flight_ &&
-        slots_.size() < service_->options().max_in_flight_per_stream) {
+        slots_.size() < service_->options().max_in_flight_per_stream &&
+        (reserved_bytes_ == 0 ||
+         reserved_bytes_ < service_->options().max_stream_reply_bytes)) {
       read_in_flight_ = true;
       actions.read = &reading_->in;
     }
@@ -212,6 +223,8 @@ class MineReactor final
   absl::Mutex mu_;
   std::deque<std::shared_ptr<Slot>> slots_ ABSL_GUARDED_BY(mu_);
   size_t outstanding_ ABSL_GUARDED_BY(mu_) = 0;
+  // Bounds on the answers read and not yet written (see Slot::reserved).
+  uint64_t reserved_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   bool read_in_flight_ ABSL_GUARDED_BY(mu_) = true;
   bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
@@ -374,6 +387,14 @@ absl::Status MinerService::Authorize(grpc::CallbackServerContext* context,
           ? absl::string_view()
           : absl::string_view(it->second.data(), it->second.size());
   return options_.auth->Check(value, role);
+}
+
+uint64_t MinerService::ReplyBytesBound(const v1::MineRequest& request) const {
+  std::shared_ptr<const IndexVersion> version = manager_->Current();
+  return hardneg::ReplyBytesBound(static_cast<uint64_t>(request.queries_size()),
+                                  request.options().num_negatives(),
+                                  request.options().return_embeddings(),
+                                  version != nullptr ? version->dim() : 0);
 }
 
 void MinerService::StopMining() {

@@ -43,6 +43,11 @@ struct MinerServiceOptions {
   // Requests a single Mine stream may have in flight before the server
   // stops reading from it (flow control towards a fast sender).
   size_t max_in_flight_per_stream = 16;
+  // Answer bytes (bounded from each request before it is mined) one Mine
+  // stream may hold unsent before the server stops reading it: a client
+  // that does not read costs at most this, plus one answer, however large
+  // its answers. At least one request is always read.
+  size_t max_stream_reply_bytes = size_t{64} << 20;
   // Mine streams open at once; one more is refused with
   // RESOURCE_EXHAUSTED. Each may hold max_in_flight_per_stream requests.
   size_t max_streams = 1024;
@@ -134,6 +139,8 @@ class MinerService final : public RawMinerCallbackService {
   // Queued jobs whose call is known here to be cancelled (for tests).
   size_t CancelledQueuedForTesting() const ABSL_LOCKS_EXCLUDED(queue_mu_);
   const MinerServiceOptions& options() const { return options_; }
+  // The most bytes an answer to `request` can take, for the dim served now.
+  uint64_t ReplyBytesBound(const v1::MineRequest& request) const;
   // A Mine stream ended (called by its reactor).
   void StreamEnded() const { streams_.fetch_sub(1); }
 

@@ -98,6 +98,9 @@ ABSL_FLAG(std::string, auth_tokens, "",
 ABSL_FLAG(uint32_t, max_in_flight_per_stream, 16,
           "Requests one Mine stream may have unanswered (or answered but not "
           "yet taken by its client) before the server stops reading it.");
+ABSL_FLAG(uint64_t, max_stream_reply_bytes, uint64_t{64} << 20,
+          "Answer bytes (bounded from each request before it is mined) one "
+          "Mine stream may hold unsent before the server stops reading it.");
 ABSL_FLAG(uint32_t, max_streams, 1024,
           "Mine streams open at once; one more gets RESOURCE_EXHAUSTED.");
 ABSL_FLAG(uint64_t, max_queued_queries, 65536,
@@ -207,6 +210,8 @@ absl::StatusOr<ServerConfig> ServerConfigFromFlags() {
   server.limits.max_positives = absl::GetFlag(FLAGS_max_positives);
   server.service.max_in_flight_per_stream =
       std::max<uint32_t>(1, absl::GetFlag(FLAGS_max_in_flight_per_stream));
+  server.service.max_stream_reply_bytes =
+      static_cast<size_t>(absl::GetFlag(FLAGS_max_stream_reply_bytes));
   server.service.max_streams =
       std::max<uint32_t>(1, absl::GetFlag(FLAGS_max_streams));
   server.service.max_queued_queries =

@@ -94,10 +94,10 @@ def check_nonreading_streams(ctx, label, queries, negatives, streams=10,
                              requests=200, limit=GIB, settle=2.0, bound=40.0):
     """`streams` Mine streams send up to `requests` requests each (every
     answer with embeddings, `queries` x `negatives`) and never read. The
-    server mines what it reads, at least 16 a stream (its in-flight limit;
-    more while the transport's windows take answers), then stops reading;
-    its RSS once it has settled (16 a stream mined, and no more for
-    `settle` seconds) must be under `limit`. RSS is sampled every 20 ms;
+    server mines what it reads, at least one a stream, up to its in-flight
+    limits (16 requests, and --max_stream_reply_bytes of answers), then
+    stops reading; its RSS once it has settled (at least one a stream mined,
+    and no more for `settle` seconds) must be under `limit`. RSS is sampled every 20 ms;
     past the limit everything is cancelled at once (the machine is
     shared)."""
     pb = ctx.pb
@@ -141,7 +141,7 @@ def check_nonreading_streams(ctx, label, queries, negatives, streams=10,
                 now = time.monotonic()
                 if count != last_count:
                     last_count, last_change = count, now
-                elif count >= 16 * streams and now - last_change >= settle:
+                elif count >= streams and now - last_change >= settle:
                     settled = now - start
                     break
                 time.sleep(0.02)
