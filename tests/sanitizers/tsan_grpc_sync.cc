@@ -106,7 +106,7 @@ grpc_call_error grpc_call_start_batch(grpc_call* call, const grpc_op* ops,
   using Fn =
       grpc_call_error (*)(grpc_call*, const grpc_op*, size_t, void*, void*);
   static const auto real = Real<Fn>("grpc_call_start_batch");
-  __tsan_release(tag);
+  if (tag != nullptr) __tsan_release(tag);
   return real(call, ops, nops, tag, reserved);
 }
 
@@ -115,7 +115,9 @@ grpc_event grpc_completion_queue_next(grpc_completion_queue* cq,
   using Fn = grpc_event (*)(grpc_completion_queue*, gpr_timespec, void*);
   static const auto real = Real<Fn>("grpc_completion_queue_next");
   const grpc_event event = real(cq, deadline, reserved);
-  if (event.type == GRPC_OP_COMPLETE) __tsan_acquire(event.tag);
+  if (event.type == GRPC_OP_COMPLETE && event.tag != nullptr) {
+    __tsan_acquire(event.tag);
+  }
   return event;
 }
 
@@ -124,7 +126,9 @@ grpc_event grpc_completion_queue_pluck(grpc_completion_queue* cq, void* tag,
   using Fn = grpc_event (*)(grpc_completion_queue*, void*, gpr_timespec, void*);
   static const auto real = Real<Fn>("grpc_completion_queue_pluck");
   const grpc_event event = real(cq, tag, deadline, reserved);
-  if (event.type == GRPC_OP_COMPLETE) __tsan_acquire(event.tag);
+  if (event.type == GRPC_OP_COMPLETE && event.tag != nullptr) {
+    __tsan_acquire(event.tag);
+  }
   return event;
 }
 
