@@ -7,8 +7,7 @@
 #ifndef HARDNEG_TESTS_FUZZ_FUZZ_SUPPORT_H_
 #define HARDNEG_TESTS_FUZZ_FUZZ_SUPPORT_H_
 
-#include <stdlib.h>
-#include <unistd.h>
+#include <stdlib.h>  // mkdtemp
 
 #include <cstddef>
 #include <cstdint>

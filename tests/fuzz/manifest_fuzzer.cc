@@ -32,11 +32,7 @@ void CheckPath(const std::string& path, bool may_be_empty) {
   }
 }
 
-}  // namespace
-}  // namespace hardneg
-
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  using namespace hardneg;  // NOLINT(google-build-using-namespace)
+int TestOneInput(const uint8_t* data, size_t size) {
   static const std::string* dir = new std::string(fuzz::ScratchDir());
   fuzz::WriteFile(*dir + "/manifest.json", data, size);
 
@@ -56,4 +52,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     CheckPath(shard.labels, true);
   }
   return 0;
+}
+
+}  // namespace
+}  // namespace hardneg
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  return hardneg::TestOneInput(data, size);
 }

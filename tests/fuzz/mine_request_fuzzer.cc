@@ -41,17 +41,7 @@ void ExpectInvalidArgument(const absl::Status& status, const char* what) {
   }
 }
 
-}  // namespace
-}  // namespace hardneg
-
-// Parsing fuzzed bytes logs every string field that is not UTF-8.
-extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {
-  google::protobuf::SetLogHandler(nullptr);
-  return 0;
-}
-
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  using namespace hardneg;  // NOLINT(google-build-using-namespace)
+int TestOneInput(const uint8_t* data, size_t size) {
   v1::MineRequest request;
   if (!request.ParseFromArray(data, static_cast<int>(size))) return 0;
   if (!SmallEnough(request)) return 0;
@@ -93,4 +83,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
   }
   return 0;
+}
+
+}  // namespace
+}  // namespace hardneg
+
+// Parsing fuzzed bytes logs every string field that is not UTF-8.
+extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {
+  google::protobuf::SetLogHandler(nullptr);
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  return hardneg::TestOneInput(data, size);
 }

@@ -20,11 +20,7 @@ void CheckRejection(const absl::Status& status) {
   }
 }
 
-}  // namespace
-}  // namespace hardneg
-
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  using namespace hardneg;  // NOLINT(google-build-using-namespace)
+int TestOneInput(const uint8_t* data, size_t size) {
   static const std::string* path =
       new std::string(fuzz::ScratchDir() + "/input.npy");
   fuzz::WriteFile(*path, data, size);
@@ -40,4 +36,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   absl::StatusOr<std::vector<int64_t>> ints = ReadNpyInt64(*path);
   if (!ints.ok()) CheckRejection(ints.status());
   return 0;
+}
+
+}  // namespace
+}  // namespace hardneg
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  return hardneg::TestOneInput(data, size);
 }

@@ -99,11 +99,7 @@ QueryData SomeQuery(FuzzedDataProvider& in) {
   return q;
 }
 
-}  // namespace
-}  // namespace hardneg
-
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  using namespace hardneg;  // NOLINT(google-build-using-namespace)
+int TestOneInput(const uint8_t* data, size_t size) {
   FuzzedDataProvider in(data, size);
   const MiningOptions options = SomeOptions(in);
   const Metric metric = in.ConsumeBool() ? Metric::kL2 : Metric::kInnerProduct;
@@ -111,6 +107,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<QueryData> query_data(in.ConsumeIntegralInRange<size_t>(1, 3));
   for (QueryData& q : query_data) q = SomeQuery(in);
   std::vector<MiningQuery> queries;
+  queries.reserve(query_data.size());
   for (const QueryData& q : query_data) {
     queries.push_back(
         {q.embedding, q.positive_ids, q.positive_scores, q.label, q.query_id});
@@ -142,4 +139,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     fuzz::Fail("the same request gave another answer");
   }
   return 0;
+}
+
+}  // namespace
+}  // namespace hardneg
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  return hardneg::TestOneInput(data, size);
 }

@@ -82,7 +82,7 @@ absl::Status AddChunk(const v1::PublishChunk& c, PublishAssembler& assembler,
     embeddings = from_bytes;
   }
   const absl::Span<const int64_t> ids(c.ids().data(), c.ids_size());
-  const absl::Status status = assembler.AddChunk(
+  absl::Status status = assembler.AddChunk(
       ids, absl::MakeConstSpan(c.labels().data(), c.labels_size()), embeddings,
       absl::MakeConstSpan(c.delete_ids().data(), c.delete_ids_size()));
   if (!status.ok()) return status;
@@ -129,17 +129,7 @@ void CheckResult(const CandidateStore& store, const PublishHeader& header,
   if (store.size() != expected) fuzz::Fail("the result has extra rows");
 }
 
-}  // namespace
-}  // namespace hardneg
-
-// Parsing fuzzed bytes logs every string field that is not UTF-8.
-extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {
-  google::protobuf::SetLogHandler(nullptr);
-  return 0;
-}
-
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  using namespace hardneg;  // NOLINT(google-build-using-namespace)
+int TestOneInput(const uint8_t* data, size_t size) {
   google::protobuf::io::CodedInputStream stream(data, static_cast<int>(size));
   std::vector<v1::PublishRequest> requests;
   uint32_t length = 0;
@@ -181,4 +171,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   CheckResult(*store, *header, base, sent);
   return 0;
+}
+
+}  // namespace
+}  // namespace hardneg
+
+// Parsing fuzzed bytes logs every string field that is not UTF-8.
+extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {
+  google::protobuf::SetLogHandler(nullptr);
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  return hardneg::TestOneInput(data, size);
 }

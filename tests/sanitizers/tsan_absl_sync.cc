@@ -85,7 +85,8 @@ void PostWait(void* mu) { __tsan_mutex_post_lock(mu, 0, 0); }
 
 }  // namespace
 
-namespace absl {
+// Defines abseil's own functions, which is the point of this file.
+namespace absl {  // NOLINT(abseil-no-namespace)
 ABSL_NAMESPACE_BEGIN
 
 using MutexFn = void (*)(Mutex*);
