@@ -17,7 +17,11 @@ build=(build-essential cmake ninja-build pkg-config git
        libopenblas0-openmp libgtest-dev libgmock-dev libbenchmark-dev
        nlohmann-json3-dev zlib1g-dev dataset-fashion-mnist
        python3-grpcio python3-numpy python3-protobuf
-       prometheus yamllint)  # promtool, and the server the Prometheus test scrapes with
+       prometheus yamllint  # promtool, and the server the Prometheus test scrapes with
+       # The sanitizer and libFuzzer builds (scripts/sanitize.sh, fuzz.sh):
+       # clang's omp.h (libomp-14-dev; the runtime stays libgomp) and
+       # llvm-symbolizer, which reports and suppressions need.
+       clang-14 libclang-rt-14-dev libomp-14-dev llvm-14)
 
 if [[ "${1:-}" == "--runtime" ]]; then wanted=("${runtime[@]}"); else wanted=("${build[@]}"); fi
 

@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, and runs the whole test suite.
+# Installs what is missing, builds, and runs the whole test suite: the
+# CTest tests, then the same under ASan+UBSan and the concurrency tests
+# under TSan (scripts/sanitize.sh), then each fuzz target for a bounded
+# time (scripts/fuzz.sh). For local iteration only, HARDNEG_SKIP_SANITIZERS=1
+# and HARDNEG_SKIP_FUZZ=1 skip the last two; CI (CI set) never skips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -9,3 +13,25 @@ echo "test.sh: build took $((built - start)) s" >&2
 export OMP_WAIT_POLICY=PASSIVE
 ctest --test-dir build --output-on-failure -j "$(nproc)" --timeout 600
 echo "test.sh: tests took $(( $(date +%s) - built )) s" >&2
+
+# skip <what> <variable>: true when the variable asks to skip, outside CI.
+skip() {
+  [[ "${!2:-}" == 1 ]] || return 1
+  if [[ -n "${CI:-}" ]]; then
+    echo "test.sh: CI ignores $2=1: running $1" >&2
+    return 1
+  fi
+  echo "test.sh: $1 SKIPPED ($2=1)" >&2
+}
+
+if ! skip sanitizers HARDNEG_SKIP_SANITIZERS; then
+  t0=$(date +%s)
+  ./scripts/sanitize.sh
+  echo "test.sh: sanitizers took $(($(date +%s) - t0)) s" >&2
+fi
+if ! skip fuzzing HARDNEG_SKIP_FUZZ; then
+  t0=$(date +%s)
+  ./scripts/fuzz.sh
+  echo "test.sh: fuzzing took $(($(date +%s) - t0)) s" >&2
+fi
+echo "test.sh: everything took $(($(date +%s) - start)) s" >&2

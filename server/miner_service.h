@@ -12,8 +12,10 @@
 // finishes), and each Miner call's batch size; without one (nullptr),
 // nothing is measured.
 //
-// Thread-safe; the IndexManager, Miner, WorkerPool and ServerMetrics must
-// outlive it.
+// Thread-safe; the IndexManager, Miner and ServerMetrics must outlive it.
+// The WorkerPool must serve it while it serves, and be destroyed (which
+// runs the pool's queued tasks, some of them the service's) before it is,
+// as HardnegServer::Shutdown does.
 #ifndef HARDNEG_SERVER_MINER_SERVICE_H_
 #define HARDNEG_SERVER_MINER_SERVICE_H_
 

@@ -149,7 +149,8 @@ absl::StatusOr<CheckpointManifest> ParseManifest(const std::string& text) {
   json root;
   try {
     root = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
+    // parse_error, and out_of_range for a number too large for a double.
     return absl::InvalidArgumentError(
         absl::StrCat("not valid JSON: ", e.what()));
   }

@@ -1,6 +1,7 @@
 #include "row_dots.h"
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define HARDNEG_ROW_DOTS_X86 1
 #endif
@@ -168,15 +169,31 @@ HARDNEG_SIMD void SimdToHalf(const float* in, size_t n, uint16_t* out) {
   }
   for (; i < n; ++i) out[i] = HalfBits(in[i]);
 }
+
+// AVX2, FMA and F16C, each usable only when the OS saves the YMM registers
+// (OSXSAVE, and XCR0 with the SSE and AVX states): the checks g++'s
+// __builtin_cpu_supports makes, read from CPUID directly because clang 14's
+// __builtin_cpu_supports does not know "f16c".
+bool CpuHasAvx2FmaF16c() {
+  unsigned eax, ebx, ecx, edx;
+  if (__get_cpuid_max(0, nullptr) < 7) return false;
+  __cpuid(1, eax, ebx, ecx, edx);
+  if ((ecx & bit_OSXSAVE) == 0) return false;
+  unsigned xcr0_low, xcr0_high;
+  __asm__("xgetbv" : "=a"(xcr0_low), "=d"(xcr0_high) : "c"(0));
+  constexpr unsigned kSseAvxState = 0x6;
+  if ((xcr0_low & kSseAvxState) != kSseAvxState) return false;
+  if ((ecx & bit_FMA) == 0 || (ecx & bit_F16C) == 0) return false;
+  __cpuid_count(7, 0, eax, ebx, ecx, edx);
+  return (ebx & bit_AVX2) != 0;
+}
 #endif  // HARDNEG_ROW_DOTS_X86
 
 }  // namespace
 
 bool RowDotsSimd() {
 #if defined(HARDNEG_ROW_DOTS_X86)
-  static const bool simd = __builtin_cpu_supports("avx2") &&
-                           __builtin_cpu_supports("fma") &&
-                           __builtin_cpu_supports("f16c");
+  static const bool simd = CpuHasAvx2FmaF16c();
   return simd;
 #else
   return false;

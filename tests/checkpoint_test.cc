@@ -391,6 +391,11 @@ INSTANTIATE_TEST_SUITE_P(
         BadManifest{
             "Truncated", R"({"name": "x", "step": 1,)", {"not valid JSON"}},
         BadManifest{"Empty", "", {"not valid JSON"}},
+        // Found by tests/fuzz/manifest_fuzzer: json::parse threw
+        // out_of_range, which escaped ReadManifest and aborted the server.
+        BadManifest{"NumberOverflow",
+                    WithShards(R"("name": "x", "step": 1e999, "dim": 2)"),
+                    {"not valid JSON", "number overflow"}},
         BadManifest{
             "NotAnObject", "[1, 2]", {"expected a JSON object, found array"}},
         BadManifest{"MissingName",

@@ -77,7 +77,8 @@ TEST_P(IvfFlatScanTest, AgreesWithFaissOwnScanner) {
   faiss::Index* before = index.get();
   std::unique_ptr<faiss::Index> fast = WithFastListScan(std::move(index));
   ASSERT_NE(fast.get(), before);
-  EXPECT_NE(typeid(*fast), typeid(faiss::IndexIVFFlat));
+  const faiss::Index& fast_index = *fast;  // typeid of a plain lvalue
+  EXPECT_NE(typeid(fast_index), typeid(faiss::IndexIVFFlat));
   ASSERT_NE(dynamic_cast<faiss::IndexIVFFlat*>(fast.get()), nullptr);
   EXPECT_EQ(fast->ntotal, static_cast<idx_t>(n));
   const Result got = Search(*fast, queries, nq, k);
@@ -102,7 +103,8 @@ TEST_P(IvfFlatScanTest, AgreesWithFaissOwnScanner) {
   faiss::write_index(fast.get(), path.c_str());
   std::unique_ptr<faiss::Index> loaded(faiss::read_index(path.c_str()));
   ::unlink(path.c_str());
-  EXPECT_EQ(typeid(*loaded), typeid(faiss::IndexIVFFlat));
+  const faiss::Index& loaded_index = *loaded;
+  EXPECT_EQ(typeid(loaded_index), typeid(faiss::IndexIVFFlat));
   std::unique_ptr<faiss::Index> reloaded = WithFastListScan(std::move(loaded));
   const Result again = Search(*reloaded, queries, nq, k);
   EXPECT_EQ(again.labels, got.labels);

@@ -161,8 +161,10 @@ class PublishServiceTest : public ::testing::Test {
     if (server_ != nullptr) server_->Shutdown();
     server_.reset();
     service_.reset();  // waits for builds still running
-    miner_service_.reset();
+    // The pool's last DrainQueue tasks still use the MinerService: drain
+    // them first, as HardnegServer::Shutdown does.
     pool_.reset();
+    miner_service_.reset();
     manager_.reset();
     std::filesystem::remove_all(root_);
   }

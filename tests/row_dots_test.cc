@@ -114,5 +114,19 @@ TEST(RowDotsTest, MatchesDoublePrecisionOnEveryShape) {
   }
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+// RowDotsSimd reads CPUID itself; it must decide as g++'s
+// __builtin_cpu_supports does (clang 14's cannot ask about F16C).
+TEST(RowDotsSimdTest, AgreesWithTheCompilersCpuChecks) {
+  const bool avx2_fma =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#if defined(__clang__)
+  if (RowDotsSimd()) EXPECT_TRUE(avx2_fma);
+#else
+  EXPECT_EQ(RowDotsSimd(), avx2_fma && __builtin_cpu_supports("f16c"));
+#endif
+}
+#endif
+
 }  // namespace
 }  // namespace hardneg

@@ -1,0 +1,46 @@
+// Fuzzes the .npy readers (src/npy.h): the input is a whole file, read by
+// ReadNpyMatrix and by ReadNpyInt64. Either reader may reject it, with
+// INVALID_ARGUMENT; what it accepts must agree with the header's shape.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "fuzz_support.h"
+#include "npy.h"
+
+namespace hardneg {
+namespace {
+
+void CheckRejection(const absl::Status& status) {
+  if (status.code() != absl::StatusCode::kInvalidArgument) {
+    fuzz::Fail("a bad .npy file gave " + status.ToString() +
+               ", not INVALID_ARGUMENT");
+  }
+}
+
+int TestOneInput(const uint8_t* data, size_t size) {
+  static const std::string* path =
+      new std::string(fuzz::ScratchDir() + "/input.npy");
+  fuzz::WriteFile(*path, data, size);
+
+  absl::StatusOr<NpyMatrix> matrix = ReadNpyMatrix(*path);
+  if (matrix.ok()) {
+    if (matrix->data.size() != matrix->rows * matrix->cols) {
+      fuzz::Fail("matrix data does not hold rows x cols values");
+    }
+  } else {
+    CheckRejection(matrix.status());
+  }
+  absl::StatusOr<std::vector<int64_t>> ints = ReadNpyInt64(*path);
+  if (!ints.ok()) CheckRejection(ints.status());
+  return 0;
+}
+
+}  // namespace
+}  // namespace hardneg
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  return hardneg::TestOneInput(data, size);
+}
