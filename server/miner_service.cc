@@ -440,7 +440,8 @@ void MinerService::HandleBatch(std::vector<MineJob>& jobs) const {
     status[j] =
         CheckReplySize(*decoded[j], version->dim(), options_.max_reply_bytes);
     if (!status[j].ok()) continue;
-    items.push_back({decoded[j]->queries, &decoded[j]->options});
+    items.push_back({decoded[j]->queries, &decoded[j]->options,
+                     jobs[j].cancelled ? &jobs[j].cancelled : nullptr});
     item_job.push_back(j);
   }
   if (!items.empty()) {

@@ -460,6 +460,7 @@ std::vector<absl::StatusOr<std::vector<MiningResult>>> Miner::MineBatch(
   std::vector<const MiningQuery*> queries;
   std::vector<const MiningOptions*> query_options;
   std::vector<size_t> query_index;  // within its item, for the seed
+  std::vector<const std::function<bool()>*> query_cancelled;
   for (const MiningBatchItem& item : items) {
     absl::Status status = Validate(version, item.queries, *item.options);
     if (!status.ok()) {
@@ -471,16 +472,23 @@ std::vector<absl::StatusOr<std::vector<MiningResult>>> Miner::MineBatch(
       queries.push_back(&item.queries[i]);
       query_options.push_back(item.options);
       query_index.push_back(i);
+      query_cancelled.push_back(item.cancelled);
     }
   }
   std::vector<MiningResult> results(queries.size());
-  absl::Status mined =
-      MineQueries(version, queries, query_options, query_index, results);
+  absl::Status mined = MineQueries(version, queries, query_options, query_index,
+                                   query_cancelled, results);
   size_t next = 0;
   for (size_t i = 0; i < items.size(); ++i) {
     if (!out[i].ok()) continue;
     if (!mined.ok()) {
       out[i] = mined;
+      continue;
+    }
+    if (items[i].cancelled != nullptr && (*items[i].cancelled)()) {
+      out[i] =
+          absl::CancelledError("the request was cancelled while it was mined");
+      next += items[i].queries.size();
       continue;
     }
     std::vector<MiningResult> item_results(
@@ -497,6 +505,7 @@ absl::Status Miner::MineQueries(
     const IndexVersion& version, const std::vector<const MiningQuery*>& qs,
     const std::vector<const MiningOptions*>& query_options,
     const std::vector<size_t>& query_index,
+    const std::vector<const std::function<bool()>*>& cancelled,
     std::vector<MiningResult>& results) const {
   const CandidateStore& store = version.store();
   const VectorIndex& index = version.index();
@@ -556,6 +565,11 @@ absl::Status Miner::MineQueries(
     size_t max_k = 0;
     for (size_t i = 0; i < states.size(); ++i) {
       if (states[i].done) continue;
+      // Nobody waits for this answer: stop deepening it.
+      if (cancelled[i] != nullptr && (*cancelled[i])()) {
+        states[i].done = true;
+        continue;
+      }
       // Bound one round's buffers; the queries left out go next round.
       const size_t round_k = std::max(max_k, states[i].k);
       if (!pending.empty() && (pending.size() + 1) * round_k > kMaxFetch) {

@@ -23,6 +23,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <vector>
 
@@ -78,6 +79,11 @@ struct MiningResult {
 struct MiningBatchItem {
   absl::Span<const MiningQuery> queries;
   const MiningOptions* options = nullptr;
+  // When set and true (the caller no longer waits for the answer: the call
+  // was cancelled or timed out), the item's queries stop deepening at the
+  // next round and the item is answered CANCELLED. Asked between rounds,
+  // from the mining thread.
+  const std::function<bool()>* cancelled = nullptr;
 };
 
 // Bounds on one request's work and memory, checked before any search.
@@ -144,11 +150,12 @@ class Miner {
                         const MiningOptions& options) const;
   // Mines validated queries; `query_index` is each query's index within its
   // request (it picks the sampling seed). INTERNAL if the index fails.
-  absl::Status MineQueries(const IndexVersion& version,
-                           const std::vector<const MiningQuery*>& qs,
-                           const std::vector<const MiningOptions*>& options,
-                           const std::vector<size_t>& query_index,
-                           std::vector<MiningResult>& results) const;
+  absl::Status MineQueries(
+      const IndexVersion& version, const std::vector<const MiningQuery*>& qs,
+      const std::vector<const MiningOptions*>& options,
+      const std::vector<size_t>& query_index,
+      const std::vector<const std::function<bool()>*>& cancelled,
+      std::vector<MiningResult>& results) const;
 
   MinerLimits limits_;
 };

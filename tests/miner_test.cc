@@ -1573,6 +1573,36 @@ TEST_F(MinerValidationTest, PositivesOverTheLimit) {
                 {"queries[0].positive_ids", "max_positives"});
 }
 
+// A cancelled item stops deepening and is answered CANCELLED; the others
+// of its batch are answered as if alone.
+TEST_F(MinerValidationTest,
+       ACancelledItemIsAnsweredCancelledAndStopsDeepening) {
+  const std::vector<MiningQuery> views = Views(queries_);
+  const MiningOptions options = Top(10);
+  int asked = 0;
+  const std::function<bool()> cancelled = [&asked] {
+    ++asked;
+    return true;
+  };
+  const std::vector<MiningBatchItem> items = {{views, &options, nullptr},
+                                              {views, &options, &cancelled}};
+  std::vector<absl::StatusOr<std::vector<MiningResult>>> out =
+      Miner().MineBatch(*version_, items);
+  ASSERT_EQ(out.size(), 2u);
+  absl::StatusOr<std::vector<MiningResult>> alone =
+      Miner().Mine(*version_, views, options);
+  ASSERT_TRUE(out[0].ok() && alone.ok());
+  ASSERT_EQ(out[0]->size(), alone->size());
+  for (size_t q = 0; q < alone->size(); ++q) {
+    ASSERT_EQ((*out[0])[q].negatives.size(), (*alone)[q].negatives.size());
+    for (size_t k = 0; k < (*alone)[q].negatives.size(); ++k) {
+      EXPECT_EQ((*out[0])[q].negatives[k].id, (*alone)[q].negatives[k].id);
+    }
+  }
+  EXPECT_EQ(out[1].status().code(), absl::StatusCode::kCancelled);
+  EXPECT_GT(asked, 0);
+}
+
 TEST_F(MinerValidationTest, NprobeOverTheLimit) {
   MinerLimits limits;
   limits.max_nprobe = 64;

@@ -1,0 +1,126 @@
+#!/usr/bin/python3
+"""Does a client that never reads slow the others down?
+
+Starts hardneg-server on 127.0.0.1 over a random 20k x 64 checkpoint and
+measures one well-behaved Mine stream (4 queries a request, one request in
+flight) for --seconds: first alone, then while 10 other streams send
+requests with large answers (20 queries x 2,000 negatives with embeddings)
+and never read them. Prints p50 and p99 of both phases, their ratio, and
+the server's RSS; it asserts nothing (the machine is shared and noisy).
+
+  /usr/bin/python3 bench/slow_client_p99.py --server build/server/hardneg-server
+"""
+import argparse
+import json
+import os
+import queue
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import grpc
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "monitoring"))
+import monitoring_common as mc  # noqa: E402  (load_stubs)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--seconds", type=float, default=8)
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="hardneg_slow_client_")
+    grpc_mod, pb, pbg = mc.load_stubs(os.path.join(ROOT, "proto"), work)
+    ck = os.path.join(work, "ck", "v1")
+    os.makedirs(ck)
+    rng = np.random.default_rng(0)
+    np.save(f"{ck}/embeddings-00000.npy",
+            rng.standard_normal((20000, 64)).astype(np.float32))
+    np.save(f"{ck}/ids-00000.npy", np.arange(20000, dtype=np.int64))
+    with open(f"{ck}/manifest.json", "w") as f:
+        json.dump({"name": "v1", "step": 1, "dim": 64, "shards": [
+            {"embeddings": "embeddings-00000.npy", "ids": "ids-00000.npy"}]}, f)
+    out = open(os.path.join(work, "out"), "w+")
+    server = subprocess.Popen(
+        [args.server, "--checkpoints", os.path.dirname(ck), "--grpc_port=0",
+         "--metrics_port=-1", "--host=127.0.0.1"],
+        stdout=out, stderr=open(os.path.join(work, "log"), "w"))
+    try:
+        port = None
+        for _ in range(600):
+            out.seek(0)
+            line = out.readline()
+            if line.startswith("listening on "):
+                port = int(line.split()[2])
+                break
+            time.sleep(0.05)
+        if port is None:
+            sys.exit(f"the server did not start; see {work}/log")
+
+        def request(nq, nneg, embeddings=False):
+            r = pb.MineRequest()
+            for _ in range(nq):
+                r.queries.add().embedding.extend(
+                    rng.standard_normal(64).astype(np.float32).tolist())
+            r.options.num_negatives = nneg
+            r.options.return_embeddings = embeddings
+            return r
+
+        def measure():
+            ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+            requests = queue.Queue()
+            answers = pbg.MinerStub(ch).Mine(iter(requests.get, None))
+            r = request(4, 10)
+            latencies = []
+            end = time.time() + args.seconds
+            while time.time() < end:
+                r.request_id += 1
+                t0 = time.perf_counter()
+                requests.put(r)
+                next(answers)
+                latencies.append(time.perf_counter() - t0)
+            requests.put(None)
+            ch.close()
+            latencies.sort()
+            return (len(latencies), statistics.median(latencies) * 1e3,
+                    latencies[int(len(latencies) * 0.99)] * 1e3)
+
+        def rss():
+            with open(f"/proc/{server.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024
+            return 0.0
+
+        alone = measure()
+        slow = []
+        big = request(20, 2000, embeddings=True)
+        for _ in range(10):
+            ch = grpc.insecure_channel(
+                f"127.0.0.1:{port}",
+                options=[("grpc.max_send_message_length", 1 << 28)])
+            call = pbg.MinerStub(ch).Mine(iter([big] * 200))
+            slow.append((ch, call))
+        time.sleep(3)
+        with_slow = measure()
+        peak = rss()
+        for ch, call in slow:
+            call.cancel()
+            ch.close()
+        print(f"alone:                    {alone[0]} requests, p50 "
+              f"{alone[1]:.2f} ms, p99 {alone[2]:.2f} ms")
+        print(f"with 10 non-reading streams: {with_slow[0]} requests, p50 "
+              f"{with_slow[1]:.2f} ms, p99 {with_slow[2]:.2f} ms "
+              f"(p99 {with_slow[2] / alone[2]:.2f}x alone); server RSS "
+              f"{peak:.0f} MB")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
