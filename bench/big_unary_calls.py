@@ -10,9 +10,7 @@ nothing.
   /usr/bin/python3 bench/big_unary_calls.py --server build/server/hardneg-server
 """
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -24,6 +22,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "monitoring"))
 import monitoring_common as mc  # noqa: E402  (load_stubs)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import loopback_server  # noqa: E402
 
 
 def main():
@@ -33,38 +33,12 @@ def main():
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="hardneg_big_calls_")
     _, pb, _ = mc.load_stubs(os.path.join(ROOT, "proto"), work)
-    ck = os.path.join(work, "ck", "v1")
-    os.makedirs(ck)
-    rng = np.random.default_rng(0)
-    np.save(f"{ck}/embeddings-00000.npy",
-            rng.standard_normal((20000, 64)).astype(np.float32))
-    np.save(f"{ck}/ids-00000.npy", np.arange(20000, dtype=np.int64))
-    with open(f"{ck}/manifest.json", "w") as f:
-        json.dump({"name": "v1", "step": 1, "dim": 64, "shards": [
-            {"embeddings": "embeddings-00000.npy", "ids": "ids-00000.npy"}]}, f)
-    out = open(os.path.join(work, "out"), "w+")
-    server = subprocess.Popen(
-        [args.server, "--checkpoints", os.path.dirname(ck), "--grpc_port=0",
-         "--metrics_port=-1", "--host=127.0.0.1"],
-        stdout=out, stderr=open(os.path.join(work, "log"), "w"))
+    server, port = loopback_server.start(
+        args.server, loopback_server.write_checkpoint(work, 20000, 64), work)
+    rng = np.random.default_rng(1)
     try:
-        port = None
-        for _ in range(600):
-            out.seek(0)
-            line = out.readline()
-            if line.startswith("listening on "):
-                port = int(line.split()[2])
-                break
-            time.sleep(0.05)
-        if port is None:
-            sys.exit(f"the server did not start; see {work}/log")
-
         def rss():
-            with open(f"/proc/{server.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) / 1024
-            return 0.0
+            return loopback_server.rss_mb(server.pid)
 
         request = pb.MineRequest()
         embedding = rng.standard_normal(64).astype("<f4").tobytes()

@@ -11,11 +11,9 @@ the server's RSS; it asserts nothing (the machine is shared and noisy).
   /usr/bin/python3 bench/slow_client_p99.py --server build/server/hardneg-server
 """
 import argparse
-import json
 import os
 import queue
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +24,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "monitoring"))
 import monitoring_common as mc  # noqa: E402  (load_stubs)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import loopback_server  # noqa: E402
 
 
 def main():
@@ -35,32 +35,10 @@ def main():
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="hardneg_slow_client_")
     grpc_mod, pb, pbg = mc.load_stubs(os.path.join(ROOT, "proto"), work)
-    ck = os.path.join(work, "ck", "v1")
-    os.makedirs(ck)
-    rng = np.random.default_rng(0)
-    np.save(f"{ck}/embeddings-00000.npy",
-            rng.standard_normal((20000, 64)).astype(np.float32))
-    np.save(f"{ck}/ids-00000.npy", np.arange(20000, dtype=np.int64))
-    with open(f"{ck}/manifest.json", "w") as f:
-        json.dump({"name": "v1", "step": 1, "dim": 64, "shards": [
-            {"embeddings": "embeddings-00000.npy", "ids": "ids-00000.npy"}]}, f)
-    out = open(os.path.join(work, "out"), "w+")
-    server = subprocess.Popen(
-        [args.server, "--checkpoints", os.path.dirname(ck), "--grpc_port=0",
-         "--metrics_port=-1", "--host=127.0.0.1"],
-        stdout=out, stderr=open(os.path.join(work, "log"), "w"))
+    server, port = loopback_server.start(
+        args.server, loopback_server.write_checkpoint(work, 20000, 64), work)
+    rng = np.random.default_rng(1)
     try:
-        port = None
-        for _ in range(600):
-            out.seek(0)
-            line = out.readline()
-            if line.startswith("listening on "):
-                port = int(line.split()[2])
-                break
-            time.sleep(0.05)
-        if port is None:
-            sys.exit(f"the server did not start; see {work}/log")
-
         def request(nq, nneg, embeddings=False):
             r = pb.MineRequest()
             for _ in range(nq):
@@ -90,11 +68,7 @@ def main():
                     latencies[int(len(latencies) * 0.99)] * 1e3)
 
         def rss():
-            with open(f"/proc/{server.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) / 1024
-            return 0.0
+            return loopback_server.rss_mb(server.pid)
 
         alone = measure()
         slow = []

@@ -13,7 +13,6 @@ median latency of a one-query MineOnce, and each against plaintext.
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,39 +20,12 @@ import time
 import grpc
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import loopback_server  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TLS = os.path.join(ROOT, "tests", "testdata", "tls")
 TOKEN = "bench-token-0123456789"
-
-
-def write_checkpoint(root, rows=1000, dim=16):
-    d = os.path.join(root, "ck", "v1")
-    os.makedirs(d)
-    rng = np.random.default_rng(0)
-    np.save(f"{d}/embeddings-00000.npy",
-            rng.standard_normal((rows, dim)).astype(np.float32))
-    np.save(f"{d}/ids-00000.npy", np.arange(rows, dtype=np.int64))
-    with open(f"{d}/manifest.json", "w") as f:
-        f.write('{"name": "v1", "step": 1, "dim": %d, "shards": [{"embeddings":'
-                ' "embeddings-00000.npy", "ids": "ids-00000.npy"}]}' % dim)
-    return os.path.join(root, "ck")
-
-
-def start(server, ckpts, work, name, extra):
-    out = open(os.path.join(work, name + ".out"), "w+")
-    proc = subprocess.Popen(
-        [server, "--checkpoints", ckpts, "--grpc_port=0", "--metrics_port=-1",
-         "--host=127.0.0.1", "--threads=1"] + extra,
-        stdout=out, stderr=open(os.path.join(work, name + ".log"), "w"))
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        out.seek(0)
-        line = out.readline()
-        if line.startswith("listening on "):
-            return proc, int(line.split()[2])
-        time.sleep(0.05)
-    proc.kill()
-    sys.exit(f"{name} did not start; see {work}/{name}.log")
 
 
 def main():
@@ -63,7 +35,7 @@ def main():
     parser.add_argument("--calls", type=int, default=1000)
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="hardneg_tls_cost_")
-    ckpts = write_checkpoint(work)
+    ckpts = loopback_server.write_checkpoint(work, 1000, 16)
     with open(os.path.join(work, "tokens"), "w") as f:
         f.write(f"{TOKEN} mine\n")
     tls = ["--tls_cert", f"{TLS}/server.pem", "--tls_key", f"{TLS}/server.key",
@@ -73,7 +45,8 @@ def main():
     procs, ports = [], {}
     try:
         for mode, extra in modes.items():
-            proc, ports[mode] = start(args.server, ckpts, work, mode, extra)
+            proc, ports[mode] = loopback_server.start(
+                args.server, ckpts, work, mode, ["--threads=1"] + extra)
             procs.append(proc)
         read = lambda name: open(os.path.join(TLS, name), "rb").read()
 
