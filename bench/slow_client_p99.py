@@ -32,11 +32,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--server", required=True)
     parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--server_flag", action="append", default=[],
+                        help="passed on to hardneg-server (repeatable)")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="hardneg_slow_client_")
     grpc_mod, pb, pbg = mc.load_stubs(os.path.join(ROOT, "proto"), work)
     server, port = loopback_server.start(
-        args.server, loopback_server.write_checkpoint(work, 20000, 64), work)
+        args.server, loopback_server.write_checkpoint(work, 20000, 64), work,
+        extra=args.server_flag)
     rng = np.random.default_rng(1)
     try:
         def request(nq, nneg, embeddings=False):
