@@ -94,6 +94,53 @@ absl::Status DecodeMineRequest(const v1::MineRequest& request,
   return absl::OkStatus();
 }
 
+absl::StatusOr<PublishHeader> DecodePublishHeader(const v1::PublishHeader& h) {
+  PublishHeader header;
+  header.name = h.name();
+  header.step = h.step();
+  header.dim = h.dim();
+  if (!h.metric().empty()) {
+    absl::StatusOr<Metric> metric = ParseMetric(h.metric());
+    if (!metric.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("header.metric: ", metric.status().message()));
+    }
+    header.metric = *metric;
+  }
+  if (h.has_base_version()) header.base_version = h.base_version();
+  return header;
+}
+
+absl::StatusOr<absl::Span<const float>> DecodeChunkEmbeddings(
+    const v1::PublishChunk& c, size_t index, std::vector<float>* buffer) {
+  const std::string& bytes = c.embeddings_bytes();
+  absl::Span<const float> embeddings =
+      absl::MakeConstSpan(c.embeddings().data(), c.embeddings_size());
+  if (!bytes.empty()) {
+    if (!embeddings.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunk ", index,
+                       " sets both embeddings and embeddings_bytes; send "
+                       "one of them"));
+    }
+    if (bytes.size() % sizeof(float) != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunk ", index, ": embeddings_bytes has ", bytes.size(),
+                       " bytes, not a multiple of 4 (little-endian float32)"));
+    }
+    buffer->resize(bytes.size() / sizeof(float));
+    std::memcpy(buffer->data(), bytes.data(), bytes.size());
+    return absl::MakeConstSpan(*buffer);
+  }
+  if (c.ids_size() > 0 && embeddings.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunk ", index, " has ", c.ids_size(),
+                     " ids but no embeddings; set embeddings or "
+                     "embeddings_bytes"));
+  }
+  return embeddings;
+}
+
 uint64_t ReplyBytesBound(uint64_t queries, uint32_t num_negatives,
                          bool return_embeddings, size_t dim) {
   // Upper bounds of the encoded sizes: a Negative's id, label (varints of

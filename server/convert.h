@@ -13,6 +13,7 @@
 #include "index_manager.h"
 #include "index_version.h"
 #include "miner.h"
+#include "publish.h"
 
 namespace hardneg {
 
@@ -38,6 +39,19 @@ absl::Status DecodeMineRequest(const v1::MineRequest& request,
 // `num_negatives` each (with embeddings of `dim` floats when asked for).
 uint64_t ReplyBytesBound(uint64_t queries, uint32_t num_negatives,
                          bool return_embeddings, size_t dim);
+
+// A Publish header in domain terms. INVALID_ARGUMENT ("header.metric: ...")
+// for an unknown metric; the other checks are PublishAssembler::Start's.
+absl::StatusOr<PublishHeader> DecodePublishHeader(
+    const v1::PublishHeader& header);
+
+// The embeddings of the `index`-th chunk of a publish: its packed floats,
+// viewed in place, or its little-endian embeddings_bytes, copied into
+// `*buffer` (they need not be aligned for float), which must then outlive
+// the view. INVALID_ARGUMENT, naming the chunk, when both are set, when the
+// bytes are not a multiple of 4, or when the chunk has ids but neither.
+absl::StatusOr<absl::Span<const float>> DecodeChunkEmbeddings(
+    const v1::PublishChunk& chunk, size_t index, std::vector<float>* buffer);
 
 // RESOURCE_EXHAUSTED when the answer to `request` could exceed `max_bytes`
 // once encoded (num_negatives for every query, with embeddings of `dim`

@@ -78,19 +78,8 @@ class PublishReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
           "metric), then chunks");
     }
     const v1::PublishHeader& h = request_.header();
-    PublishHeader header;
-    header.name = h.name();
-    header.step = h.step();
-    header.dim = h.dim();
-    if (!h.metric().empty()) {
-      absl::StatusOr<Metric> metric = ParseMetric(h.metric());
-      if (!metric.ok()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("header.metric: ", metric.status().message()));
-      }
-      header.metric = *metric;
-    }
-    if (h.has_base_version()) header.base_version = h.base_version();
+    absl::StatusOr<PublishHeader> header = DecodePublishHeader(h);
+    if (!header.ok()) return header.status();
     wait_ = !h.has_wait() || h.wait();
     if (h.has_total_ids()) total_ids_ = h.total_ids();
     if (h.has_total_delete_ids()) total_delete_ids_ = h.total_delete_ids();
@@ -102,7 +91,7 @@ class PublishReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
           "new one; raise --max_index_bytes");
     }
     absl::StatusOr<PublishAssembler> assembler = PublishAssembler::Start(
-        std::move(header), remaining == SIZE_MAX ? 0 : remaining);
+        *std::move(header), remaining == SIZE_MAX ? 0 : remaining);
     if (!assembler.ok()) return assembler.status();
     assembler_.emplace(*std::move(assembler));
     return absl::OkStatus();
@@ -122,36 +111,14 @@ class PublishReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
                        " carries neither a header nor a chunk"));
     }
     const v1::PublishChunk& c = request_.chunk();
-    const std::string& bytes = c.embeddings_bytes();
-    absl::Span<const float> embeddings =
-        absl::MakeConstSpan(c.embeddings().data(), c.embeddings_size());
-    if (!bytes.empty()) {
-      if (!embeddings.empty()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("chunk ", chunk,
-                         " sets both embeddings and embeddings_bytes; send "
-                         "one of them"));
-      }
-      if (bytes.size() % sizeof(float) != 0) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "chunk ", chunk, ": embeddings_bytes has ", bytes.size(),
-            " bytes, not a multiple of 4 (little-endian float32)"));
-      }
-      // One copy: the bytes need not be aligned for float.
-      buffer_.resize(bytes.size() / sizeof(float));
-      std::memcpy(buffer_.data(), bytes.data(), bytes.size());
-      embeddings = buffer_;
-    } else if (c.ids_size() > 0 && embeddings.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("chunk ", chunk, " has ", c.ids_size(),
-                       " ids but no embeddings; set embeddings or "
-                       "embeddings_bytes"));
-    }
+    absl::StatusOr<absl::Span<const float>> embeddings =
+        DecodeChunkEmbeddings(c, chunk, &buffer_);
+    if (!embeddings.ok()) return embeddings.status();
     delete_ids_ += static_cast<uint64_t>(c.delete_ids_size());
     bytes_ += static_cast<uint64_t>(c.ByteSizeLong());
     return assembler_->AddChunk(
         absl::MakeConstSpan(c.ids().data(), c.ids_size()),
-        absl::MakeConstSpan(c.labels().data(), c.labels_size()), embeddings,
+        absl::MakeConstSpan(c.labels().data(), c.labels_size()), *embeddings,
         absl::MakeConstSpan(c.delete_ids().data(), c.delete_ids_size()));
   }
 

@@ -23,6 +23,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "candidate_store.h"
+#include "convert.h"
 #include "fuzz_support.h"
 #include "hardneg/v1/miner.pb.h"
 #include "metric.h"
@@ -51,36 +52,14 @@ void ExpectRejection(const absl::Status& status, const char* what) {
   }
 }
 
-std::optional<PublishHeader> DecodeHeader(const v1::PublishHeader& h) {
-  PublishHeader header;
-  header.name = h.name();
-  header.step = h.step();
-  header.dim = h.dim();
-  if (!h.metric().empty()) {
-    absl::StatusOr<Metric> metric = ParseMetric(h.metric());
-    if (!metric.ok()) return std::nullopt;
-    header.metric = *metric;
-  }
-  if (h.has_base_version()) header.base_version = h.base_version();
-  return header;
-}
-
-// One chunk, as the reactor passes it: packed floats or little-endian
-// bytes, not both.
-absl::Status AddChunk(const v1::PublishChunk& c, PublishAssembler& assembler,
-                      Sent& sent) {
+// One chunk, decoded as the reactor decodes it (DecodeChunkEmbeddings).
+absl::Status AddChunk(const v1::PublishChunk& c, size_t index,
+                      PublishAssembler& assembler, Sent& sent) {
   std::vector<float> from_bytes;
-  absl::Span<const float> embeddings(c.embeddings().data(),
-                                     c.embeddings_size());
-  const std::string& bytes = c.embeddings_bytes();
-  if (!bytes.empty()) {
-    if (!embeddings.empty() || bytes.size() % sizeof(float) != 0) {
-      return absl::InvalidArgumentError("bad embeddings_bytes");
-    }
-    from_bytes.resize(bytes.size() / sizeof(float));
-    std::memcpy(from_bytes.data(), bytes.data(), bytes.size());
-    embeddings = from_bytes;
-  }
+  absl::StatusOr<absl::Span<const float>> decoded =
+      DecodeChunkEmbeddings(c, index, &from_bytes);
+  if (!decoded.ok()) return decoded.status();
+  const absl::Span<const float> embeddings = *decoded;
   const absl::Span<const int64_t> ids(c.ids().data(), c.ids_size());
   absl::Status status = assembler.AddChunk(
       ids, absl::MakeConstSpan(c.labels().data(), c.labels_size()), embeddings,
@@ -144,8 +123,9 @@ int TestOneInput(const uint8_t* data, size_t size) {
     requests.push_back(std::move(request));
   }
   if (requests.empty() || !requests[0].has_header()) return 0;
-  std::optional<PublishHeader> header = DecodeHeader(requests[0].header());
-  if (!header.has_value() || header->dim > 64) return 0;
+  absl::StatusOr<PublishHeader> header =
+      DecodePublishHeader(requests[0].header());
+  if (!header.ok() || header->dim > 64) return 0;
 
   absl::StatusOr<PublishAssembler> assembler =
       PublishAssembler::Start(*header, kMaxBytes);
@@ -156,7 +136,8 @@ int TestOneInput(const uint8_t* data, size_t size) {
   Sent sent;
   for (size_t i = 1; i < requests.size(); ++i) {
     if (!requests[i].has_chunk()) return 0;
-    const absl::Status status = AddChunk(requests[i].chunk(), *assembler, sent);
+    const absl::Status status =
+        AddChunk(requests[i].chunk(), i - 1, *assembler, sent);
     if (!status.ok()) {
       ExpectRejection(status, "AddChunk");
       return 0;
