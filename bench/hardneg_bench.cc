@@ -75,16 +75,16 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "base/status_macros.h"
 #include "bench_util.h"
-#include "checkpoint.h"
+#include "format/checkpoint.h"
 #include "hardneg/v1/miner.grpc.pb.h"
 #include "hardneg/v1/miner.pb.h"
-#include "index_manager.h"
-#include "index_version.h"
-#include "miner.h"
-#include "omp_policy.h"
-#include "server.h"
-#include "status_macros.h"
+#include "mining/miner.h"
+#include "server/omp_policy.h"
+#include "server/server.h"
+#include "versions/index_manager.h"
+#include "versions/index_version.h"
 
 ABSL_FLAG(bool, quick, false,
           "Divide every workload's n by 10 and shorten every measurement.");

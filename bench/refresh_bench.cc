@@ -49,11 +49,11 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "bench_util.h"
-#include "checkpoint.h"
-#include "index_manager.h"
-#include "index_version.h"
-#include "miner.h"
-#include "omp_policy.h"
+#include "format/checkpoint.h"
+#include "mining/miner.h"
+#include "server/omp_policy.h"
+#include "versions/index_manager.h"
+#include "versions/index_version.h"
 
 ABSL_FLAG(bool, quick, false, "Divide every workload's n by 10.");
 ABSL_FLAG(double, scale, 0,

@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "cli_flags.h"
-#include "client.h"
+#include "client/cli_flags.h"
+#include "client/client.h"
 
 namespace hardneg::client {
 

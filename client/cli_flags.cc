@@ -1,4 +1,4 @@
-#include "cli_flags.h"
+#include "client/cli_flags.h"
 
 #include <cmath>
 #include <iostream>

@@ -6,9 +6,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "cli_commands.h"
-#include "cli_flags.h"
-#include "client.h"
+#include "client/cli_commands.h"
+#include "client/cli_flags.h"
+#include "client/client.h"
 
 namespace hardneg::client {
 

@@ -5,8 +5,8 @@
 #include <string_view>
 #include <vector>
 
-#include "cli_commands.h"
-#include "cli_flags.h"
+#include "client/cli_commands.h"
+#include "client/cli_flags.h"
 
 namespace {
 

@@ -12,12 +12,12 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "checkpoint.h"
-#include "cli_commands.h"
-#include "cli_flags.h"
-#include "fashion_mnist.h"
-#include "metric.h"
-#include "npy.h"
+#include "client/cli_commands.h"
+#include "client/cli_flags.h"
+#include "client/fashion_mnist.h"
+#include "corpus/metric.h"
+#include "format/checkpoint.h"
+#include "format/npy.h"
 
 namespace hardneg::client {
 namespace {

@@ -21,13 +21,13 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "cli_commands.h"
-#include "cli_flags.h"
-#include "client.h"
-#include "fashion_mnist.h"
-#include "mine_output.h"
-#include "npy.h"
-#include "npy_array.h"
+#include "client/cli_commands.h"
+#include "client/cli_flags.h"
+#include "client/client.h"
+#include "client/fashion_mnist.h"
+#include "client/mine_output.h"
+#include "client/npy_array.h"
+#include "format/npy.h"
 
 namespace hardneg::client {
 namespace {

@@ -17,12 +17,12 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "checkpoint.h"
-#include "cli_commands.h"
-#include "cli_flags.h"
-#include "client.h"
-#include "metric.h"
-#include "npy.h"
+#include "client/cli_commands.h"
+#include "client/cli_flags.h"
+#include "client/client.h"
+#include "corpus/metric.h"
+#include "format/checkpoint.h"
+#include "format/npy.h"
 
 namespace hardneg::client {
 namespace {

@@ -8,7 +8,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
-#include "cli_commands.h"
+#include "client/cli_commands.h"
 
 namespace hardneg::client {
 std::string JsonString(const std::string& text) {

@@ -1,4 +1,4 @@
-#include "fashion_mnist.h"
+#include "client/fashion_mnist.h"
 
 #include <zlib.h>
 

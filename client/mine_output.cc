@@ -1,4 +1,4 @@
-#include "mine_output.h"
+#include "client/mine_output.h"
 
 #include <algorithm>
 #include <charconv>
@@ -9,8 +9,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "cli_commands.h"
-#include "npy_array.h"
+#include "client/cli_commands.h"
+#include "client/npy_array.h"
 
 namespace hardneg::client {
 namespace {

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "client.h"
+#include "client/client.h"
 
 namespace hardneg::client {
 

@@ -1,4 +1,4 @@
-#include "npy_array.h"
+#include "client/npy_array.h"
 
 #include <unistd.h>
 

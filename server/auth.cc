@@ -1,4 +1,4 @@
-#include "auth.h"
+#include "server/auth.h"
 
 #include <utility>
 
@@ -6,7 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "file_util.h"
+#include "format/file_util.h"
 
 namespace hardneg {
 namespace {

@@ -1,4 +1,4 @@
-#include "convert.h"
+#include "server/convert.h"
 
 #include <cstring>
 #include <string>

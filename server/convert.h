@@ -10,10 +10,10 @@
 #include "absl/status/status.h"
 #include "grpcpp/support/status.h"
 #include "hardneg/v1/miner.pb.h"
-#include "index_manager.h"
-#include "index_version.h"
-#include "miner.h"
-#include "publish.h"
+#include "mining/miner.h"
+#include "versions/index_manager.h"
+#include "versions/index_version.h"
+#include "versions/publish.h"
 
 namespace hardneg {
 

@@ -1,4 +1,4 @@
-#include "http_endpoint.h"
+#include "server/http_endpoint.h"
 
 #include <netdb.h>
 #include <netinet/in.h>

@@ -11,9 +11,9 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
-#include "omp_policy.h"
-#include "run_server.h"
-#include "server_flags.h"
+#include "server/omp_policy.h"
+#include "server/run_server.h"
+#include "server/server_flags.h"
 
 int main(int argc, char** argv) {
   hardneg::EnsurePassiveOpenMp(argv);

@@ -37,14 +37,14 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/support/server_interceptor.h"
-#include "http_endpoint.h"
-#include "index_manager.h"
-#include "index_version.h"
 #include "prometheus/collectable.h"
 #include "prometheus/counter.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "server/http_endpoint.h"
+#include "versions/index_manager.h"
+#include "versions/index_version.h"
 
 namespace hardneg {
 

@@ -1,4 +1,4 @@
-#include "miner_service.h"
+#include "server/miner_service.h"
 
 #include <omp.h>
 
@@ -11,9 +11,9 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "convert.h"
 #include "google/protobuf/arena.h"
-#include "wire.h"
+#include "server/convert.h"
+#include "server/wire.h"
 
 namespace hardneg {
 namespace {

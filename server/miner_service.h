@@ -30,14 +30,14 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "auth.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "hardneg/v1/miner.grpc.pb.h"
-#include "index_manager.h"
-#include "metrics.h"
-#include "miner.h"
-#include "publish_reactor.h"
-#include "worker_pool.h"
+#include "mining/miner.h"
+#include "server/auth.h"
+#include "server/metrics.h"
+#include "server/publish_reactor.h"
+#include "server/worker_pool.h"
+#include "versions/index_manager.h"
 
 namespace hardneg {
 

@@ -1,4 +1,4 @@
-#include "publish_reactor.h"
+#include "server/publish_reactor.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -16,12 +16,12 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "convert.h"
+#include "base/log.h"
+#include "corpus/metric.h"
 #include "grpcpp/server_context.h"
-#include "log.h"
-#include "metric.h"
-#include "publish.h"
-#include "wire.h"
+#include "server/convert.h"
+#include "server/wire.h"
+#include "versions/publish.h"
 
 namespace hardneg {
 namespace {

@@ -26,7 +26,7 @@
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/server_callback.h"
 #include "hardneg/v1/miner.pb.h"
-#include "index_manager.h"
+#include "versions/index_manager.h"
 
 namespace hardneg {
 

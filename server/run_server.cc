@@ -1,4 +1,4 @@
-#include "run_server.h"
+#include "server/run_server.h"
 
 #include <signal.h>
 
@@ -9,11 +9,11 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "index_manager.h"
-#include "log.h"
-#include "metrics.h"
+#include "base/log.h"
 #include "prometheus/registry.h"
-#include "server.h"
+#include "server/metrics.h"
+#include "server/server.h"
+#include "versions/index_manager.h"
 
 namespace hardneg {
 

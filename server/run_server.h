@@ -5,7 +5,7 @@
 
 #include <signal.h>
 
-#include "server_flags.h"
+#include "server/server_flags.h"
 
 namespace hardneg {
 

@@ -1,4 +1,4 @@
-#include "server.h"
+#include "server/server.h"
 
 #include <cblas.h>
 #include <omp.h>

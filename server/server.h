@@ -18,11 +18,11 @@
 #include "grpcpp/channel.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
-#include "index_manager.h"
-#include "metrics.h"
-#include "miner.h"
-#include "miner_service.h"
-#include "worker_pool.h"
+#include "mining/miner.h"
+#include "server/metrics.h"
+#include "server/miner_service.h"
+#include "server/worker_pool.h"
+#include "versions/index_manager.h"
 
 namespace hardneg {
 

@@ -1,4 +1,4 @@
-#include "server_flags.h"
+#include "server/server_flags.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -8,11 +8,11 @@
 #include "absl/flags/flag.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "auth.h"
-#include "file_util.h"
+#include "base/status_macros.h"
+#include "corpus/metric.h"
+#include "format/file_util.h"
 #include "grpcpp/security/server_credentials.h"
-#include "metric.h"
-#include "status_macros.h"
+#include "server/auth.h"
 
 ABSL_FLAG(std::string, checkpoints, "",
           "Directory of checkpoints; the newest complete one is served and "

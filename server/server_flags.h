@@ -6,8 +6,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "index_manager.h"
-#include "server.h"
+#include "server/server.h"
+#include "versions/index_manager.h"
 
 namespace hardneg {
 

@@ -1,6 +1,6 @@
 // TLS, mutual TLS and bearer tokens on a real server over loopback, through
 // the C++ client; and the token file's rules.
-#include "auth.h"
+#include "server/auth.h"
 
 #include <filesystem>
 #include <fstream>
@@ -9,16 +9,16 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint.h"
-#include "client.h"
+#include "client/client.h"
+#include "format/checkpoint.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
 #include "gtest/gtest.h"
-#include "index_manager.h"
-#include "server.h"
+#include "server/server.h"
+#include "versions/index_manager.h"
 
 namespace hardneg {
 namespace {

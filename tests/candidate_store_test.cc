@@ -1,4 +1,4 @@
-#include "candidate_store.h"
+#include "corpus/candidate_store.h"
 
 #include <cmath>
 #include <limits>

@@ -1,4 +1,4 @@
-#include "checkpoint.h"
+#include "format/checkpoint.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -16,9 +16,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "format/npy.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "npy.h"
 
 namespace hardneg {
 namespace {

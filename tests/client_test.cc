@@ -1,17 +1,17 @@
 // hardneg::Client against a real in-process server: the plain-struct API,
 // in-band errors on a stream that stays usable, and index info.
-#include "client.h"
+#include "client/client.h"
 
 #include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
 
-#include "checkpoint.h"
+#include "format/checkpoint.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "index_manager.h"
-#include "server.h"
+#include "server/server.h"
+#include "versions/index_manager.h"
 
 namespace hardneg {
 namespace {

@@ -4,7 +4,7 @@
 // connections that neither a slow client, a flood of connections, nor a
 // client that vanishes mid-reply can stop or kill. Every test ends by
 // checking that the endpoint still serves.
-#include "http_endpoint.h"
+#include "server/http_endpoint.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

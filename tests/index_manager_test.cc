@@ -1,4 +1,4 @@
-#include "index_manager.h"
+#include "versions/index_manager.h"
 
 #include <unistd.h>
 
@@ -11,10 +11,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
-#include "checkpoint.h"
+#include "format/checkpoint.h"
+#include "format/npy.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "npy.h"
 
 namespace hardneg {
 namespace {

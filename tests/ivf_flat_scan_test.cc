@@ -1,6 +1,6 @@
 // WithFastListScan: the SIMD list scan against FAISS's own IndexIVFFlat
 // scanner on the same trained index, and the FAISS file round trip.
-#include "ivf_flat_scan.h"
+#include "index/ivf_flat_scan.h"
 
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexIVFFlat.h>

@@ -4,7 +4,7 @@
 // (collected, and as served on /metrics) passes `promtool check metrics`.
 // MetricsEndpoint serves its collectables in order and survives other
 // paths and bad requests (tests/http_endpoint_test.cc covers its HTTP).
-#include "metrics.h"
+#include "server/metrics.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -29,20 +29,20 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "candidate_store.h"
-#include "checkpoint.h"
+#include "corpus/candidate_store.h"
+#include "format/checkpoint.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
 #include "hardneg/v1/miner.grpc.pb.h"
-#include "index_manager.h"
 #include "loopback_socket.h"
 #include "prometheus/counter.h"
 #include "prometheus/gauge.h"
 #include "prometheus/metric_family.h"
 #include "prometheus/registry.h"
 #include "prometheus/text_serializer.h"
-#include "server.h"
+#include "server/server.h"
+#include "versions/index_manager.h"
 
 namespace hardneg {
 namespace {

@@ -2,7 +2,7 @@
 // semantics (reference_miner.h, written from DESIGN.md): SAMPLING_TOP must
 // match it exactly; UNIFORM and SOFTMAX must sample from its window, and are
 // checked for determinism and, over many seeds, for their distribution.
-#include "miner.h"
+#include "mining/miner.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -24,10 +24,10 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
-#include "candidate_store.h"
-#include "index_version.h"
-#include "metric.h"
+#include "corpus/candidate_store.h"
+#include "corpus/metric.h"
 #include "reference_miner.h"
+#include "versions/index_version.h"
 
 namespace hardneg {
 namespace {

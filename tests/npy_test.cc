@@ -1,4 +1,4 @@
-#include "npy.h"
+#include "format/npy.h"
 
 #include <unistd.h>
 

@@ -15,8 +15,8 @@
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "checkpoint.h"
-#include "client.h"
+#include "client/client.h"
+#include "format/checkpoint.h"
 #include "gmock/gmock.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -25,11 +25,11 @@
 #include "grpcpp/server_builder.h"
 #include "gtest/gtest.h"
 #include "hardneg/v1/miner.grpc.pb.h"
-#include "index_manager.h"
-#include "miner.h"
-#include "miner_service.h"
-#include "publish_reactor.h"
-#include "worker_pool.h"
+#include "mining/miner.h"
+#include "server/miner_service.h"
+#include "server/publish_reactor.h"
+#include "server/worker_pool.h"
+#include "versions/index_manager.h"
 
 namespace hardneg {
 namespace {

@@ -1,7 +1,7 @@
 // PublishAssembler: full publishes equal the same data through
 // CandidateStore::Create; incremental ones equal a full rebuild of the
 // expected corpus; every malformed stream is rejected with the right code.
-#include "publish.h"
+#include "versions/publish.h"
 
 #include <cmath>
 #include <cstdint>
@@ -15,7 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "index_version.h"
+#include "versions/index_version.h"
 
 namespace hardneg {
 namespace {

@@ -1,6 +1,6 @@
 // ReferenceMine: an independent, brute-force statement of the mining
 // semantics in DESIGN.md ("Mining semantics (the contract)"), written from the
-// spec and not from src/miner.cc. Tests compare hardneg::Miner against it.
+// spec and not from src/mining/miner.cc. Tests compare hardneg::Miner against it.
 //
 // It scores every candidate of the store exactly (accumulating in double and
 // rounding to float, as the Miner reports scores), applies the exclusions,
@@ -20,9 +20,9 @@
 #include <optional>
 #include <vector>
 
-#include "candidate_store.h"
-#include "metric.h"
-#include "miner.h"
+#include "corpus/candidate_store.h"
+#include "corpus/metric.h"
+#include "mining/miner.h"
 
 namespace hardneg {
 namespace reference {

@@ -35,14 +35,14 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "checkpoint.h"
+#include "format/checkpoint.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
 #include "hardneg/v1/miner.grpc.pb.h"
-#include "snapshot.h"
+#include "versions/snapshot.h"
 
 extern char** environ;
 

@@ -1,7 +1,7 @@
 // RowDots, RowDotsHalf and ToHalf against double-precision arithmetic and
 // known binary16 encodings, on every dimension up to 70 (the SIMD blocks of
 // 32 and 8 and the scalar tail).
-#include "row_dots.h"
+#include "index/row_dots.h"
 
 #include <gtest/gtest.h>
 

@@ -1,6 +1,6 @@
 // In-process server tests over loopback TCP: streams with many requests,
 // in-band errors that leave the stream usable, health, GetIndexInfo.
-#include "server.h"
+#include "server/server.h"
 
 #include <filesystem>
 #include <random>
@@ -9,8 +9,7 @@
 #include <vector>
 
 #include "absl/synchronization/notification.h"
-#include "checkpoint.h"
-#include "convert.h"
+#include "format/checkpoint.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/create_channel.h"
@@ -21,11 +20,12 @@
 #include "grpcpp/support/sync_stream.h"
 #include "gtest/gtest.h"
 #include "hardneg/v1/miner.grpc.pb.h"
-#include "index_manager.h"
-#include "metrics.h"
-#include "miner.h"
+#include "mining/miner.h"
 #include "prometheus/registry.h"
-#include "wire.h"
+#include "server/convert.h"
+#include "server/metrics.h"
+#include "server/wire.h"
+#include "versions/index_manager.h"
 
 namespace hardneg {
 namespace {

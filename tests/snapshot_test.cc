@@ -2,7 +2,7 @@
 // back, not retrained, and answers identically), with and without labels,
 // both metrics; the newest snapshot wins; pruning; corrupt snapshots are
 // skipped for older ones; leftover temporaries are ignored and removed.
-#include "snapshot.h"
+#include "versions/snapshot.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -23,10 +23,10 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
-#include "candidate_store.h"
-#include "index_version.h"
-#include "metric.h"
-#include "vector_index.h"
+#include "corpus/candidate_store.h"
+#include "corpus/metric.h"
+#include "index/vector_index.h"
+#include "versions/index_version.h"
 
 namespace hardneg {
 namespace {

@@ -10,15 +10,15 @@
 #include <vector>
 
 #include "absl/synchronization/notification.h"
-#include "checkpoint.h"
+#include "format/checkpoint.h"
 #include "gmock/gmock.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
 #include "hardneg/v1/miner.grpc.pb.h"
-#include "index_manager.h"
-#include "miner.h"
-#include "server.h"
+#include "mining/miner.h"
+#include "server/server.h"
+#include "versions/index_manager.h"
 
 namespace hardneg {
 namespace {

@@ -1,7 +1,7 @@
 // VectorIndex: the exact "Flat" kernel against exact double-precision scores
 // and against faiss::IndexFlatIP / IndexFlatL2; an "IVF64,Flat" build for
 // valid output and recall against brute force.
-#include "vector_index.h"
+#include "index/vector_index.h"
 
 #include <faiss/IndexFlat.h>
 #include <gmock/gmock.h>
@@ -23,10 +23,10 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "candidate_store.h"
-#include "metric.h"
+#include "corpus/candidate_store.h"
+#include "corpus/metric.h"
+#include "index/row_dots.h"
 #include "reference_miner.h"
-#include "row_dots.h"
 
 namespace hardneg {
 namespace {

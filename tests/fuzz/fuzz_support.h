@@ -22,11 +22,11 @@
 #include "absl/algorithm/container.h"
 #include "absl/status/status.h"
 #include "absl/types/span.h"
-#include "candidate_store.h"
-#include "index_version.h"
-#include "metric.h"
-#include "miner.h"
-#include "vector_index.h"
+#include "corpus/candidate_store.h"
+#include "corpus/metric.h"
+#include "index/vector_index.h"
+#include "mining/miner.h"
+#include "versions/index_version.h"
 
 namespace hardneg {
 namespace fuzz {

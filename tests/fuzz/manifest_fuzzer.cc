@@ -1,4 +1,4 @@
-// Fuzzes the checkpoint manifest reader (src/checkpoint.h ReadManifest):
+// Fuzzes the checkpoint manifest reader (src/format/checkpoint.h ReadManifest):
 // the input is a whole manifest.json. A manifest it accepts must meet the
 // contract ReadCheckpoint relies on: a dim, at least one shard, and shard
 // paths that stay inside the checkpoint directory.
@@ -9,7 +9,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint.h"
+#include "format/checkpoint.h"
 #include "fuzz_support.h"
 
 namespace hardneg {

@@ -13,10 +13,10 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "convert.h"
 #include "fuzz_support.h"
 #include "hardneg/v1/miner.pb.h"
-#include "miner.h"
+#include "mining/miner.h"
+#include "server/convert.h"
 
 namespace hardneg {
 namespace {

@@ -1,4 +1,4 @@
-// Fuzzes the .npy readers (src/npy.h): the input is a whole file, read by
+// Fuzzes the .npy readers (src/format/npy.h): the input is a whole file, read by
 // ReadNpyMatrix and by ReadNpyInt64. Either reader may reject it, with
 // INVALID_ARGUMENT; what it accepts must agree with the header's shape.
 #include <cstddef>
@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "format/npy.h"
 #include "fuzz_support.h"
-#include "npy.h"
 
 namespace hardneg {
 namespace {

@@ -1,4 +1,4 @@
-// Fuzzes the miner's options (src/miner.h MiningOptions): every field is
+// Fuzzes the miner's options (src/mining/miner.h MiningOptions): every field is
 // drawn from the input, including NaN, infinities and extremes, and so are
 // one to three finite queries with their positives, label and query id.
 // Checked: Mine fails exactly when ValidateOptions does (the queries are
@@ -17,7 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "fuzz_support.h"
-#include "miner.h"
+#include "mining/miner.h"
 
 namespace hardneg {
 namespace {

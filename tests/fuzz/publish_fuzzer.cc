@@ -1,4 +1,4 @@
-// Fuzzes the Publish assembler (src/publish.h PublishAssembler): the input
+// Fuzzes the Publish assembler (src/versions/publish.h PublishAssembler): the input
 // is a Publish stream, a sequence of length-delimited
 // hardneg.v1.PublishRequest messages (varint size, then the message). The
 // first must carry the header; the rest are chunks, handed to the
@@ -22,12 +22,12 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "candidate_store.h"
-#include "convert.h"
+#include "corpus/candidate_store.h"
+#include "corpus/metric.h"
 #include "fuzz_support.h"
 #include "hardneg/v1/miner.pb.h"
-#include "metric.h"
-#include "publish.h"
+#include "server/convert.h"
+#include "versions/publish.h"
 
 namespace hardneg {
 namespace {

@@ -1,0 +1,29 @@
+// Status propagation macros. Abseil 20220623 ships none of its own.
+#ifndef HARDNEG_SRC_BASE_STATUS_MACROS_H_
+#define HARDNEG_SRC_BASE_STATUS_MACROS_H_
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+#define HARDNEG_CONCAT_INNER_(a, b) a##b
+#define HARDNEG_CONCAT_(a, b) HARDNEG_CONCAT_INNER_(a, b)
+
+// Returns the status of `expr` from the current function if it is not OK.
+#define HARDNEG_RETURN_IF_ERROR(expr)                  \
+  do {                                                 \
+    ::absl::Status hardneg_status_ = (expr);           \
+    if (!hardneg_status_.ok()) return hardneg_status_; \
+  } while (0)
+
+// Evaluates `rexpr` (an absl::StatusOr<T>); returns its status on error,
+// otherwise moves the value into `lhs` (which may be a declaration).
+#define HARDNEG_ASSIGN_OR_RETURN(lhs, rexpr)                                   \
+  HARDNEG_ASSIGN_OR_RETURN_IMPL_(HARDNEG_CONCAT_(hardneg_sor_, __LINE__), lhs, \
+                                 rexpr)
+
+#define HARDNEG_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, rexpr) \
+  auto statusor = (rexpr);                                   \
+  if (!statusor.ok()) return statusor.status();              \
+  lhs = std::move(statusor).value()
+
+#endif  // HARDNEG_SRC_BASE_STATUS_MACROS_H_

@@ -1,0 +1,125 @@
+// Checkpoint directories, as written by an encoder job with numpy alone:
+//
+//   <root>/<name>/manifest.json        written last: "complete"
+//   <root>/<name>/embeddings-00000.npy float32 or float16, [n, dim]
+//   <root>/<name>/ids-00000.npy        int64, [n]
+//   <root>/<name>/labels-00000.npy     int64, [n] (optional)
+//
+// manifest.json: {"name": "...", "step": 12000, "dim": 768,
+//   "metric": "inner_product", "shards": [{"embeddings": "...",
+//   "ids": "...", "labels": "..."}]}
+//
+// Stateless functions; safe to call from any thread.
+#ifndef HARDNEG_SRC_FORMAT_CHECKPOINT_H_
+#define HARDNEG_SRC_FORMAT_CHECKPOINT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "corpus/candidate_store.h"
+#include "corpus/metric.h"
+
+namespace hardneg {
+
+struct CheckpointShard {
+  std::string embeddings;  // file names relative to the checkpoint dir
+  std::string ids;
+  std::string labels;  // empty when the shard has no labels
+};
+
+struct CheckpointManifest {
+  std::string name;
+  uint64_t step = 0;
+  uint32_t dim = 0;
+  std::optional<Metric> metric;  // absent when the manifest omits it
+  std::vector<CheckpointShard> shards;
+};
+
+struct Checkpoint {
+  CheckpointManifest manifest;
+  std::string dir;
+  CandidateStore store;
+};
+
+// Parses `<dir>/manifest.json`. NOT_FOUND when absent; INVALID_ARGUMENT
+// (naming the field) when malformed: not JSON, nested deeper than 16
+// levels, a missing or mistyped field, zero dim, no shards or more than
+// 10,000, a shard path that is absolute or contains "..", or a file that
+// is not regular or is over 4 MiB (checked before it is read).
+absl::StatusOr<CheckpointManifest> ReadManifest(const std::string& dir);
+
+// What a checkpoint holds, from its manifest and .npy headers alone.
+struct CheckpointShape {
+  size_t rows = 0;
+  size_t dim = 0;
+  bool has_labels = false;
+};
+
+// Reads the shape of the checkpoint in `dir` described by `manifest`,
+// with every check of ReadCheckpoint that the headers allow (shapes, row
+// counts, dtypes, file sizes, labels in all shards or none) and no data.
+absl::StatusOr<CheckpointShape> ReadCheckpointShape(
+    const std::string& dir, const CheckpointManifest& manifest);
+
+// Called with a checkpoint's shape before any of its data is read; an
+// error (RESOURCE_EXHAUSTED for a memory budget, say) stops the read.
+using CheckpointAdmission =
+    std::function<absl::Status(const CheckpointShape& shape)>;
+
+// Reads a whole checkpoint: the manifest and every shard, checked against
+// each other. Errors name the file and the reason: a missing shard, bad
+// magic, wrong dtype, wrong shape, truncated data, a dimension mismatch with
+// the manifest, ids/labels/embeddings row counts that differ, labels in some
+// shards but not others, duplicate ids (naming the id), non-finite values
+// (naming the file and row). The headers are checked first and `admit`
+// (when set) is asked before any data is read; RESOURCE_EXHAUSTED when
+// memory runs out all the same; FAILED_PRECONDITION when a file changes
+// while it is read.
+absl::StatusOr<Checkpoint> ReadCheckpoint(
+    const std::string& dir, const CheckpointAdmission& admit = nullptr);
+
+// A complete checkpoint found under a root directory.
+struct CheckpointEntry {
+  std::string dir;
+  std::string name;
+  uint64_t step = 0;
+};
+
+// A checkpoint directory whose manifest could not be read or parsed.
+struct RejectedManifest {
+  std::string dir;
+  // Its message is "manifest.json: <reason>" for a parse error, or the
+  // read error, which names the file.
+  absl::Status status;
+};
+
+// The subdirectories of `root` holding a readable manifest.json, highest
+// step first (ties: name descending). Subdirectories without a manifest
+// are incomplete and skipped silently; ones whose manifest does not parse
+// are skipped too and reported in `rejected` when it is non-null.
+// NOT_FOUND when `root` does not exist.
+absl::StatusOr<std::vector<CheckpointEntry>> ListCheckpoints(
+    const std::string& root, std::vector<RejectedManifest>* rejected = nullptr);
+
+// The identity of `<dir>/manifest.json` as last written (device, inode,
+// size and modification time): a checkpoint whose manifest keeps its stamp
+// has not been rewritten. Empty when it cannot be stat'ed.
+std::string ManifestStamp(const std::string& dir);
+
+// Writes a one-shard checkpoint to `<root>/<manifest.name>` (files first,
+// manifest.json last). `labels` may be empty. For tests, the CLI and demos.
+absl::Status WriteCheckpoint(const std::string& root,
+                             const CheckpointManifest& manifest,
+                             const std::vector<float>& embeddings,
+                             const std::vector<int64_t>& ids,
+                             const std::vector<int64_t>& labels);
+
+}  // namespace hardneg
+
+#endif  // HARDNEG_SRC_FORMAT_CHECKPOINT_H_

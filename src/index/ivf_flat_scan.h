@@ -1,0 +1,26 @@
+// A faster list scan for FAISS IVF-Flat indexes.
+//
+// Debian's FAISS is a generic build: IndexIVFFlat scores each listed vector
+// with a scalar loop, which is nearly all of an IVF search's time. This
+// swaps an "IVF<n>,Flat" index for a subclass whose scanner computes the
+// same inner products and L2 distances with SIMD, four accumulators wide.
+// Everything else (training, quantizer, lists, nprobe, I/O) stays FAISS's;
+// faiss::write_index writes it as a plain IndexIVFFlat.
+#ifndef HARDNEG_SRC_INDEX_IVF_FLAT_SCAN_H_
+#define HARDNEG_SRC_INDEX_IVF_FLAT_SCAN_H_
+
+#include <faiss/Index.h>
+
+#include <memory>
+
+namespace hardneg {
+
+// Returns `index` itself unless it is exactly a faiss::IndexIVFFlat, in
+// which case it returns an equivalent index (taking over its quantizer and
+// lists) that scans lists with SIMD.
+std::unique_ptr<faiss::Index> WithFastListScan(
+    std::unique_ptr<faiss::Index> index);
+
+}  // namespace hardneg
+
+#endif  // HARDNEG_SRC_INDEX_IVF_FLAT_SCAN_H_

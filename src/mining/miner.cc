@@ -1,0 +1,654 @@
+#include "mining/miner.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+
+namespace hardneg {
+namespace {
+
+// Candidates fetched per search round across its queries (~12 bytes each),
+// so that deep searches of big batches stay within a few hundred MB.
+constexpr size_t kMaxFetch = size_t{16} << 20;
+// Positive id lists longer than this are put in a hash set for lookups.
+constexpr size_t kLinearScanPositives = 16;
+
+// SplitMix64: a small, fully specified generator, so answers are the same
+// on every platform and standard library.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : state_(seed) {}
+  uint64_t Next() {
+    uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
+  // Uniform in (0, 1), never 0 or 1.
+  double Open01() {
+    return (static_cast<double>(Next() >> 11) + 0.5) *
+           (1.0 / 9007199254740992.0);
+  }
+  // Uniform in [0, n).
+  uint64_t Below(uint64_t n) {
+    // Rejection sampling removes modulo bias.
+    const uint64_t limit = std::numeric_limits<uint64_t>::max() -
+                           std::numeric_limits<uint64_t>::max() % n;
+    uint64_t x;
+    do {
+      x = Next();
+    } while (x >= limit);
+    return x % n;
+  }
+
+ private:
+  uint64_t state_;
+};
+
+struct Scored {
+  float score;
+  uint32_t row;
+};
+
+// Per-query state across deepening rounds.
+struct QueryState {
+  size_t k = 0;  // candidates to fetch in the next round
+  bool done = false;
+  std::optional<double> p;  // the weakest positive's score
+  double norm = 0;
+  // The index's error bound for this query (0 for approximate indexes).
+  double eps = 0;
+  // Search may skip candidates whose approximate score is past this.
+  float skip_beyond = 0;
+  absl::flat_hash_set<int64_t> positive_set;  // only for long lists
+  std::vector<Scored> survivors;
+};
+
+std::string QueryField(size_t i, const char* field) {
+  return absl::StrCat("queries[", i, "].", field);
+}
+
+absl::Status ValidateQuery(const MiningQuery& query, size_t i, size_t dim) {
+  if (query.embedding.size() != dim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        QueryField(i, "embedding"), " has ", query.embedding.size(),
+        " values; the index dimension is ", dim));
+  }
+  for (size_t j = 0; j < dim; ++j) {
+    if (!std::isfinite(query.embedding[j])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(QueryField(i, "embedding"), "[", j, "] is ",
+                       std::isnan(query.embedding[j]) ? "NaN" : "infinite",
+                       "; embeddings must be finite"));
+    }
+  }
+  for (size_t j = 0; j < query.positive_scores.size(); ++j) {
+    if (!std::isfinite(query.positive_scores[j])) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          QueryField(i, "positive_scores"), "[", j, "] is not finite"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+bool IsPositive(const MiningQuery& query, const QueryState& state, int64_t id) {
+  if (!state.positive_set.empty()) return state.positive_set.contains(id);
+  return std::find(query.positive_ids.begin(), query.positive_ids.end(), id) !=
+         query.positive_ids.end();
+}
+
+// Step 2: true when the candidate matches the query (and is excluded).
+// Needs no score, so it runs before the exact rescoring.
+bool Matches(const MiningQuery& query, const QueryState& state,
+             const CandidateStore& store, uint32_t row) {
+  const int64_t id = store.id(row);
+  if (query.query_id.has_value() && *query.query_id == id) return true;
+  if (query.label.has_value() && store.has_labels() &&
+      store.label(row) == *query.label) {
+    return true;
+  }
+  return IsPositive(query, state, id);
+}
+
+// Step 3: true when the score passes the bounds and the margins against p.
+bool PassesFilters(const QueryState& state, const MiningOptions& options,
+                   Metric metric, float score) {
+  const double s = score;
+  if (options.max_score.has_value() && s > *options.max_score) return false;
+  if (options.min_score.has_value() && s < *options.min_score) return false;
+  if (!state.p.has_value()) return true;
+  const double p = *state.p;
+  if (metric == Metric::kInnerProduct) {
+    if (options.absolute_margin.has_value() &&
+        s + *options.absolute_margin > p) {
+      return false;
+    }
+    if (options.relative_margin.has_value() &&
+        s > p - std::abs(p) * *options.relative_margin) {
+      return false;
+    }
+  } else {
+    if (options.absolute_margin.has_value() &&
+        s < p + *options.absolute_margin) {
+      return false;
+    }
+    if (options.relative_margin.has_value() &&
+        s < p + std::abs(p) * *options.relative_margin) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// p: the weakest of the stored positives' scores and the client's scores.
+std::optional<double> WeakestPositive(const MiningQuery& query, Metric metric,
+                                      const CandidateStore& store) {
+  std::optional<float> p;
+  auto take = [&](float s) {
+    if (!p.has_value() || Closer(metric, *p, s)) p = s;
+  };
+  for (int64_t id : query.positive_ids) {
+    std::optional<size_t> row = store.RowOf(id);
+    if (!row.has_value()) continue;
+    take(ExactScore(metric, query.embedding.data(), store.vector(*row),
+                    store.dim()));
+  }
+  for (float s : query.positive_scores) take(s);
+  if (!p.has_value()) return std::nullopt;
+  return static_cast<double>(*p);
+}
+
+// The nearest score step 3 lets through, when it has one: candidates closer
+// than this are filtered out (by max_score or the margins for inner
+// products, by min_score or the margins for L2).
+std::optional<double> NearLimit(const QueryState& state,
+                                const MiningOptions& options, Metric metric) {
+  const bool ip = metric == Metric::kInnerProduct;
+  std::optional<double> limit;
+  auto take = [&](double v) {
+    if (!limit.has_value() || (ip ? v < *limit : v > *limit)) limit = v;
+  };
+  const std::optional<float>& bound =
+      ip ? options.max_score : options.min_score;
+  if (bound.has_value()) take(*bound);
+  if (state.p.has_value()) {
+    const double p = *state.p;
+    const double sign = ip ? -1.0 : 1.0;
+    if (options.absolute_margin.has_value()) {
+      take(p + sign * *options.absolute_margin);
+    }
+    if (options.relative_margin.has_value()) {
+      take(p + sign * std::abs(p) * *options.relative_margin);
+    }
+  }
+  return limit;
+}
+
+// The farthest score step 3 lets through, when it has one (min_score for
+// inner products, max_score for L2).
+std::optional<double> FarLimit(const MiningOptions& options, Metric metric) {
+  const std::optional<float>& bound =
+      metric == Metric::kInnerProduct ? options.min_score : options.max_score;
+  if (!bound.has_value()) return std::nullopt;
+  return static_cast<double>(*bound);
+}
+
+// The approximate score past which a candidate is certainly closer than
+// `limit` (so certainly filtered) when approximate scores are within `eps`
+// of the exact ones: limit + eps for inner products, limit - eps for L2,
+// rounded outwards to float with an ulp to spare.
+float SkipBeyond(double limit, double eps, Metric metric) {
+  const bool ip = metric == Metric::kInnerProduct;
+  const double edge = ip ? limit + eps : limit - eps;
+  const float toward = ip ? std::numeric_limits<float>::infinity()
+                          : -std::numeric_limits<float>::infinity();
+  float f = static_cast<float>(edge);
+  if (ip ? f < edge : f > edge) f = std::nextafter(f, toward);
+  return std::nextafter(f, toward);
+}
+
+// Step 5: picks indexes into the window [0, window), best first.
+std::vector<size_t> Sample(const MiningOptions& options, Metric metric,
+                           const std::vector<Scored>& window_scores,
+                           size_t picks, uint64_t seed) {
+  const size_t window = window_scores.size();
+  std::vector<size_t> chosen;
+  chosen.reserve(picks);
+  if (picks >= window || options.sampling == Sampling::kTop) {
+    for (size_t i = 0; i < picks; ++i) chosen.push_back(i);
+    return chosen;
+  }
+  Rng rng(seed);
+  if (options.sampling == Sampling::kUniform) {
+    // Partial Fisher-Yates.
+    std::vector<size_t> order(window);
+    for (size_t i = 0; i < window; ++i) order[i] = i;
+    for (size_t i = 0; i < picks; ++i) {
+      std::swap(order[i], order[i + rng.Below(window - i)]);
+    }
+    chosen.assign(order.begin(), order.begin() + picks);
+  } else {
+    // Gumbel top-k: the top `picks` of log(w) + Gumbel noise are a sample
+    // without replacement with probabilities proportional to w.
+    const double t = options.temperature == 0 ? 1.0 : options.temperature;
+    const double sign = metric == Metric::kInnerProduct ? 1.0 : -1.0;
+    std::vector<std::pair<double, size_t>> keys(window);
+    for (size_t i = 0; i < window; ++i) {
+      const double gumbel = -std::log(-std::log(rng.Open01()));
+      keys[i] = {sign * window_scores[i].score / t + gumbel, i};
+    }
+    std::partial_sort(keys.begin(), keys.begin() + picks, keys.end(),
+                      [](const auto& a, const auto& b) {
+                        return a.first > b.first ||
+                               (a.first == b.first && a.second < b.second);
+                      });
+    for (size_t i = 0; i < picks; ++i) chosen.push_back(keys[i].second);
+  }
+  std::sort(chosen.begin(), chosen.end());
+  return chosen;
+}
+
+// Takes one query's `k` fetched candidates (best first by approximate
+// score, rows padded with -1) into its survivors, then marks it done or
+// sets how many to fetch next round.
+void Collect(const MiningQuery& q, const MiningOptions& options,
+             const IndexVersion& version, QueryState& st, size_t range_max,
+             size_t k, const float* approx, const int64_t* rows) {
+  const CandidateStore& store = version.store();
+  const VectorIndex& index = version.index();
+  const Metric metric = version.metric();
+  const bool ip = metric == Metric::kInnerProduct;
+  const size_t n = store.size();
+  size_t count = 0;
+  while (count < k && rows[count] >= 0) ++count;
+  const bool exhausted = count < k || k >= n;
+  // A fetched candidate is certain when no unfetched one can be closer;
+  // for exact indexes, that needs a margin of the kernel's error bound
+  // past the worst fetched approximate score.
+  const bool exact = index.exact();
+  const double eps = st.eps;
+  const bool bounded = exact && !exhausted && count > 0;
+  const double worst = bounded ? approx[count - 1] : 0;
+  double weakest = 0;  // the weakest survivor's exact score so far
+  st.survivors.clear();
+  for (size_t c = 0; c < count; ++c) {
+    // Candidates come best first by approximate score: once the window is
+    // full, stop at the first one that cannot beat its weakest survivor
+    // even with the kernel's error, rather than rescoring a deep tail.
+    if (exact && st.survivors.size() >= range_max) {
+      const double a = approx[c];
+      if (ip ? a + eps < weakest : a - eps > weakest) break;
+    }
+    const auto row = static_cast<uint32_t>(rows[c]);
+    if (Matches(q, st, store, row)) continue;
+    const float s =
+        ExactScore(metric, q.embedding.data(), store.vector(row), store.dim());
+    if (bounded && !(ip ? s > worst + eps : s < worst - eps)) {
+      continue;  // an unfetched candidate might be closer
+    }
+    if (PassesFilters(st, options, metric, s)) {
+      if (st.survivors.empty() || (ip ? s < weakest : s > weakest)) {
+        weakest = s;
+      }
+      st.survivors.push_back({s, row});
+    }
+  }
+  if (st.survivors.size() >= range_max || exhausted) {
+    st.done = true;
+    return;
+  }
+  // Every unfetched candidate already fails the far bound: deeper
+  // searches would find nothing.
+  const std::optional<double> far = FarLimit(options, metric);
+  if (bounded && far.has_value() &&
+      (ip ? worst + eps < *far : worst - eps > *far)) {
+    st.done = true;
+    return;
+  }
+  // Grow by the observed survival rate (x8 when nothing survived), at
+  // least doubling; past half the index, scan it all.
+  const double wanted = st.survivors.empty()
+                            ? 8.0 * static_cast<double>(k)
+                            : 2.0 * static_cast<double>(k) *
+                                  static_cast<double>(range_max) /
+                                  static_cast<double>(st.survivors.size());
+  size_t next =
+      static_cast<size_t>(std::min<double>(static_cast<double>(n), wanted));
+  next = std::max(next, 2 * k);
+  st.k = next * 2 > n ? n : next;
+}
+
+uint64_t QuerySeed(uint64_t seed, size_t query_index) {
+  Rng mix(seed ^ (0x632be59bd9b4e019ULL * (query_index + 1)));
+  return mix.Next();
+}
+
+}  // namespace
+
+absl::Status Miner::ValidateOptions(const MiningOptions& options) const {
+  if (options.num_negatives == 0) {
+    return absl::InvalidArgumentError(
+        "options.num_negatives must be at least 1");
+  }
+  if (options.num_negatives > limits_.max_negatives) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("options.num_negatives is ", options.num_negatives,
+                     "; the limit is ", limits_.max_negatives));
+  }
+  const uint64_t needed =
+      uint64_t{options.range_min} + uint64_t{options.num_negatives};
+  if (options.range_max != 0 && options.range_max < needed) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("options.range_max (", options.range_max,
+                     ") must be at least range_min + num_negatives (", needed,
+                     "), or 0 for exactly that"));
+  }
+  const uint64_t range_max =
+      options.range_max != 0 ? options.range_max : needed;
+  if (range_max > limits_.max_range) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "options.range_max (", range_max,
+        " after defaulting) is over the limit ", limits_.max_range));
+  }
+  if (std::isnan(options.temperature) || options.temperature < 0 ||
+      std::isinf(options.temperature)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("options.temperature is ", options.temperature,
+                     "; it must be a finite value >= 0 (0 means 1.0)"));
+  }
+  if (options.nprobe > limits_.max_nprobe) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("options.nprobe is ", options.nprobe, "; the limit is ",
+                     limits_.max_nprobe));
+  }
+  const std::pair<const char*, const std::optional<float>*> bounds[] = {
+      {"max_score", &options.max_score},
+      {"min_score", &options.min_score},
+      {"absolute_margin", &options.absolute_margin},
+      {"relative_margin", &options.relative_margin}};
+  for (const auto& [name, value] : bounds) {
+    if (value->has_value() && !std::isfinite(**value)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("options.", name, " is ", **value,
+                       "; bounds and margins must be finite (leave the "
+                       "option unset for no bound)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+uint64_t Miner::RangeMax(const MiningOptions& options) {
+  return options.range_max != 0
+             ? uint64_t{options.range_max}
+             : uint64_t{options.range_min} + uint64_t{options.num_negatives};
+}
+
+absl::Status Miner::ValidateRequestSize(size_t queries,
+                                        const MiningOptions& options,
+                                        size_t candidates) const {
+  if (queries > limits_.max_queries) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request has ", queries, " queries; the limit is ",
+                     limits_.max_queries, " (max_queries): split it"));
+  }
+  const uint64_t negatives = uint64_t{options.num_negatives} * queries;
+  if (negatives > limits_.max_request_negatives) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the request asks for ", negatives, " negatives (num_negatives ",
+        options.num_negatives, " x ", queries, " queries); the limit is ",
+        limits_.max_request_negatives,
+        " (max_request_negatives): split it or ask for fewer"));
+  }
+  const uint64_t ranked = std::min<uint64_t>(RangeMax(options), candidates);
+  const uint64_t fetch = ranked * queries;
+  if (fetch > limits_.max_request_fetch) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the request ranks up to ", fetch, " candidates (", ranked,
+        " a query, from range_max ", RangeMax(options), ", x ", queries,
+        " queries); the limit is ", limits_.max_request_fetch,
+        " (max_request_fetch): split it or lower range_max"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<MiningResult>> Miner::Mine(
+    const IndexVersion& version, absl::Span<const MiningQuery> queries,
+    const MiningOptions& options) const {
+  const MiningBatchItem item{queries, &options};
+  std::vector<absl::StatusOr<std::vector<MiningResult>>> results =
+      MineBatch(version, absl::MakeConstSpan(&item, 1));
+  return std::move(results[0]);
+}
+
+absl::Status Miner::Validate(const IndexVersion& version,
+                             absl::Span<const MiningQuery> queries,
+                             const MiningOptions& options) const {
+  if (queries.empty()) {
+    return absl::InvalidArgumentError("queries is empty: send at least one");
+  }
+  HARDNEG_RETURN_IF_ERROR(ValidateOptions(options));
+  HARDNEG_RETURN_IF_ERROR(
+      ValidateRequestSize(queries.size(), options, version.size()));
+  for (size_t i = 0; i < queries.size(); ++i) {
+    HARDNEG_RETURN_IF_ERROR(ValidateQuery(queries[i], i, version.dim()));
+    const size_t positives = std::max(queries[i].positive_ids.size(),
+                                      queries[i].positive_scores.size());
+    if (positives > limits_.max_positives) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          QueryField(i, "positive_ids"), " and positive_scores hold ",
+          positives, " values; the limit is ", limits_.max_positives,
+          " (max_positives)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::vector<absl::StatusOr<std::vector<MiningResult>>> Miner::MineBatch(
+    const IndexVersion& version,
+    absl::Span<const MiningBatchItem> items) const {
+  std::vector<absl::StatusOr<std::vector<MiningResult>>> out;
+  out.reserve(items.size());
+  // Every valid item's queries are mined together; an invalid item fails
+  // alone.
+  std::vector<const MiningQuery*> queries;
+  std::vector<const MiningOptions*> query_options;
+  std::vector<size_t> query_index;  // within its item, for the seed
+  std::vector<const std::function<bool()>*> query_cancelled;
+  for (const MiningBatchItem& item : items) {
+    absl::Status status = Validate(version, item.queries, *item.options);
+    if (!status.ok()) {
+      out.emplace_back(std::move(status));
+      continue;
+    }
+    out.emplace_back(std::vector<MiningResult>());
+    for (size_t i = 0; i < item.queries.size(); ++i) {
+      queries.push_back(&item.queries[i]);
+      query_options.push_back(item.options);
+      query_index.push_back(i);
+      query_cancelled.push_back(item.cancelled);
+    }
+  }
+  std::vector<MiningResult> results(queries.size());
+  absl::Status mined = MineQueries(version, queries, query_options, query_index,
+                                   query_cancelled, results);
+  size_t next = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (!out[i].ok()) continue;
+    if (!mined.ok()) {
+      out[i] = mined;
+      continue;
+    }
+    if (items[i].cancelled != nullptr && (*items[i].cancelled)()) {
+      out[i] =
+          absl::CancelledError("the request was cancelled while it was mined");
+      next += items[i].queries.size();
+      continue;
+    }
+    std::vector<MiningResult> item_results(
+        std::make_move_iterator(results.begin() + next),
+        std::make_move_iterator(results.begin() + next +
+                                items[i].queries.size()));
+    next += items[i].queries.size();
+    out[i] = std::move(item_results);
+  }
+  return out;
+}
+
+absl::Status Miner::MineQueries(
+    const IndexVersion& version, const std::vector<const MiningQuery*>& qs,
+    const std::vector<const MiningOptions*>& query_options,
+    const std::vector<size_t>& query_index,
+    const std::vector<const std::function<bool()>*>& cancelled,
+    std::vector<MiningResult>& results) const {
+  const CandidateStore& store = version.store();
+  const VectorIndex& index = version.index();
+  const Metric metric = version.metric();
+  const bool ip = metric == Metric::kInnerProduct;
+  const bool exact = index.exact();
+  const size_t dim = store.dim();
+  const size_t n = store.size();
+  auto range_max_of = [](const MiningOptions& options) {
+    return options.range_max != 0
+               ? size_t{options.range_max}
+               : size_t{options.range_min} + size_t{options.num_negatives};
+  };
+
+  std::vector<QueryState> states(qs.size());
+  for (size_t i = 0; i < qs.size(); ++i) {
+    QueryState& st = states[i];
+    const MiningQuery& q = *qs[i];
+    const MiningOptions& options = *query_options[i];
+    const size_t range_max = range_max_of(options);
+    st.p = WeakestPositive(q, metric, store);
+    if (q.positive_ids.size() > kLinearScanPositives) {
+      st.positive_set.insert(q.positive_ids.begin(), q.positive_ids.end());
+    }
+    double sq = 0;
+    for (float v : q.embedding) sq += static_cast<double>(v) * v;
+    st.norm = std::sqrt(sq);
+    st.eps = exact ? index.ErrorBound(st.norm) : 0;
+    const std::optional<double> near = NearLimit(st, options, metric);
+    st.skip_beyond = near.has_value() ? SkipBeyond(*near, st.eps, metric)
+                     : ip             ? std::numeric_limits<float>::infinity()
+                                      : -std::numeric_limits<float>::infinity();
+    if (index.skips()) {
+      // Matches and near filters never take a place among the k fetched,
+      // so a little over the window leaves room for the scores too close
+      // to the k-th to be certain.
+      st.k = std::min(n, range_max + std::max<size_t>(8, range_max / 8));
+    } else {
+      // An approximate scan costs about the same for any k, so start
+      // generously: label exclusion alone can remove most of the nearest
+      // candidates.
+      st.k = std::min(n, std::max<size_t>(
+                             256, 4 * (range_max + q.positive_ids.size() + 1)));
+    }
+    st.done = n == 0;
+  }
+  // Step 6: fetch, filter, and deepen the queries that came up short, all
+  // pending queries with the same nprobe in one batched search per round.
+  std::vector<size_t> pending;
+  std::vector<size_t> group;
+  std::vector<float> batch;
+  std::vector<float> closest;
+  std::vector<float> approx;
+  std::vector<int64_t> rows;
+  while (true) {
+    pending.clear();
+    size_t max_k = 0;
+    for (size_t i = 0; i < states.size(); ++i) {
+      if (states[i].done) continue;
+      // Nobody waits for this answer: stop deepening it.
+      if (cancelled[i] != nullptr && (*cancelled[i])()) {
+        states[i].done = true;
+        continue;
+      }
+      // Bound one round's buffers; the queries left out go next round.
+      const size_t round_k = std::max(max_k, states[i].k);
+      if (!pending.empty() && (pending.size() + 1) * round_k > kMaxFetch) {
+        break;
+      }
+      pending.push_back(i);
+      max_k = round_k;
+    }
+    if (pending.empty()) break;
+    std::stable_sort(pending.begin(), pending.end(), [&](size_t a, size_t b) {
+      return query_options[a]->nprobe < query_options[b]->nprobe;
+    });
+    for (size_t g0 = 0; g0 < pending.size();) {
+      size_t g1 = g0 + 1;
+      const uint32_t nprobe = query_options[pending[g0]]->nprobe;
+      while (g1 < pending.size() &&
+             query_options[pending[g1]]->nprobe == nprobe) {
+        ++g1;
+      }
+      group.assign(pending.begin() + g0, pending.begin() + g1);
+      g0 = g1;
+      size_t k = 0;
+      batch.resize(group.size() * dim);
+      closest.resize(group.size());
+      for (size_t j = 0; j < group.size(); ++j) {
+        const QueryState& st = states[group[j]];
+        k = std::max(k, st.k);
+        std::copy(qs[group[j]]->embedding.begin(),
+                  qs[group[j]]->embedding.end(), batch.begin() + j * dim);
+        closest[j] = st.skip_beyond;
+      }
+      approx.resize(group.size() * k);
+      rows.resize(group.size() * k);
+      SearchOptions search;
+      search.closest = closest;
+      search.nprobe = nprobe;
+      search.skip_row = [&](size_t j, int64_t row) {
+        return Matches(*qs[group[j]], states[group[j]], store,
+                       static_cast<uint32_t>(row));
+      };
+      HARDNEG_RETURN_IF_ERROR(index.Search(batch.data(), group.size(), k,
+                                           search, approx.data(), rows.data()));
+      for (size_t j = 0; j < group.size(); ++j) {
+        QueryState& st = states[group[j]];
+        Collect(*qs[group[j]], *query_options[group[j]], version, st,
+                range_max_of(*query_options[group[j]]), k,
+                approx.data() + j * k, rows.data() + j * k);
+      }
+    }
+  }
+
+  for (size_t qi = 0; qi < qs.size(); ++qi) {
+    QueryState& st = states[qi];
+    MiningResult& result = results[qi];
+    const MiningOptions& options = *query_options[qi];
+    const size_t range_max = range_max_of(options);
+    if (st.p.has_value()) result.positive_score = static_cast<float>(*st.p);
+    // Step 4: order best first, ties by id, and cut the window.
+    std::vector<Scored>& survivors = st.survivors;
+    const size_t end = std::min(range_max, survivors.size());
+    auto better = [&](const Scored& a, const Scored& b) {
+      if (a.score != b.score) return Closer(metric, a.score, b.score);
+      return store.id(a.row) < store.id(b.row);
+    };
+    std::partial_sort(survivors.begin(), survivors.begin() + end,
+                      survivors.end(), better);
+    const size_t begin = std::min<size_t>(options.range_min, end);
+    std::vector<Scored> window(survivors.begin() + begin,
+                               survivors.begin() + end);
+    const size_t picks = std::min<size_t>(options.num_negatives, window.size());
+    result.shortfall = static_cast<uint32_t>(options.num_negatives - picks);
+    for (size_t w : Sample(options, metric, window, picks,
+                           QuerySeed(options.seed, query_index[qi]))) {
+      const Scored& c = window[w];
+      result.negatives.push_back({store.id(c.row), c.score, store.label(c.row),
+                                  static_cast<uint32_t>(begin + w), c.row});
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace hardneg

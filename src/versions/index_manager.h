@@ -1,0 +1,171 @@
+// IndexManager: owns the served IndexVersion and replaces it when a newer
+// version arrives: a checkpoint under --checkpoints (watched with inotify,
+// polled as a fallback), or a Publish (Install). Every version that goes
+// live is snapshotted under --data_dir, and the newest snapshot is served
+// at start, before any checkpoint.
+//
+// Thread-safe. Current() is cheap (one locked shared_ptr copy) and never
+// waits for a build: builds run outside mu_ and publish by swapping the
+// pointer, so requests in flight finish on the version they started with.
+// One build runs at a time, with at most `build_threads` OpenMP threads.
+#ifndef HARDNEG_SRC_VERSIONS_INDEX_MANAGER_H_
+#define HARDNEG_SRC_VERSIONS_INDEX_MANAGER_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "corpus/candidate_store.h"
+#include "corpus/metric.h"
+#include "format/checkpoint.h"
+#include "versions/checkpoint_rejections.h"
+#include "versions/index_version.h"
+
+namespace hardneg {
+
+struct IndexManagerOptions {
+  std::string checkpoints_dir;  // empty: only Publish brings versions
+  IndexBuildOptions build;
+  // When set, checkpoints must use this metric; otherwise the manifest's
+  // (inner_product when the manifest names none).
+  std::optional<Metric> metric;
+  // Accept a version whose dim or metric differs from the served one's.
+  bool allow_schema_change = false;
+  std::string data_dir;  // snapshots; empty: none
+  size_t keep_snapshots = 3;
+  int build_threads = 1;  // OpenMP threads for one build
+  // Bound on the served version plus the one being built (0: none).
+  size_t max_index_bytes = 0;
+};
+
+// What GetIndexInfo reports beyond the served version.
+struct BuildStatus {
+  std::string state;          // "empty", "building", "serving"
+  std::string building;       // name of the version being built, if any
+  double progress = 0;        // of the build in progress, 0..1
+  std::string last_rejected;  // "<source>: <reason>", empty when none
+  uint64_t rejected_total = 0;
+};
+
+// Counters the server exports; called on the thread that built.
+struct IndexEvents {
+  std::function<void(const IndexVersion&, absl::Duration build_time)> swapped;
+  std::function<void(const std::string& source, const absl::Status&)> rejected;
+};
+
+class IndexManager {
+ public:
+  explicit IndexManager(IndexManagerOptions options);
+  ~IndexManager();  // stops watching and waits for a running build
+
+  IndexManager(const IndexManager&) = delete;
+  IndexManager& operator=(const IndexManager&) = delete;
+
+  // The served version; null until one is loaded.
+  std::shared_ptr<const IndexVersion> Current() const ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Serves the newest snapshot under data_dir, if any (call before
+  // serving). NOT_FOUND when there is none.
+  absl::Status RestoreSnapshot() ABSL_LOCKS_EXCLUDED(mu_, build_mu_);
+
+  // Serves the newest complete checkpoint with a higher step than the
+  // served one, trying older ones when the newest is rejected. OK when
+  // there is nothing new; the error of the last rejection when every new
+  // checkpoint was rejected (the served version keeps serving). Each
+  // rejection, including a manifest that does not parse, is logged with the
+  // directory and the reason, and counted, once. A rejected checkpoint is
+  // not retried until its manifest is rewritten, even after a restart when
+  // data_dir is set; neither is one whose load was interrupted twice (see
+  // CheckpointRejections). A checkpoint over max_index_bytes is rejected
+  // from its headers, before its data is read.
+  //
+  // An operator may force a checkpoint whatever its step (say, after a
+  // publish with a step no checkpoint can pass): a file PROMOTE under
+  // checkpoints_dir holding the checkpoint directory's name. It is acted
+  // on once each time it is written; the promoted version then serves,
+  // and newer steps replace it as usual.
+  absl::Status LoadNewest() ABSL_LOCKS_EXCLUDED(mu_, build_mu_);
+
+  // Builds `store` into the next version and swaps it in, exactly as for a
+  // checkpoint (schema check, snapshot). Blocks until it serves.
+  // FAILED_PRECONDITION for a schema change without allow_schema_change,
+  // or when `expected_sequence` is set and another version went live since
+  // (an incremental publish built on a base that is no longer served);
+  // RESOURCE_EXHAUSTED over max_index_bytes.
+  absl::StatusOr<VersionInfo> Install(
+      const std::string& name, uint64_t step, Metric metric,
+      CandidateStore store,
+      std::optional<uint64_t> expected_sequence = std::nullopt)
+      ABSL_LOCKS_EXCLUDED(mu_, build_mu_);
+
+  // Bytes a new version may still take under max_index_bytes, given the
+  // served one (SIZE_MAX when unbounded).
+  size_t RemainingBytes() const ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Watches checkpoints_dir on a background thread (inotify, and a scan at
+  // least every `poll_interval`) until destruction.
+  void StartWatching(absl::Duration poll_interval) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Stops the watcher, waiting for a build it is running. Idempotent.
+  void StopWatching() ABSL_LOCKS_EXCLUDED(mu_);
+
+  BuildStatus build_status() const ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Set before StartWatching / serving; called on the building thread.
+  void SetEvents(IndexEvents events) ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  // `start`: when reading the version began (for build_seconds).
+  absl::StatusOr<VersionInfo> BuildAndSwap(const std::string& source,
+                                           VersionInfo info,
+                                           CandidateStore store,
+                                           absl::Time start)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(build_mu_) ABSL_LOCKS_EXCLUDED(mu_);
+  void Reject(const std::string& source, const absl::Status& status)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Reads, builds and swaps in one checkpoint whose manifest has `stamp`;
+  // a failure is rejected and remembered.
+  absl::Status LoadCheckpoint(const CheckpointEntry& entry,
+                              const std::string& stamp)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(build_mu_) ABSL_LOCKS_EXCLUDED(mu_);
+  // When <checkpoints>/PROMOTE is new (or rewritten), loads the checkpoint
+  // it names regardless of step and returns the outcome; nullopt otherwise.
+  std::optional<absl::Status> Promote(
+      const std::vector<CheckpointEntry>& entries)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(build_mu_) ABSL_LOCKS_EXCLUDED(mu_);
+  // RESOURCE_EXHAUSTED when a version of `rows` x `dim` (or of `needed`
+  // bytes) would not fit beside the served one under max_index_bytes.
+  absl::Status CheckBudget(size_t rows, size_t dim, bool has_labels) const
+      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status CheckBytes(size_t needed) const ABSL_LOCKS_EXCLUDED(mu_);
+  void WatchLoop(absl::Duration poll_interval) ABSL_LOCKS_EXCLUDED(mu_);
+
+  const IndexManagerOptions options_;
+  absl::Mutex build_mu_;  // serialises builds and snapshot writes
+  mutable absl::Mutex mu_;
+  std::shared_ptr<const IndexVersion> current_ ABSL_GUARDED_BY(mu_);
+  uint64_t last_sequence_ ABSL_GUARDED_BY(mu_) = 0;
+  BuildStatus status_ ABSL_GUARDED_BY(mu_);
+  // Checkpoints given up on (kept under data_dir across restarts).
+  CheckpointRejections rejections_ ABSL_GUARDED_BY(build_mu_);
+  bool rejections_restored_ ABSL_GUARDED_BY(build_mu_) = false;
+  // The PROMOTE file as last acted on.
+  std::string promote_stamp_ ABSL_GUARDED_BY(build_mu_);
+  IndexEvents events_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  int wake_fd_ = -1;  // eventfd that interrupts the watcher's poll
+  std::thread watcher_;
+};
+
+}  // namespace hardneg
+
+#endif  // HARDNEG_SRC_VERSIONS_INDEX_MANAGER_H_

@@ -1,0 +1,27 @@
+#include "versions/index_version.h"
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+
+namespace hardneg {
+
+absl::StatusOr<std::shared_ptr<const IndexVersion>> IndexVersion::Build(
+    VersionInfo info, CandidateStore store, const IndexBuildOptions& options) {
+  auto owned_store = std::make_unique<CandidateStore>(std::move(store));
+  HARDNEG_ASSIGN_OR_RETURN(
+      std::unique_ptr<VectorIndex> index,
+      BuildVectorIndex(*owned_store, info.metric, options));
+  return std::shared_ptr<const IndexVersion>(new IndexVersion(
+      std::move(info), std::move(owned_store), std::move(index)));
+}
+
+std::shared_ptr<const IndexVersion> IndexVersion::FromParts(
+    VersionInfo info, std::unique_ptr<CandidateStore> store,
+    std::unique_ptr<VectorIndex> index) {
+  return std::shared_ptr<const IndexVersion>(
+      new IndexVersion(std::move(info), std::move(store), std::move(index)));
+}
+
+}  // namespace hardneg

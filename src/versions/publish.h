@@ -1,0 +1,83 @@
+// PublishAssembler: turns the chunks of a Publish stream into the
+// candidates of a new version, validating as the checkpoint reader does.
+//
+//   Full publish: the chunks are the whole corpus.
+//   Incremental publish (header.base_version set): the chunks carry upserts
+//   (ids new or changed, with their embeddings and labels) and delete_ids,
+//   applied to the served version named base_version.
+//
+// Not thread-safe: one assembler per stream, used by one thread at a time.
+#ifndef HARDNEG_SRC_VERSIONS_PUBLISH_H_
+#define HARDNEG_SRC_VERSIONS_PUBLISH_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "corpus/candidate_store.h"
+#include "corpus/metric.h"
+#include "versions/index_version.h"
+
+namespace hardneg {
+
+struct PublishHeader {
+  std::string name;
+  uint64_t step = 0;
+  uint32_t dim = 0;
+  std::optional<Metric> metric;             // absent: the served version's
+  std::optional<std::string> base_version;  // set: incremental
+};
+
+class PublishAssembler {
+ public:
+  // INVALID_ARGUMENT (naming the header field) for an empty name or dim 0.
+  // `max_bytes` bounds the candidates' memory (0: no bound).
+  static absl::StatusOr<PublishAssembler> Start(PublishHeader header,
+                                                size_t max_bytes);
+
+  // Appends one chunk: `ids`, `labels` (empty, or one per id; every chunk
+  // must agree on having labels), `embeddings` (row-major, ids.size() x dim)
+  // and, for incremental publishes only, `delete_ids`. INVALID_ARGUMENT
+  // naming the chunk number and field for a size mismatch, a non-finite
+  // value (with the id), an id repeated within the publish, or delete_ids
+  // in a full publish. RESOURCE_EXHAUSTED when the data would exceed
+  // max_bytes.
+  absl::Status AddChunk(absl::Span<const int64_t> ids,
+                        absl::Span<const int64_t> labels,
+                        absl::Span<const float> embeddings,
+                        absl::Span<const int64_t> delete_ids);
+
+  // The new version's candidates. Incremental: `base` must be the served
+  // version named header.base_version (FAILED_PRECONDITION otherwise, with
+  // both names); its dim must equal header.dim and, when the base has
+  // labels, upserts must carry labels. The result keeps the base's rows in
+  // order (minus deletes, with upserted rows replaced in place) and appends
+  // new ids in publish order. Full: `base` is ignored; no chunks is
+  // INVALID_ARGUMENT. Deleting an id that does not exist is not an error.
+  absl::StatusOr<CandidateStore> Finish(const IndexVersion* base);
+
+  const PublishHeader& header() const { return header_; }
+  size_t rows() const { return ids_.size(); }
+
+ private:
+  PublishAssembler(PublishHeader header, size_t max_bytes)
+      : header_(std::move(header)), max_bytes_(max_bytes) {}
+
+  PublishHeader header_;
+  size_t max_bytes_;
+  size_t chunks_ = 0;
+  std::optional<bool> has_labels_;
+  std::vector<int64_t> ids_;
+  std::vector<int64_t> labels_;
+  std::vector<float> embeddings_;
+  std::vector<int64_t> delete_ids_;
+};
+
+}  // namespace hardneg
+
+#endif  // HARDNEG_SRC_VERSIONS_PUBLISH_H_

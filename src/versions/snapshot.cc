@@ -1,0 +1,412 @@
+#include "versions/snapshot.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cinttypes>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
+#include "absl/time/time.h"
+#include "base/log.h"
+#include "base/status_macros.h"
+#include "corpus/candidate_store.h"
+#include "corpus/metric.h"
+#include "format/file_util.h"
+#include "format/npy.h"
+#include "index/vector_index.h"
+#include "nlohmann/json.hpp"
+
+namespace hardneg {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+constexpr char kSnapshotPrefix[] = "snapshot-";
+constexpr size_t kSequenceDigits = 20;
+constexpr char kTmpPrefix[] = ".tmp-";
+constexpr char kMetaFile[] = "meta.json";
+constexpr char kIdsFile[] = "ids.npy";
+constexpr char kLabelsFile[] = "labels.npy";
+constexpr char kVectorsFile[] = "vectors.npy";
+constexpr char kIndexFile[] = "index.faiss";
+// Bumped when the layout changes incompatibly; older readers skip newer
+// snapshots instead of misreading them.
+constexpr int kFormat = 1;
+// meta.json is a few hundred bytes; a bigger one is not ours.
+constexpr size_t kMaxMetaBytes = 1 << 20;
+
+std::string SnapshotName(uint64_t sequence) {
+  char digits[kSequenceDigits + 1];
+  std::snprintf(digits, sizeof(digits), "%020" PRIu64, sequence);
+  return absl::StrCat(kSnapshotPrefix, digits);
+}
+
+// The sequence of a `snapshot-<20 digits>` name, or nullopt for any other.
+std::optional<uint64_t> ParseSnapshotName(absl::string_view name) {
+  if (!absl::ConsumePrefix(&name, kSnapshotPrefix)) return std::nullopt;
+  if (name.size() != kSequenceDigits) return std::nullopt;
+  for (char c : name) {
+    if (!absl::ascii_isdigit(static_cast<unsigned char>(c))) {
+      return std::nullopt;
+    }
+  }
+  uint64_t sequence = 0;
+  if (!absl::SimpleAtoi(name, &sequence)) return std::nullopt;
+  return sequence;
+}
+
+absl::Status ErrnoError(const std::string& path, absl::string_view action) {
+  return absl::InternalError(
+      absl::StrCat(path, ": ", action, " failed: ", std::strerror(errno)));
+}
+
+absl::Status FsError(const std::string& path, absl::string_view action,
+                     const std::error_code& ec) {
+  return absl::InternalError(
+      absl::StrCat(path, ": ", action, " failed: ", ec.message()));
+}
+
+// Flushes a file or a directory (its entries) to stable storage.
+absl::Status SyncPath(const std::string& path, bool directory) {
+  const int flags = O_RDONLY | O_CLOEXEC | (directory ? O_DIRECTORY : 0);
+  const int fd = open(path.c_str(), flags);
+  if (fd < 0) return ErrnoError(path, "open for fsync");
+  const bool synced = fsync(fd) == 0;
+  const int saved_errno = errno;
+  close(fd);
+  if (!synced) {
+    errno = saved_errno;
+    return ErrnoError(path, "fsync");
+  }
+  return absl::OkStatus();
+}
+
+// Writes `text` to a new file at `path` and fsyncs it.
+absl::Status WriteTextFile(const std::string& path, const std::string& text) {
+  const int fd =
+      open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoError(path, "create");
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t put = write(fd, text.data() + done, text.size() - done);
+    if (put < 0) {
+      if (errno == EINTR) continue;
+      absl::Status status = ErrnoError(path, "write");
+      close(fd);
+      return status;
+    }
+    done += static_cast<size_t>(put);
+  }
+  if (fsync(fd) != 0) {
+    absl::Status status = ErrnoError(path, "fsync");
+    close(fd);
+    return status;
+  }
+  if (close(fd) != 0) return ErrnoError(path, "close");
+  return absl::OkStatus();
+}
+
+// Keeps the code of `status` and puts `prefix` before its message.
+absl::Status Annotate(const absl::Status& status, absl::string_view prefix) {
+  return absl::Status(status.code(), absl::StrCat(prefix, status.message()));
+}
+
+// The entries of `data_dir`: snapshots by sequence, and temporaries.
+struct DirListing {
+  std::vector<std::pair<uint64_t, std::string>> snapshots;  // newest first
+  std::vector<std::string> temporaries;                     // full paths
+};
+
+absl::StatusOr<DirListing> ListDataDir(const std::string& data_dir) {
+  DirListing listing;
+  std::error_code ec;
+  fs::directory_iterator it(data_dir, ec);
+  if (ec) {
+    if (ec == std::errc::no_such_file_or_directory) {
+      return absl::NotFoundError(
+          absl::StrCat(data_dir, ": no such directory, so no snapshots"));
+    }
+    return FsError(data_dir, "listing", ec);
+  }
+  for (; it != fs::directory_iterator(); it.increment(ec)) {
+    if (ec) return FsError(data_dir, "listing", ec);
+    const std::string name = it->path().filename().string();
+    if (absl::StartsWith(name, kTmpPrefix)) {
+      listing.temporaries.push_back(it->path().string());
+      continue;
+    }
+    std::optional<uint64_t> sequence = ParseSnapshotName(name);
+    if (sequence.has_value() && it->is_directory(ec)) {
+      listing.snapshots.emplace_back(*sequence, it->path().string());
+    }
+  }
+  if (ec) return FsError(data_dir, "listing", ec);
+  std::sort(listing.snapshots.begin(), listing.snapshots.end(),
+            [](const auto& a, const auto& b) { return a.first > b.first; });
+  return listing;
+}
+
+// Removes leftovers of writes that a crash interrupted. Best effort: a
+// temporary that cannot be removed is never read anyway.
+void RemoveTemporaries(const std::vector<std::string>& temporaries) {
+  for (const std::string& path : temporaries) {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+    if (ec) {
+      Log(LogLevel::kWarning, "snapshot_cleanup_failed",
+          {{"dir", path}, {"reason", ec.message()}});
+    }
+  }
+}
+
+json MetaJson(const IndexVersion& version) {
+  const VersionInfo& info = version.info();
+  json meta = json::object();
+  meta["format"] = kFormat;
+  meta["name"] = info.name;
+  meta["step"] = info.step;
+  meta["sequence"] = info.sequence;
+  meta["metric"] = MetricName(info.metric);
+  meta["dim"] = version.dim();
+  meta["size"] = version.size();
+  meta["index"] = version.index().type();
+  meta["created"] =
+      absl::FDivDuration(info.created - absl::UnixEpoch(), absl::Seconds(1));
+  meta["has_labels"] = version.store().has_labels();
+  return meta;
+}
+
+// Writes every file of the snapshot into `dir`, which exists and is empty.
+absl::Status WriteSnapshotFiles(const std::string& dir,
+                                const IndexVersion& version) {
+  const CandidateStore& store = version.store();
+  HARDNEG_RETURN_IF_ERROR(WriteNpyInt64(JoinPath(dir, kIdsFile), store.ids()));
+  if (store.has_labels()) {
+    HARDNEG_RETURN_IF_ERROR(
+        WriteNpyInt64(JoinPath(dir, kLabelsFile), store.labels()));
+  }
+  HARDNEG_RETURN_IF_ERROR(WriteNpyMatrix(
+      JoinPath(dir, kVectorsFile), store.data(), store.size(), store.dim()));
+  if (version.index().type() != "Flat") {
+    const std::string index_path = JoinPath(dir, kIndexFile);
+    HARDNEG_RETURN_IF_ERROR(version.index().Save(index_path));
+    // faiss::write_index closes without fsync.
+    HARDNEG_RETURN_IF_ERROR(SyncPath(index_path, /*directory=*/false));
+  }
+  // Written last, though the rename of the directory is what publishes.
+  HARDNEG_RETURN_IF_ERROR(WriteTextFile(JoinPath(dir, kMetaFile),
+                                        MetaJson(version).dump(2) + "\n"));
+  return SyncPath(dir, /*directory=*/true);
+}
+
+// Moves a directory in the way of a new snapshot aside and removes it (a
+// snapshot that a restart skipped, whose sequence is being reused).
+absl::Status RemoveExisting(const std::string& path, const std::string& aside) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return absl::OkStatus();
+  if (rename(path.c_str(), aside.c_str()) != 0) {
+    return ErrnoError(path, "moving the old snapshot aside");
+  }
+  fs::remove_all(aside, ec);
+  return absl::OkStatus();
+}
+
+// Keeps the newest `keep` snapshots and the one just written.
+void Prune(const std::string& data_dir, size_t keep, uint64_t written) {
+  absl::StatusOr<DirListing> listing = ListDataDir(data_dir);
+  if (!listing.ok()) {
+    Log(LogLevel::kWarning, "snapshot_prune_failed",
+        {{"dir", data_dir},
+         {"reason", std::string(listing.status().message())}});
+    return;
+  }
+  RemoveTemporaries(listing->temporaries);
+  for (size_t i = std::max<size_t>(keep, 1); i < listing->snapshots.size();
+       ++i) {
+    const auto& [sequence, path] = listing->snapshots[i];
+    if (sequence == written) continue;
+    std::error_code ec;
+    fs::remove_all(path, ec);
+    if (ec) {
+      Log(LogLevel::kWarning, "snapshot_prune_failed",
+          {{"dir", path}, {"reason", ec.message()}});
+    }
+  }
+}
+
+// A field of meta.json, type-checked.
+template <typename T>
+absl::StatusOr<T> Field(const json& meta, const char* field) {
+  auto it = meta.find(field);
+  if (it == meta.end()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("meta.json: missing field \"", field, "\""));
+  }
+  bool typed;
+  if constexpr (std::is_same_v<T, std::string>) {
+    typed = it->is_string();
+  } else if constexpr (std::is_same_v<T, bool>) {
+    typed = it->is_boolean();
+  } else if constexpr (std::is_same_v<T, double>) {
+    typed = it->is_number();
+  } else {
+    typed = it->is_number_unsigned();
+  }
+  if (!typed) {
+    return absl::InvalidArgumentError(absl::StrCat("meta.json: field \"", field,
+                                                   "\" has the wrong type (",
+                                                   it->type_name(), ")"));
+  }
+  return it->get<T>();
+}
+
+absl::StatusOr<std::shared_ptr<const IndexVersion>> LoadSnapshot(
+    const std::string& dir, uint64_t sequence, bool half_scan) {
+  HARDNEG_ASSIGN_OR_RETURN(
+      std::string text,
+      ReadSmallTextFile(JoinPath(dir, kMetaFile), kMaxMetaBytes));
+  const json meta = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (meta.is_discarded() || !meta.is_object()) {
+    return absl::InvalidArgumentError("meta.json: not a JSON object");
+  }
+  HARDNEG_ASSIGN_OR_RETURN(uint64_t format, Field<uint64_t>(meta, "format"));
+  if (format != kFormat) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "meta.json: format ", format, ", this server reads ", kFormat));
+  }
+  VersionInfo info;
+  HARDNEG_ASSIGN_OR_RETURN(info.name, Field<std::string>(meta, "name"));
+  HARDNEG_ASSIGN_OR_RETURN(info.step, Field<uint64_t>(meta, "step"));
+  HARDNEG_ASSIGN_OR_RETURN(info.sequence, Field<uint64_t>(meta, "sequence"));
+  if (info.sequence != sequence) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("meta.json: sequence ", info.sequence,
+                     " differs from the directory name's ", sequence));
+  }
+  HARDNEG_ASSIGN_OR_RETURN(std::string metric_name,
+                           Field<std::string>(meta, "metric"));
+  absl::StatusOr<Metric> metric = ParseMetric(metric_name);
+  if (!metric.ok()) return Annotate(metric.status(), "meta.json: metric: ");
+  info.metric = *metric;
+  HARDNEG_ASSIGN_OR_RETURN(uint64_t dim, Field<uint64_t>(meta, "dim"));
+  HARDNEG_ASSIGN_OR_RETURN(uint64_t size, Field<uint64_t>(meta, "size"));
+  HARDNEG_ASSIGN_OR_RETURN(std::string factory,
+                           Field<std::string>(meta, "index"));
+  HARDNEG_ASSIGN_OR_RETURN(double created, Field<double>(meta, "created"));
+  info.created = absl::UnixEpoch() + absl::Seconds(created);
+  HARDNEG_ASSIGN_OR_RETURN(bool has_labels, Field<bool>(meta, "has_labels"));
+
+  HARDNEG_ASSIGN_OR_RETURN(std::vector<int64_t> ids,
+                           ReadNpyInt64(JoinPath(dir, kIdsFile)));
+  if (ids.size() != size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kIdsFile, " holds ", ids.size(), " ids, meta.json says ", size));
+  }
+  std::optional<std::vector<int64_t>> labels;
+  if (has_labels) {
+    HARDNEG_ASSIGN_OR_RETURN(labels, ReadNpyInt64(JoinPath(dir, kLabelsFile)));
+  }
+  HARDNEG_ASSIGN_OR_RETURN(NpyMatrix vectors,
+                           ReadNpyMatrix(JoinPath(dir, kVectorsFile)));
+  if (vectors.rows != size || vectors.cols != dim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kVectorsFile, " has shape (", vectors.rows, ", ", vectors.cols,
+        "), meta.json says (", size, ", ", dim, ")"));
+  }
+  HARDNEG_ASSIGN_OR_RETURN(
+      CandidateStore store,
+      CandidateStore::Create(dim, std::move(ids), std::move(vectors.data),
+                             std::move(labels)));
+  auto owned_store = std::make_unique<CandidateStore>(std::move(store));
+  IndexBuildOptions index_options;
+  index_options.factory = std::move(factory);
+  index_options.half_scan = half_scan;
+  HARDNEG_ASSIGN_OR_RETURN(
+      std::unique_ptr<VectorIndex> index,
+      LoadVectorIndex(JoinPath(dir, kIndexFile), *owned_store, info.metric,
+                      index_options));
+  return IndexVersion::FromParts(std::move(info), std::move(owned_store),
+                                 std::move(index));
+}
+
+}  // namespace
+
+absl::Status WriteSnapshot(const SnapshotOptions& options,
+                           const IndexVersion& version) {
+  if (options.data_dir.empty()) {
+    return absl::InvalidArgumentError("no data_dir to write a snapshot to");
+  }
+  std::error_code ec;
+  fs::create_directories(options.data_dir, ec);
+  if (ec) return FsError(options.data_dir, "creating", ec);
+
+  const uint64_t sequence = version.info().sequence;
+  const std::string suffix = absl::StrCat(sequence, "-", getpid());
+  const std::string tmp =
+      JoinPath(options.data_dir, absl::StrCat(kTmpPrefix, "snapshot-", suffix));
+  const std::string final_path =
+      JoinPath(options.data_dir, SnapshotName(sequence));
+  fs::remove_all(tmp, ec);  // a failed earlier attempt of this process
+  if (mkdir(tmp.c_str(), 0755) != 0) return ErrnoError(tmp, "mkdir");
+
+  absl::Status status = [&]() -> absl::Status {
+    HARDNEG_RETURN_IF_ERROR(WriteSnapshotFiles(tmp, version));
+    HARDNEG_RETURN_IF_ERROR(RemoveExisting(
+        final_path,
+        JoinPath(options.data_dir, absl::StrCat(kTmpPrefix, "old-", suffix))));
+    if (rename(tmp.c_str(), final_path.c_str()) != 0) {
+      return ErrnoError(final_path, "rename into place");
+    }
+    return SyncPath(options.data_dir, /*directory=*/true);
+  }();
+  if (!status.ok()) {
+    fs::remove_all(tmp, ec);
+    return absl::Status(
+        absl::StatusCode::kInternal,
+        absl::StrCat("writing snapshot ", final_path, ": ", status.message()));
+  }
+  Prune(options.data_dir, options.keep, sequence);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<const IndexVersion>> ReadNewestSnapshot(
+    const SnapshotOptions& options) {
+  if (options.data_dir.empty()) {
+    return absl::NotFoundError("no data_dir, so no snapshots");
+  }
+  HARDNEG_ASSIGN_OR_RETURN(DirListing listing, ListDataDir(options.data_dir));
+  RemoveTemporaries(listing.temporaries);
+  size_t skipped = 0;
+  for (const auto& [sequence, path] : listing.snapshots) {
+    absl::StatusOr<std::shared_ptr<const IndexVersion>> version =
+        LoadSnapshot(path, sequence, options.half_scan);
+    if (version.ok()) return version;
+    ++skipped;
+    Log(LogLevel::kWarning, "snapshot_skipped",
+        {{"dir", path}, {"reason", std::string(version.status().message())}});
+  }
+  return absl::NotFoundError(absl::StrCat("no loadable snapshot in ",
+                                          options.data_dir, " (", skipped,
+                                          " skipped)"));
+}
+
+}  // namespace hardneg

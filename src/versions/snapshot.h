@@ -1,0 +1,53 @@
+// Snapshots: every version that goes live is written under --data_dir, so
+// that a restarted server serves its last version at once, before any
+// checkpoint, and its sequence continues instead of going back.
+//
+//   <data_dir>/snapshot-<sequence, 20 digits>/
+//     meta.json      name, step, sequence, metric, dim, size, index factory,
+//                    created (unix seconds), has_labels
+//     ids.npy        int64 [n]
+//     labels.npy     int64 [n] (when the version has labels)
+//     vectors.npy    float32 [n, dim]
+//     index.faiss    faiss::write_index output (not for Flat)
+//
+// A snapshot is written to `.tmp-snapshot-<sequence>-<pid>` and fsynced,
+// then renamed into place, so a crash (kill -9) at any moment never leaves
+// a half-written snapshot that looks complete; leftover temporaries are
+// removed by the next write or read.
+//
+// Stateless functions; calls on different data_dirs may run concurrently,
+// on one data_dir they must be serialised by the caller (IndexManager).
+#ifndef HARDNEG_SRC_VERSIONS_SNAPSHOT_H_
+#define HARDNEG_SRC_VERSIONS_SNAPSHOT_H_
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "versions/index_version.h"
+
+namespace hardneg {
+
+struct SnapshotOptions {
+  std::string data_dir;   // created when missing
+  size_t keep = 3;        // newest snapshots kept after a write (>= 1)
+  bool half_scan = true;  // IndexBuildOptions::half_scan of loaded versions
+};
+
+// Writes `version` as described above, then removes all but the newest
+// `keep` snapshots. INTERNAL (naming the path) on I/O errors; the previous
+// snapshots are intact then.
+absl::Status WriteSnapshot(const SnapshotOptions& options,
+                           const IndexVersion& version);
+
+// The newest complete snapshot, loaded into a servable version (the FAISS
+// index is read, not rebuilt). NOT_FOUND when there is none. A snapshot that
+// fails to load is logged and skipped for the next older one.
+absl::StatusOr<std::shared_ptr<const IndexVersion>> ReadNewestSnapshot(
+    const SnapshotOptions& options);
+
+}  // namespace hardneg
+
+#endif  // HARDNEG_SRC_VERSIONS_SNAPSHOT_H_
