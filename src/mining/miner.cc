@@ -258,8 +258,8 @@ std::vector<size_t> Sample(const MiningOptions& options, Metric metric,
 // Takes one query's `k` fetched candidates (best first by approximate
 // score, rows padded with -1) into its survivors, then marks it done or
 // sets how many to fetch next round.
-void Collect(const MiningQuery& q, const MiningOptions& options,
-             const IndexVersion& version, QueryState& st, size_t range_max,
+void Collect(const MiningQuery& query, const MiningOptions& options,
+             const IndexVersion& version, QueryState& state, size_t range_max,
              size_t k, const float* approx, const int64_t* rows) {
   const CandidateStore& store = version.store();
   const VectorIndex& index = version.index();
@@ -273,35 +273,35 @@ void Collect(const MiningQuery& q, const MiningOptions& options,
   // for exact indexes, that needs a margin of the kernel's error bound
   // past the worst fetched approximate score.
   const bool exact = index.exact();
-  const double eps = st.eps;
+  const double eps = state.eps;
   const bool bounded = exact && !exhausted && count > 0;
   const double worst = bounded ? approx[count - 1] : 0;
   double weakest = 0;  // the weakest survivor's exact score so far
-  st.survivors.clear();
+  state.survivors.clear();
   for (size_t c = 0; c < count; ++c) {
     // Candidates come best first by approximate score: once the window is
     // full, stop at the first one that cannot beat its weakest survivor
     // even with the kernel's error, rather than rescoring a deep tail.
-    if (exact && st.survivors.size() >= range_max) {
+    if (exact && state.survivors.size() >= range_max) {
       const double a = approx[c];
       if (ip ? a + eps < weakest : a - eps > weakest) break;
     }
     const auto row = static_cast<uint32_t>(rows[c]);
-    if (Matches(q, st, store, row)) continue;
-    const float s =
-        ExactScore(metric, q.embedding.data(), store.vector(row), store.dim());
+    if (Matches(query, state, store, row)) continue;
+    const float s = ExactScore(metric, query.embedding.data(),
+                               store.vector(row), store.dim());
     if (bounded && !(ip ? s > worst + eps : s < worst - eps)) {
       continue;  // an unfetched candidate might be closer
     }
-    if (PassesFilters(st, options, metric, s)) {
-      if (st.survivors.empty() || (ip ? s < weakest : s > weakest)) {
+    if (PassesFilters(state, options, metric, s)) {
+      if (state.survivors.empty() || (ip ? s < weakest : s > weakest)) {
         weakest = s;
       }
-      st.survivors.push_back({s, row});
+      state.survivors.push_back({s, row});
     }
   }
-  if (st.survivors.size() >= range_max || exhausted) {
-    st.done = true;
+  if (state.survivors.size() >= range_max || exhausted) {
+    state.done = true;
     return;
   }
   // Every unfetched candidate already fails the far bound: deeper
@@ -309,20 +309,20 @@ void Collect(const MiningQuery& q, const MiningOptions& options,
   const std::optional<double> far = FarLimit(options, metric);
   if (bounded && far.has_value() &&
       (ip ? worst + eps < *far : worst - eps > *far)) {
-    st.done = true;
+    state.done = true;
     return;
   }
   // Grow by the observed survival rate (x8 when nothing survived), at
   // least doubling; past half the index, scan it all.
-  const double wanted = st.survivors.empty()
+  const double wanted = state.survivors.empty()
                             ? 8.0 * static_cast<double>(k)
                             : 2.0 * static_cast<double>(k) *
                                   static_cast<double>(range_max) /
-                                  static_cast<double>(st.survivors.size());
+                                  static_cast<double>(state.survivors.size());
   size_t next =
       static_cast<size_t>(std::min<double>(static_cast<double>(n), wanted));
   next = std::max(next, 2 * k);
-  st.k = next * 2 > n ? n : next;
+  state.k = next * 2 > n ? n : next;
 }
 
 uint64_t QuerySeed(uint64_t seed, size_t query_index) {
@@ -330,65 +330,152 @@ uint64_t QuerySeed(uint64_t seed, size_t query_index) {
   return mix.Next();
 }
 
-}  // namespace
+// The state of one query before its first round: p, the norm and error
+// bound, the skip limit, and how many candidates to fetch first.
+QueryState StartQuery(const MiningQuery& query, const MiningOptions& options,
+                      const IndexVersion& version) {
+  const CandidateStore& store = version.store();
+  const VectorIndex& index = version.index();
+  const Metric metric = version.metric();
+  const size_t n = store.size();
+  const size_t range_max = RangeMax(options);
+  QueryState state;
+  state.p = WeakestPositive(query, metric, store);
+  if (query.positive_ids.size() > kLinearScanPositives) {
+    state.positive_set.insert(query.positive_ids.begin(),
+                              query.positive_ids.end());
+  }
+  double squared_norm = 0;
+  for (float v : query.embedding) squared_norm += static_cast<double>(v) * v;
+  state.norm = std::sqrt(squared_norm);
+  state.eps = index.exact() ? index.ErrorBound(state.norm) : 0;
+  const std::optional<double> near = NearLimit(state, options, metric);
+  const float nothing_skipped = metric == Metric::kInnerProduct
+                                    ? std::numeric_limits<float>::infinity()
+                                    : -std::numeric_limits<float>::infinity();
+  state.skip_beyond =
+      near.has_value() ? SkipBeyond(*near, state.eps, metric) : nothing_skipped;
+  if (index.skips()) {
+    // Matches and near filters never take a place among the k fetched,
+    // so a little over the window leaves room for the scores too close
+    // to the k-th to be certain.
+    state.k = std::min(n, range_max + std::max<size_t>(8, range_max / 8));
+  } else {
+    // An approximate scan costs about the same for any k, so start
+    // generously: label exclusion alone can remove most of the nearest
+    // candidates.
+    state.k = std::min(
+        n,
+        std::max<size_t>(256, 4 * (range_max + query.positive_ids.size() + 1)));
+  }
+  state.done = n == 0;
+  return state;
+}
 
-absl::Status Miner::ValidateOptions(const MiningOptions& options) const {
-  if (options.num_negatives == 0) {
-    return absl::InvalidArgumentError(
-        "options.num_negatives must be at least 1");
-  }
-  if (options.num_negatives > limits_.max_negatives) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("options.num_negatives is ", options.num_negatives,
-                     "; the limit is ", limits_.max_negatives));
-  }
-  const uint64_t needed =
-      uint64_t{options.range_min} + uint64_t{options.num_negatives};
-  if (options.range_max != 0 && options.range_max < needed) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("options.range_max (", options.range_max,
-                     ") must be at least range_min + num_negatives (", needed,
-                     "), or 0 for exactly that"));
-  }
-  const uint64_t range_max =
-      options.range_max != 0 ? options.range_max : needed;
-  if (range_max > limits_.max_range) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "options.range_max (", range_max,
-        " after defaulting) is over the limit ", limits_.max_range));
-  }
-  if (std::isnan(options.temperature) || options.temperature < 0 ||
-      std::isinf(options.temperature)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("options.temperature is ", options.temperature,
-                     "; it must be a finite value >= 0 (0 means 1.0)"));
-  }
-  if (options.nprobe > limits_.max_nprobe) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("options.nprobe is ", options.nprobe, "; the limit is ",
-                     limits_.max_nprobe));
-  }
-  const std::pair<const char*, const std::optional<float>*> bounds[] = {
-      {"max_score", &options.max_score},
-      {"min_score", &options.min_score},
-      {"absolute_margin", &options.absolute_margin},
-      {"relative_margin", &options.relative_margin}};
-  for (const auto& [name, value] : bounds) {
-    if (value->has_value() && !std::isfinite(**value)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("options.", name, " is ", **value,
-                       "; bounds and margins must be finite (leave the "
-                       "option unset for no bound)"));
+// The queries to search this round: those not done, as many as fit the
+// round's fetch bound (the rest go next round). A query nobody waits for
+// any more is marked done instead.
+std::vector<size_t> NextRound(absl::Span<const BatchQuery> queries,
+                              std::vector<QueryState>& states) {
+  std::vector<size_t> pending;
+  size_t max_k = 0;
+  for (size_t i = 0; i < states.size(); ++i) {
+    if (states[i].done) continue;
+    const std::function<bool()>* cancelled = queries[i].cancelled;
+    if (cancelled != nullptr && (*cancelled)()) {
+      states[i].done = true;
+      continue;
     }
+    const size_t round_k = std::max(max_k, states[i].k);
+    if (!pending.empty() && (pending.size() + 1) * round_k > kMaxFetch) {
+      break;
+    }
+    pending.push_back(i);
+    max_k = round_k;
+  }
+  return pending;
+}
+
+// Buffers of one search round, reused across rounds.
+struct RoundBuffers {
+  std::vector<float> embeddings;   // the group's queries, row-major
+  std::vector<float> skip_beyond;  // per query of the group
+  std::vector<float> approx;       // k approximate scores per query
+  std::vector<int64_t> rows;       // k rows per query, -1 padded
+};
+
+// One batched search of `group` (indexes into `queries`, all probing
+// `nprobe` lists), each query's candidates collected into its state.
+absl::Status SearchGroup(const IndexVersion& version,
+                         absl::Span<const BatchQuery> queries,
+                         absl::Span<const size_t> group, uint32_t nprobe,
+                         std::vector<QueryState>& states,
+                         RoundBuffers& buffers) {
+  const size_t dim = version.store().dim();
+  size_t k = 0;
+  buffers.embeddings.resize(group.size() * dim);
+  buffers.skip_beyond.resize(group.size());
+  for (size_t j = 0; j < group.size(); ++j) {
+    const QueryState& state = states[group[j]];
+    const MiningQuery& query = *queries[group[j]].query;
+    k = std::max(k, state.k);
+    std::copy(query.embedding.begin(), query.embedding.end(),
+              buffers.embeddings.begin() + j * dim);
+    buffers.skip_beyond[j] = state.skip_beyond;
+  }
+  buffers.approx.resize(group.size() * k);
+  buffers.rows.resize(group.size() * k);
+  SearchOptions search;
+  search.closest = buffers.skip_beyond;
+  search.nprobe = nprobe;
+  search.skip_row = [&](size_t j, int64_t row) {
+    return Matches(*queries[group[j]].query, states[group[j]], version.store(),
+                   static_cast<uint32_t>(row));
+  };
+  HARDNEG_RETURN_IF_ERROR(
+      version.index().Search(buffers.embeddings.data(), group.size(), k, search,
+                             buffers.approx.data(), buffers.rows.data()));
+  for (size_t j = 0; j < group.size(); ++j) {
+    const BatchQuery& query = queries[group[j]];
+    Collect(*query.query, *query.options, version, states[group[j]],
+            RangeMax(*query.options), k, buffers.approx.data() + j * k,
+            buffers.rows.data() + j * k);
   }
   return absl::OkStatus();
 }
 
-uint64_t Miner::RangeMax(const MiningOptions& options) {
-  return options.range_max != 0
-             ? uint64_t{options.range_max}
-             : uint64_t{options.range_min} + uint64_t{options.num_negatives};
+// Steps 4 and 5 for one query: order its survivors best first (ties by
+// id), cut the window, and sample from it.
+MiningResult FinishQuery(const MiningOptions& options,
+                         const IndexVersion& version, QueryState& state,
+                         size_t index_in_request) {
+  const CandidateStore& store = version.store();
+  const Metric metric = version.metric();
+  MiningResult result;
+  if (state.p.has_value()) result.positive_score = static_cast<float>(*state.p);
+  std::vector<Scored>& survivors = state.survivors;
+  const size_t end = std::min<size_t>(RangeMax(options), survivors.size());
+  auto better = [&](const Scored& a, const Scored& b) {
+    if (a.score != b.score) return Closer(metric, a.score, b.score);
+    return store.id(a.row) < store.id(b.row);
+  };
+  std::partial_sort(survivors.begin(), survivors.begin() + end, survivors.end(),
+                    better);
+  const size_t begin = std::min<size_t>(options.range_min, end);
+  std::vector<Scored> window(survivors.begin() + begin,
+                             survivors.begin() + end);
+  const size_t picks = std::min<size_t>(options.num_negatives, window.size());
+  result.shortfall = static_cast<uint32_t>(options.num_negatives - picks);
+  for (size_t w : Sample(options, metric, window, picks,
+                         QuerySeed(options.seed, index_in_request))) {
+    const Scored& c = window[w];
+    result.negatives.push_back({store.id(c.row), c.score, store.label(c.row),
+                                static_cast<uint32_t>(begin + w), c.row});
+  }
+  return result;
 }
+
+}  // namespace
 
 absl::Status Miner::ValidateRequestSize(size_t queries,
                                         const MiningOptions& options,
@@ -457,10 +544,7 @@ std::vector<absl::StatusOr<std::vector<MiningResult>>> Miner::MineBatch(
   out.reserve(items.size());
   // Every valid item's queries are mined together; an invalid item fails
   // alone.
-  std::vector<const MiningQuery*> queries;
-  std::vector<const MiningOptions*> query_options;
-  std::vector<size_t> query_index;  // within its item, for the seed
-  std::vector<const std::function<bool()>*> query_cancelled;
+  std::vector<BatchQuery> queries;
   for (const MiningBatchItem& item : items) {
     absl::Status status = Validate(version, item.queries, *item.options);
     if (!status.ok()) {
@@ -469,15 +553,11 @@ std::vector<absl::StatusOr<std::vector<MiningResult>>> Miner::MineBatch(
     }
     out.emplace_back(std::vector<MiningResult>());
     for (size_t i = 0; i < item.queries.size(); ++i) {
-      queries.push_back(&item.queries[i]);
-      query_options.push_back(item.options);
-      query_index.push_back(i);
-      query_cancelled.push_back(item.cancelled);
+      queries.push_back({&item.queries[i], item.options, i, item.cancelled});
     }
   }
   std::vector<MiningResult> results(queries.size());
-  absl::Status mined = MineQueries(version, queries, query_options, query_index,
-                                   query_cancelled, results);
+  absl::Status mined = MineQueries(version, queries, results);
   size_t next = 0;
   for (size_t i = 0; i < items.size(); ++i) {
     if (!out[i].ok()) continue;
@@ -501,152 +581,41 @@ std::vector<absl::StatusOr<std::vector<MiningResult>>> Miner::MineBatch(
   return out;
 }
 
-absl::Status Miner::MineQueries(
-    const IndexVersion& version, const std::vector<const MiningQuery*>& qs,
-    const std::vector<const MiningOptions*>& query_options,
-    const std::vector<size_t>& query_index,
-    const std::vector<const std::function<bool()>*>& cancelled,
-    std::vector<MiningResult>& results) const {
-  const CandidateStore& store = version.store();
-  const VectorIndex& index = version.index();
-  const Metric metric = version.metric();
-  const bool ip = metric == Metric::kInnerProduct;
-  const bool exact = index.exact();
-  const size_t dim = store.dim();
-  const size_t n = store.size();
-  auto range_max_of = [](const MiningOptions& options) {
-    return options.range_max != 0
-               ? size_t{options.range_max}
-               : size_t{options.range_min} + size_t{options.num_negatives};
-  };
-
-  std::vector<QueryState> states(qs.size());
-  for (size_t i = 0; i < qs.size(); ++i) {
-    QueryState& st = states[i];
-    const MiningQuery& q = *qs[i];
-    const MiningOptions& options = *query_options[i];
-    const size_t range_max = range_max_of(options);
-    st.p = WeakestPositive(q, metric, store);
-    if (q.positive_ids.size() > kLinearScanPositives) {
-      st.positive_set.insert(q.positive_ids.begin(), q.positive_ids.end());
-    }
-    double sq = 0;
-    for (float v : q.embedding) sq += static_cast<double>(v) * v;
-    st.norm = std::sqrt(sq);
-    st.eps = exact ? index.ErrorBound(st.norm) : 0;
-    const std::optional<double> near = NearLimit(st, options, metric);
-    st.skip_beyond = near.has_value() ? SkipBeyond(*near, st.eps, metric)
-                     : ip             ? std::numeric_limits<float>::infinity()
-                                      : -std::numeric_limits<float>::infinity();
-    if (index.skips()) {
-      // Matches and near filters never take a place among the k fetched,
-      // so a little over the window leaves room for the scores too close
-      // to the k-th to be certain.
-      st.k = std::min(n, range_max + std::max<size_t>(8, range_max / 8));
-    } else {
-      // An approximate scan costs about the same for any k, so start
-      // generously: label exclusion alone can remove most of the nearest
-      // candidates.
-      st.k = std::min(n, std::max<size_t>(
-                             256, 4 * (range_max + q.positive_ids.size() + 1)));
-    }
-    st.done = n == 0;
+absl::Status Miner::MineQueries(const IndexVersion& version,
+                                absl::Span<const BatchQuery> queries,
+                                std::vector<MiningResult>& results) const {
+  std::vector<QueryState> states;
+  states.reserve(queries.size());
+  for (const BatchQuery& query : queries) {
+    states.push_back(StartQuery(*query.query, *query.options, version));
   }
   // Step 6: fetch, filter, and deepen the queries that came up short, all
   // pending queries with the same nprobe in one batched search per round.
-  std::vector<size_t> pending;
-  std::vector<size_t> group;
-  std::vector<float> batch;
-  std::vector<float> closest;
-  std::vector<float> approx;
-  std::vector<int64_t> rows;
+  RoundBuffers buffers;
   while (true) {
-    pending.clear();
-    size_t max_k = 0;
-    for (size_t i = 0; i < states.size(); ++i) {
-      if (states[i].done) continue;
-      // Nobody waits for this answer: stop deepening it.
-      if (cancelled[i] != nullptr && (*cancelled[i])()) {
-        states[i].done = true;
-        continue;
-      }
-      // Bound one round's buffers; the queries left out go next round.
-      const size_t round_k = std::max(max_k, states[i].k);
-      if (!pending.empty() && (pending.size() + 1) * round_k > kMaxFetch) {
-        break;
-      }
-      pending.push_back(i);
-      max_k = round_k;
-    }
+    std::vector<size_t> pending = NextRound(queries, states);
     if (pending.empty()) break;
     std::stable_sort(pending.begin(), pending.end(), [&](size_t a, size_t b) {
-      return query_options[a]->nprobe < query_options[b]->nprobe;
+      return queries[a].options->nprobe < queries[b].options->nprobe;
     });
-    for (size_t g0 = 0; g0 < pending.size();) {
-      size_t g1 = g0 + 1;
-      const uint32_t nprobe = query_options[pending[g0]]->nprobe;
-      while (g1 < pending.size() &&
-             query_options[pending[g1]]->nprobe == nprobe) {
-        ++g1;
+    for (size_t group_begin = 0; group_begin < pending.size();) {
+      const uint32_t nprobe = queries[pending[group_begin]].options->nprobe;
+      size_t group_end = group_begin + 1;
+      while (group_end < pending.size() &&
+             queries[pending[group_end]].options->nprobe == nprobe) {
+        ++group_end;
       }
-      group.assign(pending.begin() + g0, pending.begin() + g1);
-      g0 = g1;
-      size_t k = 0;
-      batch.resize(group.size() * dim);
-      closest.resize(group.size());
-      for (size_t j = 0; j < group.size(); ++j) {
-        const QueryState& st = states[group[j]];
-        k = std::max(k, st.k);
-        std::copy(qs[group[j]]->embedding.begin(),
-                  qs[group[j]]->embedding.end(), batch.begin() + j * dim);
-        closest[j] = st.skip_beyond;
-      }
-      approx.resize(group.size() * k);
-      rows.resize(group.size() * k);
-      SearchOptions search;
-      search.closest = closest;
-      search.nprobe = nprobe;
-      search.skip_row = [&](size_t j, int64_t row) {
-        return Matches(*qs[group[j]], states[group[j]], store,
-                       static_cast<uint32_t>(row));
-      };
-      HARDNEG_RETURN_IF_ERROR(index.Search(batch.data(), group.size(), k,
-                                           search, approx.data(), rows.data()));
-      for (size_t j = 0; j < group.size(); ++j) {
-        QueryState& st = states[group[j]];
-        Collect(*qs[group[j]], *query_options[group[j]], version, st,
-                range_max_of(*query_options[group[j]]), k,
-                approx.data() + j * k, rows.data() + j * k);
-      }
+      HARDNEG_RETURN_IF_ERROR(
+          SearchGroup(version, queries,
+                      absl::MakeConstSpan(pending).subspan(
+                          group_begin, group_end - group_begin),
+                      nprobe, states, buffers));
+      group_begin = group_end;
     }
   }
-
-  for (size_t qi = 0; qi < qs.size(); ++qi) {
-    QueryState& st = states[qi];
-    MiningResult& result = results[qi];
-    const MiningOptions& options = *query_options[qi];
-    const size_t range_max = range_max_of(options);
-    if (st.p.has_value()) result.positive_score = static_cast<float>(*st.p);
-    // Step 4: order best first, ties by id, and cut the window.
-    std::vector<Scored>& survivors = st.survivors;
-    const size_t end = std::min(range_max, survivors.size());
-    auto better = [&](const Scored& a, const Scored& b) {
-      if (a.score != b.score) return Closer(metric, a.score, b.score);
-      return store.id(a.row) < store.id(b.row);
-    };
-    std::partial_sort(survivors.begin(), survivors.begin() + end,
-                      survivors.end(), better);
-    const size_t begin = std::min<size_t>(options.range_min, end);
-    std::vector<Scored> window(survivors.begin() + begin,
-                               survivors.begin() + end);
-    const size_t picks = std::min<size_t>(options.num_negatives, window.size());
-    result.shortfall = static_cast<uint32_t>(options.num_negatives - picks);
-    for (size_t w : Sample(options, metric, window, picks,
-                           QuerySeed(options.seed, query_index[qi]))) {
-      const Scored& c = window[w];
-      result.negatives.push_back({store.id(c.row), c.score, store.label(c.row),
-                                  static_cast<uint32_t>(begin + w), c.row});
-    }
+  for (size_t i = 0; i < queries.size(); ++i) {
+    results[i] = FinishQuery(*queries[i].options, version, states[i],
+                             queries[i].index_in_request);
   }
   return absl::OkStatus();
 }

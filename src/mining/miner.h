@@ -29,27 +29,10 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "mining/options.h"
 #include "versions/index_version.h"
 
 namespace hardneg {
-
-enum class Sampling { kTop, kUniform, kSoftmax };
-
-struct MiningOptions {
-  uint32_t num_negatives = 0;
-  uint32_t range_min = 0;
-  uint32_t range_max = 0;  // 0 means range_min + num_negatives
-  std::optional<float> max_score;
-  std::optional<float> min_score;
-  std::optional<float> absolute_margin;
-  std::optional<float> relative_margin;
-  Sampling sampling = Sampling::kTop;
-  float temperature = 0;  // 0 means 1.0
-  uint64_t seed = 0;
-  // Inverted lists an IVF index probes for this request; 0 keeps the
-  // index's own setting. Ignored by exact indexes.
-  uint32_t nprobe = 0;
-};
 
 // One query; the spans are views that must outlive the Mine call.
 struct MiningQuery {
@@ -86,20 +69,12 @@ struct MiningBatchItem {
   const std::function<bool()>* cancelled = nullptr;
 };
 
-// Bounds on one request's work and memory, checked before any search.
-// The defaults keep a request's own memory to a few hundred MB.
-struct MinerLimits {
-  uint32_t max_negatives = 10000;  // per query
-  uint32_t max_range = 1000000;    // range_max after defaulting
-  uint32_t max_nprobe = 4096;      // options.nprobe
-  uint32_t max_queries = 16384;    // queries in one request
-  // num_negatives x queries: the negatives one answer may hold.
-  uint64_t max_request_negatives = uint64_t{1} << 20;
-  // range_max x queries: the candidates one request may rank (about 8
-  // bytes each, kept until the answer).
-  uint64_t max_request_fetch = uint64_t{1} << 24;
-  // positive_ids (and positive_scores) of one query.
-  uint32_t max_positives = 65536;
+// One query of a batch, with what it shares with its request.
+struct BatchQuery {
+  const MiningQuery* query = nullptr;
+  const MiningOptions* options = nullptr;
+  size_t index_in_request = 0;  // picks the query's sampling seed
+  const std::function<bool()>* cancelled = nullptr;  // as MiningBatchItem's
 };
 
 class Miner {
@@ -129,8 +104,11 @@ class Miner {
       const IndexVersion& version,
       absl::Span<const MiningBatchItem> items) const;
 
-  // The option checks of Mine alone (no queries needed).
-  absl::Status ValidateOptions(const MiningOptions& options) const;
+  // The option checks of Mine alone (no queries needed):
+  // ValidateMiningOptions with this miner's limits.
+  absl::Status ValidateOptions(const MiningOptions& options) const {
+    return ValidateMiningOptions(options, limits_);
+  }
 
   // The checks of a request's size against the limits: `queries` queries
   // with `options` (which ValidateOptions accepted), over `candidates`
@@ -139,7 +117,9 @@ class Miner {
                                    size_t candidates) const;
 
   // range_max after defaulting (0 means range_min + num_negatives).
-  static uint64_t RangeMax(const MiningOptions& options);
+  static uint64_t RangeMax(const MiningOptions& options) {
+    return hardneg::RangeMax(options);
+  }
 
   const MinerLimits& limits() const { return limits_; }
 
@@ -148,14 +128,11 @@ class Miner {
   absl::Status Validate(const IndexVersion& version,
                         absl::Span<const MiningQuery> queries,
                         const MiningOptions& options) const;
-  // Mines validated queries; `query_index` is each query's index within its
-  // request (it picks the sampling seed). INTERNAL if the index fails.
-  absl::Status MineQueries(
-      const IndexVersion& version, const std::vector<const MiningQuery*>& qs,
-      const std::vector<const MiningOptions*>& options,
-      const std::vector<size_t>& query_index,
-      const std::vector<const std::function<bool()>*>& cancelled,
-      std::vector<MiningResult>& results) const;
+  // Mines validated queries, each with its options. INTERNAL if the index
+  // fails.
+  absl::Status MineQueries(const IndexVersion& version,
+                           absl::Span<const BatchQuery> queries,
+                           std::vector<MiningResult>& results) const;
 
   MinerLimits limits_;
 };

@@ -1,0 +1,81 @@
+// MiningOptions: what one mining request asks for (its window, filters,
+// sampling), the limits a request is held to, and the checks of both. The
+// domain's single owner of these rules: the miner, the server and the CLI
+// call ValidateMiningOptions rather than checking options themselves.
+//
+// Plain values and stateless functions; safe to use from any thread.
+#ifndef HARDNEG_SRC_MINING_OPTIONS_H_
+#define HARDNEG_SRC_MINING_OPTIONS_H_
+
+#include <cstdint>
+#include <optional>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+
+namespace hardneg {
+
+// How the negatives are drawn from the rank window.
+enum class Sampling {
+  kTop,      // the best ones in the window
+  kUniform,  // uniform without replacement, seeded
+  kSoftmax,  // without replacement, weight exp(s / T) (exp(-s / T) for L2)
+};
+
+// The names of the sampling modes, as the CLI and the docs spell them:
+// "top", "uniform", "softmax".
+absl::string_view SamplingName(Sampling sampling);
+// The mode named `name` (one of SamplingName's), or nullopt.
+std::optional<Sampling> ParseSampling(absl::string_view name);
+// "top, uniform or softmax", for messages that list the choices.
+inline constexpr absl::string_view kSamplingChoices = "top, uniform or softmax";
+
+// One request's mining options (see the proto's MiningOptions). A value of
+// 0 is a real bound except where said.
+
+struct MiningOptions {
+  uint32_t num_negatives = 0;
+  uint32_t range_min = 0;
+  uint32_t range_max = 0;  // 0 means range_min + num_negatives
+  std::optional<float> max_score;
+  std::optional<float> min_score;
+  std::optional<float> absolute_margin;
+  std::optional<float> relative_margin;
+  Sampling sampling = Sampling::kTop;
+  float temperature = 0;  // 0 means 1.0
+  uint64_t seed = 0;
+  // Inverted lists an IVF index probes for this request; 0 keeps the
+  // index's own setting. Ignored by exact indexes.
+  uint32_t nprobe = 0;
+};
+
+// Bounds on one request's work and memory, checked before any search.
+// The defaults keep a request's own memory to a few hundred MB.
+struct MinerLimits {
+  uint32_t max_negatives = 10000;  // per query
+  uint32_t max_range = 1000000;    // range_max after defaulting
+  uint32_t max_nprobe = 4096;      // options.nprobe
+  uint32_t max_queries = 16384;    // queries in one request
+  // num_negatives x queries: the negatives one answer may hold.
+  uint64_t max_request_negatives = uint64_t{1} << 20;
+  // range_max x queries: the candidates one request may rank (about 8
+  // bytes each, kept until the answer).
+  uint64_t max_request_fetch = uint64_t{1} << 24;
+  // positive_ids (and positive_scores) of one query.
+  uint32_t max_positives = 65536;
+};
+
+// OK, or INVALID_ARGUMENT naming the field ("options.num_negatives") for:
+// num_negatives 0 or over limits.max_negatives; range_max set and smaller
+// than range_min + num_negatives, or (after defaulting) over
+// limits.max_range; a negative or non-finite temperature; nprobe over
+// limits.max_nprobe; a non-finite bound or margin.
+absl::Status ValidateMiningOptions(const MiningOptions& options,
+                                   const MinerLimits& limits);
+
+// range_max after defaulting (0 means range_min + num_negatives).
+uint64_t RangeMax(const MiningOptions& options);
+
+}  // namespace hardneg
+
+#endif  // HARDNEG_SRC_MINING_OPTIONS_H_
