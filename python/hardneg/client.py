@@ -35,29 +35,19 @@ __all__ = [
     "IndexVersion", "SAMPLING",
 ]
 
-# Accepted values of the `sampling` option.
-SAMPLING = {
-    "top": miner_pb2.SAMPLING_TOP,
-    "uniform": miner_pb2.SAMPLING_UNIFORM,
-    "softmax": miner_pb2.SAMPLING_SOFTMAX,
-}
+# The options and their types come from the proto (hardneg.v1.MiningOptions)
+# by reflection, so an option added there needs no change here.
+_OPTION_FIELDS = miner_pb2.MiningOptions.DESCRIPTOR.fields_by_name
 
-# Option name -> whether it is an `optional` field (None means unset).
-_OPTIONS = {
-    "num_negatives": False,
-    "range_min": False,
-    "range_max": False,
-    "max_score": True,
-    "min_score": True,
-    "absolute_margin": True,
-    "relative_margin": True,
-    "sampling": False,
-    "temperature": False,
-    "seed": False,
-    "return_embeddings": False,
-    "min_index_sequence": False,
-    "nprobe": False,
-}
+# Accepted values of the `sampling` option: the proto's Sampling enum, named
+# without its prefix and in lower case ("top", "uniform", "softmax").
+def _enum_names(enum) -> Dict[str, int]:
+    """An enum's values by short name: SAMPLING_TOP is "top"."""
+    prefix = len(enum.name) + 1  # Sampling -> "SAMPLING_"
+    return {v.name[prefix:].lower(): v.number for v in enum.values}
+
+
+SAMPLING = _enum_names(miner_pb2.Sampling.DESCRIPTOR)
 
 
 class MineError(Exception):
@@ -183,31 +173,38 @@ def _optional_int(v: Any) -> Optional[int]:
 
 
 def _build_options(options: Dict[str, Any]) -> "miner_pb2.MiningOptions":
-    unknown = set(options) - set(_OPTIONS)
+    unknown = set(options) - set(_OPTION_FIELDS)
     if unknown:
         raise TypeError(f"unknown mining option(s): {sorted(unknown)}; "
-                        f"known: {sorted(_OPTIONS)}")
+                        f"known: {sorted(_OPTION_FIELDS)}")
     o = miner_pb2.MiningOptions()
     for name, value in options.items():
+        field = _OPTION_FIELDS[name]
         if value is None:
-            if _OPTIONS[name]:
+            if field.has_presence:
                 continue  # an optional left unset
             raise TypeError(f"option {name} cannot be None")
-        if name == "sampling":
-            if isinstance(value, str):
-                try:
-                    value = SAMPLING[value.lower()]
-                except KeyError:
-                    raise ValueError(f"sampling must be one of {sorted(SAMPLING)}") from None
-            o.sampling = int(value)
-        elif name == "return_embeddings":
-            o.return_embeddings = bool(value)
-        elif name in ("max_score", "min_score", "absolute_margin",
-                      "relative_margin", "temperature"):
-            setattr(o, name, float(value))
-        else:
-            setattr(o, name, int(value))
+        setattr(o, name, _option_value(field, value))
     return o
+
+
+def _option_value(field, value: Any) -> Any:
+    """`value` as the type of the MiningOptions field `field`."""
+    fd = field.__class__
+    if field.type == fd.TYPE_ENUM:
+        if isinstance(value, str):
+            names = _enum_names(field.enum_type)
+            try:
+                return names[value.lower()]
+            except KeyError:
+                raise ValueError(f"{field.name} must be one of "
+                                 f"{sorted(names)}") from None
+        return int(value)
+    if field.type == fd.TYPE_BOOL:
+        return bool(value)
+    if field.type in (fd.TYPE_FLOAT, fd.TYPE_DOUBLE):
+        return float(value)
+    return int(value)
 
 
 def build_request(queries: Any,
