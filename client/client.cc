@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "hardneg/v1/miner.grpc.pb.h"
+#include "proto/mining_options_convert.h"
 
 namespace hardneg::client {
 namespace {
@@ -32,38 +33,6 @@ std::chrono::system_clock::time_point DeadlineAfter(absl::Duration timeout) {
   return absl::ToChronoTime(absl::Now() + timeout);
 }
 
-v1::Sampling ToProto(Sampling sampling) {
-  switch (sampling) {
-    case Sampling::kTop:
-      return v1::SAMPLING_TOP;
-    case Sampling::kUniform:
-      return v1::SAMPLING_UNIFORM;
-    case Sampling::kSoftmax:
-      return v1::SAMPLING_SOFTMAX;
-  }
-  return v1::SAMPLING_TOP;
-}
-
-void ToProto(const MiningOptions& options, v1::MiningOptions* out) {
-  out->set_num_negatives(options.num_negatives);
-  out->set_range_min(options.range_min);
-  out->set_range_max(options.range_max);
-  if (options.max_score) out->set_max_score(*options.max_score);
-  if (options.min_score) out->set_min_score(*options.min_score);
-  if (options.absolute_margin) {
-    out->set_absolute_margin(*options.absolute_margin);
-  }
-  if (options.relative_margin) {
-    out->set_relative_margin(*options.relative_margin);
-  }
-  out->set_sampling(ToProto(options.sampling));
-  out->set_temperature(options.temperature);
-  out->set_seed(options.seed);
-  out->set_return_embeddings(options.return_embeddings);
-  out->set_min_index_sequence(options.min_index_sequence);
-  out->set_nprobe(options.nprobe);
-}
-
 void ToProto(const Query& query, v1::Query* out) {
   out->mutable_embedding()->Add(query.embedding.begin(), query.embedding.end());
   out->mutable_positive_ids()->Add(query.positive_ids.begin(),
@@ -79,7 +48,7 @@ void ToProto(uint64_t request_id, const std::vector<Query>& queries,
   out->set_request_id(request_id);
   out->mutable_queries()->Reserve(static_cast<int>(queries.size()));
   for (const Query& query : queries) ToProto(query, out->add_queries());
-  ToProto(options, out->mutable_options());
+  MiningOptionsToProto(options, out->mutable_options());
 }
 
 IndexVersion FromProto(const v1::IndexVersion& version) {

@@ -38,6 +38,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "mining/options.h"
 
 namespace grpc {
 class Channel;
@@ -60,30 +61,14 @@ struct Query {
   std::optional<int64_t> query_id;
 };
 
-enum class Sampling {
-  kTop,      // the best ones in the window
-  kUniform,  // uniform without replacement, seeded
-  kSoftmax,  // without replacement, weight exp(s / T) (exp(-s / T) for L2)
-};
+using Sampling = ::hardneg::Sampling;
 
-// Mirrors hardneg.v1.MiningOptions. An absent optional is "unset"; a value
-// of 0 is a real bound.
-struct MiningOptions {
-  uint32_t num_negatives = 10;  // per query; 0 is INVALID_ARGUMENT
-  uint32_t range_min = 0;       // rank window [range_min, range_max)
-  uint32_t range_max = 0;       // 0 means range_min + num_negatives
-  std::optional<float> max_score;
-  std::optional<float> min_score;
-  std::optional<float> absolute_margin;
-  std::optional<float> relative_margin;
-  Sampling sampling = Sampling::kTop;
-  float temperature = 0;  // for kSoftmax; 0 means 1.0
-  uint64_t seed = 0;
-  bool return_embeddings = false;  // fill Negative::embedding
-  // Fail (FAILED_PRECONDITION) when the served index is older than this.
-  uint64_t min_index_sequence = 0;
-  // Inverted lists an IVF index probes; 0 keeps the server's setting.
-  uint32_t nprobe = 0;
+// The mining options of a request: the domain's (mining/options.h, each
+// field documented there and in the proto), with one client default:
+// num_negatives is 10 (the wire's 0 is refused). An absent optional is
+// "unset"; a value of 0 is a real bound.
+struct MiningOptions : ::hardneg::MiningOptions {
+  MiningOptions() { num_negatives = 10; }
 };
 
 struct Negative {

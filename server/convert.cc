@@ -5,6 +5,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/status_macros.h"
+#include "proto/mining_options_convert.h"
 
 namespace hardneg {
 namespace {
@@ -39,35 +41,9 @@ absl::Status DecodeQuery(const v1::Query& query, size_t i, float* decoded,
 
 absl::Status DecodeMineRequest(const v1::MineRequest& request,
                                DecodedMineRequest* out) {
-  const v1::MiningOptions& o = request.options();
-  MiningOptions& options = out->options;
-  options.num_negatives = o.num_negatives();
-  options.range_min = o.range_min();
-  options.range_max = o.range_max();
-  if (o.has_max_score()) options.max_score = o.max_score();
-  if (o.has_min_score()) options.min_score = o.min_score();
-  if (o.has_absolute_margin()) options.absolute_margin = o.absolute_margin();
-  if (o.has_relative_margin()) options.relative_margin = o.relative_margin();
-  switch (o.sampling()) {
-    case v1::SAMPLING_TOP:
-      options.sampling = Sampling::kTop;
-      break;
-    case v1::SAMPLING_UNIFORM:
-      options.sampling = Sampling::kUniform;
-      break;
-    case v1::SAMPLING_SOFTMAX:
-      options.sampling = Sampling::kSoftmax;
-      break;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("options.sampling has unknown value ", o.sampling(),
-                       "; expected SAMPLING_TOP, SAMPLING_UNIFORM or "
-                       "SAMPLING_SOFTMAX"));
-  }
-  options.temperature = o.temperature();
-  options.seed = o.seed();
-  options.nprobe = o.nprobe();
-  out->return_embeddings = o.return_embeddings();
+  HARDNEG_RETURN_IF_ERROR(
+      MiningOptionsFromProto(request.options(), &out->options));
+  out->return_embeddings = out->options.return_embeddings;
 
   // One buffer for every query's embedding_bytes, sized before any span
   // points into it.

@@ -30,11 +30,12 @@ std::optional<Sampling> ParseSampling(absl::string_view name);
 // "top, uniform or softmax", for messages that list the choices.
 inline constexpr absl::string_view kSamplingChoices = "top, uniform or softmax";
 
-// One request's mining options (see the proto's MiningOptions). A value of
-// 0 is a real bound except where said.
-
+// One request's mining options: the fields of the proto's MiningOptions
+// (hardneg/v1/miner.proto documents each), converted in one place
+// (proto/mining_options_convert.h) and shared by the C++ client
+// (client/client.h). A value of 0 is a real bound except where said.
 struct MiningOptions {
-  uint32_t num_negatives = 0;
+  uint32_t num_negatives = 0;  // per query; 0 is refused
   uint32_t range_min = 0;
   uint32_t range_max = 0;  // 0 means range_min + num_negatives
   std::optional<float> max_score;
@@ -47,6 +48,13 @@ struct MiningOptions {
   // Inverted lists an IVF index probes for this request; 0 keeps the
   // index's own setting. Ignored by exact indexes.
   uint32_t nprobe = 0;
+  // Send each negative's stored embedding with the answer (the server's
+  // encoding; the miner itself ignores it).
+  bool return_embeddings = false;
+  // Refuse (FAILED_PRECONDITION) when the served version's sequence is
+  // lower: a trainer's guard against mining an index older than its
+  // last publish.
+  uint64_t min_index_sequence = 0;
 };
 
 // Bounds on one request's work and memory, checked before any search.
