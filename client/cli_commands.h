@@ -63,9 +63,6 @@ absl::StatusOr<std::unique_ptr<Client>> ConnectToServer(
 // "CODE: message", without the status payloads that ToString() adds.
 std::string StatusText(const absl::Status& status);
 
-// `text` as a JSON string literal, quotes included.
-std::string JsonString(const std::string& text);
-
 // Writes "hardneg <command>: <what>: <status>" to stderr; returns
 // kExitRuntimeError.
 int RuntimeError(const std::string& command, const std::string& what,
