@@ -28,20 +28,17 @@ int RunInfoCommand(const std::vector<std::string>& args) {
         absl::StrCat("--format=", format, ": expected text or json"));
   }
 
-  absl::StatusOr<std::unique_ptr<Client>> client =
-      ConnectToServer(server_flags);
-  if (!client.ok()) {
-    return RuntimeError("info", server_flags.server, client.status());
-  }
-  absl::StatusOr<IndexInfo> info = (*client)->GetIndexInfo();
-  if (!info.ok()) {
-    return RuntimeError("info",
-                        absl::StrCat("GetIndexInfo on ", server_flags.server),
-                        info.status());
-  }
-  std::cout << (format == "json" ? IndexInfoJsonLine(*info)
-                                 : IndexInfoText(*info));
-  return kExitOk;
+  return RunWithClient("info", server_flags, [&](Client& client) {
+    absl::StatusOr<IndexInfo> info = client.GetIndexInfo();
+    if (!info.ok()) {
+      return RuntimeError("info",
+                          absl::StrCat("GetIndexInfo on ", server_flags.server),
+                          info.status());
+    }
+    std::cout << (format == "json" ? IndexInfoJsonLine(*info)
+                                   : IndexInfoText(*info));
+    return kExitOk;
+  });
 }
 
 }  // namespace hardneg::client

@@ -477,22 +477,19 @@ int RunMineCommand(const std::vector<std::string>& args) {
       ReadInputs(mine.queries_path, mine.positives_path, mine.labels_path,
                  mine.query_ids_path, &failed_flag);
   if (!inputs.ok()) return RuntimeError(kCommand, failed_flag, inputs.status());
-  absl::StatusOr<std::unique_ptr<Client>> client =
-      ConnectToServer(server_flags);
-  if (!client.ok()) {
-    return RuntimeError(kCommand, server_flags.server, client.status());
-  }
-
   MineRunResult run;
-  const absl::Status mined = MineAll(
-      **client, *inputs, {mine.batch_size, mine.max_in_flight, *options},
-      mine.stream, &run);
-  if (!mined.ok()) {
-    return RuntimeError(kCommand,
-                        absl::StrCat(mine.stream ? "Mine" : "MineOnce", " on ",
-                                     server_flags.server),
-                        mined);
-  }
+  const int mined_exit =
+      RunWithClient(kCommand, server_flags, [&](Client& client) {
+        const absl::Status mined = MineAll(
+            client, *inputs, {mine.batch_size, mine.max_in_flight, *options},
+            mine.stream, &run);
+        if (mined.ok()) return kExitOk;
+        return RuntimeError(kCommand,
+                            absl::StrCat(mine.stream ? "Mine" : "MineOnce",
+                                         " on ", server_flags.server),
+                            mined);
+      });
+  if (mined_exit != kExitOk) return mined_exit;
   std::string failed_what;
   const absl::Status written =
       WriteMined(mine, *options, run.mined, &failed_what);

@@ -314,12 +314,9 @@ int RunPublishCommand(const std::vector<std::string>& args) {
       !status.ok()) {
     return RuntimeError(kCommand, failed_what, status);
   }
-  absl::StatusOr<std::unique_ptr<Client>> client =
-      ConnectToServer(server_flags);
-  if (!client.ok()) {
-    return RuntimeError(kCommand, server_flags.server, client.status());
-  }
-  return PublishAndReport(**client, spec, server_flags.server);
+  return RunWithClient(kCommand, server_flags, [&](Client& client) {
+    return PublishAndReport(client, spec, server_flags.server);
+  });
 }
 
 }  // namespace hardneg::client

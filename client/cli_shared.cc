@@ -85,6 +85,16 @@ absl::StatusOr<std::unique_ptr<Client>> ConnectToServer(
   return Client::Connect(server_flags.server, options);
 }
 
+int RunWithClient(const std::string& command, const ServerFlags& server_flags,
+                  const std::function<int(Client&)>& run) {
+  absl::StatusOr<std::unique_ptr<Client>> client =
+      ConnectToServer(server_flags);
+  if (!client.ok()) {
+    return RuntimeError(command, server_flags.server, client.status());
+  }
+  return run(**client);
+}
+
 std::string StatusText(const absl::Status& status) {
   return absl::StrCat(absl::StatusCodeToString(status.code()), ": ",
                       status.message());
