@@ -7,6 +7,7 @@
 #ifndef HARDNEG_CLIENT_CLI_COMMANDS_H_
 #define HARDNEG_CLIENT_CLI_COMMANDS_H_
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -60,11 +61,13 @@ std::optional<int> ParseServerCommand(FlagSet& flags,
 absl::StatusOr<std::unique_ptr<Client>> ConnectToServer(
     const ServerFlags& server_flags);
 
+// Connects as ConnectToServer does and returns `run`'s exit code; when the
+// connection fails, reports it as RuntimeError(command, --server, ...).
+int RunWithClient(const std::string& command, const ServerFlags& server_flags,
+                  const std::function<int(Client&)>& run);
+
 // "CODE: message", without the status payloads that ToString() adds.
 std::string StatusText(const absl::Status& status);
-
-// `text` as a JSON string literal, quotes included.
-std::string JsonString(const std::string& text);
 
 // Writes "hardneg <command>: <what>: <status>" to stderr; returns
 // kExitRuntimeError.

@@ -2,11 +2,10 @@
 
 #include <cmath>
 #include <iostream>
-#include <limits>
+#include <type_traits>
 #include <utility>
 
-#include "absl/strings/ascii.h"
-#include "absl/strings/numbers.h"
+#include "absl/flags/marshalling.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 
@@ -19,14 +18,15 @@ absl::Status BadValue(const std::string& name, const std::string& value,
       "--", name, "=", value, ": expected ", std::string(expected)));
 }
 
-std::optional<bool> ParseBool(const std::string& text) {
-  const std::string lower = absl::AsciiStrToLower(text);
-  if (lower == "true" || lower == "1" || lower == "yes") return true;
-  if (lower == "false" || lower == "0" || lower == "no") return false;
-  return std::nullopt;
+// Whether a value that absl::ParseFlag accepted is one the CLI takes.
+template <typename T>
+bool Acceptable(const T& /*value*/) {
+  return true;
 }
-
-std::string FloatText(float value) { return absl::StrCat(value); }
+template <>
+bool Acceptable(const float& value) {
+  return std::isfinite(value);
+}
 
 // `text` filled to 80 columns, each line starting with `indent`; a '\n' in
 // `text` is a hard line break. Ends with a newline.
@@ -76,102 +76,70 @@ bool FlagSet::IsSet(std::string_view name) const {
   return false;
 }
 
-void FlagSet::String(std::string name, std::string* value,
-                     std::string placeholder, std::string help) {
+template <typename T>
+void FlagSet::AddParsed(std::string name, std::string default_text,
+                        std::string placeholder, std::string help,
+                        std::string expected,
+                        std::function<void(const T&)> store) {
   Flag flag;
-  flag.default_text = *value;
+  flag.default_text = std::move(default_text);
   flag.placeholder = std::move(placeholder);
   flag.help = std::move(help);
-  flag.parse = [value](const std::string& text) {
-    *value = text;
+  flag.is_bool = std::is_same_v<T, bool>;
+  flag.parse = [name, expected,
+                store = std::move(store)](const std::string& text) {
+    T parsed{};
+    std::string error;
+    if (!absl::ParseFlag(text, &parsed, &error) || !Acceptable(parsed)) {
+      return BadValue(name, text, expected);
+    }
+    store(parsed);
     return absl::OkStatus();
   };
   flag.name = std::move(name);
   Add(std::move(flag));
+}
+
+template <typename T>
+void FlagSet::AddParsed(std::string name, T* value, std::string placeholder,
+                        std::string help, std::string expected) {
+  AddParsed<T>(std::move(name), absl::UnparseFlag(*value),
+               std::move(placeholder), std::move(help), std::move(expected),
+               [value](const T& parsed) { *value = parsed; });
+}
+
+void FlagSet::String(std::string name, std::string* value,
+                     std::string placeholder, std::string help) {
+  AddParsed(std::move(name), value, std::move(placeholder), std::move(help),
+            "a string");
 }
 
 void FlagSet::Uint32(std::string name, uint32_t* value, std::string help) {
-  Flag flag;
-  flag.default_text = absl::StrCat(*value);
-  flag.placeholder = "N";
-  flag.help = std::move(help);
-  flag.parse = [value, name](const std::string& text) {
-    uint32_t parsed = 0;
-    if (!absl::SimpleAtoi(text, &parsed)) {
-      return BadValue(name, text, "an integer from 0 to 4294967295");
-    }
-    *value = parsed;
-    return absl::OkStatus();
-  };
-  flag.name = std::move(name);
-  Add(std::move(flag));
+  AddParsed(std::move(name), value, "N", std::move(help),
+            "an integer from 0 to 4294967295");
 }
 
 void FlagSet::Uint64(std::string name, uint64_t* value, std::string help) {
-  Flag flag;
-  flag.default_text = absl::StrCat(*value);
-  flag.placeholder = "N";
-  flag.help = std::move(help);
-  flag.parse = [value, name](const std::string& text) {
-    uint64_t parsed = 0;
-    if (!absl::SimpleAtoi(text, &parsed)) {
-      return BadValue(name, text, "a non-negative integer");
-    }
-    *value = parsed;
-    return absl::OkStatus();
-  };
-  flag.name = std::move(name);
-  Add(std::move(flag));
+  AddParsed(std::move(name), value, "N", std::move(help),
+            "a non-negative integer");
 }
 
 void FlagSet::Float(std::string name, float* value, std::string help) {
-  Flag flag;
-  flag.default_text = FloatText(*value);
-  flag.placeholder = "X";
-  flag.help = std::move(help);
-  flag.parse = [value, name](const std::string& text) {
-    float parsed = 0;
-    if (!absl::SimpleAtof(text, &parsed) || !std::isfinite(parsed)) {
-      return BadValue(name, text, "a finite number");
-    }
-    *value = parsed;
-    return absl::OkStatus();
-  };
-  flag.name = std::move(name);
-  Add(std::move(flag));
+  AddParsed(std::move(name), value, "X", std::move(help), "a finite number");
 }
 
 void FlagSet::OptionalFloat(std::string name, std::optional<float>* value,
                             std::string help) {
-  Flag flag;
-  flag.default_text = *value ? FloatText(**value) : "unset";
-  flag.placeholder = "X";
-  flag.help = std::move(help);
-  flag.parse = [value, name](const std::string& text) {
-    float parsed = 0;
-    if (!absl::SimpleAtof(text, &parsed) || !std::isfinite(parsed)) {
-      return BadValue(name, text, "a finite number");
-    }
-    *value = parsed;
-    return absl::OkStatus();
-  };
-  flag.name = std::move(name);
-  Add(std::move(flag));
+  // Not absl's std::optional flag syntax, where an empty value means unset:
+  // here every value must be a finite number.
+  AddParsed<float>(std::move(name),
+                   *value ? absl::UnparseFlag(**value) : "unset", "X",
+                   std::move(help), "a finite number",
+                   [value](const float& parsed) { *value = parsed; });
 }
 
 void FlagSet::Bool(std::string name, bool* value, std::string help) {
-  Flag flag;
-  flag.default_text = *value ? "true" : "false";
-  flag.is_bool = true;
-  flag.help = std::move(help);
-  flag.parse = [value, name](const std::string& text) {
-    std::optional<bool> parsed = ParseBool(text);
-    if (!parsed) return BadValue(name, text, "true or false");
-    *value = *parsed;
-    return absl::OkStatus();
-  };
-  flag.name = std::move(name);
-  Add(std::move(flag));
+  AddParsed(std::move(name), value, "", std::move(help), "true or false");
 }
 
 void FlagSet::Positionals(std::vector<std::string>* values) {

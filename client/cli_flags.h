@@ -3,7 +3,13 @@
 // `--name value`, and for booleans `--name`, `--name=true|false` and
 // `--noname` (a single leading '-' works too). `--help` / `-h` asks for the
 // usage text. Positional arguments are an error unless Positionals() was
-// called.
+// called. Values are read with Abseil's flag syntax (absl::ParseFlag), so
+// they read as they would for an ABSL_FLAG; floats must also be finite.
+//
+// Each subcommand has its own FlagSet rather than process-wide ABSL_FLAGs:
+// the subcommands share flag names with other defaults and meanings
+// (--format, --metric, --name), and a usage error must exit with
+// kExitUsageError after this CLI's own message.
 //
 // Not thread-safe; a FlagSet lives in one subcommand's main function.
 #ifndef HARDNEG_CLIENT_CLI_FLAGS_H_
@@ -50,7 +56,8 @@ class FlagSet {
 
   // Parses `args`, stopping early at --help. INVALID_ARGUMENT naming the
   // flag for an unknown flag, a missing value, or a value of the wrong type
-  // (a float must be finite; an integer must fit).
+  // (a float must be finite; an integer must fit). On an error, the flags
+  // parsed before it keep their new values.
   absl::Status Parse(const std::vector<std::string>& args);
 
   // True once Parse has seen --help or -h.
@@ -78,6 +85,17 @@ class FlagSet {
     std::function<absl::Status(const std::string&)> parse;
   };
 
+  // Registers a flag whose value is read with absl::ParseFlag<T> and handed
+  // to `store`; `expected` says what a bad value should have been.
+  template <typename T>
+  void AddParsed(std::string name, std::string default_text,
+                 std::string placeholder, std::string help,
+                 std::string expected, std::function<void(const T&)> store);
+  // The same writing into `*value`, whose absl::UnparseFlag text is the
+  // default shown.
+  template <typename T>
+  void AddParsed(std::string name, T* value, std::string placeholder,
+                 std::string help, std::string expected);
   void Add(Flag flag);
   Flag* Find(std::string_view name);
 

@@ -1,20 +1,20 @@
 // `hardneg make-checkpoint`: writes a one-shard checkpoint directory (the
 // layout in src/checkpoint.h) from .npy files or from Fashion-MNIST, and
 // exports Fashion-MNIST test images as query files for `hardneg mine`.
-#include <cmath>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <system_error>
 #include <utility>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "client/cli_commands.h"
 #include "client/cli_flags.h"
 #include "client/fashion_mnist.h"
+#include "corpus/candidate_store.h"
 #include "corpus/metric.h"
 #include "format/checkpoint.h"
 #include "format/npy.h"
@@ -32,43 +32,40 @@ struct Candidates {
   std::vector<int64_t> labels;  // empty or one per id
 };
 
-// Duplicate ids would make the server reject the checkpoint; say so now.
-absl::Status CheckUniqueIds(const std::vector<int64_t>& ids,
-                            const std::string& path) {
-  absl::flat_hash_map<int64_t, size_t> row_of;
-  row_of.reserve(ids.size());
-  for (size_t row = 0; row < ids.size(); ++row) {
-    const auto [it, inserted] = row_of.emplace(ids[row], row);
-    if (!inserted) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": duplicate id ",
-                                                     ids[row], " at rows ",
-                                                     it->second, " and ", row));
-    }
+// The int64 [n] file at `path`, one value per embedding; `what` names the
+// values ("ids", "labels").
+absl::StatusOr<std::vector<int64_t>> ReadColumn(
+    const std::string& path, const char* what, size_t n,
+    const std::string& embeddings_path) {
+  absl::StatusOr<std::vector<int64_t>> values = ReadNpyInt64(path);
+  if (!values.ok()) return values.status();
+  if (values->size() != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, " holds ", values->size(), " ", what, " but ",
+                     embeddings_path, " holds ", n, " embeddings"));
   }
-  return absl::OkStatus();
+  return values;
 }
 
-// So would a NaN or an infinity.
-absl::Status CheckFinite(const std::vector<float>& embeddings, size_t dim,
-                         const std::string& path) {
-  for (size_t i = 0; i < embeddings.size(); ++i) {
-    if (!std::isfinite(embeddings[i])) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": non-finite value ", embeddings[i], " at row ",
-                       i / dim, ", column ", i % dim));
-    }
-  }
-  return absl::OkStatus();
+// Checks `candidates` as the server will when it loads the checkpoint
+// (CandidateStore::Create: unique ids, finite values), on a copy of them.
+absl::Status CheckCandidates(const Candidates& candidates) {
+  std::optional<std::vector<int64_t>> labels;
+  if (!candidates.labels.empty()) labels = candidates.labels;
+  return CandidateStore::Create(candidates.dim, candidates.ids,
+                                candidates.embeddings, std::move(labels))
+      .status();
 }
 
-// Reads --embeddings, --ids and --labels; `failed_flag` names the flag
-// whose file was wrong.
+// Reads --embeddings, --ids and --labels and checks the candidates;
+// `failed_what` names the flag whose file was wrong, or both files when
+// together they are not a valid set of candidates.
 absl::StatusOr<Candidates> ReadNpyCandidates(const std::string& embeddings_path,
                                              const std::string& ids_path,
                                              const std::string& labels_path,
-                                             std::string* failed_flag) {
+                                             std::string* failed_what) {
   Candidates candidates;
-  *failed_flag = "--embeddings";
+  *failed_what = "--embeddings";
   absl::StatusOr<NpyMatrix> embeddings = ReadNpyMatrix(embeddings_path);
   if (!embeddings.ok()) return embeddings.status();
   if (embeddings->rows == 0 || embeddings->cols == 0) {
@@ -79,38 +76,24 @@ absl::StatusOr<Candidates> ReadNpyCandidates(const std::string& embeddings_path,
   candidates.dim = embeddings->cols;
   const size_t n = embeddings->rows;
   candidates.embeddings = std::move(embeddings->data);
-  if (absl::Status status =
-          CheckFinite(candidates.embeddings, candidates.dim, embeddings_path);
-      !status.ok()) {
-    return status;
-  }
 
-  *failed_flag = "--ids";
-  absl::StatusOr<std::vector<int64_t>> ids = ReadNpyInt64(ids_path);
+  *failed_what = "--ids";
+  absl::StatusOr<std::vector<int64_t>> ids =
+      ReadColumn(ids_path, "ids", n, embeddings_path);
   if (!ids.ok()) return ids.status();
-  if (ids->size() != n) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(ids_path, " holds ", ids->size(), " ids but ",
-                     embeddings_path, " holds ", n, " embeddings"));
-  }
   candidates.ids = *std::move(ids);
-  if (absl::Status status = CheckUniqueIds(candidates.ids, ids_path);
-      !status.ok()) {
-    return status;
-  }
-
   if (!labels_path.empty()) {
-    *failed_flag = "--labels";
-    absl::StatusOr<std::vector<int64_t>> labels = ReadNpyInt64(labels_path);
+    *failed_what = "--labels";
+    absl::StatusOr<std::vector<int64_t>> labels =
+        ReadColumn(labels_path, "labels", n, embeddings_path);
     if (!labels.ok()) return labels.status();
-    if (labels->size() != n) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(labels_path, " holds ", labels->size(), " labels but ",
-                       embeddings_path, " holds ", n, " embeddings"));
-    }
     candidates.labels = *std::move(labels);
   }
-  failed_flag->clear();
+  *failed_what = absl::StrCat(embeddings_path, " and ", ids_path);
+  if (absl::Status status = CheckCandidates(candidates); !status.ok()) {
+    return status;
+  }
+  failed_what->clear();
   return candidates;
 }
 
@@ -126,10 +109,9 @@ Candidates FromFashionMnist(FashionMnistData data) {
   return candidates;
 }
 
-}  // namespace
-
-int RunMakeCheckpointCommand(const std::vector<std::string>& args) {
-  std::string out, name, metric_name = "inner_product";
+// Every flag of `hardneg make-checkpoint`.
+struct MakeCheckpointFlags {
+  std::string out, name, metric = "inner_product";
   std::string embeddings_path, ids_path, labels_path;
   std::string split = "train", dir = kFashionMnistDefaultDir;
   std::string export_queries, export_labels;
@@ -137,6 +119,183 @@ int RunMakeCheckpointCommand(const std::vector<std::string>& args) {
   uint64_t limit = 0;
   bool fashion_mnist = false;
   bool normalize = true;
+
+  bool from_npy() const {
+    return !embeddings_path.empty() || !ids_path.empty();
+  }
+  bool exporting() const {
+    return !export_queries.empty() || !export_labels.empty();
+  }
+  // Exports alone write no checkpoint.
+  bool writes_checkpoint() const {
+    return from_npy() || !exporting() || !out.empty() || !name.empty();
+  }
+};
+
+void AddMakeCheckpointFlags(FlagSet& flags, MakeCheckpointFlags* make) {
+  flags.String("out", &make->out, "ROOT",
+               "The checkpoints root directory (the server's --checkpoints).");
+  flags.String("name", &make->name, "NAME",
+               "The checkpoint's name: its directory under ROOT.");
+  flags.Uint64("step", &make->step,
+               "The training step; the server serves the highest.");
+  flags.String("metric", &make->metric, "inner_product|l2",
+               "How the server scores candidates.");
+  flags.String("embeddings", &make->embeddings_path, "E.npy",
+               "Candidate embeddings, float32 or float16 [n, dim].");
+  flags.String("ids", &make->ids_path, "I.npy",
+               "Candidate ids, int64 [n], unique.");
+  flags.String("labels", &make->labels_path, "L.npy",
+               "Candidate labels, int64 [n] (optional).");
+  flags.Bool("fashion_mnist", &make->fashion_mnist,
+             "Use Fashion-MNIST as the candidates.");
+  flags.String("split", &make->split, "train|test",
+               "The Fashion-MNIST split of the candidates.");
+  flags.String("dir", &make->dir, "DIR",
+               "Where the Fashion-MNIST IDX files are.");
+  flags.Bool("normalize", &make->normalize,
+             "Scale Fashion-MNIST images (candidates and exports) to unit L2 "
+             "norm.");
+  flags.String("export_queries", &make->export_queries, "Q.npy",
+               "Write Fashion-MNIST test images as queries, float32 [n, 784].");
+  flags.String("export_labels", &make->export_labels, "L.npy",
+               "Write their labels, int64 [n].");
+  flags.Uint64("limit", &make->limit,
+               "Export at most N test images; 0 exports all 10000.");
+}
+
+// The metric, once the flags are consistent; INVALID_ARGUMENT with the
+// usage error's message otherwise.
+absl::StatusOr<Metric> CheckMakeCheckpointFlags(
+    const MakeCheckpointFlags& make) {
+  const bool from_npy = make.from_npy();
+  if (from_npy && make.fashion_mnist) {
+    return absl::InvalidArgumentError(
+        "give either --embeddings/--ids or --fashion_mnist, not both");
+  }
+  if (from_npy && (make.embeddings_path.empty() || make.ids_path.empty())) {
+    return absl::InvalidArgumentError("--embeddings and --ids go together");
+  }
+  if (!make.labels_path.empty() && !from_npy) {
+    return absl::InvalidArgumentError("--labels needs --embeddings and --ids");
+  }
+  if (make.exporting() && !make.fashion_mnist) {
+    return absl::InvalidArgumentError(
+        "--export_queries/--export_labels export Fashion-MNIST: add "
+        "--fashion_mnist");
+  }
+  if (!from_npy && !make.fashion_mnist) {
+    return absl::InvalidArgumentError(
+        "no candidates: give --embeddings and --ids, or --fashion_mnist");
+  }
+  if (make.split != "train" && make.split != "test") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--split=", make.split, ": expected train or test"));
+  }
+  absl::StatusOr<Metric> metric = ParseMetric(make.metric);
+  if (!metric.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--metric: ", metric.status().message()));
+  }
+  if (make.writes_checkpoint() && make.out.empty()) {
+    return absl::InvalidArgumentError("--out is required");
+  }
+  if (make.writes_checkpoint() && make.name.empty()) {
+    return absl::InvalidArgumentError("--name is required");
+  }
+  return metric;
+}
+
+// The candidates the flags name; `*source` says where they came from and
+// `*failed_what` what was wrong on an error.
+absl::StatusOr<Candidates> ReadCandidates(const MakeCheckpointFlags& make,
+                                          std::string* source,
+                                          std::string* failed_what) {
+  if (make.from_npy()) {
+    *source = make.embeddings_path;
+    return ReadNpyCandidates(make.embeddings_path, make.ids_path,
+                             make.labels_path, failed_what);
+  }
+  *failed_what = "--fashion_mnist";
+  *source = absl::StrCat("Fashion-MNIST ", make.split,
+                         make.normalize ? " (L2-normalised)" : "");
+  absl::StatusOr<FashionMnistData> data =
+      ReadFashionMnist(make.dir,
+                       make.split == "train" ? FashionMnistSplit::kTrain
+                                             : FashionMnistSplit::kTest,
+                       make.normalize);
+  if (!data.ok()) return data.status();
+  return FromFashionMnist(*std::move(data));
+}
+
+// Writes ROOT/NAME/ and says so on stdout.
+int WriteCandidateCheckpoint(const MakeCheckpointFlags& make, Metric metric) {
+  std::string source, failed_what;
+  absl::StatusOr<Candidates> candidates =
+      ReadCandidates(make, &source, &failed_what);
+  if (!candidates.ok()) {
+    return RuntimeError(kCommand, failed_what, candidates.status());
+  }
+  CheckpointManifest manifest;
+  manifest.name = make.name;
+  manifest.step = make.step;
+  manifest.dim = static_cast<uint32_t>(candidates->dim);
+  manifest.metric = metric;
+  const std::string checkpoint_dir =
+      (std::filesystem::path(make.out) / make.name).string();
+  std::error_code error;
+  const bool replacing = std::filesystem::exists(
+      std::filesystem::path(checkpoint_dir) / "manifest.json", error);
+  const absl::Status written =
+      WriteCheckpoint(make.out, manifest, candidates->embeddings,
+                      candidates->ids, candidates->labels);
+  if (!written.ok()) {
+    return RuntimeError(kCommand, absl::StrCat("writing ", checkpoint_dir),
+                        written);
+  }
+  std::cout << "wrote checkpoint " << checkpoint_dir << ": "
+            << candidates->ids.size() << " x " << candidates->dim << " from "
+            << source << ", metric " << MetricName(metric) << ", step "
+            << make.step << (candidates->labels.empty() ? "" : ", with labels")
+            << (replacing ? " (replaced the previous one)" : "") << "\n";
+  return kExitOk;
+}
+
+// Writes the first --limit Fashion-MNIST test images and their labels as
+// --export_queries and --export_labels, and says so on stdout.
+int ExportTestQueries(const MakeCheckpointFlags& make) {
+  absl::StatusOr<FashionMnistData> queries =
+      ReadFashionMnist(make.dir, FashionMnistSplit::kTest, make.normalize,
+                       static_cast<size_t>(make.limit));
+  if (!queries.ok()) {
+    return RuntimeError(kCommand, "--export_queries", queries.status());
+  }
+  if (!make.export_queries.empty()) {
+    const absl::Status written =
+        WriteNpyMatrix(make.export_queries, queries->images.data(),
+                       queries->rows, queries->dim);
+    if (!written.ok()) {
+      return RuntimeError(kCommand, "--export_queries", written);
+    }
+    std::cout << "wrote " << make.export_queries << ": " << queries->rows
+              << " x " << queries->dim << " Fashion-MNIST test queries\n";
+  }
+  if (!make.export_labels.empty()) {
+    const absl::Status written =
+        WriteNpyInt64(make.export_labels, queries->labels);
+    if (!written.ok()) {
+      return RuntimeError(kCommand, "--export_labels", written);
+    }
+    std::cout << "wrote " << make.export_labels << ": " << queries->rows
+              << " Fashion-MNIST test labels\n";
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+int RunMakeCheckpointCommand(const std::vector<std::string>& args) {
+  MakeCheckpointFlags make;
   FlagSet flags(
       kCommand,
       "--out ROOT --name NAME --step S [--metric inner_product|l2]\n"
@@ -153,34 +312,7 @@ int RunMakeCheckpointCommand(const std::vector<std::string>& args) {
       "split (its first --limit images) as float32 [n, 784] queries and "
       "int64 [n] labels for `hardneg mine`; with only these flags no "
       "checkpoint is written.");
-  flags.String("out", &out, "ROOT",
-               "The checkpoints root directory (the server's --checkpoints).");
-  flags.String("name", &name, "NAME",
-               "The checkpoint's name: its directory under ROOT.");
-  flags.Uint64("step", &step,
-               "The training step; the server serves the highest.");
-  flags.String("metric", &metric_name, "inner_product|l2",
-               "How the server scores candidates.");
-  flags.String("embeddings", &embeddings_path, "E.npy",
-               "Candidate embeddings, float32 or float16 [n, dim].");
-  flags.String("ids", &ids_path, "I.npy", "Candidate ids, int64 [n], unique.");
-  flags.String("labels", &labels_path, "L.npy",
-               "Candidate labels, int64 [n] (optional).");
-  flags.Bool("fashion_mnist", &fashion_mnist,
-             "Use Fashion-MNIST as the candidates.");
-  flags.String("split", &split, "train|test",
-               "The Fashion-MNIST split of the candidates.");
-  flags.String("dir", &dir, "DIR", "Where the Fashion-MNIST IDX files are.");
-  flags.Bool("normalize", &normalize,
-             "Scale Fashion-MNIST images (candidates and exports) to unit L2 "
-             "norm.");
-  flags.String("export_queries", &export_queries, "Q.npy",
-               "Write Fashion-MNIST test images as queries, float32 [n, 784].");
-  flags.String("export_labels", &export_labels, "L.npy",
-               "Write their labels, int64 [n].");
-  flags.Uint64("limit", &limit,
-               "Export at most N test images; 0 exports all 10000.");
-
+  AddMakeCheckpointFlags(flags, &make);
   if (absl::Status status = flags.Parse(args); !status.ok()) {
     return flags.UsageError(status);
   }
@@ -188,119 +320,15 @@ int RunMakeCheckpointCommand(const std::vector<std::string>& args) {
     std::cout << flags.Usage();
     return kExitOk;
   }
-  const bool from_npy = !embeddings_path.empty() || !ids_path.empty();
-  const bool exporting = !export_queries.empty() || !export_labels.empty();
-  if (from_npy && fashion_mnist) {
-    return flags.UsageError(
-        "give either --embeddings/--ids or --fashion_mnist, not both");
-  }
-  if (from_npy && (embeddings_path.empty() || ids_path.empty())) {
-    return flags.UsageError("--embeddings and --ids go together");
-  }
-  if (!labels_path.empty() && !from_npy) {
-    return flags.UsageError("--labels needs --embeddings and --ids");
-  }
-  if (exporting && !fashion_mnist) {
-    return flags.UsageError(
-        "--export_queries/--export_labels export Fashion-MNIST: add "
-        "--fashion_mnist");
-  }
-  if (!from_npy && !fashion_mnist) {
-    return flags.UsageError(
-        "no candidates: give --embeddings and --ids, or --fashion_mnist");
-  }
-  if (split != "train" && split != "test") {
-    return flags.UsageError(
-        absl::StrCat("--split=", split, ": expected train or test"));
-  }
-  absl::StatusOr<Metric> metric = ParseMetric(metric_name);
-  if (!metric.ok()) {
-    return flags.UsageError(
-        absl::StrCat("--metric: ", metric.status().message()));
-  }
-  const bool write_checkpoint =
-      from_npy || !exporting || !out.empty() || !name.empty();
-  if (write_checkpoint && out.empty()) {
-    return flags.UsageError("--out is required");
-  }
-  if (write_checkpoint && name.empty()) {
-    return flags.UsageError("--name is required");
-  }
-
-  if (write_checkpoint) {
-    absl::StatusOr<Candidates> candidates;
-    std::string source;
-    if (from_npy) {
-      std::string failed_flag;
-      candidates = ReadNpyCandidates(embeddings_path, ids_path, labels_path,
-                                     &failed_flag);
-      if (!candidates.ok()) {
-        return RuntimeError(kCommand, failed_flag, candidates.status());
-      }
-      source = embeddings_path;
-    } else {
-      const FashionMnistSplit which = split == "train"
-                                          ? FashionMnistSplit::kTrain
-                                          : FashionMnistSplit::kTest;
-      absl::StatusOr<FashionMnistData> data =
-          ReadFashionMnist(dir, which, normalize);
-      if (!data.ok()) {
-        return RuntimeError(kCommand, "--fashion_mnist", data.status());
-      }
-      candidates = FromFashionMnist(*std::move(data));
-      source = absl::StrCat("Fashion-MNIST ", split,
-                            normalize ? " (L2-normalised)" : "");
-    }
-    CheckpointManifest manifest;
-    manifest.name = name;
-    manifest.step = step;
-    manifest.dim = static_cast<uint32_t>(candidates->dim);
-    manifest.metric = *metric;
-    const std::string checkpoint_dir =
-        (std::filesystem::path(out) / name).string();
-    std::error_code error;
-    const bool replacing = std::filesystem::exists(
-        std::filesystem::path(checkpoint_dir) / "manifest.json", error);
-    const absl::Status written =
-        WriteCheckpoint(out, manifest, candidates->embeddings, candidates->ids,
-                        candidates->labels);
-    if (!written.ok()) {
-      return RuntimeError(kCommand, absl::StrCat("writing ", checkpoint_dir),
-                          written);
-    }
-    std::cout << "wrote checkpoint " << checkpoint_dir << ": "
-              << candidates->ids.size() << " x " << candidates->dim << " from "
-              << source << ", metric " << MetricName(*metric) << ", step "
-              << step << (candidates->labels.empty() ? "" : ", with labels")
-              << (replacing ? " (replaced the previous one)" : "") << "\n";
-  }
-
-  if (exporting) {
-    absl::StatusOr<FashionMnistData> queries = ReadFashionMnist(
-        dir, FashionMnistSplit::kTest, normalize, static_cast<size_t>(limit));
-    if (!queries.ok()) {
-      return RuntimeError(kCommand, "--export_queries", queries.status());
-    }
-    if (!export_queries.empty()) {
-      const absl::Status written = WriteNpyMatrix(
-          export_queries, queries->images.data(), queries->rows, queries->dim);
-      if (!written.ok()) {
-        return RuntimeError(kCommand, "--export_queries", written);
-      }
-      std::cout << "wrote " << export_queries << ": " << queries->rows << " x "
-                << queries->dim << " Fashion-MNIST test queries\n";
-    }
-    if (!export_labels.empty()) {
-      const absl::Status written =
-          WriteNpyInt64(export_labels, queries->labels);
-      if (!written.ok()) {
-        return RuntimeError(kCommand, "--export_labels", written);
-      }
-      std::cout << "wrote " << export_labels << ": " << queries->rows
-                << " Fashion-MNIST test labels\n";
+  absl::StatusOr<Metric> metric = CheckMakeCheckpointFlags(make);
+  if (!metric.ok()) return flags.UsageError(metric.status());
+  if (make.writes_checkpoint()) {
+    if (int exit_code = WriteCandidateCheckpoint(make, *metric);
+        exit_code != kExitOk) {
+      return exit_code;
     }
   }
-  return kExitOk;
+  return make.exporting() ? ExportTestQueries(make) : kExitOk;
 }
 
 }  // namespace hardneg::client

@@ -23,6 +23,7 @@
 #include "absl/time/time.h"
 #include "client/cli_commands.h"
 #include "client/cli_flags.h"
+#include "client/cli_mining_options.h"
 #include "client/client.h"
 #include "client/fashion_mnist.h"
 #include "client/mine_output.h"
@@ -267,124 +268,83 @@ absl::StatusOr<MineInputs> ReadInputs(const std::string& queries_path,
   return inputs;
 }
 
-}  // namespace
-
-int RunMineCommand(const std::vector<std::string>& args) {
-  ServerFlags server_flags;
+// Every flag of `hardneg mine` but the server's.
+struct MineFlags {
   std::string queries_path, positives_path, labels_path, query_ids_path;
-  std::string sampling = "top", output, format, label_names_flag;
-  uint32_t show = 0;
+  MiningFlags mining;
   uint32_t batch_size = 256;
   uint32_t max_in_flight = 4;
   bool stream = true;
-  MiningOptions options;
-  FlagSet flags(
-      kCommand, "--server HOST:PORT --queries Q.npy [flags]",
-      "Mines hard negatives for every row of Q.npy, sending --batch_size "
-      "queries per request over one Mine stream, and writes one result per "
-      "query (JSON on stdout by default). Throughput goes to stderr.");
-  AddServerFlags(flags, &server_flags);
-  flags.String("queries", &queries_path, "Q.npy",
+  std::string output;
+  std::string format;  // json or npy; empty: from --output's name
+  uint32_t show = 0;
+  std::string label_names;
+};
+
+void AddMineFlags(FlagSet& flags, MineFlags* mine) {
+  flags.String("queries", &mine->queries_path, "Q.npy",
                "Query embeddings, float32 or float16 [n, dim] (required).");
-  flags.String("positives", &positives_path, "P.npy",
+  flags.String("positives", &mine->positives_path, "P.npy",
                "Positive ids per query, int64 [n, k] or [n]; -1 leaves a "
                "slot empty.");
-  flags.String("labels", &labels_path, "L.npy",
+  flags.String("labels", &mine->labels_path, "L.npy",
                "Each query's label, int64 [n]: candidates with it are "
                "excluded.");
-  flags.String("query_ids", &query_ids_path, "I.npy",
+  flags.String("query_ids", &mine->query_ids_path, "I.npy",
                "Each query's own id, int64 [n]: excluded from its answer.");
-  flags.Uint32("num_negatives", &options.num_negatives,
-               "Negatives per query (> 0).");
-  flags.Uint32("range_min", &options.range_min,
-               "First rank of the window among the survivors.");
-  flags.Uint32("range_max", &options.range_max,
-               "End of the rank window (exclusive); 0 means range_min + "
-               "num_negatives.");
-  flags.OptionalFloat("max_score", &options.max_score,
-                      "Drop candidates scoring above this.");
-  flags.OptionalFloat("min_score", &options.min_score,
-                      "Drop candidates scoring below this.");
-  flags.OptionalFloat("absolute_margin", &options.absolute_margin,
-                      "Keep this far (in score) from the weakest positive.");
-  flags.OptionalFloat("relative_margin", &options.relative_margin,
-                      "Keep this fraction of |p| away from the weakest "
-                      "positive p.");
-  flags.String("sampling", &sampling, "top|uniform|softmax",
-               "How to pick num_negatives from the window.");
-  flags.Float("temperature", &options.temperature,
-              "Softmax temperature (>= 0); 0 means 1.0.");
-  flags.Uint64("seed", &options.seed, "Seed for uniform and softmax sampling.");
-  flags.Bool("return_embeddings", &options.return_embeddings,
-             "Return each negative's stored embedding.");
-  flags.Uint64("min_index_sequence", &options.min_index_sequence,
-               "Refuse answers from an index older than this sequence.");
-  flags.Uint32("nprobe", &options.nprobe,
-               "IVF lists to probe (more: better recall, slower); 0 keeps "
-               "the server's --nprobe.");
-  flags.Uint32("batch_size", &batch_size, "Queries per request (> 0).");
-  flags.Uint32("max_in_flight", &max_in_flight,
+  AddMiningFlags(flags, &mine->mining);
+  flags.Uint32("batch_size", &mine->batch_size, "Queries per request (> 0).");
+  flags.Uint32("max_in_flight", &mine->max_in_flight,
                "With --stream: at most N batches sent and not yet answered; 0 "
                "sends them all at once.");
-  flags.Bool("stream", &stream,
+  flags.Bool("stream", &mine->stream,
              "Send the batches over one Mine stream; --nostream makes one "
              "MineOnce call per batch.");
-  flags.String("output", &output, "FILE",
+  flags.String("output", &mine->output, "FILE",
                "Where to write: FILE.json, or FILE.npy for ids int64 [n, "
                "num_negatives] (padded with -1) plus FILE.scores.npy float32 "
                "(padded with NaN) and, with --return_embeddings, "
                "FILE.embeddings.npy [n, num_negatives, dim]. Default: stdout.");
-  flags.String("format", &format, "json|npy",
+  flags.String("format", &mine->format, "json|npy",
                "Output format; default: npy when --output ends in .npy, "
                "otherwise json.");
-
-  flags.Uint32("show", &show,
+  flags.Uint32("show", &mine->show,
                "Print a table of the first N queries' negatives to stdout "
                "(then JSON goes to stdout only with --output).");
-  flags.String("label_names", &label_names_flag, "fashion-mnist|FILE",
+  flags.String("label_names", &mine->label_names, "fashion-mnist|FILE",
                "Names for labels in --show: fashion-mnist, or a text file "
                "with one name per line (line i names label i).");
+}
 
-  if (std::optional<int> done = ParseServerCommand(flags, args, server_flags)) {
-    return *done;
+// The mining options, once the flags are consistent; fills in the default
+// --format. INVALID_ARGUMENT with the usage error's message otherwise.
+absl::StatusOr<MiningOptions> CheckMineFlags(MineFlags* mine) {
+  if (mine->queries_path.empty()) {
+    return absl::InvalidArgumentError("--queries is required");
   }
-  if (queries_path.empty()) return flags.UsageError("--queries is required");
-  if (options.num_negatives == 0) {
-    return flags.UsageError("--num_negatives must be at least 1");
+  // --num_negatives=0 is reported before --batch_size=0, the other mining
+  // options after it.
+  if (mine->mining.options.num_negatives != 0 && mine->batch_size == 0) {
+    return absl::InvalidArgumentError("--batch_size must be at least 1");
   }
-  if (batch_size == 0) {
-    return flags.UsageError("--batch_size must be at least 1");
+  absl::StatusOr<MiningOptions> options = MiningOptionsFromFlags(mine->mining);
+  if (!options.ok()) return options.status();
+  if (mine->format.empty()) {
+    mine->format = absl::EndsWith(mine->output, ".npy") ? "npy" : "json";
   }
-  if (options.range_max != 0 &&
-      uint64_t{options.range_max} <
-          uint64_t{options.range_min} + options.num_negatives) {
-    return flags.UsageError(absl::StrCat(
-        "--range_max=", options.range_max, " leaves a window smaller than ",
-        "--num_negatives=", options.num_negatives,
-        " from --range_min=", options.range_min));
+  if (mine->format != "json" && mine->format != "npy") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--format=", mine->format, ": expected json or npy"));
   }
-  if (sampling == "top") {
-    options.sampling = Sampling::kTop;
-  } else if (sampling == "uniform") {
-    options.sampling = Sampling::kUniform;
-  } else if (sampling == "softmax") {
-    options.sampling = Sampling::kSoftmax;
-  } else {
-    return flags.UsageError(absl::StrCat("--sampling=", sampling,
-                                         ": expected top, uniform or softmax"));
+  if (mine->format == "npy" && mine->output.empty()) {
+    return absl::InvalidArgumentError("--format=npy needs --output FILE.npy");
   }
-  if (options.temperature < 0) {
-    return flags.UsageError("--temperature must not be negative");
-  }
-  if (format.empty()) format = absl::EndsWith(output, ".npy") ? "npy" : "json";
-  if (format != "json" && format != "npy") {
-    return flags.UsageError(
-        absl::StrCat("--format=", format, ": expected json or npy"));
-  }
-  if (format == "npy" && output.empty()) {
-    return flags.UsageError("--format=npy needs --output FILE.npy");
-  }
+  return options;
+}
 
+// The label names --label_names asks for (none without it).
+absl::StatusOr<std::vector<std::string>> ReadLabelNames(
+    const std::string& label_names_flag) {
   std::vector<std::string> label_names;
   if (label_names_flag == "fashion-mnist") {
     label_names.assign(kFashionMnistClassNames.begin(),
@@ -392,77 +352,75 @@ int RunMineCommand(const std::vector<std::string>& args) {
   } else if (!label_names_flag.empty()) {
     std::ifstream names(label_names_flag);
     if (!names) {
-      return flags.UsageError(
+      return absl::InvalidArgumentError(
           absl::StrCat("--label_names=", label_names_flag, ": cannot open"));
     }
     for (std::string line; std::getline(names, line);) {
       label_names.push_back(line);
     }
   }
+  return label_names;
+}
 
-  std::string failed_flag;
-  absl::StatusOr<MineInputs> inputs = ReadInputs(
-      queries_path, positives_path, labels_path, query_ids_path, &failed_flag);
-  if (!inputs.ok()) return RuntimeError(kCommand, failed_flag, inputs.status());
-
-  absl::StatusOr<std::unique_ptr<Client>> client =
-      ConnectToServer(server_flags);
-  if (!client.ok()) {
-    return RuntimeError(kCommand, server_flags.server, client.status());
-  }
-
-  const size_t n = inputs->size();
-  MineRun run{batch_size, max_in_flight, options};
+// What a run of batches got back, and how long it took.
+struct MineRunResult {
   MinedQueries mined;
-  mined.results.resize(n);
-  mined.versions.resize(n);
   std::vector<absl::Duration> latencies;
+  absl::Duration elapsed;
+};
+
+absl::Status MineAll(Client& client, const MineInputs& inputs,
+                     const MineRun& run, bool stream, MineRunResult* result) {
+  result->mined.results.resize(inputs.size());
+  result->mined.versions.resize(inputs.size());
   const absl::Time start = absl::Now();
   const absl::Status status =
-      stream ? MineStreaming(**client, *inputs, run, &mined, &latencies)
-             : MineUnary(**client, *inputs, run, &mined, &latencies);
-  const absl::Duration elapsed = absl::Now() - start;
-  if (!status.ok()) {
-    return RuntimeError(
-        kCommand,
-        absl::StrCat(stream ? "Mine" : "MineOnce", " on ", server_flags.server),
-        status);
-  }
+      stream
+          ? MineStreaming(client, inputs, run, &result->mined,
+                          &result->latencies)
+          : MineUnary(client, inputs, run, &result->mined, &result->latencies);
+  result->elapsed = absl::Now() - start;
+  return status;
+}
 
-  if (format == "npy") {
-    const absl::Status written = WriteMineNpy(
-        mined, options.num_negatives, options.return_embeddings, output);
-    if (!written.ok()) return RuntimeError(kCommand, "--output", written);
-  } else if (show == 0 || !output.empty()) {
-    std::FILE* out = output.empty() ? stdout : std::fopen(output.c_str(), "w");
-    if (out == nullptr) {
-      return RuntimeError(
-          kCommand, "--output",
-          absl::ErrnoToStatus(errno, absl::StrCat(output, ": cannot create")));
-    }
-    absl::Status written = WriteMineJson(mined, out);
-    if (out != stdout && std::fclose(out) != 0 && written.ok()) {
-      written = absl::ErrnoToStatus(errno, "closing the file failed");
-    }
-    if (!written.ok()) {
-      return RuntimeError(kCommand, output.empty() ? "stdout" : output,
-                          written);
-    }
+// Writes the results as --format, --output and --show say; on an error,
+// `*failed_what` names what could not be written.
+absl::Status WriteMined(const MineFlags& mine, const MiningOptions& options,
+                        const MinedQueries& mined, std::string* failed_what) {
+  if (mine.format == "npy") {
+    *failed_what = "--output";
+    return WriteMineNpy(mined, options.num_negatives, options.return_embeddings,
+                        mine.output);
   }
-
-  if (show > 0) {
-    WriteMineTable(mined, inputs->labels.value_or(std::vector<int64_t>{}),
-                   label_names, show, stdout);
-    std::fflush(stdout);
+  if (mine.show > 0 && mine.output.empty()) return absl::OkStatus();
+  std::FILE* out =
+      mine.output.empty() ? stdout : std::fopen(mine.output.c_str(), "w");
+  if (out == nullptr) {
+    *failed_what = "--output";
+    return absl::ErrnoToStatus(errno,
+                               absl::StrCat(mine.output, ": cannot create"));
   }
+  absl::Status written = WriteMineJson(mined, out);
+  if (out != stdout && std::fclose(out) != 0 && written.ok()) {
+    written = absl::ErrnoToStatus(errno, "closing the file failed");
+  }
+  *failed_what = mine.output.empty() ? "stdout" : mine.output;
+  return written;
+}
 
+// The throughput summary on stderr, after a note when the index changed
+// during the run, and what was written where.
+void ReportMineRun(const MineFlags& mine, const MiningOptions& options,
+                   const MineRunResult& run) {
+  const MinedQueries& mined = run.mined;
   uint64_t negatives = 0;
   uint64_t shortfall = 0;
   for (const QueryResult& result : mined.results) {
     negatives += result.negatives.size();
     shortfall += result.shortfall;
   }
-  const double seconds = std::max(absl::ToDoubleSeconds(elapsed), 1e-9);
+  const size_t n = mined.results.size();
+  const double seconds = std::max(absl::ToDoubleSeconds(run.elapsed), 1e-9);
   const IndexVersion& version = mined.versions.back();
   const IndexVersion& first = mined.versions.front();
   if (first.name != version.name || first.sequence != version.sequence) {
@@ -475,22 +433,73 @@ int RunMineCommand(const std::vector<std::string>& args) {
       "hardneg mine: %d queries in %d batches of up to %d over %s in %.3f s: "
       "%.1f queries/s, %.1f negatives/s; request latency p50 %.2f ms, p99 "
       "%.2f ms; %d negatives, shortfall %d; index %s (sequence %d)\n",
-      n, latencies.size(), batch_size,
-      stream ? "one Mine stream" : "MineOnce calls", seconds,
+      n, run.latencies.size(), mine.batch_size,
+      mine.stream ? "one Mine stream" : "MineOnce calls", seconds,
       static_cast<double>(n) / seconds,
       static_cast<double>(negatives) / seconds,
-      absl::ToDoubleMilliseconds(Percentile(latencies, 0.5)),
-      absl::ToDoubleMilliseconds(Percentile(latencies, 0.99)), negatives,
+      absl::ToDoubleMilliseconds(Percentile(run.latencies, 0.5)),
+      absl::ToDoubleMilliseconds(Percentile(run.latencies, 0.99)), negatives,
       shortfall, version.name, version.sequence);
-  if (output.empty()) return kExitOk;
-  if (format == "npy") {
-    const MineNpyPaths paths = MineNpyPathsFor(output);
+  if (mine.output.empty()) return;
+  if (mine.format == "npy") {
+    const MineNpyPaths paths = MineNpyPathsFor(mine.output);
     std::cerr << "hardneg mine: wrote " << paths.ids << " and " << paths.scores
               << (options.return_embeddings ? " and " + paths.embeddings : "")
               << "\n";
   } else {
-    std::cerr << "hardneg mine: wrote " << output << "\n";
+    std::cerr << "hardneg mine: wrote " << mine.output << "\n";
   }
+}
+
+}  // namespace
+
+int RunMineCommand(const std::vector<std::string>& args) {
+  ServerFlags server_flags;
+  MineFlags mine;
+  FlagSet flags(
+      kCommand, "--server HOST:PORT --queries Q.npy [flags]",
+      "Mines hard negatives for every row of Q.npy, sending --batch_size "
+      "queries per request over one Mine stream, and writes one result per "
+      "query (JSON on stdout by default). Throughput goes to stderr.");
+  AddServerFlags(flags, &server_flags);
+  AddMineFlags(flags, &mine);
+  if (std::optional<int> done = ParseServerCommand(flags, args, server_flags)) {
+    return *done;
+  }
+  absl::StatusOr<MiningOptions> options = CheckMineFlags(&mine);
+  if (!options.ok()) return flags.UsageError(options.status());
+  absl::StatusOr<std::vector<std::string>> label_names =
+      ReadLabelNames(mine.label_names);
+  if (!label_names.ok()) return flags.UsageError(label_names.status());
+
+  std::string failed_flag;
+  absl::StatusOr<MineInputs> inputs =
+      ReadInputs(mine.queries_path, mine.positives_path, mine.labels_path,
+                 mine.query_ids_path, &failed_flag);
+  if (!inputs.ok()) return RuntimeError(kCommand, failed_flag, inputs.status());
+  MineRunResult run;
+  const int mined_exit =
+      RunWithClient(kCommand, server_flags, [&](Client& client) {
+        const absl::Status mined = MineAll(
+            client, *inputs, {mine.batch_size, mine.max_in_flight, *options},
+            mine.stream, &run);
+        if (mined.ok()) return kExitOk;
+        return RuntimeError(kCommand,
+                            absl::StrCat(mine.stream ? "Mine" : "MineOnce",
+                                         " on ", server_flags.server),
+                            mined);
+      });
+  if (mined_exit != kExitOk) return mined_exit;
+  std::string failed_what;
+  const absl::Status written =
+      WriteMined(mine, *options, run.mined, &failed_what);
+  if (!written.ok()) return RuntimeError(kCommand, failed_what, written);
+  if (mine.show > 0) {
+    WriteMineTable(run.mined, inputs->labels.value_or(std::vector<int64_t>{}),
+                   *label_names, mine.show, stdout);
+    std::fflush(stdout);
+  }
+  ReportMineRun(mine, *options, run);
   return kExitOk;
 }
 

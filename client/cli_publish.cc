@@ -89,17 +89,202 @@ class ProgressReporter {
   int last_quarter_ = 0;
 };
 
+// Every flag of `hardneg publish` but the server's.
+struct PublishFlags {
+  std::vector<std::string> dirs;  // the positional arguments
+  std::string embeddings_path, ids_path, labels_path, delete_ids_path;
+  std::string name, metric, base_version;
+  uint64_t step = 0;
+  bool step_set = false;  // --step was given: it overrides the manifest's
+  uint32_t chunk_rows = 4096;
+  bool send_bytes = false;
+  bool wait = true;
+};
+
+void AddPublishFlags(FlagSet& flags, PublishFlags* publish) {
+  flags.Positionals(&publish->dirs);
+  flags.String("embeddings", &publish->embeddings_path, "E.npy",
+               "Embeddings, float32 or float16 [n, dim] (instead of DIR).");
+  flags.String("ids", &publish->ids_path, "I.npy", "Ids, int64 [n].");
+  flags.String("labels", &publish->labels_path, "L.npy", "Labels, int64 [n].");
+  flags.String("name", &publish->name, "N",
+               "The version's name (required without DIR; overrides the "
+               "manifest's).");
+  flags.Uint64("step", &publish->step,
+               "The checkpoint's training step (overrides the manifest's).");
+  flags.String("metric", &publish->metric, "inner_product|l2",
+               "Default: the manifest's, else the served version's.");
+  flags.String("base_version", &publish->base_version, "NAME",
+               "Publish incrementally onto the served version NAME.");
+  flags.String("delete_ids", &publish->delete_ids_path, "D.npy",
+               "Ids to remove, int64 [n] (needs --base_version).");
+  flags.Uint32("chunk_rows", &publish->chunk_rows, "Rows per message (> 0).");
+  flags.Bool("bytes", &publish->send_bytes,
+             "Send embeddings as float32 bytes instead of packed floats.");
+  flags.Bool("wait", &publish->wait,
+             "Wait until the new version serves; --nowait returns once the "
+             "server has received and checked the data.");
+}
+
+// INVALID_ARGUMENT with the usage error's message when the flags do not
+// name one consistent source of rows.
+absl::Status CheckPublishFlags(const PublishFlags& publish) {
+  if (publish.dirs.size() > 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("expected one checkpoint directory, got ",
+                     publish.dirs.size(), " arguments"));
+  }
+  const bool from_dir = !publish.dirs.empty();
+  const bool from_npy = !publish.embeddings_path.empty() ||
+                        !publish.ids_path.empty() ||
+                        !publish.labels_path.empty();
+  if (from_dir && from_npy) {
+    return absl::InvalidArgumentError(
+        "give either a checkpoint directory or --embeddings/--ids/--labels, "
+        "not both");
+  }
+  if (!from_dir &&
+      (publish.embeddings_path.empty() || publish.ids_path.empty())) {
+    return absl::InvalidArgumentError(
+        "give a checkpoint directory, or --embeddings and --ids");
+  }
+  if (!from_dir && publish.name.empty()) {
+    return absl::InvalidArgumentError("--name is required with --embeddings");
+  }
+  if (!publish.delete_ids_path.empty() && publish.base_version.empty()) {
+    return absl::InvalidArgumentError(
+        "--delete_ids needs --base_version (an incremental publish)");
+  }
+  if (publish.chunk_rows == 0) {
+    return absl::InvalidArgumentError("--chunk_rows must be > 0");
+  }
+  if (!publish.metric.empty() && !ParseMetric(publish.metric).ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--metric=", publish.metric, ": expected inner_product or l2"));
+  }
+  return absl::OkStatus();
+}
+
+// The rows of the checkpoint directory; name, step and metric from its
+// manifest unless the flags override them.
+absl::Status ReadCheckpointRows(const PublishFlags& publish, PublishData* data,
+                                PublishSpec* spec) {
+  absl::StatusOr<Checkpoint> checkpoint = ReadCheckpoint(publish.dirs[0]);
+  if (!checkpoint.ok()) return checkpoint.status();
+  data->checkpoint = *std::move(checkpoint);
+  const CheckpointManifest& manifest = data->checkpoint->manifest;
+  const CandidateStore& store = data->checkpoint->store;
+  spec->name = publish.name.empty() ? manifest.name : publish.name;
+  spec->step = publish.step_set ? publish.step : manifest.step;
+  spec->dim = static_cast<uint32_t>(store.dim());
+  spec->metric = publish.metric;
+  if (spec->metric.empty() && manifest.metric) {
+    spec->metric = MetricName(*manifest.metric);
+  }
+  spec->ids = store.ids();
+  if (store.has_labels()) spec->labels = store.labels();
+  spec->embeddings =
+      absl::MakeConstSpan(store.data(), store.size() * store.dim());
+  return absl::OkStatus();
+}
+
+// The rows of --embeddings, --ids and --labels; `*failed_flag` names the
+// flag whose file was wrong.
+absl::Status ReadNpyRows(const PublishFlags& publish, PublishData* data,
+                         PublishSpec* spec, std::string* failed_flag) {
+  *failed_flag = "--embeddings";
+  absl::StatusOr<NpyMatrix> embeddings = ReadNpyMatrix(publish.embeddings_path);
+  if (!embeddings.ok()) return embeddings.status();
+  data->embeddings = *std::move(embeddings);
+  *failed_flag = "--ids";
+  absl::StatusOr<std::vector<int64_t>> ids = ReadNpyInt64(publish.ids_path);
+  if (!ids.ok()) return ids.status();
+  data->ids = *std::move(ids);
+  if (data->ids.size() != data->embeddings.rows) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        publish.ids_path, " has ", data->ids.size(), " ids but ",
+        publish.embeddings_path, " has ", data->embeddings.rows, " rows"));
+  }
+  if (!publish.labels_path.empty()) {
+    *failed_flag = "--labels";
+    absl::StatusOr<std::vector<int64_t>> labels =
+        ReadNpyInt64(publish.labels_path);
+    if (!labels.ok()) return labels.status();
+    data->labels = *std::move(labels);
+    if (data->labels.size() != data->ids.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(publish.labels_path, " has ", data->labels.size(),
+                       " labels for ", data->ids.size(), " ids"));
+    }
+  }
+  spec->name = publish.name;
+  spec->step = publish.step;
+  spec->dim = static_cast<uint32_t>(data->embeddings.cols);
+  spec->metric = publish.metric;
+  spec->ids = data->ids;
+  spec->labels = data->labels;
+  spec->embeddings = data->embeddings.data;
+  return absl::OkStatus();
+}
+
+// Everything to publish, as the flags say; `*failed_what` names the
+// directory or the flag whose file was wrong.
+absl::Status ReadPublishSpec(const PublishFlags& publish, PublishData* data,
+                             PublishSpec* spec, std::string* failed_what) {
+  absl::Status status;
+  if (!publish.dirs.empty()) {
+    *failed_what = publish.dirs[0];
+    status = ReadCheckpointRows(publish, data, spec);
+  } else {
+    status = ReadNpyRows(publish, data, spec, failed_what);
+  }
+  if (!status.ok()) return status;
+  if (!publish.delete_ids_path.empty()) {
+    *failed_what = "--delete_ids";
+    absl::StatusOr<std::vector<int64_t>> deletes =
+        ReadNpyInt64(publish.delete_ids_path);
+    if (!deletes.ok()) return deletes.status();
+    data->delete_ids = *std::move(deletes);
+    spec->delete_ids = data->delete_ids;
+  }
+  if (!publish.base_version.empty()) spec->base_version = publish.base_version;
+  spec->chunk_rows = publish.chunk_rows;
+  spec->send_bytes = publish.send_bytes;
+  spec->wait = publish.wait;
+  return absl::OkStatus();
+}
+
+// Publishes `spec` with a progress report; prints the version that now
+// serves on stdout and a summary on stderr.
+int PublishAndReport(Client& client, const PublishSpec& spec,
+                     const std::string& server) {
+  ProgressReporter reporter(spec.wait);
+  const absl::Time start = absl::Now();
+  absl::StatusOr<IndexVersion> version = client.Publish(
+      spec, [&](const PublishProgress& p) { reporter.Update(p); });
+  if (!version.ok()) {
+    return RuntimeError(
+        kCommand, absl::StrCat("Publish of '", spec.name, "' to ", server),
+        version.status());
+  }
+  std::cout << "version:      " << version->name << "\n"
+            << "sequence:     " << version->sequence << "\n";
+  std::cout.flush();
+  std::cerr << absl::StrFormat(
+      "hardneg publish: %d rows and %d deletes of dim %d in %.3f s; %s\n",
+      spec.ids.size(), spec.delete_ids.size(), spec.dim,
+      absl::ToDoubleSeconds(absl::Now() - start),
+      spec.wait ? "serving now"
+                : "the server builds it in the background ('hardneg info' "
+                  "shows when it serves)");
+  return kExitOk;
+}
+
 }  // namespace
 
 int RunPublishCommand(const std::vector<std::string>& args) {
   ServerFlags server_flags;
-  std::vector<std::string> dirs;
-  std::string embeddings_path, ids_path, labels_path, delete_ids_path;
-  std::string name, metric, base_version;
-  uint64_t step = 0;
-  uint32_t chunk_rows = 4096;
-  bool send_bytes = false;
-  bool wait = true;
+  PublishFlags publish;
   FlagSet flags(
       kCommand,
       "--server HOST:PORT (DIR | --embeddings E.npy --ids I.npy [--labels "
@@ -112,158 +297,26 @@ int RunPublishCommand(const std::vector<std::string>& args) {
       "--delete_ids removes ids. Shows upload progress on stderr and prints "
       "the version that now serves on stdout.");
   AddServerFlags(flags, &server_flags);
-  flags.Positionals(&dirs);
-  flags.String("embeddings", &embeddings_path, "E.npy",
-               "Embeddings, float32 or float16 [n, dim] (instead of DIR).");
-  flags.String("ids", &ids_path, "I.npy", "Ids, int64 [n].");
-  flags.String("labels", &labels_path, "L.npy", "Labels, int64 [n].");
-  flags.String("name", &name, "N",
-               "The version's name (required without DIR; overrides the "
-               "manifest's).");
-  flags.Uint64("step", &step,
-               "The checkpoint's training step (overrides the manifest's).");
-  flags.String("metric", &metric, "inner_product|l2",
-               "Default: the manifest's, else the served version's.");
-  flags.String("base_version", &base_version, "NAME",
-               "Publish incrementally onto the served version NAME.");
-  flags.String("delete_ids", &delete_ids_path, "D.npy",
-               "Ids to remove, int64 [n] (needs --base_version).");
-  flags.Uint32("chunk_rows", &chunk_rows, "Rows per message (> 0).");
-  flags.Bool("bytes", &send_bytes,
-             "Send embeddings as float32 bytes instead of packed floats.");
-  flags.Bool("wait", &wait,
-             "Wait until the new version serves; --nowait returns once the "
-             "server has received and checked the data.");
+  AddPublishFlags(flags, &publish);
   if (std::optional<int> done = ParseServerCommand(flags, args, server_flags)) {
     return *done;
   }
-  if (dirs.size() > 1) {
-    return flags.UsageError(
-        absl::StrCat("expected one checkpoint directory, "
-                     "got ",
-                     dirs.size(), " arguments"));
-  }
-  const bool from_dir = !dirs.empty();
-  if (from_dir &&
-      (!embeddings_path.empty() || !ids_path.empty() || !labels_path.empty())) {
-    return flags.UsageError(
-        "give either a checkpoint directory or --embeddings/--ids/--labels, "
-        "not both");
-  }
-  if (!from_dir && (embeddings_path.empty() || ids_path.empty())) {
-    return flags.UsageError(
-        "give a checkpoint directory, or --embeddings and --ids");
-  }
-  if (!from_dir && name.empty()) {
-    return flags.UsageError("--name is required with --embeddings");
-  }
-  if (!delete_ids_path.empty() && base_version.empty()) {
-    return flags.UsageError(
-        "--delete_ids needs --base_version (an incremental publish)");
-  }
-  if (chunk_rows == 0) return flags.UsageError("--chunk_rows must be > 0");
-  if (!metric.empty() && !ParseMetric(metric).ok()) {
-    return flags.UsageError(
-        absl::StrCat("--metric=", metric, ": expected inner_product or l2"));
+  publish.step_set = flags.IsSet("step");
+  if (absl::Status status = CheckPublishFlags(publish); !status.ok()) {
+    return flags.UsageError(status);
   }
 
   PublishData data;
   PublishSpec spec;
-  if (from_dir) {
-    absl::StatusOr<Checkpoint> checkpoint = ReadCheckpoint(dirs[0]);
-    if (!checkpoint.ok()) {
-      return RuntimeError(kCommand, dirs[0], checkpoint.status());
-    }
-    data.checkpoint = *std::move(checkpoint);
-    const CheckpointManifest& manifest = data.checkpoint->manifest;
-    const CandidateStore& store = data.checkpoint->store;
-    spec.name = name.empty() ? manifest.name : name;
-    spec.step = flags.IsSet("step") ? step : manifest.step;
-    spec.dim = static_cast<uint32_t>(store.dim());
-    if (metric.empty() && manifest.metric) {
-      metric = MetricName(*manifest.metric);
-    }
-    spec.ids = store.ids();
-    if (store.has_labels()) spec.labels = store.labels();
-    spec.embeddings =
-        absl::MakeConstSpan(store.data(), store.size() * store.dim());
-  } else {
-    absl::StatusOr<NpyMatrix> embeddings = ReadNpyMatrix(embeddings_path);
-    if (!embeddings.ok()) {
-      return RuntimeError(kCommand, "--embeddings", embeddings.status());
-    }
-    data.embeddings = *std::move(embeddings);
-    absl::StatusOr<std::vector<int64_t>> ids = ReadNpyInt64(ids_path);
-    if (!ids.ok()) return RuntimeError(kCommand, "--ids", ids.status());
-    data.ids = *std::move(ids);
-    if (data.ids.size() != data.embeddings.rows) {
-      return RuntimeError(
-          kCommand, "--ids",
-          absl::InvalidArgumentError(absl::StrCat(
-              ids_path, " has ", data.ids.size(), " ids but ", embeddings_path,
-              " has ", data.embeddings.rows, " rows")));
-    }
-    if (!labels_path.empty()) {
-      absl::StatusOr<std::vector<int64_t>> labels = ReadNpyInt64(labels_path);
-      if (!labels.ok()) {
-        return RuntimeError(kCommand, "--labels", labels.status());
-      }
-      data.labels = *std::move(labels);
-      if (data.labels.size() != data.ids.size()) {
-        return RuntimeError(kCommand, "--labels",
-                            absl::InvalidArgumentError(absl::StrCat(
-                                labels_path, " has ", data.labels.size(),
-                                " labels for ", data.ids.size(), " ids")));
-      }
-    }
-    spec.name = name;
-    spec.step = step;
-    spec.dim = static_cast<uint32_t>(data.embeddings.cols);
-    spec.ids = data.ids;
-    spec.labels = data.labels;
-    spec.embeddings = data.embeddings.data;
+  std::string failed_what;
+  if (absl::Status status =
+          ReadPublishSpec(publish, &data, &spec, &failed_what);
+      !status.ok()) {
+    return RuntimeError(kCommand, failed_what, status);
   }
-  if (!delete_ids_path.empty()) {
-    absl::StatusOr<std::vector<int64_t>> deletes =
-        ReadNpyInt64(delete_ids_path);
-    if (!deletes.ok()) {
-      return RuntimeError(kCommand, "--delete_ids", deletes.status());
-    }
-    data.delete_ids = *std::move(deletes);
-    spec.delete_ids = data.delete_ids;
-  }
-  spec.metric = metric;
-  if (!base_version.empty()) spec.base_version = base_version;
-  spec.chunk_rows = chunk_rows;
-  spec.send_bytes = send_bytes;
-  spec.wait = wait;
-
-  absl::StatusOr<std::unique_ptr<Client>> client =
-      ConnectToServer(server_flags);
-  if (!client.ok()) {
-    return RuntimeError(kCommand, server_flags.server, client.status());
-  }
-  ProgressReporter reporter(wait);
-  const absl::Time start = absl::Now();
-  absl::StatusOr<IndexVersion> version = (*client)->Publish(
-      spec, [&](const PublishProgress& p) { reporter.Update(p); });
-  if (!version.ok()) {
-    return RuntimeError(
-        kCommand,
-        absl::StrCat("Publish of '", spec.name, "' to ", server_flags.server),
-        version.status());
-  }
-  std::cout << "version:      " << version->name << "\n"
-            << "sequence:     " << version->sequence << "\n";
-  std::cout.flush();
-  std::cerr << absl::StrFormat(
-      "hardneg publish: %d rows and %d deletes of dim %d in %.3f s; %s\n",
-      spec.ids.size(), spec.delete_ids.size(), spec.dim,
-      absl::ToDoubleSeconds(absl::Now() - start),
-      wait ? "serving now"
-           : "the server builds it in the background ('hardneg info' shows "
-             "when it serves)");
-  return kExitOk;
+  return RunWithClient(kCommand, server_flags, [&](Client& client) {
+    return PublishAndReport(client, spec, server_flags.server);
+  });
 }
 
 }  // namespace hardneg::client

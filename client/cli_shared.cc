@@ -1,4 +1,4 @@
-// What the subcommands share: server flags, error reporting, JSON strings.
+// What the subcommands share: server flags, connecting, error reporting.
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
@@ -11,31 +11,6 @@
 #include "client/cli_commands.h"
 
 namespace hardneg::client {
-std::string JsonString(const std::string& text) {
-  std::string out = "\"";
-  for (const char c : text) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          absl::StrAppend(&out, "\\u00",
-                          absl::Hex(static_cast<unsigned>(c), absl::kZeroPad2));
-        } else {
-          out += c;
-        }
-    }
-  }
-  out += '"';
-  return out;
-}
 
 void AddServerFlags(FlagSet& flags, ServerFlags* server_flags) {
   flags.String("server", &server_flags->server, "HOST:PORT",
@@ -108,6 +83,16 @@ absl::StatusOr<std::unique_ptr<Client>> ConnectToServer(
     options.rpc_timeout = timeout;
   }
   return Client::Connect(server_flags.server, options);
+}
+
+int RunWithClient(const std::string& command, const ServerFlags& server_flags,
+                  const std::function<int(Client&)>& run) {
+  absl::StatusOr<std::unique_ptr<Client>> client =
+      ConnectToServer(server_flags);
+  if (!client.ok()) {
+    return RuntimeError(command, server_flags.server, client.status());
+  }
+  return run(**client);
 }
 
 std::string StatusText(const absl::Status& status) {

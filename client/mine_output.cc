@@ -1,7 +1,6 @@
 #include "client/mine_output.h"
 
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <cstddef>
 #include <limits>
@@ -9,34 +8,53 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "client/cli_commands.h"
+#include "client/cli_json.h"
 #include "client/npy_array.h"
 
 namespace hardneg::client {
 namespace {
 
-// The shortest text that reads back as the same float; null if non-finite.
-void AppendJsonFloat(std::string* out, float value) {
-  if (!std::isfinite(value)) {
-    out->append("null");
-    return;
-  }
-  char buffer[32];
-  const std::to_chars_result result =
-      std::to_chars(buffer, buffer + sizeof(buffer), value);
-  out->append(buffer, result.ptr);
-}
-
-void AppendVersion(std::string* out, const IndexVersion& version) {
-  absl::StrAppend(out, "{\"name\": ", JsonString(version.name),
-                  ", \"sequence\": ", version.sequence, "}");
+nlohmann::ordered_json VersionJson(const IndexVersion& version) {
+  return {{"name", version.name}, {"sequence", version.sequence}};
 }
 
 bool SameVersion(const IndexVersion& a, const IndexVersion& b) {
   return a.name == b.name && a.sequence == b.sequence;
 }
 
+// Writes `text` to `out` and clears it.
+absl::Status Flush(std::string* text, std::FILE* out) {
+  const bool written =
+      std::fwrite(text->data(), 1, text->size(), out) == text->size();
+  text->clear();
+  if (!written) return absl::UnavailableError("writing the JSON output failed");
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+nlohmann::ordered_json NegativeJson(const Negative& negative) {
+  nlohmann::ordered_json json = {{"id", negative.id},
+                                 {"score", negative.score},
+                                 {"label", negative.label},
+                                 {"rank", negative.rank}};
+  if (!negative.embedding.empty()) json["embedding"] = negative.embedding;
+  return json;
+}
+
+nlohmann::ordered_json QueryResultJson(const QueryResult& result,
+                                       size_t query) {
+  nlohmann::ordered_json negatives = nlohmann::ordered_json::array();
+  for (const Negative& negative : result.negatives) {
+    negatives.push_back(NegativeJson(negative));
+  }
+  nlohmann::ordered_json json = {{"query", query},
+                                 {"negatives", std::move(negatives)},
+                                 {"shortfall", result.shortfall},
+                                 {"positive_score", nullptr}};
+  if (result.positive_score) json["positive_score"] = *result.positive_score;
+  return json;
+}
 
 absl::Status WriteMineJson(const MinedQueries& mined, std::FILE* out) {
   bool version_changed = false;
@@ -44,53 +62,24 @@ absl::Status WriteMineJson(const MinedQueries& mined, std::FILE* out) {
     if (!SameVersion(version, mined.versions.front())) version_changed = true;
   }
   std::string text = "{\"index\": ";
-  AppendVersion(
-      &text, mined.versions.empty() ? IndexVersion() : mined.versions.back());
+  AppendJson(VersionJson(mined.versions.empty() ? IndexVersion()
+                                                : mined.versions.back()),
+             JsonFloats::kShortestFloat, &text);
   absl::StrAppend(&text, ", \"num_queries\": ", mined.results.size(),
                   ", \"results\": [\n");
   for (size_t i = 0; i < mined.results.size(); ++i) {
-    const QueryResult& result = mined.results[i];
-    absl::StrAppend(&text, "{\"query\": ", i, ", \"negatives\": [");
-    for (size_t j = 0; j < result.negatives.size(); ++j) {
-      const Negative& negative = result.negatives[j];
-      absl::StrAppend(&text, j == 0 ? "" : ", ", "{\"id\": ", negative.id,
-                      ", \"score\": ");
-      AppendJsonFloat(&text, negative.score);
-      absl::StrAppend(&text, ", \"label\": ", negative.label,
-                      ", \"rank\": ", negative.rank);
-      if (!negative.embedding.empty()) {
-        text.append(", \"embedding\": [");
-        for (size_t d = 0; d < negative.embedding.size(); ++d) {
-          if (d > 0) text.append(", ");
-          AppendJsonFloat(&text, negative.embedding[d]);
-        }
-        text.append("]");
-      }
-      text.append("}");
-    }
-    absl::StrAppend(&text, "], \"shortfall\": ", result.shortfall,
-                    ", \"positive_score\": ");
-    if (result.positive_score) {
-      AppendJsonFloat(&text, *result.positive_score);
-    } else {
-      text.append("null");
-    }
-    if (version_changed) {
-      text.append(", \"index\": ");
-      AppendVersion(&text, mined.versions[i]);
-    }
-    absl::StrAppend(&text, "}", i + 1 < mined.results.size() ? "," : "", "\n");
+    nlohmann::ordered_json result = QueryResultJson(mined.results[i], i);
+    if (version_changed) result["index"] = VersionJson(mined.versions[i]);
+    AppendJson(result, JsonFloats::kShortestFloat, &text);
+    absl::StrAppend(&text, i + 1 < mined.results.size() ? "," : "", "\n");
     // Flush in pieces so a large output never sits in memory whole.
     if (text.size() > (1 << 20)) {
-      if (std::fwrite(text.data(), 1, text.size(), out) != text.size()) {
-        return absl::UnavailableError("writing the JSON output failed");
-      }
-      text.clear();
+      if (absl::Status status = Flush(&text, out); !status.ok()) return status;
     }
   }
   text.append("]}\n");
-  if (std::fwrite(text.data(), 1, text.size(), out) != text.size() ||
-      std::fflush(out) != 0) {
+  if (absl::Status status = Flush(&text, out); !status.ok()) return status;
+  if (std::fflush(out) != 0) {
     return absl::UnavailableError("writing the JSON output failed");
   }
   return absl::OkStatus();

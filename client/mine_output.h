@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "client/client.h"
+#include "nlohmann/json.hpp"
 
 namespace hardneg::client {
 
@@ -31,6 +32,14 @@ struct MinedQueries {
 // the last one and each result carries its own "index" too. Non-finite
 // floats are written as null.
 absl::Status WriteMineJson(const MinedQueries& mined, std::FILE* out);
+
+// One negative of WriteMineJson: {"id", "score", "label", "rank"
+// [, "embedding"]}; scores and embedding values are floats.
+nlohmann::ordered_json NegativeJson(const Negative& negative);
+
+// The result of query number `query`: {"query", "negatives", "shortfall",
+// "positive_score"}, positive_score null when there was no positive.
+nlohmann::ordered_json QueryResultJson(const QueryResult& result, size_t query);
 
 // Writes a human-readable table of the first `show` queries' negatives:
 // rank, id, label (named by `label_names` when it covers the label) and

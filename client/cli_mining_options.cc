@@ -1,0 +1,73 @@
+#include "client/cli_mining_options.h"
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace hardneg::client {
+
+void AddMiningFlags(FlagSet& flags, MiningFlags* mining_flags) {
+  MiningOptions& options = mining_flags->options;
+  flags.Uint32("num_negatives", &options.num_negatives,
+               "Negatives per query (> 0).");
+  flags.Uint32("range_min", &options.range_min,
+               "First rank of the window among the survivors.");
+  flags.Uint32("range_max", &options.range_max,
+               "End of the rank window (exclusive); 0 means range_min + "
+               "num_negatives.");
+  flags.OptionalFloat("max_score", &options.max_score,
+                      "Drop candidates scoring above this.");
+  flags.OptionalFloat("min_score", &options.min_score,
+                      "Drop candidates scoring below this.");
+  flags.OptionalFloat("absolute_margin", &options.absolute_margin,
+                      "Keep this far (in score) from the weakest positive.");
+  flags.OptionalFloat("relative_margin", &options.relative_margin,
+                      "Keep this fraction of |p| away from the weakest "
+                      "positive p.");
+  flags.String("sampling", &mining_flags->sampling, "top|uniform|softmax",
+               "How to pick num_negatives from the window.");
+  flags.Float("temperature", &options.temperature,
+              "Softmax temperature (>= 0); 0 means 1.0.");
+  flags.Uint64("seed", &options.seed, "Seed for uniform and softmax sampling.");
+  flags.Bool("return_embeddings", &options.return_embeddings,
+             "Return each negative's stored embedding.");
+  flags.Uint64("min_index_sequence", &options.min_index_sequence,
+               "Refuse answers from an index older than this sequence.");
+  flags.Uint32("nprobe", &options.nprobe,
+               "IVF lists to probe (more: better recall, slower); 0 keeps "
+               "the server's --nprobe.");
+}
+
+absl::StatusOr<MiningOptions> MiningOptionsFromFlags(
+    const MiningFlags& mining_flags) {
+  MiningOptions options = mining_flags.options;
+  if (options.num_negatives == 0) {
+    return absl::InvalidArgumentError("--num_negatives must be at least 1");
+  }
+  if (options.range_max != 0 &&
+      uint64_t{options.range_max} <
+          uint64_t{options.range_min} + options.num_negatives) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--range_max=", options.range_max, " leaves a window smaller than ",
+        "--num_negatives=", options.num_negatives,
+        " from --range_min=", options.range_min));
+  }
+  if (mining_flags.sampling == "top") {
+    options.sampling = Sampling::kTop;
+  } else if (mining_flags.sampling == "uniform") {
+    options.sampling = Sampling::kUniform;
+  } else if (mining_flags.sampling == "softmax") {
+    options.sampling = Sampling::kSoftmax;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--sampling=", mining_flags.sampling,
+                     ": expected top, uniform or softmax"));
+  }
+  if (options.temperature < 0) {
+    return absl::InvalidArgumentError("--temperature must not be negative");
+  }
+  return options;
+}
+
+}  // namespace hardneg::client
