@@ -1,6 +1,5 @@
 #include "format/checkpoint.h"
 
-#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -69,11 +68,6 @@ absl::Status CheckJsonDepth(absl::string_view text, int max_depth) {
     }
   }
   return absl::OkStatus();
-}
-
-// Keeps the code of `status` and puts `prefix` before its message.
-absl::Status Annotate(const absl::Status& status, absl::string_view prefix) {
-  return absl::Status(status.code(), absl::StrCat(prefix, status.message()));
 }
 
 // A JSON value as it appears in the file, shortened for messages.
