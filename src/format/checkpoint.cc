@@ -598,8 +598,7 @@ absl::Status WriteCheckpoint(const std::string& root,
   // reader pairs it with half-replaced shard files.
   const std::string manifest_path = JoinPath(dir, kManifestFile);
   if (unlink(manifest_path.c_str()) != 0 && errno != ENOENT) {
-    return absl::ErrnoToStatus(
-        errno, absl::StrCat(manifest_path, ": cannot remove the old manifest"));
+    return ErrnoError(manifest_path, "cannot remove the old manifest");
   }
 
   CheckpointShard shard{"embeddings-00000.npy", "ids-00000.npy",
