@@ -27,7 +27,6 @@
 #include "client/client.h"
 #include "client/fashion_mnist.h"
 #include "client/mine_output.h"
-#include "client/npy_array.h"
 #include "format/npy.h"
 
 namespace hardneg::client {

@@ -9,7 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "client/cli_json.h"
-#include "client/npy_array.h"
+#include "format/npy.h"
 
 namespace hardneg::client {
 namespace {

@@ -598,5 +598,143 @@ TEST_F(NpyTest, RejectsShapeTooLargeForMemory) {
               {path, "too large"});
 }
 
+// ReadNpyInt64Matrix and WriteNpyArray: what the CLI reads (positives) and
+// writes (mined ids, scores and embeddings).
+
+TEST_F(NpyTest, Int64MatrixReadsOneDimensionAsAColumn) {
+  const std::string path = WriteBytes(
+      "p.npy", Npy(Dict("<i8", "(3,)"), Bytes(std::vector<int64_t>{4, -1, 9})));
+  absl::StatusOr<NpyInt64Matrix> m = ReadNpyInt64Matrix(path);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->rows, 3u);
+  EXPECT_EQ(m->cols, 1u);
+  EXPECT_THAT(m->data, ElementsAre(4, -1, 9));
+}
+
+TEST_F(NpyTest, Int64MatrixReadsTwoDimensionsInEitherOrder) {
+  const std::string c_order =
+      WriteBytes("c.npy", Npy(Dict("<i8", "(2, 3)"),
+                              Bytes(std::vector<int64_t>{1, 2, 3, 4, 5, 6})));
+  // [[1, 2, 3], [4, 5, 6]] stored column by column, as int32.
+  const std::string fortran =
+      WriteBytes("f.npy", Npy(Dict("<i4", "(2, 3)", /*fortran=*/true),
+                              Bytes(std::vector<int32_t>{1, 4, 2, 5, 3, -6})));
+  absl::StatusOr<NpyInt64Matrix> c = ReadNpyInt64Matrix(c_order);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->rows, 2u);
+  EXPECT_EQ(c->cols, 3u);
+  EXPECT_THAT(c->data, ElementsAre(1, 2, 3, 4, 5, 6));
+  absl::StatusOr<NpyInt64Matrix> f = ReadNpyInt64Matrix(fortran);
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->rows, 2u);
+  EXPECT_EQ(f->cols, 3u);
+  EXPECT_THAT(f->data, ElementsAre(1, 2, 3, 4, 5, -6));
+}
+
+TEST_F(NpyTest, Int64MatrixReadsFormatVersion2) {
+  const std::string path =
+      WriteBytes("v2.npy", Npy(Dict("<i8", "(1, 2)"),
+                               Bytes(std::vector<int64_t>{7, 8}), /*major=*/2));
+  absl::StatusOr<NpyInt64Matrix> m = ReadNpyInt64Matrix(path);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_THAT(m->data, ElementsAre(7, 8));
+}
+
+TEST_F(NpyTest, Int64MatrixRejectsWhatItCannotRead) {
+  const std::string absent = Path("absent.npy");
+  ExpectError(ReadNpyInt64Matrix(absent).status(), absl::StatusCode::kNotFound,
+              {absent, "no such file"});
+  const std::string cube =
+      WriteBytes("cube.npy",
+                 Npy(Dict("<i8", "(1, 2, 1)"), Bytes(std::vector<int64_t>(2))));
+  ExpectError(ReadNpyInt64Matrix(cube).status(),
+              absl::StatusCode::kInvalidArgument,
+              {cube, "wrong shape", "expected a 1-D or 2-D array",
+               "found shape (1, 2, 1)"});
+  const std::string floats = WriteBytes(
+      "f.npy", Npy(Dict("<f4", "(2,)"), Bytes(std::vector<float>(2))));
+  ExpectError(ReadNpyInt64Matrix(floats).status(),
+              absl::StatusCode::kInvalidArgument,
+              {floats, "unsupported dtype '<f4'", "int64 '<i8' or int32"});
+  const std::string bad = WriteBytes("bad.npy", "not an npy file");
+  ExpectError(ReadNpyInt64Matrix(bad).status(),
+              absl::StatusCode::kInvalidArgument, {bad, "bad magic"});
+  const std::string short_data = WriteBytes(
+      "s.npy", Npy(Dict("<i8", "(2, 2)"), Bytes(std::vector<int64_t>(3))));
+  ExpectError(ReadNpyInt64Matrix(short_data).status(),
+              absl::StatusCode::kInvalidArgument,
+              {short_data, "truncated data", "needs 32 data bytes"});
+}
+
+TEST_F(NpyTest, WriteNpyArrayWritesAnyShapeAsNumpyDoes) {
+  std::vector<float> data(2 * 3 * 4);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<float>(i);
+  const std::string path = Path("e.npy");
+  ASSERT_TRUE(WriteNpyArray(path, "<f4", {2, 3, 4}, data.data()).ok());
+  const std::string bytes = ReadBytes(path);
+  ASSERT_GE(bytes.size(), 10u);
+  EXPECT_EQ(bytes.substr(0, 8), std::string("\x93NUMPY\x01\x00", 8));
+  const size_t header_len = static_cast<unsigned char>(bytes[8]) |
+                            static_cast<unsigned char>(bytes[9]) << 8;
+  const size_t data_offset = 10 + header_len;
+  EXPECT_EQ(data_offset % 64, 0u);
+  EXPECT_EQ(bytes[data_offset - 1], '\n');
+  EXPECT_THAT(bytes.substr(10, header_len),
+              HasSubstr("{'descr': '<f4', 'fortran_order': False, "
+                        "'shape': (2, 3, 4), }"));
+  EXPECT_EQ(bytes.substr(data_offset), Bytes(data));
+}
+
+TEST_F(NpyTest, WriteNpyArrayRoundTripsIdsThroughTheMatrixReader) {
+  const std::vector<int64_t> ids = {10, 11, -1, 13, 14, 15};
+  const std::string path = Path("ids.npy");
+  ASSERT_TRUE(WriteNpyArray(path, "<i8", {3, 2}, ids.data()).ok());
+  absl::StatusOr<NpyInt64Matrix> m = ReadNpyInt64Matrix(path);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->rows, 3u);
+  EXPECT_EQ(m->cols, 2u);
+  EXPECT_EQ(m->data, ids);
+  const std::vector<int64_t> none;
+  ASSERT_TRUE(WriteNpyArray(path, "<i8", {0, 5}, none.data()).ok());
+  m = ReadNpyInt64Matrix(path);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->rows, 0u);
+  EXPECT_EQ(m->cols, 5u);
+}
+
+TEST_F(NpyTest, WriteNpyArrayRejectsOtherDtypesAndOverflowingShapes) {
+  const std::string path = Path("x.npy");
+  const int64_t one = 1;
+  ExpectError(WriteNpyArray(path, "<u2", {1}, &one),
+              absl::StatusCode::kInvalidArgument,
+              {path, "cannot write dtype '<u2'"});
+  ExpectError(WriteNpyArray(path, "<f4", {size_t{1} << 62, 8}, &one),
+              absl::StatusCode::kInvalidArgument, {path, "too large"});
+  EXPECT_FALSE(fs::exists(path));
+  const std::string missing = Path("no/such/dir/x.npy");
+  ExpectError(WriteNpyArray(missing, "<i8", {1}, &one),
+              absl::StatusCode::kNotFound, {missing});
+}
+
+TEST_F(NpyTest, WriteNpyArrayUsesVersion2ForAHeaderTooLongForVersion1) {
+  // 30000 dimensions of 1: the shape alone is about 90 KB of text.
+  const std::vector<size_t> shape(30000, 1);
+  const float value = 3;
+  const std::string path = Path("wide.npy");
+  ASSERT_TRUE(WriteNpyArray(path, "<f4", shape, &value).ok());
+  const std::string bytes = ReadBytes(path);
+  ASSERT_GE(bytes.size(), 12u);
+  EXPECT_EQ(bytes.substr(0, 8), std::string("\x93NUMPY\x02\x00", 8));
+  size_t header_len = 0;
+  for (int i = 0; i < 4; ++i) {
+    header_len |= size_t{static_cast<unsigned char>(bytes[8 + i])} << (8 * i);
+  }
+  const size_t data_offset = 12 + header_len;
+  ASSERT_EQ(bytes.size(), data_offset + sizeof(float));
+  EXPECT_EQ(data_offset % 64, 0u);
+  EXPECT_EQ(bytes[data_offset - 1], '\n');
+  EXPECT_EQ(bytes.substr(data_offset), Bytes(std::vector<float>{value}));
+}
+
 }  // namespace
 }  // namespace hardneg

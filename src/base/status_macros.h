@@ -1,9 +1,14 @@
-// Status propagation macros. Abseil 20220623 ships none of its own.
+// Status propagation macros (Abseil 20220623 ships none of its own) and
+// Annotate, which adds context to a status's message.
+//
+// Stateless; safe to use from any thread.
 #ifndef HARDNEG_SRC_BASE_STATUS_MACROS_H_
 #define HARDNEG_SRC_BASE_STATUS_MACROS_H_
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 
 #define HARDNEG_CONCAT_INNER_(a, b) a##b
 #define HARDNEG_CONCAT_(a, b) HARDNEG_CONCAT_INNER_(a, b)
@@ -25,5 +30,15 @@
   auto statusor = (rexpr);                                   \
   if (!statusor.ok()) return statusor.status();              \
   lhs = std::move(statusor).value()
+
+namespace hardneg {
+
+// Keeps the code of `status` and puts `prefix` before its message.
+inline absl::Status Annotate(const absl::Status& status,
+                             absl::string_view prefix) {
+  return absl::Status(status.code(), absl::StrCat(prefix, status.message()));
+}
+
+}  // namespace hardneg
 
 #endif  // HARDNEG_SRC_BASE_STATUS_MACROS_H_

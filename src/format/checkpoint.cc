@@ -1,6 +1,5 @@
 #include "format/checkpoint.h"
 
-#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -71,11 +70,6 @@ absl::Status CheckJsonDepth(absl::string_view text, int max_depth) {
   return absl::OkStatus();
 }
 
-// Keeps the code of `status` and puts `prefix` before its message.
-absl::Status Annotate(const absl::Status& status, absl::string_view prefix) {
-  return absl::Status(status.code(), absl::StrCat(prefix, status.message()));
-}
-
 // A JSON value as it appears in the file, shortened for messages.
 std::string Show(const json& value) {
   constexpr size_t kMaxShown = 80;
@@ -142,9 +136,8 @@ absl::StatusOr<std::string> PathField(const json& object, const char* field,
   return path;
 }
 
-// Parses the manifest text; errors carry the reason only, the caller adds
-// where it comes from.
-absl::StatusOr<CheckpointManifest> ParseManifest(const std::string& text) {
+// The manifest text as a JSON object, checked for depth before parsing.
+absl::StatusOr<json> ParseJsonObject(const std::string& text) {
   HARDNEG_RETURN_IF_ERROR(CheckJsonDepth(text, kMaxJsonDepth));
   json root;
   try {
@@ -158,20 +151,22 @@ absl::StatusOr<CheckpointManifest> ParseManifest(const std::string& text) {
     return absl::InvalidArgumentError(absl::StrCat(
         "expected a JSON object, found ", root.type_name(), " ", Show(root)));
   }
-  CheckpointManifest manifest;
+  return root;
+}
 
+absl::StatusOr<std::string> NameField(const json& root) {
   auto name = root.find("name");
   if (name == root.end()) return MissingField("name", "a string");
   if (!name->is_string()) return FieldError("name", "a string", *name);
-  manifest.name = name->get<std::string>();
-  if (manifest.name.empty()) {
+  std::string value = name->get<std::string>();
+  if (value.empty()) {
     return absl::InvalidArgumentError("field \"name\" must not be empty");
   }
-  HARDNEG_RETURN_IF_ERROR(CheckVersionName(manifest.name, "field \"name\""));
+  HARDNEG_RETURN_IF_ERROR(CheckVersionName(value, "field \"name\""));
+  return value;
+}
 
-  HARDNEG_ASSIGN_OR_RETURN(manifest.step,
-                           UnsignedField(root, "step", "the training step"));
-
+absl::StatusOr<uint32_t> DimField(const json& root) {
   HARDNEG_ASSIGN_OR_RETURN(
       uint64_t dim, UnsignedField(root, "dim", "the embedding dimension"));
   if (dim == 0) {
@@ -182,19 +177,45 @@ absl::StatusOr<CheckpointManifest> ParseManifest(const std::string& text) {
     return absl::InvalidArgumentError(
         absl::StrCat("field \"dim\" is too large: ", dim));
   }
-  manifest.dim = static_cast<uint32_t>(dim);
+  return static_cast<uint32_t>(dim);
+}
 
-  // null is what Python's json writes for None: treat it as "not given".
+// The optional "metric"; null is what Python's json writes for None, so it
+// counts as not given.
+absl::StatusOr<std::optional<Metric>> MetricField(const json& root) {
   auto metric = root.find("metric");
-  if (metric != root.end() && !metric->is_null()) {
-    if (!metric->is_string()) {
-      return FieldError("metric", "\"inner_product\" or \"l2\"", *metric);
-    }
-    absl::StatusOr<Metric> parsed = ParseMetric(metric->get<std::string>());
-    if (!parsed.ok()) return Annotate(parsed.status(), "field \"metric\": ");
-    manifest.metric = *parsed;
+  if (metric == root.end() || metric->is_null()) return std::nullopt;
+  if (!metric->is_string()) {
+    return FieldError("metric", "\"inner_product\" or \"l2\"", *metric);
   }
+  absl::StatusOr<Metric> parsed = ParseMetric(metric->get<std::string>());
+  if (!parsed.ok()) return Annotate(parsed.status(), "field \"metric\": ");
+  return std::optional<Metric>(*parsed);
+}
 
+// The shard at `index` of "shards".
+absl::StatusOr<CheckpointShard> ShardField(const json& entry, size_t index) {
+  const std::string prefix = absl::StrCat("shards[", index, "]");
+  if (!entry.is_object()) {
+    return FieldError(prefix, "an object {\"embeddings\": ..., \"ids\": ...}",
+                      entry);
+  }
+  CheckpointShard shard;
+  HARDNEG_ASSIGN_OR_RETURN(
+      shard.embeddings,
+      PathField(entry, "embeddings", absl::StrCat(prefix, ".embeddings")));
+  HARDNEG_ASSIGN_OR_RETURN(
+      shard.ids, PathField(entry, "ids", absl::StrCat(prefix, ".ids")));
+  auto labels = entry.find("labels");
+  if (labels != entry.end() && !labels->is_null()) {
+    HARDNEG_ASSIGN_OR_RETURN(
+        shard.labels,
+        PathField(entry, "labels", absl::StrCat(prefix, ".labels")));
+  }
+  return shard;
+}
+
+absl::StatusOr<std::vector<CheckpointShard>> ShardsField(const json& root) {
   auto shards = root.find("shards");
   if (shards == root.end()) return MissingField("shards", "a list of shards");
   if (!shards->is_array()) {
@@ -209,27 +230,26 @@ absl::StatusOr<CheckpointManifest> ParseManifest(const std::string& text) {
         "field \"shards\" lists ", shards->size(), " shards; the limit is ",
         kMaxShards, " (write fewer, larger shards)"));
   }
+  std::vector<CheckpointShard> parsed;
   for (size_t i = 0; i < shards->size(); ++i) {
-    const json& entry = (*shards)[i];
-    const std::string prefix = absl::StrCat("shards[", i, "]");
-    if (!entry.is_object()) {
-      return FieldError(prefix, "an object {\"embeddings\": ..., \"ids\": ...}",
-                        entry);
-    }
-    CheckpointShard shard;
-    HARDNEG_ASSIGN_OR_RETURN(
-        shard.embeddings,
-        PathField(entry, "embeddings", absl::StrCat(prefix, ".embeddings")));
-    HARDNEG_ASSIGN_OR_RETURN(
-        shard.ids, PathField(entry, "ids", absl::StrCat(prefix, ".ids")));
-    auto labels = entry.find("labels");
-    if (labels != entry.end() && !labels->is_null()) {
-      HARDNEG_ASSIGN_OR_RETURN(
-          shard.labels,
-          PathField(entry, "labels", absl::StrCat(prefix, ".labels")));
-    }
-    manifest.shards.push_back(std::move(shard));
+    HARDNEG_ASSIGN_OR_RETURN(CheckpointShard shard,
+                             ShardField((*shards)[i], i));
+    parsed.push_back(std::move(shard));
   }
+  return parsed;
+}
+
+// Parses the manifest text; errors carry the reason only, the caller adds
+// where it comes from.
+absl::StatusOr<CheckpointManifest> ParseManifest(const std::string& text) {
+  HARDNEG_ASSIGN_OR_RETURN(const json root, ParseJsonObject(text));
+  CheckpointManifest manifest;
+  HARDNEG_ASSIGN_OR_RETURN(manifest.name, NameField(root));
+  HARDNEG_ASSIGN_OR_RETURN(manifest.step,
+                           UnsignedField(root, "step", "the training step"));
+  HARDNEG_ASSIGN_OR_RETURN(manifest.dim, DimField(root));
+  HARDNEG_ASSIGN_OR_RETURN(manifest.metric, MetricField(root));
+  HARDNEG_ASSIGN_OR_RETURN(manifest.shards, ShardsField(root));
   return manifest;
 }
 
@@ -578,8 +598,7 @@ absl::Status WriteCheckpoint(const std::string& root,
   // reader pairs it with half-replaced shard files.
   const std::string manifest_path = JoinPath(dir, kManifestFile);
   if (unlink(manifest_path.c_str()) != 0 && errno != ENOENT) {
-    return absl::ErrnoToStatus(
-        errno, absl::StrCat(manifest_path, ": cannot remove the old manifest"));
+    return ErrnoError(manifest_path, "cannot remove the old manifest");
   }
 
   CheckpointShard shard{"embeddings-00000.npy", "ids-00000.npy",

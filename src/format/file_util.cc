@@ -4,67 +4,140 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdint>
+#include <cstdio>
 #include <cstdlib>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 
 namespace hardneg {
+namespace {
+
+// Linux transfers at most ~2 GiB per read() or write() anyway.
+constexpr size_t kMaxChunk = size_t{1} << 30;
+
+absl::Status WriteAll(int fd, absl::string_view bytes,
+                      const std::string& path) {
+  while (!bytes.empty()) {
+    const ssize_t put =
+        write(fd, bytes.data(), std::min(bytes.size(), kMaxChunk));
+    if (put < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError(path, "write failed");
+    }
+    bytes.remove_prefix(static_cast<size_t>(put));
+  }
+  return absl::OkStatus();
+}
+
+// The directory holding `path`, for fsyncing a rename in it.
+std::string DirectoryOf(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? "." : path.substr(0, slash + 1);
+}
+
+// Writes `text` and `more` to the temporary file `tmp`, open as `fd`, and
+// makes them durable.
+absl::Status FillTemporary(ScopedFd& fd, const std::string& tmp,
+                           absl::string_view text, absl::string_view more) {
+  // mkstemp creates 0600; the files are meant to be shared like numpy's.
+  if (fchmod(fd.get(), 0644) != 0) return ErrnoError(tmp, "chmod failed");
+  HARDNEG_RETURN_IF_ERROR(WriteAll(fd.get(), text, tmp));
+  HARDNEG_RETURN_IF_ERROR(WriteAll(fd.get(), more, tmp));
+  if (fsync(fd.get()) != 0) return ErrnoError(tmp, "fsync failed");
+  return fd.Close(tmp);
+}
+
+}  // namespace
+
+ScopedFd::~ScopedFd() {
+  if (fd_ >= 0) close(fd_);
+}
+
+ScopedFd::ScopedFd(ScopedFd&& other) noexcept
+    : fd_(std::exchange(other.fd_, -1)) {}
+
+ScopedFd& ScopedFd::operator=(ScopedFd&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) close(fd_);
+    fd_ = std::exchange(other.fd_, -1);
+  }
+  return *this;
+}
+
+absl::Status ScopedFd::Close(const std::string& path) {
+  const int rc = close(std::exchange(fd_, -1));
+  return rc == 0 ? absl::OkStatus() : ErrnoError(path, "close failed");
+}
 
 std::string JoinPath(absl::string_view dir, absl::string_view name) {
   if (dir.empty() || dir.back() == '/') return absl::StrCat(dir, name);
   return absl::StrCat(dir, "/", name);
 }
 
-absl::StatusOr<std::string> ReadSmallTextFile(const std::string& path,
-                                              size_t max_bytes) {
+absl::Status ErrnoError(const std::string& path, absl::string_view action) {
+  return absl::ErrnoToStatus(errno, absl::StrCat(path, ": ", action));
+}
+
+absl::StatusOr<OpenedFile> OpenRegularFile(const std::string& path) {
   // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
   // writer. It does not affect reads of a regular file.
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) {
+  ScopedFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  if (!fd.valid()) {
     if (errno == ENOENT) {
       return absl::NotFoundError(absl::StrCat(path, ": no such file"));
     }
-    return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot open"));
+    return ErrnoError(path, "cannot open");
   }
-  auto fail = [fd](absl::Status status) {
-    close(fd);
-    return status;
-  };
   struct stat st;
-  if (fstat(fd, &st) != 0) {
-    return fail(
-        absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot stat")));
-  }
+  if (fstat(fd.get(), &st) != 0) return ErrnoError(path, "cannot stat");
   if (!S_ISREG(st.st_mode)) {
-    return fail(
-        absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file")));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": not a regular file"));
   }
+  return OpenedFile{std::move(fd), static_cast<size_t>(st.st_size)};
+}
+
+absl::StatusOr<size_t> ReadUpTo(int fd, void* buf, size_t n,
+                                const std::string& path) {
+  char* out = static_cast<char*>(buf);
+  size_t done = 0;
+  while (done < n) {
+    const ssize_t got = read(fd, out + done, std::min(n - done, kMaxChunk));
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError(path, "read failed");
+    }
+    if (got == 0) break;
+    done += static_cast<size_t>(got);
+  }
+  return done;
+}
+
+absl::StatusOr<std::string> ReadSmallTextFile(const std::string& path,
+                                              size_t max_bytes) {
+  HARDNEG_ASSIGN_OR_RETURN(OpenedFile file, OpenRegularFile(path));
   auto too_large = [&](size_t size) {
     return absl::InvalidArgumentError(absl::StrCat(
         path, ": ", size, " bytes is over the limit of ", max_bytes));
   };
-  if (static_cast<uint64_t>(st.st_size) > max_bytes) {
-    return fail(too_large(static_cast<size_t>(st.st_size)));
-  }
+  if (file.size > max_bytes) return too_large(file.size);
   std::string text;
-  text.reserve(static_cast<size_t>(st.st_size));
+  text.reserve(file.size);
   char buffer[1 << 16];
   while (true) {
-    const ssize_t got = read(fd, buffer, sizeof(buffer));
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      return fail(
-          absl::ErrnoToStatus(errno, absl::StrCat(path, ": read failed")));
-    }
-    if (got == 0) break;
-    text.append(buffer, static_cast<size_t>(got));
+    HARDNEG_ASSIGN_OR_RETURN(
+        size_t got, ReadUpTo(file.fd.get(), buffer, sizeof(buffer), path));
+    text.append(buffer, got);
     // The file may grow after fstat.
-    if (text.size() > max_bytes) return fail(too_large(text.size()));
+    if (text.size() > max_bytes) return too_large(text.size());
+    if (got < sizeof(buffer)) return text;
   }
-  close(fd);
-  return text;
 }
 
 std::string FileStamp(const std::string& path) {
@@ -74,51 +147,31 @@ std::string FileStamp(const std::string& path) {
                       st.st_mtim.tv_sec, ".", st.st_mtim.tv_nsec);
 }
 
+absl::Status SyncPath(const std::string& path, bool directory) {
+  const int flags = O_RDONLY | O_CLOEXEC | (directory ? O_DIRECTORY : 0);
+  ScopedFd fd(open(path.c_str(), flags));
+  if (!fd.valid()) return ErrnoError(path, "open for fsync failed");
+  if (fsync(fd.get()) != 0) return ErrnoError(path, "fsync failed");
+  return fd.Close(path);
+}
+
 absl::Status WriteFileAtomically(const std::string& path,
-                                 absl::string_view text) {
+                                 absl::string_view text,
+                                 absl::string_view more) {
   std::string tmp = path + ".tmp-XXXXXX";
-  const int fd = mkstemp(tmp.data());
-  if (fd < 0) {
-    return absl::ErrnoToStatus(
-        errno, absl::StrCat(path, ": cannot create a temporary file"));
-  }
-  absl::Status status = [&]() -> absl::Status {
-    if (fchmod(fd, 0644) != 0) {
-      return absl::ErrnoToStatus(errno, absl::StrCat(tmp, ": chmod failed"));
-    }
-    size_t done = 0;
-    while (done < text.size()) {
-      const ssize_t put = write(fd, text.data() + done, text.size() - done);
-      if (put < 0) {
-        if (errno == EINTR) continue;
-        return absl::ErrnoToStatus(errno, absl::StrCat(tmp, ": write failed"));
-      }
-      done += static_cast<size_t>(put);
-    }
-    if (fsync(fd) != 0) {
-      return absl::ErrnoToStatus(errno, absl::StrCat(tmp, ": fsync failed"));
-    }
-    return absl::OkStatus();
-  }();
-  if (close(fd) != 0 && status.ok()) {
-    status = absl::ErrnoToStatus(errno, absl::StrCat(tmp, ": close failed"));
-  }
+  ScopedFd fd(mkstemp(tmp.data()));
+  if (!fd.valid()) return ErrnoError(path, "cannot create a temporary file");
+  absl::Status status = FillTemporary(fd, tmp, text, more);
   if (status.ok() && rename(tmp.c_str(), path.c_str()) != 0) {
-    status = absl::ErrnoToStatus(errno, absl::StrCat(path, ": rename failed"));
+    status = ErrnoError(path, "rename failed");
   }
   if (!status.ok()) {
     unlink(tmp.c_str());
     return status;
   }
-  // The rename is durable once the directory is.
-  const size_t slash = path.rfind('/');
-  const std::string dir =
-      slash == std::string::npos ? "." : path.substr(0, slash + 1);
-  const int dir_fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd >= 0) {
-    fsync(dir_fd);
-    close(dir_fd);
-  }
+  // The rename is durable once the directory is. Best effort: the new
+  // content is in place whatever this reports.
+  SyncPath(DirectoryOf(path), /*directory=*/true).IgnoreError();
   return absl::OkStatus();
 }
 

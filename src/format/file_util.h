@@ -1,7 +1,11 @@
-// Small file-system helpers shared by the readers of checkpoints and
-// snapshots: path joining and a bounded read of a small text file.
+// File-system helpers shared by every reader and writer of files in
+// format/ and versions/: an owned file descriptor, path joining, opening
+// and reading regular files, fsync, and the one atomic write (a temporary
+// file, fsynced, renamed into place, its directory fsynced).
 //
-// Stateless functions; safe to call from any thread.
+// Errors name the file and carry the errno's code unless said otherwise.
+// Stateless functions, safe to call from any thread; a ScopedFd is owned
+// by one thread at a time.
 #ifndef HARDNEG_SRC_FORMAT_FILE_UTIL_H_
 #define HARDNEG_SRC_FORMAT_FILE_UTIL_H_
 
@@ -14,14 +18,54 @@
 
 namespace hardneg {
 
+// A file descriptor closed when this goes out of scope. Move-only.
+class ScopedFd {
+ public:
+  ScopedFd() = default;
+  explicit ScopedFd(int fd) : fd_(fd) {}
+  ~ScopedFd();
+  ScopedFd(ScopedFd&& other) noexcept;
+  ScopedFd& operator=(ScopedFd&& other) noexcept;
+  ScopedFd(const ScopedFd&) = delete;
+  ScopedFd& operator=(const ScopedFd&) = delete;
+
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+
+  // Closes now, so that the caller sees the error close() may report (a
+  // write-back failure of a network file system); "`path`: close failed".
+  absl::Status Close(const std::string& path);
+
+ private:
+  int fd_ = -1;
+};
+
 // `dir` + "/" + `name`, without doubling a trailing slash of `dir`.
 std::string JoinPath(absl::string_view dir, absl::string_view name);
 
+// The errno's status, "`path`: `action`: <strerror>", from the current errno.
+absl::Status ErrnoError(const std::string& path, absl::string_view action);
+
+// A regular file open for reading, and its size when it was opened.
+struct OpenedFile {
+  ScopedFd fd;
+  size_t size = 0;
+};
+
+// Opens the regular file at `path` for reading. NOT_FOUND ("no such file")
+// when it does not exist; INVALID_ARGUMENT ("not a regular file") for a
+// directory, FIFO or device, which is never read, so a hostile name cannot
+// block or flood the reader.
+absl::StatusOr<OpenedFile> OpenRegularFile(const std::string& path);
+
+// Reads from `fd` until `n` bytes arrived or the file ended; returns how
+// many arrived. `path` names the file in errors.
+absl::StatusOr<size_t> ReadUpTo(int fd, void* buf, size_t n,
+                                const std::string& path);
+
 // The whole of the regular file at `path`, which must hold at most
-// `max_bytes`. NOT_FOUND when it does not exist; INVALID_ARGUMENT when it
-// is not a regular file (a FIFO or a device is never read, so a hostile
-// name cannot block or flood the reader) or is larger than `max_bytes`;
-// the errno's code otherwise. Every message names the path.
+// `max_bytes`: the errors of OpenRegularFile, and INVALID_ARGUMENT when it
+// is larger than `max_bytes`.
 absl::StatusOr<std::string> ReadSmallTextFile(const std::string& path,
                                               size_t max_bytes);
 
@@ -30,12 +74,19 @@ absl::StatusOr<std::string> ReadSmallTextFile(const std::string& path,
 // keeps its stamp has not been rewritten.
 std::string FileStamp(const std::string& path);
 
-// Replaces the file at `path` with `text` so that a reader (or a crash)
-// sees either the old content or all of the new: a temporary file beside
-// it, written and fsynced, renamed over `path`, and the directory fsynced.
-// The file's mode is 0644. Errors name the file.
+// Flushes the file, or with `directory` the directory's entries, at `path`
+// to stable storage.
+absl::Status SyncPath(const std::string& path, bool directory);
+
+// Replaces the file at `path` with `text` followed by `more` (a header and
+// a large body, written without joining them first) so that a reader, or a
+// crash, sees either the old content or all of the new: a temporary file
+// beside it, written and fsynced, renamed over `path`, and the directory
+// fsynced (best effort: the file is in place by then). The file's mode is
+// 0644. Errors name the file; a missing directory is NOT_FOUND.
 absl::Status WriteFileAtomically(const std::string& path,
-                                 absl::string_view text);
+                                 absl::string_view text,
+                                 absl::string_view more = {});
 
 }  // namespace hardneg
 

@@ -1,15 +1,9 @@
 #include "format/npy.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/escaping.h"
@@ -18,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "base/status_macros.h"
+#include "format/file_util.h"
 
 // Data is read and written with raw memcpy-like I/O, and '=' ("native") in a
 // header is taken to mean little-endian: both are only right on a
@@ -35,73 +30,11 @@ constexpr size_t kHeaderAlign = 64;
 // numpy itself refuses headers above 10 KB by default; anything far larger is
 // garbage, and the bound keeps a corrupt length from allocating gigabytes.
 constexpr uint32_t kMaxHeaderLen = 1 << 20;
-
-// Closes the descriptor on every path out of a reader or writer.
-class FileDescriptor {
- public:
-  explicit FileDescriptor(int fd) : fd_(fd) {}
-  ~FileDescriptor() {
-    if (fd_ >= 0) close(fd_);
-  }
-  FileDescriptor(FileDescriptor&& other) noexcept
-      : fd_(std::exchange(other.fd_, -1)) {}
-  FileDescriptor& operator=(FileDescriptor&&) = delete;
-  FileDescriptor(const FileDescriptor&) = delete;
-  FileDescriptor& operator=(const FileDescriptor&) = delete;
-
-  int get() const { return fd_; }
-  // Closes now so that the caller sees the error close() may report.
-  int Close() {
-    int rc = close(fd_);
-    fd_ = -1;
-    return rc;
-  }
-
- private:
-  int fd_;
-};
+// Version 1.0 stores the header length in 2 bytes; 2.0 and 3.0 in 4.
+constexpr size_t kMaxV1HeaderLen = 0xffff;
 
 absl::Status PathError(const std::string& path, absl::string_view reason) {
   return absl::InvalidArgumentError(absl::StrCat(path, ": ", reason));
-}
-
-absl::Status IoError(const std::string& path, absl::string_view action) {
-  return absl::ErrnoToStatus(errno, absl::StrCat(path, ": ", action));
-}
-
-// Reads until `n` bytes arrived or the file ended; returns the count read.
-absl::StatusOr<size_t> ReadUpTo(int fd, void* buf, size_t n,
-                                const std::string& path) {
-  char* out = static_cast<char*>(buf);
-  size_t done = 0;
-  while (done < n) {
-    // Linux transfers at most ~2 GiB per call anyway.
-    size_t chunk = std::min<size_t>(n - done, size_t{1} << 30);
-    ssize_t got = read(fd, out + done, chunk);
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      return IoError(path, "read failed");
-    }
-    if (got == 0) break;
-    done += static_cast<size_t>(got);
-  }
-  return done;
-}
-
-absl::Status WriteAll(int fd, const void* buf, size_t n,
-                      const std::string& path) {
-  const char* in = static_cast<const char*>(buf);
-  while (n > 0) {
-    size_t chunk = std::min<size_t>(n, size_t{1} << 30);
-    ssize_t put = write(fd, in, chunk);
-    if (put < 0) {
-      if (errno == EINTR) continue;
-      return IoError(path, "write failed");
-    }
-    in += put;
-    n -= static_cast<size_t>(put);
-  }
-  return absl::OkStatus();
 }
 
 // A header excerpt safe to quote in an error message.
@@ -330,117 +263,126 @@ absl::StatusOr<size_t> CheckDtype(const std::string& descr,
   return unsupported();
 }
 
-// An open .npy file positioned at the start of its data.
-struct OpenedNpy {
-  FileDescriptor fd;
-  NpyHeader header;
-  size_t item_size = 0;
-  size_t count = 0;  // product of the shape
+// The numbers of dimensions a reader accepts.
+struct RankSpec {
+  size_t min_ndim;
+  size_t max_ndim;
+  const char* expected;  // for messages, e.g. "a 2-D array [rows, dim]"
 };
 
-// Opens `path`, parses and checks the header against `spec` and `ndim`, and
-// checks that the file holds exactly the data the shape says.
-absl::StatusOr<OpenedNpy> OpenNpy(const std::string& path,
-                                  const DtypeSpec& spec, size_t ndim,
-                                  absl::string_view shape_hint) {
-  int raw_fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (raw_fd < 0) {
-    if (errno == ENOENT) {
-      return absl::NotFoundError(absl::StrCat(path, ": no such file"));
-    }
-    return IoError(path, "cannot open");
-  }
-  OpenedNpy npy{FileDescriptor(raw_fd), {}, 0, 0};
-  struct stat st;
-  if (fstat(raw_fd, &st) != 0) return IoError(path, "cannot stat");
-  if (!S_ISREG(st.st_mode)) return PathError(path, "not a regular file");
-  const size_t file_size = static_cast<size_t>(st.st_size);
+constexpr RankSpec kMatrixRank = {2, 2, "a 2-D array [rows, dim]"};
+constexpr RankSpec kVectorRank = {1, 1, "a 1-D array [n]"};
+constexpr RankSpec kIntMatrixRank = {1, 2, "a 1-D or 2-D array [n] or [n, k]"};
 
-  // Magic (6), version (2), then a 2-byte (v1) or 4-byte (v2, v3) length.
-  unsigned char preamble[12];
+// The number of items of `shape`, or nullopt when they, or their bytes at
+// `item_size` each, overflow size_t.
+std::optional<size_t> CountItems(const std::vector<size_t>& shape,
+                                 size_t item_size) {
+  size_t count = 1;
+  for (size_t dim : shape) {
+    if (dim != 0 && count > std::numeric_limits<size_t>::max() / dim) {
+      return std::nullopt;
+    }
+    count *= dim;
+  }
+  if (count > std::numeric_limits<size_t>::max() / item_size) {
+    return std::nullopt;
+  }
+  return count;
+}
+
+absl::Status TruncatedHeader(const std::string& path, size_t file_size) {
+  return PathError(path, absl::StrCat("truncated header: the file is only ",
+                                      file_size, " bytes"));
+}
+
+// The size of the header-length field of format `major`.`minor`.
+absl::StatusOr<size_t> LengthFieldSize(const std::string& path, int major,
+                                       int minor) {
+  if (major == 1 && minor == 0) return 2;
+  if ((major == 2 || major == 3) && minor == 0) return 4;
+  return PathError(
+      path, absl::StrCat("unsupported .npy format version ", major, ".", minor,
+                         ": expected 1.0, 2.0 or 3.0"));
+}
+
+// Reads the preamble, magic (6), version (2), then a 2-byte (v1) or 4-byte
+// (v2, v3) little-endian length, and returns the header length it gives.
+absl::StatusOr<size_t> ReadPreamble(int fd, const std::string& path,
+                                    size_t file_size, size_t* preamble_len) {
+  unsigned char bytes[kMagicLen + 2 + 4];
   HARDNEG_ASSIGN_OR_RETURN(size_t got,
-                           ReadUpTo(raw_fd, preamble, kMagicLen + 2, path));
-  absl::string_view magic(reinterpret_cast<const char*>(preamble),
+                           ReadUpTo(fd, bytes, kMagicLen + 2, path));
+  absl::string_view magic(reinterpret_cast<const char*>(bytes),
                           std::min(got, kMagicLen));
   if (magic != absl::string_view(kMagic, magic.size()) || got == 0) {
     return PathError(
         path, absl::StrCat("not a .npy file: bad magic string ", Quote(magic),
                            ", expected ", Quote(absl::string_view(kMagic))));
   }
-  if (got < kMagicLen + 2) {
-    return PathError(path, absl::StrCat("truncated header: the file is only ",
-                                        file_size, " bytes"));
-  }
-  const int major = preamble[6], minor = preamble[7];
-  size_t len_size;
-  if (major == 1 && minor == 0) {
-    len_size = 2;
-  } else if ((major == 2 || major == 3) && minor == 0) {
-    len_size = 4;
-  } else {
-    return PathError(
-        path, absl::StrCat("unsupported .npy format version ", major, ".",
-                           minor, ": expected 1.0, 2.0 or 3.0"));
-  }
-  HARDNEG_ASSIGN_OR_RETURN(
-      got, ReadUpTo(raw_fd, preamble + kMagicLen + 2, len_size, path));
-  if (got < len_size) {
-    return PathError(path, absl::StrCat("truncated header: the file is only ",
-                                        file_size, " bytes"));
-  }
-  uint32_t header_len = 0;
+  if (got < kMagicLen + 2) return TruncatedHeader(path, file_size);
+  HARDNEG_ASSIGN_OR_RETURN(const size_t len_size,
+                           LengthFieldSize(path, bytes[6], bytes[7]));
+  HARDNEG_ASSIGN_OR_RETURN(got,
+                           ReadUpTo(fd, bytes + kMagicLen + 2, len_size, path));
+  if (got < len_size) return TruncatedHeader(path, file_size);
+  size_t header_len = 0;
   for (size_t i = 0; i < len_size; ++i) {
-    header_len |= static_cast<uint32_t>(preamble[kMagicLen + 2 + i]) << (8 * i);
+    header_len |= static_cast<size_t>(bytes[kMagicLen + 2 + i]) << (8 * i);
   }
-  const size_t preamble_len = kMagicLen + 2 + len_size;
+  *preamble_len = kMagicLen + 2 + len_size;
   if (header_len > kMaxHeaderLen) {
     return PathError(path, absl::StrCat("unparsable header: header length ",
                                         header_len, " is implausibly large"));
   }
-  if (preamble_len + header_len > file_size) {
+  if (*preamble_len + header_len > file_size) {
     return PathError(path,
                      absl::StrCat("truncated header: it claims ", header_len,
                                   " bytes but the file is only ", file_size));
   }
-  std::string header_text(header_len, '\0');
-  HARDNEG_ASSIGN_OR_RETURN(
-      got, ReadUpTo(raw_fd, header_text.data(), header_len, path));
-  if (got < header_len) return PathError(path, "file shrank while reading");
+  return header_len;
+}
 
+// Reads and parses the preamble and header dictionary of the file open as
+// `fd`, leaving it at the start of the data.
+absl::StatusOr<NpyHeader> ReadHeader(int fd, const std::string& path,
+                                     size_t file_size) {
+  size_t preamble_len = 0;
+  HARDNEG_ASSIGN_OR_RETURN(const size_t header_len,
+                           ReadPreamble(fd, path, file_size, &preamble_len));
+  std::string header_text(header_len, '\0');
+  HARDNEG_ASSIGN_OR_RETURN(size_t got,
+                           ReadUpTo(fd, header_text.data(), header_len, path));
+  if (got < header_len) return PathError(path, "file shrank while reading");
   absl::StatusOr<NpyHeader> header = HeaderParser(header_text).Parse();
   if (!header.ok()) return PathError(path, header.status().message());
-  npy.header = *std::move(header);
-  npy.header.data_offset = preamble_len + header_len;
+  header->data_offset = preamble_len + header_len;
+  return header;
+}
 
-  absl::StatusOr<size_t> item_size = CheckDtype(npy.header.descr, spec);
-  if (!item_size.ok()) return PathError(path, item_size.status().message());
-  npy.item_size = *item_size;
+absl::Status CheckRank(const std::string& path, const NpyHeader& header,
+                       const RankSpec& rank) {
+  const size_t ndim = header.shape.size();
+  if (ndim >= rank.min_ndim && ndim <= rank.max_ndim) return absl::OkStatus();
+  return PathError(path,
+                   absl::StrCat("wrong shape: expected ", rank.expected,
+                                ", found shape ", ShapeString(header.shape)));
+}
 
-  if (npy.header.shape.size() != ndim) {
-    return PathError(
-        path,
-        absl::StrCat("wrong shape: expected a ", ndim, "-D array ", shape_hint,
-                     ", found shape ", ShapeString(npy.header.shape)));
+// Checks that the file, `file_size` bytes, holds exactly the data the
+// header's shape says; returns the number of items.
+absl::StatusOr<size_t> CheckDataSize(const std::string& path,
+                                     const NpyHeader& header, size_t item_size,
+                                     size_t file_size) {
+  const std::string shape = ShapeString(header.shape);
+  const std::optional<size_t> count = CountItems(header.shape, item_size);
+  if (!count.has_value()) {
+    return PathError(path, absl::StrCat("shape ", shape, " is too large"));
   }
-  size_t count = 1;
-  for (size_t dim : npy.header.shape) {
-    if (dim != 0 && count > std::numeric_limits<size_t>::max() / dim) {
-      return PathError(path,
-                       absl::StrCat("shape ", ShapeString(npy.header.shape),
-                                    " is too large"));
-    }
-    count *= dim;
-  }
-  if (count > std::numeric_limits<size_t>::max() / npy.item_size) {
-    return PathError(path, absl::StrCat("shape ", ShapeString(npy.header.shape),
-                                        " is too large"));
-  }
-  npy.count = count;
-  const size_t expected = count * npy.item_size;
-  const size_t present = file_size - npy.header.data_offset;
-  const std::string what =
-      absl::StrCat("shape ", ShapeString(npy.header.shape), " of '",
-                   npy.header.descr, "' needs ", expected, " data bytes");
+  const size_t expected = *count * item_size;
+  const size_t present = file_size - header.data_offset;
+  const std::string what = absl::StrCat("shape ", shape, " of '", header.descr,
+                                        "' needs ", expected, " data bytes");
   if (present < expected) {
     return PathError(
         path, absl::StrCat("truncated data: ", what, ", found ", present));
@@ -450,6 +392,32 @@ absl::StatusOr<OpenedNpy> OpenNpy(const std::string& path,
         path, absl::StrCat("trailing data: ", what, ", found ", present, " (",
                            present - expected, " extra)"));
   }
+  return *count;
+}
+
+// An open .npy file positioned at the start of its data.
+struct OpenedNpy {
+  ScopedFd fd;
+  NpyHeader header;
+  size_t item_size = 0;
+  size_t count = 0;  // product of the shape
+};
+
+// Opens `path`, parses and checks the header against `spec` and `rank`, and
+// checks that the file holds exactly the data the shape says.
+absl::StatusOr<OpenedNpy> OpenNpy(const std::string& path,
+                                  const DtypeSpec& spec, const RankSpec& rank) {
+  HARDNEG_ASSIGN_OR_RETURN(OpenedFile file, OpenRegularFile(path));
+  OpenedNpy npy;
+  npy.fd = std::move(file.fd);
+  HARDNEG_ASSIGN_OR_RETURN(npy.header,
+                           ReadHeader(npy.fd.get(), path, file.size));
+  absl::StatusOr<size_t> item_size = CheckDtype(npy.header.descr, spec);
+  if (!item_size.ok()) return PathError(path, item_size.status().message());
+  npy.item_size = *item_size;
+  HARDNEG_RETURN_IF_ERROR(CheckRank(path, npy.header, rank));
+  HARDNEG_ASSIGN_OR_RETURN(
+      npy.count, CheckDataSize(path, npy.header, npy.item_size, file.size));
   return npy;
 }
 
@@ -499,11 +467,24 @@ void WidenInPlace(void* buffer, size_t count, Convert convert) {
   }
 }
 
+// Reads the data of an int array (kIntSpec), widened to int64.
+absl::StatusOr<std::vector<int64_t>> ReadInts(OpenedNpy& npy,
+                                              const std::string& path) {
+  std::vector<int64_t> values(npy.count);
+  HARDNEG_RETURN_IF_ERROR(ReadData(npy, values.data(), path));
+  if (npy.item_size == 4) {
+    WidenInPlace<int32_t, int64_t>(values.data(), npy.count,
+                                   [](int32_t v) { return int64_t{v}; });
+  }
+  return values;
+}
+
 // Column-major rows x cols to row-major, in cache-friendly tiles.
-std::vector<float> Transpose(const std::vector<float>& column_major,
-                             size_t rows, size_t cols) {
+template <typename T>
+std::vector<T> Transpose(const std::vector<T>& column_major, size_t rows,
+                         size_t cols) {
   constexpr size_t kTile = 64;
-  std::vector<float> row_major(column_major.size());
+  std::vector<T> row_major(column_major.size());
   for (size_t r0 = 0; r0 < rows; r0 += kTile) {
     const size_t r1 = std::min(rows, r0 + kTile);
     for (size_t c0 = 0; c0 < cols; c0 += kTile) {
@@ -523,55 +504,42 @@ std::string HeaderDict(absl::string_view descr, absl::string_view shape) {
                       "'shape': ", shape, ", }");
 }
 
-// The version 1.0 preamble and header, padded (as numpy does) so the data
-// starts on a 64-byte boundary.
+// The preamble and header, padded (as numpy does) so the data starts on a
+// 64-byte boundary: version 1.0, or 2.0 when the header does not fit 1.0's
+// 2-byte length.
 std::string NpyPreamble(const std::string& dict) {
-  const size_t unpadded = kMagicLen + 2 + 2 + dict.size() + 1;  // + '\n'
-  const size_t total =
-      (unpadded + kHeaderAlign - 1) / kHeaderAlign * kHeaderAlign;
-  const size_t header_len = total - (kMagicLen + 2 + 2);
+  auto total_for = [&](size_t len_size) {
+    const size_t unpadded = kMagicLen + 2 + len_size + dict.size() + 1;
+    return (unpadded + kHeaderAlign - 1) / kHeaderAlign * kHeaderAlign;
+  };
+  size_t len_size = 2;
+  if (total_for(2) - (kMagicLen + 2 + 2) > kMaxV1HeaderLen) len_size = 4;
+  const size_t total = total_for(len_size);
+  const size_t header_len = total - (kMagicLen + 2 + len_size);
   std::string out(kMagic, kMagicLen);
-  out.push_back('\x01');
+  out.push_back(len_size == 2 ? '\x01' : '\x02');
   out.push_back('\x00');
-  out.push_back(static_cast<char>(header_len & 0xff));
-  out.push_back(static_cast<char>(header_len >> 8));
+  for (size_t i = 0; i < len_size; ++i) {
+    out.push_back(static_cast<char>((header_len >> (8 * i)) & 0xff));
+  }
   out += dict;
-  out.append(total - unpadded, ' ');
+  out.append(header_len - dict.size() - 1, ' ');
   out.push_back('\n');
   return out;
 }
 
-// Writes `preamble` then `size` bytes of `data` to a temporary file next to
-// `path`, then renames it over `path`, so a reader never sees a partial file.
-absl::Status WriteFileAtomically(const std::string& path,
-                                 const std::string& preamble, const void* data,
-                                 size_t size) {
-  std::string tmp = path + ".tmp-XXXXXX";
-  int raw_fd = mkstemp(tmp.data());
-  if (raw_fd < 0) return IoError(path, "cannot create a temporary file");
-  FileDescriptor fd(raw_fd);
-  absl::Status status = [&]() -> absl::Status {
-    // mkstemp creates 0600; the files are meant to be shared like numpy's.
-    if (fchmod(fd.get(), 0644) != 0) return IoError(tmp, "chmod failed");
-    HARDNEG_RETURN_IF_ERROR(
-        WriteAll(fd.get(), preamble.data(), preamble.size(), tmp));
-    HARDNEG_RETURN_IF_ERROR(WriteAll(fd.get(), data, size, tmp));
-    if (fsync(fd.get()) != 0) return IoError(tmp, "fsync failed");
-    if (fd.Close() != 0) return IoError(tmp, "close failed");
-    if (rename(tmp.c_str(), path.c_str()) != 0) {
-      return IoError(path, "rename failed");
-    }
-    return absl::OkStatus();
-  }();
-  if (!status.ok()) unlink(tmp.c_str());
-  return status;
+// The item size of a dtype WriteNpyArray writes, or 0 for any other.
+size_t WritableItemSize(absl::string_view descr) {
+  if (descr == "<i8" || descr == "<f8") return 8;
+  if (descr == "<i4" || descr == "<f4") return 4;
+  return 0;
 }
 
 }  // namespace
 
 absl::StatusOr<NpyMatrix> ReadNpyMatrix(const std::string& path) {
   HARDNEG_ASSIGN_OR_RETURN(OpenedNpy npy,
-                           OpenNpy(path, kFloatSpec, 2, "[rows, dim]"));
+                           OpenNpy(path, kFloatSpec, kMatrixRank));
   NpyMatrix matrix;
   matrix.rows = npy.header.shape[0];
   matrix.cols = npy.header.shape[1];
@@ -588,44 +556,62 @@ absl::StatusOr<NpyMatrix> ReadNpyMatrix(const std::string& path) {
 
 absl::StatusOr<NpyShape2D> ReadNpyMatrixShape(const std::string& path) {
   HARDNEG_ASSIGN_OR_RETURN(OpenedNpy npy,
-                           OpenNpy(path, kFloatSpec, 2, "[rows, dim]"));
+                           OpenNpy(path, kFloatSpec, kMatrixRank));
   return NpyShape2D{npy.header.shape[0], npy.header.shape[1]};
 }
 
 absl::StatusOr<size_t> ReadNpyInt64Length(const std::string& path) {
-  HARDNEG_ASSIGN_OR_RETURN(OpenedNpy npy, OpenNpy(path, kIntSpec, 1, "[n]"));
+  HARDNEG_ASSIGN_OR_RETURN(OpenedNpy npy, OpenNpy(path, kIntSpec, kVectorRank));
   return npy.count;
 }
 
 absl::StatusOr<std::vector<int64_t>> ReadNpyInt64(const std::string& path) {
   // Fortran order changes nothing for a 1-D array.
-  HARDNEG_ASSIGN_OR_RETURN(OpenedNpy npy, OpenNpy(path, kIntSpec, 1, "[n]"));
-  std::vector<int64_t> values(npy.count);
-  HARDNEG_RETURN_IF_ERROR(ReadData(npy, values.data(), path));
-  if (npy.item_size == 4) {
-    WidenInPlace<int32_t, int64_t>(values.data(), npy.count,
-                                   [](int32_t v) { return int64_t{v}; });
+  HARDNEG_ASSIGN_OR_RETURN(OpenedNpy npy, OpenNpy(path, kIntSpec, kVectorRank));
+  return ReadInts(npy, path);
+}
+
+absl::StatusOr<NpyInt64Matrix> ReadNpyInt64Matrix(const std::string& path) {
+  HARDNEG_ASSIGN_OR_RETURN(OpenedNpy npy,
+                           OpenNpy(path, kIntSpec, kIntMatrixRank));
+  NpyInt64Matrix matrix;
+  matrix.rows = npy.header.shape[0];
+  matrix.cols = npy.header.shape.size() == 2 ? npy.header.shape[1] : 1;
+  HARDNEG_ASSIGN_OR_RETURN(matrix.data, ReadInts(npy, path));
+  if (npy.header.fortran_order && matrix.rows > 1 && matrix.cols > 1) {
+    matrix.data = Transpose(matrix.data, matrix.rows, matrix.cols);
   }
-  return values;
+  return matrix;
+}
+
+absl::Status WriteNpyArray(const std::string& path, const std::string& descr,
+                           const std::vector<size_t>& shape, const void* data) {
+  const size_t item_size = WritableItemSize(descr);
+  if (item_size == 0) {
+    return PathError(path, absl::StrCat("cannot write dtype '", descr,
+                                        "': expected '<i8', '<i4', '<f8' or "
+                                        "'<f4'"));
+  }
+  const std::optional<size_t> count = CountItems(shape, item_size);
+  if (!count.has_value()) {
+    return PathError(path, absl::StrCat("shape ", ShapeString(shape), " of '",
+                                        descr, "' is too large"));
+  }
+  const std::string preamble =
+      NpyPreamble(HeaderDict(descr, ShapeString(shape)));
+  return WriteFileAtomically(
+      path, preamble,
+      absl::string_view(static_cast<const char*>(data), *count * item_size));
 }
 
 absl::Status WriteNpyMatrix(const std::string& path, const float* data,
                             size_t rows, size_t cols) {
-  if (rows != 0 &&
-      cols > std::numeric_limits<size_t>::max() / sizeof(float) / rows) {
-    return PathError(path, "matrix too large");
-  }
-  const std::string preamble =
-      NpyPreamble(HeaderDict("<f4", absl::StrCat("(", rows, ", ", cols, ")")));
-  return WriteFileAtomically(path, preamble, data, rows * cols * sizeof(float));
+  return WriteNpyArray(path, "<f4", {rows, cols}, data);
 }
 
 absl::Status WriteNpyInt64(const std::string& path,
                            const std::vector<int64_t>& values) {
-  const std::string preamble =
-      NpyPreamble(HeaderDict("<i8", absl::StrCat("(", values.size(), ",)")));
-  return WriteFileAtomically(path, preamble, values.data(),
-                             values.size() * sizeof(int64_t));
+  return WriteNpyArray(path, "<i8", {values.size()}, values.data());
 }
 
 }  // namespace hardneg

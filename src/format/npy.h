@@ -1,8 +1,11 @@
-// Reading and writing NumPy .npy files (format versions 1.0, 2.0 and 3.0).
+// Reading and writing NumPy .npy files (format versions 1.0, 2.0 and 3.0):
+// the one .npy reader and writer of the server and the CLI.
 //
-// Only what checkpoints need: little-endian float32/float16 2-D matrices and
-// int64 (or int32, widened) 1-D vectors, C or Fortran order. Every error
-// names the file and says what was expected and what was found.
+// Reads little-endian float32/float16 2-D matrices (checkpoint embeddings),
+// int64 (or int32, widened) 1-D vectors (ids, labels) and 1-D or 2-D int
+// matrices (the CLI's positives), C or Fortran order. Writes C-order arrays
+// of any shape, atomically (file_util.h). Every error names the file and
+// says what was expected and what was found.
 //
 // Stateless functions; safe to call from any thread.
 #ifndef HARDNEG_SRC_FORMAT_NPY_H_
@@ -48,11 +51,30 @@ absl::StatusOr<size_t> ReadNpyInt64Length(const std::string& path);
 // Reads a 1-D '<i8' or '<i4' array, widened to int64.
 absl::StatusOr<std::vector<int64_t>> ReadNpyInt64(const std::string& path);
 
-// Writes a 2-D '<f4' array (C order), via a temporary file and a rename.
+// A row-major int64 matrix. A 1-D file of n values reads as [n, 1].
+struct NpyInt64Matrix {
+  size_t rows = 0;
+  size_t cols = 0;
+  std::vector<int64_t> data;  // rows * cols
+};
+
+// Reads a 1-D or 2-D '<i8' or '<i4' array (int32 is widened), with the
+// errors of ReadNpyInt64 but for the number of dimensions.
+absl::StatusOr<NpyInt64Matrix> ReadNpyInt64Matrix(const std::string& path);
+
+// Writes a C-order array of `shape` with dtype `descr` ("<i8", "<i4", "<f8"
+// or "<f4"), whose bytes are `data` (product(shape) items), with
+// WriteFileAtomically. INVALID_ARGUMENT for another descr or a shape whose
+// size in bytes overflows; its errors otherwise (NOT_FOUND for a missing
+// directory).
+absl::Status WriteNpyArray(const std::string& path, const std::string& descr,
+                           const std::vector<size_t>& shape, const void* data);
+
+// Writes a 2-D '<f4' array (C order), as WriteNpyArray.
 absl::Status WriteNpyMatrix(const std::string& path, const float* data,
                             size_t rows, size_t cols);
 
-// Writes a 1-D '<i8' array, via a temporary file and a rename.
+// Writes a 1-D '<i8' array, as WriteNpyArray.
 absl::Status WriteNpyInt64(const std::string& path,
                            const std::vector<int64_t>& values);
 

@@ -1,6 +1,5 @@
 #include "versions/snapshot.h"
 
-#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -9,7 +8,6 @@
 #include <cinttypes>
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -74,60 +72,10 @@ std::optional<uint64_t> ParseSnapshotName(absl::string_view name) {
   return sequence;
 }
 
-absl::Status ErrnoError(const std::string& path, absl::string_view action) {
-  return absl::InternalError(
-      absl::StrCat(path, ": ", action, " failed: ", std::strerror(errno)));
-}
-
 absl::Status FsError(const std::string& path, absl::string_view action,
                      const std::error_code& ec) {
   return absl::InternalError(
       absl::StrCat(path, ": ", action, " failed: ", ec.message()));
-}
-
-// Flushes a file or a directory (its entries) to stable storage.
-absl::Status SyncPath(const std::string& path, bool directory) {
-  const int flags = O_RDONLY | O_CLOEXEC | (directory ? O_DIRECTORY : 0);
-  const int fd = open(path.c_str(), flags);
-  if (fd < 0) return ErrnoError(path, "open for fsync");
-  const bool synced = fsync(fd) == 0;
-  const int saved_errno = errno;
-  close(fd);
-  if (!synced) {
-    errno = saved_errno;
-    return ErrnoError(path, "fsync");
-  }
-  return absl::OkStatus();
-}
-
-// Writes `text` to a new file at `path` and fsyncs it.
-absl::Status WriteTextFile(const std::string& path, const std::string& text) {
-  const int fd =
-      open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoError(path, "create");
-  size_t done = 0;
-  while (done < text.size()) {
-    const ssize_t put = write(fd, text.data() + done, text.size() - done);
-    if (put < 0) {
-      if (errno == EINTR) continue;
-      absl::Status status = ErrnoError(path, "write");
-      close(fd);
-      return status;
-    }
-    done += static_cast<size_t>(put);
-  }
-  if (fsync(fd) != 0) {
-    absl::Status status = ErrnoError(path, "fsync");
-    close(fd);
-    return status;
-  }
-  if (close(fd) != 0) return ErrnoError(path, "close");
-  return absl::OkStatus();
-}
-
-// Keeps the code of `status` and puts `prefix` before its message.
-absl::Status Annotate(const absl::Status& status, absl::string_view prefix) {
-  return absl::Status(status.code(), absl::StrCat(prefix, status.message()));
 }
 
 // The entries of `data_dir`: snapshots by sequence, and temporaries.
@@ -213,8 +161,8 @@ absl::Status WriteSnapshotFiles(const std::string& dir,
     HARDNEG_RETURN_IF_ERROR(SyncPath(index_path, /*directory=*/false));
   }
   // Written last, though the rename of the directory is what publishes.
-  HARDNEG_RETURN_IF_ERROR(WriteTextFile(JoinPath(dir, kMetaFile),
-                                        MetaJson(version).dump(2) + "\n"));
+  HARDNEG_RETURN_IF_ERROR(WriteFileAtomically(
+      JoinPath(dir, kMetaFile), MetaJson(version).dump(2) + "\n"));
   return SyncPath(dir, /*directory=*/true);
 }
 
@@ -224,7 +172,7 @@ absl::Status RemoveExisting(const std::string& path, const std::string& aside) {
   std::error_code ec;
   if (!fs::exists(path, ec)) return absl::OkStatus();
   if (rename(path.c_str(), aside.c_str()) != 0) {
-    return ErrnoError(path, "moving the old snapshot aside");
+    return ErrnoError(path, "moving the old snapshot aside failed");
   }
   fs::remove_all(aside, ec);
   return absl::OkStatus();
@@ -366,15 +314,16 @@ absl::Status WriteSnapshot(const SnapshotOptions& options,
   const std::string final_path =
       JoinPath(options.data_dir, SnapshotName(sequence));
   fs::remove_all(tmp, ec);  // a failed earlier attempt of this process
-  if (mkdir(tmp.c_str(), 0755) != 0) return ErrnoError(tmp, "mkdir");
 
+  // Every failure below is INTERNAL, whatever the errno.
   absl::Status status = [&]() -> absl::Status {
+    if (mkdir(tmp.c_str(), 0755) != 0) return ErrnoError(tmp, "mkdir failed");
     HARDNEG_RETURN_IF_ERROR(WriteSnapshotFiles(tmp, version));
     HARDNEG_RETURN_IF_ERROR(RemoveExisting(
         final_path,
         JoinPath(options.data_dir, absl::StrCat(kTmpPrefix, "old-", suffix))));
     if (rename(tmp.c_str(), final_path.c_str()) != 0) {
-      return ErrnoError(final_path, "rename into place");
+      return ErrnoError(final_path, "rename into place failed");
     }
     return SyncPath(options.data_dir, /*directory=*/true);
   }();

@@ -1,6 +1,7 @@
-// Fuzzes the .npy readers (src/format/npy.h): the input is a whole file, read by
-// ReadNpyMatrix and by ReadNpyInt64. Either reader may reject it, with
-// INVALID_ARGUMENT; what it accepts must agree with the header's shape.
+// Fuzzes the .npy readers (src/format/npy.h): the input is a whole file, read
+// by ReadNpyMatrix, ReadNpyInt64 and ReadNpyInt64Matrix. Any reader may reject
+// it, with INVALID_ARGUMENT; what it accepts must agree with the header's
+// shape.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -35,6 +36,14 @@ int TestOneInput(const uint8_t* data, size_t size) {
   }
   absl::StatusOr<std::vector<int64_t>> ints = ReadNpyInt64(*path);
   if (!ints.ok()) CheckRejection(ints.status());
+  absl::StatusOr<NpyInt64Matrix> int_matrix = ReadNpyInt64Matrix(*path);
+  if (int_matrix.ok()) {
+    if (int_matrix->data.size() != int_matrix->rows * int_matrix->cols) {
+      fuzz::Fail("int matrix data does not hold rows x cols values");
+    }
+  } else {
+    CheckRejection(int_matrix.status());
+  }
   return 0;
 }
 
