@@ -2,10 +2,14 @@
 
 #include <cstring>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
+#include "index/vector_index.h"
 #include "proto/mining_options_convert.h"
 
 namespace hardneg {
@@ -84,6 +88,8 @@ absl::StatusOr<PublishHeader> DecodePublishHeader(const v1::PublishHeader& h) {
     header.metric = *metric;
   }
   if (h.has_base_version()) header.base_version = h.base_version();
+  if (h.has_total_ids()) header.total_ids = h.total_ids();
+  if (h.has_total_delete_ids()) header.total_delete_ids = h.total_delete_ids();
   return header;
 }
 
@@ -188,10 +194,10 @@ void EncodeVersion(const VersionInfo& info, v1::IndexVersion* out) {
 v1::IndexInfo EncodeIndexInfo(const IndexVersion* version,
                               const BuildStatus& status) {
   v1::IndexInfo info;
-  info.set_build_state(status.state);
+  info.set_build_state(std::string(BuildStateName(status.state)));
   info.set_building(status.building);
   info.set_build_progress(status.progress);
-  info.set_last_rejected(status.last_rejected);
+  info.set_last_rejected(WithFlagNames(status.last_rejected));
   info.set_rejected_total(status.rejected_total);
   if (version == nullptr) return info;
   info.set_age_seconds(
@@ -206,15 +212,30 @@ v1::IndexInfo EncodeIndexInfo(const IndexVersion* version,
   return info;
 }
 
+std::string WithFlagNames(absl::string_view message) {
+  // The domain's terms for what these flags set (server_flags.cc).
+  static const auto* const kFlags =
+      new std::vector<std::pair<absl::string_view, std::string>>{
+          {kIndexByteBudgetTerm,
+           absl::StrCat(kIndexByteBudgetTerm, " (--max_index_bytes)")},
+          {kServedMetricTerm, absl::StrCat(kServedMetricTerm, " (--metric)")},
+          {kSchemaChangesTerm,
+           absl::StrCat(kSchemaChangesTerm, " (--allow_schema_change)")},
+          {kSnapshotDirTerm, absl::StrCat(kSnapshotDirTerm, " (--data_dir)")},
+          {kIndexFactoryTerm, absl::StrCat(kIndexFactoryTerm, " (--index)")},
+      };
+  return absl::StrReplaceAll(message, *kFlags);
+}
+
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
+                      WithFlagNames(status.message()));
 }
 
 void EncodeError(const absl::Status& status, v1::MineResponse* response) {
   response->mutable_error()->set_code(static_cast<uint32_t>(status.code()));
-  response->mutable_error()->set_message(std::string(status.message()));
+  response->mutable_error()->set_message(WithFlagNames(status.message()));
 }
 
 }  // namespace hardneg

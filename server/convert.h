@@ -5,9 +5,11 @@
 #ifndef HARDNEG_SERVER_CONVERT_H_
 #define HARDNEG_SERVER_CONVERT_H_
 
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "grpcpp/support/status.h"
 #include "hardneg/v1/miner.pb.h"
 #include "mining/miner.h"
@@ -76,10 +78,16 @@ void EncodeVersion(const VersionInfo& info, v1::IndexVersion* out);
 v1::IndexInfo EncodeIndexInfo(const IndexVersion* version,
                               const BuildStatus& status);
 
-// Same code and message.
+// `message` with the server flag that sets each domain setting it names
+// beside the setting ("the index byte budget (--max_index_bytes)"), so
+// that an operator knows what to change. Applied to every status message
+// and to last_rejected on the wire.
+std::string WithFlagNames(absl::string_view message);
+
+// Same code; the message WithFlagNames.
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
-// Sets response.error from a non-OK status.
+// Sets response.error from a non-OK status (the message WithFlagNames).
 void EncodeError(const absl::Status& status, v1::MineResponse* response);
 
 }  // namespace hardneg

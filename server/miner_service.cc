@@ -426,12 +426,12 @@ void MinerService::HandleBatch(std::vector<MineJob>& jobs) const {
       continue;
     }
     EncodeVersion(version->info(), response->mutable_index());
-    const uint64_t min_sequence = request.options().min_index_sequence();
-    if (version->info().sequence < min_sequence) {
-      status[j] = absl::FailedPreconditionError(absl::StrCat(
-          "the served index is ", version->info().name, " at sequence ",
-          version->info().sequence, ", older than options.min_index_sequence ",
-          min_sequence, "; retry once a newer version is live"));
+    status[j] =
+        version->CheckSequenceAtLeast(request.options().min_index_sequence());
+    if (!status[j].ok()) {
+      status[j] = absl::Status(
+          status[j].code(),
+          absl::StrCat("options.min_index_sequence: ", status[j].message()));
       continue;
     }
     decoded[j] = std::make_unique<DecodedMineRequest>();

@@ -81,8 +81,6 @@ class PublishReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     absl::StatusOr<PublishHeader> header = DecodePublishHeader(h);
     if (!header.ok()) return header.status();
     wait_ = !h.has_wait() || h.wait();
-    if (h.has_total_ids()) total_ids_ = h.total_ids();
-    if (h.has_total_delete_ids()) total_delete_ids_ = h.total_delete_ids();
 
     const size_t remaining = manager_->RemainingBytes();
     if (remaining == 0) {
@@ -114,7 +112,6 @@ class PublishReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     absl::StatusOr<absl::Span<const float>> embeddings =
         DecodeChunkEmbeddings(c, chunk, &buffer_);
     if (!embeddings.ok()) return embeddings.status();
-    delete_ids_ += static_cast<uint64_t>(c.delete_ids_size());
     bytes_ += static_cast<uint64_t>(c.ByteSizeLong());
     return assembler_->AddChunk(
         absl::MakeConstSpan(c.ids().data(), c.ids_size()),
@@ -136,17 +133,8 @@ class PublishReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
           "chunks"));
       return;
     }
-    if (total_ids_.has_value() && *total_ids_ != assembler_->rows()) {
-      Reject(absl::InvalidArgumentError(absl::StrCat(
-          "header.total_ids is ", *total_ids_, " but the stream carried ",
-          assembler_->rows(), " ids: the publish was cut short")));
-      return;
-    }
-    if (total_delete_ids_.has_value() && *total_delete_ids_ != delete_ids_) {
-      Reject(absl::InvalidArgumentError(
-          absl::StrCat("header.total_delete_ids is ", *total_delete_ids_,
-                       " but the stream carried ", delete_ids_,
-                       " delete_ids: the publish was cut short")));
+    if (absl::Status complete = assembler_->CheckComplete(); !complete.ok()) {
+      Reject(complete);
       return;
     }
     // The reads are over: release their buffers before the build.
@@ -155,7 +143,7 @@ class PublishReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     Log(LogLevel::kInfo, "publish_received",
         {{"name", assembler_->header().name},
          {"rows", absl::StrCat(assembler_->rows())},
-         {"delete_ids", absl::StrCat(delete_ids_)},
+         {"delete_ids", absl::StrCat(assembler_->delete_rows())},
          {"chunks", absl::StrCat(chunks_)},
          {"mb_per_s",
           absl::StrFormat(
@@ -181,19 +169,15 @@ class PublishReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
           "installed"));
       return;
     }
-    const PublishHeader& header = assembler_->header();
-    const Metric metric = header.metric.value_or(
-        served != nullptr ? served->metric() : Metric::kInnerProduct);
     // Everything the build needs past an early answer, out of the reactor.
+    const PublishHeader& header = assembler_->header();
     const std::string name = header.name;
     const uint64_t step = header.step;
+    const std::optional<Metric> metric = header.metric;
+    const std::optional<uint64_t> expected_sequence =
+        assembler_->RequiredSequence(served.get());
     IndexManager* const manager = manager_;
     const bool wait = wait_;
-    // An incremental publish applies to the version it was checked against.
-    std::optional<uint64_t> expected_sequence;
-    if (header.base_version.has_value()) {
-      expected_sequence = served != nullptr ? served->info().sequence : 0;
-    }
     if (!wait) {
       v1::PublishResponse early;
       early.mutable_version()->set_name(name);
@@ -252,10 +236,7 @@ class PublishReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   std::vector<float> buffer_;                  // embeddings_bytes, decoded
   std::optional<PublishAssembler> assembler_;  // set by the header
   bool wait_ = true;
-  std::optional<uint64_t> total_ids_;
-  std::optional<uint64_t> total_delete_ids_;
   size_t chunks_ = 0;
-  uint64_t delete_ids_ = 0;
   uint64_t bytes_ = 0;
 };
 

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/log.h"
 #include "prometheus/registry.h"
+#include "server/convert.h"
 #include "server/metrics.h"
 #include "server/server.h"
 #include "versions/index_manager.h"
@@ -36,7 +37,7 @@ int RunServer(const ServerConfig& config, const sigset_t& signals) {
     absl::Status loaded = manager.LoadNewest();
     if (!loaded.ok()) {
       Log(LogLevel::kWarning, "no_checkpoint_served",
-          {{"reason", std::string(loaded.message())}});
+          {{"reason", WithFlagNames(loaded.message())}});
     }
   }
 

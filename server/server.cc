@@ -19,59 +19,62 @@ namespace {
 
 constexpr char kServiceName[] = "hardneg.v1.Miner";
 
-size_t DefaultThreads() {
-  const unsigned cores = std::thread::hardware_concurrency();
-  return cores == 0 ? 2 : cores;
-}
-
-// Runs on each search worker: OpenMP's thread count is per thread, and
-// workers x BLAS threads must not exceed the cores, or OpenBLAS's threads
-// spin against each other.
-std::function<void()> WorkerThreadInit(size_t workers, int blas_threads) {
-  if (blas_threads <= 0) {
-    blas_threads = workers > 1 ? 1 : static_cast<int>(DefaultThreads());
-  }
+// Runs on each search worker: OpenMP's thread count is per thread.
+std::function<void()> WorkerThreadInit(int blas_threads) {
   return [blas_threads] {
     omp_set_num_threads(blas_threads);
     openblas_set_num_threads(blas_threads);
   };
 }
 
-// With automatic BLAS threads and several workers, a batch that runs
-// alone may use every core.
-MinerServiceOptions ServiceOptions(const ServerOptions& options) {
+MinerServiceOptions ServiceOptions(const ServerOptions& options,
+                                   const ThreadCounts& threads) {
   MinerServiceOptions service = options.service;
   service.max_reply_bytes = options.max_message_bytes;
   service.max_batch_fetch = options.limits.max_request_fetch;
-  const size_t workers =
-      options.threads == 0 ? DefaultThreads() : options.threads;
-  if (options.blas_threads <= 0 && workers > 1 &&
-      service.lone_batch_threads == 0) {
-    service.lone_batch_threads = static_cast<int>(DefaultThreads());
-  }
+  service.lone_batch_threads = threads.lone_batch_threads;
   return service;
 }
 
 }  // namespace
 
+ThreadCounts ResolveThreadCounts(const ServerOptions& options, unsigned cores) {
+  const int all = cores == 0 ? 2 : static_cast<int>(cores);
+  ThreadCounts counts;
+  counts.workers =
+      options.threads == 0 ? static_cast<size_t>(all) : options.threads;
+  const bool automatic = options.blas_threads <= 0;
+  // Workers x BLAS threads must not exceed the cores, or OpenBLAS's
+  // threads spin against each other.
+  counts.blas_threads = !automatic           ? options.blas_threads
+                        : counts.workers > 1 ? 1
+                                             : all;
+  // With automatic BLAS threads and several workers, a batch that runs
+  // alone may use every core.
+  counts.lone_batch_threads = options.service.lone_batch_threads;
+  if (automatic && counts.workers > 1 && counts.lone_batch_threads == 0) {
+    counts.lone_batch_threads = all;
+  }
+  return counts;
+}
+
 HardnegServer::HardnegServer(const ServerOptions& options,
-                             IndexManager* manager)
+                             IndexManager* manager, const ThreadCounts& threads)
     : manager_(manager),
       miner_(options.limits),
       pool_(std::make_unique<WorkerPool>(
-          options.threads == 0 ? DefaultThreads() : options.threads,
-          WorkerThreadInit(
-              options.threads == 0 ? DefaultThreads() : options.threads,
-              options.blas_threads))),
+          threads.workers, WorkerThreadInit(threads.blas_threads))),
       service_(std::make_unique<MinerService>(manager, &miner_, pool_.get(),
-                                              ServiceOptions(options),
+                                              ServiceOptions(options, threads),
                                               options.metrics)) {}
 
 absl::StatusOr<std::unique_ptr<HardnegServer>> HardnegServer::Start(
     const ServerOptions& options, IndexManager* manager) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  std::unique_ptr<HardnegServer> server(new HardnegServer(options, manager));
+  std::unique_ptr<HardnegServer> server(new HardnegServer(
+      options, manager,
+      ResolveThreadCounts(options, std::thread::hardware_concurrency())));
   grpc::ServerBuilder builder;
   const std::string address =
       absl::StrCat(options.host.find(':') != std::string::npos

@@ -44,6 +44,18 @@ struct ServerOptions {
   ServerMetrics* metrics = nullptr;
 };
 
+// The server's thread counts, resolved once (the only place that reads
+// the core count) and passed down to the workers and the service.
+struct ThreadCounts {
+  size_t workers = 1;          // search workers
+  int blas_threads = 1;        // OpenMP/BLAS threads of one search
+  int lone_batch_threads = 0;  // MinerServiceOptions::lone_batch_threads
+};
+
+// `options`' thread settings with their 0 ("automatic") values resolved
+// for a machine of `cores` cores (0: unknown, taken as 2).
+ThreadCounts ResolveThreadCounts(const ServerOptions& options, unsigned cores);
+
 class HardnegServer {
  public:
   // Binds and starts serving. `manager` must outlive the server.
@@ -81,7 +93,8 @@ class HardnegServer {
   }
 
  private:
-  HardnegServer(const ServerOptions& options, IndexManager* manager);
+  HardnegServer(const ServerOptions& options, IndexManager* manager,
+                const ThreadCounts& threads);
 
   IndexManager* const manager_;
   // Declared before the members whose destruction can call UpdateHealth

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -201,8 +202,8 @@ TEST(ReplySizeTest, RequestFetchIsRangeMaxTimesQueries) {
 
 TEST(EncodeTest, IndexInfoAndVersion) {
   std::shared_ptr<const IndexVersion> version = TinyVersion();
-  v1::IndexInfo info =
-      EncodeIndexInfo(version.get(), BuildStatus{"serving", "", 0, "", 0});
+  v1::IndexInfo info = EncodeIndexInfo(
+      version.get(), BuildStatus{BuildState::kServing, "", 0, "", 0});
   EXPECT_EQ(info.version().name(), "tiny");
   EXPECT_EQ(info.version().sequence(), 3u);
   EXPECT_EQ(info.size(), 2u);
@@ -214,7 +215,7 @@ TEST(EncodeTest, IndexInfoAndVersion) {
   EXPECT_TRUE(info.has_labels());
 
   v1::IndexInfo empty =
-      EncodeIndexInfo(nullptr, BuildStatus{"empty", "", 0, "", 0});
+      EncodeIndexInfo(nullptr, BuildStatus{BuildState::kEmpty, "", 0, "", 0});
   EXPECT_EQ(empty.build_state(), "empty");
   EXPECT_EQ(empty.size(), 0u);
 }
@@ -232,6 +233,29 @@ TEST(StatusTest, MapsCodeAndMessage) {
   EncodeError(absl::UnavailableError("no index"), &response);
   EXPECT_EQ(response.error().code(), 14u);
   EXPECT_EQ(response.error().message(), "no index");
+}
+
+// The domain names its settings in its own terms; what reaches an
+// operator names the flag beside them.
+TEST(ConvertTest, StatusesNameTheFlagsOfDomainSettings) {
+  const absl::Status budget = absl::ResourceExhaustedError(
+      absl::StrCat("over ", kIndexByteBudgetTerm, " of 10"));
+  const grpc::Status wire = ToGrpcStatus(budget);
+  EXPECT_EQ(wire.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(wire.error_message(),
+            "over the index byte budget (--max_index_bytes) of 10");
+  EXPECT_THAT(WithFlagNames(absl::StrCat("but ", kServedMetricTerm, " is l2")),
+              ::testing::HasSubstr("(--metric)"));
+  EXPECT_THAT(WithFlagNames(kSchemaChangesTerm),
+              ::testing::HasSubstr("--allow_schema_change"));
+  EXPECT_THAT(WithFlagNames(kIndexFactoryTerm),
+              ::testing::HasSubstr("--index"));
+  EXPECT_EQ(WithFlagNames("nothing to name"), "nothing to name");
+
+  BuildStatus status;
+  status.last_rejected = absl::StrCat("huge: over ", kIndexByteBudgetTerm);
+  EXPECT_THAT(EncodeIndexInfo(nullptr, status).last_rejected(),
+              ::testing::HasSubstr("max_index_bytes"));
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include "format/npy.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "index/row_dots.h"
 
 namespace hardneg {
 namespace {
@@ -72,12 +73,12 @@ TEST_F(IndexManagerTest, ServesTheHighestStepAndCountsSequences) {
   Write(ckpts(), "c", 6);
   IndexManager manager(Options());
   EXPECT_EQ(manager.Current(), nullptr);
-  EXPECT_EQ(manager.build_status().state, "empty");
+  EXPECT_EQ(manager.build_status().state, BuildState::kEmpty);
   ASSERT_TRUE(manager.LoadNewest().ok());
   ASSERT_NE(manager.Current(), nullptr);
   EXPECT_EQ(manager.Current()->info().name, "b");
   EXPECT_EQ(manager.Current()->info().sequence, 1u);
-  EXPECT_EQ(manager.build_status().state, "serving");
+  EXPECT_EQ(manager.build_status().state, BuildState::kServing);
   // Nothing newer: no swap.
   ASSERT_TRUE(manager.LoadNewest().ok());
   EXPECT_EQ(manager.Current()->info().sequence, 1u);
@@ -168,8 +169,7 @@ TEST_F(IndexManagerTest, SchemaChangeNeedsPermission) {
     Write(ckpts(), "d8", 2, 50, 8);
     absl::Status status = manager.LoadNewest();
     EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
-    EXPECT_THAT(std::string(status.message()),
-                HasSubstr("--allow_schema_change"));
+    EXPECT_THAT(std::string(status.message()), HasSubstr(kSchemaChangesTerm));
     EXPECT_EQ(manager.Current()->info().name, "d4");
     Write(ckpts(), "l2", 3, 50, 4, Metric::kL2);
     EXPECT_EQ(manager.LoadNewest().code(),
@@ -265,7 +265,7 @@ TEST_F(IndexManagerTest, ACheckpointOverTheBudgetIsRejectedFromItsHeaders) {
   const BuildStatus status = manager.build_status();
   EXPECT_EQ(status.rejected_total, 1u);
   EXPECT_THAT(status.last_rejected, HasSubstr("huge"));
-  EXPECT_THAT(status.last_rejected, HasSubstr("over the memory budget"));
+  EXPECT_THAT(status.last_rejected, HasSubstr("over the index byte budget"));
 }
 
 TEST_F(IndexManagerTest, AManifestThatDoesNotParseIsReportedOnce) {
@@ -433,6 +433,51 @@ TEST_F(IndexManagerTest, PollingFindsCheckpointsWithoutNotifications) {
   Write(ckpts(), "late", 1);
   ASSERT_TRUE(swapped->WaitForNotificationWithTimeout(absl::Seconds(30)));
   EXPECT_EQ(manager.Current()->info().name, "late");
+}
+
+// The index options travel with the snapshot: a restored version's index
+// is built as the served one was (half_scan's binary16 copy, observable in
+// its memory, kept or left out alike).
+TEST_F(IndexManagerTest, ARestoredVersionKeepsTheIndexOptions) {
+  Write(ckpts(), "v1", 1, 64, 8);
+  for (const bool half_scan : {false, true}) {
+    SCOPED_TRACE(half_scan ? "half_scan" : "no half_scan");
+    IndexManagerOptions options = Options();
+    options.data_dir = absl::StrCat(root_, "/data-", half_scan);
+    options.build.half_scan = half_scan;
+    size_t built_bytes = 0;
+    {
+      IndexManager manager(options);
+      ASSERT_TRUE(manager.LoadNewest().ok());
+      built_bytes = manager.Current()->index().MemoryBytes();
+    }
+    IndexManager restarted(options);
+    ASSERT_TRUE(restarted.RestoreSnapshot().ok());
+    ASSERT_NE(restarted.Current(), nullptr);
+    EXPECT_EQ(restarted.Current()->index().MemoryBytes(), built_bytes);
+    const bool has_half_copy = half_scan && RowDotsSimd();
+    EXPECT_EQ(built_bytes > 0, has_half_copy);
+  }
+}
+
+TEST_F(IndexManagerTest, BuildStateNamesAreTheWireNames) {
+  EXPECT_EQ(BuildStateName(BuildState::kEmpty), "empty");
+  EXPECT_EQ(BuildStateName(BuildState::kBuilding), "building");
+  EXPECT_EQ(BuildStateName(BuildState::kServing), "serving");
+}
+
+TEST_F(IndexManagerTest, InstallWithoutAMetricTakesTheServedOne) {
+  Write(ckpts(), "l2", 1, 50, 4, Metric::kL2);
+  IndexManager manager(Options());
+  ASSERT_TRUE(manager.LoadNewest().ok());
+  std::vector<int64_t> ids = {1, 2};
+  absl::StatusOr<CandidateStore> store = CandidateStore::Create(
+      4, std::move(ids), std::vector<float>(8, 0.5f), std::nullopt);
+  ASSERT_TRUE(store.ok());
+  absl::StatusOr<VersionInfo> installed =
+      manager.Install("next", 2, std::nullopt, *std::move(store));
+  ASSERT_TRUE(installed.ok()) << installed.status();
+  EXPECT_EQ(installed->metric, Metric::kL2);
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "versions/index_manager.h"
 #include "versions/index_version.h"
 
 namespace hardneg {
@@ -391,7 +392,7 @@ TEST(PublishTest, BoundsMemoryByMaxBytes) {
   ASSERT_TRUE(AddRows(full, corpus, 0, 3).ok());
   const absl::Status status = AddRows(full, corpus, 3, 4);
   EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_THAT(Message(status), HasSubstr("max_index_bytes"));
+  EXPECT_THAT(Message(status), HasSubstr(kIndexByteBudgetTerm));
 
   // Incremental: the new version (the base plus new rows) counts too.
   const auto served = Served(RandomCorpus(10, 0, 19), "v1");

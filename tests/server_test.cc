@@ -804,5 +804,25 @@ TEST(BatchingServerTest, CoalescedAnswersEqualUnbatchedOnes) {
   std::filesystem::remove_all(root);
 }
 
+TEST(ThreadCountsTest, AutomaticCountsFillTheCoresOnce) {
+  ServerOptions options;
+  ThreadCounts counts = ResolveThreadCounts(options, 8);
+  EXPECT_EQ(counts.workers, 8u);
+  EXPECT_EQ(counts.blas_threads, 1);
+  EXPECT_EQ(counts.lone_batch_threads, 8);
+  options.threads = 1;
+  counts = ResolveThreadCounts(options, 8);
+  EXPECT_EQ(counts.blas_threads, 8);
+  EXPECT_EQ(counts.lone_batch_threads, 0);
+  options.threads = 4;
+  options.blas_threads = 2;
+  counts = ResolveThreadCounts(options, 8);
+  EXPECT_EQ(counts.workers, 4u);
+  EXPECT_EQ(counts.blas_threads, 2);
+  EXPECT_EQ(counts.lone_batch_threads, 0);
+  options = ServerOptions();
+  EXPECT_EQ(ResolveThreadCounts(options, 0).workers, 2u);  // unknown cores
+}
+
 }  // namespace
 }  // namespace hardneg

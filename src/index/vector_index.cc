@@ -190,8 +190,10 @@ double SquaredNorm(const float* v, size_t dim) {
   return sq;
 }
 
+// Grows `v` to at least `n` elements (new ones value-initialised), never
+// shrinks it: scratch buffers keep their largest size between calls.
 template <typename T>
-void ResizeUninitialized(std::vector<T>& v, size_t n) {
+void GrowTo(std::vector<T>& v, size_t n) {
   if (v.size() < n) v.resize(n);
 }
 
@@ -276,7 +278,7 @@ class FlatIndex final : public VectorIndex {
     return 2 * d * kUnitRoundoff * s * s + 1e-30;
   }
 
-  std::string type() const override { return "Flat"; }
+  std::string type() const override { return kFlatFactory; }
   // The vectors are the store's, which is saved with it.
   absl::Status Save(const std::string& /*path*/) const override {
     return absl::OkStatus();
@@ -407,8 +409,8 @@ class FlatIndex final : public VectorIndex {
     const size_t block =
         std::min(n, std::clamp(kBlockScores / nq / kGroup * kGroup,
                                kMinBlockRows, kMaxBlockRows));
-    ResizeUninitialized(scratch.dots, parts * nq * block);
-    ResizeUninitialized(scratch.candidates, parts * nq * 2 * kept);
+    GrowTo(scratch.dots, parts * nq * block);
+    GrowTo(scratch.candidates, parts * nq * 2 * kept);
     scratch.tops.clear();
     for (size_t t = 0; t < parts * nq; ++t) {
       scratch.tops.emplace_back(scratch.candidates.data() + t * 2 * kept, kept);
@@ -638,10 +640,14 @@ const char* FaissMetricName(faiss::MetricType metric) {
 
 }  // namespace
 
+IndexKind IndexKindOf(absl::string_view factory) {
+  return factory == kFlatFactory ? IndexKind::kFlat : IndexKind::kFaiss;
+}
+
 absl::StatusOr<std::unique_ptr<VectorIndex>> BuildVectorIndex(
     const CandidateStore& store, Metric metric,
     const IndexBuildOptions& options) {
-  if (options.factory == "Flat") {
+  if (IndexKindOf(options.factory) == IndexKind::kFlat) {
     return std::unique_ptr<VectorIndex>(
         new FlatIndex(store, metric, options.half_scan));
   }
@@ -652,7 +658,7 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> BuildVectorIndex(
                                      options.factory.c_str(), faiss_metric));
   } catch (const faiss::FaissException& e) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "--index \"", options.factory,
+        kIndexFactoryTerm, " \"", options.factory,
         "\" is not a FAISS factory string FAISS accepts: ", e.what()));
   }
   try {
@@ -697,14 +703,18 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> BuildVectorIndex(
 size_t IndexBytesEstimate(const CandidateStore& store,
                           const IndexBuildOptions& options) {
   const size_t values = store.size() * store.dim();
-  if (options.factory != "Flat") return values * sizeof(float);
+  if (IndexKindOf(options.factory) != IndexKind::kFlat) {
+    return values * sizeof(float);
+  }
   return UsesHalfScan(store, options.half_scan) ? values * sizeof(uint16_t) : 0;
 }
 
 size_t IndexBytesBound(size_t rows, size_t dim,
                        const IndexBuildOptions& options) {
   const size_t values = rows * dim;
-  if (options.factory != "Flat") return values * sizeof(float);
+  if (IndexKindOf(options.factory) != IndexKind::kFlat) {
+    return values * sizeof(float);
+  }
   return options.half_scan ? values * sizeof(uint16_t) : 0;
 }
 
@@ -712,7 +722,7 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> LoadVectorIndex(
     const std::string& path, const CandidateStore& store, Metric metric,
     const IndexBuildOptions& options) {
   const std::string& factory = options.factory;
-  if (factory == "Flat") {
+  if (IndexKindOf(factory) == IndexKind::kFlat) {
     return std::unique_ptr<VectorIndex>(
         new FlatIndex(store, metric, options.half_scan));
   }

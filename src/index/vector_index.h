@@ -18,11 +18,28 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "corpus/candidate_store.h"
 #include "corpus/metric.h"
 
 namespace hardneg {
+
+// The factory string of the exact kernel.
+inline constexpr char kFlatFactory[] = "Flat";
+
+// How errors name IndexBuildOptions::factory, so that an edge that sets it
+// can say which of its own settings is meant.
+inline constexpr char kIndexFactoryTerm[] = "the index factory";
+
+// Which implementation a factory string gets.
+enum class IndexKind {
+  kFlat,   // "Flat": the exact kernel over the store's vectors
+  kFaiss,  // any other string: a FAISS index holding its own codes
+};
+
+// kFlat for exactly "Flat", kFaiss for anything else.
+IndexKind IndexKindOf(absl::string_view factory);
 
 // What one Search call may skip, and how hard an approximate index looks.
 // Skipping is a hint: the Flat kernel drops such candidates before they
@@ -72,6 +89,7 @@ class VectorIndex {
 
   // The factory string, e.g. "Flat".
   virtual std::string type() const = 0;
+  IndexKind kind() const { return IndexKindOf(type()); }
 
   // Writes what Load needs to restore this index without rebuilding it to
   // `path` (a FAISS index file). Flat writes nothing: its data is the
@@ -87,7 +105,7 @@ class VectorIndex {
 };
 
 struct IndexBuildOptions {
-  std::string factory = "Flat";
+  std::string factory = kFlatFactory;
   // Training sample size for indexes that need training; 0 means all.
   size_t max_train_rows = 262144;
   // Inverted lists probed per query by IVF indexes (0: FAISS's default, 1).

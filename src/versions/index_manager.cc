@@ -1,11 +1,7 @@
 #include "versions/index_manager.h"
 
 #include <omp.h>
-#include <poll.h>
-#include <sys/eventfd.h>
-#include <sys/inotify.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -18,7 +14,6 @@
 #include <vector>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
@@ -49,29 +44,46 @@ std::string Seconds(absl::Duration d) {
 
 }  // namespace
 
-IndexManager::IndexManager(IndexManagerOptions options)
-    : options_(std::move(options)), rejections_(options_.data_dir) {
-  status_.state = "empty";
-  wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+absl::string_view BuildStateName(BuildState state) {
+  switch (state) {
+    case BuildState::kEmpty:
+      return "empty";
+    case BuildState::kBuilding:
+      return "building";
+    case BuildState::kServing:
+      return "serving";
+  }
+  return "empty";
 }
+
+IndexManager::IndexManager(IndexManagerOptions options)
+    : options_(std::move(options)),
+      snapshots_{options_.data_dir, options_.keep_snapshots, options_.build},
+      rejections_(options_.data_dir) {}
 
 IndexManager::~IndexManager() {
   StopWatching();
   // A build in progress (Install from another thread) finishes first.
   absl::MutexLock build_lock(&build_mu_);
-  if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+void IndexManager::StartWatching(absl::Duration poll_interval) {
+  if (options_.checkpoints_dir.empty()) return;
+  absl::MutexLock lock(&watch_mu_);
+  watcher_ = std::make_unique<CheckpointWatcher>(options_.checkpoints_dir,
+                                                 poll_interval, [this] {
+                                                   LowerThreadPriority();
+                                                   // Errors are logged and
+                                                   // counted by LoadNewest; the
+                                                   // served version keeps
+                                                   // serving.
+                                                   LoadNewest().IgnoreError();
+                                                 });
 }
 
 void IndexManager::StopWatching() {
-  {
-    absl::MutexLock lock(&mu_);
-    stopping_ = true;
-  }
-  if (wake_fd_ >= 0) {
-    const uint64_t one = 1;
-    (void)!::write(wake_fd_, &one, sizeof(one));
-  }
-  if (watcher_.joinable()) watcher_.join();
+  absl::MutexLock lock(&watch_mu_);
+  watcher_.reset();  // joins, after a build it is running
 }
 
 std::shared_ptr<const IndexVersion> IndexManager::Current() const {
@@ -112,15 +124,29 @@ absl::Status IndexManager::CheckBytes(size_t needed) const {
   }
   return absl::ResourceExhaustedError(absl::StrCat(
       "the new version needs about ", needed, " bytes and the served one ",
-      "holds ", served_bytes, ": over the memory budget (max_index_bytes) of ",
+      "holds ", served_bytes, ": over ", kIndexByteBudgetTerm, " of ",
       options_.max_index_bytes));
+}
+
+absl::Status IndexManager::CheckSchema(size_t dim, Metric metric) const {
+  std::shared_ptr<const IndexVersion> served = Current();
+  if (served == nullptr || options_.allow_schema_change ||
+      (served->dim() == dim && served->metric() == metric)) {
+    return absl::OkStatus();
+  }
+  return absl::FailedPreconditionError(
+      absl::StrCat("dim ", dim, " and metric ", MetricName(metric),
+                   " differ from the served version's (dim ", served->dim(),
+                   ", ", MetricName(served->metric()),
+                   "); every trainer's queries would fail. Restart with ",
+                   kSchemaChangesTerm, " to accept it"));
 }
 
 void IndexManager::Reject(const std::string& source,
                           const absl::Status& status) {
   Log(LogLevel::kError, "version_rejected",
       {{"source", source}, {"reason", std::string(status.message())}});
-  std::function<void(const std::string&, const absl::Status&)> rejected;
+  IndexEvents::Rejected rejected;
   {
     absl::MutexLock lock(&mu_);
     // Any client may read last_rejected: paths are shown relative to the
@@ -142,13 +168,12 @@ void IndexManager::Reject(const std::string& source,
 
 absl::Status IndexManager::RestoreSnapshot() {
   if (options_.data_dir.empty()) {
-    return absl::NotFoundError("no --data_dir: snapshots are off");
+    return absl::NotFoundError(
+        absl::StrCat(kSnapshotDirTerm, ": snapshots are off"));
   }
   absl::MutexLock build_lock(&build_mu_);
-  HARDNEG_ASSIGN_OR_RETURN(
-      std::shared_ptr<const IndexVersion> version,
-      ReadNewestSnapshot({options_.data_dir, options_.keep_snapshots,
-                          options_.build.half_scan}));
+  HARDNEG_ASSIGN_OR_RETURN(std::shared_ptr<const IndexVersion> version,
+                           ReadNewestSnapshot(snapshots_));
   const VersionInfo& info = version->info();
   Log(LogLevel::kInfo, "snapshot_restored",
       {{"name", info.name},
@@ -156,47 +181,63 @@ absl::Status IndexManager::RestoreSnapshot() {
        {"sequence", absl::StrCat(info.sequence)},
        {"candidates", absl::StrCat(version->size())},
        {"data_dir", options_.data_dir}});
-  std::function<void(const IndexVersion&, absl::Duration)> swapped;
+  IndexEvents::Swapped swapped;
   {
     absl::MutexLock lock(&mu_);
     current_ = version;
     last_sequence_ = std::max(last_sequence_, info.sequence);
-    // A newer snapshot that failed to load still used its sequence.
-    std::error_code ec;
-    for (const auto& e :
-         std::filesystem::directory_iterator(options_.data_dir, ec)) {
-      const std::string dir_name = e.path().filename().string();
-      uint64_t sequence = 0;
-      if (dir_name.rfind("snapshot-", 0) == 0 &&
-          absl::SimpleAtoi(dir_name.substr(9), &sequence)) {
-        last_sequence_ = std::max(last_sequence_, sequence);
-      }
-    }
-    status_.state = "serving";
+    SkipSnapshotSequences();
+    status_.state = BuildState::kServing;
     swapped = events_.swapped;
   }
   if (swapped) swapped(*version, absl::ZeroDuration());
   return absl::OkStatus();
 }
 
+void IndexManager::SkipSnapshotSequences() {
+  std::error_code ec;
+  for (const auto& e :
+       std::filesystem::directory_iterator(options_.data_dir, ec)) {
+    if (std::optional<uint64_t> sequence =
+            ParseSnapshotName(e.path().filename().string())) {
+      last_sequence_ = std::max(last_sequence_, *sequence);
+    }
+  }
+}
+
 absl::StatusOr<VersionInfo> IndexManager::BuildAndSwap(
     const std::string& source, VersionInfo info, CandidateStore store,
     absl::Time start) {
-  std::shared_ptr<const IndexVersion> served = Current();
-  if (served != nullptr && !options_.allow_schema_change &&
-      (served->dim() != store.dim() || served->metric() != info.metric)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "dim ", store.dim(), " and metric ", MetricName(info.metric),
-        " differ from the served version's (dim ", served->dim(), ", ",
-        MetricName(served->metric()),
-        "); every trainer's queries would fail. Restart the server with "
-        "--allow_schema_change to accept it"));
-  }
+  HARDNEG_RETURN_IF_ERROR(CheckSchema(store.dim(), info.metric));
   HARDNEG_RETURN_IF_ERROR(CheckBytes(
       store.MemoryBytes() + IndexBytesEstimate(store, options_.build)));
+  HARDNEG_ASSIGN_OR_RETURN(std::shared_ptr<const IndexVersion> version,
+                           Build(std::move(info), std::move(store)));
+  const absl::Duration build_time = absl::Now() - start;
+  // Snapshot before the swap: a version that served must survive a kill,
+  // or a restart would serve an older sequence than clients have seen.
+  Snapshot(*version);
+  const VersionInfo built = version->info();
+  const IndexEvents::Swapped swapped = Swap(version);
+  Log(LogLevel::kInfo, "version_swap",
+      {{"source", source},
+       {"name", built.name},
+       {"step", absl::StrCat(built.step)},
+       {"sequence", absl::StrCat(built.sequence)},
+       {"candidates", absl::StrCat(version->size())},
+       {"dim", absl::StrCat(version->dim())},
+       {"metric", MetricName(built.metric)},
+       {"index", version->index().type()},
+       {"build_seconds", Seconds(build_time)}});
+  if (swapped) swapped(*version, build_time);
+  return built;
+}
+
+absl::StatusOr<std::shared_ptr<const IndexVersion>> IndexManager::Build(
+    VersionInfo info, CandidateStore store) {
   {
     absl::MutexLock lock(&mu_);
-    status_.state = current_ ? "serving" : "building";
+    status_.state = current_ ? BuildState::kServing : BuildState::kBuilding;
     status_.building = info.name;
     status_.progress = 0;
     info.sequence = last_sequence_ + 1;
@@ -209,64 +250,50 @@ absl::StatusOr<VersionInfo> IndexManager::BuildAndSwap(
   absl::StatusOr<std::shared_ptr<const IndexVersion>> built =
       IndexVersion::Build(info, std::move(store), options_.build);
   omp_set_num_threads(caller_threads);
-  {
-    absl::MutexLock lock(&mu_);
-    status_.building.clear();
-    status_.progress = built.ok() ? 1 : 0;
-    if (!built.ok() && current_ == nullptr) status_.state = "empty";
+  absl::MutexLock lock(&mu_);
+  status_.building.clear();
+  status_.progress = built.ok() ? 1 : 0;
+  if (!built.ok() && current_ == nullptr) status_.state = BuildState::kEmpty;
+  return built;
+}
+
+void IndexManager::Snapshot(const IndexVersion& version) {
+  if (options_.data_dir.empty()) return;
+  const std::string sequence = absl::StrCat(version.info().sequence);
+  const absl::Time start = absl::Now();
+  const absl::Status written = WriteSnapshot(snapshots_, version);
+  if (written.ok()) {
+    Log(LogLevel::kInfo, "snapshot_written",
+        {{"sequence", sequence}, {"seconds", Seconds(absl::Now() - start)}});
+  } else {
+    // Served anyway: only a restart would fall back to the previous
+    // snapshot (and its sequence).
+    Log(LogLevel::kError, "snapshot_failed",
+        {{"sequence", sequence}, {"reason", std::string(written.message())}});
   }
-  if (!built.ok()) return built.status();
-  const std::shared_ptr<const IndexVersion>& version = *built;
-  const absl::Duration build_time = absl::Now() - start;
-  // Snapshot before the swap: a version that served must survive a kill,
-  // or a restart would serve an older sequence than clients have seen.
-  if (!options_.data_dir.empty()) {
-    const absl::Time snap_start = absl::Now();
-    absl::Status written =
-        WriteSnapshot({options_.data_dir, options_.keep_snapshots}, *version);
-    if (written.ok()) {
-      Log(LogLevel::kInfo, "snapshot_written",
-          {{"sequence", absl::StrCat(info.sequence)},
-           {"seconds", Seconds(absl::Now() - snap_start)}});
-    } else {
-      // Served anyway: only a restart would fall back to the previous
-      // snapshot (and its sequence).
-      Log(LogLevel::kError, "snapshot_failed",
-          {{"sequence", absl::StrCat(info.sequence)},
-           {"reason", std::string(written.message())}});
-    }
+}
+
+IndexEvents::Swapped IndexManager::Swap(
+    std::shared_ptr<const IndexVersion> version) {
+  absl::MutexLock lock(&mu_);
+  last_sequence_ = version->info().sequence;
+  current_ = std::move(version);
+  status_.state = BuildState::kServing;
+  return events_.swapped;
+}
+
+void IndexManager::RestoreRejections() {
+  if (rejections_restored_) return;
+  rejections_restored_ = true;
+  for (const CheckpointRejections::Rejection& r : rejections_.Restore()) {
+    Reject(r.dir, absl::ResourceExhaustedError(r.reason));
   }
-  std::function<void(const IndexVersion&, absl::Duration)> swapped;
-  {
-    absl::MutexLock lock(&mu_);
-    current_ = version;
-    last_sequence_ = info.sequence;
-    status_.state = "serving";
-    swapped = events_.swapped;
-  }
-  Log(LogLevel::kInfo, "version_swap",
-      {{"source", source},
-       {"name", info.name},
-       {"step", absl::StrCat(info.step)},
-       {"sequence", absl::StrCat(info.sequence)},
-       {"candidates", absl::StrCat(version->size())},
-       {"dim", absl::StrCat(version->dim())},
-       {"metric", MetricName(info.metric)},
-       {"index", version->index().type()},
-       {"build_seconds", Seconds(build_time)}});
-  if (swapped) swapped(*version, build_time);
-  return info;
 }
 
 absl::Status IndexManager::LoadNewest() {
   if (options_.checkpoints_dir.empty()) return absl::OkStatus();
   absl::MutexLock build_lock(&build_mu_);
-  if (!rejections_restored_) {
-    rejections_restored_ = true;
-    for (const CheckpointRejections::Rejection& r : rejections_.Restore()) {
-      Reject(r.dir, absl::ResourceExhaustedError(r.reason));
-    }
-  }
+  RestoreRejections();
   std::vector<RejectedManifest> unparsable;
   HARDNEG_ASSIGN_OR_RETURN(
       std::vector<CheckpointEntry> entries,
@@ -325,26 +352,7 @@ absl::Status IndexManager::LoadCheckpoint(const CheckpointEntry& entry,
                                           const std::string& stamp) {
   const absl::Time start = absl::Now();
   rejections_.BeginLoad(entry.dir, stamp);
-  absl::StatusOr<VersionInfo> swapped = [&]() -> absl::StatusOr<VersionInfo> {
-    HARDNEG_ASSIGN_OR_RETURN(
-        Checkpoint checkpoint,
-        ReadCheckpoint(entry.dir, [&](const CheckpointShape& shape) {
-          return CheckBudget(shape.rows, shape.dim, shape.has_labels);
-        }));
-    const CheckpointManifest& manifest = checkpoint.manifest;
-    VersionInfo info;
-    info.name = manifest.name;
-    info.step = manifest.step;
-    info.metric = manifest.metric.value_or(
-        options_.metric.value_or(Metric::kInnerProduct));
-    if (options_.metric.has_value() && info.metric != *options_.metric) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the manifest's metric is ", MetricName(info.metric),
-          " but the server runs with --metric ", MetricName(*options_.metric)));
-    }
-    return BuildAndSwap(entry.dir, std::move(info), std::move(checkpoint.store),
-                        start);
-  }();
+  const absl::StatusOr<VersionInfo> swapped = ReadAndSwap(entry, start);
   rejections_.EndLoad();
   if (swapped.ok()) return absl::OkStatus();
   Reject(entry.dir, swapped.status());
@@ -352,99 +360,55 @@ absl::Status IndexManager::LoadCheckpoint(const CheckpointEntry& entry,
   return swapped.status();
 }
 
+absl::StatusOr<VersionInfo> IndexManager::ReadAndSwap(
+    const CheckpointEntry& entry, absl::Time start) {
+  HARDNEG_ASSIGN_OR_RETURN(
+      Checkpoint checkpoint,
+      ReadCheckpoint(entry.dir, [&](const CheckpointShape& shape) {
+        return CheckBudget(shape.rows, shape.dim, shape.has_labels);
+      }));
+  const CheckpointManifest& manifest = checkpoint.manifest;
+  VersionInfo info;
+  info.name = manifest.name;
+  info.step = manifest.step;
+  info.metric =
+      manifest.metric.value_or(options_.metric.value_or(Metric::kInnerProduct));
+  if (options_.metric.has_value() && info.metric != *options_.metric) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the manifest's metric is ", MetricName(info.metric), " but ",
+        kServedMetricTerm, " is ", MetricName(*options_.metric)));
+  }
+  return BuildAndSwap(entry.dir, std::move(info), std::move(checkpoint.store),
+                      start);
+}
+
 absl::StatusOr<VersionInfo> IndexManager::Install(
-    const std::string& name, uint64_t step, Metric metric, CandidateStore store,
-    std::optional<uint64_t> expected_sequence) {
+    const std::string& name, uint64_t step, std::optional<Metric> metric,
+    CandidateStore store, std::optional<uint64_t> expected_sequence) {
   absl::MutexLock build_lock(&build_mu_);
+  const std::string source = absl::StrCat("publish ", name);
+  std::shared_ptr<const IndexVersion> served = Current();
   if (expected_sequence.has_value()) {
-    std::shared_ptr<const IndexVersion> served = Current();
     const uint64_t live = served ? served->info().sequence : 0;
     if (live != *expected_sequence) {
       absl::Status stale = absl::FailedPreconditionError(absl::StrCat(
           "the publish was built on sequence ", *expected_sequence,
           " but sequence ", live,
           " went live meanwhile; publish again against the new base"));
-      Reject(absl::StrCat("publish ", name), stale);
+      Reject(source, stale);
       return stale;
     }
   }
   VersionInfo info;
   info.name = name;
   info.step = step;
-  info.metric = metric;
+  info.metric = metric.value_or(served != nullptr ? served->metric()
+                                                  : Metric::kInnerProduct);
   LowerThreadPriority();  // Install runs on the publisher's own thread
   absl::StatusOr<VersionInfo> swapped =
-      BuildAndSwap(absl::StrCat("publish ", name), std::move(info),
-                   std::move(store), absl::Now());
-  if (!swapped.ok()) Reject(absl::StrCat("publish ", name), swapped.status());
+      BuildAndSwap(source, std::move(info), std::move(store), absl::Now());
+  if (!swapped.ok()) Reject(source, swapped.status());
   return swapped;
-}
-
-void IndexManager::StartWatching(absl::Duration poll_interval) {
-  watcher_ = std::thread([this, poll_interval] { WatchLoop(poll_interval); });
-}
-
-void IndexManager::WatchLoop(absl::Duration poll_interval) {
-  namespace fs = std::filesystem;
-  const std::string& root = options_.checkpoints_dir;
-  if (root.empty()) return;
-  LowerThreadPriority();
-  // inotify wakes the loop as soon as a manifest is written or a directory
-  // is renamed in; the poll timeout is the fallback (and covers
-  // filesystems without inotify, such as some network volumes).
-  const int ifd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-  int root_wd = -1;
-  constexpr uint32_t kDirEvents =
-      IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE_SELF;
-  auto watch_subdirs = [&] {
-    std::error_code ec;
-    for (const fs::directory_entry& e : fs::directory_iterator(root, ec)) {
-      if (e.is_directory(ec)) {
-        ::inotify_add_watch(ifd, e.path().c_str(), kDirEvents);
-      }
-    }
-  };
-  const int timeout_ms = static_cast<int>(
-      std::max<int64_t>(1, absl::ToInt64Milliseconds(poll_interval)));
-  std::vector<char> buffer(64 * 1024);
-  while (true) {
-    // Whatever changed before a watch was in place sent no event: scan
-    // at once after (re)establishing the watches.
-    bool scan_now = false;
-    if (ifd >= 0 && root_wd < 0) {
-      root_wd = ::inotify_add_watch(ifd, root.c_str(), kDirEvents);
-      if (root_wd >= 0) {
-        watch_subdirs();
-        scan_now = true;
-      }
-    }
-    pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {ifd, POLLIN, 0}};
-    ::poll(fds, ifd >= 0 ? 2 : 1, scan_now ? 0 : timeout_ms);
-    {
-      absl::MutexLock lock(&mu_);
-      if (stopping_) break;
-    }
-    if (ifd >= 0) {
-      bool new_dir = false;
-      ssize_t n;
-      while ((n = ::read(ifd, buffer.data(), buffer.size())) > 0) {
-        for (ssize_t off = 0; off < n;) {
-          const auto* event =
-              reinterpret_cast<const inotify_event*>(buffer.data() + off);
-          if (event->wd == root_wd && (event->mask & IN_ISDIR)) new_dir = true;
-          if (event->mask & (IN_DELETE_SELF | IN_IGNORED)) {
-            if (event->wd == root_wd) root_wd = -1;
-          }
-          off += static_cast<ssize_t>(sizeof(inotify_event) + event->len);
-        }
-      }
-      if (new_dir) watch_subdirs();
-    }
-    // Errors are logged and counted by LoadNewest; the served version keeps
-    // serving.
-    LoadNewest().IgnoreError();
-  }
-  if (ifd >= 0) ::close(ifd);
 }
 
 }  // namespace hardneg

@@ -1,8 +1,8 @@
 // IndexManager: owns the served IndexVersion and replaces it when a newer
-// version arrives: a checkpoint under --checkpoints (watched with inotify,
-// polled as a fallback), or a Publish (Install). Every version that goes
-// live is snapshotted under --data_dir, and the newest snapshot is served
-// at start, before any checkpoint.
+// version arrives: a checkpoint under the checkpoint root (noticed by a
+// CheckpointWatcher), or a Publish (Install). Every version that goes live
+// is snapshotted under the snapshot directory, and the newest snapshot is
+// served at start, before any checkpoint.
 //
 // Thread-safe. Current() is cheap (one locked shared_ptr copy) and never
 // waits for a build: builds run outside mu_ and publish by swapping the
@@ -16,24 +16,34 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "corpus/candidate_store.h"
 #include "corpus/metric.h"
 #include "format/checkpoint.h"
 #include "versions/checkpoint_rejections.h"
+#include "versions/checkpoint_watcher.h"
 #include "versions/index_version.h"
+#include "versions/snapshot.h"
 
 namespace hardneg {
 
+// How the manager's errors name its options, so that an edge that sets
+// them (the server's flags) can say which of its own settings is meant.
+inline constexpr char kIndexByteBudgetTerm[] = "the index byte budget";
+inline constexpr char kServedMetricTerm[] = "the served metric";
+inline constexpr char kSchemaChangesTerm[] = "schema changes allowed";
+inline constexpr char kSnapshotDirTerm[] = "no snapshot directory";
+
 struct IndexManagerOptions {
   std::string checkpoints_dir;  // empty: only Publish brings versions
+  // Every version's index, built or restored from a snapshot.
   IndexBuildOptions build;
   // When set, checkpoints must use this metric; otherwise the manifest's
   // (inner_product when the manifest names none).
@@ -43,13 +53,23 @@ struct IndexManagerOptions {
   std::string data_dir;  // snapshots; empty: none
   size_t keep_snapshots = 3;
   int build_threads = 1;  // OpenMP threads for one build
-  // Bound on the served version plus the one being built (0: none).
+  // Bound on the served version plus the one being built (0: none): the
+  // index byte budget.
   size_t max_index_bytes = 0;
 };
 
+enum class BuildState {
+  kEmpty,     // nothing served, nothing being built
+  kBuilding,  // nothing served yet, the first version being built
+  kServing,   // a version serves (another may be being built)
+};
+
+// "empty", "building", "serving": the name GetIndexInfo reports.
+absl::string_view BuildStateName(BuildState state);
+
 // What GetIndexInfo reports beyond the served version.
 struct BuildStatus {
-  std::string state;          // "empty", "building", "serving"
+  BuildState state = BuildState::kEmpty;
   std::string building;       // name of the version being built, if any
   double progress = 0;        // of the build in progress, 0..1
   std::string last_rejected;  // "<source>: <reason>", empty when none
@@ -58,8 +78,12 @@ struct BuildStatus {
 
 // Counters the server exports; called on the thread that built.
 struct IndexEvents {
-  std::function<void(const IndexVersion&, absl::Duration build_time)> swapped;
-  std::function<void(const std::string& source, const absl::Status&)> rejected;
+  using Swapped =
+      std::function<void(const IndexVersion&, absl::Duration build_time)>;
+  using Rejected =
+      std::function<void(const std::string& source, const absl::Status&)>;
+  Swapped swapped;
+  Rejected rejected;
 };
 
 class IndexManager {
@@ -96,13 +120,14 @@ class IndexManager {
   absl::Status LoadNewest() ABSL_LOCKS_EXCLUDED(mu_, build_mu_);
 
   // Builds `store` into the next version and swaps it in, exactly as for a
-  // checkpoint (schema check, snapshot). Blocks until it serves.
+  // checkpoint (schema check, snapshot). Blocks until it serves. Without a
+  // `metric`, the served version's (inner_product when none serves).
   // FAILED_PRECONDITION for a schema change without allow_schema_change,
   // or when `expected_sequence` is set and another version went live since
   // (an incremental publish built on a base that is no longer served);
   // RESOURCE_EXHAUSTED over max_index_bytes.
   absl::StatusOr<VersionInfo> Install(
-      const std::string& name, uint64_t step, Metric metric,
+      const std::string& name, uint64_t step, std::optional<Metric> metric,
       CandidateStore store,
       std::optional<uint64_t> expected_sequence = std::nullopt)
       ABSL_LOCKS_EXCLUDED(mu_, build_mu_);
@@ -111,12 +136,14 @@ class IndexManager {
   // served one (SIZE_MAX when unbounded).
   size_t RemainingBytes() const ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Watches checkpoints_dir on a background thread (inotify, and a scan at
-  // least every `poll_interval`) until destruction.
-  void StartWatching(absl::Duration poll_interval) ABSL_LOCKS_EXCLUDED(mu_);
+  // Calls LoadNewest whenever a CheckpointWatcher on checkpoints_dir sees
+  // a change (and at least every `poll_interval`) until StopWatching or
+  // destruction. Nothing when checkpoints_dir is empty.
+  void StartWatching(absl::Duration poll_interval)
+      ABSL_LOCKS_EXCLUDED(watch_mu_);
 
   // Stops the watcher, waiting for a build it is running. Idempotent.
-  void StopWatching() ABSL_LOCKS_EXCLUDED(mu_);
+  void StopWatching() ABSL_LOCKS_EXCLUDED(watch_mu_);
 
   BuildStatus build_status() const ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -130,6 +157,22 @@ class IndexManager {
                                            CandidateStore store,
                                            absl::Time start)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(build_mu_) ABSL_LOCKS_EXCLUDED(mu_);
+  // FAILED_PRECONDITION when a version of `dim` and `metric` would change
+  // the served schema and that is not allowed.
+  absl::Status CheckSchema(size_t dim, Metric metric) const
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Builds the version numbered after the last one, with build_threads
+  // OpenMP threads, reporting progress in status_.
+  absl::StatusOr<std::shared_ptr<const IndexVersion>> Build(
+      VersionInfo info, CandidateStore store)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(build_mu_) ABSL_LOCKS_EXCLUDED(mu_);
+  // Writes `version`'s snapshot when snapshots are on; a failure is logged.
+  void Snapshot(const IndexVersion& version)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(build_mu_);
+  // Serves `version`; returns the swapped event, for the caller to call
+  // once it has logged the swap.
+  IndexEvents::Swapped Swap(std::shared_ptr<const IndexVersion> version)
+      ABSL_LOCKS_EXCLUDED(mu_);
   void Reject(const std::string& source, const absl::Status& status)
       ABSL_LOCKS_EXCLUDED(mu_);
   // Reads, builds and swaps in one checkpoint whose manifest has `stamp`;
@@ -137,6 +180,17 @@ class IndexManager {
   absl::Status LoadCheckpoint(const CheckpointEntry& entry,
                               const std::string& stamp)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(build_mu_) ABSL_LOCKS_EXCLUDED(mu_);
+  // Reads the checkpoint of `entry` (within the byte budget) and builds
+  // and swaps it in. `start`: when reading began.
+  absl::StatusOr<VersionInfo> ReadAndSwap(const CheckpointEntry& entry,
+                                          absl::Time start)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(build_mu_) ABSL_LOCKS_EXCLUDED(mu_);
+  // Remembers the rejections of earlier runs, once.
+  void RestoreRejections() ABSL_EXCLUSIVE_LOCKS_REQUIRED(build_mu_)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Raises last_sequence_ past every snapshot under data_dir, loadable or
+  // not (a newer snapshot that failed to load still used its sequence).
+  void SkipSnapshotSequences() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // When <checkpoints>/PROMOTE is new (or rewritten), loads the checkpoint
   // it names regardless of step and returns the outcome; nullopt otherwise.
   std::optional<absl::Status> Promote(
@@ -147,9 +201,11 @@ class IndexManager {
   absl::Status CheckBudget(size_t rows, size_t dim, bool has_labels) const
       ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status CheckBytes(size_t needed) const ABSL_LOCKS_EXCLUDED(mu_);
-  void WatchLoop(absl::Duration poll_interval) ABSL_LOCKS_EXCLUDED(mu_);
 
   const IndexManagerOptions options_;
+  // Where snapshots go and how their versions are restored: one struct
+  // for writing and reading, built from options_.
+  const SnapshotOptions snapshots_;
   absl::Mutex build_mu_;  // serialises builds and snapshot writes
   mutable absl::Mutex mu_;
   std::shared_ptr<const IndexVersion> current_ ABSL_GUARDED_BY(mu_);
@@ -161,9 +217,8 @@ class IndexManager {
   // The PROMOTE file as last acted on.
   std::string promote_stamp_ ABSL_GUARDED_BY(build_mu_);
   IndexEvents events_ ABSL_GUARDED_BY(mu_);
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  int wake_fd_ = -1;  // eventfd that interrupts the watcher's poll
-  std::thread watcher_;
+  absl::Mutex watch_mu_;  // held neither by nor around a build
+  std::unique_ptr<CheckpointWatcher> watcher_ ABSL_GUARDED_BY(watch_mu_);
 };
 
 }  // namespace hardneg

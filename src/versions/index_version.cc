@@ -17,6 +17,14 @@ absl::StatusOr<std::shared_ptr<const IndexVersion>> IndexVersion::Build(
       std::move(info), std::move(owned_store), std::move(index)));
 }
 
+absl::Status IndexVersion::CheckSequenceAtLeast(uint64_t min_sequence) const {
+  if (info_.sequence >= min_sequence) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "the served index is ", info_.name, " at sequence ", info_.sequence,
+      ", older than the minimum sequence ", min_sequence,
+      " asked for; retry once a newer version is live"));
+}
+
 std::shared_ptr<const IndexVersion> IndexVersion::FromParts(
     VersionInfo info, std::unique_ptr<CandidateStore> store,
     std::unique_ptr<VectorIndex> index) {

@@ -47,6 +47,11 @@ class IndexVersion {
     return store_->MemoryBytes() + index_->MemoryBytes();
   }
 
+  // FAILED_PRECONDITION (naming this version) when its sequence is below
+  // `min_sequence`, the oldest a caller accepts: the caller should retry
+  // once a newer version is live.
+  absl::Status CheckSequenceAtLeast(uint64_t min_sequence) const;
+
   const VersionInfo& info() const { return info_; }
   const CandidateStore& store() const { return *store_; }
   const VectorIndex& index() const { return *index_; }

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "base/status_macros.h"
+#include "versions/index_manager.h"
 
 namespace hardneg {
 namespace {
@@ -27,9 +28,10 @@ absl::Status OverBudget(size_t needed, size_t max_bytes,
                         absl::string_view what) {
   return absl::ResourceExhaustedError(absl::StrCat(
       "the publish needs ", needed, " bytes for ", what, " but the server may ",
-      "take only ", max_bytes,
-      " more (--max_index_bytes less the served version); publish fewer or "
-      "smaller embeddings, or raise --max_index_bytes"));
+      "take only ", max_bytes, " more (", kIndexByteBudgetTerm,
+      " less the served version); publish fewer or smaller embeddings, or "
+      "raise ",
+      kIndexByteBudgetTerm));
 }
 
 }  // namespace
@@ -121,30 +123,70 @@ absl::Status PublishAssembler::AddChunk(absl::Span<const int64_t> ids,
   return absl::OkStatus();
 }
 
+absl::Status PublishAssembler::CheckComplete() const {
+  if (header_.total_ids.has_value() && *header_.total_ids != ids_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "header.total_ids is ", *header_.total_ids, " but the stream carried ",
+        ids_.size(), " ids: the publish was cut short"));
+  }
+  if (header_.total_delete_ids.has_value() &&
+      *header_.total_delete_ids != delete_ids_.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("header.total_delete_ids is ", *header_.total_delete_ids,
+                     " but the stream carried ", delete_ids_.size(),
+                     " delete_ids: the publish was cut short"));
+  }
+  return absl::OkStatus();
+}
+
+std::optional<uint64_t> PublishAssembler::RequiredSequence(
+    const IndexVersion* base) const {
+  if (!header_.base_version.has_value()) return std::nullopt;
+  return base != nullptr ? base->info().sequence : 0;
+}
+
 absl::StatusOr<CandidateStore> PublishAssembler::Finish(
     const IndexVersion* base) {
-  const size_t dim = header_.dim;
-  const bool has_labels = has_labels_.value_or(false);
-
-  if (!header_.base_version.has_value()) {
-    if (ids_.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the publish of '", header_.name,
-          "' carried no candidates: send at least one chunk with ids and "
-          "embeddings after the header"));
+  HARDNEG_RETURN_IF_ERROR(CheckComplete());
+  if (!header_.base_version.has_value()) return FinishFull();
+  HARDNEG_RETURN_IF_ERROR(CheckBase(base));
+  const CandidateStore& old = base->store();
+  HARDNEG_ASSIGN_OR_RETURN(Plan plan, PlanRows(old));
+  const size_t result_rows = plan.kept + plan.appended.size();
+  if (max_bytes_ != 0) {
+    const size_t needed = (ids_.size() + result_rows) *
+                              BytesPerRow(header_.dim, old.has_labels()) +
+                          delete_ids_.size() * sizeof(int64_t);
+    if (needed > max_bytes_) {
+      return OverBudget(
+          needed, max_bytes_,
+          absl::StrCat("the new version of ", result_rows, " rows of dim ",
+                       header_.dim, " and the upserts"));
     }
-    // Create names a duplicate id with both rows of the publish.
-    absl::StatusOr<CandidateStore> store = CandidateStore::Create(
-        dim, std::move(ids_), std::move(embeddings_),
-        has_labels ? std::make_optional(std::move(labels_)) : std::nullopt);
-    if (!store.ok()) {
-      return absl::Status(store.status().code(),
-                          absl::StrCat("publish of '", header_.name,
-                                       "': ", store.status().message()));
-    }
-    return store;
   }
+  return Merge(old, plan);
+}
 
+absl::StatusOr<CandidateStore> PublishAssembler::FinishFull() {
+  if (ids_.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the publish of '", header_.name,
+        "' carried no candidates: send at least one chunk with ids and "
+        "embeddings after the header"));
+  }
+  // Create names a duplicate id with both rows of the publish.
+  absl::StatusOr<CandidateStore> store = CandidateStore::Create(
+      header_.dim, std::move(ids_), std::move(embeddings_),
+      has_labels_.value_or(false) ? std::make_optional(std::move(labels_))
+                                  : std::nullopt);
+  if (!store.ok()) {
+    return Annotate(store.status(),
+                    absl::StrCat("publish of '", header_.name, "': "));
+  }
+  return store;
+}
+
+absl::Status PublishAssembler::CheckBase(const IndexVersion* base) const {
   const std::string& base_name = *header_.base_version;
   if (base == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -158,12 +200,12 @@ absl::StatusOr<CandidateStore> PublishAssembler::Finish(
         "' or send a full publish"));
   }
   const CandidateStore& old = base->store();
-  if (old.dim() != dim) {
+  if (old.dim() != header_.dim) {
     return absl::FailedPreconditionError(
-        absl::StrCat("header.dim is ", dim, " but the base version '",
+        absl::StrCat("header.dim is ", header_.dim, " but the base version '",
                      base_name, "' has dim ", old.dim()));
   }
-  if (!ids_.empty() && has_labels != old.has_labels()) {
+  if (!ids_.empty() && has_labels_.value_or(false) != old.has_labels()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "the base version '", base_name, "' ",
         old.has_labels() ? "has labels but the upserts carry none"
@@ -173,87 +215,79 @@ absl::StatusOr<CandidateStore> PublishAssembler::Finish(
   if (ids_.size() >= kDelete || old.size() >= kDelete) {
     return absl::InvalidArgumentError("more than 2^32-2 candidates");
   }
+  return absl::OkStatus();
+}
 
-  // What happens to each base row, and which upserts are new ids.
-  std::vector<uint32_t> plan(old.size(), kKeep);
-  std::vector<uint32_t> appended;
+absl::StatusOr<PublishAssembler::Plan> PublishAssembler::PlanRows(
+    const CandidateStore& old) const {
+  Plan plan;
+  plan.rows.assign(old.size(), kKeep);
   absl::flat_hash_map<int64_t, uint32_t> new_ids;  // id -> upsert row
   for (size_t row = 0; row < ids_.size(); ++row) {
     const int64_t id = ids_[row];
-    if (std::optional<size_t> base_row = old.RowOf(id)) {
-      if (plan[*base_row] != kKeep) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("id ", id, " is repeated within the publish (rows ",
-                         plan[*base_row], " and ", row, " of its ids)"));
-      }
-      plan[*base_row] = static_cast<uint32_t>(row);
+    const std::optional<size_t> base_row = old.RowOf(id);
+    uint32_t earlier = kKeep;
+    if (base_row.has_value()) {
+      earlier = plan.rows[*base_row];
+      if (earlier == kKeep) plan.rows[*base_row] = static_cast<uint32_t>(row);
     } else {
       const auto [it, inserted] =
           new_ids.emplace(id, static_cast<uint32_t>(row));
-      if (!inserted) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("id ", id, " is repeated within the publish (rows ",
-                         it->second, " and ", row, " of its ids)"));
-      }
-      appended.push_back(static_cast<uint32_t>(row));
+      if (inserted) plan.appended.push_back(static_cast<uint32_t>(row));
+      if (!inserted) earlier = it->second;
+    }
+    if (earlier != kKeep) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("id ", id, " is repeated within the publish (rows ",
+                       earlier, " and ", row, " of its ids)"));
     }
   }
   for (const int64_t id : delete_ids_) {
-    if (new_ids.contains(id)) {
+    const std::optional<size_t> base_row = old.RowOf(id);
+    if (new_ids.contains(id) ||
+        (base_row.has_value() && plan.rows[*base_row] != kKeep &&
+         plan.rows[*base_row] != kDelete)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "id ", id, " is both upserted (ids) and deleted (delete_ids)"));
     }
-    std::optional<size_t> base_row = old.RowOf(id);
-    if (!base_row) continue;  // deleting a missing id is not an error
-    if (plan[*base_row] != kKeep && plan[*base_row] != kDelete) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "id ", id, " is both upserted (ids) and deleted (delete_ids)"));
-    }
-    plan[*base_row] = kDelete;
+    // Deleting a missing id is not an error.
+    if (base_row.has_value()) plan.rows[*base_row] = kDelete;
   }
+  for (const uint32_t p : plan.rows) plan.kept += p != kDelete;
+  return plan;
+}
 
-  size_t kept = 0;
-  for (const uint32_t p : plan) kept += p != kDelete;
-  const size_t result_rows = kept + appended.size();
+absl::StatusOr<CandidateStore> PublishAssembler::Merge(
+    const CandidateStore& old, const Plan& plan) {
+  const size_t dim = header_.dim;
   const bool result_labels = old.has_labels();
-  if (max_bytes_ != 0) {
-    const size_t needed =
-        (ids_.size() + result_rows) * BytesPerRow(dim, result_labels) +
-        delete_ids_.size() * sizeof(int64_t);
-    if (needed > max_bytes_) {
-      return OverBudget(needed, max_bytes_,
-                        absl::StrCat("the new version of ", result_rows,
-                                     " rows of dim ", dim, " and the upserts"));
-    }
-  }
-
+  const size_t result_rows = plan.kept + plan.appended.size();
   std::vector<int64_t> ids;
-  std::vector<float> vectors;
+  std::vector<float> vectors(result_rows * dim);
   std::vector<int64_t> labels;
   ids.reserve(result_rows);
-  vectors.resize(result_rows * dim);
   if (result_labels) labels.reserve(result_rows);
   float* out = vectors.data();
-  auto append_upsert = [&](uint32_t row) {
-    ids.push_back(ids_[row]);
-    if (result_labels) labels.push_back(labels_[row]);
-    std::memcpy(out, embeddings_.data() + size_t{row} * dim,
-                dim * sizeof(float));
+  auto append = [&](int64_t id, int64_t label, const float* vector) {
+    ids.push_back(id);
+    if (result_labels) labels.push_back(label);
+    std::memcpy(out, vector, dim * sizeof(float));
     out += dim;
   };
-  for (size_t row = 0; row < plan.size(); ++row) {
-    const uint32_t p = plan[row];
+  auto append_upsert = [&](uint32_t row) {
+    append(ids_[row], result_labels ? labels_[row] : 0,
+           embeddings_.data() + size_t{row} * dim);
+  };
+  for (size_t row = 0; row < plan.rows.size(); ++row) {
+    const uint32_t p = plan.rows[row];
     if (p == kDelete) continue;
     if (p != kKeep) {
       append_upsert(p);
-      continue;
+    } else {
+      append(old.id(row), result_labels ? old.label(row) : 0, old.vector(row));
     }
-    ids.push_back(old.id(row));
-    if (result_labels) labels.push_back(old.label(row));
-    std::memcpy(out, old.vector(row), dim * sizeof(float));
-    out += dim;
   }
-  for (const uint32_t row : appended) append_upsert(row);
+  for (const uint32_t row : plan.appended) append_upsert(row);
 
   // The upserts are in the result now; free them before Create validates.
   ids_ = {};
@@ -264,10 +298,9 @@ absl::StatusOr<CandidateStore> PublishAssembler::Finish(
       dim, std::move(ids), std::move(vectors),
       result_labels ? std::make_optional(std::move(labels)) : std::nullopt);
   if (!store.ok()) {
-    return absl::Status(
-        store.status().code(),
-        absl::StrCat("publish of '", header_.name, "' onto '", base_name,
-                     "': ", store.status().message()));
+    return Annotate(store.status(),
+                    absl::StrCat("publish of '", header_.name, "' onto '",
+                                 *header_.base_version, "': "));
   }
   return store;
 }

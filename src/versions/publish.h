@@ -31,6 +31,10 @@ struct PublishHeader {
   uint32_t dim = 0;
   std::optional<Metric> metric;             // absent: the served version's
   std::optional<std::string> base_version;  // set: incremental
+  // Set: how many ids (delete_ids) the chunks carry in all, so that a
+  // stream cut short is not installed.
+  std::optional<uint64_t> total_ids;
+  std::optional<uint64_t> total_delete_ids;
 };
 
 class PublishAssembler {
@@ -52,19 +56,48 @@ class PublishAssembler {
                         absl::Span<const float> embeddings,
                         absl::Span<const int64_t> delete_ids);
 
-  // The new version's candidates. Incremental: `base` must be the served
-  // version named header.base_version (FAILED_PRECONDITION otherwise, with
-  // both names); its dim must equal header.dim and, when the base has
-  // labels, upserts must carry labels. The result keeps the base's rows in
-  // order (minus deletes, with upserted rows replaced in place) and appends
-  // new ids in publish order. Full: `base` is ignored; no chunks is
+  // INVALID_ARGUMENT when header.total_ids or total_delete_ids is set and
+  // differs from what the chunks carried (the publish was cut short).
+  absl::Status CheckComplete() const;
+
+  // The sequence the publish must be installed onto (for
+  // IndexManager::Install): for an incremental publish, that of `base`,
+  // the version it is assembled onto (0 when none serves); nullopt for a
+  // full publish.
+  std::optional<uint64_t> RequiredSequence(const IndexVersion* base) const;
+
+  // The new version's candidates (CheckComplete first). Incremental: `base`
+  // must be the served version named header.base_version (FAILED_PRECONDITION
+  // otherwise, with both names); its dim must equal header.dim and, when the
+  // base has labels, upserts must carry labels. The result keeps the base's
+  // rows in order (minus deletes, with upserted rows replaced in place) and
+  // appends new ids in publish order. Full: `base` is ignored; no chunks is
   // INVALID_ARGUMENT. Deleting an id that does not exist is not an error.
   absl::StatusOr<CandidateStore> Finish(const IndexVersion* base);
 
   const PublishHeader& header() const { return header_; }
   size_t rows() const { return ids_.size(); }
+  size_t delete_rows() const { return delete_ids_.size(); }
 
  private:
+  // What becomes of the base's rows in an incremental publish.
+  struct Plan {
+    // Per base row: kept, deleted, or the upsert row that replaces it.
+    std::vector<uint32_t> rows;
+    std::vector<uint32_t> appended;  // upsert rows of new ids, in order
+    size_t kept = 0;                 // base rows not deleted
+  };
+
+  absl::StatusOr<CandidateStore> FinishFull();
+  // FAILED_PRECONDITION unless `base` is the version named base_version,
+  // of the header's dim, with labels exactly when the upserts have them.
+  absl::Status CheckBase(const IndexVersion* base) const;
+  // INVALID_ARGUMENT for an id upserted twice, or upserted and deleted.
+  absl::StatusOr<Plan> PlanRows(const CandidateStore& old) const;
+  // The base's rows as planned, then the new ids; frees the upserts.
+  absl::StatusOr<CandidateStore> Merge(const CandidateStore& old,
+                                       const Plan& plan);
+
   PublishAssembler(PublishHeader header, size_t max_bytes)
       : header_(std::move(header)), max_bytes_(max_bytes) {}
 

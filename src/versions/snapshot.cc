@@ -58,20 +58,6 @@ std::string SnapshotName(uint64_t sequence) {
   return absl::StrCat(kSnapshotPrefix, digits);
 }
 
-// The sequence of a `snapshot-<20 digits>` name, or nullopt for any other.
-std::optional<uint64_t> ParseSnapshotName(absl::string_view name) {
-  if (!absl::ConsumePrefix(&name, kSnapshotPrefix)) return std::nullopt;
-  if (name.size() != kSequenceDigits) return std::nullopt;
-  for (char c : name) {
-    if (!absl::ascii_isdigit(static_cast<unsigned char>(c))) {
-      return std::nullopt;
-    }
-  }
-  uint64_t sequence = 0;
-  if (!absl::SimpleAtoi(name, &sequence)) return std::nullopt;
-  return sequence;
-}
-
 absl::Status FsError(const std::string& path, absl::string_view action,
                      const std::error_code& ec) {
   return absl::InternalError(
@@ -154,7 +140,7 @@ absl::Status WriteSnapshotFiles(const std::string& dir,
   }
   HARDNEG_RETURN_IF_ERROR(WriteNpyMatrix(
       JoinPath(dir, kVectorsFile), store.data(), store.size(), store.dim()));
-  if (version.index().type() != "Flat") {
+  if (version.index().kind() != IndexKind::kFlat) {
     const std::string index_path = JoinPath(dir, kIndexFile);
     HARDNEG_RETURN_IF_ERROR(version.index().Save(index_path));
     // faiss::write_index closes without fsync.
@@ -228,7 +214,7 @@ absl::StatusOr<T> Field(const json& meta, const char* field) {
 }
 
 absl::StatusOr<std::shared_ptr<const IndexVersion>> LoadSnapshot(
-    const std::string& dir, uint64_t sequence, bool half_scan) {
+    const std::string& dir, uint64_t sequence, const IndexBuildOptions& build) {
   HARDNEG_ASSIGN_OR_RETURN(
       std::string text,
       ReadSmallTextFile(JoinPath(dir, kMetaFile), kMaxMetaBytes));
@@ -285,9 +271,8 @@ absl::StatusOr<std::shared_ptr<const IndexVersion>> LoadSnapshot(
       CandidateStore::Create(dim, std::move(ids), std::move(vectors.data),
                              std::move(labels)));
   auto owned_store = std::make_unique<CandidateStore>(std::move(store));
-  IndexBuildOptions index_options;
+  IndexBuildOptions index_options = build;
   index_options.factory = std::move(factory);
-  index_options.half_scan = half_scan;
   HARDNEG_ASSIGN_OR_RETURN(
       std::unique_ptr<VectorIndex> index,
       LoadVectorIndex(JoinPath(dir, kIndexFile), *owned_store, info.metric,
@@ -297,6 +282,19 @@ absl::StatusOr<std::shared_ptr<const IndexVersion>> LoadSnapshot(
 }
 
 }  // namespace
+
+std::optional<uint64_t> ParseSnapshotName(absl::string_view name) {
+  if (!absl::ConsumePrefix(&name, kSnapshotPrefix)) return std::nullopt;
+  if (name.size() != kSequenceDigits) return std::nullopt;
+  for (char c : name) {
+    if (!absl::ascii_isdigit(static_cast<unsigned char>(c))) {
+      return std::nullopt;
+    }
+  }
+  uint64_t sequence = 0;
+  if (!absl::SimpleAtoi(name, &sequence)) return std::nullopt;
+  return sequence;
+}
 
 absl::Status WriteSnapshot(const SnapshotOptions& options,
                            const IndexVersion& version) {
@@ -347,7 +345,7 @@ absl::StatusOr<std::shared_ptr<const IndexVersion>> ReadNewestSnapshot(
   size_t skipped = 0;
   for (const auto& [sequence, path] : listing.snapshots) {
     absl::StatusOr<std::shared_ptr<const IndexVersion>> version =
-        LoadSnapshot(path, sequence, options.half_scan);
+        LoadSnapshot(path, sequence, options.build);
     if (version.ok()) return version;
     ++skipped;
     Log(LogLevel::kWarning, "snapshot_skipped",

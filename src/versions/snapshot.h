@@ -1,4 +1,4 @@
-// Snapshots: every version that goes live is written under --data_dir, so
+// Snapshots: every version that goes live is written under data_dir, so
 // that a restarted server serves its last version at once, before any
 // checkpoint, and its sequence continues instead of going back.
 //
@@ -21,20 +21,30 @@
 #define HARDNEG_SRC_VERSIONS_SNAPSHOT_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "index/vector_index.h"
 #include "versions/index_version.h"
 
 namespace hardneg {
 
 struct SnapshotOptions {
-  std::string data_dir;   // created when missing
-  size_t keep = 3;        // newest snapshots kept after a write (>= 1)
-  bool half_scan = true;  // IndexBuildOptions::half_scan of loaded versions
+  std::string data_dir;  // created when missing
+  size_t keep = 3;       // newest snapshots kept after a write (>= 1)
+  // How loaded versions' indexes are restored: as built, but for the
+  // factory, which is the snapshot's own.
+  IndexBuildOptions build;
 };
+
+// The sequence of a `snapshot-<20 digits>` directory name, or nullopt for
+// any other name.
+std::optional<uint64_t> ParseSnapshotName(absl::string_view name);
 
 // Writes `version` as described above, then removes all but the newest
 // `keep` snapshots. INTERNAL (naming the path) on I/O errors; the previous
