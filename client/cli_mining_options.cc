@@ -1,9 +1,12 @@
 #include "client/cli_mining_options.h"
 
-#include <cstdint>
+#include <optional>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "mining/options.h"
 
 namespace hardneg::client {
 
@@ -42,30 +45,20 @@ void AddMiningFlags(FlagSet& flags, MiningFlags* mining_flags) {
 absl::StatusOr<MiningOptions> MiningOptionsFromFlags(
     const MiningFlags& mining_flags) {
   MiningOptions options = mining_flags.options;
-  if (options.num_negatives == 0) {
-    return absl::InvalidArgumentError("--num_negatives must be at least 1");
-  }
-  if (options.range_max != 0 &&
-      uint64_t{options.range_max} <
-          uint64_t{options.range_min} + options.num_negatives) {
+  const std::optional<Sampling> sampling = ParseSampling(mining_flags.sampling);
+  if (!sampling.has_value()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "--range_max=", options.range_max, " leaves a window smaller than ",
-        "--num_negatives=", options.num_negatives,
-        " from --range_min=", options.range_min));
+        "--sampling=", mining_flags.sampling, ": expected ", kSamplingChoices));
   }
-  if (mining_flags.sampling == "top") {
-    options.sampling = Sampling::kTop;
-  } else if (mining_flags.sampling == "uniform") {
-    options.sampling = Sampling::kUniform;
-  } else if (mining_flags.sampling == "softmax") {
-    options.sampling = Sampling::kSoftmax;
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--sampling=", mining_flags.sampling,
-                     ": expected top, uniform or softmax"));
-  }
-  if (options.temperature < 0) {
-    return absl::InvalidArgumentError("--temperature must not be negative");
+  options.sampling = *sampling;
+  // The domain's checks, as the server runs them; its limits are the
+  // server's to apply. The domain names fields "options.x": here they are
+  // the flags --x.
+  absl::Status valid = ValidateMiningOptions(options, MinerLimits::None());
+  if (!valid.ok()) {
+    std::string message(valid.message());
+    absl::StrReplaceAll({{"options.", "--"}}, &message);
+    return absl::InvalidArgumentError(message);
   }
   return options;
 }

@@ -26,9 +26,9 @@ struct MiningFlags {
 void AddMiningFlags(FlagSet& flags, MiningFlags* mining_flags);
 
 // The options the flags ask for. INVALID_ARGUMENT, with the message for a
-// usage error, when num_negatives is 0, the rank window is smaller than
-// num_negatives, --sampling is not top, uniform or softmax, or the
-// temperature is negative.
+// usage error naming the flag, when --sampling is not top, uniform or
+// softmax, or ValidateMiningOptions refuses the options (without the
+// server's limits, which only the server knows).
 absl::StatusOr<MiningOptions> MiningOptionsFromFlags(
     const MiningFlags& mining_flags);
 

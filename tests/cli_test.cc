@@ -224,8 +224,8 @@ TEST(MiningOptionsTest, RejectsInconsistentFlags) {
   mining.options.range_min = 5;
   mining.options.range_max = 7;
   EXPECT_EQ(MiningOptionsFromFlags(mining).status().message(),
-            "--range_max=7 leaves a window smaller than --num_negatives=3 "
-            "from --range_min=5");
+            "--range_max (7) must be at least range_min + num_negatives (8), "
+            "or 0 for exactly that");
   mining.options.range_max = 8;
   EXPECT_TRUE(MiningOptionsFromFlags(mining).ok());
   mining.sampling = "best";
@@ -234,7 +234,24 @@ TEST(MiningOptionsTest, RejectsInconsistentFlags) {
   mining.sampling = "uniform";
   mining.options.temperature = -1;
   EXPECT_EQ(MiningOptionsFromFlags(mining).status().message(),
-            "--temperature must not be negative");
+            "--temperature is -1; it must be a finite value >= 0 (0 means "
+            "1.0)");
+  // The checks are the domain's: the CLI once missed NaN temperatures.
+  mining.options.temperature = std::nanf("");
+  EXPECT_EQ(MiningOptionsFromFlags(mining).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  mining.options.temperature = 0;
+  mining.options.relative_margin = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(MiningOptionsFromFlags(mining).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// The server's limits are the server's: the CLI does not refuse what a
+// server configured with higher limits would accept.
+TEST(MiningOptionsTest, LeavesLimitsToTheServer) {
+  MiningFlags mining;
+  mining.options.num_negatives = MinerLimits().max_negatives + 1;
+  EXPECT_TRUE(MiningOptionsFromFlags(mining).ok());
 }
 
 // --- Commands up to their first RPC: usage errors exit 2 ---------------

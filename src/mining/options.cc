@@ -1,11 +1,24 @@
 #include "mining/options.h"
 
 #include <cmath>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 
 namespace hardneg {
+
+MinerLimits MinerLimits::None() {
+  MinerLimits none;
+  none.max_negatives = std::numeric_limits<uint32_t>::max();
+  none.max_range = std::numeric_limits<uint32_t>::max();
+  none.max_nprobe = std::numeric_limits<uint32_t>::max();
+  none.max_queries = std::numeric_limits<uint32_t>::max();
+  none.max_request_negatives = std::numeric_limits<uint64_t>::max();
+  none.max_request_fetch = std::numeric_limits<uint64_t>::max();
+  none.max_positives = std::numeric_limits<uint32_t>::max();
+  return none;
+}
 
 absl::string_view SamplingName(Sampling sampling) {
   switch (sampling) {

@@ -71,6 +71,10 @@ struct MinerLimits {
   uint64_t max_request_fetch = uint64_t{1} << 24;
   // positive_ids (and positive_scores) of one query.
   uint32_t max_positives = 65536;
+
+  // No limit at all: for checking options where the server's limits are
+  // not known (the CLI), leaving those to the server.
+  static MinerLimits None();
 };
 
 // OK, or INVALID_ARGUMENT naming the field ("options.num_negatives") for:
