@@ -23,7 +23,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
-
+#include "base/status_macros.h"
+#include "format/file_util.h"
 namespace hardneg {
 namespace {
 
@@ -177,26 +178,6 @@ class RequestHeadParser {
   std::string target_;
   bool http10_ = false;
   int hosts_ = 0;
-};
-
-// Owns a file descriptor until release().
-class ScopedFd {
- public:
-  explicit ScopedFd(int fd) : fd_(fd) {}
-  ~ScopedFd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  ScopedFd(const ScopedFd&) = delete;
-  ScopedFd& operator=(const ScopedFd&) = delete;
-  int get() const { return fd_; }
-  int release() { return std::exchange(fd_, -1); }
-  void reset(int fd) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = fd;
-  }
-
- private:
-  int fd_;
 };
 
 std::string ErrnoMessage(int error) {
@@ -355,9 +336,11 @@ class HttpEndpoint::Connection {
   size_t drained_ = 0;
 };
 
-absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(
-    const std::string& host, int port, std::vector<HttpResource> resources,
-    const HttpEndpointOptions& options) {
+namespace {
+
+absl::Status CheckStartArguments(int port,
+                                 const std::vector<HttpResource>& resources,
+                                 const HttpEndpointOptions& options) {
   if (port < 0 || port > 65535) {
     return absl::InvalidArgumentError(
         absl::StrCat("HTTP port ", port, " is outside [0, 65535]"));
@@ -381,7 +364,12 @@ absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(
                        "body function, or is given twice"));
     }
   }
+  return absl::OkStatus();
+}
 
+// A non-blocking socket listening on `host`:`port` (the first address it
+// resolves to that binds).
+absl::StatusOr<ScopedFd> Listen(const std::string& host, int port) {
   std::string name = host;  // "[::1]" -> "::1"
   if (name.size() >= 2 && name.front() == '[' && name.back() == ']') {
     name = name.substr(1, name.size() - 2);
@@ -403,10 +391,8 @@ absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(
   }
   std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> addresses(
       found, &::freeaddrinfo);
-  ScopedFd listener(-1);
   int error = 0;
-  for (const addrinfo* a = addresses.get(); a != nullptr && listener.get() < 0;
-       a = a->ai_next) {
+  for (const addrinfo* a = addresses.get(); a != nullptr; a = a->ai_next) {
     ScopedFd fd(::socket(a->ai_family,
                          a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
                          a->ai_protocol));
@@ -416,32 +402,44 @@ absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(
             0 &&
         ::bind(fd.get(), a->ai_addr, a->ai_addrlen) == 0 &&
         ::listen(fd.get(), SOMAXCONN) == 0) {
-      listener.reset(fd.release());
-    } else {
-      error = errno;
+      return fd;
     }
+    error = errno;
   }
-  if (listener.get() < 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", address, ": ", ErrnoMessage(error),
-                     " (the port is in use, or the address is not local)"));
-  }
+  return absl::UnavailableError(
+      absl::StrCat("cannot listen on ", address, ": ", ErrnoMessage(error),
+                   " (the port is in use, or the address is not local)"));
+}
+
+// The port `listener` is bound to (the one the kernel chose for port 0).
+absl::StatusOr<int> BoundPort(const ScopedFd& listener) {
   sockaddr_storage bound{};
   socklen_t length = sizeof(bound);
   if (::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&bound),
                     &length) != 0) {
     return absl::ErrnoToStatus(errno, "getsockname of the HTTP listener");
   }
-  const int bound_port =
-      ntohs(bound.ss_family == AF_INET6
-                ? reinterpret_cast<const sockaddr_in6*>(&bound)->sin6_port
-                : reinterpret_cast<const sockaddr_in*>(&bound)->sin_port);
+  return ntohs(bound.ss_family == AF_INET6
+                   ? reinterpret_cast<const sockaddr_in6*>(&bound)->sin6_port
+                   : reinterpret_cast<const sockaddr_in*>(&bound)->sin_port);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(
+    const std::string& host, int port, std::vector<HttpResource> resources,
+    const HttpEndpointOptions& options) {
+  HARDNEG_RETURN_IF_ERROR(CheckStartArguments(port, resources, options));
+  absl::StatusOr<ScopedFd> listener = Listen(host, port);
+  if (!listener.ok()) return listener.status();
+  absl::StatusOr<int> bound_port = BoundPort(*listener);
+  if (!bound_port.ok()) return bound_port.status();
   ScopedFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (wake.get() < 0) {
     return absl::ErrnoToStatus(errno, "eventfd for the HTTP endpoint");
   }
   return std::unique_ptr<HttpEndpoint>(
-      new HttpEndpoint(listener.release(), wake.release(), bound_port,
+      new HttpEndpoint(listener->release(), wake.release(), *bound_port,
                        std::move(resources), options));
 }
 

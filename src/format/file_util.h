@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -31,6 +32,8 @@ class ScopedFd {
 
   int get() const { return fd_; }
   bool valid() const { return fd_ >= 0; }
+  // Gives up ownership: the caller closes the returned descriptor.
+  int release() { return std::exchange(fd_, -1); }
 
   // Closes now, so that the caller sees the error close() may report (a
   // write-back failure of a network file system); "`path`: close failed".
