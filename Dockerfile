@@ -13,6 +13,8 @@
 #   docker create --name dbg hardneg:build && docker cp dbg:/out/debug .
 
 FROM debian:12 AS build
+# Lets scripts/image-test.sh remove the build stages of earlier builds.
+LABEL io.hardneg.stage=build
 WORKDIR /src
 COPY scripts/install-deps.sh scripts/install-deps.sh
 # --build: the compilers and -dev packages only, not the test, demo and

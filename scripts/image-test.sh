@@ -62,6 +62,12 @@ t0=$(date +%s)
   tail -40 "$work/build.log" >&2; echo "image-test: build FAILED (log: $work/build.log)" >&2; exit 1; }
 build_s=$(($(date +%s) - t0))
 size=$("${podman[@]}" image inspect --format '{{.Size}}' "$image")
+# Disk: drop the images earlier runs left (the untagged previous runtime
+# image, build stages but the newest, whose layers are the next cache).
+"${podman[@]}" image prune -f --filter label=org.opencontainers.image.title=hardneg-server >/dev/null 2>&1 || true
+mapfile -t stages < <("${podman[@]}" images -q --filter label=io.hardneg.stage=build \
+  --sort created --format '{{.ID}}' | tail -n +2)
+((${#stages[@]} == 0)) || "${podman[@]}" rmi "${stages[@]}" >/dev/null 2>&1 || true
 echo "image-test: image $image: $((size / 1000000)) MB, built in ${build_s} s" >&2
 
 # --- what the image holds --------------------------------------------------
