@@ -1,22 +1,70 @@
-# hardneg-server image. Built from the same install script that
-# ./scripts/test.sh and ./scripts/demo.sh use, so what the tests check is
-# what the image runs.
+# hardneg-server image. Both stages install their packages with
+# scripts/install-deps.sh, the script ./scripts/test.sh and the README use,
+# so what the tests check is what the image runs. Any Docker-compatible
+# builder works; scripts/image-test.sh builds and runs it with podman.
+#
+#   docker build -t hardneg:dev .
+#   docker run -v /path/to/checkpoints:/checkpoints:ro -p 50051:50051 \
+#     -p 9464:9464 hardneg:dev
+#
+# Debug info: the binaries are stripped; their debug info stays in the
+# build stage (/out/debug/*.debug, linked by .gnu_debuglink):
+#   docker build --target build -t hardneg:build . && \
+#   docker create --name dbg hardneg:build && docker cp dbg:/out/debug .
+
 FROM debian:12 AS build
+# Lets scripts/image-test.sh remove the build stages of earlier builds.
+LABEL io.hardneg.stage=build
 WORKDIR /src
 COPY scripts/install-deps.sh scripts/install-deps.sh
-RUN ./scripts/install-deps.sh
+# --build: the compilers and -dev packages only, not the test, demo and
+# sanitizer tools.
+RUN ./scripts/install-deps.sh --build \
+ && rm -rf /var/lib/apt/lists/*
 COPY . .
-RUN cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
- && ninja -C build hardneg-server hardneg
+# Compile jobs; empty: ninja's default (cores + 2).
+ARG JOBS=
+RUN cmake -S . -B /out/build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+ && ninja -C /out/build ${JOBS:+-j$JOBS} hardneg-server hardneg \
+ && mkdir -p /out/bin /out/debug \
+ && for bin in server/hardneg-server client/hardneg; do \
+      name=$(basename "$bin"); \
+      objcopy --only-keep-debug "/out/build/$bin" "/out/debug/$name.debug" \
+      && objcopy --strip-unneeded \
+           --add-gnu-debuglink="/out/debug/$name.debug" \
+           "/out/build/$bin" "/out/bin/$name" || exit 1; \
+    done
 
 FROM debian:12
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
+LABEL org.opencontainers.image.title="hardneg-server" \
+      org.opencontainers.image.description="Hard negatives as a service: gRPC hard-negative mining over a FAISS index of candidate embeddings, swapped live on new checkpoints." \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.base.name="docker.io/library/debian:12"
 COPY scripts/install-deps.sh /usr/local/lib/hardneg/install-deps.sh
+# --runtime: the shared libraries hardneg-server links, nothing else.
 RUN /usr/local/lib/hardneg/install-deps.sh --runtime \
- && rm -rf /var/lib/apt/lists/*
-COPY --from=build /src/build/server/hardneg-server /usr/local/bin/
-COPY --from=build /src/build/client/hardneg /usr/local/bin/
+ && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
+ && echo 'hardneg:x:65532:65532:hardneg:/data:/usr/sbin/nologin' >> /etc/passwd \
+ && echo 'hardneg:x:65532:' >> /etc/group \
+ && mkdir -p /data /checkpoints \
+ && chown 65532:65532 /data \
+ && chmod 0750 /data
+COPY --from=build /out/bin/hardneg-server /out/bin/hardneg /usr/local/bin/
+# Set by the server itself too; here so that `hardneg` and anything else
+# run in the container get it (spinning OpenMP threads steal the cores).
 ENV OMP_WAIT_POLICY=PASSIVE
 USER 65532:65532
-EXPOSE 50051 9464
+WORKDIR /data
+# Snapshots of served versions (--data_dir), owned by the server's user.
+VOLUME ["/data"]
+# grpc, metrics (/metrics over HTTP)
+EXPOSE 50051/tcp 9464/tcp
 ENTRYPOINT ["/usr/local/bin/hardneg-server"]
-CMD ["--checkpoints", "/checkpoints", "--data_dir", "/data", "--grpc_port", "50051", "--metrics_port", "9464"]
+# The Kubernetes manifests (deploy/k8s/base/deployment.yaml) pass their
+# own arguments; these are for a plain `docker run`.
+CMD ["--checkpoints=/checkpoints", "--data_dir=/data", "--grpc_port=50051", "--metrics_port=9464"]

@@ -163,8 +163,11 @@ struct ClientOptions {
   std::optional<absl::Duration> stream_timeout;
   // Deadline of a whole Publish call: the upload and, with wait, the build.
   std::optional<absl::Duration> publish_timeout;
-  // E.g. "round_robin" for a headless Service of replicas; empty: default.
-  std::string load_balancing_policy;
+  // round_robin spreads calls over every address the target resolves to:
+  // "dns:///hardneg-server.ns.svc.cluster.local:50051" (a headless Service
+  // of replicas) reaches every ready pod, and the servers'
+  // --max_connection_age makes it re-resolve. Empty: gRPC's pick_first.
+  std::string load_balancing_policy = "round_robin";
   // nullptr means insecure (plaintext); see TlsCredentialsFromFiles.
   std::shared_ptr<grpc::ChannelCredentials> credentials;
   // Sent with every call as "authorization: Bearer <token>", for servers

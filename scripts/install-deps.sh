@@ -4,18 +4,22 @@
 # pthread build for batched search called from worker threads).
 #
 #   scripts/install-deps.sh            build + test + demo dependencies
+#   scripts/install-deps.sh --build    only what compiling hardneg needs
+#                                      (the image's build stage)
 #   scripts/install-deps.sh --runtime  only what hardneg-server needs to run
+#                                      (the image's runtime stage)
 #
 # Used by scripts/test.sh, scripts/demo.sh and the Dockerfile alike.
 set -euo pipefail
 
 runtime=(libgrpc++1.51 libprotobuf32 libabsl20220623 libprometheus-cpp-core1.0
          libopenblas0-openmp libgomp1 zlib1g)
-build=(build-essential cmake ninja-build pkg-config git
-       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-       libabsl-dev libfaiss-dev prometheus-cpp-dev libopenblas-dev
-       libopenblas0-openmp libgtest-dev libgmock-dev libbenchmark-dev
-       nlohmann-json3-dev zlib1g-dev dataset-fashion-mnist
+compile=(build-essential cmake ninja-build pkg-config
+         libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+         libabsl-dev libfaiss-dev prometheus-cpp-dev libopenblas-dev
+         libopenblas0-openmp libgtest-dev libgmock-dev
+         nlohmann-json3-dev zlib1g-dev)
+build=("${compile[@]}" git libbenchmark-dev dataset-fashion-mnist
        python3-grpcio python3-numpy python3-protobuf
        prometheus yamllint  # promtool, and the server the Prometheus test scrapes with
        # The sanitizer and libFuzzer builds (scripts/sanitize.sh, fuzz.sh):
@@ -23,7 +27,21 @@ build=(build-essential cmake ninja-build pkg-config git
        # llvm-symbolizer, which reports and suppressions need.
        clang-14 libclang-rt-14-dev libomp-14-dev llvm-14)
 
-if [[ "${1:-}" == "--runtime" ]]; then wanted=("${runtime[@]}"); else wanted=("${build[@]}"); fi
+# The image and Kubernetes tests (scripts/image-test.sh, k8s-test.sh): a
+# container engine that runs as root without a daemon, the base image
+# maker, kubectl (its kustomize) and npm (the offline schema validator).
+# kubectl and npm only when no such command exists: other packages (e.g.
+# google-cloud-sdk's kubectl, nodesource's nodejs) may own those paths.
+build+=(podman runc mmdebstrap uidmap)
+command -v kubectl >/dev/null 2>&1 || build+=(kubernetes-client)
+command -v npm >/dev/null 2>&1 || build+=(npm)
+
+case "${1:-}" in
+  --runtime) wanted=("${runtime[@]}") ;;
+  --build) wanted=("${compile[@]}") ;;
+  "") wanted=("${build[@]}") ;;
+  *) echo "usage: $0 [--build|--runtime]" >&2; exit 2 ;;
+esac
 
 missing=()
 for pkg in "${wanted[@]}"; do

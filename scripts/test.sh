@@ -2,8 +2,11 @@
 # Installs what is missing, builds, and runs the whole test suite: the
 # CTest tests, then the same under ASan+UBSan and the concurrency tests
 # under TSan (scripts/sanitize.sh), then each fuzz target for a bounded
-# time (scripts/fuzz.sh). For local iteration only, HARDNEG_SKIP_SANITIZERS=1
-# and HARDNEG_SKIP_FUZZ=1 skip the last two; CI (CI set) never skips.
+# time (scripts/fuzz.sh), then the Kubernetes manifests
+# (scripts/k8s-test.sh) and the container image, built and run with podman
+# (scripts/image-test.sh). For local iteration only,
+# HARDNEG_SKIP_SANITIZERS=1, HARDNEG_SKIP_FUZZ=1 and HARDNEG_SKIP_IMAGE=1
+# skip those; CI (CI set) never skips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -33,5 +36,13 @@ if ! skip fuzzing HARDNEG_SKIP_FUZZ; then
   t0=$(date +%s)
   ./scripts/fuzz.sh
   echo "test.sh: fuzzing took $(($(date +%s) - t0)) s" >&2
+fi
+t0=$(date +%s)
+./scripts/k8s-test.sh
+echo "test.sh: k8s manifests took $(($(date +%s) - t0)) s" >&2
+if ! skip "container image" HARDNEG_SKIP_IMAGE; then
+  t0=$(date +%s)
+  ./scripts/image-test.sh
+  echo "test.sh: container image took $(($(date +%s) - t0)) s" >&2
 fi
 echo "test.sh: everything took $(($(date +%s) - start)) s" >&2

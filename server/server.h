@@ -35,6 +35,13 @@ struct ServerOptions {
   // and one per core for a batch that runs while no other runs or waits.
   int blas_threads = 0;
   size_t max_message_bytes = size_t{64} << 20;
+  // After this long a connection is sent GOAWAY (gRPC adds +-10% jitter):
+  // clients open a new one, re-resolving their target, so calls spread over
+  // replicas added since. Calls in flight get `max_connection_age_grace`,
+  // then are cancelled (a Mine stream ends UNAVAILABLE and is reopened by
+  // its client). Zero: connections live forever (gRPC's default).
+  absl::Duration max_connection_age = absl::ZeroDuration();
+  absl::Duration max_connection_age_grace = absl::Seconds(30);
   // TLS (and mTLS) for the gRPC port; null: plaintext.
   std::shared_ptr<grpc::ServerCredentials> credentials;
   MinerLimits limits;

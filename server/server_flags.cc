@@ -107,6 +107,15 @@ ABSL_FLAG(uint64_t, max_queued_queries, 65536,
           "Admission control: queries waiting for a search worker, over all "
           "streams and calls; a request past it gets RESOURCE_EXHAUSTED at "
           "once and may be retried.");
+ABSL_FLAG(absl::Duration, max_connection_age, absl::ZeroDuration(),
+          "Send each connection GOAWAY after this long (+-10% jitter), so "
+          "clients reconnect and re-resolve: with replicas behind a "
+          "headless Service, long-lived Mine streams move onto pods added "
+          "since. Calls in flight then have --max_connection_age_grace. "
+          "0: never (one server gains nothing from cutting streams).");
+ABSL_FLAG(absl::Duration, max_connection_age_grace, absl::Seconds(30),
+          "After --max_connection_age, how long calls in flight may finish "
+          "before they are cancelled (a Mine stream ends UNAVAILABLE).");
 
 namespace hardneg {
 namespace {
@@ -195,6 +204,9 @@ absl::StatusOr<ServerConfig> ServerConfigFromFlags() {
   server.threads =
       static_cast<size_t>(std::max(0, absl::GetFlag(FLAGS_threads)));
   server.blas_threads = absl::GetFlag(FLAGS_blas_threads);
+  server.max_connection_age = absl::GetFlag(FLAGS_max_connection_age);
+  server.max_connection_age_grace = std::max(
+      absl::ZeroDuration(), absl::GetFlag(FLAGS_max_connection_age_grace));
   server.service.max_batch_queries =
       std::max<uint32_t>(1, absl::GetFlag(FLAGS_max_batch));
   server.service.max_batch_delay = absl::Microseconds(

@@ -388,8 +388,10 @@ class MineStream:
 class Client:
     """A connection to a hardneg server (or router).
 
-    Client("host:50051") opens an insecure channel; pass `channel=` for TLS,
-    load balancing (e.g. "dns:///hardneg:50051" with round_robin) and such.
+    Client("host:50051") opens an insecure channel, or TLS with tls_ca;
+    "dns:///hardneg-server:50051" with replicas behind a headless Service
+    spreads calls over them (round_robin is the default policy). Pass
+    `channel=` for anything else.
     Default mining options (e.g. num_negatives=8) can be given here and are
     overridden per call.
     """
@@ -413,6 +415,11 @@ class Client:
             opts = [("grpc.max_receive_message_length", 256 << 20),
                     ("grpc.max_send_message_length", 256 << 20)]
             opts.extend(channel_options or [])
+            # round_robin over every address of the target, e.g.
+            # "dns:///hardneg-server.ns.svc.cluster.local:50051" (a headless
+            # Service of replicas); channel_options may choose another.
+            if not any(k == "grpc.lb_policy_name" for k, _ in opts):
+                opts.append(("grpc.lb_policy_name", "round_robin"))
             if tls_ca is not None or tls_cert is not None:
                 if (tls_cert is None) != (tls_key is None):
                     raise TypeError("tls_cert and tls_key go together")

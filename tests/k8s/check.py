@@ -1,0 +1,454 @@
+#!/usr/bin/env python3
+"""Checks deploy/k8s: every overlay renders with Debian 12's kubectl 1.20
+(its kustomize v2) and with the kubectl on PATH, validates offline against
+the Kubernetes and Prometheus Operator schemas, is consistent (selectors,
+named ports, probes, volumes), names only flags hardneg-server accepts, and
+its container arguments, run as a process on 127.0.0.1, serve.
+
+  /usr/bin/python3 tests/k8s/check.py [--server build/server/hardneg-server]
+      [--work_dir build/k8s-test]
+
+Run by scripts/k8s-test.sh (which ./scripts/test.sh calls). Needs yamllint,
+promtool (prometheus), node + npm, kubectl, and apt-get (to fetch Debian's
+kubectl 1.20 when the one on PATH is another) -- scripts/install-deps.sh
+installs them. Prints one line per check; exits 1 on any failure.
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import yaml
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import hardneg_k8s as hk  # noqa: E402
+
+ROOT = hk.ROOT
+K8S = hk.K8S
+FAILED = []
+
+
+def check(name, errors):
+    """errors: a list of strings, empty when the check passes."""
+    if errors:
+        FAILED.append(name)
+        print(f"FAIL {name}")
+        for e in errors:
+            print(f"     {e}")
+    else:
+        print(f"ok   {name}")
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+
+# ------------------------------------------------------------- tools
+
+
+def kubectl_version(kubectl):
+    out = run([kubectl, "version", "--client"]).stdout
+    m = re.search(r'GitVersion:"v(\d+\.\d+)|Client Version: v(\d+\.\d+)', out)
+    return (m.group(1) or m.group(2)) if m else "?"
+
+
+def kubectls(work_dir):
+    """Debian 12's kubectl 1.20 first (the oldest kustomize to support),
+    then the one on PATH if it is another."""
+    found = []
+    path = shutil.which("kubectl")
+    if path and kubectl_version(path) == "1.20":
+        return [path]
+    tools = os.path.join(work_dir, "kubectl-1.20")
+    debian = os.path.join(tools, "usr", "bin", "kubectl")
+    if not os.path.exists(debian):
+        # Debian's own package, unpacked: installing it would clash with
+        # the kubectl already installed.
+        os.makedirs(tools, exist_ok=True)
+        for deb in glob.glob(os.path.join(tools, "*.deb")):
+            os.remove(deb)
+        r = run(["apt-get", "download", "kubernetes-client"], cwd=tools)
+        debs = glob.glob(os.path.join(tools, "kubernetes-client_*.deb"))
+        if r.returncode != 0 or not debs:
+            raise SystemExit(f"cannot fetch Debian's kubernetes-client: {r.stderr[-500:]}")
+        subprocess.run(["dpkg-deb", "-x", debs[0], tools], check=True)
+    found.append(debian)
+    if path:
+        found.append(path)
+    return found
+
+
+def npm_validator(work_dir):
+    """build/.../k8s-validate/node_modules from tests/k8s/package*.json."""
+    dest = os.path.join(work_dir, "k8s-validate")
+    os.makedirs(dest, exist_ok=True)
+    stamp = os.path.join(dest, ".installed")
+    lock = os.path.join(HERE, "package-lock.json")
+    with open(lock, "rb") as f:
+        want = f.read()
+    if os.path.exists(stamp) and open(stamp, "rb").read() == want:
+        return os.path.join(dest, "node_modules")
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy(os.path.join(HERE, name), dest)
+    r = run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=dest)
+    if r.returncode != 0:
+        raise SystemExit(f"npm ci failed in {dest}: {r.stderr[-1000:]}")
+    with open(stamp, "wb") as f:
+        f.write(want)
+    return os.path.join(dest, "node_modules")
+
+
+def server_flags(server):
+    """The flags hardneg-server accepts, from --helpfull."""
+    r = run([server, "--helpfull"])
+    names = set(re.findall(r"^\s+--([A-Za-z0-9_]+) \(", r.stdout + r.stderr, re.M))
+    if not names:
+        raise SystemExit(f"{server} --helpfull listed no flags")
+    return names
+
+
+# ----------------------------------------------------- static checks
+
+
+def by_kind(objects, kind):
+    return [o for o in objects if o["kind"] == kind]
+
+
+def matches(selector, labels):
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def static_checks(overlay, objects, flags):
+    name = os.path.basename(overlay)
+    errs = []
+    container, pod = hk.server_container(objects)
+    deploy = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet")][0]
+    pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
+    if not matches(deploy["spec"]["selector"]["matchLabels"], pod_labels):
+        errs.append("the Deployment's selector does not match its pods")
+    ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+    if set(ports) != {"grpc", "metrics"}:
+        errs.append(f"container ports {sorted(ports)}, expected grpc and metrics")
+    args = hk.resolved_args(container)
+    argmap = {}
+    for a in args:
+        m = re.fullmatch(r"--([A-Za-z0-9_]+)(?:=(.*))?", a)
+        if not m:
+            errs.append(f"argument {a!r} is not --flag=value")
+            continue
+        argmap[m.group(1)] = m.group(2)
+    if str(ports.get("grpc")) != argmap.get("grpc_port"):
+        errs.append(f"--grpc_port={argmap.get('grpc_port')} but port grpc is {ports.get('grpc')}")
+    if str(ports.get("metrics")) != argmap.get("metrics_port"):
+        errs.append(f"--metrics_port={argmap.get('metrics_port')} but port metrics is {ports.get('metrics')}")
+    for probe in ("startupProbe", "readinessProbe"):
+        p = container.get(probe, {})
+        if p.get("grpc", {}).get("port") != ports.get("grpc"):
+            errs.append(f"{probe} is not a grpc probe on the grpc port")
+    window = container.get("startupProbe", {}).get("periodSeconds", 10) * \
+        container.get("startupProbe", {}).get("failureThreshold", 3)
+    if window < 600:
+        errs.append(f"startup window {window}s, under 10 minutes")
+    res = container.get("resources", {})
+    for part in ("requests", "limits"):
+        for r in ("cpu", "memory"):
+            if r not in res.get(part, {}):
+                errs.append(f"no resources.{part}.{r}")
+    sc, psc = container.get("securityContext", {}), pod.get("securityContext", {})
+    if not sc.get("readOnlyRootFilesystem"):
+        errs.append("readOnlyRootFilesystem is not true")
+    if not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")) or \
+            (sc.get("runAsUser", psc.get("runAsUser", 0)) == 0):
+        errs.append("not runAsNonRoot with a non-zero runAsUser")
+    mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for path in (argmap.get("data_dir"), "/tmp"):
+        if path not in mounts or mounts[path].get("readOnly"):
+            errs.append(f"{path} is not a writable volume")
+    data_volume = volumes.get(mounts.get(argmap.get("data_dir"), {}).get("name"), {})
+    services = by_kind(objects, "Service")
+    if len(services) != 1:
+        errs.append(f"{len(services)} Services")
+    else:
+        svc = services[0]
+        if not matches(svc["spec"]["selector"], pod_labels):
+            errs.append("the Service's selector does not match the pods")
+        if {p["name"] for p in svc["spec"]["ports"]} != {"grpc", "metrics"}:
+            errs.append("the Service's ports are not grpc and metrics")
+        for sm in by_kind(objects, "ServiceMonitor"):
+            if not matches(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"]):
+                errs.append("the ServiceMonitor does not select the Service")
+            for ep in sm["spec"]["endpoints"]:
+                if ep.get("port") != "metrics":
+                    errs.append(f"ServiceMonitor endpoint port {ep.get('port')}")
+    if not by_kind(objects, "ServiceMonitor"):
+        errs.append("no ServiceMonitor")
+    # Overlay-specific shape.
+    if name == "single":
+        if deploy["spec"].get("replicas") != 1:
+            errs.append("single: replicas is not 1")
+        claim = data_volume.get("persistentVolumeClaim", {}).get("claimName")
+        if not claim or claim not in {o["metadata"]["name"] for o in by_kind(objects, "PersistentVolumeClaim")}:
+            errs.append("single: --data_dir is not on a PersistentVolumeClaim of the overlay")
+        if "emptyDir" in data_volume:
+            errs.append("single: the data volume is both a PVC and an emptyDir")
+    if name == "replicas":
+        if deploy["spec"].get("replicas", 1) < 2:
+            errs.append("replicas: fewer than 2 replicas")
+        if services and services[0]["spec"].get("clusterIP") != "None":
+            errs.append("replicas: the Service is not headless")
+        pdbs = by_kind(objects, "PodDisruptionBudget")
+        if len(pdbs) != 1 or not matches(pdbs[0]["spec"]["selector"]["matchLabels"], pod_labels):
+            errs.append("replicas: no PodDisruptionBudget selecting the pods")
+        if "max_connection_age" not in argmap:
+            errs.append("replicas: no --max_connection_age")
+    check(f"{name}: consistent (selectors, named ports, grpc probes, security, volumes)", errs)
+    unknown = [a for a in argmap if a not in flags and not
+               (a.startswith("no") and a[2:] in flags)]
+    check(f"{name}: container args name only flags hardneg-server accepts "
+          f"({len(argmap)} flags)", [f"unknown flag --{a}" for a in unknown])
+    return errs
+
+
+def prometheus_rule_checks(name, objects, work_dir):
+    """The PrometheusRule carries alert-rules.yaml unchanged, and its spec
+    is a valid Prometheus rule file (promtool)."""
+    errs = []
+    with open(os.path.join(ROOT, "deploy", "monitoring", "alert-rules.yaml")) as f:
+        source = yaml.safe_load(f)
+    rules = by_kind(objects, "PrometheusRule")
+    if len(rules) != 1:
+        errs.append(f"{len(rules)} PrometheusRules")
+    elif rules[0]["spec"] != source:
+        errs.append("its spec differs from deploy/monitoring/alert-rules.yaml")
+    else:
+        path = os.path.join(work_dir, f"{name}-rules.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump(rules[0]["spec"], f)
+        promtool = shutil.which("promtool")
+        if not promtool:
+            errs.append("promtool not found (apt-get install prometheus)")
+        else:
+            r = run([promtool, "check", "rules", path])
+            if r.returncode != 0:
+                errs.append(f"promtool check rules: {r.stdout}{r.stderr}")
+    dash = [o for o in by_kind(objects, "ConfigMap") if "grafana-dashboard.json" in o.get("data", {})]
+    with open(os.path.join(ROOT, "deploy", "monitoring", "grafana-dashboard.json")) as f:
+        want = json.load(f)
+    if len(dash) != 1 or json.loads(dash[0]["data"]["grafana-dashboard.json"]) != want:
+        errs.append("no ConfigMap with deploy/monitoring/grafana-dashboard.json")
+    check(f"{name}: PrometheusRule = alert-rules.yaml (promtool check rules), dashboard ConfigMap", errs)
+
+
+# ------------------------------------------------------------ running
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Server:
+    """hardneg-server started with an overlay's resolved args and env, its
+    volumes' mount paths mapped to directories under work_dir, and free
+    ports appended (the last --flag wins)."""
+
+    def __init__(self, server, container, work_dir, checkpoints, extra=()):
+        self.grpc_port, self.metrics_port = free_port(), free_port()
+        while self.metrics_port == self.grpc_port:
+            self.metrics_port = free_port()
+        mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+        dirs = {}
+        for path, vol in mounts.items():
+            dirs[path] = checkpoints if vol == "checkpoints" else os.path.join(work_dir, vol)
+            os.makedirs(dirs[path], exist_ok=True)
+
+        def remap(arg):
+            m = re.fullmatch(r"(--[A-Za-z0-9_]+=)(/.*)", arg)
+            if m:
+                for path, local in dirs.items():
+                    if m.group(2) == path or m.group(2).startswith(path + "/"):
+                        return m.group(1) + local + m.group(2)[len(path):]
+            return arg
+        self.args = [remap(a) for a in hk.resolved_args(container)]
+        self.args += [f"--grpc_port={self.grpc_port}", f"--metrics_port={self.metrics_port}",
+                      *extra]
+        env = dict(os.environ)
+        env.update(hk.resolved_env(container))
+        env["TMPDIR"] = dirs.get("/tmp", tempfile.gettempdir())
+        self.log = open(os.path.join(work_dir, "server.log"), "w")
+        self.proc = subprocess.Popen([server, *self.args], env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                return "killed after 60 s"
+        return self.proc.returncode
+
+    def tail(self):
+        self.log.flush()
+        with open(self.log.name) as f:
+            return f.read()[-2000:]
+
+
+def serve_check(name, server_bin, container, work_dir, checkpoints):
+    d = os.path.join(work_dir, f"run-{name}")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    srv = Server(server_bin, container, d, checkpoints)
+    errs = []
+    try:
+        hk.check_serving(f"127.0.0.1:{srv.grpc_port}", f"127.0.0.1:{srv.metrics_port}",
+                         os.path.join(work_dir, "py"), timeout=60,
+                         alive=lambda: srv.proc.poll() is None, log=lambda s: None)
+    except Exception as e:  # noqa: BLE001
+        errs += [f"{type(e).__name__}: {e}", srv.tail()]
+    rc = srv.stop()
+    if rc != 0 and not errs:
+        errs.append(f"exit {rc} on SIGTERM: {srv.tail()}")
+    snapshots = os.listdir(os.path.join(d, "data")) if os.path.isdir(os.path.join(d, "data")) else []
+    if not errs and not snapshots:
+        errs.append("no snapshot written under --data_dir")
+    check(f"{name}: its args run on 127.0.0.1 and serve (health SERVING, GetIndexInfo, "
+          f"MineOnce, /metrics, snapshot, SIGTERM exit 0): {' '.join(srv.args)}", errs)
+
+
+def connection_age_check(server_bin, container, work_dir, checkpoints):
+    """--max_connection_age cuts a long Mine stream after the age + grace
+    (UNAVAILABLE), and the same channel carries new calls afterwards."""
+    import grpc
+    import numpy as np
+    d = os.path.join(work_dir, "run-connection-age")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    srv = Server(server_bin, container, d, checkpoints,
+                 extra=["--max_connection_age=2s", "--max_connection_age_grace=1s"])
+    errs = []
+    try:
+        pb, pb_grpc = hk.load_stubs(os.path.join(work_dir, "py"))
+        hk.check_serving(f"127.0.0.1:{srv.grpc_port}", f"127.0.0.1:{srv.metrics_port}",
+                         os.path.join(work_dir, "py"), timeout=60,
+                         alive=lambda: srv.proc.poll() is None, log=lambda s: None)
+        channel = grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}",
+                                        options=[("grpc.lb_policy_name", "round_robin")])
+        stub = pb_grpc.MinerStub(channel)
+        q = np.ones(16, dtype=np.float32).tolist()
+
+        def requests():
+            for i in range(200):  # 20 s at most
+                yield pb.MineRequest(request_id=i, queries=[pb.Query(embedding=q)],
+                                     options=pb.MiningOptions(num_negatives=2))
+                time.sleep(0.1)
+        t0 = time.monotonic()
+        answered, code = 0, None
+        try:
+            for _ in stub.Mine(requests(), timeout=30):
+                answered += 1
+        except grpc.RpcError as e:
+            code = e.code()
+        took = time.monotonic() - t0
+        if code != grpc.StatusCode.UNAVAILABLE or not 1.5 <= took <= 10:
+            errs.append(f"the stream ended {code} after {took:.1f}s and {answered} answers; "
+                        "expected UNAVAILABLE after about 2-3.5 s")
+        after = stub.MineOnce(pb.MineRequest(request_id=1, queries=[pb.Query(embedding=q)],
+                                             options=pb.MiningOptions(num_negatives=2)), timeout=10)
+        if len(after.results) != 1:
+            errs.append("no answer on the channel after the stream was cut")
+        channel.close()
+    except Exception as e:  # noqa: BLE001
+        errs += [f"{type(e).__name__}: {e}", srv.tail()]
+    srv.stop()
+    check("--max_connection_age=2s --max_connection_age_grace=1s ends a Mine stream "
+          "UNAVAILABLE within 2-3.5 s; the channel reconnects", errs)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", default=os.path.join(ROOT, "build", "server", "hardneg-server"))
+    parser.add_argument("--work_dir", default=os.path.join(ROOT, "build", "k8s-test"))
+    args = parser.parse_args()
+    work = os.path.abspath(args.work_dir)
+    os.makedirs(work, exist_ok=True)
+
+    r = run([sys.executable, os.path.join(HERE, "sync_monitoring.py"), "--check"])
+    check("deploy/k8s/base monitoring copies match deploy/monitoring/ (sync_monitoring.py)",
+          [r.stderr.strip()] if r.returncode else [])
+    r = run(["yamllint", "-c", os.path.join(K8S, ".yamllint"), "-f", "parsable", K8S, HERE])
+    check("yamllint deploy/k8s tests/k8s",
+          [r.stdout + r.stderr] if r.returncode or "[error]" in r.stdout else [])
+
+    tools = kubectls(os.path.join(ROOT, "build"))
+    node_modules = npm_validator(os.path.join(ROOT, "build"))
+    flags = server_flags(args.server)
+    checkpoints = os.path.join(work, "checkpoints")
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    hk.make_checkpoint(checkpoints)
+
+    overlays = sorted(os.path.dirname(p) for p in
+                      glob.glob(os.path.join(K8S, "overlays", "*", "kustomization.yaml")))
+    for overlay in overlays:
+        name = os.path.basename(overlay)
+        rendered = {}
+        for kubectl in tools:
+            version = kubectl_version(kubectl)
+            try:
+                rendered[version] = hk.render(overlay, kubectl)
+                check(f"{name}: renders with kubectl {version} kustomize "
+                      f"({len(rendered[version])} objects)", [])
+            except subprocess.CalledProcessError as e:
+                check(f"{name}: renders with kubectl {version} kustomize", [e.stderr])
+        if not rendered:
+            continue
+        versions = list(rendered)
+        first = rendered[versions[0]]
+        for v in versions[1:]:
+            key = lambda objs: sorted((o["kind"], o["metadata"]["name"]) for o in objs)  # noqa: E731
+            errs = []
+            if key(rendered[v]) != key(first):
+                errs.append(f"objects differ: {key(rendered[v])} vs {key(first)}")
+            elif hk.server_container(rendered[v])[0] != hk.server_container(first)[0]:
+                errs.append("the server container differs")
+            check(f"{name}: kubectl {versions[0]} and {v} render the same objects and container", errs)
+        for v, objects in rendered.items():
+            path = os.path.join(work, f"{name}-{v}.json")
+            with open(path, "w") as f:
+                json.dump(objects, f)
+            r = run(["node", os.path.join(HERE, "validate.js"), path],
+                    env=dict(os.environ, NODE_PATH=node_modules))
+            check(f"{name} (kubectl {v}): validates against the Kubernetes and Prometheus "
+                  f"Operator schemas: {', '.join(o['kind'] for o in objects)}",
+                  [] if r.returncode == 0 else [r.stdout + r.stderr])
+        static_checks(overlay, first, flags)
+        prometheus_rule_checks(name, first, work)
+        container, _ = hk.server_container(first)
+        serve_check(name, args.server, container, work, checkpoints)
+        if name == "replicas":
+            connection_age_check(args.server, container, work, checkpoints)
+
+    print(f"k8s check: {len(FAILED)} failed" + (f": {', '.join(FAILED)}" if FAILED else ""))
+    return 1 if FAILED else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
