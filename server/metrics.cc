@@ -275,6 +275,12 @@ class ServerMetrics::ScrapeTime final : public prometheus::Collectable {
 
 ServerMetrics::ServerMetrics(prometheus::Registry& registry)
     : scrape_time_(std::make_shared<ScrapeTime>()) {
+  RegisterMiningMetrics(registry);
+  RegisterIndexMetrics(registry);
+  RegisterRpcMetrics(registry);
+}
+
+void ServerMetrics::RegisterMiningMetrics(prometheus::Registry& registry) {
   auto& mine_latency =
       prometheus::BuildHistogram()
           .Name("hardneg_mine_latency_seconds")
@@ -328,6 +334,9 @@ ServerMetrics::ServerMetrics(prometheus::Registry& registry)
   for (size_t code = 1; code < kCodeNames.size(); ++code) {
     failed_[code] = &failed.Add({{"code", kCodeNames[code]}});
   }
+}
+
+void ServerMetrics::RegisterIndexMetrics(prometheus::Registry& registry) {
   index_candidates_ = &prometheus::BuildGauge()
                            .Name("hardneg_index_candidates")
                            .Help("Candidates in the served index version.")
@@ -357,6 +366,9 @@ ServerMetrics::ServerMetrics(prometheus::Registry& registry)
                "kept serving.")
            .Register(registry)
            .Add({});
+}
+
+void ServerMetrics::RegisterRpcMetrics(prometheus::Registry& registry) {
   auto& started = prometheus::BuildCounter()
                       .Name("grpc_server_started_total")
                       .Help("Total number of RPCs started on the server.")

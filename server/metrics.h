@@ -98,6 +98,12 @@ class ServerMetrics {
  private:
   class ScrapeTime;
 
+  // The constructor's steps: each registers one group of families and
+  // resolves their handles.
+  void RegisterMiningMetrics(prometheus::Registry& registry);
+  void RegisterIndexMetrics(prometheus::Registry& registry);
+  void RegisterRpcMetrics(prometheus::Registry& registry);
+
   std::array<prometheus::Histogram*, 2> mine_latency_{};   // by MineRpc
   std::array<prometheus::Histogram*, 2> query_latency_{};  // by MineRpc
   prometheus::Histogram* batch_size_;
