@@ -13,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/status_macros.h"
 #include "hardneg/v1/miner.grpc.pb.h"
 #include "proto/mining_options_convert.h"
 
@@ -234,9 +235,10 @@ absl::StatusOr<IndexInfo> Client::GetIndexInfo() {
   return info;
 }
 
-absl::StatusOr<IndexVersion> Client::Publish(
-    const PublishSpec& spec,
-    const std::function<void(const PublishProgress&)>& progress) {
+namespace {
+
+// The client-side checks of a PublishSpec, before any byte is sent.
+absl::Status CheckPublishSpec(const PublishSpec& spec) {
   if (spec.name.empty()) {
     return absl::InvalidArgumentError("PublishSpec.name is empty");
   }
@@ -255,6 +257,46 @@ absl::StatusOr<IndexVersion> Client::Publish(
     return absl::InvalidArgumentError(
         "PublishSpec.delete_ids needs base_version (an incremental publish)");
   }
+  return absl::OkStatus();
+}
+
+void SetPublishHeader(const PublishSpec& spec, v1::PublishHeader* header) {
+  header->set_name(spec.name);
+  header->set_step(spec.step);
+  header->set_dim(spec.dim);
+  header->set_metric(spec.metric);
+  if (spec.base_version) header->set_base_version(*spec.base_version);
+  header->set_wait(spec.wait);
+  header->set_total_ids(spec.ids.size());
+  header->set_total_delete_ids(spec.delete_ids.size());
+}
+
+// Rows [begin, begin + rows) of the upserts into `chunk`.
+void FillUpsertChunk(const PublishSpec& spec, size_t begin, size_t rows,
+                     v1::PublishChunk* chunk) {
+  chunk->mutable_ids()->Add(spec.ids.begin() + begin,
+                            spec.ids.begin() + begin + rows);
+  if (!spec.labels.empty()) {
+    chunk->mutable_labels()->Add(spec.labels.begin() + begin,
+                                 spec.labels.begin() + begin + rows);
+  }
+  const float* first = spec.embeddings.data() + begin * spec.dim;
+  const size_t floats = rows * spec.dim;
+  if (spec.send_bytes) {
+    // float32 in host order: little-endian on the platforms we build for.
+    chunk->set_embeddings_bytes(reinterpret_cast<const char*>(first),
+                                floats * sizeof(float));
+  } else {
+    chunk->mutable_embeddings()->Add(first, first + floats);
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<IndexVersion> Client::Publish(
+    const PublishSpec& spec,
+    const std::function<void(const PublishProgress&)>& progress) {
+  HARDNEG_RETURN_IF_ERROR(CheckPublishSpec(spec));
   // A row costs its floats plus at most 10 bytes per varint id and label;
   // keep each message to half the limit.
   const size_t message_budget =
@@ -274,15 +316,7 @@ absl::StatusOr<IndexVersion> Client::Publish(
   PublishProgress sent;
   sent.total_rows = spec.ids.size() + spec.delete_ids.size();
   v1::PublishRequest request;
-  v1::PublishHeader* header = request.mutable_header();
-  header->set_name(spec.name);
-  header->set_step(spec.step);
-  header->set_dim(spec.dim);
-  header->set_metric(spec.metric);
-  if (spec.base_version) header->set_base_version(*spec.base_version);
-  header->set_wait(spec.wait);
-  header->set_total_ids(spec.ids.size());
-  header->set_total_delete_ids(spec.delete_ids.size());
+  SetPublishHeader(spec, request.mutable_header());
   // Write fails only when the call is over; Finish then says why.
   bool writing = writer->Write(request);
   sent.bytes_sent += request.ByteSizeLong();
@@ -300,21 +334,7 @@ absl::StatusOr<IndexVersion> Client::Publish(
   for (size_t begin = 0; writing && begin < spec.ids.size();
        begin += chunk_rows) {
     const size_t rows = std::min(chunk_rows, spec.ids.size() - begin);
-    chunk->mutable_ids()->Add(spec.ids.begin() + begin,
-                              spec.ids.begin() + begin + rows);
-    if (!spec.labels.empty()) {
-      chunk->mutable_labels()->Add(spec.labels.begin() + begin,
-                                   spec.labels.begin() + begin + rows);
-    }
-    const float* first = spec.embeddings.data() + begin * spec.dim;
-    const size_t floats = rows * spec.dim;
-    if (spec.send_bytes) {
-      // float32 in host order: little-endian on the platforms we build for.
-      chunk->set_embeddings_bytes(reinterpret_cast<const char*>(first),
-                                  floats * sizeof(float));
-    } else {
-      chunk->mutable_embeddings()->Add(first, first + floats);
-    }
+    FillUpsertChunk(spec, begin, rows, chunk);
     send(rows);
   }
   for (size_t begin = 0; writing && begin < spec.delete_ids.size();

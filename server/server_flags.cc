@@ -159,9 +159,11 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TlsFromFlags() {
 
 }  // namespace
 
-absl::StatusOr<ServerConfig> ServerConfigFromFlags() {
-  ServerConfig config;
-  IndexManagerOptions& manager = config.manager;
+namespace {
+
+// The index manager's part: checkpoints, snapshots, index building.
+absl::StatusOr<IndexManagerOptions> ManagerOptionsFromFlags() {
+  IndexManagerOptions manager;
   manager.checkpoints_dir = absl::GetFlag(FLAGS_checkpoints);
   manager.build.factory = absl::GetFlag(FLAGS_index);
   manager.build.nprobe = absl::GetFlag(FLAGS_nprobe);
@@ -186,19 +188,25 @@ absl::StatusOr<ServerConfig> ServerConfigFromFlags() {
         "--checkpoints DIR (or --data_dir with a snapshot, or both) is "
         "required");
   }
-  config.metrics_port =
-      absl::GetFlag(FLAGS_metrics_port)
-          .value_or(absl::GetFlag(FLAGS_grpc_port) == 0 ? 0
-                                                        : kDefaultMetricsPort);
-  if (config.metrics_port < -1 || config.metrics_port > 65535) {
-    return absl::InvalidArgumentError(
-        "--metrics_port must be a port, 0 (a free one) or -1 (off)");
-  }
-  config.poll_interval = absl::GetFlag(FLAGS_poll_interval);
-  config.shutdown_grace =
-      std::max(absl::ZeroDuration(), absl::GetFlag(FLAGS_shutdown_grace));
+  return manager;
+}
 
-  ServerOptions& server = config.server;
+// The miner's per-request limits.
+MinerLimits LimitsFromFlags() {
+  MinerLimits limits;
+  limits.max_negatives = absl::GetFlag(FLAGS_max_negatives);
+  limits.max_range = absl::GetFlag(FLAGS_max_range);
+  limits.max_nprobe = absl::GetFlag(FLAGS_max_nprobe);
+  limits.max_queries = std::max<uint32_t>(1, absl::GetFlag(FLAGS_max_queries));
+  limits.max_request_negatives = absl::GetFlag(FLAGS_max_request_negatives);
+  limits.max_request_fetch = absl::GetFlag(FLAGS_max_request_fetch);
+  limits.max_positives = absl::GetFlag(FLAGS_max_positives);
+  return limits;
+}
+
+// The gRPC server's part: address, threads, batching, admission, access.
+absl::StatusOr<ServerOptions> ServerOptionsFromFlags() {
+  ServerOptions server;
   server.host = absl::GetFlag(FLAGS_host);
   server.port = absl::GetFlag(FLAGS_grpc_port);
   server.threads =
@@ -211,15 +219,7 @@ absl::StatusOr<ServerConfig> ServerConfigFromFlags() {
       std::max<uint32_t>(1, absl::GetFlag(FLAGS_max_batch));
   server.service.max_batch_delay = absl::Microseconds(
       std::max<int64_t>(0, absl::GetFlag(FLAGS_max_batch_delay_us)));
-  server.limits.max_negatives = absl::GetFlag(FLAGS_max_negatives);
-  server.limits.max_range = absl::GetFlag(FLAGS_max_range);
-  server.limits.max_nprobe = absl::GetFlag(FLAGS_max_nprobe);
-  server.limits.max_queries =
-      std::max<uint32_t>(1, absl::GetFlag(FLAGS_max_queries));
-  server.limits.max_request_negatives =
-      absl::GetFlag(FLAGS_max_request_negatives);
-  server.limits.max_request_fetch = absl::GetFlag(FLAGS_max_request_fetch);
-  server.limits.max_positives = absl::GetFlag(FLAGS_max_positives);
+  server.limits = LimitsFromFlags();
   server.service.max_in_flight_per_stream =
       std::max<uint32_t>(1, absl::GetFlag(FLAGS_max_in_flight_per_stream));
   server.service.max_stream_reply_bytes =
@@ -239,6 +239,26 @@ absl::StatusOr<ServerConfig> ServerConfigFromFlags() {
     server.service.auth =
         std::make_shared<const TokenAuthorizer>(*std::move(auth));
   }
+  return server;
+}
+
+}  // namespace
+
+absl::StatusOr<ServerConfig> ServerConfigFromFlags() {
+  ServerConfig config;
+  HARDNEG_ASSIGN_OR_RETURN(config.manager, ManagerOptionsFromFlags());
+  config.metrics_port =
+      absl::GetFlag(FLAGS_metrics_port)
+          .value_or(absl::GetFlag(FLAGS_grpc_port) == 0 ? 0
+                                                        : kDefaultMetricsPort);
+  if (config.metrics_port < -1 || config.metrics_port > 65535) {
+    return absl::InvalidArgumentError(
+        "--metrics_port must be a port, 0 (a free one) or -1 (off)");
+  }
+  config.poll_interval = absl::GetFlag(FLAGS_poll_interval);
+  config.shutdown_grace =
+      std::max(absl::ZeroDuration(), absl::GetFlag(FLAGS_shutdown_grace));
+  HARDNEG_ASSIGN_OR_RETURN(config.server, ServerOptionsFromFlags());
   return config;
 }
 
