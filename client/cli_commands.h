@@ -34,7 +34,7 @@ int RunPublishCommand(const std::vector<std::string>& args);
 int RunMakeCheckpointCommand(const std::vector<std::string>& args);
 
 // The flags every command that talks to a server shares.
-struct ServerFlags {
+struct ConnectionFlags {
   std::string server;
   float timeout_seconds = 10;
   bool wait_for_ready = false;
@@ -47,23 +47,24 @@ struct ServerFlags {
 // Registers --server, --timeout, --wait_for_ready, --tls_ca, --tls_cert,
 // --tls_key and --token_file. Without --token_file, the token comes from
 // the environment variable HARDNEG_TOKEN when it is set.
-void AddServerFlags(FlagSet& flags, ServerFlags* server_flags);
+void AddConnectionFlags(FlagSet& flags, ConnectionFlags* connection_flags);
 
 // Parses `args` for a command that talks to a server and checks the server
 // flags. Returns the exit code when the command is over already (usage
 // error, or --help printed), nullopt when it should go on.
 std::optional<int> ParseServerCommand(FlagSet& flags,
                                       const std::vector<std::string>& args,
-                                      const ServerFlags& server_flags);
+                                      const ConnectionFlags& connection_flags);
 
 // Connects as the flags say: waits up to --timeout for the channel, and
 // applies --timeout to each unary call (not to a Mine stream).
 absl::StatusOr<std::unique_ptr<Client>> ConnectToServer(
-    const ServerFlags& server_flags);
+    const ConnectionFlags& connection_flags);
 
 // Connects as ConnectToServer does and returns `run`'s exit code; when the
 // connection fails, reports it as RuntimeError(command, --server, ...).
-int RunWithClient(const std::string& command, const ServerFlags& server_flags,
+int RunWithClient(const std::string& command,
+                  const ConnectionFlags& connection_flags,
                   const std::function<int(Client&)>& run);
 
 // "CODE: message", without the status payloads that ToString() adds.

@@ -13,14 +13,15 @@
 namespace hardneg::client {
 
 int RunInfoCommand(const std::vector<std::string>& args) {
-  ServerFlags server_flags;
+  ConnectionFlags connection_flags;
   std::string format = "text";
   FlagSet flags("info", "--server HOST:PORT [--format text|json]",
                 "Prints the served index: version name and sequence, size, "
                 "dim, metric, index type, build state and checkpoint step.");
-  AddServerFlags(flags, &server_flags);
+  AddConnectionFlags(flags, &connection_flags);
   flags.String("format", &format, "text|json", "Output format.");
-  if (std::optional<int> done = ParseServerCommand(flags, args, server_flags)) {
+  if (std::optional<int> done =
+          ParseServerCommand(flags, args, connection_flags)) {
     return *done;
   }
   if (format != "text" && format != "json") {
@@ -28,12 +29,12 @@ int RunInfoCommand(const std::vector<std::string>& args) {
         absl::StrCat("--format=", format, ": expected text or json"));
   }
 
-  return RunWithClient("info", server_flags, [&](Client& client) {
+  return RunWithClient("info", connection_flags, [&](Client& client) {
     absl::StatusOr<IndexInfo> info = client.GetIndexInfo();
     if (!info.ok()) {
-      return RuntimeError("info",
-                          absl::StrCat("GetIndexInfo on ", server_flags.server),
-                          info.status());
+      return RuntimeError(
+          "info", absl::StrCat("GetIndexInfo on ", connection_flags.server),
+          info.status());
     }
     std::cout << (format == "json" ? IndexInfoJsonLine(*info)
                                    : IndexInfoText(*info));

@@ -420,8 +420,8 @@ void ReportMineRun(const MineFlags& mine, const MiningOptions& options,
   }
   const size_t n = mined.results.size();
   const double seconds = std::max(absl::ToDoubleSeconds(run.elapsed), 1e-9);
-  const IndexVersion& version = mined.versions.back();
-  const IndexVersion& first = mined.versions.front();
+  const ServedVersion& version = mined.versions.back();
+  const ServedVersion& first = mined.versions.front();
   if (first.name != version.name || first.sequence != version.sequence) {
     std::cerr << "hardneg mine: the index changed during the run, from "
               << first.name << " (sequence " << first.sequence << ") to "
@@ -453,16 +453,17 @@ void ReportMineRun(const MineFlags& mine, const MiningOptions& options,
 }  // namespace
 
 int RunMineCommand(const std::vector<std::string>& args) {
-  ServerFlags server_flags;
+  ConnectionFlags connection_flags;
   MineFlags mine;
   FlagSet flags(
       kCommand, "--server HOST:PORT --queries Q.npy [flags]",
       "Mines hard negatives for every row of Q.npy, sending --batch_size "
       "queries per request over one Mine stream, and writes one result per "
       "query (JSON on stdout by default). Throughput goes to stderr.");
-  AddServerFlags(flags, &server_flags);
+  AddConnectionFlags(flags, &connection_flags);
   AddMineFlags(flags, &mine);
-  if (std::optional<int> done = ParseServerCommand(flags, args, server_flags)) {
+  if (std::optional<int> done =
+          ParseServerCommand(flags, args, connection_flags)) {
     return *done;
   }
   absl::StatusOr<MiningOptions> options = CheckMineFlags(&mine);
@@ -478,14 +479,14 @@ int RunMineCommand(const std::vector<std::string>& args) {
   if (!inputs.ok()) return RuntimeError(kCommand, failed_flag, inputs.status());
   MineRunResult run;
   const int mined_exit =
-      RunWithClient(kCommand, server_flags, [&](Client& client) {
+      RunWithClient(kCommand, connection_flags, [&](Client& client) {
         const absl::Status mined = MineAll(
             client, *inputs, {mine.batch_size, mine.max_in_flight, *options},
             mine.stream, &run);
         if (mined.ok()) return kExitOk;
         return RuntimeError(kCommand,
                             absl::StrCat(mine.stream ? "Mine" : "MineOnce",
-                                         " on ", server_flags.server),
+                                         " on ", connection_flags.server),
                             mined);
       });
   if (mined_exit != kExitOk) return mined_exit;

@@ -260,7 +260,7 @@ int PublishAndReport(Client& client, const PublishSpec& spec,
                      const std::string& server) {
   ProgressReporter reporter(spec.wait);
   const absl::Time start = absl::Now();
-  absl::StatusOr<IndexVersion> version = client.Publish(
+  absl::StatusOr<ServedVersion> version = client.Publish(
       spec, [&](const PublishProgress& p) { reporter.Update(p); });
   if (!version.ok()) {
     return RuntimeError(
@@ -283,7 +283,7 @@ int PublishAndReport(Client& client, const PublishSpec& spec,
 }  // namespace
 
 int RunPublishCommand(const std::vector<std::string>& args) {
-  ServerFlags server_flags;
+  ConnectionFlags connection_flags;
   PublishFlags publish;
   FlagSet flags(
       kCommand,
@@ -296,9 +296,10 @@ int RunPublishCommand(const std::vector<std::string>& args) {
       "version of that name (new ids appended, changed ids replaced) and "
       "--delete_ids removes ids. Shows upload progress on stderr and prints "
       "the version that now serves on stdout.");
-  AddServerFlags(flags, &server_flags);
+  AddConnectionFlags(flags, &connection_flags);
   AddPublishFlags(flags, &publish);
-  if (std::optional<int> done = ParseServerCommand(flags, args, server_flags)) {
+  if (std::optional<int> done =
+          ParseServerCommand(flags, args, connection_flags)) {
     return *done;
   }
   publish.step_set = flags.IsSet("step");
@@ -314,8 +315,8 @@ int RunPublishCommand(const std::vector<std::string>& args) {
       !status.ok()) {
     return RuntimeError(kCommand, failed_what, status);
   }
-  return RunWithClient(kCommand, server_flags, [&](Client& client) {
-    return PublishAndReport(client, spec, server_flags.server);
+  return RunWithClient(kCommand, connection_flags, [&](Client& client) {
+    return PublishAndReport(client, spec, connection_flags.server);
   });
 }
 

@@ -12,24 +12,24 @@
 
 namespace hardneg::client {
 
-void AddServerFlags(FlagSet& flags, ServerFlags* server_flags) {
-  flags.String("server", &server_flags->server, "HOST:PORT",
+void AddConnectionFlags(FlagSet& flags, ConnectionFlags* connection_flags) {
+  flags.String("server", &connection_flags->server, "HOST:PORT",
                "The hardneg server's gRPC address (required).");
-  flags.Float("timeout", &server_flags->timeout_seconds,
+  flags.Float("timeout", &connection_flags->timeout_seconds,
               "Seconds to wait for the connection, and for each unary call.\n"
               "0 waits forever.");
-  flags.Bool("wait_for_ready", &server_flags->wait_for_ready,
+  flags.Bool("wait_for_ready", &connection_flags->wait_for_ready,
              "Queue calls while the server is unreachable instead of failing "
              "them.");
-  flags.String("tls_ca", &server_flags->tls_ca, "FILE",
+  flags.String("tls_ca", &connection_flags->tls_ca, "FILE",
                "Connect with TLS, trusting this PEM CA bundle (the one that "
                "signed the server's certificate).");
-  flags.String("tls_cert", &server_flags->tls_cert, "FILE",
+  flags.String("tls_cert", &connection_flags->tls_cert, "FILE",
                "PEM client certificate, for servers that require mutual TLS "
                "(with --tls_key).");
-  flags.String("tls_key", &server_flags->tls_key, "FILE",
+  flags.String("tls_key", &connection_flags->tls_key, "FILE",
                "PEM private key of --tls_cert.");
-  flags.String("token_file", &server_flags->token_file, "FILE",
+  flags.String("token_file", &connection_flags->token_file, "FILE",
                "File holding the bearer token for servers run with "
                "--auth_tokens.\nDefault: the HARDNEG_TOKEN environment "
                "variable, if set.");
@@ -37,7 +37,7 @@ void AddServerFlags(FlagSet& flags, ServerFlags* server_flags) {
 
 std::optional<int> ParseServerCommand(FlagSet& flags,
                                       const std::vector<std::string>& args,
-                                      const ServerFlags& server_flags) {
+                                      const ConnectionFlags& connection_flags) {
   if (absl::Status status = flags.Parse(args); !status.ok()) {
     return flags.UsageError(status);
   }
@@ -45,31 +45,32 @@ std::optional<int> ParseServerCommand(FlagSet& flags,
     std::cout << flags.Usage();
     return kExitOk;
   }
-  if (server_flags.server.empty()) {
+  if (connection_flags.server.empty()) {
     return flags.UsageError("--server is required");
   }
-  if (server_flags.timeout_seconds < 0) {
+  if (connection_flags.timeout_seconds < 0) {
     return flags.UsageError("--timeout must not be negative");
   }
   return std::nullopt;
 }
 
 absl::StatusOr<std::unique_ptr<Client>> ConnectToServer(
-    const ServerFlags& server_flags) {
+    const ConnectionFlags& connection_flags) {
   ClientOptions options;
-  options.wait_for_ready = server_flags.wait_for_ready;
-  if (!server_flags.tls_ca.empty() || !server_flags.tls_cert.empty()) {
+  options.wait_for_ready = connection_flags.wait_for_ready;
+  if (!connection_flags.tls_ca.empty() || !connection_flags.tls_cert.empty()) {
     absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
-        TlsCredentialsFromFiles(server_flags.tls_ca, server_flags.tls_cert,
-                                server_flags.tls_key);
+        TlsCredentialsFromFiles(connection_flags.tls_ca,
+                                connection_flags.tls_cert,
+                                connection_flags.tls_key);
     if (!credentials.ok()) return credentials.status();
     options.credentials = *std::move(credentials);
   }
-  if (!server_flags.token_file.empty()) {
-    std::ifstream in(server_flags.token_file);
+  if (!connection_flags.token_file.empty()) {
+    std::ifstream in(connection_flags.token_file);
     if (!in) {
       return absl::NotFoundError(absl::StrCat(
-          "--token_file ", server_flags.token_file, ": cannot be read"));
+          "--token_file ", connection_flags.token_file, ": cannot be read"));
     }
     std::getline(in, options.bearer_token);
   } else if (const char* token = std::getenv("HARDNEG_TOKEN")) {
@@ -77,20 +78,22 @@ absl::StatusOr<std::unique_ptr<Client>> ConnectToServer(
   }
   options.bearer_token =
       std::string(absl::StripAsciiWhitespace(options.bearer_token));
-  if (server_flags.timeout_seconds > 0) {
-    const absl::Duration timeout = absl::Seconds(server_flags.timeout_seconds);
+  if (connection_flags.timeout_seconds > 0) {
+    const absl::Duration timeout =
+        absl::Seconds(connection_flags.timeout_seconds);
     options.connect_timeout = timeout;
     options.rpc_timeout = timeout;
   }
-  return Client::Connect(server_flags.server, options);
+  return Client::Connect(connection_flags.server, options);
 }
 
-int RunWithClient(const std::string& command, const ServerFlags& server_flags,
+int RunWithClient(const std::string& command,
+                  const ConnectionFlags& connection_flags,
                   const std::function<int(Client&)>& run) {
   absl::StatusOr<std::unique_ptr<Client>> client =
-      ConnectToServer(server_flags);
+      ConnectToServer(connection_flags);
   if (!client.ok()) {
-    return RuntimeError(command, server_flags.server, client.status());
+    return RuntimeError(command, connection_flags.server, client.status());
   }
   return run(**client);
 }

@@ -52,8 +52,8 @@ void ToProto(uint64_t request_id, const std::vector<Query>& queries,
   MiningOptionsToProto(options, out->mutable_options());
 }
 
-IndexVersion FromProto(const v1::IndexVersion& version) {
-  IndexVersion out;
+ServedVersion FromProto(const v1::IndexVersion& version) {
+  ServedVersion out;
   out.name = version.name();
   out.sequence = version.sequence();
   return out;
@@ -293,7 +293,7 @@ void FillUpsertChunk(const PublishSpec& spec, size_t begin, size_t rows,
 
 }  // namespace
 
-absl::StatusOr<IndexVersion> Client::Publish(
+absl::StatusOr<ServedVersion> Client::Publish(
     const PublishSpec& spec,
     const std::function<void(const PublishProgress&)>& progress) {
   HARDNEG_RETURN_IF_ERROR(CheckPublishSpec(spec));

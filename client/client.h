@@ -85,21 +85,25 @@ struct QueryResult {
   std::optional<float> positive_score;  // p; absent without positives
 };
 
-// The index version that answered: `sequence` rises with every swap.
-struct IndexVersion {
+// The index version that answered (a name and a sequence, not the
+// server's index itself): `sequence` rises with every swap.
+struct ServedVersion {
   std::string name;
   uint64_t sequence = 0;
 };
+// ServedVersion's former name, which read as the server's own IndexVersion;
+// kept so that code written against it still compiles.
+using IndexVersion [[deprecated("renamed ServedVersion")]] = ServedVersion;
 
 // The answer to one request: one result per query, in query order.
 struct MineReply {
   uint64_t request_id = 0;
   std::vector<QueryResult> results;
-  IndexVersion index;
+  ServedVersion index;
 };
 
 struct IndexInfo {
-  IndexVersion version;
+  ServedVersion version;
   uint64_t size = 0;  // number of candidates
   uint32_t dim = 0;
   std::string metric;       // "inner_product" or "l2"
@@ -231,7 +235,7 @@ class Client {
   // version or a dim/metric change the server does not allow,
   // RESOURCE_EXHAUSTED over the server's memory budget. On any error the
   // served version is unchanged.
-  absl::StatusOr<IndexVersion> Publish(
+  absl::StatusOr<ServedVersion> Publish(
       const PublishSpec& spec,
       const std::function<void(const PublishProgress&)>& progress = nullptr);
 

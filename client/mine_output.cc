@@ -14,11 +14,11 @@
 namespace hardneg::client {
 namespace {
 
-nlohmann::ordered_json VersionJson(const IndexVersion& version) {
+nlohmann::ordered_json VersionJson(const ServedVersion& version) {
   return {{"name", version.name}, {"sequence", version.sequence}};
 }
 
-bool SameVersion(const IndexVersion& a, const IndexVersion& b) {
+bool SameVersion(const ServedVersion& a, const ServedVersion& b) {
   return a.name == b.name && a.sequence == b.sequence;
 }
 
@@ -58,11 +58,11 @@ nlohmann::ordered_json QueryResultJson(const QueryResult& result,
 
 absl::Status WriteMineJson(const MinedQueries& mined, std::FILE* out) {
   bool version_changed = false;
-  for (const IndexVersion& version : mined.versions) {
+  for (const ServedVersion& version : mined.versions) {
     if (!SameVersion(version, mined.versions.front())) version_changed = true;
   }
   std::string text = "{\"index\": ";
-  AppendJson(VersionJson(mined.versions.empty() ? IndexVersion()
+  AppendJson(VersionJson(mined.versions.empty() ? ServedVersion()
                                                 : mined.versions.back()),
              JsonFloats::kShortestFloat, &text);
   absl::StrAppend(&text, ", \"num_queries\": ", mined.results.size(),

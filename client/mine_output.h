@@ -21,7 +21,7 @@ struct MinedQueries {
   std::vector<QueryResult> results;
   // The index version that answered each query (a swap can happen between
   // two batches).
-  std::vector<IndexVersion> versions;
+  std::vector<ServedVersion> versions;
 };
 
 // Writes one JSON document:

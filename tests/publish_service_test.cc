@@ -231,7 +231,7 @@ TEST_F(PublishServiceTest, FullPublishServesTheNewData) {
     client::PublishSpec spec = Spec(name, 20, rows);
     spec.send_bytes = send_bytes;
     std::vector<client::PublishProgress> progress;
-    absl::StatusOr<client::IndexVersion> version = client_->Publish(
+    absl::StatusOr<client::ServedVersion> version = client_->Publish(
         spec, [&](const client::PublishProgress& p) { progress.push_back(p); });
     ASSERT_TRUE(version.ok()) << version.status();
     EXPECT_EQ(version->name, name);
@@ -265,7 +265,7 @@ TEST_F(PublishServiceTest, IncrementalPublishUpsertsAndDeletes) {
   client::PublishSpec spec = Spec("v1-delta", 11, upserts);
   spec.base_version = "v1";
   spec.delete_ids = deleted;
-  absl::StatusOr<client::IndexVersion> version = client_->Publish(spec);
+  absl::StatusOr<client::ServedVersion> version = client_->Publish(spec);
   ASSERT_TRUE(version.ok()) << version.status();
   EXPECT_EQ(version->name, "v1-delta");
   EXPECT_EQ(version->sequence, 2u);
@@ -303,7 +303,7 @@ TEST_F(PublishServiceTest, NoWaitAnswersBeforeTheVersionServes) {
   client::PublishSpec spec = Spec("v-later", 30, rows);
   spec.chunk_rows = 500;
   spec.wait = false;
-  absl::StatusOr<client::IndexVersion> version = client_->Publish(spec);
+  absl::StatusOr<client::ServedVersion> version = client_->Publish(spec);
   ASSERT_TRUE(version.ok()) << version.status();
   EXPECT_EQ(version->name, "v-later");
   EXPECT_EQ(version->sequence, 0u);  // not serving yet when answered
@@ -417,7 +417,7 @@ TEST_F(PublishServiceTest, CancelledPublishInstallsNothing) {
     EXPECT_EQ(writer->Finish().error_code(), grpc::StatusCode::CANCELLED);
   }
   // The next publish gets the next sequence: nothing came in between.
-  absl::StatusOr<client::IndexVersion> version =
+  absl::StatusOr<client::ServedVersion> version =
       client_->Publish(Spec("after", 20, RandomRows(10, 0, 5)));
   ASSERT_TRUE(version.ok()) << version.status();
   EXPECT_EQ(version->sequence, 2u);
@@ -425,7 +425,7 @@ TEST_F(PublishServiceTest, CancelledPublishInstallsNothing) {
 
 TEST_F(PublishServiceTest, DimensionChangeNeedsAllowSchemaChange) {
   const Rows wide = RandomRows(100, 0, 6, 2 * kDim);
-  absl::StatusOr<client::IndexVersion> version =
+  absl::StatusOr<client::ServedVersion> version =
       client_->Publish(Spec("wide", 20, wide, 2 * kDim));
   EXPECT_EQ(version.status().code(), absl::StatusCode::kFailedPrecondition);
   ExpectFirstVersionServes();
@@ -443,7 +443,7 @@ class PublishBudgetTest : public PublishServiceTest {
 
 TEST_F(PublishBudgetTest, OverBudgetIsResourceExhaustedAndKeepsServing) {
   const Rows big = RandomRows(20000, 0, 7);  // ~1 MiB of floats
-  absl::StatusOr<client::IndexVersion> version =
+  absl::StatusOr<client::ServedVersion> version =
       client_->Publish(Spec("big", 20, big));
   EXPECT_EQ(version.status().code(), absl::StatusCode::kResourceExhausted);
   ExpectFirstVersionServes();
