@@ -15,6 +15,16 @@
 namespace hardneg {
 namespace {
 
+// OK when `bytes` bytes hold whole float32 values; else INVALID_ARGUMENT
+// naming `field`. Both bytes fields of the API (a query's embedding_bytes,
+// a publish chunk's embeddings_bytes) are checked by this one rule.
+absl::Status CheckFloat32Bytes(absl::string_view field, size_t bytes) {
+  if (bytes % sizeof(float) == 0) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, " has ", bytes,
+                   " bytes, not a multiple of 4 (little-endian float32)"));
+}
+
 // `decoded` has room for this query's embedding_bytes (if any).
 absl::Status DecodeQuery(const v1::Query& query, size_t i, float* decoded,
                          MiningQuery* q) {
@@ -53,13 +63,10 @@ absl::Status DecodeMineRequest(const v1::MineRequest& request,
   // points into it.
   size_t floats = 0;
   for (int i = 0; i < request.queries_size(); ++i) {
-    const size_t bytes = request.queries(i).embedding_bytes().size();
-    if (bytes % sizeof(float) != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("queries[", i, "].embedding_bytes has ", bytes,
-                       " bytes, not a multiple of 4 (little-endian float32)"));
-    }
-    floats += bytes / sizeof(float);
+    HARDNEG_RETURN_IF_ERROR(
+        CheckFloat32Bytes(absl::StrCat("queries[", i, "].embedding_bytes"),
+                          request.queries(i).embedding_bytes().size()));
+    floats += request.queries(i).embedding_bytes().size() / sizeof(float);
   }
   out->decoded_embeddings.resize(floats);
   out->queries.resize(request.queries_size());
@@ -105,11 +112,8 @@ absl::StatusOr<absl::Span<const float>> DecodeChunkEmbeddings(
                        " sets both embeddings and embeddings_bytes; send "
                        "one of them"));
     }
-    if (bytes.size() % sizeof(float) != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("chunk ", index, ": embeddings_bytes has ", bytes.size(),
-                       " bytes, not a multiple of 4 (little-endian float32)"));
-    }
+    HARDNEG_RETURN_IF_ERROR(CheckFloat32Bytes(
+        absl::StrCat("chunk ", index, ": embeddings_bytes"), bytes.size()));
     buffer->resize(bytes.size() / sizeof(float));
     std::memcpy(buffer->data(), bytes.data(), bytes.size());
     return absl::MakeConstSpan(*buffer);
