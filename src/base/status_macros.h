@@ -1,4 +1,6 @@
 // Status propagation macros. Abseil 20220623 ships none of its own.
+//
+// Macros over local values only, no shared state: usable from any thread.
 #ifndef HARDNEG_SRC_BASE_STATUS_MACROS_H_
 #define HARDNEG_SRC_BASE_STATUS_MACROS_H_
 
