@@ -23,9 +23,13 @@
   HARDNEG_ASSIGN_OR_RETURN_IMPL_(HARDNEG_CONCAT_(hardneg_sor_, __LINE__), lhs, \
                                  rexpr)
 
+// `statusor` names the variable declared and `lhs` may be a declaration:
+// neither can be parenthesised.
+// NOLINTBEGIN(bugprone-macro-parentheses)
 #define HARDNEG_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, rexpr) \
   auto statusor = (rexpr);                                   \
   if (!statusor.ok()) return statusor.status();              \
   lhs = std::move(statusor).value()
+// NOLINTEND(bugprone-macro-parentheses)
 
 #endif  // HARDNEG_SRC_BASE_STATUS_MACROS_H_
