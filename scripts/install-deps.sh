@@ -21,7 +21,8 @@ build=(build-essential cmake ninja-build pkg-config git
        # The sanitizer and libFuzzer builds (scripts/sanitize.sh, fuzz.sh):
        # clang's omp.h (libomp-14-dev; the runtime stays libgomp) and
        # llvm-symbolizer, which reports and suppressions need.
-       clang-14 libclang-rt-14-dev libomp-14-dev llvm-14)
+       clang-14 libclang-rt-14-dev libomp-14-dev llvm-14
+       clang-tidy-14)  # scripts/static-checks.sh
 
 if [[ "${1:-}" == "--runtime" ]]; then wanted=("${runtime[@]}"); else wanted=("${build[@]}"); fi
 
