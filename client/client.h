@@ -48,7 +48,7 @@ class ClientContext;
 
 namespace hardneg::client {
 
-// One query of a mining request. See DESIGN.md "Mining semantics".
+// One query of a mining request. See README.md, "Mining semantics".
 struct Query {
   std::vector<float> embedding;  // exactly the index's dim, all finite
   // Ids that match this query: never returned, and scored to find p.

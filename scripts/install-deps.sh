@@ -25,7 +25,8 @@ build=("${compile[@]}" git libbenchmark-dev dataset-fashion-mnist
        # The sanitizer and libFuzzer builds (scripts/sanitize.sh, fuzz.sh):
        # clang's omp.h (libomp-14-dev; the runtime stays libgomp) and
        # llvm-symbolizer, which reports and suppressions need.
-       clang-14 libclang-rt-14-dev libomp-14-dev llvm-14)
+       clang-14 libclang-rt-14-dev libomp-14-dev llvm-14
+       clang-tidy-14)  # scripts/static-checks.sh
 
 # The image and Kubernetes tests (scripts/image-test.sh, k8s-test.sh): a
 # container engine that runs as root without a daemon, the base image

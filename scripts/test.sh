@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs the whole test suite: the
-# CTest tests, then the same under ASan+UBSan and the concurrency tests
-# under TSan (scripts/sanitize.sh), then each fuzz target for a bounded
-# time (scripts/fuzz.sh), then the Kubernetes manifests
-# (scripts/k8s-test.sh) and the container image, built and run with podman
-# (scripts/image-test.sh). For local iteration only,
+# CTest tests, then the static checks (scripts/static-checks.sh: clang's
+# -Wthread-safety, clang-tidy, the Debug and Release builds), then the tests
+# under ASan+UBSan and the concurrency tests under TSan
+# (scripts/sanitize.sh), then each fuzz target for a bounded time
+# (scripts/fuzz.sh), then the Kubernetes manifests (scripts/k8s-test.sh) and
+# the container image, built and run with podman (scripts/image-test.sh).
+# For local iteration only, HARDNEG_SKIP_STATIC_CHECKS=1,
 # HARDNEG_SKIP_SANITIZERS=1, HARDNEG_SKIP_FUZZ=1 and HARDNEG_SKIP_IMAGE=1
 # skip those; CI (CI set) never skips.
 set -euo pipefail
@@ -27,6 +29,11 @@ skip() {
   echo "test.sh: $1 SKIPPED ($2=1)" >&2
 }
 
+if ! skip "static checks" HARDNEG_SKIP_STATIC_CHECKS; then
+  t0=$(date +%s)
+  ./scripts/static-checks.sh
+  echo "test.sh: static checks took $(($(date +%s) - t0)) s" >&2
+fi
 if ! skip sanitizers HARDNEG_SKIP_SANITIZERS; then
   t0=$(date +%s)
   ./scripts/sanitize.sh

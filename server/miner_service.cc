@@ -275,7 +275,7 @@ MinerService::MinerService(IndexManager* manager, const Miner* miner,
     : manager_(manager),
       miner_(miner),
       pool_(pool),
-      options_(options),
+      options_(std::move(options)),
       metrics_(metrics) {}
 
 absl::Status MinerService::Enqueue(MineJob job) const {

@@ -1,4 +1,7 @@
 // Making OpenMP threads sleep instead of spin while they wait.
+//
+// Not thread-safe: EnsurePassiveOpenMp sets the environment and may re-exec
+// the process, so main calls it once, before it starts any thread.
 #ifndef HARDNEG_SERVER_OMP_POLICY_H_
 #define HARDNEG_SERVER_OMP_POLICY_H_
 

@@ -1,5 +1,8 @@
 // Runs hardneg-server: loads the index, serves gRPC and /metrics, and
 // shuts down in order on SIGTERM or SIGINT.
+//
+// RunServer is called once, from main's thread; it starts and joins every
+// other thread of the server itself.
 #ifndef HARDNEG_SERVER_RUN_SERVER_H_
 #define HARDNEG_SERVER_RUN_SERVER_H_
 

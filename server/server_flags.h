@@ -1,6 +1,9 @@
 // The hardneg-server command line: its flags, read into the options of the
 // parts the server wires together. Linked into hardneg-server alone, so
 // that no other binary inherits these flags.
+//
+// ServerConfigFromFlags only reads the flags (absl::GetFlag is thread-safe);
+// call it after absl::ParseCommandLine. ServerConfig is a plain value.
 #ifndef HARDNEG_SERVER_SERVER_FLAGS_H_
 #define HARDNEG_SERVER_SERVER_FLAGS_H_
 

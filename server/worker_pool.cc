@@ -4,7 +4,8 @@
 
 namespace hardneg {
 
-WorkerPool::WorkerPool(size_t threads, std::function<void()> thread_init) {
+WorkerPool::WorkerPool(size_t threads,
+                       const std::function<void()>& thread_init) {
   if (threads == 0) threads = 1;
   threads_.reserve(threads);
   for (size_t i = 0; i < threads; ++i) {

@@ -22,7 +22,7 @@ class WorkerPool {
   // `thread_init`, when set, runs first on each worker thread (for
   // per-thread settings such as OpenMP's thread count).
   explicit WorkerPool(size_t threads,
-                      std::function<void()> thread_init = nullptr);
+                      const std::function<void()>& thread_init = nullptr);
   ~WorkerPool();
 
   WorkerPool(const WorkerPool&) = delete;

@@ -1,5 +1,5 @@
 // Miner against an independent brute-force reference of the mining
-// semantics (reference_miner.h, written from DESIGN.md): SAMPLING_TOP must
+// semantics (reference_miner.h, written from README.md): SAMPLING_TOP must
 // match it exactly; UNIFORM and SOFTMAX must sample from its window, and are
 // checked for determinism and, over many seeds, for their distribution.
 #include "mining/miner.h"

@@ -1,6 +1,7 @@
 // ReferenceMine: an independent, brute-force statement of the mining
-// semantics in DESIGN.md ("Mining semantics (the contract)"), written from the
-// spec and not from src/mining/miner.cc. Tests compare hardneg::Miner against it.
+// semantics in README.md ("Mining semantics", the contract), written from the
+// spec and not from src/mining/miner.cc. Tests compare hardneg::Miner against
+// it.
 //
 // It scores every candidate of the store exactly (accumulating in double and
 // rounding to float, as the Miner reports scores), applies the exclusions,

@@ -75,8 +75,9 @@ void AppendValue(std::string& line, std::string_view value) {
       line.push_back(c);
     }
   }
-  if (cut > 0)
+  if (cut > 0) {
     line.append("...(").append(std::to_string(cut)).append(" more bytes)");
+  }
   line.push_back('"');
 }
 

@@ -1,7 +1,8 @@
 // Status propagation macros (Abseil 20220623 ships none of its own) and
 // Annotate, which adds context to a status's message.
 //
-// Stateless; safe to use from any thread.
+// Macros over local values and a pure function, no shared state: usable
+// from any thread.
 #ifndef HARDNEG_SRC_BASE_STATUS_MACROS_H_
 #define HARDNEG_SRC_BASE_STATUS_MACROS_H_
 
@@ -26,10 +27,14 @@
   HARDNEG_ASSIGN_OR_RETURN_IMPL_(HARDNEG_CONCAT_(hardneg_sor_, __LINE__), lhs, \
                                  rexpr)
 
+// `statusor` names the variable declared and `lhs` may be a declaration:
+// neither can be parenthesised.
+// NOLINTBEGIN(bugprone-macro-parentheses)
 #define HARDNEG_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, rexpr) \
   auto statusor = (rexpr);                                   \
   if (!statusor.ok()) return statusor.status();              \
   lhs = std::move(statusor).value()
+// NOLINTEND(bugprone-macro-parentheses)
 
 namespace hardneg {
 

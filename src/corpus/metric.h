@@ -1,4 +1,7 @@
-// How candidates are scored against a query.
+// How candidates are scored against a query: the Metric, its names, and
+// the exact score that every reported score is.
+//
+// Stateless functions; safe to call from any thread.
 #ifndef HARDNEG_SRC_CORPUS_METRIC_H_
 #define HARDNEG_SRC_CORPUS_METRIC_H_
 

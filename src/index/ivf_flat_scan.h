@@ -6,6 +6,10 @@
 // same inner products and L2 distances with SIMD, four accumulators wide.
 // Everything else (training, quantizer, lists, nprobe, I/O) stays FAISS's;
 // faiss::write_index writes it as a plain IndexIVFFlat.
+//
+// WithFastListScan is stateless; safe to call from any thread. The index it
+// returns has FAISS's contract: concurrent searches are safe (each gets its
+// own scanner), a search concurrent with training or adding is not.
 #ifndef HARDNEG_SRC_INDEX_IVF_FLAT_SCAN_H_
 #define HARDNEG_SRC_INDEX_IVF_FLAT_SCAN_H_
 

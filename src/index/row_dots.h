@@ -7,6 +7,9 @@
 // The kernels use AVX2, FMA and F16C, chosen at run time: RowDotsSimd()
 // says whether this CPU has them. Without them the functions still give
 // correct answers, slowly.
+//
+// Stateless functions; safe to call from any thread (RowDotsSimd's CPU check
+// runs once, as a function-local static).
 #ifndef HARDNEG_SRC_INDEX_ROW_DOTS_H_
 #define HARDNEG_SRC_INDEX_ROW_DOTS_H_
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""End-to-end check of hardneg-server against DESIGN.md's mining semantics.
+"""End-to-end check of hardneg-server against README.md's mining semantics.
 
 An outside check, independent of the server's code: it writes random
 checkpoints with numpy, starts `hardneg-server` on each (port 0), sends

@@ -55,7 +55,7 @@ LABELS_USED = {
     "grpc_server_handled_total": {"grpc_service", "grpc_method", "grpc_type",
                                   "grpc_code"},
 }
-# Metric names of the contract (DESIGN.md "Metrics" and issue 5).
+# Metric names of the contract (README.md "Metrics" and issue 5).
 CONTRACT = {
     "hardneg_mine_latency_seconds": "histogram",
     "hardneg_query_latency_seconds": "histogram",
