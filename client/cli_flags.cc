@@ -86,7 +86,7 @@ void FlagSet::AddParsed(std::string name, std::string default_text,
   flag.placeholder = std::move(placeholder);
   flag.help = std::move(help);
   flag.is_bool = std::is_same_v<T, bool>;
-  flag.parse = [name, expected,
+  flag.parse = [name, expected = std::move(expected),
                 store = std::move(store)](const std::string& text) {
     T parsed{};
     std::string error;

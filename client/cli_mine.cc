@@ -373,7 +373,7 @@ absl::Status MineAll(Client& client, const MineInputs& inputs,
   result->mined.results.resize(inputs.size());
   result->mined.versions.resize(inputs.size());
   const absl::Time start = absl::Now();
-  const absl::Status status =
+  absl::Status status =
       stream
           ? MineStreaming(client, inputs, run, &result->mined,
                           &result->latencies)

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -79,7 +80,7 @@ absl::StatusOr<std::unique_ptr<HardnegServer>> HardnegServer::Start(
       ResolveThreadCounts(options, std::thread::hardware_concurrency())));
   grpc::ServerBuilder builder;
   const std::string address =
-      absl::StrCat(options.host.find(':') != std::string::npos
+      absl::StrCat(absl::StrContains(options.host, ':')
                        ? absl::StrCat("[", options.host, "]")
                        : options.host,
                    ":", options.port);
@@ -92,8 +93,8 @@ absl::StatusOr<std::unique_ptr<HardnegServer>> HardnegServer::Start(
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   if (options.max_connection_age > absl::ZeroDuration()) {
     auto ms = [](absl::Duration d) {
-      return static_cast<int>(std::clamp<int64_t>(absl::ToInt64Milliseconds(d),
-                                                  1, INT32_MAX));
+      return static_cast<int>(
+          std::clamp<int64_t>(absl::ToInt64Milliseconds(d), 1, INT32_MAX));
     };
     builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
                                ms(options.max_connection_age));

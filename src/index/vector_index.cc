@@ -26,6 +26,7 @@
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "index/ivf_flat_scan.h"
 #include "index/row_dots.h"
@@ -686,8 +687,7 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> BuildVectorIndex(
     }
     index->add(n, store.data());
     index = WithFastListScan(std::move(index));
-    if (options.nprobe > 0 &&
-        options.factory.find("IVF") != std::string::npos) {
+    if (options.nprobe > 0 && absl::StrContains(options.factory, "IVF")) {
       // ParameterSpace reaches through wrappers such as IndexPreTransform.
       faiss::ParameterSpace().set_index_parameter(
           index.get(), "nprobe", static_cast<double>(options.nprobe));

@@ -313,7 +313,7 @@ absl::Status IndexManager::LoadNewest() {
     if (served != nullptr && entry.step <= served->info().step) break;
     const std::string stamp = ManifestStamp(entry.dir);
     if (rejections_.IsRejected(entry.dir, stamp)) continue;
-    const absl::Status loaded = LoadCheckpoint(entry, stamp);
+    absl::Status loaded = LoadCheckpoint(entry, stamp);
     if (loaded.ok()) return loaded;
     last_error = loaded;
   }
