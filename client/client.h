@@ -63,13 +63,11 @@ struct Query {
 
 using Sampling = ::hardneg::Sampling;
 
-// The mining options of a request: the domain's (mining/options.h, each
-// field documented there and in the proto), with one client default:
-// num_negatives is 10 (the wire's 0 is refused). An absent optional is
-// "unset"; a value of 0 is a real bound.
-struct MiningOptions : ::hardneg::MiningOptions {
-  MiningOptions() { num_negatives = 10; }
-};
+// The mining options of a request: the domain's own struct
+// (mining/options.h, each field documented there and in the proto; 10
+// negatives by default). An absent optional is "unset"; a value of 0 is a
+// real bound.
+using MiningOptions = ::hardneg::MiningOptions;
 
 struct Negative {
   int64_t id = 0;

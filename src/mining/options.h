@@ -33,21 +33,22 @@ inline constexpr absl::string_view kSamplingChoices = "top, uniform or softmax";
 // One request's mining options: the fields of the proto's MiningOptions
 // (hardneg/v1/miner.proto documents each), converted in one place
 // (proto/mining_options_convert.h) and shared by the C++ client
-// (client/client.h). A value of 0 is a real bound except where said.
+// (client/client.h), as an aggregate whose field order is the client's
+// (keep it: callers may brace-initialise it). A value of 0 is a real bound
+// except where said.
 struct MiningOptions {
-  uint32_t num_negatives = 0;  // per query; 0 is refused
-  uint32_t range_min = 0;
+  // Per query; 0 is refused. 10 is a caller's default (the C++ client's):
+  // the wire has no default, and a request that leaves it at 0 is refused.
+  uint32_t num_negatives = 10;
+  uint32_t range_min = 0;  // rank window [range_min, range_max)
   uint32_t range_max = 0;  // 0 means range_min + num_negatives
   std::optional<float> max_score;
   std::optional<float> min_score;
   std::optional<float> absolute_margin;
   std::optional<float> relative_margin;
   Sampling sampling = Sampling::kTop;
-  float temperature = 0;  // 0 means 1.0
+  float temperature = 0;  // for kSoftmax; 0 means 1.0
   uint64_t seed = 0;
-  // Inverted lists an IVF index probes for this request; 0 keeps the
-  // index's own setting. Ignored by exact indexes.
-  uint32_t nprobe = 0;
   // Send each negative's stored embedding with the answer (the server's
   // encoding; the miner itself ignores it).
   bool return_embeddings = false;
@@ -55,6 +56,9 @@ struct MiningOptions {
   // lower: a trainer's guard against mining an index older than its
   // last publish.
   uint64_t min_index_sequence = 0;
+  // Inverted lists an IVF index probes for this request; 0 keeps the
+  // index's own setting. Ignored by exact indexes.
+  uint32_t nprobe = 0;
 };
 
 // Bounds on one request's work and memory, checked before any search.
