@@ -25,7 +25,8 @@ int RunServer(const ServerConfig& config, const sigset_t& signals) {
   if (config.metrics_port >= 0) {
     metrics = std::make_unique<ServerMetrics>(*registry);
   }
-  const IndexManagerOptions& manager_options = config.manager;
+  IndexManagerOptions manager_options = config.manager;
+  manager_options.describe_for_log = WithFlagNames;
   IndexManager manager(manager_options);
   // The first load is a refresh too; health joins once the server is up.
   if (metrics != nullptr) {

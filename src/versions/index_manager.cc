@@ -145,7 +145,10 @@ absl::Status IndexManager::CheckSchema(size_t dim, Metric metric) const {
 void IndexManager::Reject(const std::string& source,
                           const absl::Status& status) {
   Log(LogLevel::kError, "version_rejected",
-      {{"source", source}, {"reason", std::string(status.message())}});
+      {{"source", source},
+       {"reason", options_.describe_for_log
+                      ? options_.describe_for_log(status.message())
+                      : std::string(status.message())}});
   IndexEvents::Rejected rejected;
   {
     absl::MutexLock lock(&mu_);

@@ -56,6 +56,10 @@ struct IndexManagerOptions {
   // Bound on the served version plus the one being built (0: none): the
   // index byte budget.
   size_t max_index_bytes = 0;
+  // Words a rejection's reason for the operator's log (version_rejected):
+  // the server adds the flags that set the domain's terms. Unset: the
+  // reason as it is.
+  std::function<std::string(absl::string_view)> describe_for_log;
 };
 
 enum class BuildState {

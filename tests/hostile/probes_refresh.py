@@ -58,6 +58,13 @@ def start_and_stop_twice(ctx, root, flags, bad_dir, needle):
                 expect(bad_dir in reason and needle in reason,
                        f"last_rejected does not name {bad_dir} and say "
                        f"{needle!r}: {reason!r}")
+                # The operator's log says it too, in the flags' words.
+                logged = [line for line in server.stderr().split(b"\n")
+                          if b"event=version_rejected" in line
+                          and bad_dir.encode() in line]
+                expect(logged and needle.encode() in logged[0],
+                       f"no event=version_rejected line naming {bad_dir} "
+                       f"and saying {needle!r}: {logged[:1]!r}")
             else:
                 with open(os.path.join(root, "data",
                                        "rejected-checkpoints.tsv")) as f:
