@@ -28,6 +28,10 @@ base=docker.io/library/debian:12
 work="$root/build/image-test"
 mkdir -p "$work"
 
+# Everything the checks below use (Python's yaml, numpy and gRPC, protoc,
+# kubectl, readelf), as on a fresh Debian 12 machine.
+./scripts/install-deps.sh
+
 sudo=""
 if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
 need=()
@@ -98,7 +102,11 @@ inspect '{{json .Config.Volumes}}' | grep -q '"/data"' || fail "no /data volume"
 cid=$("${podman[@]}" create "$image")
 "${podman[@]}" cp "$cid:/usr/local/bin/hardneg-server" "$work/hardneg-server.image"
 "${podman[@]}" rm -f "$cid" >/dev/null
-if readelf -S "$work/hardneg-server.image" | grep -q '\.debug_info'; then
+# Through a file: under pipefail, a failing readelf (or grep -q closing the
+# pipe early) must not pass for "stripped".
+readelf -S "$work/hardneg-server.image" >"$work/sections.txt" ||
+  fail "readelf cannot read hardneg-server from the image"
+if grep -q '\.debug_info' "$work/sections.txt"; then
   fail "hardneg-server in the image is not stripped"
 fi
 echo "image-test: image ok: user $user, OCI labels, OMP_WAIT_POLICY, ports, /data, stripped, no build tools" >&2

@@ -53,8 +53,12 @@ build_static() {
 
 run_tidy() {
   local db="$repo/build-static" files extra=()
-  [[ -f "$db/compile_commands.json" && -d "$db/proto/hardneg" ]] ||
-    build_static
+  # Configured afresh and the proto headers regenerated every time (cheap
+  # when current), so new files and changed protos are seen as they are.
+  CC=clang-14 CXX=clang++-14 cmake -S . -B "$db" -G Ninja \
+    -DCMAKE_BUILD_TYPE=None -DHARDNEG_THREAD_SAFETY=ON \
+    -DCMAKE_EXPORT_COMPILE_COMMANDS=ON >/dev/null
+  ninja -C "$db" -j "$njobs" hardneg_proto
   mapfile -t files < <(ls src/*/*.cc server/*.cc client/*.cc proto/*.cc |
                          grep -E -- "${HARDNEG_TIDY_FILES:-.}")
   if [[ -n "${HARDNEG_TIDY_CHECKS:-}" ]]; then
