@@ -224,8 +224,8 @@ TEST(MiningOptionsTest, RejectsInconsistentFlags) {
   mining.options.range_min = 5;
   mining.options.range_max = 7;
   EXPECT_EQ(MiningOptionsFromFlags(mining).status().message(),
-            "--range_max (7) must be at least range_min + num_negatives (8), "
-            "or 0 for exactly that");
+            "--range_max (7) must be at least --range_min + --num_negatives "
+            "(5 + 3 = 8), or 0 for exactly that");
   mining.options.range_max = 8;
   EXPECT_TRUE(MiningOptionsFromFlags(mining).ok());
   mining.sampling = "best";

@@ -55,8 +55,10 @@ absl::Status ValidateMiningOptions(const MiningOptions& options,
   if (options.range_max != 0 && options.range_max < needed) {
     return absl::InvalidArgumentError(
         absl::StrCat("options.range_max (", options.range_max,
-                     ") must be at least range_min + num_negatives (", needed,
-                     "), or 0 for exactly that"));
+                     ") must be at least options.range_min + "
+                     "options.num_negatives (",
+                     options.range_min, " + ", options.num_negatives, " = ",
+                     needed, "), or 0 for exactly that"));
   }
   const uint64_t range_max =
       options.range_max != 0 ? options.range_max : needed;
