@@ -116,22 +116,29 @@ TEST_F(NpyTest, MatrixRoundTrip) {
   EXPECT_EQ(m->data, data);
 }
 
-TEST_F(NpyTest, WrittenFileIsWhatNumpyWrites) {
-  const std::vector<float> data = {1, 2, 3, 4, 5, 6};
-  const std::string path = Path("m.npy");
-  ASSERT_TRUE(WriteNpyMatrix(path, data.data(), 3, 2).ok());
-  const std::string bytes = ReadBytes(path);
+// What numpy writes for a C-order float32 array of `shape`: a v1.0 header
+// padded so the data starts on a 64-byte boundary, then `data`.
+void ExpectFloat32NpyV1(const std::string& bytes, const std::string& shape,
+                        const std::string& data) {
   ASSERT_GE(bytes.size(), 10u);
   EXPECT_EQ(bytes.substr(0, 8), std::string("\x93NUMPY\x01\x00", 8));
   const size_t header_len = static_cast<unsigned char>(bytes[8]) |
                             static_cast<unsigned char>(bytes[9]) << 8;
   const size_t data_offset = 10 + header_len;
-  EXPECT_EQ(data_offset % 64, 0u);  // numpy aligns the data to 64 bytes
+  EXPECT_EQ(data_offset % 64, 0u);
   EXPECT_EQ(bytes[data_offset - 1], '\n');
   EXPECT_THAT(bytes.substr(10, header_len),
-              HasSubstr("{'descr': '<f4', 'fortran_order': False, "
-                        "'shape': (3, 2), }"));
-  EXPECT_EQ(bytes.substr(data_offset), Bytes(data));
+              HasSubstr(absl::StrCat("{'descr': '<f4', 'fortran_order': "
+                                     "False, 'shape': ",
+                                     shape, ", }")));
+  EXPECT_EQ(bytes.substr(data_offset), data);
+}
+
+TEST_F(NpyTest, WrittenFileIsWhatNumpyWrites) {
+  const std::vector<float> data = {1, 2, 3, 4, 5, 6};
+  const std::string path = Path("m.npy");
+  ASSERT_TRUE(WriteNpyMatrix(path, data.data(), 3, 2).ok());
+  ExpectFloat32NpyV1(ReadBytes(path), "(3, 2)", Bytes(data));
 }
 
 TEST_F(NpyTest, EmptyMatrixRoundTrip) {
@@ -671,18 +678,7 @@ TEST_F(NpyTest, WriteNpyArrayWritesAnyShapeAsNumpyDoes) {
   for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<float>(i);
   const std::string path = Path("e.npy");
   ASSERT_TRUE(WriteNpyArray(path, "<f4", {2, 3, 4}, data.data()).ok());
-  const std::string bytes = ReadBytes(path);
-  ASSERT_GE(bytes.size(), 10u);
-  EXPECT_EQ(bytes.substr(0, 8), std::string("\x93NUMPY\x01\x00", 8));
-  const size_t header_len = static_cast<unsigned char>(bytes[8]) |
-                            static_cast<unsigned char>(bytes[9]) << 8;
-  const size_t data_offset = 10 + header_len;
-  EXPECT_EQ(data_offset % 64, 0u);
-  EXPECT_EQ(bytes[data_offset - 1], '\n');
-  EXPECT_THAT(bytes.substr(10, header_len),
-              HasSubstr("{'descr': '<f4', 'fortran_order': False, "
-                        "'shape': (2, 3, 4), }"));
-  EXPECT_EQ(bytes.substr(data_offset), Bytes(data));
+  ExpectFloat32NpyV1(ReadBytes(path), "(2, 3, 4)", Bytes(data));
 }
 
 TEST_F(NpyTest, WriteNpyArrayRoundTripsIdsThroughTheMatrixReader) {
