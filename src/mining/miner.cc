@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "mining/sampling.h"
 
 namespace hardneg {
 namespace {
@@ -19,38 +20,6 @@ namespace {
 constexpr size_t kMaxFetch = size_t{16} << 20;
 // Positive id lists longer than this are put in a hash set for lookups.
 constexpr size_t kLinearScanPositives = 16;
-
-// SplitMix64: a small, fully specified generator, so answers are the same
-// on every platform and standard library.
-class Rng {
- public:
-  explicit Rng(uint64_t seed) : state_(seed) {}
-  uint64_t Next() {
-    uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  }
-  // Uniform in (0, 1), never 0 or 1.
-  double Open01() {
-    return (static_cast<double>(Next() >> 11) + 0.5) *
-           (1.0 / 9007199254740992.0);
-  }
-  // Uniform in [0, n).
-  uint64_t Below(uint64_t n) {
-    // Rejection sampling removes modulo bias.
-    const uint64_t limit = std::numeric_limits<uint64_t>::max() -
-                           std::numeric_limits<uint64_t>::max() % n;
-    uint64_t x;
-    do {
-      x = Next();
-    } while (x >= limit);
-    return x % n;
-  }
-
- private:
-  uint64_t state_;
-};
 
 struct Scored {
   float score;
@@ -147,20 +116,27 @@ bool PassesFilters(const QueryState& state, const MiningOptions& options,
   return true;
 }
 
-// p: the weakest of the stored positives' scores and the client's scores.
-std::optional<double> WeakestPositive(const MiningQuery& query, Metric metric,
-                                      const CandidateStore& store) {
+// The weakest of the stored positives' scores, or nullopt.
+std::optional<float> WeakestStored(const MiningQuery& query, Metric metric,
+                                   const CandidateStore& store) {
   std::optional<float> p;
-  auto take = [&](float s) {
-    if (!p.has_value() || Closer(metric, *p, s)) p = s;
-  };
   for (int64_t id : query.positive_ids) {
     std::optional<size_t> row = store.RowOf(id);
     if (!row.has_value()) continue;
-    take(ExactScore(metric, query.embedding.data(), store.vector(*row),
-                    store.dim()));
+    const float s = ExactScore(metric, query.embedding.data(),
+                               store.vector(*row), store.dim());
+    if (!p.has_value() || Closer(metric, *p, s)) p = s;
   }
-  for (float s : query.positive_scores) take(s);
+  return p;
+}
+
+// p: the weakest of the stored positives' scores and the client's scores.
+std::optional<double> WeakestPositive(const MiningQuery& query, Metric metric,
+                                      const CandidateStore& store) {
+  std::optional<float> p = WeakestStored(query, metric, store);
+  for (float s : query.positive_scores) {
+    if (!p.has_value() || Closer(metric, *p, s)) p = s;
+  }
   if (!p.has_value()) return std::nullopt;
   return static_cast<double>(*p);
 }
@@ -212,47 +188,6 @@ float SkipBeyond(double limit, double eps, Metric metric) {
   float f = static_cast<float>(edge);
   if (ip ? f < edge : f > edge) f = std::nextafter(f, toward);
   return std::nextafter(f, toward);
-}
-
-// Step 5: picks indexes into the window [0, window), best first.
-std::vector<size_t> Sample(const MiningOptions& options, Metric metric,
-                           const std::vector<Scored>& window_scores,
-                           size_t picks, uint64_t seed) {
-  const size_t window = window_scores.size();
-  std::vector<size_t> chosen;
-  chosen.reserve(picks);
-  if (picks >= window || options.sampling == Sampling::kTop) {
-    for (size_t i = 0; i < picks; ++i) chosen.push_back(i);
-    return chosen;
-  }
-  Rng rng(seed);
-  if (options.sampling == Sampling::kUniform) {
-    // Partial Fisher-Yates.
-    std::vector<size_t> order(window);
-    for (size_t i = 0; i < window; ++i) order[i] = i;
-    for (size_t i = 0; i < picks; ++i) {
-      std::swap(order[i], order[i + rng.Below(window - i)]);
-    }
-    chosen.assign(order.begin(), order.begin() + picks);
-  } else {
-    // Gumbel top-k: the top `picks` of log(w) + Gumbel noise are a sample
-    // without replacement with probabilities proportional to w.
-    const double t = options.temperature == 0 ? 1.0 : options.temperature;
-    const double sign = metric == Metric::kInnerProduct ? 1.0 : -1.0;
-    std::vector<std::pair<double, size_t>> keys(window);
-    for (size_t i = 0; i < window; ++i) {
-      const double gumbel = -std::log(-std::log(rng.Open01()));
-      keys[i] = {sign * window_scores[i].score / t + gumbel, i};
-    }
-    std::partial_sort(keys.begin(), keys.begin() + picks, keys.end(),
-                      [](const auto& a, const auto& b) {
-                        return a.first > b.first ||
-                               (a.first == b.first && a.second < b.second);
-                      });
-    for (size_t i = 0; i < picks; ++i) chosen.push_back(keys[i].second);
-  }
-  std::sort(chosen.begin(), chosen.end());
-  return chosen;
 }
 
 // Takes one query's `k` fetched candidates (best first by approximate
@@ -323,11 +258,6 @@ void Collect(const MiningQuery& query, const MiningOptions& options,
       static_cast<size_t>(std::min<double>(static_cast<double>(n), wanted));
   next = std::max(next, 2 * k);
   state.k = next * 2 > n ? n : next;
-}
-
-uint64_t QuerySeed(uint64_t seed, size_t query_index) {
-  Rng mix(seed ^ (0x632be59bd9b4e019ULL * (query_index + 1)));
-  return mix.Next();
 }
 
 // The state of one query before its first round: p, the norm and error
@@ -462,13 +392,17 @@ MiningResult FinishQuery(const MiningOptions& options,
   std::partial_sort(survivors.begin(), survivors.begin() + end, survivors.end(),
                     better);
   const size_t begin = std::min<size_t>(options.range_min, end);
-  std::vector<Scored> window(survivors.begin() + begin,
-                             survivors.begin() + end);
-  const size_t picks = std::min<size_t>(options.num_negatives, window.size());
+  std::vector<float> window_scores;
+  window_scores.reserve(end - begin);
+  for (size_t i = begin; i < end; ++i) {
+    window_scores.push_back(survivors[i].score);
+  }
+  const size_t picks =
+      std::min<size_t>(options.num_negatives, window_scores.size());
   result.shortfall = static_cast<uint32_t>(options.num_negatives - picks);
-  for (size_t w : Sample(options, metric, window, picks,
+  for (size_t w : Sample(options, metric, window_scores, picks,
                          QuerySeed(options.seed, index_in_request))) {
-    const Scored& c = window[w];
+    const Scored& c = survivors[begin + w];
     result.negatives.push_back({store.id(c.row), c.score, store.label(c.row),
                                 static_cast<uint32_t>(begin + w), c.row});
   }
@@ -476,6 +410,11 @@ MiningResult FinishQuery(const MiningOptions& options,
 }
 
 }  // namespace
+
+std::optional<float> WeakestStoredPositive(const IndexVersion& version,
+                                           const MiningQuery& query) {
+  return WeakestStored(query, version.metric(), version.store());
+}
 
 absl::Status Miner::ValidateRequestSize(size_t queries,
                                         const MiningOptions& options,

@@ -77,6 +77,15 @@ struct BatchQuery {
   const std::function<bool()>* cancelled = nullptr;  // as MiningBatchItem's
 };
 
+// The score of the weakest of `query`'s positive_ids stored in `version`
+// (the lowest inner product, or the largest L2 distance), scored exactly as
+// Mine scores them, or nullopt when none is stored; positive_scores are
+// ignored. What one shard contributes to a sharded request's p
+// (mining/shard_merge.h). `query.embedding` must have the version's
+// dimension.
+std::optional<float> WeakestStoredPositive(const IndexVersion& version,
+                                           const MiningQuery& query);
+
 class Miner {
  public:
   explicit Miner(MinerLimits limits = {}) : limits_(limits) {}
