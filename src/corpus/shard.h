@@ -2,9 +2,9 @@
 // that a corpus split by any tool (an encoder job pre-splitting its output,
 // a server keeping its share of a checkpoint) agrees on every id:
 //
-//   ShardOf(id, N) = SplitMix64(static_cast<uint64_t>(id)) % N
+//   ShardOf(id, N) = SplitMix64Hash(static_cast<uint64_t>(id)) % N
 //
-// where SplitMix64 is the finaliser of Steele, Lea and Flood's SplitMix64
+// where SplitMix64Hash is the finaliser of Steele, Lea and Flood's SplitMix64
 // generator, applied to the id plus the golden gamma, i.e. the first output
 // of a SplitMix64 generator seeded with the id (in 64-bit unsigned
 // arithmetic, wrapping; negative ids are taken as their two's complement):
@@ -14,9 +14,10 @@
 //   z = (z ^ (z >> 27)) * 0x94d049bb133111eb
 //   return z ^ (z >> 31)
 //
-// For example SplitMix64(0) = 0xe220a8397b1dcdaf and SplitMix64(1234567) =
-// 6457827717110365317 (the reference generator's first output for that
-// seed). In Python: `h = splitmix64(id & (2**64 - 1)); shard = h % n`.
+// For example SplitMix64Hash(0) = 0xe220a8397b1dcdaf and
+// SplitMix64Hash(1234567) = 6457827717110365317 (the reference generator's
+// first output for that seed). In Python: `h = splitmix64(id & (2**64 - 1));
+// shard = h % n`.
 //
 // Stateless functions; safe to call from any thread.
 #ifndef HARDNEG_SRC_CORPUS_SHARD_H_
@@ -26,8 +27,8 @@
 
 namespace hardneg {
 
-// The SplitMix64 finaliser above.
-constexpr uint64_t SplitMix64(uint64_t x) {
+// SplitMix64Hash: the SplitMix64 finaliser above.
+constexpr uint64_t SplitMix64Hash(uint64_t x) {
   uint64_t z = x + 0x9e3779b97f4a7c15ULL;
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
@@ -36,7 +37,7 @@ constexpr uint64_t SplitMix64(uint64_t x) {
 
 // The shard in [0, num_shards) that holds `id`; num_shards must be > 0.
 constexpr uint32_t ShardOf(int64_t id, uint32_t num_shards) {
-  return static_cast<uint32_t>(SplitMix64(static_cast<uint64_t>(id)) %
+  return static_cast<uint32_t>(SplitMix64Hash(static_cast<uint64_t>(id)) %
                                num_shards);
 }
 
