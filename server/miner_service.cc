@@ -172,6 +172,16 @@ class MineReactor final
       --outstanding_;
       actions = Advance();
     }
+    // Done runs on a worker thread, not in a reaction: once mu_ is released
+    // with nothing started here, a reaction on another thread may finish
+    // the call and OnDone delete this reactor, so `this` must not be
+    // touched again. An action holds a flag (a write or read in flight, or
+    // finished) that keeps every other thread from finishing, so only a
+    // non-empty one may be run. (UBSan saw the call on a deleted reactor.)
+    if (actions.write == nullptr && actions.read == nullptr &&
+        !actions.finish) {
+      return;
+    }
     Run(actions);
   }
 
