@@ -29,87 +29,20 @@
 #include "corpus/shard.h"
 #include "mining/miner.h"
 #include "mining/options.h"
+#include "random_corpus.h"
 #include "versions/index_version.h"
 
 namespace hardneg {
 namespace {
 
-using Rng = std::mt19937_64;
-
-struct StoreData {
-  size_t dim = 0;
-  std::vector<int64_t> ids;
-  std::vector<float> vectors;
-  std::optional<std::vector<int64_t>> labels;
-
-  size_t size() const { return ids.size(); }
-  std::vector<float> Row(size_t row) const {
-    const auto first = vectors.begin() + static_cast<std::ptrdiff_t>(row * dim);
-    return std::vector<float>(first, first + static_cast<std::ptrdiff_t>(dim));
-  }
-};
-
-std::shared_ptr<const IndexVersion> BuildVersion(const StoreData& data,
-                                                 Metric metric) {
-  absl::StatusOr<CandidateStore> store =
-      CandidateStore::Create(data.dim, data.ids, data.vectors, data.labels);
-  if (!store.ok()) {
-    ADD_FAILURE() << "CandidateStore::Create: " << store.status();
-    return nullptr;
-  }
-  VersionInfo info;
-  info.name = "shard-merge-test";
-  info.metric = metric;
-  IndexBuildOptions options;
-  options.factory = "Flat";
-  absl::StatusOr<std::shared_ptr<const IndexVersion>> version =
-      IndexVersion::Build(std::move(info), std::move(*store), options);
-  if (!version.ok()) {
-    ADD_FAILURE() << "IndexVersion::Build: " << version.status();
-    return nullptr;
-  }
-  return *std::move(version);
-}
-
-std::vector<float> GaussianVector(Rng& rng, size_t dim) {
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> v(dim);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
-  for (float& x : v) x = normal(rng) * scale;
-  return v;
-}
-
-// `n` rows of distinct random ids (some negative), labels in
-// [0, num_labels) when num_labels > 0, and, when num_base > 0, vectors that
-// are exact copies of num_base base vectors (ties, broken by id).
-StoreData RandomStore(Rng& rng, size_t n, size_t dim, size_t num_base,
-                      int64_t num_labels) {
-  StoreData data;
-  data.dim = dim;
-  std::uniform_int_distribution<int64_t> any_id(-1000000000000LL,
-                                                1000000000000LL);
-  std::set<int64_t> seen;
-  while (data.ids.size() < n) {
-    const int64_t id = any_id(rng);
-    if (seen.insert(id).second) data.ids.push_back(id);
-  }
-  std::vector<std::vector<float>> base;
-  for (size_t b = 0; b < num_base; ++b)
-    base.push_back(GaussianVector(rng, dim));
-  for (size_t row = 0; row < n; ++row) {
-    const std::vector<float> v =
-        num_base == 0
-            ? GaussianVector(rng, dim)
-            : base[std::uniform_int_distribution<size_t>(0, num_base - 1)(rng)];
-    data.vectors.insert(data.vectors.end(), v.begin(), v.end());
-  }
-  if (num_labels > 0) {
-    std::uniform_int_distribution<int64_t> label(0, num_labels - 1);
-    data.labels.emplace();
-    for (size_t row = 0; row < n; ++row) data.labels->push_back(label(rng));
-  }
-  return data;
-}
+using testing_corpus::AbsentId;
+using testing_corpus::BuildVersion;
+using testing_corpus::GaussianVector;
+using testing_corpus::OwnedQuery;
+using testing_corpus::RandomStore;
+using testing_corpus::Rng;
+using testing_corpus::StoreData;
+using testing_corpus::StoreSpec;
 
 // The rows of `data` that ShardOf gives to `shard` of `num_shards`, in
 // their order.
@@ -128,26 +61,6 @@ StoreData ShardData(const StoreData& data, uint32_t shard,
   return out;
 }
 
-struct OwnedQuery {
-  std::vector<float> embedding;
-  std::vector<int64_t> positive_ids;
-  std::vector<float> positive_scores;
-  std::optional<int64_t> label;
-  std::optional<int64_t> query_id;
-
-  MiningQuery View() const {
-    MiningQuery q;
-    q.embedding = embedding;
-    q.positive_ids = positive_ids;
-    q.positive_scores = positive_scores;
-    q.label = label;
-    q.query_id = query_id;
-    return q;
-  }
-};
-
-constexpr int64_t kAbsentId = 4000000000000LL;  // in no store
-
 // Random directions, perturbed rows, exact rows (often with their
 // query_id); stored positives (the query's own row, random rows, absent
 // ids), client positive_scores, labels.
@@ -164,7 +77,7 @@ OwnedQuery RandomQuery(Rng& rng, const StoreData& data, Metric metric,
   };
   const double kind = coin(rng);
   if (n == 0 || kind < 0.3) {
-    q.embedding = GaussianVector(rng, data.dim);
+    q.embedding = GaussianVector(rng, data.dim, false);
   } else {
     q.embedding = data.Row(row);
     if (kind < 0.7) {
@@ -179,9 +92,9 @@ OwnedQuery RandomQuery(Rng& rng, const StoreData& data, Metric metric,
     for (int i = 0; i < extra; ++i)
       q.positive_ids.push_back(data.ids[any_row()]);
   }
-  if (coin(rng) < 0.2) q.positive_ids.push_back(kAbsentId);
+  if (coin(rng) < 0.2) q.positive_ids.push_back(AbsentId(0));
   if (coin(rng) < 0.3) {
-    std::vector<float> other = GaussianVector(rng, data.dim);
+    std::vector<float> other = GaussianVector(rng, data.dim, false);
     q.positive_scores.push_back(
         ExactScore(metric, q.embedding.data(), other.data(), data.dim) +
         noise(rng));
@@ -191,7 +104,7 @@ OwnedQuery RandomQuery(Rng& rng, const StoreData& data, Metric metric,
   } else if (coin(rng) < 0.15) {
     q.label = 0;
   }
-  if (coin(rng) < 0.1) q.query_id = kAbsentId + 1;
+  if (coin(rng) < 0.1) q.query_id = AbsentId(1);
   return q;
 }
 
@@ -201,7 +114,7 @@ float NearbyScore(Rng& rng, const StoreData& data, Metric metric,
                   const OwnedQuery& q) {
   std::vector<float> other =
       data.size() == 0 || std::bernoulli_distribution(0.3)(rng)
-          ? GaussianVector(rng, data.dim)
+          ? GaussianVector(rng, data.dim, false)
           : data.Row(
                 std::uniform_int_distribution<size_t>(0, data.size() - 1)(rng));
   std::normal_distribution<float> noise(0.0f, 0.05f);
@@ -381,8 +294,8 @@ struct Corpus {
 // each compared at every split.
 void CheckCorpus(Rng& rng, const Corpus& corpus, Metric metric, int requests,
                  Counts& counts) {
-  const StoreData data =
-      RandomStore(rng, corpus.n, 8, corpus.num_base, corpus.num_labels);
+  const StoreData data = RandomStore(
+      rng, StoreSpec{corpus.n, 8, false, corpus.num_base, corpus.num_labels});
   const std::shared_ptr<const IndexVersion> whole = BuildVersion(data, metric);
   ASSERT_NE(whole, nullptr);
   std::vector<std::vector<std::shared_ptr<const IndexVersion>>> splits;
