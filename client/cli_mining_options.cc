@@ -40,6 +40,12 @@ void AddMiningFlags(FlagSet& flags, MiningFlags* mining_flags) {
   flags.Uint32("nprobe", &options.nprobe,
                "IVF lists to probe (more: better recall, slower); 0 keeps "
                "the server's --nprobe.");
+  flags.Bool("allow_partial", &options.allow_partial,
+             "Through a router: answer from the live shards when some are "
+             "gone, listing the missing ones, instead of failing.");
+  flags.String("index_version", &options.index_version, "NAME",
+               "Answer only from the version of this name (the served one "
+               "or the one kept before it).");
 }
 
 absl::StatusOr<MiningOptions> MiningOptionsFromFlags(

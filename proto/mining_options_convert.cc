@@ -57,6 +57,8 @@ void MiningOptionsToProto(const MiningOptions& options,
   out->set_nprobe(options.nprobe);
   out->set_return_embeddings(options.return_embeddings);
   out->set_min_index_sequence(options.min_index_sequence);
+  out->set_allow_partial(options.allow_partial);
+  out->set_index_version(options.index_version);
 }
 
 absl::Status MiningOptionsFromProto(const v1::MiningOptions& in,
@@ -75,6 +77,8 @@ absl::Status MiningOptionsFromProto(const v1::MiningOptions& in,
   out->nprobe = in.nprobe();
   out->return_embeddings = in.return_embeddings();
   out->min_index_sequence = in.min_index_sequence();
+  out->allow_partial = in.allow_partial();
+  out->index_version = in.index_version();
   return absl::OkStatus();
 }
 

@@ -25,6 +25,8 @@ MiningOptions EveryFieldSet() {
   options.nprobe = 16;
   options.return_embeddings = true;
   options.min_index_sequence = 9;
+  options.allow_partial = true;
+  options.index_version = "v7";
   return options;
 }
 
@@ -47,6 +49,8 @@ TEST(MiningOptionsConvertTest, EveryFieldRoundTrips) {
   EXPECT_EQ(back.nprobe, 16u);
   EXPECT_TRUE(back.return_embeddings);
   EXPECT_EQ(back.min_index_sequence, 9u);
+  EXPECT_TRUE(back.allow_partial);
+  EXPECT_EQ(back.index_version, "v7");
 }
 
 // A field added to the proto but not to the conversion fails here: with

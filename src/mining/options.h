@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -59,6 +60,13 @@ struct MiningOptions {
   // Inverted lists an IVF index probes for this request; 0 keeps the
   // index's own setting. Ignored by exact indexes.
   uint32_t nprobe = 0;
+  // Through a router: answer from the live shards when some are slow or
+  // gone, naming the missing ones, instead of failing. Ignored by a server.
+  bool allow_partial = false;
+  // Answer from the version of this name only (a router pins each request
+  // to the one version all its shards serve); empty: the served version.
+  // Also the server's to apply; the miner ignores it.
+  std::string index_version;
 };
 
 // Bounds on one request's work and memory, checked before any search.
