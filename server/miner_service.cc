@@ -11,6 +11,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "base/status_macros.h"
+#include "format/version_name.h"
 #include "google/protobuf/arena.h"
 #include "server/convert.h"
 #include "server/wire.h"
@@ -412,49 +414,75 @@ void MinerService::StopMining() {
   stopped_ = true;
 }
 
+absl::StatusOr<std::shared_ptr<const IndexVersion>> MinerService::VersionFor(
+    const v1::MiningOptions& options,
+    const std::shared_ptr<const IndexVersion>& current) const {
+  const std::string& pinned = options.index_version();
+  if (!pinned.empty()) {
+    HARDNEG_RETURN_IF_ERROR(CheckVersionName(pinned, "options.index_version"));
+    std::shared_ptr<const IndexVersion> found = manager_->Find(pinned);
+    if (found != nullptr) return found;
+    return absl::FailedPreconditionError(absl::StrCat(
+        "options.index_version: version '", pinned,
+        "' is neither served here nor kept as the previous one (serving '",
+        current != nullptr ? current->info().name : "", "')"));
+  }
+  if (current == nullptr) {
+    return absl::UnavailableError(
+        "no index is loaded yet: the server is waiting for a complete "
+        "checkpoint (a directory with manifest.json) under --checkpoints");
+  }
+  return current;
+}
+
+absl::Status MinerService::PrepareJob(
+    const MineJob& job, const std::shared_ptr<const IndexVersion>& current,
+    std::shared_ptr<const IndexVersion>* version,
+    std::unique_ptr<DecodedMineRequest>* decoded) const {
+  const v1::MineRequest& request = *job.request;
+  if (job.cancelled && job.cancelled()) {
+    return absl::CancelledError("the call was cancelled before it was mined");
+  }
+  HARDNEG_ASSIGN_OR_RETURN(*version, VersionFor(request.options(), current));
+  EncodeVersion((*version)->info(), job.response->mutable_index());
+  absl::Status fresh =
+      (*version)->CheckSequenceAtLeast(request.options().min_index_sequence());
+  if (!fresh.ok()) {
+    return Annotate(fresh, "options.min_index_sequence: ");
+  }
+  *decoded = std::make_unique<DecodedMineRequest>();
+  HARDNEG_RETURN_IF_ERROR(DecodeMineRequest(request, decoded->get()));
+  return CheckReplySize(**decoded, (*version)->dim(), options_.max_reply_bytes);
+}
+
 void MinerService::HandleBatch(std::vector<MineJob>& jobs) const {
-  // One version for the whole batch: each answer is exact for the version
-  // it reports.
-  std::shared_ptr<const IndexVersion> version = manager_->Current();
+  // One version for every job that does not pin one: each answer is exact
+  // for the version it reports.
+  const std::shared_ptr<const IndexVersion> current = manager_->Current();
   std::vector<absl::Status> status(jobs.size());
   std::vector<std::unique_ptr<DecodedMineRequest>> decoded(jobs.size());
-  std::vector<MiningBatchItem> items;
-  std::vector<size_t> item_job;
+  std::vector<std::shared_ptr<const IndexVersion>> versions(jobs.size());
+  std::vector<size_t> ready;  // jobs to mine
   for (size_t j = 0; j < jobs.size(); ++j) {
-    const v1::MineRequest& request = *jobs[j].request;
-    v1::MineResponse* response = jobs[j].response;
-    response->set_request_id(request.request_id());
-    if (jobs[j].cancelled && jobs[j].cancelled()) {
-      status[j] =
-          absl::CancelledError("the call was cancelled before it was mined");
-      continue;
-    }
-    if (version == nullptr) {
-      status[j] = absl::UnavailableError(
-          "no index is loaded yet: the server is waiting for a complete "
-          "checkpoint (a directory with manifest.json) under --checkpoints");
-      continue;
-    }
-    EncodeVersion(version->info(), response->mutable_index());
-    status[j] =
-        version->CheckSequenceAtLeast(request.options().min_index_sequence());
-    if (!status[j].ok()) {
-      status[j] = absl::Status(
-          status[j].code(),
-          absl::StrCat("options.min_index_sequence: ", status[j].message()));
-      continue;
-    }
-    decoded[j] = std::make_unique<DecodedMineRequest>();
-    status[j] = DecodeMineRequest(request, decoded[j].get());
-    if (!status[j].ok()) continue;
-    status[j] =
-        CheckReplySize(*decoded[j], version->dim(), options_.max_reply_bytes);
-    if (!status[j].ok()) continue;
-    items.push_back({decoded[j]->queries, &decoded[j]->options,
-                     jobs[j].cancelled ? &jobs[j].cancelled : nullptr});
-    item_job.push_back(j);
+    jobs[j].response->set_request_id(jobs[j].request->request_id());
+    status[j] = PrepareJob(jobs[j], current, &versions[j], &decoded[j]);
+    if (status[j].ok()) ready.push_back(j);
   }
-  if (!items.empty()) {
+  // One search per version the jobs ask for (almost always one).
+  while (!ready.empty()) {
+    const std::shared_ptr<const IndexVersion> version = versions[ready[0]];
+    std::vector<MiningBatchItem> items;
+    std::vector<size_t> item_job;
+    std::vector<size_t> later;
+    for (const size_t j : ready) {
+      if (versions[j] != version) {
+        later.push_back(j);
+        continue;
+      }
+      items.push_back({decoded[j]->queries, &decoded[j]->options,
+                       jobs[j].cancelled ? &jobs[j].cancelled : nullptr});
+      item_job.push_back(j);
+    }
     std::vector<absl::StatusOr<std::vector<MiningResult>>> results =
         miner_->MineBatch(*version, items);
     size_t searched = 0;  // queries of the requests that passed validation
@@ -469,6 +497,7 @@ void MinerService::HandleBatch(std::vector<MineJob>& jobs) const {
                     jobs[j].response);
     }
     if (metrics_ != nullptr && searched > 0) metrics_->RecordBatch(searched);
+    ready = std::move(later);
   }
   for (size_t j = 0; j < jobs.size(); ++j) jobs[j].done(status[j]);
 }
@@ -568,8 +597,16 @@ grpc::ServerUnaryReactor* MinerService::GetIndexInfo(
   }
   if (status.ok()) {
     std::shared_ptr<const IndexVersion> version = manager_->Current();
-    status = SerializeMessage(
-        EncodeIndexInfo(version.get(), manager_->build_status()), response);
+    v1::IndexInfo info =
+        EncodeIndexInfo(version.get(), manager_->build_status());
+    if (std::shared_ptr<const IndexVersion> previous = manager_->Previous()) {
+      EncodeVersion(previous->info(), info.mutable_previous_version());
+    }
+    if (manager_->shard().sharded()) {
+      info.set_shard_index(manager_->shard().index);
+      info.set_num_shards(manager_->shard().count);
+    }
+    status = SerializeMessage(info, response);
   }
   reactor->Finish(ToGrpcStatus(status));
   return reactor;

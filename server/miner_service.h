@@ -34,6 +34,7 @@
 #include "hardneg/v1/miner.grpc.pb.h"
 #include "mining/miner.h"
 #include "server/auth.h"
+#include "server/convert.h"
 #include "server/metrics.h"
 #include "server/publish_reactor.h"
 #include "server/worker_pool.h"
@@ -130,6 +131,9 @@ class MinerService final : public RawMinerCallbackService {
                      const v1::MineResponse& response) const;
 
   WorkerPool* pool() const { return pool_; }
+  const Miner& miner() const { return *miner_; }
+  // OK when no tokens are configured or the call's token has `role`.
+  absl::Status Authorize(grpc::CallbackServerContext* context, Role role) const;
 
   // From now on, jobs still queued are answered UNAVAILABLE ("shutting
   // down") instead of being mined, so that shutdown never waits for work
@@ -146,14 +150,26 @@ class MinerService final : public RawMinerCallbackService {
   // A Mine stream ended (called by its reactor).
   void StreamEnded() const { streams_.fetch_sub(1); }
 
- private:
-  // OK when no tokens are configured or the call's token has `role`.
-  absl::Status Authorize(grpc::CallbackServerContext* context, Role role) const;
+  // The version a request with `options` is answered from: the one its
+  // index_version names (served, or kept as the previous one), else
+  // `current`. FAILED_PRECONDITION for a pinned version not held here;
+  // UNAVAILABLE when nothing serves.
+  absl::StatusOr<std::shared_ptr<const IndexVersion>> VersionFor(
+      const v1::MiningOptions& options,
+      const std::shared_ptr<const IndexVersion>& current) const;
 
+ private:
   // Takes the queued jobs that fit one batch and answers them.
   void DrainQueue() const ABSL_LOCKS_EXCLUDED(queue_mu_);
-  // Answers `jobs` with one search over the same version; calls each done.
+  // Answers `jobs` with one search per version they ask for (almost always
+  // the served one); calls each done.
   void HandleBatch(std::vector<MineJob>& jobs) const;
+  // HandleBatch's checks of one job before it is mined: sets its version
+  // (and the response's), decodes it; the error to answer it with.
+  absl::Status PrepareJob(const MineJob& job,
+                          const std::shared_ptr<const IndexVersion>& current,
+                          std::shared_ptr<const IndexVersion>* version,
+                          std::unique_ptr<DecodedMineRequest>* decoded) const;
 
   IndexManager* const manager_;
   const Miner* const miner_;

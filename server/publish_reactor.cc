@@ -89,7 +89,8 @@ class PublishReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
           "new one; raise --max_index_bytes");
     }
     absl::StatusOr<PublishAssembler> assembler = PublishAssembler::Start(
-        *std::move(header), remaining == SIZE_MAX ? 0 : remaining);
+        *std::move(header), remaining == SIZE_MAX ? 0 : remaining,
+        manager_->shard());
     if (!assembler.ok()) return assembler.status();
     assembler_.emplace(*std::move(assembler));
     return absl::OkStatus();

@@ -69,7 +69,8 @@ HardnegServer::HardnegServer(const ServerOptions& options,
           threads.workers, WorkerThreadInit(threads.blas_threads))),
       service_(std::make_unique<MinerService>(manager, &miner_, pool_.get(),
                                               ServiceOptions(options, threads),
-                                              options.metrics)) {}
+                                              options.metrics)),
+      shard_service_(std::make_unique<ShardService>(manager, service_.get())) {}
 
 absl::StatusOr<std::unique_ptr<HardnegServer>> HardnegServer::Start(
     const ServerOptions& options, IndexManager* manager) {
@@ -102,6 +103,7 @@ absl::StatusOr<std::unique_ptr<HardnegServer>> HardnegServer::Start(
                                ms(options.max_connection_age_grace));
   }
   builder.RegisterService(server->service_.get());
+  builder.RegisterService(server->shard_service_.get());
   if (options.metrics != nullptr) {
     std::vector<
         std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>

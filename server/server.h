@@ -21,6 +21,7 @@
 #include "mining/miner.h"
 #include "server/metrics.h"
 #include "server/miner_service.h"
+#include "server/shard_service.h"
 #include "server/worker_pool.h"
 #include "versions/index_manager.h"
 
@@ -111,6 +112,7 @@ class HardnegServer {
   Miner miner_;
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<MinerService> service_;
+  std::unique_ptr<ShardService> shard_service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
 };

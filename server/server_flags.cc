@@ -95,6 +95,19 @@ ABSL_FLAG(std::string, auth_tokens, "",
           "mine, publish; # comments). Every Miner call must then carry "
           "\"authorization: Bearer TOKEN\" with the role it needs; health "
           "stays open. Empty: no tokens.");
+ABSL_FLAG(uint32_t, num_shards, 1,
+          "Shards the corpus is split into; this server keeps only the "
+          "candidates of --shard_index (ids with splitmix64(id) % "
+          "num_shards == shard_index) from every checkpoint, publish and "
+          "snapshot. 1: the whole corpus. A hardneg-router fans out over "
+          "the shards.");
+ABSL_FLAG(uint32_t, shard_index, 0,
+          "Which shard this server holds, in [0, --num_shards). Set to the "
+          "pod's ordinal in a StatefulSet.");
+ABSL_FLAG(absl::Duration, keep_previous_version, absl::Seconds(60),
+          "On a shard (--num_shards > 1): how long the version a swap "
+          "replaces stays servable for requests a router pins to it, while "
+          "the other shards move. A new build frees it at once.");
 ABSL_FLAG(uint32_t, max_in_flight_per_stream, 16,
           "Requests one Mine stream may have unanswered (or answered but not "
           "yet taken by its client) before the server stops reading it.");
@@ -183,6 +196,17 @@ absl::StatusOr<IndexManagerOptions> ManagerOptionsFromFlags() {
   manager.allow_schema_change = absl::GetFlag(FLAGS_allow_schema_change);
   manager.max_index_bytes =
       static_cast<size_t>(absl::GetFlag(FLAGS_max_index_bytes));
+  manager.shard.count = absl::GetFlag(FLAGS_num_shards);
+  manager.shard.index = absl::GetFlag(FLAGS_shard_index);
+  if (manager.shard.count == 0 || manager.shard.index >= manager.shard.count) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--shard_index ", manager.shard.index, " must be below --num_shards ",
+        manager.shard.count, " (and --num_shards at least 1)"));
+  }
+  if (manager.shard.sharded()) {
+    manager.keep_previous = std::max(
+        absl::ZeroDuration(), absl::GetFlag(FLAGS_keep_previous_version));
+  }
   if (manager.checkpoints_dir.empty() && manager.data_dir.empty()) {
     return absl::InvalidArgumentError(
         "--checkpoints DIR (or --data_dir with a snapshot, or both) is "
@@ -191,7 +215,10 @@ absl::StatusOr<IndexManagerOptions> ManagerOptionsFromFlags() {
   return manager;
 }
 
-// The miner's per-request limits.
+// The miner's per-request limits. A shard is asked by its router for the
+// first range_max of the window as its negatives, and for one more
+// positive score (the global weakest positive), so its negatives limits are
+// raised to its range limits: the router holds requests to the limits.
 MinerLimits LimitsFromFlags() {
   MinerLimits limits;
   limits.max_negatives = absl::GetFlag(FLAGS_max_negatives);
@@ -201,6 +228,12 @@ MinerLimits LimitsFromFlags() {
   limits.max_request_negatives = absl::GetFlag(FLAGS_max_request_negatives);
   limits.max_request_fetch = absl::GetFlag(FLAGS_max_request_fetch);
   limits.max_positives = absl::GetFlag(FLAGS_max_positives);
+  if (absl::GetFlag(FLAGS_num_shards) > 1) {
+    limits.max_negatives = std::max(limits.max_negatives, limits.max_range);
+    limits.max_request_negatives =
+        std::max(limits.max_request_negatives, limits.max_request_fetch);
+    limits.max_positives = limits.max_positives + 1;
+  }
   return limits;
 }
 

@@ -322,7 +322,7 @@ void ExpectEverySnapshotComplete(const std::string& data_dir,
                            fs::path(alone) / name / file.path().filename());
     }
     absl::StatusOr<std::shared_ptr<const IndexVersion>> loaded =
-        ReadNewestSnapshot({alone, 3, {}});
+        ReadNewestSnapshot({alone, 3, {}, {}});
     ASSERT_TRUE(loaded.ok()) << loaded.status();
     EXPECT_EQ(SnapshotName((*loaded)->info().sequence), name);
     fs::remove_all(alone);

@@ -126,7 +126,7 @@ void Write(const std::string& data_dir, const VersionSpec& spec,
            size_t keep = 10) {
   std::shared_ptr<const IndexVersion> version = MakeVersion(spec);
   ASSERT_NE(version, nullptr);
-  absl::Status written = WriteSnapshot({data_dir, keep, {}}, *version);
+  absl::Status written = WriteSnapshot({data_dir, keep, {}, {}}, *version);
   ASSERT_TRUE(written.ok()) << written;
 }
 
@@ -165,14 +165,14 @@ TEST_P(SnapshotRoundTripTest, RestoresTheSameVersion) {
   spec.labels = labels;
   std::shared_ptr<const IndexVersion> original = MakeVersion(spec);
   ASSERT_NE(original, nullptr);
-  ASSERT_TRUE(WriteSnapshot({dir, 3, {}}, *original).ok());
+  ASSERT_TRUE(WriteSnapshot({dir, 3, {}, {}}, *original).ok());
   EXPECT_THAT(Entries(dir), ElementsAre("snapshot-00000000000000000041"));
   EXPECT_EQ(fs::exists(SnapshotDir(dir, 41) + "/index.faiss"),
             factory != "Flat");
   EXPECT_EQ(fs::exists(SnapshotDir(dir, 41) + "/labels.npy"), labels);
 
   absl::StatusOr<std::shared_ptr<const IndexVersion>> restored =
-      ReadNewestSnapshot({dir, 3, {}});
+      ReadNewestSnapshot({dir, 3, {}, {}});
   ASSERT_TRUE(restored.ok()) << restored.status();
   const IndexVersion& copy = **restored;
   EXPECT_EQ(copy.info().name, "ckpt-round-trip");
@@ -224,7 +224,7 @@ TEST(SnapshotTest, NewestSequenceIsRestored) {
     Write(dir, spec);
   }
   absl::StatusOr<std::shared_ptr<const IndexVersion>> restored =
-      ReadNewestSnapshot({dir, 10, {}});
+      ReadNewestSnapshot({dir, 10, {}, {}});
   ASSERT_TRUE(restored.ok()) << restored.status();
   EXPECT_EQ((*restored)->info().sequence, 12u);
   EXPECT_EQ((*restored)->info().name, "v12");
@@ -355,7 +355,7 @@ TEST_P(CorruptSnapshotTest, IsSkippedForTheNextOlder) {
 
   ::testing::internal::CaptureStderr();
   absl::StatusOr<std::shared_ptr<const IndexVersion>> restored =
-      ReadNewestSnapshot({dir, 10, {}});
+      ReadNewestSnapshot({dir, 10, {}, {}});
   const std::string log = ::testing::internal::GetCapturedStderr();
   ASSERT_TRUE(restored.ok()) << restored.status();
   EXPECT_EQ((*restored)->info().name, "v1");
@@ -380,7 +380,7 @@ TEST(SnapshotTest, EverySnapshotCorruptIsNotFound) {
   Corrupt(SnapshotDir(dir, 1), Corruption::kGarbageMeta);
   ::testing::internal::CaptureStderr();
   absl::StatusOr<std::shared_ptr<const IndexVersion>> restored =
-      ReadNewestSnapshot({dir, 10, {}});
+      ReadNewestSnapshot({dir, 10, {}, {}});
   ::testing::internal::GetCapturedStderr();
   EXPECT_EQ(restored.status().code(), absl::StatusCode::kNotFound);
 }
@@ -401,7 +401,7 @@ TEST(SnapshotTest, ASkippedSnapshotIsReplacedByTheNextWriteOfItsSequence) {
   again.seed = 5;
   Write(dir, again);
   absl::StatusOr<std::shared_ptr<const IndexVersion>> restored =
-      ReadNewestSnapshot({dir, 10, {}});
+      ReadNewestSnapshot({dir, 10, {}, {}});
   ASSERT_TRUE(restored.ok()) << restored.status();
   EXPECT_EQ((*restored)->info().name, "rebuilt");
   EXPECT_EQ((*restored)->info().sequence, 2u);
@@ -422,7 +422,7 @@ TEST(SnapshotTest, LeftoverTemporariesAreIgnoredAndRemovedByARead) {
   Write(dir, spec);
   MakeLeftovers(dir);
   absl::StatusOr<std::shared_ptr<const IndexVersion>> restored =
-      ReadNewestSnapshot({dir, 10, {}});
+      ReadNewestSnapshot({dir, 10, {}, {}});
   ASSERT_TRUE(restored.ok()) << restored.status();
   EXPECT_EQ((*restored)->info().sequence, 3u);
   EXPECT_THAT(Entries(dir), ElementsAre("snapshot-00000000000000000003"));
@@ -441,7 +441,7 @@ TEST(SnapshotTest, OnlyTemporariesIsNotFound) {
   const std::string dir = FreshDir("only_leftovers");
   MakeLeftovers(dir);
   absl::StatusOr<std::shared_ptr<const IndexVersion>> restored =
-      ReadNewestSnapshot({dir, 10, {}});
+      ReadNewestSnapshot({dir, 10, {}, {}});
   EXPECT_EQ(restored.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(Entries(dir), IsEmpty());
 }
@@ -449,17 +449,17 @@ TEST(SnapshotTest, OnlyTemporariesIsNotFound) {
 TEST(SnapshotTest, EmptyOrMissingDirIsNotFound) {
   const std::string dir = FreshDir("empty");
   absl::StatusOr<std::shared_ptr<const IndexVersion>> restored =
-      ReadNewestSnapshot({dir, 3, {}});
+      ReadNewestSnapshot({dir, 3, {}, {}});
   EXPECT_EQ(restored.status().code(), absl::StatusCode::kNotFound);
-  restored = ReadNewestSnapshot({dir + "/missing", 3, {}});
+  restored = ReadNewestSnapshot({dir + "/missing", 3, {}, {}});
   EXPECT_EQ(restored.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(restored.status().message(), HasSubstr("missing"));
-  restored = ReadNewestSnapshot({"", 3, {}});
+  restored = ReadNewestSnapshot({"", 3, {}, {}});
   EXPECT_EQ(restored.status().code(), absl::StatusCode::kNotFound);
   // Unrelated entries are not snapshots.
   fs::create_directories(dir + "/snapshot-12");
   fs::create_directories(dir + "/lost+found");
-  restored = ReadNewestSnapshot({dir, 3, {}});
+  restored = ReadNewestSnapshot({dir, 3, {}, {}});
   EXPECT_EQ(restored.status().code(), absl::StatusCode::kNotFound);
 }
 
@@ -475,7 +475,7 @@ TEST(SnapshotTest, UnwritableDataDirIsInternalAndNamesThePath) {
   std::ofstream(dir + "/file") << "not a directory";
   std::shared_ptr<const IndexVersion> version = MakeVersion(VersionSpec());
   ASSERT_NE(version, nullptr);
-  absl::Status written = WriteSnapshot({dir + "/file/data", 3, {}}, *version);
+  absl::Status written = WriteSnapshot({dir + "/file/data", 3, {}, {}}, *version);
   EXPECT_EQ(written.code(), absl::StatusCode::kInternal);
   EXPECT_THAT(written.message(), HasSubstr(dir + "/file/data"));
 }

@@ -41,6 +41,19 @@ constexpr uint32_t ShardOf(int64_t id, uint32_t num_shards) {
                                num_shards);
 }
 
+// The candidates one server keeps: those whose id falls to shard `index`
+// of `count`. The default (shard 0 of 1) keeps every candidate.
+struct ShardFilter {
+  uint32_t index = 0;
+  uint32_t count = 1;
+
+  // True when this is one shard of several (some candidates are dropped).
+  constexpr bool sharded() const { return count > 1; }
+  constexpr bool Keeps(int64_t id) const {
+    return count <= 1 || ShardOf(id, count) == index;
+  }
+};
+
 }  // namespace hardneg
 
 #endif  // HARDNEG_SRC_CORPUS_SHARD_H_

@@ -412,13 +412,112 @@ absl::StatusOr<CheckpointShape> ReadCheckpointShape(
 
 namespace {
 
+// The shapes were checked from the headers; a file whose data disagrees
+// now was replaced while the checkpoint was being read.
+absl::Status Changed(const std::string& path) {
+  return absl::FailedPreconditionError(
+      absl::StrCat(path,
+                   ": changed while the checkpoint was being read; rewrite the "
+                   "checkpoint with manifest.json last"));
+}
+
+// INVALID_ARGUMENT naming both places of the first id that appears twice
+// in `ids` (the whole checkpoint's, in file order), or OK.
+absl::Status CheckUniqueIds(const std::vector<int64_t>& ids,
+                            const std::vector<ShardRows>& rows_of_shard) {
+  std::vector<int64_t> sorted = ids;
+  std::sort(sorted.begin(), sorted.end());
+  if (std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end()) {
+    return absl::OkStatus();
+  }
+  return ExplainDuplicate(ids, rows_of_shard);
+}
+
+// ReadCheckpointData for one shard of several: every id file is read
+// first (8 bytes a row), so that the whole checkpoint is checked exactly
+// as an unsharded server checks it (every shard accepts or rejects the same
+// checkpoints) and the shard's rows are counted before `admit` is asked;
+// then each embeddings file is read in turn and only the shard's rows are
+// kept. At most the shard's share plus one file is held at a time.
+absl::StatusOr<Checkpoint> ReadCheckpointShard(const std::string& dir,
+                                               CheckpointManifest manifest,
+                                               const CheckpointShape& shape,
+                                               const CheckpointAdmission& admit,
+                                               ShardFilter shard) {
+  const size_t dim = shape.dim;
+  std::vector<int64_t> all_ids;
+  all_ids.reserve(shape.rows);
+  std::vector<ShardRows> rows_of_shard;
+  for (const CheckpointShard& file : manifest.shards) {
+    const std::string ids_path = JoinPath(dir, file.ids);
+    HARDNEG_ASSIGN_OR_RETURN(std::vector<int64_t> file_ids,
+                             ReadNpyInt64(ids_path));
+    rows_of_shard.push_back({ids_path, all_ids.size(), file_ids.size()});
+    all_ids.insert(all_ids.end(), file_ids.begin(), file_ids.end());
+  }
+  if (all_ids.size() != shape.rows) {
+    return Changed(JoinPath(dir, kManifestFile));
+  }
+  HARDNEG_RETURN_IF_ERROR(Annotate(CheckUniqueIds(all_ids, rows_of_shard),
+                                   absl::StrCat("checkpoint ", dir, ": ")));
+  CheckpointShape kept = shape;
+  kept.rows = static_cast<size_t>(
+      std::count_if(all_ids.begin(), all_ids.end(),
+                    [&](int64_t id) { return shard.Keeps(id); }));
+  if (admit) HARDNEG_RETURN_IF_ERROR(admit(kept));
+  std::vector<float> vectors;
+  std::vector<int64_t> ids;
+  std::vector<int64_t> labels;
+  vectors.reserve(kept.rows * dim);
+  ids.reserve(kept.rows);
+  if (shape.has_labels) labels.reserve(kept.rows);
+  for (size_t i = 0; i < manifest.shards.size(); ++i) {
+    const CheckpointShard& file = manifest.shards[i];
+    const std::string embeddings_path = JoinPath(dir, file.embeddings);
+    const ShardRows& rows = rows_of_shard[i];
+    const std::vector<int64_t> file_ids(
+        all_ids.begin() + static_cast<ptrdiff_t>(rows.first_row),
+        all_ids.begin() + static_cast<ptrdiff_t>(rows.first_row + rows.rows));
+    HARDNEG_ASSIGN_OR_RETURN(NpyMatrix matrix, ReadNpyMatrix(embeddings_path));
+    if (matrix.cols != dim || matrix.rows != rows.rows) {
+      return Changed(embeddings_path);
+    }
+    HARDNEG_RETURN_IF_ERROR(CheckFinite(matrix, embeddings_path, file_ids));
+    std::vector<int64_t> file_labels;
+    if (shape.has_labels) {
+      const std::string labels_path = JoinPath(dir, file.labels);
+      HARDNEG_ASSIGN_OR_RETURN(file_labels, ReadNpyInt64(labels_path));
+      if (file_labels.size() != rows.rows) return Changed(labels_path);
+    }
+    for (size_t row = 0; row < rows.rows; ++row) {
+      if (!shard.Keeps(file_ids[row])) continue;
+      ids.push_back(file_ids[row]);
+      if (shape.has_labels) labels.push_back(file_labels[row]);
+      const float* v = matrix.data.data() + row * dim;
+      vectors.insert(vectors.end(), v, v + dim);
+    }
+  }
+  absl::StatusOr<CandidateStore> store = CandidateStore::Create(
+      dim, std::move(ids), std::move(vectors),
+      shape.has_labels ? std::optional<std::vector<int64_t>>(std::move(labels))
+                       : std::nullopt);
+  if (!store.ok()) {
+    return Annotate(store.status(), absl::StrCat("checkpoint ", dir, ": "));
+  }
+  return Checkpoint{std::move(manifest), dir, *std::move(store)};
+}
+
 // ReadCheckpoint's work; allocation failures throw std::bad_alloc.
-absl::StatusOr<Checkpoint> ReadCheckpointData(
-    const std::string& dir, const CheckpointAdmission& admit) {
+absl::StatusOr<Checkpoint> ReadCheckpointData(const std::string& dir,
+                                              const CheckpointAdmission& admit,
+                                              ShardFilter filter) {
   HARDNEG_ASSIGN_OR_RETURN(CheckpointManifest manifest, ReadManifest(dir));
   // Headers first: the budget is checked before any row is read.
   HARDNEG_ASSIGN_OR_RETURN(CheckpointShape shape,
                            ReadCheckpointShape(dir, manifest));
+  if (filter.sharded()) {
+    return ReadCheckpointShard(dir, std::move(manifest), shape, admit, filter);
+  }
   if (admit) HARDNEG_RETURN_IF_ERROR(admit(shape));
   const size_t dim = shape.dim;
   std::vector<float> vectors;
@@ -430,14 +529,7 @@ absl::StatusOr<Checkpoint> ReadCheckpointData(
     if (shape.has_labels) labels.reserve(shape.rows);
   }
   std::vector<ShardRows> rows_of_shard;
-  // The shapes were checked from the headers; a file whose data disagrees
-  // now was replaced while the checkpoint was being read.
-  auto changed = [&](const std::string& path) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        path,
-        ": changed while the checkpoint was being read; rewrite the "
-        "checkpoint with manifest.json last"));
-  };
+  auto changed = [](const std::string& path) { return Changed(path); };
   for (size_t i = 0; i < manifest.shards.size(); ++i) {
     const CheckpointShard& shard = manifest.shards[i];
     const std::string embeddings_path = JoinPath(dir, shard.embeddings);
@@ -486,9 +578,10 @@ absl::StatusOr<Checkpoint> ReadCheckpointData(
 }  // namespace
 
 absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir,
-                                          const CheckpointAdmission& admit) {
+                                          const CheckpointAdmission& admit,
+                                          ShardFilter shard) {
   try {
-    return ReadCheckpointData(dir, admit);
+    return ReadCheckpointData(dir, admit, shard);
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(
         absl::StrCat("checkpoint ", dir, ": out of memory while reading it"));

@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "corpus/candidate_store.h"
 #include "corpus/metric.h"
+#include "corpus/shard.h"
 
 namespace hardneg {
 
@@ -81,8 +82,15 @@ using CheckpointAdmission =
 // (when set) is asked before any data is read; RESOURCE_EXHAUSTED when
 // memory runs out all the same; FAILED_PRECONDITION when a file changes
 // while it is read.
+//
+// With a `shard` of several, the store holds only the candidates the
+// filter keeps (possibly none), and `admit` sees their count; the whole
+// checkpoint is still checked (every id file is read first, then one
+// embeddings file at a time), so that every shard accepts or rejects the
+// same checkpoints.
 absl::StatusOr<Checkpoint> ReadCheckpoint(
-    const std::string& dir, const CheckpointAdmission& admit = nullptr);
+    const std::string& dir, const CheckpointAdmission& admit = nullptr,
+    ShardFilter shard = {});
 
 // A complete checkpoint found under a root directory.
 struct CheckpointEntry {

@@ -456,14 +456,20 @@ absl::StatusOr<std::vector<MiningResult>> Miner::Mine(
 absl::Status Miner::Validate(const IndexVersion& version,
                              absl::Span<const MiningQuery> queries,
                              const MiningOptions& options) const {
+  return ValidateRequest(queries, options, version.dim(), version.size());
+}
+
+absl::Status Miner::ValidateRequest(absl::Span<const MiningQuery> queries,
+                                    const MiningOptions& options, size_t dim,
+                                    size_t candidates) const {
   if (queries.empty()) {
     return absl::InvalidArgumentError("queries is empty: send at least one");
   }
   HARDNEG_RETURN_IF_ERROR(ValidateOptions(options));
   HARDNEG_RETURN_IF_ERROR(
-      ValidateRequestSize(queries.size(), options, version.size()));
+      ValidateRequestSize(queries.size(), options, candidates));
   for (size_t i = 0; i < queries.size(); ++i) {
-    HARDNEG_RETURN_IF_ERROR(ValidateQuery(queries[i], i, version.dim()));
+    HARDNEG_RETURN_IF_ERROR(ValidateQuery(queries[i], i, dim));
     const size_t positives = std::max(queries[i].positive_ids.size(),
                                       queries[i].positive_scores.size());
     if (positives > limits_.max_positives) {

@@ -125,6 +125,12 @@ class Miner {
   absl::Status ValidateRequestSize(size_t queries, const MiningOptions& options,
                                    size_t candidates) const;
 
+  // Every check of Mine, for an index of `dim` and `candidates` without
+  // the index itself: what a router checks before it fans a request out.
+  absl::Status ValidateRequest(absl::Span<const MiningQuery> queries,
+                               const MiningOptions& options, size_t dim,
+                               size_t candidates) const;
+
   // range_max after defaulting (0 means range_min + num_negatives).
   static uint64_t RangeMax(const MiningOptions& options) {
     return hardneg::RangeMax(options);

@@ -58,7 +58,8 @@ absl::string_view BuildStateName(BuildState state) {
 
 IndexManager::IndexManager(IndexManagerOptions options)
     : options_(std::move(options)),
-      snapshots_{options_.data_dir, options_.keep_snapshots, options_.build},
+      snapshots_{options_.data_dir, options_.keep_snapshots, options_.build,
+                 options_.shard},
       rejections_(options_.data_dir) {}
 
 IndexManager::~IndexManager() {
@@ -91,6 +92,34 @@ std::shared_ptr<const IndexVersion> IndexManager::Current() const {
   return current_;
 }
 
+std::shared_ptr<const IndexVersion> IndexManager::Previous() const {
+  std::shared_ptr<const IndexVersion> expired;  // freed after the unlock
+  absl::MutexLock lock(&mu_);
+  if (previous_ != nullptr && absl::Now() >= previous_until_) {
+    expired = std::move(previous_);
+    previous_ = nullptr;
+  }
+  return previous_;
+}
+
+std::shared_ptr<const IndexVersion> IndexManager::Find(
+    absl::string_view name) const {
+  {
+    absl::MutexLock lock(&mu_);
+    if (current_ != nullptr && current_->info().name == name) return current_;
+  }
+  std::shared_ptr<const IndexVersion> previous = Previous();
+  if (previous != nullptr && previous->info().name == name) return previous;
+  return nullptr;
+}
+
+void IndexManager::DropPrevious() {
+  std::shared_ptr<const IndexVersion> dropped;  // freed after the unlock
+  absl::MutexLock lock(&mu_);
+  dropped = std::move(previous_);
+  previous_ = nullptr;
+}
+
 BuildStatus IndexManager::build_status() const {
   absl::MutexLock lock(&mu_);
   return status_;
@@ -104,7 +133,8 @@ void IndexManager::SetEvents(IndexEvents events) {
 size_t IndexManager::RemainingBytes() const {
   if (options_.max_index_bytes == 0) return std::numeric_limits<size_t>::max();
   absl::MutexLock lock(&mu_);
-  const size_t served = current_ ? current_->MemoryBytes() : 0;
+  const size_t served = (current_ ? current_->MemoryBytes() : 0) +
+                        (previous_ ? previous_->MemoryBytes() : 0);
   return options_.max_index_bytes > served ? options_.max_index_bytes - served
                                            : 0;
 }
@@ -212,6 +242,10 @@ absl::StatusOr<VersionInfo> IndexManager::BuildAndSwap(
     const std::string& source, VersionInfo info, CandidateStore store,
     absl::Time start) {
   HARDNEG_RETURN_IF_ERROR(CheckSchema(store.dim(), info.metric));
+  // At most two versions are held: the served one and the one being built
+  // (a kept previous one is for a router's move to the served one, which a
+  // newer version ends anyway).
+  DropPrevious();
   HARDNEG_RETURN_IF_ERROR(CheckBytes(
       store.MemoryBytes() + IndexBytesEstimate(store, options_.build)));
   HARDNEG_ASSIGN_OR_RETURN(std::shared_ptr<const IndexVersion> version,
@@ -278,8 +312,14 @@ void IndexManager::Snapshot(const IndexVersion& version) {
 
 IndexEvents::Swapped IndexManager::Swap(
     std::shared_ptr<const IndexVersion> version) {
+  std::shared_ptr<const IndexVersion> replaced;  // freed after the unlock
   absl::MutexLock lock(&mu_);
   last_sequence_ = version->info().sequence;
+  replaced = std::move(current_);
+  if (replaced != nullptr && options_.keep_previous > absl::ZeroDuration()) {
+    previous_ = std::move(replaced);
+    previous_until_ = absl::Now() + options_.keep_previous;
+  }
   current_ = std::move(version);
   status_.state = BuildState::kServing;
   return events_.swapped;
@@ -365,11 +405,15 @@ absl::Status IndexManager::LoadCheckpoint(const CheckpointEntry& entry,
 
 absl::StatusOr<VersionInfo> IndexManager::ReadAndSwap(
     const CheckpointEntry& entry, absl::Time start) {
-  HARDNEG_ASSIGN_OR_RETURN(
-      Checkpoint checkpoint,
-      ReadCheckpoint(entry.dir, [&](const CheckpointShape& shape) {
-        return CheckBudget(shape.rows, shape.dim, shape.has_labels);
-      }));
+  DropPrevious();  // before the new version's rows take memory
+  HARDNEG_ASSIGN_OR_RETURN(Checkpoint checkpoint,
+                           ReadCheckpoint(
+                               entry.dir,
+                               [&](const CheckpointShape& shape) {
+                                 return CheckBudget(shape.rows, shape.dim,
+                                                    shape.has_labels);
+                               },
+                               options_.shard));
   const CheckpointManifest& manifest = checkpoint.manifest;
   VersionInfo info;
   info.name = manifest.name;

@@ -26,6 +26,7 @@
 #include "absl/time/time.h"
 #include "corpus/candidate_store.h"
 #include "corpus/metric.h"
+#include "corpus/shard.h"
 #include "format/checkpoint.h"
 #include "versions/checkpoint_rejections.h"
 #include "versions/checkpoint_watcher.h"
@@ -60,6 +61,15 @@ struct IndexManagerOptions {
   // the server adds the flags that set the domain's terms. Unset: the
   // reason as it is.
   std::function<std::string(absl::string_view)> describe_for_log;
+  // The candidates this server holds: one shard of several keeps only the
+  // ids that fall to it, from checkpoints, publishes and snapshots (see
+  // ReadCheckpoint and PublishAssembler).
+  ShardFilter shard;
+  // How long the version a swap replaces stays servable (Previous, Find)
+  // for requests pinned to it, so that a router can move all its shards to
+  // the new version before it asks for it. Zero: freed at the swap. A new
+  // build frees it at once: at most two versions are ever held.
+  absl::Duration keep_previous = absl::ZeroDuration();
 };
 
 enum class BuildState {
@@ -100,6 +110,14 @@ class IndexManager {
 
   // The served version; null until one is loaded.
   std::shared_ptr<const IndexVersion> Current() const ABSL_LOCKS_EXCLUDED(mu_);
+  // The version the last swap replaced, while keep_previous lasts (and no
+  // build has started since); null otherwise. Frees it once expired.
+  std::shared_ptr<const IndexVersion> Previous() const ABSL_LOCKS_EXCLUDED(mu_);
+  // The served version when it is named `name`, else the previous one when
+  // it is, else null.
+  std::shared_ptr<const IndexVersion> Find(absl::string_view name) const
+      ABSL_LOCKS_EXCLUDED(mu_);
+  const ShardFilter& shard() const { return options_.shard; }
 
   // Serves the newest snapshot under data_dir, if any (call before
   // serving). NOT_FOUND when there is none.
@@ -177,6 +195,8 @@ class IndexManager {
   // once it has logged the swap.
   IndexEvents::Swapped Swap(std::shared_ptr<const IndexVersion> version)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Frees the kept previous version now.
+  void DropPrevious() ABSL_LOCKS_EXCLUDED(mu_);
   void Reject(const std::string& source, const absl::Status& status)
       ABSL_LOCKS_EXCLUDED(mu_);
   // Reads, builds and swaps in one checkpoint whose manifest has `stamp`;
@@ -213,6 +233,9 @@ class IndexManager {
   absl::Mutex build_mu_;  // serialises builds and snapshot writes
   mutable absl::Mutex mu_;
   std::shared_ptr<const IndexVersion> current_ ABSL_GUARDED_BY(mu_);
+  // The version current_ replaced, until previous_until_ (Previous).
+  mutable std::shared_ptr<const IndexVersion> previous_ ABSL_GUARDED_BY(mu_);
+  absl::Time previous_until_ ABSL_GUARDED_BY(mu_);
   uint64_t last_sequence_ ABSL_GUARDED_BY(mu_) = 0;
   BuildStatus status_ ABSL_GUARDED_BY(mu_);
   // Checkpoints given up on (kept under data_dir across restarts).

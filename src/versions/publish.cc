@@ -37,7 +37,8 @@ absl::Status OverBudget(size_t needed, size_t max_bytes,
 }  // namespace
 
 absl::StatusOr<PublishAssembler> PublishAssembler::Start(PublishHeader header,
-                                                         size_t max_bytes) {
+                                                         size_t max_bytes,
+                                                         ShardFilter shard) {
   if (header.name.empty()) {
     return absl::InvalidArgumentError(
         "header.name is empty: name the version being published");
@@ -58,7 +59,7 @@ absl::StatusOr<PublishAssembler> PublishAssembler::Start(PublishHeader header,
     HARDNEG_RETURN_IF_ERROR(
         CheckVersionName(*header.base_version, "header.base_version"));
   }
-  return PublishAssembler(std::move(header), max_bytes);
+  return PublishAssembler(std::move(header), max_bytes, shard);
 }
 
 absl::Status PublishAssembler::AddChunk(absl::Span<const int64_t> ids,
@@ -116,24 +117,47 @@ absl::Status PublishAssembler::AddChunk(absl::Span<const int64_t> ids,
                                      dim, " received so far"));
     }
   }
-  ids_.insert(ids_.end(), ids.begin(), ids.end());
-  labels_.insert(labels_.end(), labels.begin(), labels.end());
-  embeddings_.insert(embeddings_.end(), embeddings.begin(), embeddings.end());
-  delete_ids_.insert(delete_ids_.end(), delete_ids.begin(), delete_ids.end());
+  received_ids_ += ids.size();
+  received_delete_ids_ += delete_ids.size();
+  Keep(ids, labels, embeddings, delete_ids);
   return absl::OkStatus();
 }
 
+void PublishAssembler::Keep(absl::Span<const int64_t> ids,
+                            absl::Span<const int64_t> labels,
+                            absl::Span<const float> embeddings,
+                            absl::Span<const int64_t> delete_ids) {
+  if (!shard_.sharded()) {
+    ids_.insert(ids_.end(), ids.begin(), ids.end());
+    labels_.insert(labels_.end(), labels.begin(), labels.end());
+    embeddings_.insert(embeddings_.end(), embeddings.begin(), embeddings.end());
+    delete_ids_.insert(delete_ids_.end(), delete_ids.begin(), delete_ids.end());
+    return;
+  }
+  const size_t dim = header_.dim;
+  for (size_t row = 0; row < ids.size(); ++row) {
+    if (!shard_.Keeps(ids[row])) continue;
+    ids_.push_back(ids[row]);
+    if (!labels.empty()) labels_.push_back(labels[row]);
+    const float* v = embeddings.data() + row * dim;
+    embeddings_.insert(embeddings_.end(), v, v + dim);
+  }
+  for (const int64_t id : delete_ids) {
+    if (shard_.Keeps(id)) delete_ids_.push_back(id);
+  }
+}
+
 absl::Status PublishAssembler::CheckComplete() const {
-  if (header_.total_ids.has_value() && *header_.total_ids != ids_.size()) {
+  if (header_.total_ids.has_value() && *header_.total_ids != received_ids_) {
     return absl::InvalidArgumentError(absl::StrCat(
         "header.total_ids is ", *header_.total_ids, " but the stream carried ",
-        ids_.size(), " ids: the publish was cut short"));
+        received_ids_, " ids: the publish was cut short"));
   }
   if (header_.total_delete_ids.has_value() &&
-      *header_.total_delete_ids != delete_ids_.size()) {
+      *header_.total_delete_ids != received_delete_ids_) {
     return absl::InvalidArgumentError(
         absl::StrCat("header.total_delete_ids is ", *header_.total_delete_ids,
-                     " but the stream carried ", delete_ids_.size(),
+                     " but the stream carried ", received_delete_ids_,
                      " delete_ids: the publish was cut short"));
   }
   return absl::OkStatus();
@@ -168,7 +192,8 @@ absl::StatusOr<CandidateStore> PublishAssembler::Finish(
 }
 
 absl::StatusOr<CandidateStore> PublishAssembler::FinishFull() {
-  if (ids_.empty()) {
+  // A shard's share of a publish split by a router may be empty.
+  if (received_ids_ == 0 && !shard_.sharded()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "the publish of '", header_.name,
         "' carried no candidates: send at least one chunk with ids and "

@@ -21,6 +21,7 @@
 #include "absl/types/span.h"
 #include "corpus/candidate_store.h"
 #include "corpus/metric.h"
+#include "corpus/shard.h"
 #include "versions/index_version.h"
 
 namespace hardneg {
@@ -40,9 +41,13 @@ struct PublishHeader {
 class PublishAssembler {
  public:
   // INVALID_ARGUMENT (naming the header field) for an empty name or dim 0.
-  // `max_bytes` bounds the candidates' memory (0: no bound).
+  // `max_bytes` bounds the candidates' memory (0: no bound). With a `shard`
+  // of several, every chunk is checked whole but only the rows (and
+  // delete_ids) the filter keeps are kept, and a full publish may leave
+  // this shard none; total_ids counts what the stream carried.
   static absl::StatusOr<PublishAssembler> Start(PublishHeader header,
-                                                size_t max_bytes);
+                                                size_t max_bytes,
+                                                ShardFilter shard = {});
 
   // Appends one chunk: `ids`, `labels` (empty, or one per id; every chunk
   // must agree on having labels), `embeddings` (row-major, ids.size() x dim)
@@ -98,12 +103,20 @@ class PublishAssembler {
   absl::StatusOr<CandidateStore> Merge(const CandidateStore& old,
                                        const Plan& plan);
 
-  PublishAssembler(PublishHeader header, size_t max_bytes)
-      : header_(std::move(header)), max_bytes_(max_bytes) {}
+  PublishAssembler(PublishHeader header, size_t max_bytes, ShardFilter shard)
+      : header_(std::move(header)), max_bytes_(max_bytes), shard_(shard) {}
+  // Appends the rows and delete_ids of a checked chunk that shard_ keeps.
+  void Keep(absl::Span<const int64_t> ids, absl::Span<const int64_t> labels,
+            absl::Span<const float> embeddings,
+            absl::Span<const int64_t> delete_ids);
 
   PublishHeader header_;
   size_t max_bytes_;
+  ShardFilter shard_;
   size_t chunks_ = 0;
+  // What the stream carried (ids_ and delete_ids_ hold what shard_ keeps).
+  uint64_t received_ids_ = 0;
+  uint64_t received_delete_ids_ = 0;
   std::optional<bool> has_labels_;
   std::vector<int64_t> ids_;
   std::vector<int64_t> labels_;

@@ -112,7 +112,7 @@ void RemoveTemporaries(const std::vector<std::string>& temporaries) {
   }
 }
 
-json MetaJson(const IndexVersion& version) {
+json MetaJson(const IndexVersion& version, ShardFilter shard) {
   const VersionInfo& info = version.info();
   json meta = json::object();
   meta["format"] = kFormat;
@@ -126,12 +126,17 @@ json MetaJson(const IndexVersion& version) {
   meta["created"] =
       absl::FDivDuration(info.created - absl::UnixEpoch(), absl::Seconds(1));
   meta["has_labels"] = version.store().has_labels();
+  if (shard.sharded()) {
+    meta["shard_index"] = shard.index;
+    meta["num_shards"] = shard.count;
+  }
   return meta;
 }
 
 // Writes every file of the snapshot into `dir`, which exists and is empty.
 absl::Status WriteSnapshotFiles(const std::string& dir,
-                                const IndexVersion& version) {
+                                const IndexVersion& version,
+                                ShardFilter shard) {
   const CandidateStore& store = version.store();
   HARDNEG_RETURN_IF_ERROR(WriteNpyInt64(JoinPath(dir, kIdsFile), store.ids()));
   if (store.has_labels()) {
@@ -148,7 +153,7 @@ absl::Status WriteSnapshotFiles(const std::string& dir,
   }
   // Written last, though the rename of the directory is what publishes.
   HARDNEG_RETURN_IF_ERROR(WriteFileAtomically(
-      JoinPath(dir, kMetaFile), MetaJson(version).dump(2) + "\n"));
+      JoinPath(dir, kMetaFile), MetaJson(version, shard).dump(2) + "\n"));
   return SyncPath(dir, /*directory=*/true);
 }
 
@@ -213,8 +218,23 @@ absl::StatusOr<T> Field(const json& meta, const char* field) {
   return it->get<T>();
 }
 
+// FAILED_PRECONDITION unless `meta` was written by a server holding
+// `shard` (an unsharded one writes neither field).
+absl::Status CheckSnapshotShard(const json& meta, ShardFilter shard) {
+  const uint64_t count = meta.value("num_shards", uint64_t{1});
+  const uint64_t index = meta.value("shard_index", uint64_t{0});
+  if (count == std::max<uint64_t>(shard.count, 1) && index == shard.index) {
+    return absl::OkStatus();
+  }
+  return absl::FailedPreconditionError(
+      absl::StrCat("meta.json: the snapshot holds shard ", index, " of ", count,
+                   " but this server holds shard ", shard.index, " of ",
+                   shard.count, "; give each shard its own data directory"));
+}
+
 absl::StatusOr<std::shared_ptr<const IndexVersion>> LoadSnapshot(
-    const std::string& dir, uint64_t sequence, const IndexBuildOptions& build) {
+    const std::string& dir, uint64_t sequence, const IndexBuildOptions& build,
+    ShardFilter shard) {
   HARDNEG_ASSIGN_OR_RETURN(
       std::string text,
       ReadSmallTextFile(JoinPath(dir, kMetaFile), kMaxMetaBytes));
@@ -227,6 +247,7 @@ absl::StatusOr<std::shared_ptr<const IndexVersion>> LoadSnapshot(
     return absl::InvalidArgumentError(absl::StrCat(
         "meta.json: format ", format, ", this server reads ", kFormat));
   }
+  HARDNEG_RETURN_IF_ERROR(CheckSnapshotShard(meta, shard));
   VersionInfo info;
   HARDNEG_ASSIGN_OR_RETURN(info.name, Field<std::string>(meta, "name"));
   HARDNEG_ASSIGN_OR_RETURN(info.step, Field<uint64_t>(meta, "step"));
@@ -316,7 +337,7 @@ absl::Status WriteSnapshot(const SnapshotOptions& options,
   // Every failure below is INTERNAL, whatever the errno.
   absl::Status status = [&]() -> absl::Status {
     if (mkdir(tmp.c_str(), 0755) != 0) return ErrnoError(tmp, "mkdir failed");
-    HARDNEG_RETURN_IF_ERROR(WriteSnapshotFiles(tmp, version));
+    HARDNEG_RETURN_IF_ERROR(WriteSnapshotFiles(tmp, version, options.shard));
     HARDNEG_RETURN_IF_ERROR(RemoveExisting(
         final_path,
         JoinPath(options.data_dir, absl::StrCat(kTmpPrefix, "old-", suffix))));
@@ -345,7 +366,7 @@ absl::StatusOr<std::shared_ptr<const IndexVersion>> ReadNewestSnapshot(
   size_t skipped = 0;
   for (const auto& [sequence, path] : listing.snapshots) {
     absl::StatusOr<std::shared_ptr<const IndexVersion>> version =
-        LoadSnapshot(path, sequence, options.build);
+        LoadSnapshot(path, sequence, options.build, options.shard);
     if (version.ok()) return version;
     ++skipped;
     Log(LogLevel::kWarning, "snapshot_skipped",

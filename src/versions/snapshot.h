@@ -29,6 +29,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "corpus/shard.h"
 #include "index/vector_index.h"
 #include "versions/index_version.h"
 
@@ -40,6 +41,9 @@ struct SnapshotOptions {
   // How loaded versions' indexes are restored: as built, but for the
   // factory, which is the snapshot's own.
   IndexBuildOptions build;
+  // The shard a server holds, written to meta.json; a snapshot of another
+  // shard (or of an unsharded server) is skipped when read.
+  ShardFilter shard;
 };
 
 // The sequence of a `snapshot-<20 digits>` directory name, or nullopt for

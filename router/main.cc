@@ -1,0 +1,217 @@
+// hardneg-router: serves hardneg.v1.Miner over shard servers
+// (hardneg-server --num_shards N --shard_index I), answering exactly as one
+// server over the whole corpus would (router/sharded_miner.h), plus health
+// (SERVING while every shard serves a common version), reflection and
+// Prometheus metrics.
+#include <signal.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "base/log.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
+#include "prometheus/registry.h"
+#include "router/router_metrics.h"
+#include "router/router_service.h"
+#include "router/shard_set.h"
+#include "router/sharded_miner.h"
+#include "server/metrics.h"
+
+ABSL_FLAG(std::string, shards, "",
+          "Comma-separated gRPC targets of the shard servers, shard 0 "
+          "first (host:port, or dns:///name:port for a shard with "
+          "replicas). Required.");
+ABSL_FLAG(int, grpc_port, 50051, "gRPC port; 0 picks a free one.");
+ABSL_FLAG(std::string, host, "0.0.0.0",
+          "Address to listen on (gRPC and metrics).");
+ABSL_FLAG(std::optional<int>, metrics_port, std::nullopt,
+          "Prometheus /metrics port; -1 turns metrics off, 0 picks a free "
+          "one. Default: 9464, or a free one when --grpc_port is 0.");
+ABSL_FLAG(absl::Duration, shard_timeout, absl::Seconds(30),
+          "The longest one call to one shard may take (a request's own "
+          "deadline bounds it too); a shard past it fails the request "
+          "UNAVAILABLE naming it, or is left out with allow_partial.");
+ABSL_FLAG(absl::Duration, poll_interval, absl::Seconds(1),
+          "How often every shard's GetIndexInfo is polled: how soon a new "
+          "version serves, and health follows the shards.");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
+          "After SIGTERM, how long calls in flight may finish.");
+ABSL_FLAG(uint64_t, max_message_bytes, uint64_t{64} << 20,
+          "Largest message received from clients and shards.");
+ABSL_FLAG(uint32_t, max_negatives, 10000, "Largest num_negatives accepted.");
+ABSL_FLAG(uint32_t, max_range, 1000000, "Largest range_max accepted.");
+ABSL_FLAG(uint32_t, max_nprobe, 4096, "Largest per-request nprobe accepted.");
+ABSL_FLAG(uint32_t, max_queries, 16384, "Most queries in one request.");
+ABSL_FLAG(uint64_t, max_request_negatives, uint64_t{1} << 20,
+          "Most num_negatives x queries in one request.");
+ABSL_FLAG(uint64_t, max_request_fetch, uint64_t{1} << 24,
+          "Most range_max x queries in one request.");
+ABSL_FLAG(uint32_t, max_positives, 65536,
+          "Most positive_ids (or positive_scores) of one query.");
+
+namespace hardneg {
+namespace {
+
+constexpr char kServiceName[] = "hardneg.v1.Miner";
+constexpr int kDefaultMetricsPort = 9464;
+
+MinerLimits LimitsFromFlags() {
+  MinerLimits limits;
+  limits.max_negatives = absl::GetFlag(FLAGS_max_negatives);
+  limits.max_range = absl::GetFlag(FLAGS_max_range);
+  limits.max_nprobe = absl::GetFlag(FLAGS_max_nprobe);
+  limits.max_queries = std::max<uint32_t>(1, absl::GetFlag(FLAGS_max_queries));
+  limits.max_request_negatives = absl::GetFlag(FLAGS_max_request_negatives);
+  limits.max_request_fetch = absl::GetFlag(FLAGS_max_request_fetch);
+  limits.max_positives = absl::GetFlag(FLAGS_max_positives);
+  return limits;
+}
+
+std::string Listen(const std::string& host, int port) {
+  return absl::StrCat(
+      absl::StrContains(host, ':') ? absl::StrCat("[", host, "]") : host, ":",
+      port);
+}
+
+int Run(const sigset_t& signals) {
+  std::vector<std::string> targets =
+      absl::StrSplit(absl::GetFlag(FLAGS_shards), ',', absl::SkipWhitespace());
+  if (targets.empty()) {
+    std::fprintf(stderr, "--shards T0,T1,... is required\n");
+    return 2;
+  }
+  const int grpc_port = absl::GetFlag(FLAGS_grpc_port);
+  const int metrics_port =
+      absl::GetFlag(FLAGS_metrics_port)
+          .value_or(grpc_port == 0 ? 0 : kDefaultMetricsPort);
+  const std::string host = absl::GetFlag(FLAGS_host);
+  const int max_bytes = static_cast<int>(
+      std::min<uint64_t>(absl::GetFlag(FLAGS_max_message_bytes), INT32_MAX));
+  const absl::Duration shard_timeout = absl::GetFlag(FLAGS_shard_timeout);
+
+  auto registry = std::make_shared<prometheus::Registry>();
+  std::unique_ptr<RouterMetrics> metrics;
+  if (metrics_port >= 0) {
+    metrics = std::make_unique<RouterMetrics>(*registry, targets.size());
+  }
+  ShardSetOptions set_options;
+  set_options.poll_timeout = std::min(shard_timeout, absl::Seconds(5));
+  set_options.max_receive_bytes = max_bytes;
+  ShardSet shards(targets, set_options);
+  ShardedMinerOptions miner_options;
+  miner_options.limits = LimitsFromFlags();
+  miner_options.shard_timeout = shard_timeout;
+  ShardedMiner miner(&shards, miner_options, metrics.get());
+  RouterService service(&shards, &miner, metrics.get());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(Listen(host, grpc_port),
+                           grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(max_bytes);
+  builder.SetMaxSendMessageSize(max_bytes);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    Log(LogLevel::kError, "start_failed",
+        {{"reason",
+          absl::StrCat("cannot listen on ", Listen(host, grpc_port))}});
+    return 1;
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(kServiceName, false);
+  health->SetServingStatus(false);
+  std::unique_ptr<MetricsEndpoint> endpoint;
+  if (metrics != nullptr) {
+    absl::StatusOr<std::unique_ptr<MetricsEndpoint>> started =
+        MetricsEndpoint::Start(host, metrics_port, {registry});
+    if (!started.ok()) {
+      Log(LogLevel::kError, "start_failed",
+          {{"reason", std::string(started.status().message())}});
+      return 1;
+    }
+    endpoint = *std::move(started);
+  }
+  shards.Start(
+      absl::GetFlag(FLAGS_poll_interval), [&](const ShardSetView& view) {
+        health->SetServingStatus(kServiceName, view.all_serving);
+        health->SetServingStatus(view.all_serving);
+        size_t serving = 0;
+        for (const ShardState& shard : view.shards) {
+          serving += view.version.has_value() && shard.info.has_value() &&
+                     shard.info->version().name() == view.version->name;
+        }
+        if (metrics != nullptr) {
+          metrics->SetServing(serving,
+                              view.version ? view.version->sequence : 0);
+        }
+        Log(view.all_serving ? LogLevel::kInfo : LogLevel::kWarning, "shards",
+            {{"version", view.version ? view.version->name : ""},
+             {"serving", absl::StrCat(serving, "/", view.shards.size())}});
+      });
+  std::printf("listening on %d\n", port);
+  if (endpoint != nullptr) std::printf("metrics on %d\n", endpoint->port());
+  std::fflush(stdout);
+  Log(LogLevel::kInfo, "start",
+      {{"port", absl::StrCat(port)},
+       {"metrics_port", absl::StrCat(endpoint ? endpoint->port() : -1)},
+       {"shards", absl::GetFlag(FLAGS_shards)}});
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  Log(LogLevel::kInfo, "shutdown",
+      {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"}});
+  health->SetServingStatus(kServiceName, false);
+  health->SetServingStatus(false);
+  server->Shutdown(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds(absl::ToInt64Milliseconds(
+                       absl::GetFlag(FLAGS_shutdown_grace))));
+  endpoint.reset();
+  Log(LogLevel::kInfo, "stopped");
+  std::fflush(stdout);
+  std::fflush(stderr);
+  // As hardneg-server: gRPC's library teardown can wait seconds for
+  // nothing of ours.
+  std::_Exit(0);
+}
+
+}  // namespace
+}  // namespace hardneg
+
+int main(int argc, char** argv) {
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "router/main.cc");
+  };
+  absl::SetFlagsUsageConfig(usage);
+  absl::SetProgramUsageMessage(
+      "hardneg-router --shards HOST:PORT,HOST:PORT,... [--grpc_port N] ...");
+  absl::ParseCommandLine(argc, argv);
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  return hardneg::Run(signals);
+}
