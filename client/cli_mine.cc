@@ -18,6 +18,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -101,6 +102,12 @@ absl::Status Store(MineReply reply, size_t batch, const MineInputs& inputs,
   for (size_t i = begin; i < end; ++i) {
     mined->results[i] = std::move(reply.results[i - begin]);
     mined->versions[i] = reply.index;
+  }
+  for (const std::string& shard : reply.missing_shards) {
+    if (std::find(mined->missing_shards.begin(), mined->missing_shards.end(),
+                  shard) == mined->missing_shards.end()) {
+      mined->missing_shards.push_back(shard);
+    }
   }
   return absl::OkStatus();
 }
@@ -422,6 +429,11 @@ void ReportMineRun(const MineFlags& mine, const MiningOptions& options,
   const double seconds = std::max(absl::ToDoubleSeconds(run.elapsed), 1e-9);
   const ServedVersion& version = mined.versions.back();
   const ServedVersion& first = mined.versions.front();
+  if (!mined.missing_shards.empty()) {
+    std::cerr << "hardneg mine: partial answers (--allow_partial): they lack "
+                 "the candidates of "
+              << absl::StrJoin(mined.missing_shards, ", ") << "\n";
+  }
   if (first.name != version.name || first.sequence != version.sequence) {
     std::cerr << "hardneg mine: the index changed during the run, from "
               << first.name << " (sequence " << first.sequence << ") to "

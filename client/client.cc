@@ -76,6 +76,8 @@ absl::StatusOr<MineReply> FromProto(const v1::MineResponse& response) {
   MineReply reply;
   reply.request_id = response.request_id();
   reply.index = FromProto(response.index());
+  reply.missing_shards.assign(response.missing_shards().begin(),
+                              response.missing_shards().end());
   reply.results.reserve(response.results_size());
   for (const v1::QueryResult& result : response.results()) {
     QueryResult& out = reply.results.emplace_back();

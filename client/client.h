@@ -98,6 +98,9 @@ struct MineReply {
   uint64_t request_id = 0;
   std::vector<QueryResult> results;
   ServedVersion index;
+  // From a router, for a request with allow_partial: the shards (their
+  // targets) whose candidates the answer lacks. Empty: the whole corpus.
+  std::vector<std::string> missing_shards;
 };
 
 struct IndexInfo {

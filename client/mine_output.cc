@@ -65,6 +65,11 @@ absl::Status WriteMineJson(const MinedQueries& mined, std::FILE* out) {
   AppendJson(VersionJson(mined.versions.empty() ? ServedVersion()
                                                 : mined.versions.back()),
              JsonFloats::kShortestFloat, &text);
+  if (!mined.missing_shards.empty()) {
+    text += ", \"missing_shards\": ";
+    AppendJson(nlohmann::ordered_json(mined.missing_shards),
+               JsonFloats::kShortestFloat, &text);
+  }
   absl::StrAppend(&text, ", \"num_queries\": ", mined.results.size(),
                   ", \"results\": [\n");
   for (size_t i = 0; i < mined.results.size(); ++i) {

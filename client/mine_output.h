@@ -22,13 +22,17 @@ struct MinedQueries {
   // The index version that answered each query (a swap can happen between
   // two batches).
   std::vector<ServedVersion> versions;
+  // The shards any answer lacked (through a router, with --allow_partial),
+  // each once, in the order first seen.
+  std::vector<std::string> missing_shards;
 };
 
 // Writes one JSON document:
 //   {"index": {"name", "sequence"}, "num_queries": n, "results": [
 //    {"query": i, "negatives": [{"id", "score", "label", "rank"
 //      [, "embedding"]}], "shortfall": s, "positive_score": p or null}, ...]}
-// one result per line. When the version changed during the run, "index" is
+// one result per line; "missing_shards": [...] follows "index" when an
+// answer lacked shards. When the version changed during the run, "index" is
 // the last one and each result carries its own "index" too. Non-finite
 // floats are written as null.
 absl::Status WriteMineJson(const MinedQueries& mined, std::FILE* out);

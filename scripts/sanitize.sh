@@ -4,7 +4,8 @@
 #
 #   address: ./build-asan, ASan + UBSan, every CTest test (unit,
 #            integration, the Python e2e and monitoring tests).
-#   thread:  ./build-tsan, TSan, the concurrency tests: version swaps under
+#   thread:  ./build-tsan, TSan, the concurrency tests (the router and its
+#            shards among them): version swaps under
 #            load (swap_test), batching, streams and cancellation
 #            (server_test), Publish (publish_service_test), the watcher and
 #            background builds (index_manager_test), shutdown and restart
@@ -23,7 +24,7 @@ repo=$(pwd)
 kinds=("$@")
 ((${#kinds[@]})) || kinds=(address thread)
 tsan_tests=(swap_test server_test publish_service_test index_manager_test
-            restart_test client_test metrics_test)
+            restart_test client_test metrics_test router_test sharding_test)
 
 export OMP_WAIT_POLICY=PASSIVE
 if command -v llvm-symbolizer-14 >/dev/null; then

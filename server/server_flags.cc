@@ -215,10 +215,7 @@ absl::StatusOr<IndexManagerOptions> ManagerOptionsFromFlags() {
   return manager;
 }
 
-// The miner's per-request limits. A shard is asked by its router for the
-// first range_max of the window as its negatives, and for one more
-// positive score (the global weakest positive), so its negatives limits are
-// raised to its range limits: the router holds requests to the limits.
+// The miner's per-request limits (on a shard, MinerLimits::ForShard).
 MinerLimits LimitsFromFlags() {
   MinerLimits limits;
   limits.max_negatives = absl::GetFlag(FLAGS_max_negatives);
@@ -228,13 +225,7 @@ MinerLimits LimitsFromFlags() {
   limits.max_request_negatives = absl::GetFlag(FLAGS_max_request_negatives);
   limits.max_request_fetch = absl::GetFlag(FLAGS_max_request_fetch);
   limits.max_positives = absl::GetFlag(FLAGS_max_positives);
-  if (absl::GetFlag(FLAGS_num_shards) > 1) {
-    limits.max_negatives = std::max(limits.max_negatives, limits.max_range);
-    limits.max_request_negatives =
-        std::max(limits.max_request_negatives, limits.max_request_fetch);
-    limits.max_positives = limits.max_positives + 1;
-  }
-  return limits;
+  return absl::GetFlag(FLAGS_num_shards) > 1 ? limits.ForShard() : limits;
 }
 
 // The gRPC server's part: address, threads, batching, admission, access.

@@ -1,5 +1,6 @@
 #include "mining/options.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -7,6 +8,15 @@
 #include "absl/strings/str_cat.h"
 
 namespace hardneg {
+
+MinerLimits MinerLimits::ForShard() const {
+  MinerLimits shard = *this;
+  shard.max_negatives = std::max(max_negatives, max_range);
+  shard.max_request_negatives =
+      std::max(max_request_negatives, max_request_fetch);
+  shard.max_positives = max_positives + 1;
+  return shard;
+}
 
 MinerLimits MinerLimits::None() {
   MinerLimits none;

@@ -87,6 +87,13 @@ struct MinerLimits {
   // No limit at all: for checking options where the server's limits are
   // not known (the CLI), leaving those to the server.
   static MinerLimits None();
+
+  // These limits on a shard server: its router asks it for the first
+  // range_max of a request's window as negatives (mining/shard_merge.h),
+  // and adds one positive score (the global weakest positive), so the
+  // negatives limits are raised to the range limits and max_positives by
+  // one. The router holds requests to the limits themselves.
+  MinerLimits ForShard() const;
 };
 
 // OK, or INVALID_ARGUMENT naming the field ("options.num_negatives") for:
