@@ -392,7 +392,7 @@ def main():
     os.makedirs(work, exist_ok=True)
 
     r = run([sys.executable, os.path.join(HERE, "sync_monitoring.py"), "--check"])
-    check("deploy/k8s/base monitoring copies match deploy/monitoring/ (sync_monitoring.py)",
+    check("deploy/k8s/base/monitoring copies match deploy/monitoring/ (sync_monitoring.py)",
           [r.stderr.strip()] if r.returncode else [])
     r = run(["yamllint", "-c", os.path.join(K8S, ".yamllint"), "-f", "parsable", K8S, HERE])
     check("yamllint deploy/k8s tests/k8s",
