@@ -25,9 +25,9 @@ COPY . .
 # Compile jobs; empty: ninja's default (cores + 2).
 ARG JOBS=
 RUN cmake -S . -B /out/build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
- && ninja -C /out/build ${JOBS:+-j$JOBS} hardneg-server hardneg \
+ && ninja -C /out/build ${JOBS:+-j$JOBS} hardneg-server hardneg-router hardneg \
  && mkdir -p /out/bin /out/debug \
- && for bin in server/hardneg-server client/hardneg; do \
+ && for bin in server/hardneg-server router/hardneg-router client/hardneg; do \
       name=$(basename "$bin"); \
       objcopy --only-keep-debug "/out/build/$bin" "/out/debug/$name.debug" \
       && objcopy --strip-unneeded \
@@ -54,7 +54,9 @@ RUN /usr/local/lib/hardneg/install-deps.sh --runtime \
  && mkdir -p /data /checkpoints \
  && chown 65532:65532 /data \
  && chmod 0750 /data
-COPY --from=build /out/bin/hardneg-server /out/bin/hardneg /usr/local/bin/
+# hardneg-router too: the sharded overlay runs it from this image
+# (`command: [hardneg-router]`); it links nothing the server does not.
+COPY --from=build /out/bin/hardneg-server /out/bin/hardneg-router /out/bin/hardneg /usr/local/bin/
 # Set by the server itself too; here so that `hardneg` and anything else
 # run in the container get it (spinning OpenMP threads steal the cores).
 ENV OMP_WAIT_POLICY=PASSIVE
