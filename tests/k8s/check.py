@@ -238,10 +238,11 @@ def workload_checks(name, workload, container, pod, objects, flags):
     return program, argmap
 
 
-def static_checks(name, objects, flags):
+def static_checks(name, objects, flags, base):
     """workload_checks for every container, then the shape the overlay
-    promises (deploy/README.md). Returns [(workload, container, pod spec,
-    program, {flag: value})]."""
+    promises (deploy/README.md); base: the base's hardneg-server container
+    and pod spec. Returns [(workload, container, pod spec, program,
+    {flag: value})]."""
     found = [(w, c, p, *workload_checks(name, w, c, p, objects, flags))
              for w, c, p in hk.workloads(objects)]
     errs = []
@@ -259,6 +260,8 @@ def static_checks(name, objects, flags):
         shape = single_shape if name == "single" else replicas_shape
         for deploy, container, pod, _, argmap in servers:
             errs += shape(objects, deploy, container, pod, argmap)
+    if name == "sharded":
+        errs += sharded_shape(objects, found, base)
     if name in SHAPES:
         check(f"{name}: {SHAPES[name]}", errs)
     elif errs:
@@ -269,6 +272,9 @@ def static_checks(name, objects, flags):
 SHAPES = {
     "single": "one pod, --data_dir on the overlay's PersistentVolumeClaim",
     "replicas": "several pods, a headless Service, a PodDisruptionBudget, --max_connection_age",
+    "sharded": "a StatefulSet of shards (--shard_index = ordinal, --num_shards = replicas, "
+               "a volume each, a headless Service), the base's server container, a router "
+               "Deployment whose --shards names the shards in order, a headless Service",
 }
 
 
@@ -284,6 +290,65 @@ def single_shape(objects, deploy, container, pod, argmap):
         errs.append("single: --data_dir is not on a PersistentVolumeClaim of the overlay")
     if "emptyDir" in data_volume:
         errs.append("single: the data volume is both a PVC and an emptyDir")
+    return errs
+
+
+def sharded_shape(objects, found, base):
+    errs = []
+    shards = [f for f in found if f[3] == "hardneg-server"]
+    routers = [f for f in found if f[3] == "hardneg-router"]
+    if len(shards) != 1 or shards[0][0]["kind"] != "StatefulSet" or len(routers) != 1:
+        return [f"{len(shards)} hardneg-server and {len(routers)} hardneg-router containers, "
+                "expected one StatefulSet's and one Deployment's"]
+    sts, container, pod, _, _ = shards[0]
+    n = sts["spec"].get("replicas", 1)
+    if n < 2:
+        errs.append(f"sharded: {n} shard")
+    if sts["spec"].get("podManagementPolicy") != "Parallel":
+        errs.append("sharded: podManagementPolicy is not Parallel")
+    svc = [s for s in by_kind(objects, "Service") if s["metadata"]["name"] == sts["spec"].get("serviceName")]
+    if len(svc) != 1 or svc[0]["spec"].get("clusterIP") != "None" or not \
+            matches(svc[0]["spec"].get("selector", {}), sts["spec"]["template"]["metadata"]["labels"]):
+        errs.append("sharded: the StatefulSet's serviceName is not a headless Service of its pods")
+    elif not svc[0]["spec"].get("publishNotReadyAddresses"):
+        errs.append("sharded: the shards' Service does not publish loading shards' addresses")
+    # Every ordinal's arguments, as its pod's name gives them.
+    for i in range(n):
+        program, args = hk.program_args(container, pod_name(sts, i))
+        argmap = flag_map(args, errs)
+        if (argmap.get("shard_index"), argmap.get("num_shards")) != (str(i), str(n)):
+            errs.append(f"sharded: pod {pod_name(sts, i)} runs --shard_index={argmap.get('shard_index')} "
+                        f"--num_shards={argmap.get('num_shards')}, expected {i} and {n}")
+    data = [m["name"] for m in container.get("volumeMounts", []) if m["mountPath"] == argmap.get("data_dir")]
+    claims = {t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])}
+    if not data or data[0] not in claims or data[0] in {v["name"] for v in pod.get("volumes", [])}:
+        errs.append("sharded: --data_dir is not on a volumeClaimTemplate (a volume per shard)")
+    # The shard server is the base's, but for what sharding adds.
+    base_container, base_pod = base
+    for key in sorted(set(container) | set(base_container)):
+        if key not in ("command", "args", "env") and container.get(key) != base_container.get(key):
+            errs.append(f"sharded: the shard container's {key} is not the base's")
+    if container.get("args", [])[:len(base_container["args"])] != base_container["args"]:
+        errs.append("sharded: the shard container's args do not start with the base's")
+    lacking = [e["name"] for e in base_container.get("env", []) if e not in container.get("env", [])]
+    if lacking:
+        errs.append(f"sharded: the shard container lacks the base's env {', '.join(lacking)}")
+    for key in sorted(set(pod) | set(base_pod)):
+        if key not in ("containers", "volumes") and pod.get(key) != base_pod.get(key):
+            errs.append(f"sharded: the shard pod's {key} is not the base's")
+    if pod.get("volumes") != [v for v in base_pod.get("volumes", []) if v["name"] not in claims]:
+        errs.append("sharded: the shard pod's volumes are not the base's but its claims")
+    # The router: every shard by its stable name, in ordinal order.
+    router, _, _, _, argmap = routers[0]
+    grpc = {p["name"]: p["containerPort"] for p in container.get("ports", [])}.get("grpc")
+    want = [f"{pod_name(sts, i)}.{sts['spec'].get('serviceName')}:{grpc}" for i in range(n)]
+    if (argmap.get("shards") or "").split(",") != want:
+        errs.append(f"sharded: the router's --shards={argmap.get('shards')}, expected {','.join(want)}")
+    if router["spec"].get("replicas", 1) < 2:
+        errs.append("sharded: fewer than 2 routers")
+    services = pods_service(objects, router["spec"]["template"]["metadata"]["labels"])
+    if services and services[0]["spec"].get("clusterIP") != "None":
+        errs.append("sharded: the router's Service is not headless")
     return errs
 
 
@@ -438,6 +503,65 @@ def serve_check(name, bin_dir, container, work_dir, checkpoints):
           f"{' '.join(srv.args)}", errs)
 
 
+def sharded_serve_check(bin_dir, objects, work_dir, checkpoints, n=500):
+    """The sharded overlay on 127.0.0.1: a process per shard pod, with the
+    StatefulSet's command and args as its pod's name makes them (the
+    ordinal) and a data directory of its own, and the router with its
+    args, the shards' stable names in --shards rewritten to those
+    processes. The router serves the whole checkpoint exactly (health
+    SERVING, GetIndexInfo, MineOnce, /metrics), each shard holds a part,
+    and every process exits 0 on SIGTERM."""
+    t0 = time.monotonic()
+    d = os.path.join(work_dir, "run-sharded")
+    shutil.rmtree(d, ignore_errors=True)
+    sts, shard_c, _ = [(w, c, p) for w, c, p in hk.workloads(objects) if w["kind"] == "StatefulSet"][0]
+    router_w, router_c, _ = [(w, c, p) for w, c, p in hk.workloads(objects)
+                             if c["name"] == "hardneg-router"][0]
+    count = sts["spec"]["replicas"]
+    grpc = {p["name"]: p["containerPort"] for p in shard_c["ports"]}["grpc"]
+    procs, local, errs = [], {}, []
+    try:
+        for i in range(count):
+            pod = pod_name(sts, i)
+            procs.append(LocalContainer(bin_dir, shard_c, os.path.join(d, pod), checkpoints,
+                                        pod_name=pod))
+            local[f"{pod}.{sts['spec']['serviceName']}:{grpc}"] = f"127.0.0.1:{procs[-1].grpc_port}"
+
+        def rewrite(arg):
+            if not arg.startswith("--shards="):
+                return arg
+            return "--shards=" + ",".join(local.get(t, t) for t in arg[len("--shards="):].split(","))
+        router = LocalContainer(bin_dir, router_c, os.path.join(d, "router"), checkpoints,
+                                pod_name=pod_name(router_w), rewrite=rewrite)
+        procs.append(router)
+        info = hk.check_serving(f"127.0.0.1:{router.grpc_port}", f"127.0.0.1:{router.metrics_port}",
+                                os.path.join(work_dir, "py"), n=n, timeout=90,
+                                alive=lambda: all(p.alive() for p in procs), log=lambda s: None,
+                                metrics=("hardneg_router_requests_total",))
+        got = [(s.target, s.info.shard_index, s.info.num_shards) for s in info.shards]
+        want = [(f"127.0.0.1:{p.grpc_port}", i, count) for i, p in enumerate(procs[:count])]
+        if got != want:
+            errs.append(f"the router's shards {got}, expected {want}")
+        sizes = [s.info.size for s in info.shards]
+        if sum(sizes) != n or min(sizes, default=0) == 0:
+            errs.append(f"shard sizes {sizes}: not a split of the {n} candidates")
+    except Exception as e:  # noqa: BLE001
+        errs += [f"{type(e).__name__}: {e}"] + [p.tail() for p in procs]
+    # The router first, as a rollout would drain it before the shards.
+    for p in reversed(procs):
+        rc = p.stop()
+        if rc != 0 and not errs:
+            errs.append(f"exit {rc} on SIGTERM: {p.tail()}")
+    for i in range(count):
+        data = os.path.join(d, pod_name(sts, i), "data")
+        if not errs and not (os.path.isdir(data) and os.listdir(data)):
+            errs.append(f"no snapshot written under {data}")
+    check(f"sharded: {count} shards and the router run their args on 127.0.0.1 and serve "
+          "(router health SERVING, GetIndexInfo over every shard, MineOnce, "
+          f"hardneg_router_requests_total, a snapshot per shard, SIGTERM exit 0) in "
+          f"{time.monotonic() - t0:.1f} s: router {' '.join(procs[-1].args) if procs else ''}", errs)
+
+
 def connection_age_check(bin_dir, container, work_dir, checkpoints):
     """--max_connection_age cuts a long Mine stream after the age + grace
     (UNAVAILABLE), and the same channel carries new calls afterwards."""
@@ -514,6 +638,8 @@ def main():
     checkpoints = os.path.join(work, "checkpoints")
     shutil.rmtree(checkpoints, ignore_errors=True)
     hk.make_checkpoint(checkpoints)
+    # What the sharded overlay's shards must equal.
+    base = hk.server_container(hk.render(os.path.join(K8S, "base"), tools[0]))
 
     overlays = sorted(os.path.dirname(p) for p in
                       glob.glob(os.path.join(K8S, "overlays", "*", "kustomization.yaml")))
@@ -552,8 +678,11 @@ def main():
             check(f"{name} (kubectl {v}): validates against the Kubernetes and Prometheus "
                   f"Operator schemas: {', '.join(o['kind'] for o in objects)}",
                   [] if r.returncode == 0 else [r.stdout + r.stderr])
-        static_checks(name, first, flags)
+        static_checks(name, first, flags, base)
         prometheus_rule_checks(name, first, work)
+        if name == "sharded":
+            sharded_serve_check(bin_dir, first, work, checkpoints)
+            continue
         container, _ = hk.server_container(first)
         serve_check(name, bin_dir, container, work, checkpoints)
         if name == "replicas":
