@@ -54,6 +54,8 @@ RUN /usr/local/lib/hardneg/install-deps.sh --runtime \
  && mkdir -p /data /checkpoints \
  && chown 65532:65532 /data \
  && chmod 0750 /data
+# hardneg-router too: the sharded overlay runs it from this image
+# (`command: [hardneg-router]`); it links nothing the server does not.
 COPY --from=build /out/bin/hardneg-server /out/bin/hardneg-router \
      /out/bin/hardneg /usr/local/bin/
 # Set by the server itself too; here so that `hardneg` and anything else

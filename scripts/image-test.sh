@@ -96,19 +96,23 @@ inspect '{{json .Config.Volumes}}' | grep -q '"/data"' || fail "no /data volume"
     done
     dev=$(dpkg-query -W -f "\${Package}\n" | grep -E -- "-dev$" || true)
     test -z "$dev" || { echo "-dev packages in the runtime image: $dev"; exit 1; }
-    missing=$(ldd /usr/local/bin/hardneg-server /usr/local/bin/hardneg | grep "not found" || true)
+    missing=$(ldd /usr/local/bin/hardneg-server /usr/local/bin/hardneg-router /usr/local/bin/hardneg | grep "not found" || true)
     test -z "$missing" || { echo "libraries missing: $missing"; exit 1; }
   ' || fail "runtime image contents"
 cid=$("${podman[@]}" create "$image")
-"${podman[@]}" cp "$cid:/usr/local/bin/hardneg-server" "$work/hardneg-server.image"
+for bin in hardneg-server hardneg-router; do
+  "${podman[@]}" cp "$cid:/usr/local/bin/$bin" "$work/$bin.image"
+done
 "${podman[@]}" rm -f "$cid" >/dev/null
-# Through a file: under pipefail, a failing readelf (or grep -q closing the
-# pipe early) must not pass for "stripped".
-readelf -S "$work/hardneg-server.image" >"$work/sections.txt" ||
-  fail "readelf cannot read hardneg-server from the image"
-if grep -q '\.debug_info' "$work/sections.txt"; then
-  fail "hardneg-server in the image is not stripped"
-fi
+for bin in hardneg-server hardneg-router; do
+  # Through a file: under pipefail, a failing readelf (or grep -q closing
+  # the pipe early) must not pass for "stripped".
+  readelf -S "$work/$bin.image" >"$work/sections.txt" ||
+    fail "readelf cannot read $bin from the image"
+  if grep -q '\.debug_info' "$work/sections.txt"; then
+    fail "$bin in the image is not stripped"
+  fi
+done
 echo "image-test: image ok: user $user, OCI labels, OMP_WAIT_POLICY, ports, /data, stripped, no build tools" >&2
 
 # --- run it as the manifest does ---------------------------------------------

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """What the image test and the k8s test share: the server's arguments as
 the manifests give them, a small checkpoint, and a check that a running
-server serves.
+server (or router) serves.
 
 One source for the server's arguments: the container spec of a rendered
 kustomization (deploy/k8s/base by default). The image test runs the image
-with them and tests/k8s/check.py runs the binary with them, so neither can
-drift from what Kubernetes runs.
+with them and tests/k8s/check.py runs the binaries with them, so neither
+can drift from what Kubernetes runs.
 
   hardneg_k8s.py args [--overlay DIR] [--kubectl K]   one argument a line,
       $(VAR) references expanded as the kubelet would
@@ -24,8 +24,10 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -33,6 +35,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 K8S = os.path.join(ROOT, "deploy", "k8s")
 CONTAINER = "hardneg-server"
+# The image's ENTRYPOINT (Dockerfile), run when a container sets no
+# command; the image's binaries are in /usr/local/bin, on its PATH.
+ENTRYPOINT = ["/usr/local/bin/hardneg-server"]
+IMAGE_BIN = "/usr/local/bin/"
 
 
 # ------------------------------------------------------------- manifests
@@ -46,15 +52,23 @@ def render(overlay, kubectl="kubectl"):
     return [o for o in yaml.safe_load_all(out) if o]
 
 
-def server_container(objects):
-    """The hardneg-server container of the rendered Deployment, and its pod
-    spec."""
+def workloads(objects):
+    """(object, container, pod spec) for every container of every rendered
+    Deployment and StatefulSet."""
+    found = []
     for o in objects:
         if o["kind"] in ("Deployment", "StatefulSet"):
             spec = o["spec"]["template"]["spec"]
-            for c in spec["containers"]:
-                if c["name"] == CONTAINER:
-                    return c, spec
+            found += [(o, c, spec) for c in spec["containers"]]
+    return found
+
+
+def server_container(objects):
+    """The first hardneg-server container of the rendered Deployments and
+    StatefulSets, and its pod spec."""
+    for _, c, spec in workloads(objects):
+        if c["name"] == CONTAINER:
+            return c, spec
     raise LookupError(f"no {CONTAINER} container in the rendered objects")
 
 
@@ -66,9 +80,10 @@ def cpu_cores(quantity):
     return max(1, math.ceil(cores))
 
 
-def resolved_env(container):
-    """The container's environment as the kubelet sets it (value and
-    resourceFieldRef limits.cpu; anything else is refused)."""
+def resolved_env(container, pod_name=None):
+    """The container's environment as the kubelet sets it (value,
+    resourceFieldRef limits.cpu, and fieldRef metadata.name given the pod's
+    name; anything else is refused)."""
     env = {}
     for e in container.get("env", []):
         if "value" in e:
@@ -78,19 +93,57 @@ def resolved_env(container):
         if ref and ref["resource"] == "limits.cpu" and str(ref.get("divisor", "1")) == "1":
             env[e["name"]] = str(cpu_cores(container["resources"]["limits"]["cpu"]))
             continue
-        raise ValueError(f"env {e['name']}: only value and limits.cpu are resolved here")
+        field = e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        if field == "metadata.name" and pod_name:
+            env[e["name"]] = pod_name
+            continue
+        raise ValueError(f"env {e['name']}: only value, limits.cpu and metadata.name "
+                         "(given a pod name) are resolved here")
     return env
 
 
-def resolved_args(container):
+def expand(strings, env):
+    """$(VAR) expanded from env, $$ to $, as the kubelet does in command
+    and args."""
+    def one(s):
+        return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                      lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), s)
+    return [one(s) for s in strings]
+
+
+def resolved_args(container, pod_name=None):
     """The container's args with $(VAR) expanded from its env, as the
     kubelet does."""
-    env = resolved_env(container)
+    return expand(container.get("args", []), resolved_env(container, pod_name))
 
-    def expand(arg):
-        return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
-                      lambda m: env.get(m.group(1), m.group(0)), arg)
-    return [expand(a) for a in container.get("args", [])]
+
+def resolved_command(container, pod_name=None):
+    """The container's command as the kubelet runs it: $(VAR) expanded, the
+    image's ENTRYPOINT when it sets none."""
+    return expand(container.get("command", ENTRYPOINT), resolved_env(container, pod_name))
+
+
+def program_args(container, pod_name=None):
+    """(program, arguments): which of the image's binaries the container
+    ends up running, and with what, after its command (a /bin/sh wrapper
+    too) has run. Found by running the command and args with stand-ins
+    for the binaries on PATH that print their argv."""
+    stubs = tempfile.mkdtemp(prefix="hardneg-k8s-argv-")
+    try:
+        for name in ("hardneg-server", "hardneg-router", "hardneg"):
+            path = os.path.join(stubs, name)
+            with open(path, "w") as f:
+                f.write('#!/bin/sh\nprintf \'%s\\0\' "${0##*/}" "$@"\n')
+            os.chmod(path, 0o755)
+        command = [os.path.join(stubs, c[len(IMAGE_BIN):]) if c.startswith(IMAGE_BIN) else c
+                   for c in resolved_command(container, pod_name)]
+        env = dict(resolved_env(container, pod_name), PATH=f"{stubs}:/usr/bin:/bin")
+        out = subprocess.run([*command, *resolved_args(container, pod_name)], env=env,
+                             check=True, capture_output=True, timeout=30).stdout
+    finally:
+        shutil.rmtree(stubs, ignore_errors=True)
+    argv = out.decode().split("\0")[:-1]
+    return argv[0], argv[1:]
 
 
 def manifest_args(overlay=None, kubectl="kubectl"):
@@ -152,10 +205,14 @@ def health_status(channel, timeout=5):
     return raw[1] if len(raw) == 2 and raw[0] == 0x08 else 0
 
 
+SERVER_METRICS = ("hardneg_index_sequence", "hardneg_mine_latency_seconds")
+
+
 def check_serving(grpc_addr, metrics_addr, work_dir, n=500, dim=16, timeout=120,
-                  alive=lambda: True, log=print):
-    """Raises AssertionError (or a gRPC error) unless the server at
-    grpc_addr serves the make_checkpoint() data."""
+                  alive=lambda: True, log=print, metrics=SERVER_METRICS):
+    """Raises AssertionError (or a gRPC error) unless the server (or router)
+    at grpc_addr serves the make_checkpoint() data and /metrics names
+    `metrics`. Returns its GetIndexInfo answer."""
     import grpc
     import numpy as np
     pb, pb_grpc = load_stubs(work_dir)
@@ -192,10 +249,11 @@ def check_serving(grpc_addr, metrics_addr, work_dir, n=500, dim=16, timeout=120,
     with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=10) as r:
         body = r.read().decode()
         assert r.status == 200, f"/metrics: HTTP {r.status}"
-    assert "hardneg_index_sequence" in body and "hardneg_mine_latency_seconds" in body, \
-        "/metrics lacks hardneg_index_sequence or hardneg_mine_latency_seconds"
+    lacking = [m for m in metrics if m not in body]
+    assert not lacking, f"/metrics lacks {', '.join(lacking)}"
     log(f"  /metrics: HTTP 200, {len(body)} bytes")
     channel.close()
+    return info
 
 
 # ------------------------------------------------------------------ main
