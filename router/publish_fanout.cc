@@ -126,6 +126,14 @@ absl::StatusOr<ForwardedPublish> ForwardPublish(
     ShardSet& shards, grpc::ServerContext& context,
     grpc::ServerReader<v1::PublishRequest>& reader, RouterMetrics* metrics) {
   ForwardedPublish forwarded;
+  // Rows go to the shard at the position ShardOf names: a shard out of
+  // its place would drop them (it keeps only its own).
+  for (const ShardState& shard : shards.Refresh().shards) {
+    if (shard.misplaced) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("shard ", shard.target, " ", shard.error));
+    }
+  }
   v1::PublishRequest first;
   if (!reader.Read(&first) || !first.has_header()) {
     return absl::InvalidArgumentError(

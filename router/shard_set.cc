@@ -65,10 +65,27 @@ std::string DescribeStatus(const grpc::Status& status) {
                       ": ", status.error_message());
 }
 
+std::string CheckLayout(const v1::IndexInfo& info, size_t index, size_t count) {
+  const bool unsharded = info.num_shards() <= 1;
+  if (unsharded ? count == 1
+                : info.num_shards() == count && info.shard_index() == index) {
+    return "";
+  }
+  return absl::StrCat(
+      unsharded ? std::string("holds the whole corpus (no --num_shards)")
+                : absl::StrCat("holds shard ", info.shard_index(), " of ",
+                               info.num_shards()),
+      " but is shard ", index, " of ", count,
+      " in the router's --shards; list the shards in --shard_index order, "
+      "all with --num_shards ",
+      count);
+}
+
 std::optional<RouterVersion> CommonVersion(
     const std::vector<ShardState>& shards) {
   std::vector<const v1::IndexInfo*> live;
   for (const ShardState& shard : shards) {
+    if (shard.misplaced) continue;
     if (shard.info.has_value() && !shard.info->version().name().empty()) {
       live.push_back(&*shard.info);
     }
@@ -163,6 +180,8 @@ ShardSetView ShardSet::Refresh() {
   for (size_t i = 0; i < n; ++i) {
     ShardState state{targets_[i], std::nullopt, ""};
     if (statuses[i].ok()) {
+      state.error = CheckLayout(infos[i], i, n);
+      state.misplaced = !state.error.empty();
       state.info = std::move(infos[i]);
     } else {
       state.error = DescribeStatus(statuses[i]);
@@ -172,7 +191,7 @@ ShardSetView ShardSet::Refresh() {
   view.version = CommonVersion(view.shards);
   for (const ShardState& shard : view.shards) {
     if (!view.version.has_value() || !shard.info.has_value() ||
-        shard.info->version().name() != view.version->name) {
+        shard.misplaced || shard.info->version().name() != view.version->name) {
       view.all_serving = false;
     }
   }

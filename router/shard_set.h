@@ -42,7 +42,16 @@ struct ShardState {
   std::string target;
   std::optional<v1::IndexInfo> info;  // the last poll's answer, if it worked
   std::string error;                  // the last poll's error, if it failed
+  // The shard holds another part of the corpus than its place in --shards
+  // says (its --shard_index or --num_shards): its answers would merge into
+  // a wrong partition, so it is never asked, and `error` says why.
+  bool misplaced = false;
 };
+
+// "" when a server reporting `info` may be shard `index` of `count`: it
+// holds that shard (--shard_index, --num_shards), or it is unsharded and
+// the only shard. Otherwise why not.
+std::string CheckLayout(const v1::IndexInfo& info, size_t index, size_t count);
 
 // The version a router serves: the one its shards share.
 struct RouterVersion {
@@ -62,7 +71,8 @@ struct ShardSetView {
   // Held by every reachable shard; nullopt when they share none (or none
   // is reachable).
   std::optional<RouterVersion> version;
-  // Every shard reachable and serving `version` as its current version:
+  // Every shard reachable, in its place, and serving `version` as its
+  // current version:
   // what the router's health reports as SERVING.
   bool all_serving = false;
 };

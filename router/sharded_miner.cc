@@ -116,6 +116,13 @@ absl::Status ShardedMiner::MinePinned(
 
   Round round;
   round.live.assign(shards_->size(), true);
+  for (size_t i = 0; i < view.shards.size() && i < round.live.size(); ++i) {
+    if (!view.shards[i].misplaced) continue;
+    round.live[i] = false;
+    round.missing.push_back(
+        absl::StrCat(ShardName(*shards_, i), " ", view.shards[i].error));
+    round.missing_targets.push_back(shards_->target(i));
+  }
   std::vector<v1::MineResponse> answers;
   bool needs_p = false;
   for (const MiningQuery& query : decoded.queries) {

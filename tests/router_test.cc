@@ -106,6 +106,18 @@ TEST(CommonVersionTest, UnreachableShardsAreLeftOutOfTheChoice) {
   EXPECT_EQ(v->name, "a");
 }
 
+TEST(CheckLayoutTest, AShardMustBeInItsPlace) {
+  v1::IndexInfo info;
+  info.set_shard_index(1);
+  info.set_num_shards(3);
+  EXPECT_EQ(CheckLayout(info, 1, 3), "");
+  EXPECT_THAT(CheckLayout(info, 0, 3), HasSubstr("holds shard 1 of 3"));
+  EXPECT_THAT(CheckLayout(info, 1, 4), HasSubstr("but is shard 1 of 4"));
+  v1::IndexInfo whole;  // an unsharded server: only as the one shard
+  EXPECT_EQ(CheckLayout(whole, 0, 1), "");
+  EXPECT_THAT(CheckLayout(whole, 0, 2), HasSubstr("whole corpus"));
+}
+
 // --- In-process shards and router --------------------------------------
 
 StoreData ShardData(const StoreData& data, uint32_t shard) {
@@ -363,6 +375,27 @@ TEST_F(RouterTest, AStoppedShardIsNamedOrLeftOutWithAllowPartial) {
       EXPECT_NE(ShardOf(negative.id(), kShards), 1u) << negative.id();
     }
   }
+}
+
+TEST_F(RouterTest, ShardsListedOutOfOrderAreNeverMerged) {
+  ShardSet swapped(
+      {shards_[1].target(), shards_[0].target(), shards_[2].target()},
+      ShardSetOptions{});
+  const ShardSetView view = swapped.Refresh();
+  EXPECT_FALSE(view.all_serving);
+  EXPECT_TRUE(view.shards[0].misplaced);
+  EXPECT_TRUE(view.shards[1].misplaced);
+  EXPECT_FALSE(view.shards[2].misplaced);
+  ShardedMiner miner(&swapped, ShardedMinerOptions{}, nullptr);
+  Rng rng(8);
+  v1::MineRequest request = RandomRequest(rng);
+  v1::MineResponse response;
+  const absl::Status status = miner.Mine(
+      request, std::chrono::system_clock::now() + std::chrono::seconds(20),
+      &response);
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(status.message(), HasSubstr(shards_[1].target()));
+  EXPECT_THAT(status.message(), HasSubstr("--shard_index order"));
 }
 
 TEST_F(RouterTest, APublishThroughTheRouterReachesEveryShard) {
