@@ -5,7 +5,8 @@
 # a read-only root filesystem with /tmp on tmpfs, the image's non-root
 # user, and a small checkpoint mounted read-only at /checkpoints. Then it
 # checks over gRPC: health SERVING, GetIndexInfo, one MineOnce, and
-# GET /metrics. Prints the image's size and build time.
+# GET /metrics; and the same through the image's hardneg-router over that
+# server. Prints the image's size and build time.
 #
 #   scripts/image-test.sh            (as root; installs podman, runc,
 #                                     mmdebstrap if missing)
@@ -143,6 +144,29 @@ if ! "$py" tests/k8s/hardneg_k8s.py check --grpc "127.0.0.1:$grpc_port" \
   fail "the container does not serve"
 fi
 "${podman[@]}" logs "$name" 2>&1 | grep -q 'event=version_swap' || echo "image-test: (no version_swap log line seen)" >&2
+# The image's hardneg-router, over that server as its one shard, as the
+# sharded overlay runs it (command hardneg-router).
+router_port=$(free_port)
+router_metrics=$(free_port)
+router_name="hardneg-image-test-router-$$"
+cleanup() {
+  "${podman[@]}" rm -f -v "$name" "$router_name" >/dev/null 2>&1 || true
+}
+"${podman[@]}" run -d --name "$router_name" --runtime runc --network=host \
+  --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 --read-only \
+  --entrypoint /usr/local/bin/hardneg-router "$image" \
+  "--shards=127.0.0.1:$grpc_port" "--host=127.0.0.1" \
+  "--grpc_port=$router_port" "--metrics_port=$router_metrics" \
+  "--poll_interval=200ms" >/dev/null
+if ! "$py" tests/k8s/hardneg_k8s.py check --router \
+    --grpc "127.0.0.1:$router_port" --metrics "127.0.0.1:$router_metrics" \
+    --work_dir "$work/py" --timeout 60; then
+  "${podman[@]}" logs "$router_name" 2>&1 | tail -30 >&2
+  fail "the image's hardneg-router does not serve"
+fi
+"${podman[@]}" stop -t 30 "$router_name" >/dev/null
+rc=$("${podman[@]}" inspect --format '{{.State.ExitCode}}' "$router_name")
+[[ "$rc" == 0 ]] || fail "the router container exited $rc on SIGTERM"
 # SIGTERM: drains and exits 0 within --shutdown_grace.
 "${podman[@]}" stop -t 30 "$name" >/dev/null
 rc=$("${podman[@]}" inspect --format '{{.State.ExitCode}}' "$name")

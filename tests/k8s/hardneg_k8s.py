@@ -206,6 +206,7 @@ def health_status(channel, timeout=5):
 
 
 SERVER_METRICS = ("hardneg_index_sequence", "hardneg_mine_latency_seconds")
+ROUTER_METRICS = ("hardneg_router_requests_total", "hardneg_router_shard_seconds")
 
 
 def check_serving(grpc_addr, metrics_addr, work_dir, n=500, dim=16, timeout=120,
@@ -277,6 +278,8 @@ def main():
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--dim", type=int, default=16)
     p.add_argument("--timeout", type=float, default=120)
+    p.add_argument("--router", action="store_true",
+                   help="the address is a hardneg-router: look for its metrics")
     args = parser.parse_args()
     if args.cmd in ("args", "env"):
         margs, env = manifest_args(args.overlay, args.kubectl)
@@ -288,7 +291,8 @@ def main():
         make_checkpoint(args.dir, args.n, args.dim)
     else:
         try:
-            check_serving(args.grpc, args.metrics, args.work_dir, args.n, args.dim, args.timeout)
+            check_serving(args.grpc, args.metrics, args.work_dir, args.n, args.dim, args.timeout,
+                          metrics=ROUTER_METRICS if args.router else SERVER_METRICS)
         except Exception as e:  # noqa: BLE001 - reported, exit 1
             print(f"FAILED: {e}", file=sys.stderr)
             return 1
