@@ -16,10 +16,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
@@ -34,6 +30,7 @@
 #include "router/router_service.h"
 #include "router/shard_set.h"
 #include "router/sharded_miner.h"
+#include "server/limit_flags.h"
 #include "server/metrics.h"
 
 ABSL_FLAG(std::string, shards, "",
@@ -57,34 +54,12 @@ ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
           "After SIGTERM, how long calls in flight may finish.");
 ABSL_FLAG(uint64_t, max_message_bytes, uint64_t{64} << 20,
           "Largest message received from clients and shards.");
-ABSL_FLAG(uint32_t, max_negatives, 10000, "Largest num_negatives accepted.");
-ABSL_FLAG(uint32_t, max_range, 1000000, "Largest range_max accepted.");
-ABSL_FLAG(uint32_t, max_nprobe, 4096, "Largest per-request nprobe accepted.");
-ABSL_FLAG(uint32_t, max_queries, 16384, "Most queries in one request.");
-ABSL_FLAG(uint64_t, max_request_negatives, uint64_t{1} << 20,
-          "Most num_negatives x queries in one request.");
-ABSL_FLAG(uint64_t, max_request_fetch, uint64_t{1} << 24,
-          "Most range_max x queries in one request.");
-ABSL_FLAG(uint32_t, max_positives, 65536,
-          "Most positive_ids (or positive_scores) of one query.");
 
 namespace hardneg {
 namespace {
 
 constexpr char kServiceName[] = "hardneg.v1.Miner";
 constexpr int kDefaultMetricsPort = 9464;
-
-MinerLimits LimitsFromFlags() {
-  MinerLimits limits;
-  limits.max_negatives = absl::GetFlag(FLAGS_max_negatives);
-  limits.max_range = absl::GetFlag(FLAGS_max_range);
-  limits.max_nprobe = absl::GetFlag(FLAGS_max_nprobe);
-  limits.max_queries = std::max<uint32_t>(1, absl::GetFlag(FLAGS_max_queries));
-  limits.max_request_negatives = absl::GetFlag(FLAGS_max_request_negatives);
-  limits.max_request_fetch = absl::GetFlag(FLAGS_max_request_fetch);
-  limits.max_positives = absl::GetFlag(FLAGS_max_positives);
-  return limits;
-}
 
 std::string Listen(const std::string& host, int port) {
   return absl::StrCat(
@@ -200,18 +175,8 @@ int Run(const sigset_t& signals) {
 }  // namespace hardneg
 
 int main(int argc, char** argv) {
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) {
-    return absl::EndsWith(file, "router/main.cc");
-  };
-  absl::SetFlagsUsageConfig(usage);
-  absl::SetProgramUsageMessage(
+  const sigset_t signals = hardneg::StartBinary(
+      argc, argv, {"router/main.cc"},
       "hardneg-router --shards HOST:PORT,HOST:PORT,... [--grpc_port N] ...");
-  absl::ParseCommandLine(argc, argv);
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   return hardneg::Run(signals);
 }

@@ -9,6 +9,7 @@
 #include "absl/synchronization/blocking_counter.h"
 #include "base/status_macros.h"
 #include "corpus/metric.h"
+#include "format/version_name.h"
 #include "grpcpp/client_context.h"
 #include "mining/shard_merge.h"
 #include "proto/mining_options_convert.h"
@@ -75,6 +76,15 @@ absl::Status ShardedMiner::Mine(const v1::MineRequest& request,
       return absl::UnavailableError(DescribeNoCommonVersion(view));
     }
     const RouterVersion& version = *view.version;
+    const std::string& wanted = decoded.options.index_version;
+    if (!wanted.empty() && wanted != version.name) {
+      HARDNEG_RETURN_IF_ERROR(
+          CheckVersionName(wanted, "options.index_version"));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "options.index_version: version '", wanted,
+          "' is not the one every shard holds (the router serves '",
+          version.name, "')"));
+    }
     response->mutable_index()->set_name(version.name);
     response->mutable_index()->set_sequence(version.sequence);
     const uint64_t min_sequence = decoded.options.min_index_sequence;

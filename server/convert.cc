@@ -1,5 +1,6 @@
 #include "server/convert.h"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -139,14 +140,16 @@ uint64_t ReplyBytesBound(uint64_t queries, uint32_t num_negatives,
 }
 
 absl::Status CheckReplySize(const DecodedMineRequest& request, size_t dim,
-                            size_t max_bytes) {
+                            size_t max_bytes, size_t candidates) {
   const uint64_t queries = request.queries.size();
-  const uint64_t bytes = ReplyBytesBound(queries, request.options.num_negatives,
-                                         request.return_embeddings, dim);
+  const auto per_query = static_cast<uint32_t>(
+      std::min<uint64_t>(request.options.num_negatives, candidates));
+  const uint64_t bytes =
+      ReplyBytesBound(queries, per_query, request.return_embeddings, dim);
   if (bytes <= max_bytes) return absl::OkStatus();
   return absl::ResourceExhaustedError(absl::StrCat(
       "the answer could take ", bytes, " bytes (", queries, " queries x ",
-      request.options.num_negatives, " negatives",
+      per_query, " negatives",
       request.return_embeddings
           ? absl::StrCat(" with embeddings of ", dim, " floats")
           : "",

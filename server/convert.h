@@ -5,6 +5,8 @@
 #ifndef HARDNEG_SERVER_CONVERT_H_
 #define HARDNEG_SERVER_CONVERT_H_
 
+#include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -56,11 +58,11 @@ absl::StatusOr<absl::Span<const float>> DecodeChunkEmbeddings(
     const v1::PublishChunk& chunk, size_t index, std::vector<float>* buffer);
 
 // RESOURCE_EXHAUSTED when the answer to `request` could exceed `max_bytes`
-// once encoded (num_negatives for every query, with embeddings of `dim`
-// floats when asked for), so that an answer too large to send is refused
-// before any work.
+// once encoded (num_negatives for every query, at most `candidates`, with
+// embeddings of `dim` floats when asked for), so that an answer too large
+// to send is refused before any work.
 absl::Status CheckReplySize(const DecodedMineRequest& request, size_t dim,
-                            size_t max_bytes);
+                            size_t max_bytes, size_t candidates = SIZE_MAX);
 
 // The candidates a request may rank: range_max (after defaulting) x
 // queries, straight from the proto (no decoding), for batching.

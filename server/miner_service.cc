@@ -452,7 +452,10 @@ absl::Status MinerService::PrepareJob(
   }
   *decoded = std::make_unique<DecodedMineRequest>();
   HARDNEG_RETURN_IF_ERROR(DecodeMineRequest(request, decoded->get()));
-  return CheckReplySize(**decoded, (*version)->dim(), options_.max_reply_bytes);
+  return CheckReplySize(**decoded, (*version)->dim(), options_.max_reply_bytes,
+                        miner_->limits().negatives_bounded_by_candidates
+                            ? (*version)->size()
+                            : SIZE_MAX);
 }
 
 void MinerService::HandleBatch(std::vector<MineJob>& jobs) const {

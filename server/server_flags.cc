@@ -13,6 +13,7 @@
 #include "format/file_util.h"
 #include "grpcpp/security/server_credentials.h"
 #include "server/auth.h"
+#include "server/limit_flags.h"
 
 ABSL_FLAG(std::string, checkpoints, "",
           "Directory of checkpoints; the newest complete one is served and "
@@ -68,21 +69,6 @@ ABSL_FLAG(int64_t, max_batch_delay_us, 0,
           "How long a worker waits for more requests to fill a batch; 0 "
           "never waits (requests that queue while workers are busy are "
           "coalesced anyway).");
-ABSL_FLAG(uint32_t, max_negatives, 10000, "Largest num_negatives accepted.");
-ABSL_FLAG(uint32_t, max_range, 1000000, "Largest range_max accepted.");
-ABSL_FLAG(uint32_t, max_nprobe, 4096,
-          "Largest per-request options.nprobe accepted (IVF indexes).");
-ABSL_FLAG(uint32_t, max_queries, 16384,
-          "Most queries in one request (INVALID_ARGUMENT past it).");
-ABSL_FLAG(uint64_t, max_request_negatives, uint64_t{1} << 20,
-          "Most negatives one request may ask for: num_negatives x queries "
-          "(INVALID_ARGUMENT past it).");
-ABSL_FLAG(uint64_t, max_request_fetch, uint64_t{1} << 24,
-          "Most candidates one request may rank: range_max x queries, about "
-          "8 bytes each while it is answered (INVALID_ARGUMENT past it). "
-          "Also the most a batch of coalesced requests ranks.");
-ABSL_FLAG(uint32_t, max_positives, 65536,
-          "Most positive_ids (or positive_scores) of one query.");
 ABSL_FLAG(std::string, tls_cert, "",
           "PEM certificate chain for TLS on the gRPC port (with --tls_key). "
           "Empty: plaintext.");
@@ -215,19 +201,6 @@ absl::StatusOr<IndexManagerOptions> ManagerOptionsFromFlags() {
   return manager;
 }
 
-// The miner's per-request limits (on a shard, MinerLimits::ForShard).
-MinerLimits LimitsFromFlags() {
-  MinerLimits limits;
-  limits.max_negatives = absl::GetFlag(FLAGS_max_negatives);
-  limits.max_range = absl::GetFlag(FLAGS_max_range);
-  limits.max_nprobe = absl::GetFlag(FLAGS_max_nprobe);
-  limits.max_queries = std::max<uint32_t>(1, absl::GetFlag(FLAGS_max_queries));
-  limits.max_request_negatives = absl::GetFlag(FLAGS_max_request_negatives);
-  limits.max_request_fetch = absl::GetFlag(FLAGS_max_request_fetch);
-  limits.max_positives = absl::GetFlag(FLAGS_max_positives);
-  return absl::GetFlag(FLAGS_num_shards) > 1 ? limits.ForShard() : limits;
-}
-
 // The gRPC server's part: address, threads, batching, admission, access.
 absl::StatusOr<ServerOptions> ServerOptionsFromFlags() {
   ServerOptions server;
@@ -244,6 +217,9 @@ absl::StatusOr<ServerOptions> ServerOptionsFromFlags() {
   server.service.max_batch_delay = absl::Microseconds(
       std::max<int64_t>(0, absl::GetFlag(FLAGS_max_batch_delay_us)));
   server.limits = LimitsFromFlags();
+  if (absl::GetFlag(FLAGS_num_shards) > 1) {
+    server.limits = server.limits.ForShard();
+  }
   server.service.max_in_flight_per_stream =
       std::max<uint32_t>(1, absl::GetFlag(FLAGS_max_in_flight_per_stream));
   server.service.max_stream_reply_bytes =

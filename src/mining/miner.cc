@@ -424,7 +424,11 @@ absl::Status Miner::ValidateRequestSize(size_t queries,
         absl::StrCat("the request has ", queries, " queries; the limit is ",
                      limits_.max_queries, " (max_queries): split it"));
   }
-  const uint64_t negatives = uint64_t{options.num_negatives} * queries;
+  const uint64_t per_query =
+      limits_.negatives_bounded_by_candidates
+          ? std::min<uint64_t>(options.num_negatives, candidates)
+          : options.num_negatives;
+  const uint64_t negatives = per_query * queries;
   if (negatives > limits_.max_request_negatives) {
     return absl::InvalidArgumentError(absl::StrCat(
         "the request asks for ", negatives, " negatives (num_negatives ",

@@ -15,6 +15,7 @@ MinerLimits MinerLimits::ForShard() const {
   shard.max_request_negatives =
       std::max(max_request_negatives, max_request_fetch);
   shard.max_positives = max_positives + 1;
+  shard.negatives_bounded_by_candidates = true;
   return shard;
 }
 

@@ -83,6 +83,12 @@ struct MinerLimits {
   uint64_t max_request_fetch = uint64_t{1} << 24;
   // positive_ids (and positive_scores) of one query.
   uint32_t max_positives = 65536;
+  // Count a query's negatives as at most the index's candidates in the
+  // checks of a request's size (its answer cannot hold more). Set on
+  // shards (ForShard), which are asked for range_max negatives a query;
+  // a server answering trainers refuses a request that asks for more than
+  // the limits allow, however small its index.
+  bool negatives_bounded_by_candidates = false;
 
   // No limit at all: for checking options where the server's limits are
   // not known (the CLI), leaving those to the server.
