@@ -23,12 +23,13 @@ Everything runs on 127.0.0.1 as separate processes. The checks, in order
      written. No request fails; every answer equals the unsharded server's
      answer on the version the router reports (asked before and after the
      swap).
-  4. kill: one shard gets SIGKILL. Without allow_partial a request fails
-     UNAVAILABLE naming that shard's target (in-band on a stream) within
-     its deadline; with allow_partial it is answered exactly over the live
-     shards' candidates and missing_shards names the dead one; router
-     health turns NOT_SERVING. Restarted, the shard serves again and so
-     does the router.
+  4. kill, stop: one shard gets SIGKILL (another, later, SIGSTOP: a hung
+     shard). Without allow_partial a request fails UNAVAILABLE naming that
+     shard's target (in-band on a Mine stream opened before, which stays
+     usable) within its deadline; with allow_partial it is answered exactly
+     over the live shards' candidates and missing_shards names the missing
+     one; router health turns NOT_SERVING. Restarted (or resumed), the
+     shard serves again and so does the router.
   5. publish: a full publish (in chunks, wait=true), then an incremental
      one (base_version, upserts, delete_ids), through the router and to the
      unsharded server: every shard reports the version with its share, the
@@ -53,6 +54,7 @@ import importlib.util
 import json
 import math
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -601,6 +603,26 @@ def free_port():
         return s.getsockname()[1]
 
 
+class LiveStream:
+    """A Mine stream kept open: one request sent, its answer read, at a time."""
+
+    def __init__(self, stub, timeout):
+        self.requests = queue.Queue()
+        self.call = stub.Mine(iter(self.requests.get, None), timeout=timeout)
+
+    def ask(self, req):
+        self.requests.put(req)
+        return next(self.call)
+
+    def close(self):
+        self.requests.put(None)
+        try:
+            for _ in self.call:
+                pass
+        except Exception:  # noqa: BLE001
+            pass
+
+
 class Proc:
     """A server or router process, its output in <log_dir>/<tag>.std{out,err}
     (appended to across restarts)."""
@@ -654,6 +676,7 @@ class Proc:
         """SIGTERM; the exit code, or a description of what went wrong."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGCONT)  # in case it was stopped
         try:
             rc = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -678,6 +701,7 @@ class Run:
         self.logs = os.path.join(args.work_dir, "logs")
         self.shards, self.targets, self.shard_stubs = [], [], []
         self.router = self.single = None
+        self.channels = []  # closed before the processes are stopped
 
     def request_id(self):
         # Large ones too: request_id is a uint64.
@@ -688,10 +712,12 @@ class Run:
             return self.next_id
 
     def channel(self, port):
-        return self.grpc.insecure_channel(
+        ch = self.grpc.insecure_channel(
             f"127.0.0.1:{port}",
             options=[("grpc.max_receive_message_length", 256 << 20),
                      ("grpc.max_send_message_length", 256 << 20)])
+        self.channels.append(ch)
+        return ch
 
     # -------------------------------------------------- rpc helpers
 
@@ -731,7 +757,7 @@ class Run:
     def health(self, port, service=""):
         """SERVING / NOT_SERVING / ..., or the RPC's error code name."""
         h = self.health_pb2
-        with self.channel(port) as ch:
+        with self.grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             check = ch.unary_unary(
                 "/grpc.health.v1.Health/Check",
                 request_serializer=h.HealthCheckRequest.SerializeToString,
@@ -949,6 +975,15 @@ class Run:
                               lambda: self.once(self.single_stub, req))
         self.verify("random: index_version set to the served version", c, queries, o,
                     req, got, want)
+        o["index_version"] = "no-such-version"
+        req = to_proto(pb, self.request_id(), queries, o)
+        got, want = self.both(lambda: self.once(self.router_stub, req),
+                              lambda: self.once(self.single_stub, req))
+        self.verify("random: index_version naming no version: the same error", c, None,
+                    None, req, got, want)
+        self.checks.check("random: index_version naming no version is FAILED_PRECONDITION",
+                          want.error.code == 9
+                          or [f"single server: {want.error.code} {want.error.message}"])
         self.check_targeted(c, gen)
         self.check_metrics()
 
@@ -987,6 +1022,16 @@ class Run:
               for i, r in enumerate(self.rng.choice(c.n, size=16, replace=False))]
         cases.append(("16 queries, SOFTMAX: per-query seeds", qs,
                       opts_spec(12, rmax=300, sampling=SOFTMAX, seed=77, temperature=0.05)))
+        # Windows wider than the index ("sample among all survivors"): a
+        # shard need not return more than it holds.
+        cases.append(("UNIFORM over every survivor (range_max 1,000,000), 2 queries",
+                      qs[:2], opts_spec(5, rmax=1000000, sampling=UNIFORM, seed=21)))
+        cases.append(("return_embeddings, range_max 500,000", qs[:1],
+                      opts_spec(3, rmin=100, rmax=500000, sampling=UNIFORM, seed=22,
+                                ret_emb=True)))
+        many = [query_spec(c.emb[int(r)]) for r in self.rng.choice(c.n, size=100)]
+        cases.append(("SOFTMAX over range_max 200,000 for 100 queries", many,
+                      opts_spec(3, rmax=200000, sampling=SOFTMAX, seed=23)))
         cases.append(("16 queries, UNIFORM deep window", qs,
                       opts_spec(10, rmin=800, rmax=1500, sampling=UNIFORM, seed=(1 << 64) - 3,
                                 ret_emb=True)))
@@ -1208,99 +1253,60 @@ class Run:
             cases.append((queries, o))
         return cases
 
-    def part_kill(self, dead=1):
+    def part_shard_down(self, victim, how):
+        """Shard `victim` killed (SIGKILL, then restarted on its port and data
+        dir) or hung (SIGSTOP, then SIGCONT): requests fail UNAVAILABLE naming
+        it, or with allow_partial are answered exactly from the live shards;
+        health follows; afterwards everything serves again. A Mine stream
+        opened before stays usable throughout."""
         pb, checks, c = self.pb, self.checks, self.v2
-        target = self.targets[dead]
+        target = self.targets[victim]
         gen = RequestGen(self.rng, c)
-        self.shards[dead].kill()
-        t_kill = time.time()
-        print(f"   SIGKILL to shard {dead} ({target})")
-        # Without allow_partial: UNAVAILABLE naming the dead shard.
-        for n in range(3):
-            queries, o = gen.request(deep=False)
-            req = to_proto(pb, self.request_id(), queries, o)
-            start = time.time()
+        stream = LiveStream(self.router_stub, timeout=120)
+        try:
+            self.check_live_stream(stream, gen, c, f"{how}: before, the open stream")
+            t_down = time.time()
+            if how == "kill":
+                self.shards[victim].kill()
+            else:
+                self.shards[victim].proc.send_signal(signal.SIGSTOP)
+            print(f"   {'SIGKILL' if how == 'kill' else 'SIGSTOP'} to shard {victim} "
+                  f"({target})")
+            self.check_down(how, c, gen, victim, target, stream)
+            took = self.wait_health(self.router_port, "NOT_SERVING", 15)
+            checks.check(f"{how}: router health NOT_SERVING",
+                         took is not None or [f"health {self.health(self.router_port)!r} "
+                                              f"15 s after the {how}"])
+            print(f"   router NOT_SERVING {time.time() - t_down:.2f}s after the {how}")
             try:
-                self.router_stub.MineOnce(req, timeout=10)
-                errs = ["answered, expected UNAVAILABLE"]
+                info = self.info(self.router_stub)
+                errs = [] if len(info.shards) == NUM_SHARDS and info.shards[victim].error \
+                    else [f"shards: {[(s.target, s.error) for s in info.shards]}"]
             except self.grpc.RpcError as e:
-                errs = []
-                if e.code() != self.grpc.StatusCode.UNAVAILABLE:
-                    errs.append(f"status {e.code()}, expected UNAVAILABLE ({e.details()})")
-                if target not in (e.details() or ""):
-                    errs.append(f"message {e.details()!r} does not name {target}")
-            took = time.time() - start
-            if took >= 10:
-                errs.append(f"took {took:.1f}s, at the deadline")
-            checks.check(f"kill: MineOnce {n} without allow_partial fails UNAVAILABLE "
-                         f"naming {target} ({took:.2f}s)", errs)
-        reqs = []
-        for _ in range(3):
-            queries, o = gen.request(deep=False)
-            reqs.append(to_proto(pb, self.request_id(), queries, o))
-        start = time.time()
-        res = self.stream(self.router_stub, reqs, timeout=10)
-        took = time.time() - start
-        if isinstance(res, Exception):
-            errs = [f"the stream failed: {res.code()} {res.details()}"]
-        else:
-            errs = [] if len(res) == len(reqs) else [f"{len(res)} answers to {len(reqs)}"]
-            for r, req in zip(res, reqs):
-                if r.request_id != req.request_id or r.error.code != UNAVAILABLE or \
-                        target not in r.error.message or len(r.results):
-                    errs.append(f"request_id {r.request_id} (sent {req.request_id}) error "
-                                f"{r.error.code} {r.error.message!r}, {len(r.results)} results")
-        checks.check(f"kill: Mine stream without allow_partial: in-band UNAVAILABLE "
-                     f"naming {target} ({took:.2f}s)", errs)
-        # With allow_partial: exact over the live shards.
-        for n, (queries, o) in enumerate(self.partial_cases(c, dead)):
-            req = to_proto(pb, self.request_id(), queries, o)
-            got = self.once(self.router_stub, req, timeout=10)
-            want = self.partial_expectation(c, queries, o, dead)
-            want.request_id = req.request_id
-            via = "MineOnce"
-            if n % 2:
-                got = self.first_answer(self.stream(self.router_stub, [req], timeout=10), req)
-                via = "Mine"
-            self.verify(f"kill: {via} with allow_partial {n}: exact over the live shards, "
-                        f"missing_shards [{target}]", c, None, o, req, got, want,
-                        missing=[target])
-        # A sampled request with allow_partial: answered from the live shards.
-        queries, o = gen.request(deep=False)
-        o["allow_partial"], o["sampling"] = True, UNIFORM
-        req = to_proto(pb, self.request_id(), queries, o)
-        got = self.once(self.router_stub, req, timeout=10)
-        errs = [] if got.error.code == OK else [f"error {got.error.code} {got.error.message}"]
-        if list(got.missing_shards) != [target]:
-            errs.append(f"missing_shards {list(got.missing_shards)}")
-        for r in got.results:
-            errs += [f"id {n.id} is on the dead shard" for n in r.negatives
-                     if shard_of(n.id) == dead]
-        checks.check("kill: a UNIFORM request with allow_partial uses the live shards only",
-                     errs)
-        took = self.wait_health(self.router_port, "NOT_SERVING", 15)
-        checks.check("kill: router health NOT_SERVING",
-                     took is not None or [f"health {self.health(self.router_port)!r} 15 s "
-                                          f"after the kill"])
-        info = self.info(self.router_stub)
-        checks.check(f"kill: router GetIndexInfo reports an error for {target}",
-                     (len(info.shards) == NUM_SHARDS and info.shards[dead].error != "")
-                     or [f"shards: {[(s.target, s.error) for s in info.shards]}"])
-        print(f"   router NOT_SERVING {time.time() - t_kill:.2f}s after the kill")
-        # Restarted on the same port and data dir: serves its snapshot.
-        self.shards[dead].start()
-        t_restart = time.time()
-        port = self.shards[dead].wait_listening()
-        checks.check("kill: the restarted shard listens on its port",
-                     port == self.shard_ports[dead] or [f"listening on {port}"])
-        info = self.info(self.shard_stubs[dead])
-        checks.check("kill: the restarted shard serves its share of the same version",
-                     (info.version.name, info.size) == (c.name, c.share(dead))
-                     or [f"{info.version.name} size {info.size}"])
-        took = self.wait_health(self.router_port, "SERVING", 60)
-        checks.check("kill: router health SERVING again after the restart",
-                     took is not None or [f"health {self.health(self.router_port)!r}"])
-        print(f"   router SERVING {time.time() - t_restart:.2f}s after the restart")
+                errs = [f"GetIndexInfo failed: {e.code()} {e.details()}"]
+            checks.check(f"{how}: router GetIndexInfo reports an error for {target}", errs)
+            t_back = time.time()
+            if how == "kill":
+                # Restarted on the same port and data dir: serves its snapshot.
+                self.shards[victim].start()
+                port = self.shards[victim].wait_listening()
+                checks.check(f"{how}: the restarted shard listens on its port",
+                             port == self.shard_ports[victim] or [f"listening on {port}"])
+                info = self.info(self.shard_stubs[victim])
+                checks.check(f"{how}: the restarted shard serves its share of {c.name} "
+                             f"from its snapshot",
+                             (info.version.name, info.size) == (c.name, c.share(victim))
+                             or [f"{info.version.name} size {info.size}"])
+            else:
+                self.shards[victim].proc.send_signal(signal.SIGCONT)
+            took = self.wait_health(self.router_port, "SERVING", 60)
+            checks.check(f"{how}: router health SERVING again",
+                         took is not None or [f"health {self.health(self.router_port)!r}"])
+            print(f"   router SERVING {time.time() - t_back:.2f}s after the "
+                  f"{'restart' if how == 'kill' else 'SIGCONT'}")
+            self.check_live_stream(stream, gen, c, f"{how}: after, the same stream")
+        finally:
+            stream.close()
         for n in range(6):
             queries, o = gen.request(deep=False)
             req = to_proto(pb, self.request_id(), queries, o)
@@ -1311,7 +1317,105 @@ class Run:
             else:
                 got, want = self.both(lambda: self.once(self.router_stub, req),
                                       lambda: self.once(self.single_stub, req))
-            self.verify(f"kill: after the restart, request {n}", c, queries, o, req, got, want)
+            self.verify(f"{how}: afterwards, request {n}", c, queries, o, req, got, want)
+
+    def check_live_stream(self, stream, gen, c, name):
+        """One request on the long-lived stream, against the single server."""
+        queries, o = gen.request(deep=False)
+        req = to_proto(self.pb, self.request_id(), queries, o)
+        try:
+            got = stream.ask(req)
+        except self.grpc.RpcError as e:
+            got = error_response(self.pb, req.request_id, e)
+        self.verify(name, c, queries, o, req, got, self.once(self.single_stub, req))
+
+    def check_down(self, how, c, gen, victim, target, stream):
+        """While shard `victim` is down, all at once (a hung shard costs each
+        request --shard_timeout): requests without allow_partial fail
+        UNAVAILABLE naming it within their 10 s deadline; with allow_partial
+        they are answered exactly from the live shards."""
+        pb = self.pb
+        tasks = []  # (name, fn returning errors)
+
+        def unavailable(status_code, message, took):
+            errs = []
+            if status_code != UNAVAILABLE:
+                errs.append(f"code {status_code} ({message!r}), expected 14 (UNAVAILABLE)")
+            if target not in message:
+                errs.append(f"message {message!r} does not name {target}")
+            if took >= 10:
+                errs.append(f"took {took:.1f}s, at the deadline")
+            return errs
+
+        def unary():
+            queries, o = gen.request(deep=False)
+            req = to_proto(pb, self.request_id(), queries, o)
+            start = time.time()
+            got = self.once(self.router_stub, req, timeout=10)
+            return unavailable(got.error.code, got.error.message, time.time() - start)
+
+        def on_stream():
+            queries, o = gen.request(deep=False)
+            req = to_proto(pb, self.request_id(), queries, o)
+            start = time.time()
+            try:
+                got = stream.ask(req)
+            except self.grpc.RpcError as e:
+                return [f"the open stream failed: {e.code()} {e.details()}"]
+            errs = unavailable(got.error.code, got.error.message, time.time() - start)
+            if got.request_id != req.request_id or len(got.results):
+                errs.append(f"request_id {got.request_id} (sent {req.request_id}), "
+                            f"{len(got.results)} results")
+            return errs
+
+        tasks.append(("MineOnce without allow_partial fails UNAVAILABLE naming it", unary))
+        tasks.append(("the open Mine stream answers in-band UNAVAILABLE naming it",
+                      on_stream))
+        cases = self.partial_cases(c, victim)
+        if how != "kill":
+            cases = cases[:3]
+        for n, (queries, o) in enumerate(cases):
+            req = to_proto(pb, self.request_id(), queries, o)
+            want = self.partial_expectation(c, queries, o, victim)
+            want.request_id = req.request_id
+
+            def partial(req=req, want=want, n=n):
+                start = time.time()
+                if n % 2:
+                    got = self.first_answer(
+                        self.stream(self.router_stub, [req], timeout=10), req)
+                else:
+                    got = self.once(self.router_stub, req, timeout=10)
+                took = time.time() - start
+                errs = [] if took < 10 else [f"took {took:.1f}s, at the deadline"]
+                return errs + compare(got, want, missing=[target])
+
+            tasks.append((f"{'Mine' if n % 2 else 'MineOnce'} with allow_partial {n} is "
+                          f"exact over the live shards, missing_shards [{target}]", partial))
+
+        def sampled():
+            queries, o = gen.request(deep=False)
+            o["allow_partial"], o["sampling"] = True, UNIFORM
+            req = to_proto(pb, self.request_id(), queries, o)
+            got = self.once(self.router_stub, req, timeout=10)
+            errs = [] if got.error.code == OK else [
+                f"error {got.error.code} {got.error.message}"]
+            if list(got.missing_shards) != [target]:
+                errs.append(f"missing_shards {list(got.missing_shards)}")
+            for r in got.results:
+                errs += [f"id {n.id} is on the missing shard" for n in r.negatives
+                         if shard_of(n.id) == victim]
+            return errs
+
+        tasks.append(("UNIFORM with allow_partial samples the live shards only", sampled))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(tasks)) as pool:
+            futures = [(name, pool.submit(fn)) for name, fn in tasks]
+            for name, fut in futures:
+                try:
+                    errs = fut.result()
+                except Exception:  # noqa: BLE001
+                    errs = [traceback.format_exc()]
+                self.checks.check(f"{how}: {name}", errs)
 
     # -------------------------------------------------- 5. publish
 
@@ -1429,7 +1533,8 @@ class Run:
         up_ids = np.concatenate([full.ids[changed], new_ids])
         up_emb = (rng.standard_normal((len(up_ids), dim)) / math.sqrt(dim)).astype(np.float32)
         up_labels = random_labels(rng, len(up_ids))
-        del_ids = full.ids[deleted].tolist() + [int(x) for x in unique_ids(rng, 2, full.ids)]
+        del_ids = full.ids[deleted].tolist() + unique_ids(
+            rng, 2, taken=np.concatenate([full.ids, new_ids])).tolist()
         # The expected corpus: base rows in order (minus deletes, upserts in
         # place), new ids appended.
         rows = {int(i): (full.emb[r], int(full.labels[r])) for r, i in enumerate(full.ids)}
@@ -1455,6 +1560,9 @@ class Run:
     # -------------------------------------------------- 6. shutdown
 
     def part_shutdown(self):
+        # Idle client connections would hold a server's exit back by seconds.
+        for ch in self.channels:
+            ch.close()
         for p in [self.router] + self.shards + [self.single]:
             if p is None:
                 continue
@@ -1535,8 +1643,10 @@ def main():
             with part("swap under load", checks):
                 run.part_swap()
             if hasattr(run, "v2"):
-                with part("kill a shard", checks):
-                    run.part_kill()
+                with part("kill a shard (SIGKILL), restart it", checks):
+                    run.part_shard_down(1, "kill")
+                with part("hang a shard (SIGSTOP), resume it", checks):
+                    run.part_shard_down(2, "stop")
             with part("publish through the router", checks):
                 run.part_publish()
         with part("shutdown", checks):
