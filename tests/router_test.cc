@@ -313,6 +313,33 @@ TEST_F(RouterTest, RandomRequestsGetTheSingleServersAnswer) {
   EXPECT_GT(shortfall, 3);
 }
 
+TEST_F(RouterTest, WideWindowsAndANamedVersionAnswerAsOneServer) {
+  Rng rng(9);
+  for (const uint32_t range_max : {1000000u, 500000u, 200000u}) {
+    v1::MineRequest request = RandomRequest(rng);
+    while (request.queries_size() < 2)
+      *request.add_queries() = request.queries(0);
+    request.mutable_options()->set_range_min(0);
+    request.mutable_options()->set_range_max(range_max);
+    request.mutable_options()->set_return_embeddings(range_max == 500000u);
+    v1::MineResponse routed, single;
+    const grpc::Status routed_status = Call(*router_stub_, request, &routed);
+    ASSERT_TRUE(Call(*single_stub_, request, &single).ok());
+    ASSERT_TRUE(routed_status.ok()) << routed_status.error_message();
+    EXPECT_TRUE(
+        google::protobuf::util::MessageDifferencer::Equals(routed, single));
+  }
+  v1::MineRequest named = RandomRequest(rng);
+  named.mutable_options()->set_index_version("v1");
+  v1::MineResponse routed, single;
+  EXPECT_TRUE(Call(*router_stub_, named, &routed).ok());
+  named.mutable_options()->set_index_version("nope");
+  EXPECT_EQ(Call(*router_stub_, named, &routed).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(Call(*single_stub_, named, &single).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+}
+
 TEST_F(RouterTest, ANewVersionServesOnlyOnceEveryShardHoldsIt) {
   Rng rng(6);
   std::vector<v1::MineRequest> requests;
