@@ -22,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "corpus/candidate_store.h"
 #include "corpus/metric.h"
+#include "corpus/shard.h"
 #include "mining/miner.h"
 #include "versions/index_version.h"
 
@@ -138,6 +139,23 @@ inline StoreData RandomStore(Rng& rng, const StoreSpec& spec) {
       data.labels->push_back(label(rng));
   }
   return data;
+}
+
+// The rows of `data` that ShardOf gives to `shard` of `num_shards`, in
+// their order.
+inline StoreData ShardData(const StoreData& data, uint32_t shard,
+                           uint32_t num_shards) {
+  StoreData out;
+  out.dim = data.dim;
+  if (data.labels.has_value()) out.labels.emplace();
+  for (size_t row = 0; row < data.size(); ++row) {
+    if (ShardOf(data.ids[row], num_shards) != shard) continue;
+    out.ids.push_back(data.ids[row]);
+    const std::vector<float> v = data.Row(row);
+    out.vectors.insert(out.vectors.end(), v.begin(), v.end());
+    if (data.labels.has_value()) out.labels->push_back((*data.labels)[row]);
+  }
+  return out;
 }
 
 // One query with its own storage; View() is valid while it lives.

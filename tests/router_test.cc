@@ -35,6 +35,7 @@ namespace {
 using ::testing::HasSubstr;
 using testing_corpus::RandomStore;
 using testing_corpus::Rng;
+using testing_corpus::ShardData;
 using testing_corpus::StoreData;
 using testing_corpus::StoreSpec;
 
@@ -120,20 +121,6 @@ TEST(CheckLayoutTest, AShardMustBeInItsPlace) {
 
 // --- In-process shards and router --------------------------------------
 
-StoreData ShardData(const StoreData& data, uint32_t shard) {
-  StoreData out;
-  out.dim = data.dim;
-  if (data.labels.has_value()) out.labels.emplace();
-  for (size_t row = 0; row < data.size(); ++row) {
-    if (ShardOf(data.ids[row], kShards) != shard) continue;
-    out.ids.push_back(data.ids[row]);
-    const std::vector<float> v = data.Row(row);
-    out.vectors.insert(out.vectors.end(), v.begin(), v.end());
-    if (data.labels.has_value()) out.labels->push_back((*data.labels)[row]);
-  }
-  return out;
-}
-
 void Install(IndexManager& manager, const StoreData& data,
              const std::string& name, uint64_t step) {
   absl::StatusOr<CandidateStore> store =
@@ -187,7 +174,7 @@ class RouterTest : public ::testing::Test {
     std::vector<std::string> targets;
     for (uint32_t i = 0; i < kShards; ++i) {
       shards_.push_back(Serve(ShardFilter{i, kShards}));
-      Install(*shards_.back().manager, ShardData(data_, i), "v1", 1);
+      Install(*shards_.back().manager, ShardData(data_, i, kShards), "v1", 1);
       targets.push_back(shards_.back().target());
     }
     ShardSetOptions set_options;
@@ -267,6 +254,40 @@ class RouterTest : public ::testing::Test {
     options->set_seed(rng());
     options->set_return_embeddings(coin(rng) < 0.2);
     return request;
+  }
+
+  // Publishes data_'s first 100 x `chunks` rows through the router as
+  // version `name`, in `chunks` chunks, with header.total_ids `total_ids`.
+  grpc::Status Publish(const std::string& name, uint64_t total_ids,
+                       int chunks) {
+    grpc::ClientContext context;
+    v1::PublishResponse response;
+    std::unique_ptr<grpc::ClientWriter<v1::PublishRequest>> writer =
+        router_stub_->Publish(&context, &response);
+    v1::PublishRequest header;
+    header.mutable_header()->set_name(name);
+    header.mutable_header()->set_step(9);
+    header.mutable_header()->set_dim(static_cast<uint32_t>(data_.dim));
+    header.mutable_header()->set_total_ids(total_ids);
+    writer->Write(header);
+    for (int chunk = 0; chunk < chunks; ++chunk) {
+      v1::PublishRequest message;
+      for (size_t row = static_cast<size_t>(chunk) * 100;
+           row < static_cast<size_t>(chunk + 1) * 100; ++row) {
+        message.mutable_chunk()->add_ids(data_.ids[row]);
+        message.mutable_chunk()->add_labels((*data_.labels)[row]);
+        for (float x : data_.Row(row)) {
+          message.mutable_chunk()->add_embeddings(x);
+        }
+      }
+      writer->Write(message);
+    }
+    writer->WritesDone();
+    const grpc::Status status = writer->Finish();
+    if (status.ok()) {
+      EXPECT_EQ(response.version().name(), name);
+    }
+    return status;
   }
 
   StoreData data_;
@@ -352,7 +373,7 @@ TEST_F(RouterTest, ANewVersionServesOnlyOnceEveryShardHoldsIt) {
   // v2: the same ids, re-encoded.
   StoreData v2 = data_;
   for (float& x : v2.vectors) x = -x;
-  Install(*shards_[0].manager, ShardData(v2, 0), "v2", 2);
+  Install(*shards_[0].manager, ShardData(v2, 0, kShards), "v2", 2);
   set_->Refresh();
   for (size_t i = 0; i < requests.size(); ++i) {
     v1::MineResponse routed;
@@ -364,7 +385,7 @@ TEST_F(RouterTest, ANewVersionServesOnlyOnceEveryShardHoldsIt) {
   }
   Install(*single_.manager, v2, "v2", 2);
   for (uint32_t s = 1; s < kShards; ++s) {
-    Install(*shards_[s].manager, ShardData(v2, s), "v2", 2);
+    Install(*shards_[s].manager, ShardData(v2, s, kShards), "v2", 2);
   }
   EXPECT_TRUE(set_->Refresh().all_serving);
   for (size_t i = 0; i < requests.size(); ++i) {
@@ -426,30 +447,8 @@ TEST_F(RouterTest, ShardsListedOutOfOrderAreNeverMerged) {
 }
 
 TEST_F(RouterTest, APublishThroughTheRouterReachesEveryShard) {
-  grpc::ClientContext context;
-  v1::PublishResponse response;
-  std::unique_ptr<grpc::ClientWriter<v1::PublishRequest>> writer =
-      router_stub_->Publish(&context, &response);
-  v1::PublishRequest header;
-  header.mutable_header()->set_name("p1");
-  header.mutable_header()->set_step(9);
-  header.mutable_header()->set_dim(static_cast<uint32_t>(data_.dim));
-  header.mutable_header()->set_total_ids(300);
-  ASSERT_TRUE(writer->Write(header));
-  for (int chunk = 0; chunk < 3; ++chunk) {
-    v1::PublishRequest message;
-    for (int r = 0; r < 100; ++r) {
-      const size_t row = static_cast<size_t>(chunk * 100 + r);
-      message.mutable_chunk()->add_ids(data_.ids[row]);
-      message.mutable_chunk()->add_labels((*data_.labels)[row]);
-      for (float x : data_.Row(row)) message.mutable_chunk()->add_embeddings(x);
-    }
-    ASSERT_TRUE(writer->Write(message));
-  }
-  writer->WritesDone();
-  const grpc::Status status = writer->Finish();
+  const grpc::Status status = Publish("p1", 300, 3);
   ASSERT_TRUE(status.ok()) << status.error_message();
-  EXPECT_EQ(response.version().name(), "p1");
   size_t total = 0;
   for (uint32_t s = 0; s < kShards; ++s) {
     const auto version = shards_[s].manager->Current();
@@ -472,25 +471,8 @@ TEST_F(RouterTest, APublishThroughTheRouterReachesEveryShard) {
 }
 
 TEST_F(RouterTest, APublishCutShortReachesNoShard) {
-  grpc::ClientContext context;
-  v1::PublishResponse response;
-  std::unique_ptr<grpc::ClientWriter<v1::PublishRequest>> writer =
-      router_stub_->Publish(&context, &response);
-  v1::PublishRequest header;
-  header.mutable_header()->set_name("cut");
-  header.mutable_header()->set_step(9);
-  header.mutable_header()->set_dim(static_cast<uint32_t>(data_.dim));
-  header.mutable_header()->set_total_ids(200);
-  ASSERT_TRUE(writer->Write(header));
-  v1::PublishRequest message;
-  for (size_t row = 0; row < 100; ++row) {
-    message.mutable_chunk()->add_ids(data_.ids[row]);
-    message.mutable_chunk()->add_labels((*data_.labels)[row]);
-    for (float x : data_.Row(row)) message.mutable_chunk()->add_embeddings(x);
-  }
-  ASSERT_TRUE(writer->Write(message));
-  writer->WritesDone();
-  const grpc::Status status = writer->Finish();
+  // The header promises 200 ids; the stream carries 100.
+  const grpc::Status status = Publish("cut", 200, 1);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(status.error_message(), HasSubstr("cut short"));
   for (const Served& shard : shards_) {

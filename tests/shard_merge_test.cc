@@ -41,25 +41,9 @@ using testing_corpus::GaussianVector;
 using testing_corpus::OwnedQuery;
 using testing_corpus::RandomStore;
 using testing_corpus::Rng;
+using testing_corpus::ShardData;
 using testing_corpus::StoreData;
 using testing_corpus::StoreSpec;
-
-// The rows of `data` that ShardOf gives to `shard` of `num_shards`, in
-// their order.
-StoreData ShardData(const StoreData& data, uint32_t shard,
-                    uint32_t num_shards) {
-  StoreData out;
-  out.dim = data.dim;
-  if (data.labels.has_value()) out.labels.emplace();
-  for (size_t row = 0; row < data.size(); ++row) {
-    if (ShardOf(data.ids[row], num_shards) != shard) continue;
-    out.ids.push_back(data.ids[row]);
-    const std::vector<float> v = data.Row(row);
-    out.vectors.insert(out.vectors.end(), v.begin(), v.end());
-    if (data.labels.has_value()) out.labels->push_back((*data.labels)[row]);
-  }
-  return out;
-}
 
 // Random directions, perturbed rows, exact rows (often with their
 // query_id); stored positives (the query's own row, random rows, absent
