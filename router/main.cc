@@ -16,10 +16,14 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/time.h"
 #include "base/log.h"
+#include "client/client.h"
+#include "format/file_util.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
@@ -30,7 +34,7 @@
 #include "router/router_service.h"
 #include "router/shard_set.h"
 #include "router/sharded_miner.h"
-#include "server/limit_flags.h"
+#include "server/common_flags.h"
 #include "server/metrics.h"
 
 ABSL_FLAG(std::string, shards, "",
@@ -54,12 +58,56 @@ ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
           "After SIGTERM, how long calls in flight may finish.");
 ABSL_FLAG(uint64_t, max_message_bytes, uint64_t{64} << 20,
           "Largest message received from clients and shards.");
+ABSL_FLAG(std::string, shard_tls_ca, "",
+          "Connect to the shards with TLS, trusting this PEM CA bundle (the "
+          "one that signed their --tls_cert). Empty: plaintext.");
+ABSL_FLAG(std::string, shard_tls_cert, "",
+          "PEM client certificate for shards that require mutual TLS (with "
+          "--shard_tls_key).");
+ABSL_FLAG(std::string, shard_tls_key, "",
+          "PEM private key of --shard_tls_cert.");
+ABSL_FLAG(std::string, shard_token_file, "",
+          "File holding the bearer token the router sends its shards (run "
+          "with --auth_tokens; the token needs the mine and publish roles). "
+          "Empty: none.");
 
 namespace hardneg {
 namespace {
 
 constexpr char kServiceName[] = "hardneg.v1.Miner";
 constexpr int kDefaultMetricsPort = 9464;
+
+// TLS and the bearer token towards the shards, into `options`.
+absl::Status ShardAccessFromFlags(ShardSetOptions* options) {
+  const std::string ca = absl::GetFlag(FLAGS_shard_tls_ca);
+  const std::string cert = absl::GetFlag(FLAGS_shard_tls_cert);
+  const std::string key = absl::GetFlag(FLAGS_shard_tls_key);
+  if (!ca.empty() || !cert.empty() || !key.empty()) {
+    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+        client::TlsCredentialsFromFiles(ca, cert, key);
+    if (!credentials.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--shard_tls_ca/--shard_tls_cert/--shard_tls_key: ",
+                       credentials.status().message()));
+    }
+    options->credentials = *std::move(credentials);
+  }
+  const std::string token_file = absl::GetFlag(FLAGS_shard_token_file);
+  if (!token_file.empty()) {
+    absl::StatusOr<std::string> token =
+        ReadSmallTextFile(token_file, size_t{64} << 10);
+    if (!token.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--shard_token_file: ", token.status().message()));
+    }
+    options->bearer_token = std::string(absl::StripAsciiWhitespace(*token));
+    if (options->bearer_token.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--shard_token_file: ", token_file, " is empty"));
+    }
+  }
+  return absl::OkStatus();
+}
 
 std::string Listen(const std::string& host, int port) {
   return absl::StrCat(
@@ -91,19 +139,32 @@ int Run(const sigset_t& signals) {
   ShardSetOptions set_options;
   set_options.poll_timeout = std::min(shard_timeout, absl::Seconds(5));
   set_options.max_receive_bytes = max_bytes;
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> tls = TlsFromFlags();
+  absl::StatusOr<std::shared_ptr<const TokenAuthorizer>> auth = AuthFromFlags();
+  absl::Status towards_shards = ShardAccessFromFlags(&set_options);
+  for (const absl::Status& status :
+       {tls.status(), auth.status(), towards_shards}) {
+    if (!status.ok()) {
+      std::fprintf(stderr, "%s\n", std::string(status.message()).c_str());
+      return 2;
+    }
+  }
   ShardSet shards(targets, set_options);
   ShardedMinerOptions miner_options;
   miner_options.limits = LimitsFromFlags();
   miner_options.shard_timeout = shard_timeout;
   ShardedMiner miner(&shards, miner_options, metrics.get());
-  RouterService service(&shards, &miner, metrics.get());
+  RouterServiceOptions service_options;
+  service_options.auth = *std::move(auth);
+  RouterService service(&shards, &miner, metrics.get(), service_options);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(Listen(host, grpc_port),
-                           grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(
+      Listen(host, grpc_port),
+      *tls != nullptr ? *tls : grpc::InsecureServerCredentials(), &port);
   builder.SetMaxReceiveMessageSize(max_bytes);
   builder.SetMaxSendMessageSize(max_bytes);
   builder.RegisterService(&service);

@@ -153,6 +153,7 @@ absl::StatusOr<ForwardedPublish> ForwardPublish(
   for (size_t i = 0; i < shards.size(); ++i) {
     auto stream = std::make_unique<ShardStream>();
     stream->context.set_deadline(context.deadline());
+    shards.Prepare(stream->context);
     stream->writer =
         shards.miner(i)->Publish(&stream->context, &stream->response);
     stream->broken = !stream->writer->Write(shard_header);

@@ -49,6 +49,18 @@ v1::IndexInfo RouterIndexInfo(const ShardSetView& view) {
   return info;
 }
 
+grpc::Status RouterService::Authorize(const grpc::ServerContext& context,
+                                      Role role) const {
+  if (options_.auth == nullptr) return grpc::Status::OK;
+  const auto& metadata = context.client_metadata();
+  const auto it = metadata.find("authorization");
+  const absl::string_view value =
+      it == metadata.end()
+          ? absl::string_view()
+          : absl::string_view(it->second.data(), it->second.size());
+  return ToGrpcStatus(options_.auth->Check(value, role));
+}
+
 void RouterService::Record(const char* rpc, const grpc::Status& status,
                            absl::Time start) {
   if (metrics_ != nullptr) {
@@ -60,8 +72,11 @@ grpc::Status RouterService::MineOnce(grpc::ServerContext* context,
                                      const v1::MineRequest* request,
                                      v1::MineResponse* response) {
   const absl::Time start = absl::Now();
-  const grpc::Status status =
-      ToGrpcStatus(miner_->Mine(*request, context->deadline(), response));
+  grpc::Status status = Authorize(*context, Role::kMine);
+  if (status.ok()) {
+    status =
+        ToGrpcStatus(miner_->Mine(*request, context->deadline(), response));
+  }
   Record("MineOnce", status, start);
   return status;
 }
@@ -69,6 +84,10 @@ grpc::Status RouterService::MineOnce(grpc::ServerContext* context,
 grpc::Status RouterService::Mine(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::MineResponse, v1::MineRequest>* stream) {
+  if (grpc::Status allowed = Authorize(*context, Role::kMine); !allowed.ok()) {
+    Record("Mine", allowed, absl::Now());
+    return allowed;
+  }
   v1::MineRequest request;
   while (stream->Read(&request)) {
     const absl::Time start = absl::Now();
@@ -85,10 +104,14 @@ grpc::Status RouterService::Mine(
   return grpc::Status::OK;
 }
 
-grpc::Status RouterService::GetIndexInfo(grpc::ServerContext* /*context*/,
+grpc::Status RouterService::GetIndexInfo(grpc::ServerContext* context,
                                          const v1::GetIndexInfoRequest*,
                                          v1::IndexInfo* response) {
   const absl::Time start = absl::Now();
+  if (grpc::Status allowed = Authorize(*context, Role::kMine); !allowed.ok()) {
+    Record("GetIndexInfo", allowed, start);
+    return allowed;
+  }
   *response = RouterIndexInfo(shards_->View());
   Record("GetIndexInfo", grpc::Status::OK, start);
   return grpc::Status::OK;
@@ -99,6 +122,11 @@ grpc::Status RouterService::Publish(
     grpc::ServerReader<v1::PublishRequest>* reader,
     v1::PublishResponse* response) {
   const absl::Time start = absl::Now();
+  if (grpc::Status allowed = Authorize(*context, Role::kPublish);
+      !allowed.ok()) {
+    Record("Publish", allowed, start);
+    return allowed;
+  }
   absl::StatusOr<ForwardedPublish> forwarded =
       ForwardPublish(*shards_, *context, *reader, metrics_);
   if (!forwarded.ok()) {

@@ -11,15 +11,21 @@
 #ifndef HARDNEG_ROUTER_ROUTER_SERVICE_H_
 #define HARDNEG_ROUTER_ROUTER_SERVICE_H_
 
+#include <memory>
+
 #include "absl/time/time.h"
 #include "hardneg/v1/miner.grpc.pb.h"
 #include "router/router_metrics.h"
 #include "router/shard_set.h"
 #include "router/sharded_miner.h"
+#include "server/auth.h"
 
 namespace hardneg {
 
 struct RouterServiceOptions {
+  // Bearer tokens and roles every call must present (as hardneg-server's
+  // --auth_tokens); null: open.
+  std::shared_ptr<const TokenAuthorizer> auth;
   // How long a publish with wait waits, after every shard has answered,
   // for the router's view to serve the new version.
   absl::Duration publish_wait = absl::Minutes(10);
@@ -47,6 +53,8 @@ class RouterService final : public v1::Miner::Service {
 
  private:
   void Record(const char* rpc, const grpc::Status& status, absl::Time start);
+  // OK when no tokens are configured or the call's token has `role`.
+  grpc::Status Authorize(const grpc::ServerContext& context, Role role) const;
 
   ShardSet* const shards_;
   const ShardedMiner* const miner_;

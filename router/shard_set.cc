@@ -118,13 +118,23 @@ ShardSet::ShardSet(std::vector<std::string> targets, ShardSetOptions options)
     // A dns:/// target with several pods: replicas of one shard.
     args.SetLoadBalancingPolicyName("round_robin");
     channels_.push_back(grpc::CreateCustomChannel(
-        target, grpc::InsecureChannelCredentials(), args));
+        target,
+        options_.credentials != nullptr ? options_.credentials
+                                        : grpc::InsecureChannelCredentials(),
+        args));
     miners_.push_back(v1::Miner::NewStub(channels_.back()));
     shards_.push_back(v1::Shard::NewStub(channels_.back()));
   }
   absl::MutexLock lock(&mu_);
   for (const std::string& target : targets_) {
     view_.shards.push_back({target, std::nullopt, "not polled yet"});
+  }
+}
+
+void ShardSet::Prepare(grpc::ClientContext& context) const {
+  if (!options_.bearer_token.empty()) {
+    context.AddMetadata("authorization",
+                        absl::StrCat("Bearer ", options_.bearer_token));
   }
 }
 
@@ -168,6 +178,7 @@ ShardSetView ShardSet::Refresh() {
                             absl::ToInt64Microseconds(options_.poll_timeout));
   for (size_t i = 0; i < n; ++i) {
     contexts[i].set_deadline(deadline);
+    Prepare(contexts[i]);
     miners_[i]->async()->GetIndexInfo(&contexts[i], &requests[i], &infos[i],
                                       [&, i](grpc::Status status) {
                                         statuses[i] = std::move(status);

@@ -31,6 +31,8 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "grpcpp/channel.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/security/credentials.h"
 #include "grpcpp/support/status.h"
 #include "hardneg/v1/miner.grpc.pb.h"
 #include "hardneg/v1/shard.grpc.pb.h"
@@ -89,6 +91,11 @@ struct ShardSetOptions {
   absl::Duration poll_timeout = absl::Seconds(5);
   // Largest message the router receives from a shard.
   int max_receive_bytes = 256 << 20;
+  // TLS towards the shards; null: plaintext.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  // Sent with every call to a shard as "authorization: Bearer <token>",
+  // for shards run with --auth_tokens (roles mine and publish). Empty: none.
+  std::string bearer_token;
 };
 
 class ShardSet {
@@ -108,6 +115,9 @@ class ShardSet {
   ShardSetView View() const ABSL_LOCKS_EXCLUDED(mu_);
   // Polls every shard now (concurrently) and returns the new view.
   ShardSetView Refresh() ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Adds what every call to a shard carries (the bearer token).
+  void Prepare(grpc::ClientContext& context) const;
 
   size_t size() const { return targets_.size(); }
   const std::string& target(size_t i) const { return targets_[i]; }

@@ -203,6 +203,7 @@ absl::Status ShardedMiner::CallShards(
   for (size_t i = 0; i < n; ++i) {
     if (!round->live[i]) continue;
     contexts[i].set_deadline(shard_deadline);
+    shards_->Prepare(contexts[i]);
     const absl::Time start = absl::Now();
     auto done = [&, i, start](grpc::Status status) {
       if (metrics_ != nullptr) {

@@ -6,7 +6,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "server/limit_flags.h"
+#include "server/common_flags.h"
 #include "server/omp_policy.h"
 #include "server/run_server.h"
 #include "server/server_flags.h"

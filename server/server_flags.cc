@@ -13,7 +13,7 @@
 #include "format/file_util.h"
 #include "grpcpp/security/server_credentials.h"
 #include "server/auth.h"
-#include "server/limit_flags.h"
+#include "server/common_flags.h"
 
 ABSL_FLAG(std::string, checkpoints, "",
           "Directory of checkpoints; the newest complete one is served and "
@@ -69,18 +69,6 @@ ABSL_FLAG(int64_t, max_batch_delay_us, 0,
           "How long a worker waits for more requests to fill a batch; 0 "
           "never waits (requests that queue while workers are busy are "
           "coalesced anyway).");
-ABSL_FLAG(std::string, tls_cert, "",
-          "PEM certificate chain for TLS on the gRPC port (with --tls_key). "
-          "Empty: plaintext.");
-ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
-ABSL_FLAG(std::string, tls_client_ca, "",
-          "PEM CA bundle: clients must present a certificate it signed "
-          "(mutual TLS). Needs --tls_cert.");
-ABSL_FLAG(std::string, auth_tokens, "",
-          "File of bearer tokens, one \"TOKEN ROLE[,ROLE]\" a line (roles: "
-          "mine, publish; # comments). Every Miner call must then carry "
-          "\"authorization: Bearer TOKEN\" with the role it needs; health "
-          "stays open. Empty: no tokens.");
 ABSL_FLAG(uint32_t, num_shards, 1,
           "Shards the corpus is split into; this server keeps only the "
           "candidates of --shard_index (ids with splitmix64(id) % "
@@ -120,45 +108,6 @@ namespace hardneg {
 namespace {
 
 constexpr int kDefaultMetricsPort = 9464;
-
-absl::StatusOr<std::string> ReadPem(const char* flag, const std::string& path) {
-  absl::StatusOr<std::string> pem = ReadSmallTextFile(path, size_t{1} << 20);
-  if (!pem.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--", flag, ": ", pem.status().message()));
-  }
-  return pem;
-}
-
-// Server credentials from --tls_cert, --tls_key and --tls_client_ca; null
-// for plaintext.
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TlsFromFlags() {
-  const std::string cert = absl::GetFlag(FLAGS_tls_cert);
-  const std::string key = absl::GetFlag(FLAGS_tls_key);
-  const std::string client_ca = absl::GetFlag(FLAGS_tls_client_ca);
-  if (cert.empty() && key.empty() && client_ca.empty()) return nullptr;
-  if (cert.empty() || key.empty()) {
-    return absl::InvalidArgumentError(
-        "--tls_cert and --tls_key go together (and --tls_client_ca needs "
-        "them)");
-  }
-  grpc::SslServerCredentialsOptions options;
-  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
-  HARDNEG_ASSIGN_OR_RETURN(pair.cert_chain, ReadPem("tls_cert", cert));
-  HARDNEG_ASSIGN_OR_RETURN(pair.private_key, ReadPem("tls_key", key));
-  options.pem_key_cert_pairs.push_back(std::move(pair));
-  if (!client_ca.empty()) {
-    HARDNEG_ASSIGN_OR_RETURN(options.pem_root_certs,
-                             ReadPem("tls_client_ca", client_ca));
-    options.client_certificate_request =
-        GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
-  }
-  return grpc::SslServerCredentials(options);
-}
-
-}  // namespace
-
-namespace {
 
 // The index manager's part: checkpoints, snapshots, index building.
 absl::StatusOr<IndexManagerOptions> ManagerOptionsFromFlags() {
@@ -229,16 +178,7 @@ absl::StatusOr<ServerOptions> ServerOptionsFromFlags() {
   server.service.max_queued_queries =
       static_cast<size_t>(absl::GetFlag(FLAGS_max_queued_queries));
   HARDNEG_ASSIGN_OR_RETURN(server.credentials, TlsFromFlags());
-  const std::string tokens = absl::GetFlag(FLAGS_auth_tokens);
-  if (!tokens.empty()) {
-    absl::StatusOr<TokenAuthorizer> auth = TokenAuthorizer::FromFile(tokens);
-    if (!auth.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--auth_tokens: ", auth.status().message()));
-    }
-    server.service.auth =
-        std::make_shared<const TokenAuthorizer>(*std::move(auth));
-  }
+  HARDNEG_ASSIGN_OR_RETURN(server.service.auth, AuthFromFlags());
   return server;
 }
 

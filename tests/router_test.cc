@@ -26,6 +26,7 @@
 #include "router/router_service.h"
 #include "router/shard_set.h"
 #include "router/sharded_miner.h"
+#include "server/auth.h"
 #include "server/server.h"
 #include "versions/index_manager.h"
 
@@ -478,6 +479,96 @@ TEST_F(RouterTest, APublishCutShortReachesNoShard) {
   for (const Served& shard : shards_) {
     EXPECT_EQ(shard.manager->Current()->info().name, "v1");
   }
+}
+
+// A shard that requires a token, a router that sends it, and a router that
+// requires its own clients' tokens, with their roles.
+TEST(RouterAuthTest, TokensGuardTheRouterAndItsShards) {
+  const std::string shard_token = "shard-token-0123456789";
+  const std::string mine_token = "mine-token-0123456789";
+  const std::string publish_token = "publish-token-0123456789";
+  absl::StatusOr<TokenAuthorizer> shard_auth = TokenAuthorizer::FromText(
+      shard_token + " mine,publish\n", "shard tokens");
+  absl::StatusOr<TokenAuthorizer> router_auth = TokenAuthorizer::FromText(
+      mine_token + " mine\n" + publish_token + " mine,publish\n",
+      "router tokens");
+  ASSERT_TRUE(shard_auth.ok() && router_auth.ok());
+
+  IndexManager manager(IndexManagerOptions{});
+  Rng rng(3);
+  StoreSpec spec;
+  spec.n = 200;
+  spec.dim = 4;
+  Install(manager, RandomStore(rng, spec), "v1", 1);
+  ServerOptions server_options;
+  server_options.host = "127.0.0.1";
+  server_options.port = 0;
+  server_options.threads = 1;
+  server_options.service.auth =
+      std::make_shared<const TokenAuthorizer>(*std::move(shard_auth));
+  absl::StatusOr<std::unique_ptr<HardnegServer>> shard =
+      HardnegServer::Start(server_options, &manager);
+  ASSERT_TRUE(shard.ok());
+  const std::string target = absl::StrCat("127.0.0.1:", (*shard)->port());
+
+  // Without the shard's token the router learns nothing.
+  ShardSet tokenless({target}, ShardSetOptions{});
+  EXPECT_FALSE(tokenless.Refresh().version.has_value());
+  EXPECT_THAT(tokenless.View().shards[0].error, HasSubstr("UNAUTHENTICATED"));
+
+  ShardSetOptions with_token;
+  with_token.bearer_token = shard_token;
+  ShardSet shards({target}, with_token);
+  ASSERT_TRUE(shards.Refresh().all_serving);
+  ShardedMiner miner(&shards, ShardedMinerOptions{}, nullptr);
+  RouterServiceOptions service_options;
+  service_options.auth =
+      std::make_shared<const TokenAuthorizer>(*std::move(router_auth));
+  RouterService service(&shards, &miner, nullptr, service_options);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> router = builder.BuildAndStart();
+  ASSERT_NE(router, nullptr);
+  auto stub = v1::Miner::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+
+  v1::MineRequest request;
+  v1::Query* query = request.add_queries();
+  for (int i = 0; i < 4; ++i) query->add_embedding(0.5f);
+  request.mutable_options()->set_num_negatives(3);
+  auto mine = [&](const std::string& token) {
+    grpc::ClientContext context;
+    if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
+    v1::MineResponse response;
+    return stub->MineOnce(&context, request, &response).error_code();
+  };
+  EXPECT_EQ(mine(""), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(mine("not-a-token-0123456789"), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(mine(mine_token), grpc::StatusCode::OK);
+  auto publish = [&](const std::string& token) {
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", "Bearer " + token);
+    v1::PublishResponse response;
+    auto writer = stub->Publish(&context, &response);
+    v1::PublishRequest header;
+    header.mutable_header()->set_name("p");
+    header.mutable_header()->set_dim(4);
+    writer->Write(header);
+    v1::PublishRequest chunk;
+    chunk.mutable_chunk()->add_ids(1);
+    for (int i = 0; i < 4; ++i) chunk.mutable_chunk()->add_embeddings(1);
+    writer->Write(chunk);
+    writer->WritesDone();
+    return writer->Finish().error_code();
+  };
+  EXPECT_EQ(publish(mine_token), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(manager.Current()->info().name, "v1");
+  EXPECT_EQ(publish(publish_token), grpc::StatusCode::OK);
+  EXPECT_EQ(manager.Current()->info().name, "p");
+  router->Shutdown();
 }
 
 }  // namespace
