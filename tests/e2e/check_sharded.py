@@ -754,6 +754,13 @@ class Run:
     def info(self, stub):
         return stub.GetIndexInfo(self.pb.GetIndexInfoRequest(), timeout=10)
 
+    def serves(self, stub, name, size):
+        """[] if GetIndexInfo reports version `name` of `size` candidates,
+        else what it reports."""
+        info = self.info(stub)
+        return ([] if (info.version.name, info.size) == (name, size)
+                else [f"{info.version.name} size {info.size}"])
+
     def health(self, port, service=""):
         """SERVING / NOT_SERVING / ..., or the RPC's error code name."""
         h = self.health_pb2
@@ -1292,11 +1299,9 @@ class Run:
                 port = self.shards[victim].wait_listening()
                 checks.check(f"{how}: the restarted shard listens on its port",
                              port == self.shard_ports[victim] or [f"listening on {port}"])
-                info = self.info(self.shard_stubs[victim])
                 checks.check(f"{how}: the restarted shard serves its share of {c.name} "
                              f"from its snapshot",
-                             (info.version.name, info.size) == (c.name, c.share(victim))
-                             or [f"{info.version.name} size {info.size}"])
+                             self.serves(self.shard_stubs[victim], c.name, c.share(victim)))
             else:
                 self.shards[victim].proc.send_signal(signal.SIGCONT)
             took = self.wait_health(self.router_port, "SERVING", 60)
@@ -1469,17 +1474,14 @@ class Run:
         checks = self.checks
         errs = []
         for i, stub in enumerate(self.shard_stubs):
-            info = self.info(stub)
-            if (info.version.name, info.size) != (c.name, c.share(i)):
-                errs.append(f"shard {i}: {info.version.name} size {info.size}, expected "
-                            f"{c.name} {c.share(i)}")
+            errs += [f"shard {i}: {e}, expected {c.name} {c.share(i)}"
+                     for e in self.serves(stub, c.name, c.share(i))]
         checks.check(f"publish: {what}: every shard serves {c.name} with its share "
                      f"({[c.share(i) for i in range(NUM_SHARDS)]})", errs)
-        info = self.info(self.router_stub)
         checks.check(f"publish: {what}: router GetIndexInfo reports {c.name}, size {c.n}",
-                     (info.version.name, info.size) == (c.name, c.n)
-                     or [f"{info.version.name} size {info.size}"])
-        info = self.wait_version(self.router_stub, c.name, 10) or info
+                     self.serves(self.router_stub, c.name, c.n))
+        info = (self.wait_version(self.router_stub, c.name, 10)
+                or self.info(self.router_stub))
         errs = [] if len(info.shards) == NUM_SHARDS else [f"{len(info.shards)} shards"]
         for i, sh in enumerate(info.shards):
             if (sh.target, sh.info.version.name, sh.info.size) != \
@@ -1488,10 +1490,8 @@ class Run:
                             f"{sh.info.size} error {sh.error!r}")
         checks.check(f"publish: {what}: router's per-shard breakdown lists the 3 shards "
                      f"with their shares", errs)
-        sinfo = self.info(self.single_stub)
         checks.check(f"publish: {what}: the single server serves {c.name}, size {c.n}",
-                     (sinfo.version.name, sinfo.size) == (c.name, c.n)
-                     or [f"{sinfo.version.name} size {sinfo.size}"])
+                     self.serves(self.single_stub, c.name, c.n))
 
     def mine_published(self, c, what, count=24):
         gen = RequestGen(self.rng, c)
