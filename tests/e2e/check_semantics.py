@@ -30,20 +30,16 @@ Usage:
       [--proto_dir proto] [--python_dir python] [--work_dir /tmp/e2e] [--seed N]
 
 Needs /usr/bin/python3 with Debian's python3-grpcio, python3-numpy,
-python3-protobuf, and protoc + /usr/bin/grpc_python_plugin (stubs are
-generated into the work dir). Prints `N passed, M failed`; exits 1 on any
-failure.
+python3-protobuf, and /usr/bin/protoc + /usr/bin/grpc_python_plugin (or
+$PROTOC, $GRPC_PYTHON_PLUGIN; stubs are generated into the work dir, see
+e2e_common.py). Prints `N passed, M failed`; exits 1 on any failure.
 """
 
 import argparse
-import importlib.util
-import json
+import functools
 import math
 import os
-import queue
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,137 +47,28 @@ import traceback
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e_common import (INVALID_ARGUMENT, ROOT, SAMPLING_NAMES, SOFTMAX, TOP,  # noqa: E402
+                        UNIFORM, Checks, Corpus, LiveStream, Proc, Run, add_duplicates,
+                        checked_stubs, describe, find_duplicate, health_status,
+                        kill_leftovers, opts_spec, query_spec, random_labels,
+                        random_margins, raw_request, to_proto)
 
-TOP, UNIFORM, SOFTMAX = 0, 1, 2
-SAMPLING_NAMES = {TOP: "TOP", UNIFORM: "UNIFORM", SOFTMAX: "SOFTMAX"}
-INVALID_ARGUMENT = 3
 RTOL = 1e-4
 
 
 # ------------------------------------------------------------------ results
 
 
-class Checks:
-    def __init__(self, verbose=False):
-        self.passed = 0
-        self.failed = 0
-        self.verbose = verbose
-        self.failures = []
-
-    def check(self, name, errors):
-        """errors: a list of strings (empty means pass) or a bool."""
-        if errors is True or errors == []:
-            self.passed += 1
-            if self.verbose:
-                print(f"  ok   {name}")
-            return True
-        if errors is False:
-            errors = ["failed"]
-        self.failed += 1
-        self.failures.append(name)
-        print(f"FAIL {name}")
-        for e in errors[:8]:
-            print(f"       {e}")
-        if len(errors) > 8:
-            print(f"       ... {len(errors) - 8} more")
-        sys.stdout.flush()
-        return False
-
-
 def close(a, b, rtol=RTOL):
     return abs(float(a) - float(b)) <= rtol * max(1.0, abs(float(b)))
-
-
-# ------------------------------------------------------------------ stubs
-
-
-def generate_stubs(proto_dir, python_dir, work_dir):
-    """Copies python/hardneg into work_dir/py and generates miner stubs in it
-    (so `import hardneg` gives both the client and the stubs); generates the
-    health stubs under work_dir/health (loaded by path: a `grpc` directory on
-    sys.path would clash with grpcio)."""
-    py = os.path.join(work_dir, "py")
-    shutil.rmtree(py, ignore_errors=True)
-    os.makedirs(py)
-    src = os.path.join(python_dir, "hardneg")
-    if os.path.isdir(src):
-        shutil.copytree(src, os.path.join(py, "hardneg"),
-                        ignore=shutil.ignore_patterns("*_pb2*.py", "__pycache__"))
-    os.makedirs(os.path.join(py, "hardneg", "v1"), exist_ok=True)
-    for init in ("hardneg/__init__.py", "hardneg/v1/__init__.py"):
-        path = os.path.join(py, init)
-        if not os.path.exists(path):
-            open(path, "w").close()
-    plugin = os.environ.get("GRPC_PYTHON_PLUGIN", "/usr/bin/grpc_python_plugin")
-    if not os.path.exists(plugin):
-        plugin = shutil.which("grpc_python_plugin") or plugin
-    protoc = os.environ.get("PROTOC", shutil.which("protoc") or "protoc")
-    health = os.path.join(work_dir, "health")
-    shutil.rmtree(health, ignore_errors=True)
-    os.makedirs(health)
-    for out, proto in ((py, "hardneg/v1/miner.proto"),
-                       (health, "grpc/health/v1/health.proto")):
-        cmd = [protoc, "-I", proto_dir, f"--python_out={out}", f"--grpc_out={out}",
-               f"--plugin=protoc-gen-grpc={plugin}", os.path.join(proto_dir, proto)]
-        subprocess.run(cmd, check=True)
-    sys.path.insert(0, py)
-    spec = importlib.util.spec_from_file_location(
-        "e2e_health_pb2", os.path.join(health, "grpc", "health", "v1", "health_pb2.py"))
-    health_pb2 = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(health_pb2)
-    return health_pb2
 
 
 # ------------------------------------------------------------------ data
 
 
-class Store:
-    """A checkpoint's content and the numpy reference of the semantics."""
-
-    def __init__(self, name, step, metric, emb, ids, labels):
-        self.name, self.step, self.metric = name, step, metric
-        self.emb = np.ascontiguousarray(emb, dtype=np.float32)
-        self.e64 = self.emb.astype(np.float64)
-        self.ids = np.asarray(ids, dtype=np.int64)
-        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
-        self.n, self.dim = self.emb.shape
-        self.ip = metric == "inner_product"
-        self.row = {int(i): r for r, i in enumerate(self.ids)}
-        assert len(self.row) == self.n, "ids must be unique"
-        self.idset = set(self.row)
-        self.label_values = (sorted(set(self.labels.tolist()))
-                             if self.labels is not None else [0, 1, 2, 7])
-
-    def scores64(self, q32):
-        q = np.asarray(q32, dtype=np.float32).astype(np.float64)
-        if self.ip:
-            # einsum, not BLAS: steady under load (no thread pool).
-            return np.einsum("ij,j->i", self.e64, q)
-        d = self.e64 - q
-        return np.einsum("ij,ij->i", d, d)
-
-    def write(self, root, shards=1, labels=True):
-        d = os.path.join(root, self.name)
-        os.makedirs(d)
-        bounds = np.linspace(0, self.n, shards + 1).astype(int)
-        entries = []
-        for s in range(shards):
-            a, b = bounds[s], bounds[s + 1]
-            e = {"embeddings": f"embeddings-{s:05d}.npy", "ids": f"ids-{s:05d}.npy"}
-            np.save(os.path.join(d, e["embeddings"]), self.emb[a:b])
-            np.save(os.path.join(d, e["ids"]), self.ids[a:b])
-            if self.labels is not None:
-                e["labels"] = f"labels-{s:05d}.npy"
-                np.save(os.path.join(d, e["labels"]), self.labels[a:b])
-            entries.append(e)
-        manifest = {"name": self.name, "step": self.step, "dim": self.dim,
-                    "metric": self.metric, "shards": entries}
-        tmp = os.path.join(d, "manifest.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(manifest, f)
-        os.rename(tmp, os.path.join(d, "manifest.json"))
+class Store(Corpus):
+    """A checkpoint's content with the numpy reference of the semantics."""
 
     # The contract, per query. q: a query spec; o: an options spec.
     def reference(self, q, o):
@@ -240,14 +127,7 @@ def make_store(rng, name, step, metric, n, dim, with_labels, normalize,
     if normalize:
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     emb = emb.astype(np.float32)
-    # Exact duplicates under different ids: ties that only the id breaks.
-    ndup = n // 16
-    targets = rng.choice(n, size=ndup, replace=False)
-    sources = rng.choice(np.setdiff1d(np.arange(n), targets), size=ndup)
-    emb[targets] = emb[sources]
-    # A few triples.
-    for t in range(0, ndup // 4):
-        emb[targets[t]] = emb[sources[0]]
+    add_duplicates(rng, emb)
     if negative_ids:
         pool = rng.integers(-(1 << 62), 1 << 62, size=2 * n, dtype=np.int64)
     else:
@@ -256,59 +136,11 @@ def make_store(rng, name, step, metric, n, dim, with_labels, normalize,
     _, first = np.unique(pool, return_index=True)
     ids = pool[np.sort(first)][:n]
     rng.shuffle(ids)
-    labels = None
-    if with_labels:
-        labels = rng.integers(0, 40, size=n).astype(np.int64)
-        odd = rng.choice(n, size=n // 50, replace=False)
-        labels[odd] = rng.choice([-5, 1 << 40, 123456789], size=len(odd))
+    labels = random_labels(rng, n) if with_labels else None
     return Store(name, step, metric, emb, ids, labels)
 
 
 # ------------------------------------------------------------------ requests
-
-
-def opts_spec(k, rmin=0, rmax=0, max_score=None, min_score=None, abs_m=None,
-              rel_r=None, sampling=TOP, temperature=0.0, seed=0, ret_emb=False):
-    return dict(k=k, rmin=rmin, rmax=rmax, max_score=max_score,
-                min_score=min_score, abs_m=abs_m, rel_r=rel_r,
-                sampling=sampling, temperature=temperature, seed=seed,
-                ret_emb=ret_emb)
-
-
-def query_spec(vec, pos_ids=(), pos_scores=(), label=None, qid=None,
-               use_bytes=False):
-    return dict(vec=np.asarray(vec, dtype=np.float32), pos_ids=list(pos_ids),
-                pos_scores=[float(np.float32(x)) for x in pos_scores],
-                label=label, qid=qid, use_bytes=use_bytes)
-
-
-def to_proto(pb, request_id, queries, o, flip_encoding=False):
-    req = pb.MineRequest(request_id=request_id)
-    opt = req.options
-    opt.num_negatives = o["k"]
-    opt.range_min = o["rmin"]
-    opt.range_max = o["rmax"]
-    for field, key in (("max_score", "max_score"), ("min_score", "min_score"),
-                       ("absolute_margin", "abs_m"), ("relative_margin", "rel_r")):
-        if o[key] is not None:
-            setattr(opt, field, o[key])
-    opt.sampling = o["sampling"]
-    opt.temperature = o["temperature"]
-    opt.seed = o["seed"]
-    opt.return_embeddings = o["ret_emb"]
-    for q in queries:
-        m = req.queries.add()
-        if q["use_bytes"] != flip_encoding:
-            m.embedding_bytes = q["vec"].astype("<f4").tobytes()
-        else:
-            m.embedding.extend(q["vec"].tolist())
-        m.positive_ids.extend(q["pos_ids"])
-        m.positive_scores.extend(q["pos_scores"])
-        if q["label"] is not None:
-            m.label = q["label"]
-        if q["qid"] is not None:
-            m.query_id = q["qid"]
-    return req
 
 
 def got_from_pb(result):
@@ -450,73 +282,12 @@ def verify(store, q, o, got):
     return errs
 
 
-# ------------------------------------------------------------------ server
-
-
-STARTED = []  # every server process started, killed at exit if still running
-
-
-def kill_leftovers():
-    for proc in STARTED:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-class Server:
-    def __init__(self, binary, ckpt_dir, log_dir, tag, extra=()):
-        self.out_path = os.path.join(log_dir, f"server-{tag}.stdout")
-        self.err_path = os.path.join(log_dir, f"server-{tag}.stderr")
-        env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
-        self.out = open(self.out_path, "w")
-        self.err = open(self.err_path, "w")
-        self.proc = subprocess.Popen(
-            [binary, f"--checkpoints={ckpt_dir}", "--grpc_port=0", *extra],
-            stdout=self.out, stderr=self.err, env=env)
-        STARTED.append(self.proc)
-        self.port = None
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            with open(self.out_path) as f:
-                for line in f:
-                    if line.startswith("listening on "):
-                        self.port = int(line.split()[2])
-                        return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise RuntimeError(f"server did not print 'listening on' (exit "
-                           f"{self.proc.poll()}); stderr: {self.stderr_tail()}")
-
-    def stderr_tail(self, n=15):
-        try:
-            with open(self.err_path) as f:
-                return "".join(f.readlines()[-n:])
-        except OSError:
-            return ""
-
-    def stop(self, timeout=20):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
-            rc = f"timeout after SIGTERM (killed, {rc})"
-        self.out.close()
-        self.err.close()
-        return rc
-
-
 # ------------------------------------------------------------------ the run
 
 
-class Run:
-    def __init__(self, args, checks, pb, pb_grpc, health_pb2, grpc):
-        self.args, self.checks = args, checks
-        self.pb, self.pb_grpc, self.health_pb2, self.grpc = pb, pb_grpc, health_pb2, grpc
-        self.rng = np.random.default_rng(args.seed)
+class SemanticsRun(Run):
+    def __init__(self, args, checks, *stubs):
+        super().__init__(args, checks, *stubs)
         self.next_id = 1
 
     def request_id(self):
@@ -552,7 +323,7 @@ class Run:
         if rng.random() < 0.3:
             pos += store.ids[rng.integers(0, store.n, size=2)].tolist()
         if rng.random() < 0.3:  # not in the index: count for nothing
-            pos += [int(x) for x in rng.integers(1 << 41, 1 << 50, size=2) if int(x) not in store.idset]
+            pos += [int(x) for x in rng.integers(1 << 41, 1 << 50, size=2) if int(x) not in store.row]
         if rng.random() < 0.2:
             rng.shuffle(pos)
         pscores = []
@@ -620,21 +391,7 @@ class Run:
         else:
             min_score = bound((0.0, 0.05))   # drop the suspiciously close
             max_score = bound((0.05, 0.6))
-        abs_m = rel_r = None
-        c = rng.random()
-        if c < 0.15:
-            abs_m = 0.0
-        elif c < 0.35:
-            abs_m = float(rng.uniform(0, 0.5) * scale)
-        elif c < 0.45:
-            abs_m = -float(rng.uniform(0, 0.3) * scale)
-        c = rng.random()
-        if c < 0.1:
-            rel_r = 0.0
-        elif c < 0.3:
-            rel_r = float(rng.uniform(0, 0.5))
-        elif c < 0.4:
-            rel_r = -float(rng.uniform(0, 0.2))
+        abs_m, rel_r = random_margins(rng, scale)
         sampling = int(rng.choice([TOP, TOP, UNIFORM, SOFTMAX]))
         temperature = 0.0
         if rng.random() < 0.6:
@@ -695,11 +452,13 @@ class Run:
         old = make_store(np.random.default_rng(1), tag + "-old", cfg["step"] - 1,
                          cfg["metric"], 64, cfg["dim"], cfg["labels"], False)
         old.write(ckpt)
-        store.write(ckpt, shards=cfg["shards"])
+        store.write(ckpt, files=cfg["shards"])
         t0 = time.time()
         try:
-            server = Server(args.server, ckpt, args.work_dir, tag,
-                            extra=["--poll_interval=200ms"])
+            server = Proc(f"server-{tag}", [args.server, f"--checkpoints={ckpt}",
+                                            "--grpc_port=0", "--poll_interval=200ms"],
+                          args.work_dir)
+            server.wait_listening()
         except Exception as e:  # noqa: BLE001
             checks.check(f"{tag}: server starts", [str(e)])
             return
@@ -716,7 +475,7 @@ class Run:
         checks.check(f"{tag}: server still alive", alive or
                      [f"exited {server.proc.returncode}: {server.stderr_tail()}"])
         channel.close()
-        rc = server.stop()
+        rc = server.stop(timeout=20)
         checks.check(f"{tag}: SIGTERM exits 0", rc == 0 or
                      [f"exit {rc}: {server.stderr_tail()}"])
 
@@ -864,19 +623,10 @@ class Run:
             self.checks.check(name, errs)
 
     def check_health(self, tag, channel):
-        h = self.health_pb2
-        check = channel.unary_unary(
-            "/grpc.health.v1.Health/Check",
-            request_serializer=h.HealthCheckRequest.SerializeToString,
-            response_deserializer=h.HealthCheckResponse.FromString)
         for service in ("", "hardneg.v1.Miner"):
-            try:
-                r = check(h.HealthCheckRequest(service=service), timeout=10)
-                errs = [] if r.status == h.HealthCheckResponse.SERVING else [
-                    f"status {h.HealthCheckResponse.ServingStatus.Name(r.status)}"]
-            except self.grpc.RpcError as e:
-                errs = [f"{e.code()} {e.details()}"]
-            self.checks.check(f"{tag}: health '{service}' SERVING", errs)
+            status = health_status(self.grpc, self.health_pb2, channel, service)
+            self.checks.check(f"{tag}: health '{service}' SERVING",
+                              status == "SERVING" or [f"status {status}"])
 
     # -------------------------------------------------- determinism
 
@@ -1032,19 +782,7 @@ class Run:
         """(name, make request, fields the message must name)."""
         pb, dim = self.pb, store.dim
 
-        def req(queries, k=5, **opt):
-            r = pb.MineRequest(request_id=0)
-            r.options.num_negatives = k
-            for key, v in opt.items():
-                setattr(r.options, key, v)
-            for q in queries:
-                m = r.queries.add()
-                if isinstance(q, bytes):
-                    m.embedding_bytes = q
-                else:
-                    m.embedding.extend(q)
-            return r
-
+        req = functools.partial(raw_request, pb)
         good = [0.1] * dim
         nan = list(good)
         nan[dim // 2] = float("nan")
@@ -1113,15 +851,12 @@ class Run:
             self.checks.check(f"{tag}: MineOnce bad input: {name}", errs)
         # Mine: in-band answers, interleaved with good requests on one stream,
         # sent and received one at a time (the stream must stay usable).
-        q = queue.Queue()
-        call = stub.Mine(iter(q.get, None), timeout=60)
-        errs = []
+        stream = LiveStream(stub, timeout=60)
         try:
             for name, make, fields in cases:
                 r = make()
                 r.request_id = self.request_id()
-                q.put(r)
-                resp = next(call)
+                resp = stream.ask(r)
                 sub = []
                 if resp.request_id != r.request_id:
                     sub.append(f"request_id {resp.request_id}, expected {r.request_id}")
@@ -1132,8 +867,7 @@ class Run:
                     sub.append(f"message {resp.error.message!r} does not name {missing}")
                 o = opts_spec(3)
                 g = to_proto(pb, self.request_id(), [good], o)
-                q.put(g)
-                resp2 = next(call)
+                resp2 = stream.ask(g)
                 if resp2.request_id != g.request_id or resp2.error.code != 0 or \
                         len(resp2.results) != 1:
                     sub.append(f"the next good request failed: {resp2.error}")
@@ -1145,12 +879,7 @@ class Run:
             self.checks.check(f"{tag}: Mine stream with bad inputs",
                               [f"stream died: {e.code()} {e.details()}"])
         finally:
-            q.put(None)
-            try:
-                for _ in call:
-                    pass
-            except grpc.RpcError:
-                pass
+            stream.close()
 
     # -------------------------------------------------- sampling distributions
 
@@ -1332,15 +1061,13 @@ class Run:
         pb, grpc = self.pb, self.grpc
         new = make_store(self.rng, tag + "-next", store.step + 1000, store.metric,
                          store.n // 2 + 17, store.dim, store.labels is not None, False)
-        q = queue.Queue()
-        call = stub.Mine(iter(q.get, None), timeout=60)
+        stream = LiveStream(stub, timeout=60)
         errs = []
         try:
             queries, o = self.random_request(store, scale)
             r = to_proto(pb, self.request_id(), queries, o)
-            q.put(r)
             self.check_response(f"{tag}: stream before the swap", store, queries, o, r,
-                                next(call), version)
+                                stream.ask(r), version)
             new.write(ckpt)
             deadline = time.time() + 30
             info = None
@@ -1367,8 +1094,7 @@ class Run:
                 queries, o = self.random_request(new, scale2)
                 r = to_proto(pb, self.request_id(), queries, o)
                 if i % 2:
-                    q.put(r)
-                    resp = next(call)
+                    resp = stream.ask(r)
                     name = f"{tag}: after the swap, old stream request {i}"
                 else:
                     resp = stub.MineOnce(r, timeout=30)
@@ -1377,22 +1103,7 @@ class Run:
         except grpc.RpcError as e:
             self.checks.check(f"{tag}: swap", [f"RPC failed: {e.code()} {e.details()}"])
         finally:
-            q.put(None)
-            try:
-                for _ in call:
-                    pass
-            except grpc.RpcError:
-                pass
-
-
-def find_duplicate(store):
-    """Two rows with identical vectors, the smaller id first."""
-    _, inverse, counts = np.unique(store.emb, axis=0, return_inverse=True,
-                                   return_counts=True)
-    group = int(np.argmax(counts == 2)) if np.any(counts == 2) else int(np.argmax(counts))
-    rows = np.nonzero(inverse.reshape(-1) == group)[0][:2]
-    a, b = sorted(rows.tolist(), key=lambda r: store.ids[r])
-    return a, b
+            stream.close()
 
 
 def same_results(first, again, queries, o):
@@ -1410,20 +1121,6 @@ def same_results(first, again, queries, o):
                 break
         errs.append("request: " + describe(queries, o))
     return errs
-
-
-def describe(queries, o, which=None):
-    """The request, for a failure report: options, and the queries `which`
-    (default: the first three)."""
-    which = list(which or range(min(3, len(queries))))[:3]
-    qs = []
-    for i in which:
-        q = queries[i]
-        qs.append(f"queries[{i}]={{pos_ids={q['pos_ids'][:6]}{'...' if len(q['pos_ids']) > 6 else ''} "
-                  f"({len(q['pos_ids'])}), pos_scores={q['pos_scores']}, label={q['label']}, "
-                  f"query_id={q['qid']}, bytes={q['use_bytes']}, "
-                  f"vec[:3]={q['vec'][:3].tolist()}}}")
-    return f"options={o} ({len(queries)} queries) {' '.join(qs)}"
 
 
 CONFIGS = [
@@ -1466,15 +1163,10 @@ def main():
     os.makedirs(args.work_dir, exist_ok=True)
     checks = Checks(args.verbose)
     start = time.time()
-    try:
-        health_pb2 = generate_stubs(args.proto_dir, args.python_dir, args.work_dir)
-        import grpc
-        from hardneg.v1 import miner_pb2, miner_pb2_grpc
-    except Exception:  # noqa: BLE001
-        checks.check("generate and import the stubs", [traceback.format_exc()])
-        print(f"{checks.passed} passed, {checks.failed} failed")
+    stubs = checked_stubs(checks, args.proto_dir, args.work_dir, args.python_dir)
+    if stubs is None:
         return 1
-    run = Run(args, checks, miner_pb2, miner_pb2_grpc, health_pb2, grpc)
+    run = SemanticsRun(args, checks, *stubs)
     try:
         for cfg in CONFIGS:
             if args.only and args.only not in cfg["name"]:
@@ -1482,7 +1174,7 @@ def main():
             t = time.time()
             run.run_config(cfg)
             print(f"   {cfg['name']} done in {time.time() - t:.1f}s "
-                  f"({checks.passed} passed, {checks.failed} failed so far)")
+                  f"({checks.summary()} so far)")
     finally:
         kill_leftovers()
     if tmp is not None and checks.failed == 0:
@@ -1492,7 +1184,7 @@ def main():
     if args.verbose or checks.failed:
         print("coverage: " + ", ".join(f"{k}: {v}" for k, v in sorted(COVERAGE.items())))
     print(f"elapsed {time.time() - start:.1f}s")
-    print(f"{checks.passed} passed, {checks.failed} failed")
+    print(checks.summary())
     return 0 if checks.failed == 0 else 1
 
 

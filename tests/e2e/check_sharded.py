@@ -42,23 +42,19 @@ Usage:
       [--proto_dir proto] [--work_dir /tmp/e2e-sharded] [--seed N]
 
 Needs /usr/bin/python3 with Debian's python3-grpcio, python3-numpy,
-python3-protobuf, and protoc + /usr/bin/grpc_python_plugin (stubs are
-generated into the work dir). Prints `N passed, M failed`; exits 1 on any
-failure.
+python3-protobuf, and /usr/bin/protoc + /usr/bin/grpc_python_plugin (or
+$PROTOC, $GRPC_PYTHON_PLUGIN; stubs are generated into the work dir, see
+e2e_common.py). Prints `N passed, M failed`; exits 1 on any failure.
 """
 
 import argparse
 import concurrent.futures
 import contextlib
-import importlib.util
-import json
+import functools
 import math
 import os
-import queue
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -68,14 +64,17 @@ import urllib.request
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e_common import (INVALID_ARGUMENT, RARE_LABELS, ROOT, SAMPLING_NAMES,  # noqa: E402
+                        SOFTMAX, TOP, UNIFORM, Checks, Corpus, LiveStream, Proc, Run,
+                        add_duplicates, checked_stubs, describe, find_duplicate,
+                        health_status, kill_leftovers, mc, opts_spec, query_spec,
+                        random_labels, random_margins, raw_request, to_proto)
 
 NUM_SHARDS = 3
-TOP, UNIFORM, SOFTMAX = 0, 1, 2
-SAMPLING_NAMES = {TOP: "TOP", UNIFORM: "UNIFORM", SOFTMAX: "SOFTMAX"}
-OK, INVALID_ARGUMENT, UNAVAILABLE = 0, 3, 14
+OK, UNAVAILABLE = 0, 14
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+ODD_LABELS = RARE_LABELS + (INT64_MIN,)  # the smallest int64 is a label too
 MASK64 = (1 << 64) - 1
 # Scores are float32 values computed the same way on a shard and on one
 # server; allow float32 rounding only.
@@ -84,31 +83,6 @@ RPC_TIMEOUT = 60
 
 
 # ------------------------------------------------------------------ results
-
-
-class Checks:
-    def __init__(self, verbose=False):
-        self.passed = 0
-        self.failed = 0
-        self.verbose = verbose
-
-    def check(self, name, errors):
-        """errors: a list of strings (empty means pass) or a bool."""
-        if errors is True or errors == []:
-            self.passed += 1
-            if self.verbose:
-                print(f"  ok   {name}")
-            return True
-        if errors is False:
-            errors = ["failed"]
-        self.failed += 1
-        print(f"FAIL {name}")
-        for e in errors[:8]:
-            print(f"       {e}")
-        if len(errors) > 8:
-            print(f"       ... {len(errors) - 8} more")
-        sys.stdout.flush()
-        return False
 
 
 @contextlib.contextmanager
@@ -134,38 +108,6 @@ def bump(key, cond=True):
         COVERAGE[key] = COVERAGE.get(key, 0) + 1
 
 
-# ------------------------------------------------------------------ stubs
-
-
-def generate_stubs(proto_dir, work_dir):
-    """Generates the miner stubs under work_dir/py and the health stubs under
-    work_dir/health (loaded by path: a `grpc` directory on sys.path would
-    clash with grpcio)."""
-    plugin = os.environ.get("GRPC_PYTHON_PLUGIN", "/usr/bin/grpc_python_plugin")
-    if not os.path.exists(plugin):
-        plugin = shutil.which("grpc_python_plugin") or plugin
-    protoc = os.environ.get("PROTOC", shutil.which("protoc") or "protoc")
-    py = os.path.join(work_dir, "py")
-    health = os.path.join(work_dir, "health")
-    for d in (py, health):
-        shutil.rmtree(d, ignore_errors=True)
-        os.makedirs(d)
-    for out, proto in ((py, "hardneg/v1/miner.proto"),
-                       (health, "grpc/health/v1/health.proto")):
-        subprocess.run([protoc, "-I", proto_dir, f"--python_out={out}",
-                        f"--grpc_out={out}", f"--plugin=protoc-gen-grpc={plugin}",
-                        os.path.join(proto_dir, proto)], check=True)
-    for init in ("hardneg/__init__.py", "hardneg/v1/__init__.py"):
-        open(os.path.join(py, init), "a").close()
-    sys.path.insert(0, py)
-    spec = importlib.util.spec_from_file_location(
-        "e2e_sharded_health_pb2", os.path.join(health, "grpc", "health", "v1",
-                                               "health_pb2.py"))
-    health_pb2 = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(health_pb2)
-    return health_pb2
-
-
 # ------------------------------------------------------------------ sharding
 
 
@@ -184,54 +126,20 @@ def shard_of(id_, n=NUM_SHARDS):
 # ------------------------------------------------------------------ data
 
 
-class Corpus:
-    """One version's candidates: embeddings, ids, labels and their shards."""
+class ShardedCorpus(Corpus):
+    """One version's candidates (inner products, labels) and their shards."""
 
     def __init__(self, name, step, emb, ids, labels):
-        self.name, self.step = name, step
-        self.emb = np.ascontiguousarray(emb, dtype=np.float32)
-        self.e64 = self.emb.astype(np.float64)
-        self.ids = np.asarray(ids, dtype=np.int64)
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self.n, self.dim = self.emb.shape
-        self.row = {int(i): r for r, i in enumerate(self.ids)}
-        assert len(self.row) == self.n, "ids must be unique"
+        super().__init__(name, step, "inner_product", emb, ids, labels)
         self.shard = np.array([shard_of(i) for i in self.ids.tolist()], dtype=np.int64)
-        self.label_values = sorted(set(self.labels.tolist()))
 
     def share(self, s):
         return int(np.count_nonzero(self.shard == s))
 
-    def scores(self, q):
-        """Inner products in float64 (einsum, not BLAS: steady under load)."""
-        return np.einsum("ij,j->i", self.e64, np.asarray(q, dtype=np.float64))
-
     def order(self, q):
         """Rows best first (ties by id)."""
-        s = self.scores(q).astype(np.float32)
+        s = self.scores64(q).astype(np.float32)
         return np.lexsort((self.ids, -s))
-
-    def write(self, root, files=2):
-        """A checkpoint directory <root>/<name> in `files` .npy triples; the
-        manifest is renamed in last."""
-        d = os.path.join(root, self.name)
-        os.makedirs(d)
-        bounds = np.linspace(0, self.n, files + 1).astype(int)
-        entries = []
-        for f in range(files):
-            a, b = bounds[f], bounds[f + 1]
-            e = {"embeddings": f"embeddings-{f:05d}.npy", "ids": f"ids-{f:05d}.npy",
-                 "labels": f"labels-{f:05d}.npy"}
-            np.save(os.path.join(d, e["embeddings"]), self.emb[a:b])
-            np.save(os.path.join(d, e["ids"]), self.ids[a:b])
-            np.save(os.path.join(d, e["labels"]), self.labels[a:b])
-            entries.append(e)
-        manifest = {"name": self.name, "step": self.step, "dim": self.dim,
-                    "metric": "inner_product", "shards": entries}
-        tmp = os.path.join(d, "manifest.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(manifest, f)
-        os.rename(tmp, os.path.join(d, "manifest.json"))
 
 
 def unique_ids(rng, n, taken=()):
@@ -254,29 +162,11 @@ def unique_ids(rng, n, taken=()):
     return ids
 
 
-def add_duplicates(rng, emb):
-    """Exact duplicate vectors under different ids (ties only the id breaks),
-    and a few triples."""
-    n = len(emb)
-    ndup = n // 16
-    targets = rng.choice(n, size=ndup, replace=False)
-    sources = rng.choice(np.setdiff1d(np.arange(n), targets), size=ndup)
-    emb[targets] = emb[sources]
-    for t in range(ndup // 4):
-        emb[targets[t]] = emb[sources[0]]
-
-
-def random_labels(rng, n):
-    labels = rng.integers(0, 40, size=n).astype(np.int64)
-    odd = rng.choice(n, size=max(1, n // 50), replace=False)
-    labels[odd] = rng.choice([-5, 1 << 40, 123456789, INT64_MIN], size=len(odd))
-    return labels
-
-
 def make_corpus(rng, name, step, n, dim):
     emb = (rng.standard_normal((n, dim)) / math.sqrt(dim)).astype(np.float32)
     add_duplicates(rng, emb)
-    return Corpus(name, step, emb, unique_ids(rng, n), random_labels(rng, n))
+    return ShardedCorpus(name, step, emb, unique_ids(rng, n),
+                         random_labels(rng, n, ODD_LABELS))
 
 
 def reencode(rng, old, name, step):
@@ -290,57 +180,11 @@ def reencode(rng, old, name, step):
     emb = emb.astype(np.float32)
     add_duplicates(rng, emb)
     ids = np.concatenate([old.ids[keep], unique_ids(rng, new_n, taken=old.ids)])
-    labels = np.concatenate([old.labels[keep], random_labels(rng, new_n)])
-    return Corpus(name, step, emb, ids, labels)
+    labels = np.concatenate([old.labels[keep], random_labels(rng, new_n, ODD_LABELS)])
+    return ShardedCorpus(name, step, emb, ids, labels)
 
 
 # ------------------------------------------------------------------ requests
-
-
-def opts_spec(k, rmin=0, rmax=0, max_score=None, min_score=None, abs_m=None,
-              rel_r=None, sampling=TOP, temperature=0.0, seed=0, ret_emb=False,
-              allow_partial=False, index_version=""):
-    return dict(k=k, rmin=rmin, rmax=rmax, max_score=max_score, min_score=min_score,
-                abs_m=abs_m, rel_r=rel_r, sampling=sampling, temperature=temperature,
-                seed=seed, ret_emb=ret_emb, allow_partial=allow_partial,
-                index_version=index_version)
-
-
-def query_spec(vec, pos_ids=(), pos_scores=(), label=None, qid=None, use_bytes=False):
-    return dict(vec=np.asarray(vec, dtype=np.float32), pos_ids=[int(i) for i in pos_ids],
-                pos_scores=[float(np.float32(x)) for x in pos_scores],
-                label=label, qid=qid, use_bytes=use_bytes)
-
-
-def to_proto(pb, request_id, queries, o):
-    req = pb.MineRequest(request_id=request_id)
-    opt = req.options
-    opt.num_negatives = o["k"]
-    opt.range_min = o["rmin"]
-    opt.range_max = o["rmax"]
-    for field, key in (("max_score", "max_score"), ("min_score", "min_score"),
-                       ("absolute_margin", "abs_m"), ("relative_margin", "rel_r")):
-        if o[key] is not None:
-            setattr(opt, field, o[key])
-    opt.sampling = o["sampling"]
-    opt.temperature = o["temperature"]
-    opt.seed = o["seed"]
-    opt.return_embeddings = o["ret_emb"]
-    opt.allow_partial = o["allow_partial"]
-    opt.index_version = o["index_version"]
-    for q in queries:
-        m = req.queries.add()
-        if q["use_bytes"]:
-            m.embedding_bytes = q["vec"].astype("<f4").tobytes()
-        else:
-            m.embedding.extend(q["vec"].tolist())
-        m.positive_ids.extend(q["pos_ids"])
-        m.positive_scores.extend(q["pos_scores"])
-        if q["label"] is not None:
-            m.label = q["label"]
-        if q["qid"] is not None:
-            m.query_id = q["qid"]
-    return req
 
 
 class RequestGen:
@@ -348,7 +192,7 @@ class RequestGen:
 
     def __init__(self, rng, corpus):
         self.rng, self.c = rng, corpus
-        s0 = corpus.scores(corpus.emb[0]).astype(np.float32)
+        s0 = corpus.scores64(corpus.emb[0]).astype(np.float32)
         self.scale = float(np.std(s0)) or 1.0
 
     def positives_on_several_shards(self, order, spread):
@@ -373,7 +217,7 @@ class RequestGen:
             vec = c.emb[j] + noise * rng.standard_normal(c.dim)
         vec = np.asarray(vec, dtype=np.float32)
         order = c.order(vec)
-        s = c.scores(vec).astype(np.float32)
+        s = c.scores64(vec).astype(np.float32)
         pos = []
         if kind != "random" and rng.random() < 0.6:
             pos.append(int(c.ids[j]))
@@ -415,7 +259,7 @@ class RequestGen:
 
     def options(self, first_vec, deep=True):
         rng, c = self.rng, self.c
-        s = np.sort(c.scores(first_vec).astype(np.float32))[::-1]  # best first
+        s = np.sort(c.scores64(first_vec).astype(np.float32))[::-1]  # best first
         k = int(rng.choice([1, 1, 2, 3, 5, 8, 10, 16, 32, 64]))
         r = rng.random()
         if r < 0.4:
@@ -454,21 +298,7 @@ class RequestGen:
             # Too few survive: a shortfall the shards must not fill.
             min_score = float(s[int(rng.integers(0, max(1, k)))])
             max_score = None
-        abs_m = rel_r = None
-        u = rng.random()
-        if u < 0.15:
-            abs_m = 0.0
-        elif u < 0.4:
-            abs_m = float(rng.uniform(0, 0.5) * self.scale)
-        elif u < 0.5:
-            abs_m = -float(rng.uniform(0, 0.3) * self.scale)
-        u = rng.random()
-        if u < 0.1:
-            rel_r = 0.0
-        elif u < 0.3:
-            rel_r = float(rng.uniform(0, 0.5))
-        elif u < 0.4:
-            rel_r = -float(rng.uniform(0, 0.2))
+        abs_m, rel_r = random_margins(rng, self.scale, absolute_odds=(0.15, 0.4, 0.5))
         sampling = int(rng.choice([TOP, TOP, UNIFORM, SOFTMAX]))
         temperature = float(rng.uniform(0.02, 2.0) * self.scale) if rng.random() < 0.6 else 0.0
         seed = int(rng.integers(0, MASK64, dtype=np.uint64, endpoint=True))
@@ -511,7 +341,7 @@ def count_coverage(c, queries, o, answer):
         bump("margin, stored positives on >= 2 shards", len(shards) >= 2)
         # Would a shard's own p differ from the global one? (Then only the
         # global weakest positive gives the right survivors.)
-        s = c.scores(q["vec"]).astype(np.float32)
+        s = c.scores64(q["vec"]).astype(np.float32)
         p_all = min([float(s[r]) for r in stored] + q["pos_scores"])
         for sh in range(NUM_SHARDS):
             local = [float(s[r]) for r in stored if c.shard[r] == sh] + q["pos_scores"]
@@ -575,125 +405,12 @@ def compare(got, want, missing=()):
     return errs
 
 
-def describe(queries, o):
-    qs = []
-    for i, q in enumerate(queries[:3]):
-        qs.append(f"queries[{i}]={{pos_ids={q['pos_ids'][:6]}"
-                  f"{'...' if len(q['pos_ids']) > 6 else ''} ({len(q['pos_ids'])}), "
-                  f"pos_scores={q['pos_scores']}, label={q['label']}, query_id={q['qid']}}}")
-    return f"options={o} ({len(queries)} queries) {' '.join(qs)}"
-
-
-# ------------------------------------------------------------------ processes
-
-
-STARTED = []  # every process started, killed at exit if still running
-
-
-def kill_leftovers():
-    for p in STARTED:
-        if p.proc.poll() is None:
-            p.proc.kill()
-            p.proc.wait()
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveStream:
-    """A Mine stream kept open: one request sent, its answer read, at a time."""
-
-    def __init__(self, stub, timeout):
-        self.requests = queue.Queue()
-        self.call = stub.Mine(iter(self.requests.get, None), timeout=timeout)
-
-    def ask(self, req):
-        self.requests.put(req)
-        return next(self.call)
-
-    def close(self):
-        self.requests.put(None)
-        try:
-            for _ in self.call:
-                pass
-        except Exception:  # noqa: BLE001
-            pass
-
-
-class Proc:
-    """A server or router process, its output in <log_dir>/<tag>.std{out,err}
-    (appended to across restarts)."""
-
-    def __init__(self, tag, argv, log_dir):
-        self.tag, self.argv = tag, argv
-        self.out_path = os.path.join(log_dir, f"{tag}.stdout")
-        self.err_path = os.path.join(log_dir, f"{tag}.stderr")
-        self.start()
-
-    def start(self):
-        self.out = open(self.out_path, "a")
-        self.err = open(self.err_path, "a")
-        self.out_offset = self.out.tell()
-        env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
-        self.proc = subprocess.Popen(self.argv, stdout=self.out, stderr=self.err, env=env)
-        STARTED.append(self)
-
-    def wait_listening(self, timeout=60):
-        """The port of the server's `listening on <port>` line."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            with open(self.out_path) as f:
-                f.seek(self.out_offset)
-                for line in f:
-                    if line.startswith("listening on "):
-                        return int(line.split()[2])
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.tag} did not print 'listening on' (exit "
-                           f"{self.proc.poll()}); stderr: {self.stderr_tail()}")
-
-    def stderr_tail(self, n=12):
-        try:
-            with open(self.err_path) as f:
-                return "".join(f.readlines()[-n:])
-        except OSError:
-            return ""
-
-    def close_logs(self):
-        self.out.close()
-        self.err.close()
-
-    def kill(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        self.close_logs()
-
-    def stop(self, timeout=30):
-        """SIGTERM; the exit code, or a description of what went wrong."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.send_signal(signal.SIGCONT)  # in case it was stopped
-        try:
-            rc = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = f"no exit {timeout}s after SIGTERM (killed: {self.proc.wait()})"
-        self.close_logs()
-        return rc
-
-
 # ------------------------------------------------------------------ the run
 
 
-class Run:
-    def __init__(self, args, checks, pb, pb_grpc, health_pb2, grpc):
-        self.args, self.checks = args, checks
-        self.pb, self.pb_grpc, self.health_pb2, self.grpc = pb, pb_grpc, health_pb2, grpc
-        self.rng = np.random.default_rng(args.seed)
+class ShardedRun(Run):
+    def __init__(self, args, checks, *stubs):
+        super().__init__(args, checks, *stubs)
         self.next_id = 0
         self.id_lock = threading.Lock()
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
@@ -754,19 +471,17 @@ class Run:
     def info(self, stub):
         return stub.GetIndexInfo(self.pb.GetIndexInfoRequest(), timeout=10)
 
+    def serves(self, stub, name, size):
+        """[] if GetIndexInfo reports version `name` of `size` candidates,
+        else what it reports."""
+        info = self.info(stub)
+        return ([] if (info.version.name, info.size) == (name, size)
+                else [f"{info.version.name} size {info.size}"])
+
     def health(self, port, service=""):
-        """SERVING / NOT_SERVING / ..., or the RPC's error code name."""
-        h = self.health_pb2
+        """SERVING / NOT_SERVING / ..., or the RPC's error, on a channel of its own."""
         with self.grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            check = ch.unary_unary(
-                "/grpc.health.v1.Health/Check",
-                request_serializer=h.HealthCheckRequest.SerializeToString,
-                response_deserializer=h.HealthCheckResponse.FromString)
-            try:
-                r = check(h.HealthCheckRequest(service=service), timeout=5)
-                return h.HealthCheckResponse.ServingStatus.Name(r.status)
-            except self.grpc.RpcError as e:
-                return e.code().name
+            return health_status(self.grpc, self.health_pb2, ch, service, timeout=5)
 
     def wait_health(self, port, want, timeout):
         """Seconds until health of '' and hardneg.v1.Miner is `want`, or None."""
@@ -822,8 +537,8 @@ class Run:
     def part_start(self):
         checks, args = self.checks, self.args
         self.v1 = make_corpus(self.rng, "ckpt-v1", 1000, 6000, 32)
-        self.v1.write(self.ckpt)
-        ports = [free_port() for _ in range(NUM_SHARDS)]
+        self.v1.write(self.ckpt, files=2)
+        ports = [mc.free_port() for _ in range(NUM_SHARDS)]
         self.targets = [f"127.0.0.1:{p}" for p in ports]
         self.shard_ports = ports
         for i, port in enumerate(ports):
@@ -839,7 +554,7 @@ class Run:
             checks.check(f"shard {i} listens on its --grpc_port",
                          got == ports[i] or [f"listening on {got}, expected {ports[i]}"])
         self.single_port = self.single.wait_listening()
-        self.router_port, self.metrics_port = free_port(), free_port()
+        self.router_port, self.metrics_port = mc.free_port(), mc.free_port()
         self.router = Proc("router", [
             args.router, f"--shards={','.join(self.targets)}",
             f"--grpc_port={self.router_port}", "--host=127.0.0.1",
@@ -893,15 +608,7 @@ class Run:
         """(name, request): invalid requests both must refuse alike."""
         pb, dim = self.pb, c.dim
 
-        def req(embs, k=5, **opt):
-            r = pb.MineRequest(request_id=0)
-            r.options.num_negatives = k
-            for key, v in opt.items():
-                setattr(r.options, key, v)
-            for e in embs:
-                r.queries.add().embedding.extend(e)
-            return r
-
+        req = functools.partial(raw_request, pb)
         good = [0.1] * dim
         nan = list(good)
         nan[3] = float("nan")
@@ -1117,7 +824,7 @@ class Run:
             time.sleep(0.05)
         self.v2 = reencode(self.rng, v1, "ckpt-v2", v1.step + 500)
         t_write = time.time()
-        self.v2.write(self.ckpt)
+        self.v2.write(self.ckpt, files=2)
         single_info = self.wait_version(self.single_stub, self.v2.name, 60)
         router_info = self.wait_version(self.router_stub, self.v2.name, 60)
         t_router = time.time() - t_write
@@ -1292,11 +999,9 @@ class Run:
                 port = self.shards[victim].wait_listening()
                 checks.check(f"{how}: the restarted shard listens on its port",
                              port == self.shard_ports[victim] or [f"listening on {port}"])
-                info = self.info(self.shard_stubs[victim])
                 checks.check(f"{how}: the restarted shard serves its share of {c.name} "
                              f"from its snapshot",
-                             (info.version.name, info.size) == (c.name, c.share(victim))
-                             or [f"{info.version.name} size {info.size}"])
+                             self.serves(self.shard_stubs[victim], c.name, c.share(victim)))
             else:
                 self.shards[victim].proc.send_signal(signal.SIGCONT)
             took = self.wait_health(self.router_port, "SERVING", 60)
@@ -1469,17 +1174,14 @@ class Run:
         checks = self.checks
         errs = []
         for i, stub in enumerate(self.shard_stubs):
-            info = self.info(stub)
-            if (info.version.name, info.size) != (c.name, c.share(i)):
-                errs.append(f"shard {i}: {info.version.name} size {info.size}, expected "
-                            f"{c.name} {c.share(i)}")
+            errs += [f"shard {i}: {e}, expected {c.name} {c.share(i)}"
+                     for e in self.serves(stub, c.name, c.share(i))]
         checks.check(f"publish: {what}: every shard serves {c.name} with its share "
                      f"({[c.share(i) for i in range(NUM_SHARDS)]})", errs)
-        info = self.info(self.router_stub)
         checks.check(f"publish: {what}: router GetIndexInfo reports {c.name}, size {c.n}",
-                     (info.version.name, info.size) == (c.name, c.n)
-                     or [f"{info.version.name} size {info.size}"])
-        info = self.wait_version(self.router_stub, c.name, 10) or info
+                     self.serves(self.router_stub, c.name, c.n))
+        info = (self.wait_version(self.router_stub, c.name, 10)
+                or self.info(self.router_stub))
         errs = [] if len(info.shards) == NUM_SHARDS else [f"{len(info.shards)} shards"]
         for i, sh in enumerate(info.shards):
             if (sh.target, sh.info.version.name, sh.info.size) != \
@@ -1488,10 +1190,8 @@ class Run:
                             f"{sh.info.size} error {sh.error!r}")
         checks.check(f"publish: {what}: router's per-shard breakdown lists the 3 shards "
                      f"with their shares", errs)
-        sinfo = self.info(self.single_stub)
         checks.check(f"publish: {what}: the single server serves {c.name}, size {c.n}",
-                     (sinfo.version.name, sinfo.size) == (c.name, c.n)
-                     or [f"{sinfo.version.name} size {sinfo.size}"])
+                     self.serves(self.single_stub, c.name, c.n))
 
     def mine_published(self, c, what, count=24):
         gen = RequestGen(self.rng, c)
@@ -1517,7 +1217,8 @@ class Run:
         rng.shuffle(ids)
         emb = (rng.standard_normal((n, dim)) / math.sqrt(dim)).astype(np.float32)
         add_duplicates(rng, emb)
-        full = Corpus("pub-full", self.v2.step + 1000, emb, ids, random_labels(rng, n))
+        full = ShardedCorpus("pub-full", self.v2.step + 1000, emb, ids,
+                             random_labels(rng, n, ODD_LABELS))
         header = pb.PublishHeader(name=full.name, step=full.step, dim=dim,
                                   metric="inner_product", wait=True, total_ids=n)
         msgs = self.publish_messages(header, self.make_chunks(full.ids, full.labels,
@@ -1532,7 +1233,7 @@ class Run:
         new_ids = unique_ids(rng, 45, taken=full.ids)
         up_ids = np.concatenate([full.ids[changed], new_ids])
         up_emb = (rng.standard_normal((len(up_ids), dim)) / math.sqrt(dim)).astype(np.float32)
-        up_labels = random_labels(rng, len(up_ids))
+        up_labels = random_labels(rng, len(up_ids), ODD_LABELS)
         del_ids = full.ids[deleted].tolist() + unique_ids(
             rng, 2, taken=np.concatenate([full.ids, new_ids])).tolist()
         # The expected corpus: base rows in order (minus deletes, upserts in
@@ -1544,8 +1245,8 @@ class Run:
             rows.pop(i, None)
         order = [i for i in full.ids.tolist() if i in rows] + \
             [i for i in new_ids.tolist() if i in rows]
-        inc = Corpus("pub-inc", full.step + 1, np.stack([rows[i][0] for i in order]),
-                     order, [rows[i][1] for i in order])
+        inc = ShardedCorpus("pub-inc", full.step + 1, np.stack([rows[i][0] for i in order]),
+                            order, [rows[i][1] for i in order])
         header = pb.PublishHeader(name=inc.name, step=inc.step, dim=dim,
                                   metric="inner_product", base_version=full.name, wait=True,
                                   total_ids=len(up_ids), total_delete_ids=len(del_ids))
@@ -1571,15 +1272,6 @@ class Run:
             self.checks.check(f"shutdown: {p.tag} exits 0 on SIGTERM "
                               f"({time.time() - start:.2f}s)",
                               rc == 0 or [f"exit {rc}: {p.stderr_tail()}"])
-
-
-def find_duplicate(c):
-    """Two rows with identical vectors, the smaller id first."""
-    _, inverse, counts = np.unique(c.emb, axis=0, return_inverse=True, return_counts=True)
-    group = int(np.argmax(counts == 2)) if np.any(counts == 2) else int(np.argmax(counts))
-    rows = np.nonzero(inverse.reshape(-1) == group)[0][:2]
-    a, b = sorted(rows.tolist(), key=lambda r: c.ids[r])
-    return a, b
 
 
 # Each must have been exercised by at least this many verified answers.
@@ -1623,15 +1315,10 @@ def main():
     checks = Checks(args.verbose)
     start = time.time()
     assert splitmix64(0) == 0xE220A8397B1DCDAF and splitmix64(1234567) == 6457827717110365317
-    try:
-        health_pb2 = generate_stubs(args.proto_dir, args.work_dir)
-        import grpc
-        from hardneg.v1 import miner_pb2, miner_pb2_grpc
-    except Exception:  # noqa: BLE001
-        checks.check("generate and import the stubs", [traceback.format_exc()])
-        print(f"{checks.passed} passed, {checks.failed} failed")
+    stubs = checked_stubs(checks, args.proto_dir, args.work_dir)
+    if stubs is None:
         return 1
-    run = Run(args, checks, miner_pb2, miner_pb2_grpc, health_pb2, grpc)
+    run = ShardedRun(args, checks, *stubs)
     try:
         started = False
         with part("start: 3 shards, a router, one unsharded server", checks):
@@ -1663,7 +1350,7 @@ def main():
     elif checks.failed:
         print(f"logs, checkpoints and data dirs: {args.work_dir}")
     print(f"elapsed {time.time() - start:.1f}s")
-    print(f"{checks.passed} passed, {checks.failed} failed")
+    print(checks.summary())
     return 0 if checks.failed == 0 else 1
 
 

@@ -183,15 +183,15 @@ def make_checkpoint(path, n=500, dim=16, seed=7, step=100):
 
 
 def load_stubs(work_dir):
-    """miner_pb2 and miner_pb2_grpc, generated into work_dir the way
-    tests/e2e/check_semantics.py does."""
+    """miner_pb2 and miner_pb2_grpc, generated into work_dir the way the
+    end-to-end checks generate theirs (tests/e2e/e2e_common.py)."""
     spec = importlib.util.spec_from_file_location(
-        "check_semantics", os.path.join(ROOT, "tests", "e2e", "check_semantics.py"))
-    cs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cs)
+        "e2e_common", os.path.join(ROOT, "tests", "e2e", "e2e_common.py"))
+    ec = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ec)
     os.makedirs(work_dir, exist_ok=True)
-    cs.generate_stubs(os.path.join(ROOT, "proto"), os.path.join(ROOT, "python"), work_dir)
-    from hardneg.v1 import miner_pb2, miner_pb2_grpc
+    _, miner_pb2, miner_pb2_grpc, _ = ec.load_stubs(
+        os.path.join(ROOT, "proto"), work_dir, os.path.join(ROOT, "python"))
     return miner_pb2, miner_pb2_grpc
 
 

@@ -191,6 +191,21 @@ class Server:
 # ------------------------------------------------------------------ gRPC stubs
 
 
+def protoc_python(proto_dir, out, proto):
+    """Generates the Python messages and gRPC stubs of `proto` (a path under
+    proto_dir) under `out` with the system protoc and grpc_python_plugin."""
+    plugin = os.environ.get("GRPC_PYTHON_PLUGIN", "/usr/bin/grpc_python_plugin")
+    protoc = os.environ.get("PROTOC", "/usr/bin/protoc")
+    for tool in (plugin, protoc):
+        if not os.access(tool, os.X_OK):
+            raise Failure(f"{tool} is missing (protobuf-compiler, "
+                          "protobuf-compiler-grpc)")
+    subprocess.run([protoc, "-I", proto_dir, f"--python_out={out}",
+                    f"--grpc_out={out}", f"--plugin=protoc-gen-grpc={plugin}",
+                    os.path.join(proto_dir, proto)],
+                   check=True, timeout=60)
+
+
 def load_stubs(proto_dir, work_dir):
     """Generates hardneg/v1/miner_pb2{,_grpc}.py under work_dir/py with the
     system protoc and grpc_python_plugin; returns (grpc, pb2, pb2_grpc)."""
@@ -202,16 +217,7 @@ def load_stubs(proto_dir, work_dir):
     os.makedirs(os.path.join(out, "hardneg", "v1"), exist_ok=True)
     for init in ("hardneg/__init__.py", "hardneg/v1/__init__.py"):
         open(os.path.join(out, init), "a").close()
-    plugin = os.environ.get("GRPC_PYTHON_PLUGIN", "/usr/bin/grpc_python_plugin")
-    protoc = os.environ.get("PROTOC", "/usr/bin/protoc")
-    for tool in (plugin, protoc):
-        if not os.access(tool, os.X_OK):
-            raise Failure(f"{tool} is missing (protobuf-compiler, "
-                          "protobuf-compiler-grpc)")
-    subprocess.run([protoc, "-I", proto_dir, f"--python_out={out}",
-                    f"--grpc_out={out}", f"--plugin=protoc-gen-grpc={plugin}",
-                    os.path.join(proto_dir, "hardneg", "v1", "miner.proto")],
-                   check=True, timeout=60)
+    protoc_python(proto_dir, out, os.path.join("hardneg", "v1", "miner.proto"))
     sys.path.insert(0, out)
     import grpc
     from hardneg.v1 import miner_pb2, miner_pb2_grpc
