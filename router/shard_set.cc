@@ -6,7 +6,6 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/blocking_counter.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -172,7 +171,7 @@ ShardSetView ShardSet::Refresh() {
   std::vector<v1::GetIndexInfoRequest> requests(n);
   std::vector<v1::IndexInfo> infos(n);
   std::vector<grpc::Status> statuses(n);
-  absl::BlockingCounter pending(static_cast<int>(n));
+  PendingCalls pending(n);
   const auto deadline = std::chrono::system_clock::now() +
                         std::chrono::microseconds(
                             absl::ToInt64Microseconds(options_.poll_timeout));
@@ -182,7 +181,7 @@ ShardSetView ShardSet::Refresh() {
     miners_[i]->async()->GetIndexInfo(&contexts[i], &requests[i], &infos[i],
                                       [&, i](grpc::Status status) {
                                         statuses[i] = std::move(status);
-                                        pending.DecrementCount();
+                                        pending.Done();
                                       });
   }
   pending.Wait();

@@ -39,6 +39,30 @@
 
 namespace hardneg {
 
+// Waits for the callbacks of calls made at once to every shard. An
+// absl::Mutex rather than absl::BlockingCounter, whose atomics live in
+// Debian's uninstrumented abseil, out of ThreadSanitizer's sight
+// (tests/sanitizers/tsan_absl_sync.cc models the Mutex).
+class PendingCalls {
+ public:
+  explicit PendingCalls(size_t calls) : pending_(calls) {}
+  // One call's callback is done (after it wrote its results).
+  void Done() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    --pending_;
+  }
+  // Returns once every call's Done ran.
+  void Wait() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](size_t* pending) { return *pending == 0; }, &pending_));
+  }
+
+ private:
+  absl::Mutex mu_;
+  size_t pending_ ABSL_GUARDED_BY(mu_);
+};
+
 // One shard as last polled.
 struct ShardState {
   std::string target;

@@ -6,7 +6,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/synchronization/blocking_counter.h"
 #include "base/status_macros.h"
 #include "corpus/metric.h"
 #include "format/version_name.h"
@@ -195,9 +194,9 @@ absl::Status ShardedMiner::CallShards(
                        std::chrono::microseconds(
                            absl::ToInt64Microseconds(options_.shard_timeout));
   const auto shard_deadline = std::min(deadline, timeout);
-  int asked = 0;
+  size_t asked = 0;
   for (size_t i = 0; i < n; ++i) asked += round->live[i] ? 1 : 0;
-  absl::BlockingCounter pending(asked);
+  PendingCalls pending(asked);
   const ShardCall call =
       weakest ? ShardCall::kWeakestPositives : ShardCall::kMineOnce;
   for (size_t i = 0; i < n; ++i) {
@@ -210,7 +209,7 @@ absl::Status ShardedMiner::CallShards(
         metrics_->RecordShardCall(i, call, status, absl::Now() - start);
       }
       statuses[i] = std::move(status);
-      pending.DecrementCount();
+      pending.Done();
     };
     if (weakest) {
       shards_->shard(i)->async()->WeakestPositives(
