@@ -70,4 +70,5 @@ EXPOSE 50051/tcp 9464/tcp
 ENTRYPOINT ["/usr/local/bin/hardneg-server"]
 # The Kubernetes manifests (deploy/k8s/base/deployment.yaml) pass their
 # own arguments; these are for a plain `docker run`.
-CMD ["--checkpoints=/checkpoints", "--data_dir=/data", "--grpc_port=50051", "--metrics_port=9464"]
+CMD ["--checkpoints=/checkpoints", "--data_dir=/data", "--host=0.0.0.0", \
+     "--grpc_port=50051", "--metrics_port=9464"]

@@ -42,8 +42,9 @@ ABSL_FLAG(std::string, shards, "",
           "first (host:port, or dns:///name:port for a shard with "
           "replicas). Required.");
 ABSL_FLAG(int, grpc_port, 50051, "gRPC port; 0 picks a free one.");
-ABSL_FLAG(std::string, host, "0.0.0.0",
-          "Address to listen on (gRPC and metrics).");
+ABSL_FLAG(std::string, host, "127.0.0.1",
+          "Address to listen on (gRPC and metrics). The default admits only "
+          "this machine; --host=0.0.0.0 admits every network.");
 ABSL_FLAG(std::optional<int>, metrics_port, std::nullopt,
           "Prometheus /metrics port; -1 turns metrics off, 0 picks a free "
           "one. Default: 9464, or a free one when --grpc_port is 0.");

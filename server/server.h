@@ -28,7 +28,7 @@
 namespace hardneg {
 
 struct ServerOptions {
-  std::string host = "0.0.0.0";
+  std::string host = "127.0.0.1";  // 0.0.0.0: every network
   int port = 50051;    // 0 picks a free port
   size_t threads = 0;  // search workers; 0 means one per core
   // Threads one search may use inside BLAS/OpenMP; 0 means 1 when there

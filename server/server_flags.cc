@@ -19,8 +19,11 @@ ABSL_FLAG(std::string, checkpoints, "",
           "Directory of checkpoints; the newest complete one is served and "
           "the directory is watched for newer ones.");
 ABSL_FLAG(int, grpc_port, 50051, "gRPC port; 0 picks a free one.");
-ABSL_FLAG(std::string, host, "0.0.0.0",
-          "Address to listen on (gRPC and /metrics).");
+ABSL_FLAG(std::string, host, "127.0.0.1",
+          "Address to listen on (gRPC and /metrics). The default admits "
+          "only this machine; --host=0.0.0.0 (as the image and the "
+          "Kubernetes manifests set) admits every network, so guard it with "
+          "--auth_tokens and TLS.");
 ABSL_FLAG(std::optional<int>, metrics_port, std::nullopt,
           "Port of the Prometheus /metrics endpoint; 0 picks a free one, "
           "-1 disables metrics. Default: 9464, or a free one when "
