@@ -154,6 +154,7 @@ int Run(const sigset_t& signals) {
   ShardedMinerOptions miner_options;
   miner_options.limits = LimitsFromFlags();
   miner_options.shard_timeout = shard_timeout;
+  miner_options.max_reply_bytes = static_cast<size_t>(max_bytes);
   ShardedMiner miner(&shards, miner_options, metrics.get());
   RouterServiceOptions service_options;
   service_options.auth = *std::move(auth);

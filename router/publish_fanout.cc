@@ -1,7 +1,9 @@
 #include "router/publish_fanout.h"
 
+#include <cmath>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -28,16 +30,20 @@ struct ShardStream {
 struct PublishTally {
   absl::flat_hash_set<int64_t> ids;
   uint64_t delete_ids = 0;
+  // Whether the chunks with ids carry labels (set by the first of them).
+  std::optional<bool> has_labels;
 };
 
-// Splits one chunk (the `index`-th) by shard into `out` (one per shard).
-absl::Status SplitChunk(const v1::PublishChunk& chunk, size_t index,
-                        uint32_t dim, PublishTally& tally,
-                        std::vector<v1::PublishRequest>& out) {
-  std::vector<float> buffer;
-  HARDNEG_ASSIGN_OR_RETURN(absl::Span<const float> embeddings,
-                           DecodeChunkEmbeddings(chunk, index, &buffer));
+// A chunk's checks that a shard would make only on its own rows, made here
+// on all of them so that every shard accepts or refuses the same publish:
+// sizes, labels in every chunk with ids or in none, finite values, and
+// delete_ids only in an incremental publish (the assembler's messages).
+absl::Status CheckChunk(const v1::PublishChunk& chunk, size_t index,
+                        const v1::PublishHeader& header,
+                        absl::Span<const float> embeddings,
+                        PublishTally& tally) {
   const size_t rows = static_cast<size_t>(chunk.ids_size());
+  const size_t dim = header.dim();
   if (embeddings.size() != rows * dim) {
     return absl::InvalidArgumentError(absl::StrCat(
         "chunk ", index, ": embeddings has ", embeddings.size(),
@@ -49,6 +55,43 @@ absl::Status SplitChunk(const v1::PublishChunk& chunk, size_t index,
         absl::StrCat("chunk ", index, ": labels has ", chunk.labels_size(),
                      " values for ", rows, " ids; send one per id"));
   }
+  if (chunk.delete_ids_size() != 0 && !header.has_base_version()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunk ", index,
+                     ": delete_ids in a full publish (no header.base_version); "
+                     "a full publish replaces the whole corpus"));
+  }
+  if (rows != 0) {
+    const bool labelled = chunk.labels_size() != 0;
+    if (!tally.has_labels.has_value()) tally.has_labels = labelled;
+    if (*tally.has_labels != labelled) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "chunk ", index, (labelled ? " has" : " has no"),
+          " labels but earlier chunks ", (*tally.has_labels ? "do" : "do not"),
+          "; every chunk with ids must agree on having labels"));
+    }
+  }
+  for (size_t i = 0; i < embeddings.size(); ++i) {
+    if (!std::isfinite(embeddings[i])) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "chunk ", index, ": non-finite value ", embeddings[i],
+          " in embeddings row ", i / dim, " (id ",
+          chunk.ids(static_cast<int>(i / dim)), "), column ", i % dim));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Splits one chunk (the `index`-th) by shard into `out` (one per shard).
+absl::Status SplitChunk(const v1::PublishChunk& chunk, size_t index,
+                        const v1::PublishHeader& header, PublishTally& tally,
+                        std::vector<v1::PublishRequest>& out) {
+  std::vector<float> buffer;
+  HARDNEG_ASSIGN_OR_RETURN(absl::Span<const float> embeddings,
+                           DecodeChunkEmbeddings(chunk, index, &buffer));
+  HARDNEG_RETURN_IF_ERROR(CheckChunk(chunk, index, header, embeddings, tally));
+  const size_t rows = static_cast<size_t>(chunk.ids_size());
+  const size_t dim = header.dim();
   const auto shards = static_cast<uint32_t>(out.size());
   for (size_t row = 0; row < rows; ++row) {
     const int64_t id = chunk.ids(static_cast<int>(row));
@@ -111,7 +154,7 @@ absl::Status ForwardChunks(grpc::ServerReader<v1::PublishRequest>& reader,
     }
     std::vector<v1::PublishRequest> parts(streams.size());
     HARDNEG_RETURN_IF_ERROR(
-        SplitChunk(message.chunk(), index, header.dim(), tally, parts));
+        SplitChunk(message.chunk(), index, header, tally, parts));
     for (size_t i = 0; i < streams.size(); ++i) {
       if (!parts[i].has_chunk() || streams[i]->broken) continue;
       streams[i]->broken = !streams[i]->writer->Write(parts[i]);
@@ -166,21 +209,29 @@ absl::StatusOr<ForwardedPublish> ForwardPublish(
         "the Publish call was cancelled before its end; nothing was "
         "installed");
   }
-  if (!read.ok()) {
+  // A shard that ended its stream early refused the publish: nothing may
+  // install anywhere then.
+  bool refused = false;
+  for (const auto& stream : streams) refused = refused || stream->broken;
+  if (!read.ok() || refused) {
     for (auto& stream : streams) stream->context.TryCancel();
+  } else {
+    // Every shard gets the end before any is waited for: they build at
+    // once, so they move to the new version together.
+    for (auto& stream : streams) stream->writer->WritesDone();
   }
   std::string failures;
   // The first shard's code when it refused the publish itself (the same
   // refusal a server gives), else UNAVAILABLE.
   absl::StatusCode code = absl::StatusCode::kOk;
   for (size_t i = 0; i < streams.size(); ++i) {
-    if (read.ok()) streams[i]->writer->WritesDone();
     const grpc::Status status = streams[i]->writer->Finish();
     if (metrics != nullptr) {
       metrics->RecordShardCall(i, ShardCall::kPublish, status,
                                absl::Now() - start);
     }
-    if (read.ok() && !status.ok()) {
+    if (read.ok() && !status.ok() &&
+        (!refused || status.error_code() != grpc::StatusCode::CANCELLED)) {
       if (code == absl::StatusCode::kOk) {
         code = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
                        status.error_code() ==
@@ -195,6 +246,14 @@ absl::StatusOr<ForwardedPublish> ForwardPublish(
     forwarded.responses.push_back(streams[i]->response);
   }
   HARDNEG_RETURN_IF_ERROR(read);
+  if (refused) {
+    return absl::Status(
+        code == absl::StatusCode::kOk ? absl::StatusCode::kUnavailable : code,
+        absl::StrCat("the publish was refused by ",
+                     failures.empty() ? "a shard" : failures,
+                     "; every shard's stream was cancelled: nothing was "
+                     "installed"));
+  }
   if (!failures.empty()) {
     return absl::Status(
         code,

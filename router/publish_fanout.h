@@ -5,9 +5,15 @@
 // The router checks what needs the whole stream: at least one id in a
 // full publish, no id twice, and header.total_ids / total_delete_ids
 // against what the stream carried (the shards are sent neither total:
-// their shares differ). On any error, every shard's stream is cancelled,
-// so that no shard installs anything. A shard that fails at its end (its
-// build, its budget) fails the publish naming it; the other shards may
+// their shares differ); and every check a shard would make on its rows
+// alone (sizes, labels in all chunks or none, finite values, delete_ids
+// only in an incremental publish), on all rows, so that the shards accept
+// or refuse the same publish. On any error, or when a shard ends its
+// stream early (it refused the publish), every shard's stream is
+// cancelled before it ends, so that no shard installs anything. Every
+// shard then gets the stream's end before any is waited for, so they
+// build together. A shard that fails after that (its build, its budget,
+// another base version) fails the publish naming it; the other shards may
 // then serve the new version, and the router keeps answering from the
 // version they all still hold until that is gone (see ShardSet).
 //

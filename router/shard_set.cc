@@ -166,6 +166,11 @@ ShardSetView ShardSet::View() const {
 }
 
 ShardSetView ShardSet::Refresh() {
+  uint64_t ticket = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    ticket = ++next_ticket_;
+  }
   const size_t n = targets_.size();
   std::vector<grpc::ClientContext> contexts(n);
   std::vector<v1::GetIndexInfoRequest> requests(n);
@@ -206,7 +211,10 @@ ShardSetView ShardSet::Refresh() {
     }
   }
   absl::MutexLock lock(&mu_);
-  view_ = view;
+  if (ticket > view_ticket_) {
+    view_ = view;
+    view_ticket_ = ticket;
+  }
   return view;
 }
 

@@ -158,6 +158,12 @@ class ShardSet {
   std::vector<std::unique_ptr<v1::Shard::Stub>> shards_;
   mutable absl::Mutex mu_;
   ShardSetView view_ ABSL_GUARDED_BY(mu_);
+  // Refreshes run concurrently (the poller, a publish's wait, a retry):
+  // each takes a ticket when it starts, and a view is kept only when no
+  // later-started one was kept already, so a slow poll never brings back
+  // an older view.
+  uint64_t next_ticket_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t view_ticket_ ABSL_GUARDED_BY(mu_) = 0;
   std::function<void(const ShardSetView&)> changed_;
   absl::Duration interval_;
   absl::Notification stop_;

@@ -21,13 +21,13 @@ std::string ShardName(const ShardSet& shards, size_t i) {
 }
 
 // A shard's refusal that is the request's own fault: the same request
-// fails the same way on a single server, so it is the answer.
+// fails the same way on a single server, so it is the answer. (A shard
+// that refuses the router's own token is a shard the router cannot use:
+// missing, not the client's fault.)
 bool IsRequestError(grpc::StatusCode code) {
   return code == grpc::StatusCode::INVALID_ARGUMENT ||
          code == grpc::StatusCode::RESOURCE_EXHAUSTED ||
-         code == grpc::StatusCode::OUT_OF_RANGE ||
-         code == grpc::StatusCode::PERMISSION_DENIED ||
-         code == grpc::StatusCode::UNAUTHENTICATED;
+         code == grpc::StatusCode::OUT_OF_RANGE;
 }
 
 // The shard no longer holds the version the request was pinned to (it
@@ -190,9 +190,11 @@ absl::Status ShardedMiner::CallShards(
   std::vector<grpc::ClientContext> contexts(n);
   std::vector<grpc::Status> statuses(n);
   answers->assign(n, v1::MineResponse());
+  // At most a day: an infinite --shard_timeout leaves the request's own
+  // deadline (or a day) without overflowing the clock.
   const auto timeout = std::chrono::system_clock::now() +
-                       std::chrono::microseconds(
-                           absl::ToInt64Microseconds(options_.shard_timeout));
+                       std::chrono::microseconds(absl::ToInt64Microseconds(
+                           std::min(options_.shard_timeout, absl::Hours(24))));
   const auto shard_deadline = std::min(deadline, timeout);
   size_t asked = 0;
   for (size_t i = 0; i < n; ++i) asked += round->live[i] ? 1 : 0;

@@ -7,6 +7,8 @@
 // requests UNAVAILABLE naming it, or leaves it out with allow_partial; a
 // publish through the router reaches every shard. Also the common-version
 // rule alone (CommonVersion).
+#include <cmath>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
@@ -259,8 +261,10 @@ class RouterTest : public ::testing::Test {
 
   // Publishes data_'s first 100 x `chunks` rows through the router as
   // version `name`, in `chunks` chunks, with header.total_ids `total_ids`.
-  grpc::Status Publish(const std::string& name, uint64_t total_ids,
-                       int chunks) {
+  // `edit`, when set, changes each chunk before it is sent.
+  grpc::Status Publish(
+      const std::string& name, uint64_t total_ids, int chunks,
+      const std::function<void(int, v1::PublishChunk*)>& edit = nullptr) {
     grpc::ClientContext context;
     v1::PublishResponse response;
     std::unique_ptr<grpc::ClientWriter<v1::PublishRequest>> writer =
@@ -281,6 +285,7 @@ class RouterTest : public ::testing::Test {
           message.mutable_chunk()->add_embeddings(x);
         }
       }
+      if (edit) edit(chunk, message.mutable_chunk());
       writer->Write(message);
     }
     writer->WritesDone();
@@ -469,6 +474,24 @@ TEST_F(RouterTest, APublishThroughTheRouterReachesEveryShard) {
   EXPECT_EQ(info.version().name(), "p1");
   EXPECT_EQ(info.size(), 300u);
   EXPECT_EQ(info.shards_size(), static_cast<int>(kShards));
+}
+
+TEST_F(RouterTest, APublishOneShardWouldRefuseReachesNoShard) {
+  // A NaN in one row (which only its own shard would see), then chunks
+  // that disagree on labels (each alone fine on its shards).
+  grpc::Status status = Publish("nan", 300, 3, [](int chunk, auto* c) {
+    if (chunk == 2) c->set_embeddings(5, NAN);
+  });
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("non-finite"));
+  status = Publish("labels", 300, 3, [](int chunk, auto* c) {
+    if (chunk == 1) c->clear_labels();
+  });
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("agree on having labels"));
+  for (const Served& shard : shards_) {
+    EXPECT_EQ(shard.manager->Current()->info().name, "v1");
+  }
 }
 
 TEST_F(RouterTest, APublishCutShortReachesNoShard) {
