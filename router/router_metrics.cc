@@ -4,15 +4,10 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "server/metrics.h"
 
 namespace hardneg {
 namespace {
-
-// 100us to 10s, as hardneg-server's latency histograms.
-prometheus::Histogram::BucketBoundaries LatencyBuckets() {
-  return {100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3,
-          50e-3,  0.1,    0.25,   0.5,  1,      2.5,  5,     10};
-}
 
 const char* CallName(ShardCall call) {
   switch (call) {

@@ -63,13 +63,6 @@ constexpr std::array<MethodSpec, 4> kMethods = {{
     {"GetIndexInfo", "unary"},
 }};
 
-// 100us to 10s: mining takes from well under a millisecond (a small exact
-// index) to seconds (a large batch); the Prometheus defaults start at 5ms.
-prometheus::Histogram::BucketBoundaries LatencyBuckets() {
-  return {100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3,
-          50e-3,  0.1,    0.25,   0.5,  1,      2.5,  5,     10};
-}
-
 prometheus::Histogram::BucketBoundaries BatchBuckets() {
   prometheus::Histogram::BucketBoundaries buckets;
   for (double b = 1; b <= 1024; b *= 2) buckets.push_back(b);
@@ -491,6 +484,11 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
   }
   return std::unique_ptr<MetricsEndpoint>(
       new MetricsEndpoint(*std::move(http)));
+}
+
+prometheus::Histogram::BucketBoundaries LatencyBuckets() {
+  return {100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3,
+          50e-3,  0.1,    0.25,   0.5,  1,      2.5,  5,     10};
 }
 
 }  // namespace hardneg

@@ -48,6 +48,11 @@
 
 namespace hardneg {
 
+// Buckets of every latency histogram, 100us to 10s: mining takes from well
+// under a millisecond (a small exact index) to seconds (a large batch);
+// the Prometheus defaults start at 5ms. Shared with hardneg-router's.
+prometheus::Histogram::BucketBoundaries LatencyBuckets();
+
 // The RPC a mining request came in on (the `rpc` label).
 enum class MineRpc { kMine = 0, kMineOnce = 1 };
 
