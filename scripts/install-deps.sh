@@ -21,6 +21,7 @@ compile=(build-essential cmake ninja-build pkg-config
          nlohmann-json3-dev zlib1g-dev)
 build=("${compile[@]}" git libbenchmark-dev dataset-fashion-mnist
        python3-grpcio python3-numpy python3-protobuf python3-yaml binutils
+       python3-venv python3-setuptools python3-pip  # pip install ./python
        prometheus yamllint  # promtool, and the server the Prometheus test scrapes with
        # The sanitizer and libFuzzer builds (scripts/sanitize.sh, fuzz.sh):
        # clang's omp.h (libomp-14-dev; the runtime stays libgomp) and

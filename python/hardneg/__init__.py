@@ -5,7 +5,8 @@
     res = client.mine(queries, positive_ids=positives)
 
 See python/README.md. The gRPC stubs (hardneg.v1.miner_pb2*) are generated
-by python/generate.sh.
+when the package is built (`pip install ./python`), or in place by
+python/generate.sh.
 """
 
 from hardneg.client import (SAMPLING, Client, IndexInfo, IndexVersion,
