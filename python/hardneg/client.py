@@ -107,6 +107,8 @@ class MineResult:
     positive_score [n] float32, p (the weakest positive), NaN when absent
     embeddings [n, k, dim] float32 (NaN where padded), when return_embeddings
     index      the IndexVersion that answered
+    missing_shards  through a router with allow_partial: the shards the
+               answer lacks (empty: the whole corpus)
     """
 
     ids: np.ndarray
@@ -118,6 +120,7 @@ class MineResult:
     index: IndexVersion
     request_id: int = 0
     embeddings: Optional[np.ndarray] = None
+    missing_shards: List[str] = dataclasses.field(default_factory=list)
 
     @property
     def mask(self) -> np.ndarray:
@@ -172,11 +175,16 @@ def _optional_int(v: Any) -> Optional[int]:
     return int(v)
 
 
-def _build_options(options: Dict[str, Any]) -> "miner_pb2.MiningOptions":
+def _check_known(options: Dict[str, Any]) -> None:
+    """TypeError naming every option the proto's MiningOptions lacks."""
     unknown = set(options) - set(_OPTION_FIELDS)
     if unknown:
         raise TypeError(f"unknown mining option(s): {sorted(unknown)}; "
                         f"known: {sorted(_OPTION_FIELDS)}")
+
+
+def _build_options(options: Dict[str, Any]) -> "miner_pb2.MiningOptions":
+    _check_known(options)
     o = miner_pb2.MiningOptions()
     for name, value in options.items():
         field = _OPTION_FIELDS[name]
@@ -217,6 +225,8 @@ def build_request(queries: Any,
     """The MineRequest for a batch (see Client.mine for the arguments)."""
     q = _as_queries(queries)
     n = q.shape[0]
+    # A misspelt option is named as such, not reported as a missing one.
+    _check_known(options)
     if "num_negatives" not in options:
         raise TypeError("num_negatives is required")
     pos = _per_query(positive_ids, n, "positive_ids")
@@ -278,7 +288,8 @@ def to_result(resp: "miner_pb2.MineResponse", k: int) -> MineResult:
     return MineResult(ids=ids, scores=scores, labels=labels, ranks=ranks,
                       shortfall=shortfall, positive_score=pscore,
                       index=IndexVersion(resp.index.name, resp.index.sequence),
-                      request_id=resp.request_id, embeddings=embeddings)
+                      request_id=resp.request_id, embeddings=embeddings,
+                      missing_shards=list(resp.missing_shards))
 
 
 # ---------------------------------------------------------------- streams
@@ -524,10 +535,18 @@ class Client:
             yield from s.results(batches, max_in_flight=max_in_flight)
 
     def info(self, *, timeout: Optional[float] = None) -> IndexInfo:
-        r = self._stub.GetIndexInfo(
-            miner_pb2.GetIndexInfoRequest(),
-            timeout=timeout if timeout is not None else self._timeout,
-            metadata=self._metadata)
+        """The served version and index; raises MineError (with the gRPC
+        code and message) when the call fails, as mine() does."""
+        try:
+            r = self._stub.GetIndexInfo(
+                miner_pb2.GetIndexInfoRequest(),
+                timeout=timeout if timeout is not None else self._timeout,
+                metadata=self._metadata)
+        except grpc.RpcError as e:
+            code = e.code() if hasattr(e, "code") else None
+            if code is None:
+                raise
+            raise MineError(code.value[0], e.details() or "") from e
         return IndexInfo(version=IndexVersion(r.version.name, r.version.sequence),
                          size=r.size, dim=r.dim, metric=r.metric,
                          index_type=r.index_type, build_state=r.build_state,

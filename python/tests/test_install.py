@@ -6,8 +6,10 @@ Creates a venv with --system-site-packages (Debian's grpcio, protobuf and
 numpy), installs the package with the documented command (pip, Debian's
 setuptools, no registry), and checks from outside the source tree that:
 the stubs were generated at build time (and not written into the source
-tree), `hardneg.Client` mines and reports the index, and the package
-imports from the venv, not from the checkout.
+tree), `hardneg.Client` mines and reports the index, the package imports
+from the venv, not from the checkout, a misspelt option raises TypeError
+naming it, and info() on a dead server raises hardneg.MineError with the
+gRPC code.
 
   /usr/bin/python3 python/tests/test_install.py \\
       --server build/server/hardneg-server --work_dir /tmp/hardneg_install
@@ -45,7 +47,20 @@ queries = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
 res = client.mine(queries, num_negatives=4)
 assert res.ids.shape == (3, 4), res.ids.shape
 assert (res.ids >= 0).all() and (res.ids < 200).all(), res.ids
+assert res.missing_shards == [], res.missing_shards
 print("mined", res.ids.tolist())
+try:  # a misspelt option is named, not reported as a missing one
+    client.mine(queries, num_negative=3)
+    raise AssertionError("num_negative was accepted")
+except TypeError as e:
+    assert "num_negative'" in str(e) or "'num_negative'" in str(e), e
+dead = hardneg.Client("127.0.0.1:1", timeout=2)
+try:  # a dead server is a hardneg error carrying the gRPC code
+    dead.info()
+    raise AssertionError("info() on a dead server returned")
+except hardneg.MineError as e:
+    assert e.code == 14, (e.code, str(e))
+print("errors ok")
 """
 
 
