@@ -1,6 +1,5 @@
 #include "router/publish_fanout.h"
 
-#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -14,6 +13,7 @@
 #include "corpus/shard.h"
 #include "grpcpp/client_context.h"
 #include "server/convert.h"
+#include "versions/publish.h"
 
 namespace hardneg {
 namespace {
@@ -34,64 +34,20 @@ struct PublishTally {
   std::optional<bool> has_labels;
 };
 
-// A chunk's checks that a shard would make only on its own rows, made here
-// on all of them so that every shard accepts or refuses the same publish:
-// sizes, labels in every chunk with ids or in none, finite values, and
-// delete_ids only in an incremental publish (the assembler's messages).
-absl::Status CheckChunk(const v1::PublishChunk& chunk, size_t index,
-                        const v1::PublishHeader& header,
-                        absl::Span<const float> embeddings,
-                        PublishTally& tally) {
-  const size_t rows = static_cast<size_t>(chunk.ids_size());
-  const size_t dim = header.dim();
-  if (embeddings.size() != rows * dim) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "chunk ", index, ": embeddings has ", embeddings.size(),
-        " floats, expected ", rows, " ids x dim ", dim, " = ", rows * dim));
-  }
-  if (chunk.labels_size() != 0 &&
-      static_cast<size_t>(chunk.labels_size()) != rows) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("chunk ", index, ": labels has ", chunk.labels_size(),
-                     " values for ", rows, " ids; send one per id"));
-  }
-  if (chunk.delete_ids_size() != 0 && !header.has_base_version()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("chunk ", index,
-                     ": delete_ids in a full publish (no header.base_version); "
-                     "a full publish replaces the whole corpus"));
-  }
-  if (rows != 0) {
-    const bool labelled = chunk.labels_size() != 0;
-    if (!tally.has_labels.has_value()) tally.has_labels = labelled;
-    if (*tally.has_labels != labelled) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "chunk ", index, (labelled ? " has" : " has no"),
-          " labels but earlier chunks ", (*tally.has_labels ? "do" : "do not"),
-          "; every chunk with ids must agree on having labels"));
-    }
-  }
-  for (size_t i = 0; i < embeddings.size(); ++i) {
-    if (!std::isfinite(embeddings[i])) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "chunk ", index, ": non-finite value ", embeddings[i],
-          " in embeddings row ", i / dim, " (id ",
-          chunk.ids(static_cast<int>(i / dim)), "), column ", i % dim));
-    }
-  }
-  return absl::OkStatus();
-}
-
 // Splits one chunk (the `index`-th) by shard into `out` (one per shard).
 absl::Status SplitChunk(const v1::PublishChunk& chunk, size_t index,
-                        const v1::PublishHeader& header, PublishTally& tally,
+                        const PublishHeader& header, PublishTally& tally,
                         std::vector<v1::PublishRequest>& out) {
   std::vector<float> buffer;
   HARDNEG_ASSIGN_OR_RETURN(absl::Span<const float> embeddings,
                            DecodeChunkEmbeddings(chunk, index, &buffer));
-  HARDNEG_RETURN_IF_ERROR(CheckChunk(chunk, index, header, embeddings, tally));
+  // Every check a shard would make on its own rows, made here on all of
+  // them, so that the shards accept or refuse the same publish.
+  HARDNEG_RETURN_IF_ERROR(
+      CheckPublishChunk(header, index, chunk.ids(), chunk.labels(), embeddings,
+                        chunk.delete_ids(), &tally.has_labels));
   const size_t rows = static_cast<size_t>(chunk.ids_size());
-  const size_t dim = header.dim();
+  const size_t dim = header.dim;
   const auto shards = static_cast<uint32_t>(out.size());
   for (size_t row = 0; row < rows; ++row) {
     const int64_t id = chunk.ids(static_cast<int>(row));
@@ -142,6 +98,7 @@ absl::Status CheckTally(const v1::PublishHeader& header,
 // Reads the client's chunks and forwards each shard its part.
 absl::Status ForwardChunks(grpc::ServerReader<v1::PublishRequest>& reader,
                            const v1::PublishHeader& header,
+                           const PublishHeader& decoded,
                            std::vector<std::unique_ptr<ShardStream>>& streams,
                            PublishTally& tally) {
   v1::PublishRequest message;
@@ -154,13 +111,58 @@ absl::Status ForwardChunks(grpc::ServerReader<v1::PublishRequest>& reader,
     }
     std::vector<v1::PublishRequest> parts(streams.size());
     HARDNEG_RETURN_IF_ERROR(
-        SplitChunk(message.chunk(), index, header, tally, parts));
+        SplitChunk(message.chunk(), index, decoded, tally, parts));
     for (size_t i = 0; i < streams.size(); ++i) {
       if (!parts[i].has_chunk() || streams[i]->broken) continue;
       streams[i]->broken = !streams[i]->writer->Write(parts[i]);
     }
   }
   return CheckTally(header, tally);
+}
+
+// Ends every shard's stream: cancelled (nothing installs), or sent its end;
+// every shard gets the end before any is waited for, so they build at once
+// and move to the new version together.
+void EndStreams(std::vector<std::unique_ptr<ShardStream>>& streams,
+                bool cancel) {
+  for (auto& stream : streams) {
+    if (cancel) {
+      stream->context.TryCancel();
+    } else {
+      stream->writer->WritesDone();
+    }
+  }
+}
+
+// A shard's failed publish as the router answers it: a shard gone or slow
+// is UNAVAILABLE; a refusal keeps its code (a server gives the same one).
+absl::StatusCode FailureCode(const grpc::Status& status) {
+  switch (status.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+    case grpc::StatusCode::CANCELLED:
+      return absl::StatusCode::kUnavailable;
+    default:
+      return static_cast<absl::StatusCode>(status.error_code());
+  }
+}
+
+// Reads the stream's first message, the header, into `*header`; returns it
+// in domain terms.
+absl::StatusOr<PublishHeader> ReadHeader(
+    grpc::ServerReader<v1::PublishRequest>& reader, v1::PublishHeader* header) {
+  v1::PublishRequest first;
+  if (!reader.Read(&first) || !first.has_header()) {
+    return absl::InvalidArgumentError(
+        "the first message of a Publish must be its header");
+  }
+  *header = first.header();
+  HARDNEG_ASSIGN_OR_RETURN(PublishHeader decoded, DecodePublishHeader(*header));
+  if (decoded.dim == 0) {
+    return absl::InvalidArgumentError(
+        "header.dim is 0: give the embeddings' dimension");
+  }
+  return decoded;
 }
 
 }  // namespace
@@ -177,18 +179,10 @@ absl::StatusOr<ForwardedPublish> ForwardPublish(
           absl::StrCat("shard ", shard.target, " ", shard.error));
     }
   }
-  v1::PublishRequest first;
-  if (!reader.Read(&first) || !first.has_header()) {
-    return absl::InvalidArgumentError(
-        "the first message of a Publish must be its header");
-  }
-  forwarded.header = first.header();
-  HARDNEG_RETURN_IF_ERROR(DecodePublishHeader(forwarded.header).status());
-  if (forwarded.header.dim() == 0) {
-    return absl::InvalidArgumentError(
-        "header.dim is 0: give the embeddings' dimension");
-  }
-  v1::PublishRequest shard_header = first;
+  HARDNEG_ASSIGN_OR_RETURN(const PublishHeader decoded,
+                           ReadHeader(reader, &forwarded.header));
+  v1::PublishRequest shard_header;
+  *shard_header.mutable_header() = forwarded.header;
   shard_header.mutable_header()->clear_total_ids();
   shard_header.mutable_header()->clear_total_delete_ids();
   const absl::Time start = absl::Now();
@@ -203,7 +197,8 @@ absl::StatusOr<ForwardedPublish> ForwardPublish(
     streams.push_back(std::move(stream));
   }
   PublishTally tally;
-  absl::Status read = ForwardChunks(reader, forwarded.header, streams, tally);
+  absl::Status read =
+      ForwardChunks(reader, forwarded.header, decoded, streams, tally);
   if (read.ok() && context.IsCancelled()) {
     read = absl::CancelledError(
         "the Publish call was cancelled before its end; nothing was "
@@ -213,13 +208,7 @@ absl::StatusOr<ForwardedPublish> ForwardPublish(
   // install anywhere then.
   bool refused = false;
   for (const auto& stream : streams) refused = refused || stream->broken;
-  if (!read.ok() || refused) {
-    for (auto& stream : streams) stream->context.TryCancel();
-  } else {
-    // Every shard gets the end before any is waited for: they build at
-    // once, so they move to the new version together.
-    for (auto& stream : streams) stream->writer->WritesDone();
-  }
+  EndStreams(streams, /*cancel=*/!read.ok() || refused);
   std::string failures;
   // The first shard's code when it refused the publish itself (the same
   // refusal a server gives), else UNAVAILABLE.
@@ -232,14 +221,7 @@ absl::StatusOr<ForwardedPublish> ForwardPublish(
     }
     if (read.ok() && !status.ok() &&
         (!refused || status.error_code() != grpc::StatusCode::CANCELLED)) {
-      if (code == absl::StatusCode::kOk) {
-        code = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
-                       status.error_code() ==
-                           grpc::StatusCode::DEADLINE_EXCEEDED ||
-                       status.error_code() == grpc::StatusCode::CANCELLED
-                   ? absl::StatusCode::kUnavailable
-                   : static_cast<absl::StatusCode>(status.error_code());
-      }
+      if (code == absl::StatusCode::kOk) code = FailureCode(status);
       absl::StrAppend(&failures, failures.empty() ? "" : "; ", "shard ", i,
                       " (", shards.target(i), ") ", DescribeStatus(status));
     }

@@ -62,12 +62,13 @@ absl::StatusOr<PublishAssembler> PublishAssembler::Start(PublishHeader header,
   return PublishAssembler(std::move(header), max_bytes, shard);
 }
 
-absl::Status PublishAssembler::AddChunk(absl::Span<const int64_t> ids,
-                                        absl::Span<const int64_t> labels,
-                                        absl::Span<const float> embeddings,
-                                        absl::Span<const int64_t> delete_ids) {
-  const size_t chunk = chunks_++;
-  const size_t dim = header_.dim;
+absl::Status CheckPublishChunk(const PublishHeader& header, size_t chunk,
+                               absl::Span<const int64_t> ids,
+                               absl::Span<const int64_t> labels,
+                               absl::Span<const float> embeddings,
+                               absl::Span<const int64_t> delete_ids,
+                               std::optional<bool>* has_labels) {
+  const size_t dim = header.dim;
   if (embeddings.size() != ids.size() * dim) {
     return absl::InvalidArgumentError(
         absl::StrCat("chunk ", chunk, ": embeddings has ", embeddings.size(),
@@ -79,7 +80,7 @@ absl::Status PublishAssembler::AddChunk(absl::Span<const int64_t> ids,
         absl::StrCat("chunk ", chunk, ": labels has ", labels.size(),
                      " values for ", ids.size(), " ids; send one per id"));
   }
-  if (!delete_ids.empty() && !header_.base_version.has_value()) {
+  if (!delete_ids.empty() && !header.base_version.has_value()) {
     return absl::InvalidArgumentError(
         absl::StrCat("chunk ", chunk,
                      ": delete_ids in a full publish (no header.base_version); "
@@ -87,12 +88,12 @@ absl::Status PublishAssembler::AddChunk(absl::Span<const int64_t> ids,
   }
   if (!ids.empty()) {
     const bool chunk_has_labels = !labels.empty();
-    if (!has_labels_.has_value()) {
-      has_labels_ = chunk_has_labels;
-    } else if (*has_labels_ != chunk_has_labels) {
+    if (!has_labels->has_value()) {
+      *has_labels = chunk_has_labels;
+    } else if (**has_labels != chunk_has_labels) {
       return absl::InvalidArgumentError(absl::StrCat(
           "chunk ", chunk, (chunk_has_labels ? " has" : " has no"),
-          " labels but earlier chunks ", (*has_labels_ ? "do" : "do not"),
+          " labels but earlier chunks ", (**has_labels ? "do" : "do not"),
           "; every chunk with ids must agree on having labels"));
     }
   }
@@ -106,6 +107,17 @@ absl::Status PublishAssembler::AddChunk(absl::Span<const int64_t> ids,
       }
     }
   }
+  return absl::OkStatus();
+}
+
+absl::Status PublishAssembler::AddChunk(absl::Span<const int64_t> ids,
+                                        absl::Span<const int64_t> labels,
+                                        absl::Span<const float> embeddings,
+                                        absl::Span<const int64_t> delete_ids) {
+  const size_t chunk = chunks_++;
+  HARDNEG_RETURN_IF_ERROR(CheckPublishChunk(
+      header_, chunk, ids, labels, embeddings, delete_ids, &has_labels_));
+  const size_t dim = header_.dim;
   if (max_bytes_ != 0) {
     const size_t needed =
         (ids_.size() + ids.size()) *

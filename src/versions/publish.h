@@ -38,6 +38,20 @@ struct PublishHeader {
   std::optional<uint64_t> total_delete_ids;
 };
 
+// The checks of one chunk (the `chunk`-th) of a publish with `header`,
+// before anything is kept: INVALID_ARGUMENT naming the chunk and field for
+// a size mismatch, delete_ids in a full publish, labels in some chunks with
+// ids but not others (`*has_labels`, unset before the first chunk with
+// ids, records which), or a non-finite value (with the id). The one owner
+// of these rules: PublishAssembler::AddChunk calls it on a server's rows,
+// and a router on every row before it splits them among shards.
+absl::Status CheckPublishChunk(const PublishHeader& header, size_t chunk,
+                               absl::Span<const int64_t> ids,
+                               absl::Span<const int64_t> labels,
+                               absl::Span<const float> embeddings,
+                               absl::Span<const int64_t> delete_ids,
+                               std::optional<bool>* has_labels);
+
 class PublishAssembler {
  public:
   // INVALID_ARGUMENT (naming the header field) for an empty name or dim 0.
