@@ -119,6 +119,7 @@ struct MakeCheckpointFlags {
   uint64_t limit = 0;
   bool fashion_mnist = false;
   bool normalize = true;
+  bool force = false;
 
   bool from_npy() const {
     return !embeddings_path.empty() || !ids_path.empty();
@@ -139,6 +140,10 @@ void AddMakeCheckpointFlags(FlagSet& flags, MakeCheckpointFlags* make) {
                "The checkpoint's name: its directory under ROOT.");
   flags.Uint64("step", &make->step,
                "The training step; the server serves the highest.");
+  flags.Bool("force", &make->force,
+             "Replace an existing ROOT/NAME: the whole folder, in one atomic "
+             "step, with nothing of the old one left. Without it an "
+             "existing checkpoint is refused.");
   flags.String("metric", &make->metric, "inner_product|l2",
                "How the server scores candidates.");
   flags.String("embeddings", &make->embeddings_path, "E.npy",
@@ -230,6 +235,16 @@ absl::StatusOr<Candidates> ReadCandidates(const MakeCheckpointFlags& make,
 
 // Writes ROOT/NAME/ and says so on stdout.
 int WriteCandidateCheckpoint(const MakeCheckpointFlags& make, Metric metric) {
+  const std::string checkpoint_dir =
+      (std::filesystem::path(make.out) / make.name).string();
+  std::error_code error;
+  const bool replacing = std::filesystem::exists(checkpoint_dir, error);
+  if (replacing && !make.force) {  // before reading any candidates
+    return RuntimeError(
+        kCommand, checkpoint_dir,
+        absl::AlreadyExistsError("a checkpoint of this name exists; --force "
+                                 "replaces it (the whole folder)"));
+  }
   std::string source, failed_what;
   absl::StatusOr<Candidates> candidates =
       ReadCandidates(make, &source, &failed_what);
@@ -241,14 +256,9 @@ int WriteCandidateCheckpoint(const MakeCheckpointFlags& make, Metric metric) {
   manifest.step = make.step;
   manifest.dim = static_cast<uint32_t>(candidates->dim);
   manifest.metric = metric;
-  const std::string checkpoint_dir =
-      (std::filesystem::path(make.out) / make.name).string();
-  std::error_code error;
-  const bool replacing = std::filesystem::exists(
-      std::filesystem::path(checkpoint_dir) / "manifest.json", error);
   const absl::Status written =
       WriteCheckpoint(make.out, manifest, candidates->embeddings,
-                      candidates->ids, candidates->labels);
+                      candidates->ids, candidates->labels, make.force);
   if (!written.ok()) {
     return RuntimeError(kCommand, absl::StrCat("writing ", checkpoint_dir),
                         written);

@@ -249,9 +249,20 @@ TEST_F(CheckpointTest, RewriteReplacesContentAndLeavesNoTemporaryFiles) {
   ASSERT_TRUE(WriteCheckpoint(root_, Manifest("v", 1, 2), first.embeddings,
                               first.ids, first.labels)
                   .ok());
+  // Not without being asked.
+  EXPECT_EQ(WriteCheckpoint(root_, Manifest("v", 2, 2), second.embeddings,
+                            second.ids, {})
+                .code(),
+            absl::StatusCode::kAlreadyExists);
   ASSERT_TRUE(WriteCheckpoint(root_, Manifest("v", 2, 2), second.embeddings,
-                              second.ids, {})
+                              second.ids, {}, /*replace=*/true)
                   .ok());
+  // The old labels file is gone with the old folder, and nothing staged is
+  // left beside it.
+  EXPECT_FALSE(fs::exists(root_ / "v" / "labels-00000.npy"));
+  EXPECT_EQ(
+      std::distance(fs::directory_iterator(root_), fs::directory_iterator()),
+      1);
   absl::StatusOr<Checkpoint> ckpt = ReadCheckpoint(root_ / "v");
   ASSERT_TRUE(ckpt.ok()) << ckpt.status();
   EXPECT_EQ(ckpt->manifest.step, 2u);

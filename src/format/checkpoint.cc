@@ -1,5 +1,6 @@
 #include "format/checkpoint.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -656,43 +657,16 @@ std::string ManifestStamp(const std::string& dir) {
   return FileStamp(JoinPath(dir, kManifestFile));
 }
 
-absl::Status WriteCheckpoint(const std::string& root,
-                             const CheckpointManifest& manifest,
-                             const std::vector<float>& embeddings,
-                             const std::vector<int64_t>& ids,
-                             const std::vector<int64_t>& labels) {
-  if (manifest.name.empty() || manifest.name == "." || manifest.name == ".." ||
-      absl::StrContains(manifest.name, '/')) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("checkpoint name \"", manifest.name,
-                     "\" must be a non-empty directory name without '/'"));
-  }
-  if (manifest.dim == 0) {
-    return absl::InvalidArgumentError("checkpoint dim must be positive");
-  }
-  if (embeddings.size() != ids.size() * manifest.dim) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("expected ", ids.size(), " x ", manifest.dim, " = ",
-                     ids.size() * manifest.dim, " embedding floats, got ",
-                     embeddings.size()));
-  }
-  if (!labels.empty() && labels.size() != ids.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "expected ", ids.size(), " labels (or none), got ", labels.size()));
-  }
-  const std::string dir = JoinPath(root, manifest.name);
-  std::error_code error;
-  fs::create_directories(dir, error);
-  if (error) {
-    return absl::ErrnoToStatus(error.value(),
-                               absl::StrCat(dir, ": cannot create"));
-  }
-  // Rewriting a checkpoint in place: withdraw the old manifest first, so no
-  // reader pairs it with half-replaced shard files.
+namespace {
+
+// The shard files and manifest.json (last) of a one-shard checkpoint in
+// `dir`.
+absl::Status WriteCheckpointFiles(const std::string& dir,
+                                  const CheckpointManifest& manifest,
+                                  const std::vector<float>& embeddings,
+                                  const std::vector<int64_t>& ids,
+                                  const std::vector<int64_t>& labels) {
   const std::string manifest_path = JoinPath(dir, kManifestFile);
-  if (unlink(manifest_path.c_str()) != 0 && errno != ENOENT) {
-    return ErrnoError(manifest_path, "cannot remove the old manifest");
-  }
 
   CheckpointShard shard{"embeddings-00000.npy", "ids-00000.npy",
                         labels.empty() ? "" : "labels-00000.npy"};
@@ -714,6 +688,91 @@ absl::Status WriteCheckpoint(const std::string& root,
     root_json["metric"] = MetricName(*manifest.metric);
   }
   return WriteFileAtomically(manifest_path, root_json.dump(2) + "\n");
+}
+
+// Renames the complete `stage` to `dir`. When `dir` exists: with
+// `replace`, the two are exchanged in one step, so `stage` then holds the
+// old checkpoint; without, ALREADY_EXISTS.
+absl::Status MoveIntoPlace(const std::string& stage, const std::string& dir,
+                           bool replace) {
+  if (renameat2(AT_FDCWD, stage.c_str(), AT_FDCWD, dir.c_str(),
+                RENAME_NOREPLACE) == 0) {
+    return absl::OkStatus();
+  }
+  if (errno == EEXIST && !replace) {
+    return absl::AlreadyExistsError(
+        absl::StrCat(dir, " appeared while the checkpoint was written"));
+  }
+  if (errno == EEXIST) {
+    if (renameat2(AT_FDCWD, stage.c_str(), AT_FDCWD, dir.c_str(),
+                  RENAME_EXCHANGE) == 0) {
+      return absl::OkStatus();
+    }
+  }
+  if (errno != EINVAL && errno != ENOSYS) {
+    return ErrnoError(dir, "cannot move the new checkpoint into place");
+  }
+  // No renameat2 here: the old directory aside, the new one in. A crash
+  // between the two leaves the old one under the hidden staging name.
+  const std::string old = absl::StrCat(stage, ".old");
+  const bool had_old = rename(dir.c_str(), old.c_str()) == 0;
+  if (rename(stage.c_str(), dir.c_str()) != 0) {
+    const absl::Status failed =
+        ErrnoError(dir, "cannot move the new checkpoint into place");
+    if (had_old) rename(old.c_str(), dir.c_str());
+    return failed;
+  }
+  if (had_old) rename(old.c_str(), stage.c_str());  // removed by the caller
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status WriteCheckpoint(const std::string& root,
+                             const CheckpointManifest& manifest,
+                             const std::vector<float>& embeddings,
+                             const std::vector<int64_t>& ids,
+                             const std::vector<int64_t>& labels, bool replace) {
+  if (manifest.name.empty() || manifest.name == "." || manifest.name == ".." ||
+      absl::StrContains(manifest.name, '/')) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("checkpoint name \"", manifest.name,
+                     "\" must be a non-empty directory name without '/'"));
+  }
+  if (manifest.dim == 0) {
+    return absl::InvalidArgumentError("checkpoint dim must be positive");
+  }
+  if (embeddings.size() != ids.size() * manifest.dim) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("expected ", ids.size(), " x ", manifest.dim, " = ",
+                     ids.size() * manifest.dim, " embedding floats, got ",
+                     embeddings.size()));
+  }
+  if (!labels.empty() && labels.size() != ids.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "expected ", ids.size(), " labels (or none), got ", labels.size()));
+  }
+  const std::string dir = JoinPath(root, manifest.name);
+  std::error_code error;
+  if (fs::exists(dir, error) && !replace) {
+    return absl::AlreadyExistsError(
+        absl::StrCat(dir, " exists; replacing it must be asked for"));
+  }
+  fs::create_directories(root, error);
+  // A hidden name: checkpoint readers skip it while it is written.
+  const std::string stage =
+      JoinPath(root, absl::StrCat(".", manifest.name, ".tmp-", getpid()));
+  fs::remove_all(stage, error);
+  fs::create_directories(stage, error);
+  if (error) {
+    return absl::ErrnoToStatus(error.value(),
+                               absl::StrCat(stage, ": cannot create"));
+  }
+  absl::Status staged =
+      WriteCheckpointFiles(stage, manifest, embeddings, ids, labels);
+  if (staged.ok()) staged = MoveIntoPlace(stage, dir, replace);
+  fs::remove_all(stage, error);  // the staging directory, or the old one
+  return staged;
 }
 
 }  // namespace hardneg

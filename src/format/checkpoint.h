@@ -120,13 +120,20 @@ absl::StatusOr<std::vector<CheckpointEntry>> ListCheckpoints(
 // has not been rewritten. Empty when it cannot be stat'ed.
 std::string ManifestStamp(const std::string& dir);
 
-// Writes a one-shard checkpoint to `<root>/<manifest.name>` (files first,
-// manifest.json last). `labels` may be empty. For tests, the CLI and demos.
+// Writes a one-shard checkpoint to `<root>/<manifest.name>`: files and
+// manifest.json into a hidden staging directory beside it, which is then
+// renamed into place, so a reader sees the whole checkpoint or none of it.
+// An existing checkpoint of that name is ALREADY_EXISTS unless `replace`;
+// then the new directory is exchanged with it atomically (renameat2
+// RENAME_EXCHANGE, or two renames where the filesystem lacks it) and the
+// old one removed: no file of the old checkpoint survives. `labels` may be
+// empty. For tests, the CLI and demos.
 absl::Status WriteCheckpoint(const std::string& root,
                              const CheckpointManifest& manifest,
                              const std::vector<float>& embeddings,
                              const std::vector<int64_t>& ids,
-                             const std::vector<int64_t>& labels);
+                             const std::vector<int64_t>& labels,
+                             bool replace = false);
 
 }  // namespace hardneg
 

@@ -103,9 +103,11 @@ run ckpt_npy --files ckpts/run1/manifest.json ckpts/run1/ids-00000.npy \
     ckpts/run1/embeddings-00000.npy ckpts/run1/labels-00000.npy -- \
     make-checkpoint --out ckpts --name run1 --step 5 --embeddings emb.npy \
     --ids ids.npy --labels labels.npy
-run ckpt_replace --files ckpts/run0/manifest.json -- make-checkpoint \
-    --out ckpts --name run0 --step 1 --metric=l2 --embeddings emb.npy \
-    --ids ids.npy
+# An existing checkpoint is replaced only with --force (the whole folder,
+# atomically: tests/checkpoint_test.cc), and refused without it.
+run ckpt_replace --files ckpts/run0/manifest.json \
+    -- make-checkpoint --out ckpts --name run0 --step 1 --metric=l2 \
+    --embeddings emb.npy --ids ids.npy --force
 run ckpt_replace_again -- make-checkpoint --out=ckpts --name=run0 --step=1 \
     --metric l2 --embeddings=emb.npy --ids=ids.npy
 run ckpt_fmnist_export --files fq.npy fl.npy -- make-checkpoint \
