@@ -22,7 +22,7 @@ if [ -z "$plugin" ] || [ ! -x "$plugin" ]; then
   exit 1
 fi
 mkdir -p "$out"
-"$protoc" -I "$root/proto" --python_out="$out" --grpc_out="$out" \
+"$protoc" -I "$root/proto" --python_out="$out" --pyi_out="$out" --grpc_out="$out" \
   --plugin=protoc-gen-grpc="$plugin" "$root/proto/hardneg/v1/miner.proto"
 if [ ! -f "$out/hardneg/v1/__init__.py" ]; then
   mkdir -p "$out/hardneg/v1"

@@ -41,7 +41,7 @@ class BuildWithStubs(build_py):
                            "protobuf-compiler-grpc")
         subprocess.run(
             [protoc, f"-I{PROTO_ROOT}", f"--python_out={self.build_lib}",
-             f"--grpc_out={self.build_lib}",
+             f"--pyi_out={self.build_lib}", f"--grpc_out={self.build_lib}",
              f"--plugin=protoc-gen-grpc={plugin}",
              os.path.join(PROTO_ROOT, PROTO)],
             check=True)

@@ -21,6 +21,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/time.h"
+#include "base/host_port.h"
 #include "base/log.h"
 #include "client/client.h"
 #include "format/file_util.h"
@@ -110,10 +111,68 @@ absl::Status ShardAccessFromFlags(ShardSetOptions* options) {
   return absl::OkStatus();
 }
 
-std::string Listen(const std::string& host, int port) {
-  return absl::StrCat(
-      absl::StrContains(host, ':') ? absl::StrCat("[", host, "]") : host, ":",
-      port);
+// Polls the shards; health is SERVING (and the metrics say how many shards
+// serve) while every shard serves the common version.
+void WatchShards(ShardSet& shards, grpc::HealthCheckServiceInterface* health,
+                 RouterMetrics* metrics) {
+  shards.Start(
+      absl::GetFlag(FLAGS_poll_interval), [=](const ShardSetView& view) {
+        health->SetServingStatus(kServiceName, view.all_serving);
+        health->SetServingStatus(view.all_serving);
+        size_t serving = 0;
+        for (const ShardState& shard : view.shards) {
+          serving += view.version.has_value() && shard.info.has_value() &&
+                     shard.info->version().name() == view.version->name;
+        }
+        if (metrics != nullptr) {
+          metrics->SetServing(serving,
+                              view.version ? view.version->sequence : 0);
+        }
+        Log(view.all_serving ? LogLevel::kInfo : LogLevel::kWarning, "shards",
+            {{"version", view.version ? view.version->name : ""},
+             {"serving", absl::StrCat(serving, "/", view.shards.size())}});
+      });
+}
+
+// Blocks until SIGTERM or SIGINT, then reports NOT_SERVING and lets calls
+// in flight finish within --shutdown_grace.
+void WaitForSignal(const sigset_t& signals, grpc::Server& server,
+                   grpc::HealthCheckServiceInterface* health) {
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  Log(LogLevel::kInfo, "shutdown",
+      {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"}});
+  health->SetServingStatus(kServiceName, false);
+  health->SetServingStatus(false);
+  server.Shutdown(std::chrono::system_clock::now() +
+                  std::chrono::milliseconds(absl::ToInt64Milliseconds(
+                      absl::GetFlag(FLAGS_shutdown_grace))));
+}
+
+// The router's gRPC server on `address` (health NOT_SERVING until the shards
+// serve); null, logged, when it cannot listen.
+std::unique_ptr<grpc::Server> StartGrpc(
+    const std::string& address,
+    const std::shared_ptr<grpc::ServerCredentials>& tls, int max_bytes,
+    RouterService* service, int* port) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(
+      address, tls != nullptr ? tls : grpc::InsecureServerCredentials(), port);
+  builder.SetMaxReceiveMessageSize(max_bytes);
+  builder.SetMaxSendMessageSize(max_bytes);
+  builder.RegisterService(service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || *port == 0) {
+    Log(LogLevel::kError, "start_failed",
+        {{"reason", absl::StrCat("cannot listen on ", address)}});
+    return nullptr;
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(kServiceName, false);
+  health->SetServingStatus(false);
+  return server;
 }
 
 int Run(const sigset_t& signals) {
@@ -160,26 +219,11 @@ int Run(const sigset_t& signals) {
   service_options.auth = *std::move(auth);
   RouterService service(&shards, &miner, metrics.get(), service_options);
 
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(
-      Listen(host, grpc_port),
-      *tls != nullptr ? *tls : grpc::InsecureServerCredentials(), &port);
-  builder.SetMaxReceiveMessageSize(max_bytes);
-  builder.SetMaxSendMessageSize(max_bytes);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) {
-    Log(LogLevel::kError, "start_failed",
-        {{"reason",
-          absl::StrCat("cannot listen on ", Listen(host, grpc_port))}});
-    return 1;
-  }
+  std::unique_ptr<grpc::Server> server =
+      StartGrpc(HostPort(host, grpc_port), *tls, max_bytes, &service, &port);
+  if (server == nullptr) return 1;
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
-  health->SetServingStatus(kServiceName, false);
-  health->SetServingStatus(false);
   std::unique_ptr<MetricsEndpoint> endpoint;
   if (metrics != nullptr) {
     absl::StatusOr<std::unique_ptr<MetricsEndpoint>> started =
@@ -191,23 +235,7 @@ int Run(const sigset_t& signals) {
     }
     endpoint = *std::move(started);
   }
-  shards.Start(
-      absl::GetFlag(FLAGS_poll_interval), [&](const ShardSetView& view) {
-        health->SetServingStatus(kServiceName, view.all_serving);
-        health->SetServingStatus(view.all_serving);
-        size_t serving = 0;
-        for (const ShardState& shard : view.shards) {
-          serving += view.version.has_value() && shard.info.has_value() &&
-                     shard.info->version().name() == view.version->name;
-        }
-        if (metrics != nullptr) {
-          metrics->SetServing(serving,
-                              view.version ? view.version->sequence : 0);
-        }
-        Log(view.all_serving ? LogLevel::kInfo : LogLevel::kWarning, "shards",
-            {{"version", view.version ? view.version->name : ""},
-             {"serving", absl::StrCat(serving, "/", view.shards.size())}});
-      });
+  WatchShards(shards, health, metrics.get());
   std::printf("listening on %d\n", port);
   if (endpoint != nullptr) std::printf("metrics on %d\n", endpoint->port());
   std::fflush(stdout);
@@ -216,15 +244,7 @@ int Run(const sigset_t& signals) {
        {"metrics_port", absl::StrCat(endpoint ? endpoint->port() : -1)},
        {"shards", absl::GetFlag(FLAGS_shards)}});
 
-  int signal_number = 0;
-  sigwait(&signals, &signal_number);
-  Log(LogLevel::kInfo, "shutdown",
-      {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"}});
-  health->SetServingStatus(kServiceName, false);
-  health->SetServingStatus(false);
-  server->Shutdown(std::chrono::system_clock::now() +
-                   std::chrono::milliseconds(absl::ToInt64Milliseconds(
-                       absl::GetFlag(FLAGS_shutdown_grace))));
+  WaitForSignal(signals, *server, health);
   endpoint.reset();
   Log(LogLevel::kInfo, "stopped");
   std::fflush(stdout);

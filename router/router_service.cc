@@ -130,7 +130,7 @@ grpc::Status RouterService::Publish(
   absl::StatusOr<ForwardedPublish> forwarded =
       ForwardPublish(*shards_, *context, *reader, metrics_);
   if (!forwarded.ok()) {
-    const grpc::Status status = ToGrpcStatus(forwarded.status());
+    grpc::Status status = ToGrpcStatus(forwarded.status());
     Record("Publish", status, start);
     return status;
   }

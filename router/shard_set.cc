@@ -109,7 +109,7 @@ std::optional<RouterVersion> CommonVersion(
 }
 
 ShardSet::ShardSet(std::vector<std::string> targets, ShardSetOptions options)
-    : targets_(std::move(targets)), options_(options) {
+    : targets_(std::move(targets)), options_(std::move(options)) {
   for (const std::string& target : targets_) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(options_.max_receive_bytes);

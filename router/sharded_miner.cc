@@ -146,8 +146,10 @@ absl::Status ShardedMiner::MinePinned(
       if (!NeedsGlobalWeakestPositive(options, decoded.queries[q])) continue;
       std::vector<std::optional<float>> scores;
       for (size_t i = 0; i < answers.size(); ++i) {
-        if (!round.live[i] || answers[i].results_size() <= static_cast<int>(q))
+        if (!round.live[i] ||
+            answers[i].results_size() <= static_cast<int>(q)) {
           continue;
+        }
         const v1::QueryResult& result = answers[i].results(static_cast<int>(q));
         if (result.has_positive_score()) {
           scores.push_back(result.positive_score());

@@ -22,6 +22,9 @@ compile=(build-essential cmake ninja-build pkg-config
 build=("${compile[@]}" git libbenchmark-dev dataset-fashion-mnist
        python3-grpcio python3-numpy python3-protobuf python3-yaml binutils
        python3-venv python3-setuptools python3-pip  # pip install ./python
+       # python/tests, examples/ (the torchrun and Fashion-MNIST examples,
+       # their progress bars and plots) and the Python type check:
+       python3-torch python3-tqdm python3-matplotlib mypy
        prometheus yamllint  # promtool, and the server the Prometheus test scrapes with
        # The sanitizer and libFuzzer builds (scripts/sanitize.sh, fuzz.sh):
        # clang's omp.h (libomp-14-dev; the runtime stays libgomp) and

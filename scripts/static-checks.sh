@@ -7,16 +7,20 @@
 #                  the ABSL_GUARDED_BY / ABSL_*_LOCKS_* annotations are
 #                  checked, not just written.
 #   tidy           clang-tidy-14 with the repository's .clang-tidy over every
-#                  .cc of src/, server/ and client/ (and, through
+#                  .cc of src/, server/, client/ and router/ (and, through
 #                  HeaderFilterRegex, our headers; never generated code),
 #                  with build-static's compile_commands.json. Runs after
 #                  thread-safety, which generates the proto headers.
+#   python         mypy (Debian's) over the Python package python/hardneg,
+#                  with python/pyproject.toml's settings: every function
+#                  typed, the generated stubs' .pyi included. Runs on a copy
+#                  under build-static/python, so the tree stays clean.
 #   debug          ./build-debug: the whole tree, g++, Debug (-Werror).
 #   release        ./build-release: the whole tree, g++, Release (-Werror).
 #                  With build.sh's RelWithDebInfo, all three build types
 #                  compile warning-free.
 #
-#   scripts/static-checks.sh                     all four
+#   scripts/static-checks.sh                     all five
 #   scripts/static-checks.sh tidy debug          some (tidy builds what it
 #                                                needs first)
 #
@@ -31,7 +35,7 @@ repo=$(pwd)
 njobs=${HARDNEG_JOBS:-$(nproc)}
 start=$(date +%s)
 steps=("$@")
-((${#steps[@]})) || steps=(thread-safety tidy debug release)
+((${#steps[@]})) || steps=(thread-safety tidy python debug release)
 
 elapsed() { echo "static-checks.sh: $1 took $(($(date +%s) - $2)) s" >&2; }
 
@@ -59,7 +63,7 @@ run_tidy() {
     -DCMAKE_BUILD_TYPE=None -DHARDNEG_THREAD_SAFETY=ON \
     -DCMAKE_EXPORT_COMPILE_COMMANDS=ON >/dev/null
   ninja -C "$db" -j "$njobs" hardneg_proto
-  mapfile -t files < <(ls src/*/*.cc server/*.cc client/*.cc proto/*.cc |
+  mapfile -t files < <(ls src/*/*.cc server/*.cc client/*.cc router/*.cc proto/*.cc |
                          grep -E -- "${HARDNEG_TIDY_FILES:-.}")
   if [[ -n "${HARDNEG_TIDY_CHECKS:-}" ]]; then
     extra=("--checks=$HARDNEG_TIDY_CHECKS")
@@ -71,15 +75,26 @@ run_tidy() {
       2> >(grep -v -E '^[0-9]+ warnings? generated\.$' >&2)
 }
 
+run_mypy() {
+  local copy="$repo/build-static/python"
+  rm -rf "$copy"
+  mkdir -p "$copy"
+  cp -r python/hardneg "$copy/"
+  find "$copy" -name '*_pb2*' -delete
+  python/generate.sh "$copy" >/dev/null
+  (cd "$copy" && mypy --config-file "$repo/python/pyproject.toml" hardneg)
+}
+
 for step in "${steps[@]}"; do
   t0=$(date +%s)
   case "$step" in
     thread-safety) build_static ;;
     tidy) run_tidy ;;
+    python) run_mypy ;;
     debug) build "$repo/build-debug" -DCMAKE_BUILD_TYPE=Debug ;;
     release) build "$repo/build-release" -DCMAKE_BUILD_TYPE=Release ;;
     *) echo "static-checks.sh: unknown '$step': expected thread-safety," \
-            "tidy, debug or release" >&2
+            "tidy, python, debug or release" >&2
        exit 2 ;;
   esac
   elapsed "$step" "$t0"

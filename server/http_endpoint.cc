@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
+#include "base/host_port.h"
 #include "base/status_macros.h"
 #include "format/file_util.h"
 namespace hardneg {
@@ -374,9 +375,7 @@ absl::StatusOr<ScopedFd> Listen(const std::string& host, int port) {
   if (name.size() >= 2 && name.front() == '[' && name.back() == ']') {
     name = name.substr(1, name.size() - 2);
   }
-  const std::string address = absl::StrCat(
-      absl::StrContains(name, ':') ? absl::StrCat("[", name, "]") : name, ":",
-      port);
+  const std::string address = HostPort(name, port);
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;

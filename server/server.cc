@@ -10,8 +10,8 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "base/host_port.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
@@ -80,11 +80,7 @@ absl::StatusOr<std::unique_ptr<HardnegServer>> HardnegServer::Start(
       options, manager,
       ResolveThreadCounts(options, std::thread::hardware_concurrency())));
   grpc::ServerBuilder builder;
-  const std::string address =
-      absl::StrCat(absl::StrContains(options.host, ':')
-                       ? absl::StrCat("[", options.host, "]")
-                       : options.host,
-                   ":", options.port);
+  const std::string address = HostPort(options.host, options.port);
   builder.AddListeningPort(address,
                            options.credentials != nullptr
                                ? options.credentials

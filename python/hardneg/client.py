@@ -18,10 +18,17 @@ import dataclasses
 import os
 import queue
 import threading
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
+import time
+from typing import (Any, Dict, Iterable, Iterator, List, Optional, Sequence,
+                    Tuple)
 
 import grpc
 import numpy as np
+
+from hardneg import publish as _publish
+from hardneg._arrays import as_numpy, is_tensor
+from hardneg.checkpoint import check_version_name
+from hardneg.errors import HardnegError, MineError, PublishError, from_rpc
 
 try:
     from hardneg.v1 import miner_pb2, miner_pb2_grpc
@@ -31,8 +38,8 @@ except ImportError as e:  # pragma: no cover - depends on the checkout
         "python/generate.sh (needs protoc and grpc_python_plugin)") from e
 
 __all__ = [
-    "Client", "MineStream", "MineResult", "MineError", "IndexInfo",
-    "IndexVersion", "SAMPLING",
+    "Client", "MineStream", "MineResult", "HardnegError", "MineError",
+    "PublishError", "IndexInfo", "IndexVersion", "SAMPLING",
 ]
 
 # The options and their types come from the proto (hardneg.v1.MiningOptions)
@@ -41,40 +48,13 @@ _OPTION_FIELDS = miner_pb2.MiningOptions.DESCRIPTOR.fields_by_name
 
 # Accepted values of the `sampling` option: the proto's Sampling enum, named
 # without its prefix and in lower case ("top", "uniform", "softmax").
-def _enum_names(enum) -> Dict[str, int]:
+def _enum_names(enum: Any) -> Dict[str, int]:
     """An enum's values by short name: SAMPLING_TOP is "top"."""
     prefix = len(enum.name) + 1  # Sampling -> "SAMPLING_"
     return {v.name[prefix:].lower(): v.number for v in enum.values}
 
 
 SAMPLING = _enum_names(miner_pb2.Sampling.DESCRIPTOR)
-
-
-class MineError(Exception):
-    """A request the server refused (code is a gRPC status code number).
-
-    On a stream the error comes in-band and the stream stays usable.
-    """
-
-    def __init__(self, code: int, message: str, request_id: Optional[int] = None):
-        super().__init__(f"{_code_name(code)}: {message}")
-        self.code = int(code)
-        self.message = message
-        self.request_id = request_id
-
-    @property
-    def status_code(self) -> Optional[grpc.StatusCode]:
-        for c in grpc.StatusCode:
-            if c.value[0] == self.code:
-                return c
-        return None
-
-
-def _code_name(code: int) -> str:
-    for c in grpc.StatusCode:
-        if c.value[0] == code:
-            return c.name
-    return f"code {code}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +65,9 @@ class IndexVersion:
 
 @dataclasses.dataclass(frozen=True)
 class IndexInfo:
+    """GetIndexInfo: the served version and index (see the proto's
+    IndexInfo for every field)."""
+
     version: IndexVersion
     size: int
     dim: int
@@ -93,6 +76,14 @@ class IndexInfo:
     build_state: str
     step: int
     has_labels: bool
+    age_seconds: float = 0.0
+    building: str = ""  # the version being built now, if any
+    build_progress: float = 0.0  # of `building`, 0..1
+    last_rejected: str = ""
+    rejected_total: int = 0
+    previous_version: Optional[IndexVersion] = None
+    shard_index: int = 0
+    num_shards: int = 0
 
 
 @dataclasses.dataclass
@@ -135,7 +126,7 @@ class MineResult:
 
 
 def _as_queries(queries: Any) -> np.ndarray:
-    q = np.asarray(queries)
+    q = as_numpy(queries)
     if q.ndim == 1:
         q = q[None, :]
     if q.ndim != 2:
@@ -147,6 +138,8 @@ def _per_query(value: Any, n: int, name: str) -> List[Any]:
     """A per-query list of length n, from None / sequence / array."""
     if value is None:
         return [None] * n
+    if is_tensor(value):
+        value = as_numpy(value)
     if isinstance(value, np.ndarray) and value.ndim == 0:
         raise ValueError(f"{name} must have one entry per query")
     seq = list(value)
@@ -155,11 +148,11 @@ def _per_query(value: Any, n: int, name: str) -> List[Any]:
     return seq
 
 
-def _row_list(row: Any, pad: Optional[float], dtype) -> List:
+def _row_list(row: Any, pad: Optional[float], dtype: Any) -> List[Any]:
     """One query's list of positives; drops `pad` (-1 ids, NaN scores)."""
     if row is None:
         return []
-    arr = np.asarray(row, dtype=dtype).reshape(-1)
+    arr = as_numpy(row, dtype=dtype).reshape(-1)
     if pad is None:
         return arr.tolist()
     if isinstance(pad, float) and np.isnan(pad):
@@ -170,6 +163,8 @@ def _row_list(row: Any, pad: Optional[float], dtype) -> List:
 def _optional_int(v: Any) -> Optional[int]:
     if v is None:
         return None
+    if is_tensor(v):
+        v = as_numpy(v)[()]
     if isinstance(v, (float, np.floating)) and np.isnan(v):
         return None
     return int(v)
@@ -196,7 +191,7 @@ def _build_options(options: Dict[str, Any]) -> "miner_pb2.MiningOptions":
     return o
 
 
-def _option_value(field, value: Any) -> Any:
+def _option_value(field: Any, value: Any) -> Any:
     """`value` as the type of the MiningOptions field `field`."""
     fd = field.__class__
     if field.type == fd.TYPE_ENUM:
@@ -305,8 +300,9 @@ class MineStream:
     stays open. Not thread-safe: use one stream per thread (or per worker).
     """
 
-    def __init__(self, stub, timeout: Optional[float] = None,
-                 metadata=None, **defaults: Any):
+    def __init__(self, stub: Any, timeout: Optional[float] = None,
+                 metadata: Optional[Sequence[Tuple[str, Any]]] = None,
+                 **defaults: Any) -> None:
         self._requests: "queue.Queue" = queue.Queue()
         self._pending: List[tuple] = []  # (request_id, k) in send order
         self._next_id = 1
@@ -340,8 +336,17 @@ class MineStream:
         """The next raw MineResponse (errors are left in resp.error)."""
         if not self._pending:
             raise RuntimeError("recv() without a pending send()")
-        self._pending.pop(0)
-        return next(self._call)
+        request_id = self._pending.pop(0)[0]
+        try:
+            return next(self._call)
+        except grpc.RpcError as e:  # the stream itself failed
+            self._closed = True
+            raise from_rpc(e, MineError, request_id) from e
+        except StopIteration:
+            self._closed = True
+            raise MineError(grpc.StatusCode.UNAVAILABLE.value[0],
+                            "the server ended the stream with requests "
+                            "unanswered", request_id) from None
 
     def recv(self) -> MineResult:
         """The result of the oldest pending batch."""
@@ -386,7 +391,7 @@ class MineStream:
     def __enter__(self) -> "MineStream":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         if exc[0] is None:
             self.close()
         else:
@@ -410,8 +415,8 @@ class Client:
     def __init__(self, target: Optional[str] = None, *,
                  channel: Optional[grpc.Channel] = None,
                  timeout: Optional[float] = None,
-                 metadata: Optional[Sequence[tuple]] = None,
-                 channel_options: Optional[Sequence[tuple]] = None,
+                 metadata: Optional[Sequence[Tuple[str, Any]]] = None,
+                 channel_options: Optional[Sequence[Tuple[str, Any]]] = None,
                  tls_ca: Optional[str] = None,
                  tls_cert: Optional[str] = None,
                  tls_key: Optional[str] = None,
@@ -423,7 +428,8 @@ class Client:
         if channel is None:
             if target is None:
                 raise TypeError("Client needs a target or a channel")
-            opts = [("grpc.max_receive_message_length", 256 << 20),
+            opts: List[Tuple[str, Any]] = [
+                    ("grpc.max_receive_message_length", 256 << 20),
                     ("grpc.max_send_message_length", 256 << 20)]
             opts.extend(channel_options or [])
             # round_robin over every address of the target, e.g.
@@ -464,7 +470,7 @@ class Client:
         self._next_id = 1
 
     @property
-    def stub(self):
+    def stub(self) -> Any:
         """The raw generated MinerStub."""
         return self._stub
 
@@ -510,10 +516,7 @@ class Client:
                 req, timeout=timeout if timeout is not None else self._timeout,
                 metadata=self._metadata)
         except grpc.RpcError as e:
-            code = e.code() if hasattr(e, "code") else None
-            if code is None:
-                raise
-            raise MineError(code.value[0], e.details() or "", request_id) from e
+            raise from_rpc(e, MineError, request_id) from e
         return to_result(resp, req.options.num_negatives)
 
     def stream(self, *, timeout: Optional[float] = None, **options: Any
@@ -543,14 +546,144 @@ class Client:
                 timeout=timeout if timeout is not None else self._timeout,
                 metadata=self._metadata)
         except grpc.RpcError as e:
-            code = e.code() if hasattr(e, "code") else None
-            if code is None:
-                raise
-            raise MineError(code.value[0], e.details() or "") from e
+            raise from_rpc(e, MineError) from e
+        previous = None
+        if r.HasField("previous_version") and r.previous_version.name:
+            previous = IndexVersion(r.previous_version.name,
+                                    r.previous_version.sequence)
         return IndexInfo(version=IndexVersion(r.version.name, r.version.sequence),
                          size=r.size, dim=r.dim, metric=r.metric,
                          index_type=r.index_type, build_state=r.build_state,
-                         step=r.step, has_labels=r.has_labels)
+                         step=r.step, has_labels=r.has_labels,
+                         age_seconds=r.age_seconds, building=r.building,
+                         build_progress=r.build_progress,
+                         last_rejected=r.last_rejected,
+                         rejected_total=r.rejected_total,
+                         previous_version=previous,
+                         shard_index=r.shard_index, num_shards=r.num_shards)
+
+    def wait_for_version(self, sequence: int = 0, name: Optional[str] = None,
+                         *, timeout: float = 300.0,
+                         poll_interval: float = 0.2) -> IndexInfo:
+        """Polls GetIndexInfo until the served version's sequence is at
+        least `sequence` (and, with `name`, that version is `name`); returns
+        its IndexInfo. Raises MineError DEADLINE_EXCEEDED after `timeout`
+        seconds, naming what it last saw. Mining with
+        min_index_sequence=sequence then never meets an older version."""
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.info(timeout=max(0.1, min(10.0, timeout)))
+            if (info.version.sequence >= sequence
+                    and (name is None or info.version.name == name)):
+                return info
+            if time.monotonic() >= deadline:
+                raise MineError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
+                    f"after {timeout:g} s the server serves "
+                    f"{info.version.name!r} (sequence {info.version.sequence}),"
+                    f" not sequence >= {sequence}"
+                    + (f" named {name!r}" if name else ""))
+            time.sleep(poll_interval)
+
+    def publish(self, embeddings: Any, ids: Any, labels: Any = None, *,
+                name: str, step: int, metric: Optional[str] = None,
+                base_version: Optional[str] = None, delete_ids: Any = None,
+                wait: bool = True, chunk_rows: Optional[int] = None,
+                progress: _publish.ProgressArg = "auto",
+                timeout: Optional[float] = None,
+                poll_interval: float = 0.5) -> IndexVersion:
+        """Streams a new index version to the server over Publish.
+
+        embeddings    [n, dim] floats (numpy or torch, any device or grad);
+                      None with delete_ids only
+        ids           [n] int64, unique
+        labels        [n] ints, or None (no labels)
+        name, step    the version's name (A-Z a-z 0-9 . _ -) and step
+        metric        "inner_product" or "l2"; None keeps the server's
+        base_version  an incremental publish: the name of the served version
+                      it applies to; `ids` then upsert and delete_ids remove
+        wait          True: return once the version serves (IndexVersion
+                      with its sequence); False: once the server has the
+                      data (the build goes on in the background)
+        chunk_rows    rows per message (default: about 2 MiB of embeddings)
+        progress      a callable taking PublishProgress, True (a tqdm bar,
+                      or lines on stderr), False/None, or "auto" (a bar
+                      when tqdm is installed and stderr is a terminal)
+
+        Raises PublishError with the gRPC code and the server's message
+        when refused; then nothing was installed. Ctrl-C cancels the
+        publish, which installs nothing either.
+        """
+        check_version_name(name)
+        if base_version is not None:
+            check_version_name(base_version, "base_version")
+        if metric is not None and metric not in ("inner_product", "l2"):
+            raise ValueError(
+                f"metric must be inner_product, l2 or None, got {metric!r}")
+        dim = self.info().dim if embeddings is None else None
+        data = _publish.prepare(embeddings, ids, labels, delete_ids, dim)
+        rows = chunk_rows or _publish.default_chunk_rows(data.dim)
+        if rows <= 0:
+            raise ValueError(f"chunk_rows must be > 0, got {chunk_rows}")
+        header = miner_pb2.PublishHeader(
+            name=name, step=int(step), dim=data.dim, wait=bool(wait),
+            total_ids=data.ids.shape[0],
+            total_delete_ids=data.delete_ids.shape[0])
+        if metric is not None:
+            header.metric = metric
+        if base_version is not None:
+            header.base_version = base_version
+        report = _publish.progress_reporter(progress, name)
+        total = data.ids.shape[0] + data.delete_ids.shape[0]
+        sent = [0]
+        uploaded = threading.Event()
+
+        def on_sent(count: int) -> None:
+            sent[0] += count
+            if report is not None:
+                report(_publish.PublishProgress("upload", sent[0], total))
+
+        def stream() -> Iterator[Any]:
+            yield from _publish.requests(miner_pb2, data, header, rows,
+                                         on_sent)
+            uploaded.set()
+
+        if report is not None:
+            report(_publish.PublishProgress("upload", 0, total))
+        call = self._stub.Publish.future(
+            stream(), timeout=timeout if timeout is not None else self._timeout,
+            metadata=self._metadata)
+        try:
+            resp = self._await_publish(call, name, uploaded, report, total,
+                                       wait, poll_interval)
+        except grpc.RpcError as e:
+            raise from_rpc(e, PublishError) from e
+        except BaseException:  # Ctrl-C: a cut-short publish installs nothing
+            call.cancel()
+            raise
+        if report is not None:
+            report(_publish.PublishProgress("done", total, total, 1.0))
+        return IndexVersion(resp.version.name, resp.version.sequence)
+
+    def _await_publish(self, call: Any, name: str, uploaded: threading.Event,
+                       report: Any, total: int, wait: bool,
+                       poll_interval: float) -> Any:
+        """The PublishResponse; meanwhile, once the upload is done and
+        wait is set, reports the server's build_progress of `name`."""
+        while True:
+            try:
+                return call.result(timeout=poll_interval)
+            except grpc.FutureTimeoutError:
+                pass
+            if report is None or not wait or not uploaded.is_set():
+                continue
+            try:
+                info = self.info(timeout=max(1.0, poll_interval))
+            except HardnegError:
+                continue  # progress is best effort; the call decides
+            fraction = (info.build_progress if info.building == name else
+                        1.0 if info.version.name == name else 0.0)
+            report(_publish.PublishProgress("build", total, total, fraction))
 
     def close(self) -> None:
         if self._own_channel:
@@ -559,5 +692,5 @@ class Client:
     def __enter__(self) -> "Client":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.close()

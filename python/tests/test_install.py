@@ -36,8 +36,12 @@ SMOKE = r"""
 import sys
 import numpy as np
 import hardneg
+import os
 print("imported", hardneg.__file__)
 assert "site-packages" in hardneg.__file__, hardneg.__file__
+package = os.path.dirname(hardneg.__file__)
+for typed in ("py.typed", "v1/miner_pb2.pyi"):  # type hints ship
+    assert os.path.exists(os.path.join(package, typed)), typed
 from hardneg.v1 import miner_pb2
 assert "allow_partial" in miner_pb2.MiningOptions.DESCRIPTOR.fields_by_name
 client = hardneg.Client(f"127.0.0.1:{sys.argv[1]}")
@@ -61,6 +65,10 @@ try:  # a dead server is a hardneg error carrying the gRPC code
 except hardneg.MineError as e:
     assert e.code == 14, (e.code, str(e))
 print("errors ok")
+v = client.publish(queries, [10**6, 10**6 + 1, 10**6 + 2], name="py-v2",
+                   step=2, base_version=info.version.name, progress=False)
+assert v.name == "py-v2" and client.info().size == 203, client.info()
+print("published", v)
 """
 
 
@@ -93,7 +101,7 @@ def main():
     src = os.path.join(work, "src")
     shutil.copytree(PYTHON_DIR, os.path.join(src, "python"),
                     ignore=shutil.ignore_patterns("build", "*.egg-info",
-                                                  "__pycache__", "*_pb2*.py"))
+                                                  "__pycache__", "*_pb2*"))
     shutil.copytree(os.path.join(ROOT, "proto"), os.path.join(src, "proto"))
     pip = subprocess.run(
         [os.path.join(venv, "bin", "pip"), "install", "--no-build-isolation",

@@ -82,7 +82,7 @@ def load_stubs(proto_dir, work_dir, python_dir=None):
     shutil.rmtree(py, ignore_errors=True)
     if python_dir is not None:
         shutil.copytree(os.path.join(python_dir, "hardneg"), os.path.join(py, "hardneg"),
-                        ignore=shutil.ignore_patterns("*_pb2*.py", "__pycache__"))
+                        ignore=shutil.ignore_patterns("*_pb2*", "__pycache__"))
     grpc, miner_pb2, miner_pb2_grpc = mc.load_stubs(proto_dir, work_dir)
     health = os.path.join(work_dir, "health")
     shutil.rmtree(health, ignore_errors=True)
