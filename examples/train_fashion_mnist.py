@@ -53,7 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -66,7 +66,6 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 try:
     import hardneg
-    from hardneg.v1 import miner_pb2
 except ImportError as e:  # pragma: no cover - depends on the checkout
     sys.exit(f"cannot import the hardneg client ({e}): run python/generate.sh "
              "and put python/ on PYTHONPATH, or pip install ./python")
@@ -188,32 +187,6 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def publish(client: "hardneg.Client", embeddings: np.ndarray, ids: np.ndarray,
-            labels: Optional[np.ndarray] = None, *, name: str, step: int,
-            wait: bool = True, chunk_rows: int = 4096) -> "hardneg.IndexVersion":
-    """Streams a full version over the Publish RPC and, with wait, returns
-    once it serves: the same call as `client.publish(...)` (being added to
-    the client), written here with the raw stub until it lands."""
-    emb = np.ascontiguousarray(embeddings, dtype="<f4")
-    ids = np.asarray(ids, dtype=np.int64)
-    n, dim = emb.shape
-
-    def requests() -> Iterator[Any]:
-        yield miner_pb2.PublishRequest(header=miner_pb2.PublishHeader(
-            name=name, step=step, dim=dim, metric="inner_product",
-            total_ids=n, wait=wait))
-        for a in range(0, n, chunk_rows):
-            b = min(n, a + chunk_rows)
-            chunk = miner_pb2.PublishChunk(ids=ids[a:b].tolist(),
-                                           embeddings_bytes=emb[a:b].tobytes())
-            if labels is not None:
-                chunk.labels.extend(np.asarray(labels[a:b], dtype=np.int64).tolist())
-            yield miner_pb2.PublishRequest(chunk=chunk)
-
-    resp = client.stub.Publish(requests(), timeout=120)
-    return hardneg.IndexVersion(resp.version.name, resp.version.sequence)
 
 
 # ------------------------------------------------------------------ strategies
@@ -405,8 +378,9 @@ def train_run(client: "hardneg.Client", data: Data, strat: Strategy, seed: int,
         if version is None or strat.refresh:
             tp = time.time()
             emb = encode(model, data.train_x)
-            version = publish(client, emb, ids, data.train_y,
-                              name=f"{strat.name}-s{seed}-e{epoch}", step=step)
+            version = client.publish(emb, ids, data.train_y, metric="inner_product",
+                                     name=f"{strat.name}-s{seed}-e{epoch}", step=step,
+                                     progress=False)
             step += 1
             stats["publish_s"] += time.time() - tp
         if cfg.nearest_positives and (strat.refresh or epoch == 0):
