@@ -422,8 +422,8 @@ def train_run(client: "hardneg.Client", data: Data, strat: Strategy, seed: int,
         for b, a in enumerate(range(0, n, cfg.batch)):
             anchors = order[a:a + cfg.batch]
             pos = positives.draw(anchors, rng)
-            ea = F.normalize(model(tx[anchors]), dim=1)
-            ep = F.normalize(model(tx[pos]), dim=1)
+            ea = F.normalize(model(tx[torch.from_numpy(anchors)]), dim=1)
+            ep = F.normalize(model(tx[torch.from_numpy(pos)]), dim=1)
             s_ap = (ea * ep).sum(1)
             q = ea.detach().numpy()
             ya = data.train_y[anchors]
@@ -448,7 +448,8 @@ def train_run(client: "hardneg.Client", data: Data, strat: Strategy, seed: int,
                     [neg_ids, random_negatives(ya, data.train_y, strat.extra_random, rng)],
                     axis=1)
             valid = neg_ids >= 0
-            en = F.normalize(model(tx[np.where(valid, neg_ids, 0).reshape(-1)]), dim=1)
+            rows = torch.from_numpy(np.where(valid, neg_ids, 0).reshape(-1))
+            en = F.normalize(model(tx[rows]), dim=1)
             en = en.reshape(len(anchors), neg_ids.shape[1], -1)
             s_an = torch.einsum("bd,bkd->bk", ea, en)
             loss = loss_fn(s_ap, s_an, torch.from_numpy(valid).float(), strat.loss, cfg)
@@ -612,15 +613,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 step = 1  # nothing served yet
             for strat in strats:
                 print(f"{strat.name}: {strat.describe()}")
-                entry = {"settings": strat.describe(), "refresh": strat.refresh,
-                         "mining": strat.mining, "seeds": {}}
+                runs: Dict[str, Any] = {}
+                entry: Dict[str, Any] = {"settings": strat.describe(),
+                                         "refresh": strat.refresh,
+                                         "mining": strat.mining, "seeds": runs}
                 for seed in range(args.seeds):
                     t0 = time.time()
                     recalls, stats, step = train_run(client, data, strat, seed, cfg,
                                                      step, print)
                     stats["seconds"] = round(time.time() - t0, 2)
-                    entry["seeds"][str(seed)] = {"recall_at_1": recalls, **stats}
-                finals = [s["recall_at_1"][-1] for s in entry["seeds"].values()]
+                    runs[str(seed)] = {"recall_at_1": recalls, **stats}
+                finals = [r["recall_at_1"][-1] for r in runs.values()]
                 entry["final_mean"], entry["final_sd"] = mean_sd(finals)
                 results["strategies"][strat.name] = entry
                 sys.stdout.flush()
