@@ -24,8 +24,12 @@ RUN ./scripts/install-deps.sh --build \
 COPY . .
 # Compile jobs; empty: ninja's default (cores + 2).
 ARG JOBS=
+# The git revision --version and hardneg_build_info report (.git is not in
+# the build context).
+ARG REVISION=unknown
 RUN cmake -S . -B /out/build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
- && ninja -C /out/build ${JOBS:+-j$JOBS} hardneg-server hardneg-router hardneg \
+ && HARDNEG_REVISION="$REVISION" \
+    ninja -C /out/build ${JOBS:+-j$JOBS} hardneg-server hardneg-router hardneg \
  && mkdir -p /out/bin /out/debug \
  && for bin in server/hardneg-server router/hardneg-router client/hardneg; do \
       name=$(basename "$bin"); \

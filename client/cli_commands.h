@@ -36,7 +36,8 @@ int RunMakeCheckpointCommand(const std::vector<std::string>& args);
 // The flags every command that talks to a server shares.
 struct ConnectionFlags {
   std::string server;
-  float timeout_seconds = 10;
+  float timeout_seconds = 10;         // each unary call
+  float connect_timeout_seconds = 2;  // the first connection
   bool wait_for_ready = false;
   std::string tls_ca;      // PEM CA of the server's certificate: TLS on
   std::string tls_cert;    // PEM client certificate, for mutual TLS
@@ -44,7 +45,8 @@ struct ConnectionFlags {
   std::string token_file;  // a file holding the bearer token
 };
 
-// Registers --server, --timeout, --wait_for_ready, --tls_ca, --tls_cert,
+// Registers --server, --timeout, --connect_timeout, --wait_for_ready,
+// --tls_ca, --tls_cert,
 // --tls_key and --token_file. Without --token_file, the token comes from
 // the environment variable HARDNEG_TOKEN when it is set.
 void AddConnectionFlags(FlagSet& flags, ConnectionFlags* connection_flags);
@@ -56,8 +58,9 @@ std::optional<int> ParseServerCommand(FlagSet& flags,
                                       const std::vector<std::string>& args,
                                       const ConnectionFlags& connection_flags);
 
-// Connects as the flags say: waits up to --timeout for the channel, and
-// applies --timeout to each unary call (not to a Mine stream).
+// Connects as the flags say: waits up to --connect_timeout for the channel
+// (UNAVAILABLE naming the address after it), and applies --timeout to each
+// unary call (not to a Mine stream).
 absl::StatusOr<std::unique_ptr<Client>> ConnectToServer(
     const ConnectionFlags& connection_flags);
 

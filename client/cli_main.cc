@@ -5,6 +5,7 @@
 #include <string_view>
 #include <vector>
 
+#include "base/build_info.h"
 #include "client/cli_commands.h"
 #include "client/cli_flags.h"
 
@@ -21,6 +22,8 @@ constexpr char kUsage[] =
     "                   .npy files, full or incremental) to the server.\n"
     "  make-checkpoint  Write a checkpoint from .npy files or Fashion-MNIST,\n"
     "                   and export Fashion-MNIST test queries.\n"
+    "  version          Print the version, git revision and build type\n"
+    "                   (also --version).\n"
     "\n"
     "Run 'hardneg <command> --help' for a command's flags.\n"
     "Exit codes: 0 success, 1 runtime error, 2 usage error.\n";
@@ -42,6 +45,10 @@ int main(int argc, char** argv) {
   }
   if (command == "help" || command == "--help" || command == "-h") {
     std::cout << kUsage;
+    return hardneg::client::kExitOk;
+  }
+  if (command == "version" || command == "--version") {
+    std::cout << hardneg::VersionLine("hardneg") << "\n";
     return hardneg::client::kExitOk;
   }
   std::cerr << "hardneg: unknown command '" << command << "'\n\n" << kUsage;

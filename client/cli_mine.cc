@@ -22,6 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/status_macros.h"
 #include "client/cli_commands.h"
 #include "client/cli_flags.h"
 #include "client/cli_mining_options.h"
@@ -282,7 +283,7 @@ struct MineFlags {
   uint32_t max_in_flight = 4;
   bool stream = true;
   std::string output;
-  std::string format;  // json or npy; empty: from --output's name
+  std::string format;  // json, csv or npy; empty: from --output's name
   uint32_t show = 0;
   std::string label_names;
 };
@@ -307,19 +308,56 @@ void AddMineFlags(FlagSet& flags, MineFlags* mine) {
              "Send the batches over one Mine stream; --nostream makes one "
              "MineOnce call per batch.");
   flags.String("output", &mine->output, "FILE",
-               "Where to write: FILE.json, or FILE.npy for ids int64 [n, "
+               "Where to write, by extension: FILE.json; FILE.csv (one row "
+               "per negative: query,position,id,score,label,rank,shortfall,"
+               "positive_score,index,sequence); or FILE.npy for ids int64 [n, "
                "num_negatives] (padded with -1) plus FILE.scores.npy float32 "
                "(padded with NaN) and, with --return_embeddings, "
-               "FILE.embeddings.npy [n, num_negatives, dim]. Default: stdout.");
-  flags.String("format", &mine->format, "json|npy",
-               "Output format; default: npy when --output ends in .npy, "
-               "otherwise json.");
+               "FILE.embeddings.npy [n, num_negatives, dim]. Any other "
+               "extension is refused. Default: JSON to stdout.");
+  flags.String("format", &mine->format, "json|csv|npy",
+               "Output format; default: --output's extension (json on "
+               "stdout). When both are given they must agree.");
   flags.Uint32("show", &mine->show,
                "Print a table of the first N queries' negatives to stdout "
                "(then JSON goes to stdout only with --output).");
   flags.String("label_names", &mine->label_names, "fashion-mnist|FILE",
                "Names for labels in --show: fashion-mnist, or a text file "
                "with one name per line (line i names label i).");
+}
+
+// --output's format from its extension (.json, .csv, .npy; anything else
+// is refused, so that no file holds a format its name does not say), or
+// --format's; both must agree when both are given.
+absl::Status ResolveOutputFormat(MineFlags* mine) {
+  std::string by_name;
+  if (!mine->output.empty()) {
+    for (const char* format : {"json", "csv", "npy"}) {
+      if (absl::EndsWith(mine->output, absl::StrCat(".", format))) {
+        by_name = format;
+      }
+    }
+    if (by_name.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--output=", mine->output,
+          ": unknown extension; write FILE.json, FILE.csv or FILE.npy"));
+    }
+  }
+  if (!mine->format.empty() && mine->format != "json" &&
+      mine->format != "csv" && mine->format != "npy") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--format=", mine->format, ": expected json, csv or npy"));
+  }
+  if (!mine->format.empty() && !by_name.empty() && mine->format != by_name) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--format=", mine->format, " but --output=", mine->output,
+                     " says ", by_name, ": give one, or make them agree"));
+  }
+  if (mine->format.empty()) mine->format = by_name.empty() ? "json" : by_name;
+  if (mine->format == "npy" && mine->output.empty()) {
+    return absl::InvalidArgumentError("--format=npy needs --output FILE.npy");
+  }
+  return absl::OkStatus();
 }
 
 // The mining options, once the flags are consistent; fills in the default
@@ -335,15 +373,11 @@ absl::StatusOr<MiningOptions> CheckMineFlags(MineFlags* mine) {
   }
   absl::StatusOr<MiningOptions> options = MiningOptionsFromFlags(mine->mining);
   if (!options.ok()) return options.status();
-  if (mine->format.empty()) {
-    mine->format = absl::EndsWith(mine->output, ".npy") ? "npy" : "json";
-  }
-  if (mine->format != "json" && mine->format != "npy") {
+  HARDNEG_RETURN_IF_ERROR(ResolveOutputFormat(mine));
+  if (mine->format == "csv" && options->return_embeddings) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--format=", mine->format, ": expected json or npy"));
-  }
-  if (mine->format == "npy" && mine->output.empty()) {
-    return absl::InvalidArgumentError("--format=npy needs --output FILE.npy");
+        "CSV holds no embeddings: write --return_embeddings to FILE.npy or "
+        "FILE.json");
   }
   return options;
 }
@@ -406,7 +440,8 @@ absl::Status WriteMined(const MineFlags& mine, const MiningOptions& options,
     return absl::ErrnoToStatus(errno,
                                absl::StrCat(mine.output, ": cannot create"));
   }
-  absl::Status written = WriteMineJson(mined, out);
+  absl::Status written = mine.format == "csv" ? WriteMineCsv(mined, out)
+                                              : WriteMineJson(mined, out);
   if (out != stdout && std::fclose(out) != 0 && written.ok()) {
     written = absl::ErrnoToStatus(errno, "closing the file failed");
   }

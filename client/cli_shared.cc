@@ -16,8 +16,10 @@ void AddConnectionFlags(FlagSet& flags, ConnectionFlags* connection_flags) {
   flags.String("server", &connection_flags->server, "HOST:PORT",
                "The hardneg server's gRPC address (required).");
   flags.Float("timeout", &connection_flags->timeout_seconds,
-              "Seconds to wait for the connection, and for each unary call.\n"
-              "0 waits forever.");
+              "Seconds each unary call may take; 0 waits forever.");
+  flags.Float("connect_timeout", &connection_flags->connect_timeout_seconds,
+              "Seconds to wait for the connection before failing with the "
+              "address; 0 waits forever.");
   flags.Bool("wait_for_ready", &connection_flags->wait_for_ready,
              "Queue calls while the server is unreachable instead of failing "
              "them.");
@@ -51,6 +53,9 @@ std::optional<int> ParseServerCommand(FlagSet& flags,
   if (connection_flags.timeout_seconds < 0) {
     return flags.UsageError("--timeout must not be negative");
   }
+  if (connection_flags.connect_timeout_seconds < 0) {
+    return flags.UsageError("--connect_timeout must not be negative");
+  }
   return std::nullopt;
 }
 
@@ -79,10 +84,11 @@ absl::StatusOr<std::unique_ptr<Client>> ConnectToServer(
   options.bearer_token =
       std::string(absl::StripAsciiWhitespace(options.bearer_token));
   if (connection_flags.timeout_seconds > 0) {
-    const absl::Duration timeout =
-        absl::Seconds(connection_flags.timeout_seconds);
-    options.connect_timeout = timeout;
-    options.rpc_timeout = timeout;
+    options.rpc_timeout = absl::Seconds(connection_flags.timeout_seconds);
+  }
+  if (connection_flags.connect_timeout_seconds > 0) {
+    options.connect_timeout =
+        absl::Seconds(connection_flags.connect_timeout_seconds);
   }
   return Client::Connect(connection_flags.server, options);
 }

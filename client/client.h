@@ -38,6 +38,9 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+// Installed as include/hardneg/client.h next to include/hardneg/mining/
+// options.h (package/CMakeLists.txt): a quoted include is looked up next to
+// this file first, so this line needs no include path beyond include/.
 #include "mining/options.h"
 
 namespace grpc {

@@ -27,7 +27,7 @@ absl::Status Flush(std::string* text, std::FILE* out) {
   const bool written =
       std::fwrite(text->data(), 1, text->size(), out) == text->size();
   text->clear();
-  if (!written) return absl::UnavailableError("writing the JSON output failed");
+  if (!written) return absl::UnavailableError("writing the output failed");
   return absl::OkStatus();
 }
 
@@ -86,6 +86,45 @@ absl::Status WriteMineJson(const MinedQueries& mined, std::FILE* out) {
   if (absl::Status status = Flush(&text, out); !status.ok()) return status;
   if (std::fflush(out) != 0) {
     return absl::UnavailableError("writing the JSON output failed");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WriteMineCsv(const MinedQueries& mined, std::FILE* out) {
+  std::string text =
+      "query,position,id,score,label,rank,shortfall,positive_score,index,"
+      "sequence\n";
+  for (size_t i = 0; i < mined.results.size(); ++i) {
+    const QueryResult& result = mined.results[i];
+    const ServedVersion version =
+        i < mined.versions.size() ? mined.versions[i] : ServedVersion();
+    // Version names are [A-Za-z0-9._-]: never quoted.
+    const std::string tail = absl::StrCat(
+        result.shortfall, ",",
+        result.positive_score ? absl::StrFormat("%.9g", *result.positive_score)
+                              : "",
+        ",", version.name, ",", version.sequence, "\n");
+    if (result.negatives.empty()) {
+      absl::StrAppend(&text, i, ",,,,,,", tail);
+    }
+    for (size_t j = 0; j < result.negatives.size(); ++j) {
+      const Negative& negative = result.negatives[j];
+      if (!negative.embedding.empty()) {
+        return absl::InvalidArgumentError(
+            "CSV holds no embeddings: write --return_embeddings to .npy or "
+            ".json");
+      }
+      absl::StrAppend(&text, i, ",", j, ",", negative.id, ",",
+                      absl::StrFormat("%.9g", negative.score), ",",
+                      negative.label, ",", negative.rank, ",", tail);
+    }
+    if (text.size() > (1 << 20)) {
+      if (absl::Status status = Flush(&text, out); !status.ok()) return status;
+    }
+  }
+  if (absl::Status status = Flush(&text, out); !status.ok()) return status;
+  if (std::fflush(out) != 0) {
+    return absl::UnavailableError("writing the CSV output failed");
   }
   return absl::OkStatus();
 }

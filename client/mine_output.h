@@ -1,5 +1,5 @@
-// Writing what `hardneg mine` mined: JSON (one object per query) or .npy
-// arrays padded to num_negatives columns.
+// Writing what `hardneg mine` mined: JSON (one object per query), CSV (one
+// row per negative) or .npy arrays padded to num_negatives columns.
 //
 // Stateless functions; safe to call from any thread.
 #ifndef HARDNEG_CLIENT_MINE_OUTPUT_H_
@@ -36,6 +36,16 @@ struct MinedQueries {
 // the last one and each result carries its own "index" too. Non-finite
 // floats are written as null.
 absl::Status WriteMineJson(const MinedQueries& mined, std::FILE* out);
+
+// Writes CSV with a header line:
+//   query,position,id,score,label,rank,shortfall,positive_score,index,sequence
+// one row per negative (position: its column, 0-based), or one row with
+// position, id, score, label and rank empty for a query that got none;
+// shortfall and positive_score (empty without positives) repeat the
+// query's, index and sequence name the version that answered it. Scores
+// are written with 9 significant digits (a float32 round-trips).
+// INVALID_ARGUMENT when a negative carries an embedding (CSV holds none).
+absl::Status WriteMineCsv(const MinedQueries& mined, std::FILE* out);
 
 // One negative of WriteMineJson: {"id", "score", "label", "rank"
 // [, "embedding"]}; scores and embedding values are floats.

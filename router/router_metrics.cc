@@ -59,6 +59,7 @@ RouterMetrics::RouterMetrics(prometheus::Registry& registry, size_t shards)
                           "when they share none.")
                     .Register(registry)
                     .Add({})) {
+  RegisterBuildInfo(registry);
   // Every series exists from the start, so that rates and alerts see 0.
   for (size_t i = 0; i < shards; ++i) {
     for (ShardCall call : {ShardCall::kMineOnce, ShardCall::kWeakestPositives,

@@ -60,7 +60,7 @@ fi
 # --- build ---------------------------------------------------------------
 t0=$(date +%s)
 "${podman[@]}" build --isolation=chroot --network=host --pull=never \
-  --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
+  --build-arg REVISION="$(git describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)" \
   --build-arg JOBS="${HARDNEG_IMAGE_JOBS:-2}" \
   --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
   -t "$image" . >"$work/build.log" 2>&1 || {

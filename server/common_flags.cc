@@ -14,8 +14,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "base/build_info.h"
 #include "base/status_macros.h"
 #include "format/file_util.h"
+#include "server/flags_help.h"
 
 ABSL_FLAG(uint32_t, max_negatives, 10000, "Largest num_negatives accepted.");
 ABSL_FLAG(uint32_t, max_range, 1000000, "Largest range_max accepted.");
@@ -98,12 +100,17 @@ MinerLimits LimitsFromFlags() {
 sigset_t StartBinary(int argc, char** argv, std::vector<std::string> flag_files,
                      const std::string& usage) {
   flag_files.push_back("server/common_flags.cc");
+  const std::string program(usage.substr(0, usage.find(' ')));
+  HandleHelpAndVersion(argc, argv, program, usage, flag_files);
   absl::FlagsUsageConfig config;
   config.contains_help_flags = [files = std::move(flag_files)](
                                    absl::string_view file) {
     return std::any_of(files.begin(), files.end(), [&](const std::string& f) {
       return absl::EndsWith(file, f);
     });
+  };
+  config.version_string = [program] {
+    return absl::StrCat(VersionLine(program), "\n");
   };
   absl::SetFlagsUsageConfig(config);
   absl::SetProgramUsageMessage(usage);

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/build_info.h"
 #include "hardneg/v1/miner.grpc.pb.h"
 #include "prometheus/client_metric.h"
 #include "prometheus/metric_family.h"
@@ -268,6 +269,7 @@ class ServerMetrics::ScrapeTime final : public prometheus::Collectable {
 
 ServerMetrics::ServerMetrics(prometheus::Registry& registry)
     : scrape_time_(std::make_shared<ScrapeTime>()) {
+  RegisterBuildInfo(registry);
   RegisterMiningMetrics(registry);
   RegisterIndexMetrics(registry);
   RegisterRpcMetrics(registry);
@@ -484,6 +486,18 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
   }
   return std::unique_ptr<MetricsEndpoint>(
       new MetricsEndpoint(*std::move(http)));
+}
+
+void RegisterBuildInfo(prometheus::Registry& registry) {
+  prometheus::BuildGauge()
+      .Name("hardneg_build_info")
+      .Help(
+          "Always 1; the labels say which build this is: the version and "
+          "the git revision it was built from.")
+      .Register(registry)
+      .Add({{"version", std::string(BuildVersion())},
+            {"revision", std::string(BuildRevision())}})
+      .Set(1);
 }
 
 prometheus::Histogram::BucketBoundaries LatencyBuckets() {

@@ -53,6 +53,10 @@ namespace hardneg {
 // the Prometheus defaults start at 5ms. Shared with hardneg-router's.
 prometheus::Histogram::BucketBoundaries LatencyBuckets();
 
+// Registers hardneg_build_info{version,revision} = 1 (base/build_info.h), as
+// both binaries export it: which build a scrape came from.
+void RegisterBuildInfo(prometheus::Registry& registry);
+
 // The RPC a mining request came in on (the `rpc` label).
 enum class MineRpc { kMine = 0, kMineOnce = 1 };
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <iterator>
 #include <memory>
 #include <optional>
@@ -186,8 +187,21 @@ class PublishReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       FinishWith(early);  // `this` may be deleted from here on
     }
     const absl::Time build_start = absl::Now();
+    // A publisher that waits and went away meanwhile (cancelled, past its
+    // deadline) gets nothing installed: it could not learn the outcome.
+    // Without wait it already has its answer, and the version installs.
+    std::function<absl::Status()> still_wanted;
+    if (wait) {
+      still_wanted = [context = context_] {
+        return context->IsCancelled()
+                   ? absl::CancelledError(
+                         "the Publish call was cancelled (or passed its "
+                         "deadline) during the build; nothing was installed")
+                   : absl::OkStatus();
+      };
+    }
     absl::StatusOr<VersionInfo> installed = manager->Install(
-        name, step, metric, *std::move(store), expected_sequence);
+        name, step, metric, *std::move(store), expected_sequence, still_wanted);
     if (installed.ok()) {
       Log(LogLevel::kInfo, "publish_installed",
           {{"name", name},

@@ -269,8 +269,18 @@ TEST(CommandsTest, MineUsageErrors) {
        "--num_negatives must be at least 1"},
       {{"--server=h:1", "--queries=q.npy", "--format=npy"},
        "--format=npy needs --output FILE.npy"},
-      {{"--server=h:1", "--queries=q.npy", "--format=csv"},
-       "--format=csv: expected json or npy"},
+      {{"--server=h:1", "--queries=q.npy", "--format=xml"},
+       "--format=xml: expected json, csv or npy"},
+      {{"--server=h:1", "--queries=q.npy", "--output=o.txt"},
+       "--output=o.txt: unknown extension; write FILE.json, FILE.csv or "
+       "FILE.npy"},
+      {{"--server=h:1", "--queries=q.npy", "--output=o.csv", "--format=json"},
+       "--format=json but --output=o.csv says csv: give one, or make them "
+       "agree"},
+      {{"--server=h:1", "--queries=q.npy", "--output=o.csv",
+        "--return_embeddings"},
+       "CSV holds no embeddings: write --return_embeddings to FILE.npy or "
+       "FILE.json"},
       {{"--server=h:1", "--queries=q.npy", "--step=3"}, "unknown flag --step"},
       {{"--server=h:1", "--timeout=-1", "--queries=q.npy"},
        "--timeout must not be negative"},

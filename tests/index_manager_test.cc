@@ -213,6 +213,36 @@ TEST_F(IndexManagerTest, InstallSwapsAndHonoursTheBudget) {
   EXPECT_THAT(manager.build_status().last_rejected, HasSubstr("publish big"));
 }
 
+// A publisher that waited and went away during the build (Install's
+// before_swap says so) gets nothing installed, and the next sequence is
+// still the next one served.
+TEST_F(IndexManagerTest, InstallAbandonedBeforeTheSwapInstallsNothing) {
+  Write(ckpts(), "base", 1, 100, 4);
+  IndexManager manager(Options());
+  ASSERT_TRUE(manager.LoadNewest().ok());
+  auto store = [] {
+    return *CandidateStore::Create(4, {1, 2, 3}, std::vector<float>(12, 0.5f),
+                                   std::nullopt);
+  };
+  int asked = 0;
+  absl::StatusOr<VersionInfo> gone = manager.Install(
+      "gone", 2, Metric::kInnerProduct, store(), std::nullopt, [&] {
+        ++asked;
+        return absl::CancelledError("the publisher went away");
+      });
+  EXPECT_EQ(gone.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(asked, 1);
+  EXPECT_EQ(manager.Current()->info().name, "base");
+  EXPECT_THAT(manager.build_status().last_rejected,
+              HasSubstr("the publisher went away"));
+  absl::StatusOr<VersionInfo> kept =
+      manager.Install("kept", 3, Metric::kInnerProduct, store(), std::nullopt,
+                      [] { return absl::OkStatus(); });
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  EXPECT_EQ(manager.Current()->info().name, "kept");
+  EXPECT_GT(kept->sequence, 1u);
+}
+
 // The server used to read all 8 GiB of this (sparse) checkpoint with a
 // budget of 1 GiB and abort; at restart it did the same: a crash-loop.
 TEST_F(IndexManagerTest, ACheckpointOverTheBudgetIsRejectedFromItsHeaders) {

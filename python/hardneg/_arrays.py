@@ -21,6 +21,8 @@ def as_numpy(x: Any, dtype: Optional[Any] = None) -> np.ndarray:
     bfloat16, which numpy lacks) is widened to float32 on its device."""
     if is_tensor(x):
         t = x.detach()
+        if hasattr(t, "resolve_neg"):  # lazy negation/conjugation views
+            t = t.resolve_neg().resolve_conj()
         if t.is_floating_point() and t.element_size() < 4:
             t = t.float()
         x = t.cpu().numpy()
@@ -33,5 +35,7 @@ def as_int64(x: Any, name: str) -> np.ndarray:
     a = as_numpy(x)
     if a.size and a.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integers, got dtype {a.dtype}")
+    if a.size and a.dtype.kind == "u" and int(a.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} holds {int(a.max())}, past int64's range")
     return np.ascontiguousarray(a.reshape(-1) if a.ndim == 0 else a,
                                 dtype=np.int64)

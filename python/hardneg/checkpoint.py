@@ -53,6 +53,23 @@ def check_version_name(name: str, what: str = "name") -> None:
             "A-Z a-z 0-9 . _ - (not '.' or '..')")
 
 
+def _save(path: str, array: np.ndarray) -> None:
+    """np.save, flushed to disk before the manifest can name it."""
+    with open(path, "wb") as f:
+        np.save(f, array)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: str) -> None:
+    """Makes the entries of a directory (renames into it) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class CheckpointWriter:
     """Writes one checkpoint in parts; see the module's docstring.
 
@@ -83,6 +100,7 @@ class CheckpointWriter:
                 f"{self.path} exists; pass overwrite=True to replace it")
         os.makedirs(checkpoints, exist_ok=True)
         self._root = checkpoints
+        self._overwrite = overwrite
         self._name = name
         self._step = int(step)
         self._metric = metric
@@ -102,38 +120,40 @@ class CheckpointWriter:
         and, in every part or in none, labels [n]."""
         if self._done:
             raise RuntimeError("the checkpoint is already committed")
+        # Everything is checked before anything is written or recorded: a
+        # refused part leaves the writer as it was.
         emb = as_numpy(embeddings)
         ids_a = as_int64(ids, "ids")
         if emb.ndim != 2 or emb.shape[1] == 0:
             raise ValueError(f"embeddings must be [n, dim], got {emb.shape}")
         if ids_a.shape != (emb.shape[0],):
             raise ValueError(f"ids must be [{emb.shape[0]}], got {ids_a.shape}")
-        if self._dim is None:
-            self._dim = int(emb.shape[1])
-        elif emb.shape[1] != self._dim:
+        if self._dim is not None and emb.shape[1] != self._dim:
             raise ValueError(
                 f"embeddings have dim {emb.shape[1]}; earlier parts {self._dim}")
-        if self._labels is None:
-            self._labels = labels is not None
-        elif self._labels != (labels is not None):
+        if self._labels is not None and self._labels != (labels is not None):
             raise ValueError("labels must be given for every part or for none")
-        emb = emb.astype(self._dtype, copy=False)
-        if not np.isfinite(emb).all():
-            raise ValueError("embeddings hold NaN or infinity (after the cast "
-                             f"to {self._dtype.name})")
-        self._ids.append(ids_a)
-        part = len(self._shards)
-        shard = {"embeddings": f"embeddings-{part:05d}.npy",
-                 "ids": f"ids-{part:05d}.npy"}
-        np.save(os.path.join(self._stage, shard["embeddings"]), emb)
-        np.save(os.path.join(self._stage, shard["ids"]), ids_a)
+        labels_a = None
         if labels is not None:
             labels_a = as_int64(labels, "labels")
             if labels_a.shape != ids_a.shape:
                 raise ValueError(
                     f"labels must be [{ids_a.shape[0]}], got {labels_a.shape}")
+        emb = emb.astype(self._dtype, copy=False)
+        if not np.isfinite(emb).all():
+            raise ValueError("embeddings hold NaN or infinity (after the cast "
+                             f"to {self._dtype.name})")
+        part = len(self._shards)
+        shard = {"embeddings": f"embeddings-{part:05d}.npy",
+                 "ids": f"ids-{part:05d}.npy"}
+        _save(os.path.join(self._stage, shard["embeddings"]), emb)
+        _save(os.path.join(self._stage, shard["ids"]), ids_a)
+        if labels_a is not None:
             shard["labels"] = f"labels-{part:05d}.npy"
-            np.save(os.path.join(self._stage, shard["labels"]), labels_a)
+            _save(os.path.join(self._stage, shard["labels"]), labels_a)
+        self._dim = int(emb.shape[1])
+        self._labels = labels_a is not None
+        self._ids.append(ids_a)
         self._shards.append(shard)
         self.rows += ids_a.shape[0]
 
@@ -150,8 +170,9 @@ class CheckpointWriter:
             raise
 
     def _commit(self) -> str:
-        if self._dim is None:
-            raise ValueError("an empty checkpoint: add() at least one part")
+        if self._dim is None or self.rows == 0:
+            raise ValueError("an empty checkpoint (no rows): the server "
+                             "would reject it")
         ids = np.concatenate(self._ids)
         unique, counts = np.unique(ids, return_counts=True)
         if unique.shape[0] != ids.shape[0]:
@@ -169,16 +190,24 @@ class CheckpointWriter:
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, os.path.join(self._stage, "manifest.json"))
+        _fsync_dir(self._stage)
         old = None
-        if os.path.lexists(self.path):  # overwrite=True
+        if os.path.lexists(self.path):
+            if not self._overwrite:  # appeared since __init__
+                raise FileExistsError(
+                    f"{self.path} appeared while this checkpoint was written; "
+                    "pass overwrite=True to replace it")
             old = f"{self._stage}.old"
             os.rename(self.path, old)
         try:
+            # rename() would replace an empty directory: a target that
+            # appeared since the check above, empty, is lost to this one.
             os.rename(self._stage, self.path)
-        except OSError:
+        except BaseException:
             if old is not None:  # put the previous checkpoint back
                 os.rename(old, self.path)
             raise
+        _fsync_dir(self._root)
         self._done = True
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

@@ -26,7 +26,7 @@ import grpc
 import numpy as np
 
 from hardneg import publish as _publish
-from hardneg._arrays import as_numpy, is_tensor
+from hardneg._arrays import as_int64, as_numpy, is_tensor
 from hardneg.checkpoint import check_version_name
 from hardneg.errors import HardnegError, MineError, PublishError, from_rpc
 
@@ -160,6 +160,15 @@ def _row_list(row: Any, pad: Optional[float], dtype: Any) -> List[Any]:
     return arr[arr != pad].tolist()
 
 
+def _id_list(row: Any) -> List[int]:
+    """One query's positive ids (-1 entries are padding); TypeError for
+    non-integers rather than a silent truncation."""
+    if row is None:
+        return []
+    arr = as_int64(row if np.ndim(as_numpy(row)) else [row], "positive_ids")
+    return arr[arr != -1].tolist()
+
+
 def _optional_int(v: Any) -> Optional[int]:
     if v is None:
         return None
@@ -236,7 +245,7 @@ def build_request(queries: Any,
     for i in range(n):
         query = req.queries.add()
         query.embedding_bytes = raw[i * row_bytes:(i + 1) * row_bytes]
-        query.positive_ids.extend(_row_list(pos[i], -1, np.int64))
+        query.positive_ids.extend(_id_list(pos[i]))
         ps = pscores[i]
         if ps is not None and np.ndim(ps) == 0:
             ps = [ps]
@@ -316,7 +325,9 @@ class MineStream:
              request_id: Optional[int] = None, **options: Any) -> int:
         """Queues one batch; returns its request_id (the next free one)."""
         if self._closed:
-            raise RuntimeError("stream is closed")
+            raise MineError(grpc.StatusCode.CANCELLED.value[0],
+                            "the stream is closed (closed, cancelled or "
+                            "failed): open a new one with client.stream()")
         opts = dict(self._defaults)
         opts.update(options)
         if request_id is None:
@@ -356,6 +367,12 @@ class MineStream:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def closed(self) -> bool:
+        """True once closed, cancelled, or failed as a whole (a transport
+        error or the server ending it): open a new stream then."""
+        return self._closed
 
     def results(self, batches: Iterable[Any], max_in_flight: int = 4
                 ) -> Iterator[MineResult]:
@@ -521,11 +538,14 @@ class Client:
 
     def stream(self, *, timeout: Optional[float] = None, **options: Any
                ) -> MineStream:
-        """Opens a bidi Mine stream; `options` are defaults for its sends."""
+        """Opens a bidi Mine stream; `options` are defaults for its sends.
+
+        `timeout` is a deadline for the whole stream (default: none; the
+        client's `timeout` is per call, and a stream lives for a training
+        run)."""
         opts = dict(self._defaults)
         opts.update(options)
-        return MineStream(self._stub,
-                          timeout=timeout if timeout is not None else self._timeout,
+        return MineStream(self._stub, timeout=timeout,
                           metadata=self._metadata, **opts)
 
     def mine_iter(self, batches: Iterable[Any], max_in_flight: int = 4,
@@ -568,20 +588,31 @@ class Client:
         """Polls GetIndexInfo until the served version's sequence is at
         least `sequence` (and, with `name`, that version is `name`); returns
         its IndexInfo. Raises MineError DEADLINE_EXCEEDED after `timeout`
-        seconds, naming what it last saw. Mining with
-        min_index_sequence=sequence then never meets an older version."""
+        seconds, naming what it last saw; a server that cannot be reached
+        (UNAVAILABLE, e.g. restarting) is asked again until then. Behind a
+        Service of replicas this sees one replica: mine with
+        min_index_sequence=sequence, so that a replica that has not swapped
+        yet refuses instead of answering from an older version."""
         deadline = time.monotonic() + timeout
+        seen = "nothing (unreachable)"
         while True:
-            info = self.info(timeout=max(0.1, min(10.0, timeout)))
-            if (info.version.sequence >= sequence
-                    and (name is None or info.version.name == name)):
-                return info
+            try:
+                info = self.info(timeout=max(0.1, min(10.0, timeout)))
+            except MineError as e:  # a restarting server: ask again
+                if e.code != grpc.StatusCode.UNAVAILABLE.value[0]:
+                    raise
+                seen = f"nothing ({e})"
+            else:
+                if (info.version.sequence >= sequence
+                        and (name is None or info.version.name == name)):
+                    return info
+                seen = (f"{info.version.name!r} (sequence "
+                        f"{info.version.sequence})")
             if time.monotonic() >= deadline:
                 raise MineError(
                     grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
-                    f"after {timeout:g} s the server serves "
-                    f"{info.version.name!r} (sequence {info.version.sequence}),"
-                    f" not sequence >= {sequence}"
+                    f"after {timeout:g} s the server serves {seen}, not "
+                    f"sequence >= {sequence}"
                     + (f" named {name!r}" if name else ""))
             time.sleep(poll_interval)
 
@@ -604,15 +635,24 @@ class Client:
                       it applies to; `ids` then upsert and delete_ids remove
         wait          True: return once the version serves (IndexVersion
                       with its sequence); False: once the server has the
-                      data (the build goes on in the background)
+                      data (sequence 0; the build goes on in the
+                      background, and a refusal found while building, e.g.
+                      a stale base or the memory budget, is only in
+                      info().last_rejected)
         chunk_rows    rows per message (default: about 2 MiB of embeddings)
         progress      a callable taking PublishProgress, True (a tqdm bar,
                       or lines on stderr), False/None, or "auto" (a bar
-                      when tqdm is installed and stderr is a terminal)
+                      when tqdm is installed and stderr is a terminal).
+                      Called on this thread; an exception it raises
+                      cancels the publish and propagates.
+        timeout       seconds for the whole publish, build included
+                      (default: none; the client's timeout is for mining)
 
         Raises PublishError with the gRPC code and the server's message
-        when refused; then nothing was installed. Ctrl-C cancels the
-        publish, which installs nothing either.
+        when refused; then nothing was installed. Ctrl-C, an exception
+        from `progress` or `timeout` cancel the publish: with wait=True the
+        server then installs nothing, even when the cancel comes during
+        the build.
         """
         check_version_name(name)
         if base_version is not None:
@@ -620,9 +660,15 @@ class Client:
         if metric is not None and metric not in ("inner_product", "l2"):
             raise ValueError(
                 f"metric must be inner_product, l2 or None, got {metric!r}")
-        dim = self.info().dim if embeddings is None else None
+        dim = None
+        if embeddings is None:  # deletes only: the served version's dim
+            try:
+                dim = self.info().dim
+            except MineError as e:
+                raise PublishError(e.code, e.message) from e
         data = _publish.prepare(embeddings, ids, labels, delete_ids, dim)
-        rows = chunk_rows or _publish.default_chunk_rows(data.dim)
+        rows = (_publish.default_chunk_rows(data.dim) if chunk_rows is None
+                else int(chunk_rows))
         if rows <= 0:
             raise ValueError(f"chunk_rows must be > 0, got {chunk_rows}")
         header = miner_pb2.PublishHeader(
@@ -634,48 +680,43 @@ class Client:
         if base_version is not None:
             header.base_version = base_version
         report = _publish.progress_reporter(progress, name)
-        total = data.ids.shape[0] + data.delete_ids.shape[0]
-        sent = [0]
-        uploaded = threading.Event()
-
-        def on_sent(count: int) -> None:
-            sent[0] += count
-            if report is not None:
-                report(_publish.PublishProgress("upload", sent[0], total))
-
-        def stream() -> Iterator[Any]:
-            yield from _publish.requests(miner_pb2, data, header, rows,
-                                         on_sent)
-            uploaded.set()
-
-        if report is not None:
-            report(_publish.PublishProgress("upload", 0, total))
+        # gRPC pulls the requests on its own thread, which only counts what
+        # it sent; progress is reported from this thread.
+        sent = _publish.SentCounter(data.ids.shape[0] +
+                                    data.delete_ids.shape[0])
         call = self._stub.Publish.future(
-            stream(), timeout=timeout if timeout is not None else self._timeout,
-            metadata=self._metadata)
+            _publish.requests(miner_pb2, data, header, rows, sent),
+            timeout=timeout, metadata=self._metadata)
         try:
-            resp = self._await_publish(call, name, uploaded, report, total,
-                                       wait, poll_interval)
+            resp = self._await_publish(call, name, sent, report, wait,
+                                       poll_interval)
         except grpc.RpcError as e:
             raise from_rpc(e, PublishError) from e
-        except BaseException:  # Ctrl-C: a cut-short publish installs nothing
-            call.cancel()
+        except BaseException:  # Ctrl-C, a failing callback: cancel, and
+            call.cancel()      # the server installs nothing
             raise
-        if report is not None:
-            report(_publish.PublishProgress("done", total, total, 1.0))
         return IndexVersion(resp.version.name, resp.version.sequence)
 
-    def _await_publish(self, call: Any, name: str, uploaded: threading.Event,
-                       report: Any, total: int, wait: bool,
+    def _await_publish(self, call: Any, name: str,
+                       sent: "_publish.SentCounter", report: Any, wait: bool,
                        poll_interval: float) -> Any:
-        """The PublishResponse; meanwhile, once the upload is done and
-        wait is set, reports the server's build_progress of `name`."""
+        """The PublishResponse. Meanwhile reports the rows sent, then,
+        once the upload is done and wait is set, the server's
+        build_progress of `name`."""
+        total = sent.total
+        reported = -1
         while True:
+            count, uploaded = sent.read()
+            if report is not None and count != reported:
+                reported = count
+                report(_publish.PublishProgress("upload", count, total))
             try:
-                return call.result(timeout=poll_interval)
+                resp = call.result(
+                    timeout=poll_interval if uploaded else 0.1)
+                break
             except grpc.FutureTimeoutError:
                 pass
-            if report is None or not wait or not uploaded.is_set():
+            if report is None or not wait or not uploaded:
                 continue
             try:
                 info = self.info(timeout=max(1.0, poll_interval))
@@ -684,6 +725,11 @@ class Client:
             fraction = (info.build_progress if info.building == name else
                         1.0 if info.version.name == name else 0.0)
             report(_publish.PublishProgress("build", total, total, fraction))
+        if report is not None:
+            if reported != total:
+                report(_publish.PublishProgress("upload", total, total))
+            report(_publish.PublishProgress("done", total, total, 1.0))
+        return resp
 
     def close(self) -> None:
         if self._own_channel:

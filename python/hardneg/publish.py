@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Any, Callable, Iterator, Optional, Union
+import threading
+from typing import Any, Callable, Iterator, Optional, Tuple, Union
 
 import numpy as np
 
 from hardneg._arrays import as_int64, as_numpy
 
 __all__ = ["PublishProgress", "ProgressArg", "prepare", "requests",
-           "progress_reporter"]
+           "progress_reporter", "SentCounter"]
 
 # Bytes of embeddings in one chunk: far below gRPC's default 4 MiB message
 # limit once ids and labels are added, and large enough that per-message
@@ -101,10 +102,34 @@ def prepare(embeddings: Any, ids: Any, labels: Any, delete_ids: Any,
     return Prepared(emb, ids_a, labels_a, deletes, int(emb.shape[1]))
 
 
+class SentCounter:
+    """Rows (and deleted ids) handed to gRPC, counted on gRPC's thread and
+    read on the caller's."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._lock = threading.Lock()
+        self._count = 0
+        self._done = False
+
+    def add(self, count: int) -> None:
+        with self._lock:
+            self._count += count
+
+    def finish(self) -> None:
+        with self._lock:
+            self._done = True
+
+    def read(self) -> Tuple[int, bool]:
+        """(rows sent, whether the whole stream was handed over)."""
+        with self._lock:
+            return self._count, self._done
+
+
 def requests(pb2: Any, data: Prepared, header: Any, chunk_rows: int,
-             on_sent: Callable[[int], None]) -> Iterator[Any]:
+             sent: SentCounter) -> Iterator[Any]:
     """The PublishRequest stream: the header, the rows in chunks of
-    chunk_rows, then the deleted ids. on_sent(count) follows each chunk."""
+    chunk_rows, then the deleted ids; `sent` counts them."""
     yield pb2.PublishRequest(header=header)
     n = data.ids.shape[0]
     for start in range(0, n, chunk_rows):
@@ -115,13 +140,14 @@ def requests(pb2: Any, data: Prepared, header: Any, chunk_rows: int,
         if data.labels is not None:
             chunk.labels.extend(data.labels[start:end].tolist())
         yield pb2.PublishRequest(chunk=chunk)
-        on_sent(end - start)
+        sent.add(end - start)
     step = max(1, CHUNK_BYTES // 8)
     for start in range(0, data.delete_ids.shape[0], step):
         part = data.delete_ids[start:start + step]
         yield pb2.PublishRequest(
             chunk=pb2.PublishChunk(delete_ids=part.tolist()))
-        on_sent(part.shape[0])
+        sent.add(part.shape[0])
+    sent.finish()
 
 
 def default_chunk_rows(dim: int) -> int:

@@ -21,7 +21,9 @@ that the positive-aware margins (absolute_margin, relative_margin) apply.
 this one trains); `__call__` is send() then recv(). A request with
 min_index_sequence is retried while the server still serves an older
 version (FAILED_PRECONDITION), for up to `index_timeout` seconds: the way a
-rank waits for the version another rank published.
+rank waits for the version another rank published. A stream that fails as a
+whole (a dropped connection, a server's max_connection_age) is reopened
+once and the unanswered requests are sent again.
 """
 
 from __future__ import annotations
@@ -89,6 +91,8 @@ class NegativeMiner:
         self._index_timeout = index_timeout
         self._stream: Any = None
         self._metric: Optional[str] = None
+        self.retries = 0  # requests asked again while a version was awaited
+        self.reopened = 0  # streams reopened after failing as a whole
         # Per pending request: (send kwargs for a retry, anchors' device
         # and dtype).
         self._pending: List[Dict[str, Any]] = []
@@ -126,28 +130,51 @@ class NegativeMiner:
         kwargs = dict(queries=q, labels=labels, positive_ids=positive_ids,
                       positive_scores=positive_scores, query_ids=query_ids,
                       **opts)
-        if self._stream is None:
+        if self._stream is None or self._stream.closed:
             self._stream = self._client.stream()
         rid = self._stream.send(**kwargs)
         device = anchors.device if is_tensor(anchors) else None
         dtype = anchors.dtype if is_tensor(anchors) else None
         self._pending.append({"kwargs": kwargs, "device": device,
-                              "dtype": dtype})
+                              "dtype": dtype, "request_id": rid})
         return rid
 
     def recv(self) -> Negatives:
         """The negatives of the oldest pending send()."""
         if not self._pending:
             raise RuntimeError("recv() without a pending send()")
-        sent = self._pending.pop(0)
+        sent = self._pending[0]
         try:
             result = self._stream.recv()
         except MineError as e:
-            if (e.code != _FAILED_PRECONDITION
-                    or not sent["kwargs"].get("min_index_sequence")):
+            if self._stream.closed and not sent.get("resent"):
+                result = self._reopen_and_recv()
+            elif (e.code == _FAILED_PRECONDITION
+                  and sent["kwargs"].get("min_index_sequence")):
+                result = self._retry(sent["kwargs"], e)
+            else:
+                self._pending.pop(0)
                 raise
-            result = self._retry(sent["kwargs"], e)
+        self._pending.pop(0)
+        result.request_id = sent["request_id"]
         return self._negatives(result, sent["device"], sent["dtype"])
+
+    def _reopen_and_recv(self) -> Any:
+        """After the stream failed as a whole: a new stream, every
+        unanswered request sent again (once), the oldest one's answer."""
+        self.reopened += 1
+        self._stream = self._client.stream()
+        for sent in self._pending:
+            sent["resent"] = True
+            self._stream.send(**sent["kwargs"])
+        try:
+            return self._stream.recv()
+        except MineError as e:
+            if (e.code == _FAILED_PRECONDITION
+                    and self._pending[0]["kwargs"].get("min_index_sequence")):
+                return self._retry(self._pending[0]["kwargs"], e)
+            self._pending.pop(0)
+            raise
 
     def __call__(self, anchors: Any, **kwargs: Any) -> Negatives:
         """send() then recv(): the negatives of this batch."""
@@ -164,6 +191,7 @@ class NegativeMiner:
         while time.monotonic() < deadline:
             time.sleep(delay)
             delay = min(1.0, delay * 2)
+            self.retries += 1
             try:
                 return self._client.mine(**kwargs)
             except MineError as e:

@@ -27,6 +27,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import unittest
 
 import numpy as np
@@ -177,6 +179,33 @@ class CheckpointTest(Base):
             np.load(os.path.join(path, "embeddings-00000.npy")), emb * 2)
         self.assertEqual(os.listdir(root), ["c"])
 
+    def test_refused_part_leaves_the_writer_usable(self):
+        root = tempfile.mkdtemp(dir=ARGS.work_dir)
+        emb, ids, labels = corpus(rows=6)
+        with hardneg.CheckpointWriter(root, name="w", step=1) as w:
+            with self.assertRaisesRegex(ValueError, "labels must be"):
+                w.add(emb[:3], ids[:3], labels[:2])
+            w.add(emb[:3], ids[:3], labels[:3])
+            w.add(emb[3:], ids[3:], labels[3:])
+        self.assertEqual(w.rows, 6)
+        self.assertTrue(os.path.exists(os.path.join(w.path,
+                                                    "labels-00001.npy")))
+
+    def test_never_replaces_a_checkpoint_that_appeared_meanwhile(self):
+        root = tempfile.mkdtemp(dir=ARGS.work_dir)
+        emb, ids, _ = corpus(rows=4)
+        w = hardneg.CheckpointWriter(root, name="x", step=1)
+        w.add(emb, ids)
+        other = hardneg.write_checkpoint(root, emb * 3, ids, name="x", step=9)
+        with self.assertRaises(FileExistsError):
+            w.commit()
+        with open(os.path.join(other, "manifest.json")) as f:
+            self.assertEqual(json.load(f)["step"], 9)
+        self.assertEqual(os.listdir(root), ["x"])
+        with self.assertRaisesRegex(ValueError, "empty"):
+            hardneg.write_checkpoint(root, emb[:0], ids[:0], name="e", step=1)
+        self.assertEqual(os.listdir(root), ["x"])
+
     def test_bad_input_leaves_nothing(self):
         root = tempfile.mkdtemp(dir=ARGS.work_dir)
         emb, ids, _ = corpus(rows=20)
@@ -232,6 +261,7 @@ class MineTest(Base):
             want, scores = brute_force(emb, ids, labels,
                                        queries[i].astype(np.float32), 5,
                                        labels[r], ids[r])
+            self.assertTrue(res.mask[i].all())
             np.testing.assert_array_equal(res.ids[i], want)
             np.testing.assert_allclose(res.scores[i], scores, rtol=1e-4,
                                        atol=1e-4)
@@ -251,6 +281,7 @@ class MineTest(Base):
                                   query_id=ids[i], below=p - 0.5)
             want = want[want != pos[i]]
             got = res.ids[i][res.mask[i]]
+            self.assertEqual(len(got), min(6, len(want)))
             np.testing.assert_array_equal(got, want[:len(got)])
             self.assertTrue((res.scores[i][res.mask[i]] + 0.5 <= p + 1e-4).all())
 
@@ -298,8 +329,12 @@ class PublishTest(Base):
         self.assertEqual((info.version, info.size, info.has_labels),
                          (v, ROWS, True))
         uploads = [p.rows_sent for p in seen if p.stage == "upload"]
-        self.assertEqual(uploads, list(range(0, ROWS + 1, 100)))
-        self.assertEqual(seen[-1].stage, "done")
+        self.assertEqual(uploads, sorted(uploads))
+        self.assertEqual(uploads[-1], ROWS)
+        stages = [p.stage for p in seen]
+        self.assertEqual(stages[-1], "done")
+        self.assertEqual(stages, sorted(stages, key=["upload", "build",
+                                                     "done"].index))
         res = self.client.mine(emb[:1], num_negatives=1)
         self.assertEqual(res.ids[0, 0], ids[0])  # the new vectors serve
         self.assertEqual(res.index, v)
@@ -356,6 +391,31 @@ class PublishTest(Base):
             self.client.publish(emb, ids, name="bad name", step=1)
         with self.assertRaisesRegex(ValueError, "embeddings for"):
             self.client.publish(emb[:3], ids[:4], name="x", step=1)
+
+    def test_failing_progress_callback_cancels_and_propagates(self):
+        before = self.client.info().version
+        rng = np.random.default_rng(3)
+        emb = rng.standard_normal((20000, DIM)).astype(np.float32)
+        calls = []
+
+        def stop(p):
+            calls.append(p)
+            raise KeyError("stop here")
+
+        with self.assertRaisesRegex(KeyError, "stop here"):
+            self.client.publish(emb, np.arange(20000), name="stopped",
+                                step=99, chunk_rows=10, progress=stop)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(self.client.info().version, before)
+
+    def test_client_timeout_is_per_call_not_per_publish_or_stream(self):
+        client = hardneg.Client(f"127.0.0.1:{Server.port}", timeout=1.0)
+        self.addCleanup(client.close)
+        emb, _, _ = self.served()
+        with client.stream(num_negatives=2) as s:
+            time.sleep(1.5)
+            s.send(emb[:1])
+            self.assertEqual(s.recv().ids.shape, (1, 2))
 
     def test_progress_lines_without_a_terminal(self):
         emb, ids, labels = corpus(seed=9)
@@ -478,6 +538,14 @@ class TorchTest(Base):
                     self.assertLessEqual(float(negs.scores[i, j]), p + 1e-4)
                     np.testing.assert_allclose(
                         negs.embeddings[i, j].numpy(), emb[row], rtol=1e-6)
+            # A stream that fails as a whole is reopened and the unanswered
+            # requests sent again.
+            rid = miner.send(anchors[:2], labels=labels[:2])
+            miner._stream._call.cancel()
+            again = miner.recv()
+            self.assertEqual(miner.reopened, 1)
+            self.assertEqual(again.result.request_id, rid)
+            self.assertTrue(again.mask.all())
             # Pipelined: send two, then recv both in order.
             miner.send(anchors[:2], labels=labels[:2])
             miner.send(anchors[2:4], labels=labels[2:4])
@@ -490,14 +558,27 @@ class TorchTest(Base):
     def test_negative_miner_waits_for_the_published_version(self):
         emb, ids, labels = corpus(seed=12)
         seq = self.client.info().version.sequence
-        self.client.publish(emb, ids, labels, name="awaited", wait=False,
-                            step=self.client.info().step + 1, progress=False)
-        Base.version_seed = 12
         miner = hardneg.NegativeMiner(self.client, num_negatives=2,
                                       index_timeout=60)
-        negs = miner(torch.from_numpy(emb[:3]), min_index_sequence=seq + 1)
+        got = []
+        # The miner asks first, for a version nobody published yet: it is
+        # refused (FAILED_PRECONDITION) and asks again until it serves.
+        waiter = threading.Thread(target=lambda: got.append(miner(
+            torch.from_numpy(emb[:3]), min_index_sequence=seq + 1)))
+        waiter.start()
+        deadline = time.time() + 30
+        while miner.retries < 1 and time.time() < deadline:
+            time.sleep(0.01)
+        self.assertGreaterEqual(miner.retries, 1)
+        self.client.publish(emb, ids, labels, name="awaited",
+                            step=self.client.info().step + 1, progress=False)
+        Base.version_seed = 12
+        waiter.join(timeout=60)
+        self.assertEqual(len(got), 1)
+        negs = got[0]
         self.assertGreaterEqual(negs.result.index.sequence, seq + 1)
         self.assertEqual(negs.result.index.name, "awaited")
+        self.assertTrue(negs.mask.all())
         miner.close()
         with self.assertRaises(hardneg.MineError) as e:
             hardneg.NegativeMiner(self.client, num_negatives=1,

@@ -240,7 +240,7 @@ void IndexManager::SkipSnapshotSequences() {
 
 absl::StatusOr<VersionInfo> IndexManager::BuildAndSwap(
     const std::string& source, VersionInfo info, CandidateStore store,
-    absl::Time start) {
+    absl::Time start, const std::function<absl::Status()>& before_swap) {
   HARDNEG_RETURN_IF_ERROR(CheckSchema(store.dim(), info.metric));
   // At most two versions are held: the served one and the one being built
   // (a kept previous one is for a router's move to the served one, which a
@@ -251,6 +251,7 @@ absl::StatusOr<VersionInfo> IndexManager::BuildAndSwap(
   HARDNEG_ASSIGN_OR_RETURN(std::shared_ptr<const IndexVersion> version,
                            Build(std::move(info), std::move(store)));
   const absl::Duration build_time = absl::Now() - start;
+  if (before_swap) HARDNEG_RETURN_IF_ERROR(before_swap());
   // Snapshot before the swap: a version that served must survive a kill,
   // or a restart would serve an older sequence than clients have seen.
   Snapshot(*version);
@@ -431,7 +432,8 @@ absl::StatusOr<VersionInfo> IndexManager::ReadAndSwap(
 
 absl::StatusOr<VersionInfo> IndexManager::Install(
     const std::string& name, uint64_t step, std::optional<Metric> metric,
-    CandidateStore store, std::optional<uint64_t> expected_sequence) {
+    CandidateStore store, std::optional<uint64_t> expected_sequence,
+    const std::function<absl::Status()>& before_swap) {
   absl::MutexLock build_lock(&build_mu_);
   const std::string source = absl::StrCat("publish ", name);
   std::shared_ptr<const IndexVersion> served = Current();
@@ -452,8 +454,8 @@ absl::StatusOr<VersionInfo> IndexManager::Install(
   info.metric = metric.value_or(served != nullptr ? served->metric()
                                                   : Metric::kInnerProduct);
   LowerThreadPriority();  // Install runs on the publisher's own thread
-  absl::StatusOr<VersionInfo> swapped =
-      BuildAndSwap(source, std::move(info), std::move(store), absl::Now());
+  absl::StatusOr<VersionInfo> swapped = BuildAndSwap(
+      source, std::move(info), std::move(store), absl::Now(), before_swap);
   if (!swapped.ok()) Reject(source, swapped.status());
   return swapped;
 }

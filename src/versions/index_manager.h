@@ -147,11 +147,15 @@ class IndexManager {
   // FAILED_PRECONDITION for a schema change without allow_schema_change,
   // or when `expected_sequence` is set and another version went live since
   // (an incremental publish built on a base that is no longer served);
-  // RESOURCE_EXHAUSTED over max_index_bytes.
+  // RESOURCE_EXHAUSTED over max_index_bytes. `before_swap`, when set, is
+  // asked once the version is built, just before it is snapshotted and
+  // swapped in: a non-OK status abandons the version (nothing is installed)
+  // and is returned, e.g. CANCELLED when the publisher went away.
   absl::StatusOr<VersionInfo> Install(
       const std::string& name, uint64_t step, std::optional<Metric> metric,
       CandidateStore store,
-      std::optional<uint64_t> expected_sequence = std::nullopt)
+      std::optional<uint64_t> expected_sequence = std::nullopt,
+      const std::function<absl::Status()>& before_swap = nullptr)
       ABSL_LOCKS_EXCLUDED(mu_, build_mu_);
 
   // Bytes a new version may still take under max_index_bytes, given the
@@ -174,10 +178,11 @@ class IndexManager {
 
  private:
   // `start`: when reading the version began (for build_seconds).
-  absl::StatusOr<VersionInfo> BuildAndSwap(const std::string& source,
-                                           VersionInfo info,
-                                           CandidateStore store,
-                                           absl::Time start)
+  // `before_swap`: as Install's.
+  absl::StatusOr<VersionInfo> BuildAndSwap(
+      const std::string& source, VersionInfo info, CandidateStore store,
+      absl::Time start,
+      const std::function<absl::Status()>& before_swap = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(build_mu_) ABSL_LOCKS_EXCLUDED(mu_);
   // FAILED_PRECONDITION when a version of `dim` and `metric` would change
   // the served schema and that is not allowed.

@@ -193,7 +193,7 @@ run err_mine_temperature_negative -- mine --server 127.0.0.1:1 \
 run err_mine_max_score_text -- mine --server 127.0.0.1:1 --queries q.npy \
     --max_score high
 run err_mine_format -- mine --server 127.0.0.1:1 --queries q.npy \
-    --format csv
+    --format xml
 run err_mine_npy_no_output -- mine --server 127.0.0.1:1 --queries q.npy \
     --format npy
 run err_mine_label_names -- mine --server 127.0.0.1:1 --queries q.npy \
@@ -281,10 +281,20 @@ run mine_npy --files out.npy out.scores.npy out.embeddings.npy -- mine \
 run mine_npy_embeddings --files e.npy e.scores.npy e.embeddings.npy -- mine \
     --server "$s" --queries q.npy --num_negatives 2 --output e.npy \
     --return_embeddings
+# --output's extension decides the format; any other is refused, and a
+# --format that disagrees with it too: no file holds what its name denies.
 run mine_npy_format --files o.bin o.bin.scores.npy -- mine --server "$s" \
     --queries q.npy --num_negatives 2 --output o.bin --format npy
 run mine_json_format_npy_name --files j.npy -- mine --server "$s" \
     --queries q.npy --num_negatives 1 --output j.npy --format json
+run mine_csv --files o.csv -- mine --server "$s" --queries q.npy \
+    --positives pos.npy --num_negatives 2 --output o.csv
+run mine_csv_stdout -- mine --server "$s" --queries q.npy --num_negatives 1 \
+    --format csv
+run mine_csv_embeddings -- mine --server "$s" --queries q.npy \
+    --num_negatives 1 --output e.csv --return_embeddings
+run mine_txt_refused --files out.txt -- mine --server "$s" --queries q.npy \
+    --num_negatives 1 --output out.txt
 run mine_show -- mine --server "$s" --queries q.npy --labels qlabels.npy \
     --num_negatives 3 --show 2
 run mine_show_names -- mine --server "$s" --queries q.npy \

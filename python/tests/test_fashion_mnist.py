@@ -15,7 +15,7 @@ Checked: it exits 0; results.json holds every strategy of the quick run
 [0, 1], and a verdict; recall_at_1.png exists and starts with the PNG
 signature. No quality threshold: a 2-epoch run's recalls are noise.
 
-    tests/examples/check_fashion_mnist.py --server build/server/hardneg-server \\
+    python/tests/test_fashion_mnist.py --server build/server/hardneg-server \\
         [--python_dir python] [--work_dir /tmp/example_fashion_mnist]
 """
 
