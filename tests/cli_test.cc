@@ -337,10 +337,13 @@ class MakeCheckpointTest : public TempDir {
                     .ok());
     ASSERT_TRUE(WriteNpyInt64(Path("i.npy"), ids).ok());
   }
-  Ran Make(const std::string& name) {
-    return RunCommand(RunMakeCheckpointCommand,
-                      {"--out", Path("ckpts"), "--name", name, "--step=4",
-                       "--embeddings", Path("e.npy"), "--ids", Path("i.npy")});
+  Ran Make(const std::string& name,
+           const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args = {
+        "--out",        Path("ckpts"), "--name", name,         "--step=4",
+        "--embeddings", Path("e.npy"), "--ids",  Path("i.npy")};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return RunCommand(RunMakeCheckpointCommand, args);
   }
 };
 
@@ -352,7 +355,11 @@ TEST_F(MakeCheckpointTest, WritesACheckpoint) {
                          Path("e.npy") + ", metric inner_product, step 4\n");
   EXPECT_THAT(ReadFile(Path("ckpts/run/manifest.json")),
               HasSubstr("\"step\": 4"));
-  EXPECT_THAT(Make("run").out, HasSubstr("(replaced the previous one)"));
+  const Ran again = Make("run");
+  EXPECT_EQ(again.exit_code, kExitRuntimeError);
+  EXPECT_THAT(again.err, HasSubstr("exists; --force replaces it"));
+  EXPECT_THAT(Make("run", {"--force"}).out,
+              HasSubstr("(replaced the previous one)"));
 }
 
 TEST_F(MakeCheckpointTest, RejectsWhatTheServerWould) {

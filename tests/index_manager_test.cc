@@ -36,7 +36,8 @@ class IndexManagerTest : public ::testing::Test {
 
   std::string ckpts() const { return root_ + "/ckpts"; }
 
-  // A checkpoint of `n` rows x `dim`, ids offset by `id_base`.
+  // A checkpoint of `n` rows x `dim`, ids offset by `id_base`; one of the
+  // same name is replaced.
   void Write(const std::string& dir_root, const std::string& name,
              uint64_t step, size_t n = 50, uint32_t dim = 4,
              Metric metric = Metric::kInnerProduct, int64_t id_base = 0) {
@@ -54,8 +55,9 @@ class IndexManagerTest : public ::testing::Test {
     manifest.step = step;
     manifest.dim = dim;
     manifest.metric = metric;
-    ASSERT_TRUE(
-        WriteCheckpoint(dir_root, manifest, embeddings, ids, labels).ok());
+    ASSERT_TRUE(WriteCheckpoint(dir_root, manifest, embeddings, ids, labels,
+                                /*replace=*/true)
+                    .ok());
   }
 
   IndexManagerOptions Options() const {
