@@ -39,7 +39,7 @@ std::string Wrap(absl::string_view text) {
 }
 
 std::string ShownDefault(const absl::CommandLineFlag& flag) {
-  const std::string value = flag.DefaultValue();
+  std::string value = flag.DefaultValue();
   if (flag.IsOfType<std::string>()) return absl::StrCat("\"", value, "\"");
   if (value.empty() && (flag.IsOfType<std::optional<int>>() ||
                         flag.IsOfType<std::optional<int64_t>>() ||

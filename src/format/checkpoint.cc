@@ -717,7 +717,7 @@ absl::Status MoveIntoPlace(const std::string& stage, const std::string& dir,
   const std::string old = absl::StrCat(stage, ".old");
   const bool had_old = rename(dir.c_str(), old.c_str()) == 0;
   if (rename(stage.c_str(), dir.c_str()) != 0) {
-    const absl::Status failed =
+    absl::Status failed =
         ErrnoError(dir, "cannot move the new checkpoint into place");
     if (had_old) rename(old.c_str(), dir.c_str());
     return failed;
