@@ -26,18 +26,13 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tests", "monitoring"))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
 import monitoring_common as mc  # noqa: E402  (Server, write_checkpoint)
+from checklist import Checklist  # noqa: E402
 
-FAILURES = []
+CHECKS = Checklist()
+check = CHECKS.check
 
-
-def check(name, ok, detail=""):
-    print(f"{'PASS' if ok else 'FAIL'} {name}"
-          f"{': ' + str(detail)[:3000] if detail and not ok else ''}",
-          flush=True)
-    if not ok:
-        FAILURES.append(name)
-    return ok
 
 
 def defined_flags(*sources):
@@ -161,8 +156,7 @@ def main():
             proc.wait(timeout=30)
     finally:
         s.stop()
-    print(f"{'FAILED' if FAILURES else 'OK'}: {len(FAILURES)} failed")
-    return 1 if FAILURES else 0
+    return CHECKS.finish()
 
 
 if __name__ == "__main__":

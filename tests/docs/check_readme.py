@@ -28,16 +28,12 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-FAILURES = []
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from checklist import Checklist  # noqa: E402
 
+CHECKS = Checklist()
+check = CHECKS.check
 
-def check(name, ok, detail=""):
-    print(f"{'PASS' if ok else 'FAIL'} {name}"
-          f"{': ' + str(detail)[-3000:] if not ok and str(detail) else ''}",
-          flush=True)
-    if not ok:
-        FAILURES.append(name)
-    return ok
 
 
 def section(readme, title):
@@ -207,8 +203,7 @@ def main():
     example = os.path.join(work, "example")
     os.makedirs(example)
     run_worked_example(readme, build, example, py)
-    print(f"{'FAILED' if FAILURES else 'OK'}: {len(FAILURES)} failed")
-    return 1 if FAILURES else 0
+    return CHECKS.finish()
 
 
 if __name__ == "__main__":
