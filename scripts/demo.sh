@@ -3,6 +3,7 @@
 # images (L2-normalised pixels, with class labels) become the candidates; the
 # test images are streamed as queries, each excluding its own class, so every
 # answer is a different class that looks alike: hard negatives.
+# Some of them are drawn into build/demo/negatives.png (its path printed).
 #
 #   ./scripts/demo.sh            installs what is missing, builds, runs
 #   DEMO_QUERIES=10000 ./scripts/demo.sh   more queries for the throughput run
@@ -48,10 +49,16 @@ hardneg info --server "127.0.0.1:$port"
 
 echo
 echo "== 3. Hard negatives for the first test images (their own class excluded)"
+rm -f "$work/negatives.json" "$work/negatives.png"
 hardneg mine --server "127.0.0.1:$port" \
   --queries "$work/queries.npy" --labels "$work/labels.npy" \
   --num_negatives 5 --show 4 --label_names fashion-mnist --batch_size 4 \
-  2>/dev/null | sed -n '1,40p' || true
+  --output "$work/negatives.json" 2>/dev/null | sed -n '1,40p' || true
+# The same answers as a picture: the first test image of each of 6 classes,
+# then its 5 hard negatives (scripts/demo_picture.py, matplotlib).
+/usr/bin/python3 scripts/demo_picture.py --negatives "$work/negatives.json" \
+  --out "$work/negatives.png" >/dev/null
+echo "== picture: $work/negatives.png"
 
 echo
 echo "== 4. Throughput and latency over one Mine stream (16 requests in flight)"

@@ -23,7 +23,8 @@ build=("${compile[@]}" git libbenchmark-dev dataset-fashion-mnist
        python3-grpcio python3-numpy python3-protobuf python3-yaml binutils
        python3-venv python3-setuptools python3-pip  # pip install ./python
        # python/tests, examples/ (the torchrun and Fashion-MNIST examples,
-       # their progress bars and plots) and the Python type check:
+       # their progress bars and plots), demo.sh's picture
+       # (scripts/demo_picture.py) and the Python type check:
        python3-torch python3-tqdm python3-matplotlib mypy
        prometheus yamllint  # promtool, and the server the Prometheus test scrapes with
        # The sanitizer and libFuzzer builds (scripts/sanitize.sh, fuzz.sh):
