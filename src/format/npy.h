@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -33,11 +34,26 @@ struct NpyMatrix {
   std::vector<float> data;  // rows * cols
 };
 
+// How far the read of one .npy file has got, its header included.
+struct NpyReadProgress {
+  size_t bytes_read = 0;  // reaches file_bytes once the data is all read
+  size_t file_bytes = 0;  // the file's size when it was opened
+  size_t items_read = 0;  // array items (not rows) read so far
+  size_t items = 0;       // the product of the shape
+};
+
+// Called on the reading thread once the header is read, then after every
+// chunk of data (a few MiB), last with the whole file read. Not called for
+// a file that fails its header checks.
+using NpyReadObserver = std::function<void(const NpyReadProgress&)>;
+
 // Reads a 2-D '<f4' or '<f2' array (float16 is widened to float32).
 // INVALID_ARGUMENT for a bad magic string, an unparsable header, another
 // dtype, a shape that is not 2-D or data shorter or longer than the shape
-// says; NOT_FOUND when the file does not exist.
-absl::StatusOr<NpyMatrix> ReadNpyMatrix(const std::string& path);
+// says; NOT_FOUND when the file does not exist. `observer`, when set, sees
+// the read progress.
+absl::StatusOr<NpyMatrix> ReadNpyMatrix(
+    const std::string& path, const NpyReadObserver& observer = nullptr);
 
 // The shape of the 2-D float array at `path`, from its header alone, with
 // every check of ReadNpyMatrix but the data's values (the file's size must
@@ -48,8 +64,10 @@ absl::StatusOr<NpyShape2D> ReadNpyMatrixShape(const std::string& path);
 // every check of ReadNpyInt64 but the data's values.
 absl::StatusOr<size_t> ReadNpyInt64Length(const std::string& path);
 
-// Reads a 1-D '<i8' or '<i4' array, widened to int64.
-absl::StatusOr<std::vector<int64_t>> ReadNpyInt64(const std::string& path);
+// Reads a 1-D '<i8' or '<i4' array, widened to int64; `observer` as for
+// ReadNpyMatrix.
+absl::StatusOr<std::vector<int64_t>> ReadNpyInt64(
+    const std::string& path, const NpyReadObserver& observer = nullptr);
 
 // A row-major int64 matrix. A 1-D file of n values reads as [n, 1].
 struct NpyInt64Matrix {
