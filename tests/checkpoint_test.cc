@@ -11,6 +11,7 @@
 #include <initializer_list>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -354,6 +355,26 @@ TEST_F(CheckpointTest, ReadReportsRisingProgressEndingAtEveryRowAndByte) {
       return p.rows > 3 && p.rows < 600003;
     })) << filter.count;
   }
+}
+
+TEST_F(CheckpointTest, WriteReportsRisingBytesEndingAtTheTotal) {
+  const Shard shard = MakeShard(300000, 8, 0, /*with_labels=*/true);
+  std::vector<std::pair<size_t, size_t>> seen;
+  ASSERT_TRUE(WriteCheckpoint(root_, Manifest("w", 1, 8), shard.embeddings,
+                              shard.ids, shard.labels, false,
+                              [&](size_t bytes, size_t total) {
+                                seen.emplace_back(bytes, total);
+                              })
+                  .ok());
+  const size_t total = 300000 * (8 * sizeof(float) + 2 * sizeof(int64_t));
+  ASSERT_GE(seen.size(), 3u);  // the embeddings take two 8 MiB chunks
+  for (size_t i = 0; i < seen.size(); ++i) {
+    EXPECT_EQ(seen[i].second, total);
+    if (i > 0) {
+      EXPECT_GE(seen[i].first, seen[i - 1].first);
+    }
+  }
+  EXPECT_EQ(seen.back().first, total);
 }
 
 TEST_F(CheckpointTest, ARejectedReadReportsNothing) {

@@ -730,18 +730,37 @@ absl::Status WriteCheckpointFiles(const std::string& dir,
                                   const CheckpointManifest& manifest,
                                   const std::vector<float>& embeddings,
                                   const std::vector<int64_t>& ids,
-                                  const std::vector<int64_t>& labels) {
+                                  const std::vector<int64_t>& labels,
+                                  const CheckpointWriteObserver& observer) {
   const std::string manifest_path = JoinPath(dir, kManifestFile);
+  // The data's bytes (the headers, 128 bytes a file, are left out).
+  const size_t total = embeddings.size() * sizeof(float) +
+                       (ids.size() + labels.size()) * sizeof(int64_t);
+  size_t files_done = 0;  // bytes of the files already written
+  auto file_observer = [&]() -> WriteObserver {
+    if (!observer) return nullptr;
+    return [&](size_t written) {
+      observer(std::min(files_done + written, total), total);
+    };
+  };
+  auto next_file = [&](const std::string& path) {
+    files_done += FileBytes(path);
+  };
 
   CheckpointShard shard{"embeddings-00000.npy", "ids-00000.npy",
                         labels.empty() ? "" : "labels-00000.npy"};
   HARDNEG_RETURN_IF_ERROR(WriteNpyMatrix(JoinPath(dir, shard.embeddings),
                                          embeddings.data(), ids.size(),
-                                         manifest.dim));
-  HARDNEG_RETURN_IF_ERROR(WriteNpyInt64(JoinPath(dir, shard.ids), ids));
+                                         manifest.dim, file_observer()));
+  next_file(JoinPath(dir, shard.embeddings));
+  HARDNEG_RETURN_IF_ERROR(
+      WriteNpyInt64(JoinPath(dir, shard.ids), ids, file_observer()));
+  next_file(JoinPath(dir, shard.ids));
   if (!labels.empty()) {
-    HARDNEG_RETURN_IF_ERROR(WriteNpyInt64(JoinPath(dir, shard.labels), labels));
+    HARDNEG_RETURN_IF_ERROR(
+        WriteNpyInt64(JoinPath(dir, shard.labels), labels, file_observer()));
   }
+  if (observer) observer(total, total);
 
   json shard_json = {{"embeddings", shard.embeddings}, {"ids", shard.ids}};
   if (!shard.labels.empty()) shard_json["labels"] = shard.labels;
@@ -797,7 +816,8 @@ absl::Status WriteCheckpoint(const std::string& root,
                              const CheckpointManifest& manifest,
                              const std::vector<float>& embeddings,
                              const std::vector<int64_t>& ids,
-                             const std::vector<int64_t>& labels, bool replace) {
+                             const std::vector<int64_t>& labels, bool replace,
+                             const CheckpointWriteObserver& observer) {
   if (manifest.name.empty() || manifest.name == "." || manifest.name == ".." ||
       absl::StrContains(manifest.name, '/')) {
     return absl::InvalidArgumentError(
@@ -834,7 +854,7 @@ absl::Status WriteCheckpoint(const std::string& root,
                                absl::StrCat(stage, ": cannot create"));
   }
   absl::Status staged =
-      WriteCheckpointFiles(stage, manifest, embeddings, ids, labels);
+      WriteCheckpointFiles(stage, manifest, embeddings, ids, labels, observer);
   if (staged.ok()) staged = MoveIntoPlace(stage, dir, replace);
   fs::remove_all(stage, error);  // the staging directory, or the old one
   return staged;

@@ -144,13 +144,18 @@ std::string ManifestStamp(const std::string& dir);
 // then the new directory is exchanged with it atomically (renameat2
 // RENAME_EXCHANGE, or two renames where the filesystem lacks it) and the
 // old one removed: no file of the old checkpoint survives. `labels` may be
-// empty. For tests, the CLI and demos.
+// empty. For tests, the CLI and demos. `observer`, when set, is told the
+// bytes of the .npy files written so far, out of about `total_bytes`,
+// every few MiB, last with bytes == total_bytes.
+using CheckpointWriteObserver =
+    std::function<void(size_t bytes, size_t total_bytes)>;
 absl::Status WriteCheckpoint(const std::string& root,
                              const CheckpointManifest& manifest,
                              const std::vector<float>& embeddings,
                              const std::vector<int64_t>& ids,
                              const std::vector<int64_t>& labels,
-                             bool replace = false);
+                             bool replace = false,
+                             const CheckpointWriteObserver& observer = nullptr);
 
 }  // namespace hardneg
 

@@ -610,7 +610,8 @@ absl::StatusOr<NpyInt64Matrix> ReadNpyInt64Matrix(const std::string& path) {
 }
 
 absl::Status WriteNpyArray(const std::string& path, const std::string& descr,
-                           const std::vector<size_t>& shape, const void* data) {
+                           const std::vector<size_t>& shape, const void* data,
+                           const WriteObserver& observer) {
   const size_t item_size = WritableItemSize(descr);
   if (item_size == 0) {
     return PathError(path, absl::StrCat("cannot write dtype '", descr,
@@ -626,17 +627,20 @@ absl::Status WriteNpyArray(const std::string& path, const std::string& descr,
       NpyPreamble(HeaderDict(descr, ShapeString(shape)));
   return WriteFileAtomically(
       path, preamble,
-      absl::string_view(static_cast<const char*>(data), *count * item_size));
+      absl::string_view(static_cast<const char*>(data), *count * item_size),
+      observer);
 }
 
 absl::Status WriteNpyMatrix(const std::string& path, const float* data,
-                            size_t rows, size_t cols) {
-  return WriteNpyArray(path, "<f4", {rows, cols}, data);
+                            size_t rows, size_t cols,
+                            const WriteObserver& observer) {
+  return WriteNpyArray(path, "<f4", {rows, cols}, data, observer);
 }
 
 absl::Status WriteNpyInt64(const std::string& path,
-                           const std::vector<int64_t>& values) {
-  return WriteNpyArray(path, "<i8", {values.size()}, values.data());
+                           const std::vector<int64_t>& values,
+                           const WriteObserver& observer) {
+  return WriteNpyArray(path, "<i8", {values.size()}, values.data(), observer);
 }
 
 }  // namespace hardneg

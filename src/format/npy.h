@@ -19,6 +19,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "format/file_util.h"
 
 namespace hardneg {
 
@@ -84,17 +85,20 @@ absl::StatusOr<NpyInt64Matrix> ReadNpyInt64Matrix(const std::string& path);
 // or "<f4"), whose bytes are `data` (product(shape) items), with
 // WriteFileAtomically. INVALID_ARGUMENT for another descr or a shape whose
 // size in bytes overflows; its errors otherwise (NOT_FOUND for a missing
-// directory).
+// directory). `observer` as WriteFileAtomically's (header included).
 absl::Status WriteNpyArray(const std::string& path, const std::string& descr,
-                           const std::vector<size_t>& shape, const void* data);
+                           const std::vector<size_t>& shape, const void* data,
+                           const WriteObserver& observer = nullptr);
 
 // Writes a 2-D '<f4' array (C order), as WriteNpyArray.
 absl::Status WriteNpyMatrix(const std::string& path, const float* data,
-                            size_t rows, size_t cols);
+                            size_t rows, size_t cols,
+                            const WriteObserver& observer = nullptr);
 
 // Writes a 1-D '<i8' array, as WriteNpyArray.
 absl::Status WriteNpyInt64(const std::string& path,
-                           const std::vector<int64_t>& values);
+                           const std::vector<int64_t>& values,
+                           const WriteObserver& observer = nullptr);
 
 }  // namespace hardneg
 
