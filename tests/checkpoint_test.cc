@@ -331,6 +331,9 @@ void ExpectProgressCoversTheFiles(
     if (i == 0) continue;
     EXPECT_GE(seen[i].rows, seen[i - 1].rows) << i;
     EXPECT_GE(seen[i].bytes, seen[i - 1].bytes) << i;
+    EXPECT_TRUE(seen[i].rows > seen[i - 1].rows ||
+                seen[i].bytes > seen[i - 1].bytes)
+        << "a report repeats the one before it: " << i;
   }
   EXPECT_EQ(seen.back().rows, rows);
   EXPECT_EQ(seen.back().bytes, file_bytes);

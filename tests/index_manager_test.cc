@@ -586,6 +586,11 @@ TEST_F(IndexManagerTest, ALoadReportsRisingProgressAndLoadingLines) {
     EXPECT_GE(Field(lines[i], "bytes"), Field(lines[i - 1], "bytes"));
     EXPECT_GE(Field(lines[i], "percent"), Field(lines[i - 1], "percent"));
   }
+  EXPECT_EQ(std::count_if(
+                lines.begin(), lines.end(),
+                [](const auto& line) { return line.at("percent") == "100"; }),
+            1)
+      << log;
   const auto& last = lines.back();
   EXPECT_EQ(last.at("name"), "big");
   EXPECT_EQ(Field(last, "rows"), kRows);

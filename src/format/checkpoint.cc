@@ -376,14 +376,20 @@ class ReadTracker {
   void Finish() { Report(last_.total_bytes, last_.total_rows); }
 
  private:
+  // Tells the observer, unless nothing moved since the last report.
   void Report(size_t bytes, size_t rows) {
     if (!observer_) return;
-    last_.bytes = std::max(last_.bytes, std::min(bytes, last_.total_bytes));
-    last_.rows = std::max(last_.rows, std::min(rows, last_.total_rows));
+    bytes = std::max(last_.bytes, std::min(bytes, last_.total_bytes));
+    rows = std::max(last_.rows, std::min(rows, last_.total_rows));
+    if (started_ && bytes == last_.bytes && rows == last_.rows) return;
+    started_ = true;
+    last_.bytes = bytes;
+    last_.rows = rows;
     observer_(last_);
   }
 
   const CheckpointReadObserver& observer_;
+  bool started_ = false;
   CheckpointReadProgress last_;
   size_t done_bytes_ = 0;
   size_t done_rows_ = 0;

@@ -84,8 +84,8 @@ struct CheckpointReadProgress {
 
 // Called on the reading thread: first with nothing read, once the headers
 // are checked (and, unsharded, the read admitted); then every few MiB,
-// never going back; last with rows == total_rows and bytes == total_bytes, once
-// every file is read (before the store is assembled).
+// never going back nor repeating itself; last with rows == total_rows and bytes
+// == total_bytes, once every file is read (before the store is assembled).
 using CheckpointReadObserver =
     std::function<void(const CheckpointReadProgress& progress)>;
 
