@@ -1,6 +1,9 @@
 // `hardneg make-checkpoint`: writes a one-shard checkpoint directory (the
 // layout in src/checkpoint.h) from .npy files or from Fashion-MNIST, and
 // exports Fashion-MNIST test images as query files for `hardneg mine`.
+#include <unistd.h>
+
+#include <algorithm>
 #include <filesystem>
 #include <iostream>
 #include <optional>
@@ -11,6 +14,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "client/cli_commands.h"
 #include "client/cli_flags.h"
 #include "client/fashion_mnist.h"
@@ -23,6 +29,51 @@ namespace hardneg::client {
 namespace {
 
 constexpr char kCommand[] = "make-checkpoint";
+
+// Steps over fewer bytes show no progress: they are over before anyone
+// could read it, and small runs print only their result.
+constexpr size_t kMinShownBytes = size_t{16} << 20;
+
+// Shows how one step (reading, writing) goes on stderr: a redrawn bar on a
+// terminal, otherwise a line at each tenth.
+class StepProgress {
+ public:
+  explicit StepProgress(std::string what)
+      : what_(std::move(what)), tty_(::isatty(STDERR_FILENO) == 1) {}
+
+  void Update(size_t done, size_t total) {
+    if (total < kMinShownBytes) return;
+    done = std::min(done, total);
+    const double fraction =
+        static_cast<double>(done) / static_cast<double>(total);
+    const double mb = static_cast<double>(total) / 1e6;
+    if (tty_) {
+      const absl::Time now = absl::Now();
+      if (done < total && now - last_draw_ < absl::Milliseconds(100)) return;
+      last_draw_ = now;
+      constexpr int kWidth = 30;
+      const int filled = static_cast<int>(fraction * kWidth);
+      std::cerr << absl::StrFormat("\rhardneg %s: %s [%s%s] %5.1f%% of %.1f MB",
+                                   kCommand, what_, std::string(filled, '#'),
+                                   std::string(kWidth - filled, '.'),
+                                   100 * fraction, mb);
+      if (done == total) std::cerr << "\n";
+    } else {
+      const int tenth = static_cast<int>(fraction * 10);
+      if (tenth <= last_tenth_) return;
+      last_tenth_ = tenth;
+      std::cerr << absl::StrFormat("hardneg %s: %s %d%% of %.1f MB\n", kCommand,
+                                   what_, tenth * 10, mb);
+    }
+    std::cerr.flush();
+  }
+
+ private:
+  const std::string what_;
+  const bool tty_;
+  absl::Time last_draw_ = absl::InfinitePast();
+  int last_tenth_ = 0;
+};
 
 // The candidates of a checkpoint to write.
 struct Candidates {
@@ -66,7 +117,11 @@ absl::StatusOr<Candidates> ReadNpyCandidates(const std::string& embeddings_path,
                                              std::string* failed_what) {
   Candidates candidates;
   *failed_what = "--embeddings";
-  absl::StatusOr<NpyMatrix> embeddings = ReadNpyMatrix(embeddings_path);
+  StepProgress reading(absl::StrCat("reading ", embeddings_path));
+  absl::StatusOr<NpyMatrix> embeddings = ReadNpyMatrix(
+      embeddings_path, [&reading](const NpyReadProgress& progress) {
+        reading.Update(progress.bytes_read, progress.file_bytes);
+      });
   if (!embeddings.ok()) return embeddings.status();
   if (embeddings->rows == 0 || embeddings->cols == 0) {
     return absl::InvalidArgumentError(
@@ -256,9 +311,11 @@ int WriteCandidateCheckpoint(const MakeCheckpointFlags& make, Metric metric) {
   manifest.step = make.step;
   manifest.dim = static_cast<uint32_t>(candidates->dim);
   manifest.metric = metric;
-  const absl::Status written =
-      WriteCheckpoint(make.out, manifest, candidates->embeddings,
-                      candidates->ids, candidates->labels, make.force);
+  StepProgress writing(absl::StrCat("writing ", checkpoint_dir));
+  const absl::Status written = WriteCheckpoint(
+      make.out, manifest, candidates->embeddings, candidates->ids,
+      candidates->labels, make.force,
+      [&writing](size_t bytes, size_t total) { writing.Update(bytes, total); });
   if (!written.ok()) {
     return RuntimeError(kCommand, absl::StrCat("writing ", checkpoint_dir),
                         written);

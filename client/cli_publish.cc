@@ -39,14 +39,18 @@ struct PublishData {
   std::vector<int64_t> delete_ids;
 };
 
-// Reports upload progress on stderr: a redrawn bar on a terminal, otherwise
-// a line at each quarter.
+// Reports upload progress, then the server's build, on stderr: a redrawn
+// bar on a terminal, otherwise a line at each quarter.
 class ProgressReporter {
  public:
   explicit ProgressReporter(bool wait)
       : tty_(::isatty(STDERR_FILENO) == 1), wait_(wait) {}
 
   void Update(const PublishProgress& progress) {
+    if (progress.building) {
+      UpdateBuild(progress.build_progress);
+      return;
+    }
     const double fraction = progress.total_rows == 0
                                 ? 1.0
                                 : static_cast<double>(progress.rows_sent) /
@@ -60,7 +64,6 @@ class ProgressReporter {
       const absl::Time now = absl::Now();
       if (!done && now - last_draw_ < absl::Milliseconds(100)) return;
       last_draw_ = now;
-      constexpr int kWidth = 30;
       const int filled = static_cast<int>(fraction * kWidth);
       std::cerr << absl::StrFormat(
           "\r[%s%s] %d/%d rows %5.1f%% %.1f MB/s", std::string(filled, '#'),
@@ -82,11 +85,40 @@ class ProgressReporter {
     std::cerr.flush();
   }
 
+  // Once the Publish returned: ends a redrawn build bar.
+  void Finish() {
+    if (build_drawn_) std::cerr << "\n";
+  }
+
  private:
+  static constexpr int kWidth = 30;
+
+  // The server's build: a bar on a terminal, otherwise a line at each
+  // quarter reached before the end (which the summary line reports).
+  void UpdateBuild(double fraction) {
+    if (tty_) {
+      const int filled = static_cast<int>(fraction * kWidth);
+      std::cerr << absl::StrFormat(
+          "\r[%s%s] server building %5.1f%%%20s", std::string(filled, '#'),
+          std::string(kWidth - filled, '.'), 100 * fraction, "");
+      build_drawn_ = true;
+    } else {
+      const int quarter = static_cast<int>(fraction * 4);
+      if (fraction >= 1 || quarter <= last_build_quarter_) return;
+      last_build_quarter_ = quarter;
+      std::cerr << absl::StrFormat(
+          "hardneg publish: the server has built %.0f%% of the new version\n",
+          100 * fraction);
+    }
+    std::cerr.flush();
+  }
+
   const bool tty_;
   const bool wait_;
   absl::Time last_draw_ = absl::InfinitePast();
   int last_quarter_ = 0;
+  int last_build_quarter_ = 0;
+  bool build_drawn_ = false;
 };
 
 // Every flag of `hardneg publish` but the server's.
@@ -262,6 +294,7 @@ int PublishAndReport(Client& client, const PublishSpec& spec,
   const absl::Time start = absl::Now();
   absl::StatusOr<ServedVersion> version = client.Publish(
       spec, [&](const PublishProgress& p) { reporter.Update(p); });
+  reporter.Finish();
   if (!version.ok()) {
     return RuntimeError(
         kCommand, absl::StrCat("Publish of '", spec.name, "' to ", server),

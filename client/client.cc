@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <future>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -293,6 +294,32 @@ void FillUpsertChunk(const PublishSpec& spec, size_t begin, size_t rows,
   }
 }
 
+// How often a waiting Publish asks how the server's build is going.
+constexpr absl::Duration kBuildPollInterval = absl::Milliseconds(250);
+
+// Finishes the Publish call of `writer` (every request written); until the
+// server answers, reports `sent` with the build's progress, as `poll`
+// gives it (nullopt: unknown), to `progress` on this thread every
+// kBuildPollInterval.
+grpc::Status FinishFollowingBuild(
+    grpc::ClientWriter<v1::PublishRequest>& writer, PublishProgress sent,
+    const std::function<void(const PublishProgress&)>& progress,
+    const std::function<std::optional<double>()>& poll) {
+  std::future<grpc::Status> finished =
+      std::async(std::launch::async, [&writer] { return writer.Finish(); });
+  const absl::Time start = absl::Now() - sent.elapsed;
+  sent.building = true;
+  const auto interval = absl::ToChronoMilliseconds(kBuildPollInterval);
+  while (finished.wait_for(interval) != std::future_status::ready) {
+    if (std::optional<double> built = poll()) {
+      sent.build_progress = std::max(sent.build_progress, *built);
+    }
+    sent.elapsed = absl::Now() - start;
+    progress(sent);
+  }
+  return finished.get();
+}
+
 }  // namespace
 
 absl::StatusOr<ServedVersion> Client::Publish(
@@ -347,9 +374,33 @@ absl::StatusOr<ServedVersion> Client::Publish(
     send(rows);
   }
   if (writing) writer->WritesDone();
-  grpc::Status status = writer->Finish();
+  grpc::Status status;
+  if (spec.wait && progress) {
+    status = FinishFollowingBuild(
+        *writer, sent, progress,
+        [&]() -> std::optional<double> { return BuildProgressOf(spec.name); });
+  } else {
+    status = writer->Finish();
+  }
   if (!status.ok()) return FromGrpcStatus(status);
   return FromProto(response.version());
+}
+
+std::optional<double> Client::BuildProgressOf(const std::string& name) {
+  grpc::ClientContext context;
+  // A poll only informs: it never waits longer than one poll's interval.
+  Prepare(context, kBuildPollInterval);
+  context.set_wait_for_ready(false);
+  v1::IndexInfo response;
+  if (!rpc_->stub->GetIndexInfo(&context, v1::GetIndexInfoRequest(), &response)
+           .ok()) {
+    return std::nullopt;
+  }
+  if (response.building() == name) return response.build_progress();
+  if (response.building().empty() && response.version().name() == name) {
+    return 1.0;  // built; the answer to the Publish is on its way
+  }
+  return std::nullopt;
 }
 
 // ---------------------------------------------------------------------------

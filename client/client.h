@@ -148,12 +148,18 @@ struct PublishSpec {
   bool wait = true;
 };
 
-// How far a Publish upload is, reported after each chunk is written.
+// How far a Publish is, reported after each chunk is written and then,
+// while the server builds the version (spec.wait), a few times a second.
 struct PublishProgress {
   uint64_t rows_sent = 0;  // ids and delete_ids sent so far
   uint64_t total_rows = 0;
   uint64_t bytes_sent = 0;  // serialized message bytes
-  absl::Duration elapsed;
+  absl::Duration elapsed;   // since the upload began
+  // Every row is sent and the server is building the version: then
+  // build_progress is its progress (0..1, never going back), as
+  // GetIndexInfo's build_progress says while it names this version.
+  bool building = false;
+  double build_progress = 0;
 };
 
 struct ClientOptions {
@@ -231,10 +237,11 @@ class Client {
 
   // Streams a new version to the server: a header, then chunks of
   // spec.chunk_rows rows, then the delete_ids. `progress`, when set, is
-  // called on this thread after each chunk. Returns the version that now
-  // serves (with spec.wait; otherwise the name and sequence 0).
-  // INVALID_ARGUMENT for a spec whose sizes disagree (before any RPC), or
-  // the server's: INVALID_ARGUMENT for bad data (naming the chunk and
+  // called on this thread after each chunk and, with spec.wait, about four
+  // times a second while the server builds (polled with GetIndexInfo). Returns
+  // the version that now serves (with spec.wait; otherwise the name and
+  // sequence 0). INVALID_ARGUMENT for a spec whose sizes disagree (before any
+  // RPC), or the server's: INVALID_ARGUMENT for bad data (naming the chunk and
   // field), FAILED_PRECONDITION for a base_version that is not the served
   // version or a dim/metric change the server does not allow,
   // RESOURCE_EXHAUSTED over the server's memory budget. On any error the
@@ -245,6 +252,10 @@ class Client {
 
  private:
   struct Rpc;  // the channel and the generated stub
+  // The progress of the server's build of version `name` (1 once it
+  // serves), from one GetIndexInfo; nullopt when that fails or the server
+  // is busy with another version.
+  std::optional<double> BuildProgressOf(const std::string& name);
   // wait_for_ready, the deadline `timeout` from now, and the token.
   void Prepare(grpc::ClientContext& context,
                const std::optional<absl::Duration>& timeout) const;

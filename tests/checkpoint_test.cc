@@ -11,6 +11,7 @@
 #include <initializer_list>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -310,6 +311,87 @@ TEST_F(CheckpointTest, ReadsShardsInManifestOrder) {
   EXPECT_EQ(std::vector<float>(ckpt->store.data(),
                                ckpt->store.data() + expected.size()),
             expected);
+}
+
+// What a read told its observer, checked against the files: it starts at
+// nothing, never goes back, and ends at every row and byte of the files.
+void ExpectProgressCoversTheFiles(
+    const std::vector<CheckpointReadProgress>& seen, const std::string& dir,
+    size_t rows) {
+  ASSERT_GE(seen.size(), 2u);
+  size_t file_bytes = 0;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    if (entry.path().extension() == ".npy") file_bytes += entry.file_size();
+  }
+  EXPECT_EQ(seen.front().rows, 0u);
+  EXPECT_EQ(seen.front().bytes, 0u);
+  for (size_t i = 0; i < seen.size(); ++i) {
+    EXPECT_EQ(seen[i].total_rows, rows);
+    EXPECT_EQ(seen[i].total_bytes, file_bytes);
+    if (i == 0) continue;
+    EXPECT_GE(seen[i].rows, seen[i - 1].rows) << i;
+    EXPECT_GE(seen[i].bytes, seen[i - 1].bytes) << i;
+    EXPECT_TRUE(seen[i].rows > seen[i - 1].rows ||
+                seen[i].bytes > seen[i - 1].bytes)
+        << "a report repeats the one before it: " << i;
+  }
+  EXPECT_EQ(seen.back().rows, rows);
+  EXPECT_EQ(seen.back().bytes, file_bytes);
+}
+
+TEST_F(CheckpointTest, ReadReportsRisingProgressEndingAtEveryRowAndByte) {
+  // Three shards, one empty, the last over one 8 MiB read chunk.
+  const std::vector<Shard> shards = {MakeShard(3, 4, 0, true),
+                                     MakeShard(0, 4, 100, true),
+                                     MakeShard(600000, 4, 1000, true)};
+  const std::string dir = WriteShardedCheckpoint("multi", 7, shards);
+  for (const ShardFilter filter : {ShardFilter{}, ShardFilter{1, 3}}) {
+    std::vector<CheckpointReadProgress> seen;
+    absl::StatusOr<Checkpoint> ckpt = ReadCheckpoint(
+        dir, nullptr, filter, [&](const CheckpointReadProgress& progress) {
+          seen.push_back(progress);
+        });
+    ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+    ExpectProgressCoversTheFiles(seen, dir, 600003);
+    // Some report falls inside the big embeddings file's read.
+    EXPECT_TRUE(std::any_of(seen.begin(), seen.end(), [](const auto& p) {
+      return p.rows > 3 && p.rows < 600003;
+    })) << filter.count;
+  }
+}
+
+TEST_F(CheckpointTest, WriteReportsRisingBytesEndingAtTheTotal) {
+  const Shard shard = MakeShard(300000, 8, 0, /*with_labels=*/true);
+  std::vector<std::pair<size_t, size_t>> seen;
+  ASSERT_TRUE(WriteCheckpoint(root_, Manifest("w", 1, 8), shard.embeddings,
+                              shard.ids, shard.labels, false,
+                              [&](size_t bytes, size_t total) {
+                                seen.emplace_back(bytes, total);
+                              })
+                  .ok());
+  const size_t total = 300000 * (8 * sizeof(float) + 2 * sizeof(int64_t));
+  ASSERT_GE(seen.size(), 3u);  // the embeddings take two 8 MiB chunks
+  for (size_t i = 0; i < seen.size(); ++i) {
+    EXPECT_EQ(seen[i].second, total);
+    if (i > 0) {
+      EXPECT_GE(seen[i].first, seen[i - 1].first);
+    }
+  }
+  EXPECT_EQ(seen.back().first, total);
+}
+
+TEST_F(CheckpointTest, ARejectedReadReportsNothing) {
+  const std::string dir = WriteShardedCheckpoint(
+      "big", 1, {MakeShard(10, 4, 0, /*with_labels=*/false)});
+  int calls = 0;
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpoint(
+      dir,
+      [](const CheckpointShape&) {
+        return absl::ResourceExhaustedError("over budget");
+      },
+      {}, [&](const CheckpointReadProgress&) { ++calls; });
+  EXPECT_EQ(ckpt.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(calls, 0);
 }
 
 TEST_F(CheckpointTest, ReadsFloat16AndInt32ShardsAndSubdirectories) {

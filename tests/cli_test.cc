@@ -3,6 +3,7 @@
 // mining options the flags make, and the JSON, .npy and text outputs. No
 // server: the commands are run up to their first RPC, or make-checkpoint in
 // a temporary directory.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -360,6 +361,42 @@ TEST_F(MakeCheckpointTest, WritesACheckpoint) {
   EXPECT_THAT(again.err, HasSubstr("exists; --force replaces it"));
   EXPECT_THAT(Make("run", {"--force"}).out,
               HasSubstr("(replaced the previous one)"));
+}
+
+// Off a terminal, a large checkpoint's read and write show a line at each
+// tenth passed, ending at 100%; stdout says the same as ever.
+TEST_F(MakeCheckpointTest, ShowsSparseProgressLinesForALargeCheckpoint) {
+  constexpr size_t kRows = 160000;
+  constexpr size_t kDim = 32;  // 20 MB of floats
+  std::vector<float> embeddings(kRows * kDim, 0.5f);
+  std::vector<int64_t> ids(kRows);
+  for (size_t i = 0; i < kRows; ++i) ids[i] = static_cast<int64_t>(i);
+  WriteInputs(embeddings, kDim, ids);
+  const Ran ran = Make("big");
+  ASSERT_EQ(ran.exit_code, kExitOk) << ran.err;
+  EXPECT_EQ(ran.out, "wrote checkpoint " + Path("ckpts") +
+                         "/big: 160000 x 32 from " + Path("e.npy") +
+                         ", metric inner_product, step 4\n");
+  for (const std::string& what :
+       {"reading " + Path("e.npy"), "writing " + Path("ckpts") + "/big"}) {
+    const std::string prefix = "hardneg make-checkpoint: " + what + " ";
+    // Reads and writes go by 8 MiB, so some tenths pass unseen.
+    const size_t first = ran.err.find(prefix);
+    const size_t last = ran.err.find(prefix + "100% of ");
+    EXPECT_NE(first, std::string::npos) << ran.err;
+    EXPECT_NE(last, std::string::npos) << ran.err;
+    EXPECT_LT(first, last) << ran.err;
+  }
+  // At most one line a tenth for each step.
+  EXPECT_LE(std::count(ran.err.begin(), ran.err.end(), '\n'), 20) << ran.err;
+}
+
+// A small checkpoint shows no progress at all.
+TEST_F(MakeCheckpointTest, ShowsNoProgressForASmallCheckpoint) {
+  WriteInputs({1, 2, 3, 4, 5, 6}, 2, {10, 11, 12});
+  const Ran ran = Make("small");
+  ASSERT_EQ(ran.exit_code, kExitOk) << ran.err;
+  EXPECT_EQ(ran.err, "");
 }
 
 TEST_F(MakeCheckpointTest, RejectsWhatTheServerWould) {

@@ -2,10 +2,13 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -510,6 +513,121 @@ TEST_F(IndexManagerTest, InstallWithoutAMetricTakesTheServedOne) {
       manager.Install("next", 2, std::nullopt, *std::move(store));
   ASSERT_TRUE(installed.ok()) << installed.status();
   EXPECT_EQ(installed->metric, Metric::kL2);
+}
+
+}  // namespace
+}  // namespace hardneg
+
+namespace hardneg {
+namespace {
+
+// The key=value fields of each `event=<event>` line of `log`.
+std::vector<std::map<std::string, std::string>> EventLines(
+    const std::string& log, const std::string& event) {
+  std::vector<std::map<std::string, std::string>> lines;
+  std::istringstream in(log);
+  for (std::string line; std::getline(in, line);) {
+    std::map<std::string, std::string> fields;
+    std::istringstream words(line);
+    for (std::string word; words >> word;) {
+      const size_t eq = word.find('=');
+      if (eq != std::string::npos) {
+        fields[word.substr(0, eq)] = word.substr(eq + 1);
+      }
+    }
+    if (fields["event"] == event) lines.push_back(std::move(fields));
+  }
+  return lines;
+}
+
+size_t Field(const std::map<std::string, std::string>& line,
+             const std::string& key) {
+  auto it = line.find(key);
+  EXPECT_NE(it, line.end()) << key;
+  return it == line.end() ? 0 : std::stoull(it->second);
+}
+
+// The progress a checkpoint's load reports only rises: through the read,
+// which `loading` lines log from 0 to 100 percent with its rows and bytes,
+// then the build, to 1 when the version serves.
+TEST_F(IndexManagerTest, ALoadReportsRisingProgressAndLoadingLines) {
+  constexpr size_t kRows = 300000;
+  Write(ckpts(), "big", 3, kRows, 8);
+  IndexManager manager(Options());
+  std::vector<double> seen;
+  IndexEvents events;
+  events.progress = [&](const std::string& name, double progress) {
+    EXPECT_EQ(name, "big");
+    EXPECT_EQ(manager.build_status().building, "big");
+    seen.push_back(progress);
+  };
+  manager.SetEvents(events);
+  ::testing::internal::CaptureStderr();
+  const absl::Status loaded = manager.LoadNewest();
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(loaded.ok()) << loaded;
+
+  ASSERT_GE(seen.size(), 2u);
+  for (size_t i = 1; i < seen.size(); ++i) EXPECT_GT(seen[i], seen[i - 1]);
+  EXPECT_GT(seen.front(), 0);
+  EXPECT_LT(seen.front(), 1);
+  EXPECT_EQ(seen.back(), 1);
+  const BuildStatus status = manager.build_status();
+  EXPECT_EQ(status.state, BuildState::kServing);
+  EXPECT_EQ(status.progress, 1);
+  EXPECT_EQ(status.building, "");
+
+  const auto lines = EventLines(log, "loading");
+  ASSERT_GE(lines.size(), 2u) << log;
+  EXPECT_EQ(Field(lines.front(), "rows"), 0u);
+  EXPECT_EQ(Field(lines.front(), "percent"), 0u);
+  for (size_t i = 1; i < lines.size(); ++i) {
+    EXPECT_GE(Field(lines[i], "rows"), Field(lines[i - 1], "rows"));
+    EXPECT_GE(Field(lines[i], "bytes"), Field(lines[i - 1], "bytes"));
+    EXPECT_GE(Field(lines[i], "percent"), Field(lines[i - 1], "percent"));
+  }
+  EXPECT_EQ(std::count_if(
+                lines.begin(), lines.end(),
+                [](const auto& line) { return line.at("percent") == "100"; }),
+            1)
+      << log;
+  const auto& last = lines.back();
+  EXPECT_EQ(last.at("name"), "big");
+  EXPECT_EQ(Field(last, "rows"), kRows);
+  EXPECT_EQ(Field(last, "total_rows"), kRows);
+  EXPECT_EQ(Field(last, "bytes"), Field(last, "total_bytes"));
+  EXPECT_GT(Field(last, "bytes"), kRows * 8 * sizeof(float));
+  EXPECT_EQ(Field(last, "percent"), 100u);
+  ASSERT_EQ(EventLines(log, "index_build").size(), 1u) << log;
+  EXPECT_EQ(Field(EventLines(log, "index_build")[0], "candidates"), kRows);
+}
+
+// A load that fails after its read began leaves no progress behind: no
+// version being built, progress 0, and nothing served.
+TEST_F(IndexManagerTest, AFailedLoadEndsItsProgress) {
+  std::vector<float> embeddings(1000 * 4, 0.5f);
+  embeddings.back() = std::numeric_limits<float>::quiet_NaN();
+  std::vector<int64_t> ids(1000);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int64_t>(i);
+  CheckpointManifest manifest;
+  manifest.name = "nan";
+  manifest.step = 1;
+  manifest.dim = 4;
+  ASSERT_TRUE(WriteCheckpoint(ckpts(), manifest, embeddings, ids, {}).ok());
+  IndexManager manager(Options());
+  double highest = 0;
+  IndexEvents events;
+  events.progress = [&](const std::string&, double progress) {
+    highest = std::max(highest, progress);
+  };
+  manager.SetEvents(events);
+  EXPECT_FALSE(manager.LoadNewest().ok());
+  EXPECT_GT(highest, 0);  // the read had begun
+  const BuildStatus status = manager.build_status();
+  EXPECT_EQ(status.state, BuildState::kEmpty);
+  EXPECT_EQ(status.progress, 0);
+  EXPECT_EQ(status.building, "");
+  EXPECT_EQ(status.rejected_total, 1u);
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/client.h"
@@ -451,6 +452,65 @@ TEST_F(PublishBudgetTest, OverBudgetIsResourceExhaustedAndKeepsServing) {
   version = client_->Publish(Spec("small", 20, RandomRows(100, 0, 8)));
   ASSERT_TRUE(version.ok()) << version.status();
   EXPECT_EQ(version->sequence, 2u);
+}
+
+}  // namespace
+}  // namespace hardneg
+
+namespace hardneg {
+namespace {
+
+// An IVF index, whose build reports progress halfway (once trained).
+class PublishProgressTest : public PublishServiceTest {
+ protected:
+  void SetUp() override {
+    IndexManagerOptions options;
+    options.build.factory = "IVF4,Flat";
+    Start(options);
+  }
+};
+
+// A waiting Publish follows the server's build: the server's build is held
+// halfway until the client has reported it, so nothing depends on timing.
+TEST_F(PublishProgressTest, AWaitingPublishReportsTheServersBuild) {
+  absl::Notification halfway;
+  absl::Notification seen;
+  IndexEvents events;
+  events.progress = [&](const std::string& name, double progress) {
+    if (name == "v-built" && progress > 0 && progress < 1) {
+      halfway.Notify();
+      seen.WaitForNotification();
+    }
+  };
+  manager_->SetEvents(std::move(events));
+  const Rows rows = RandomRows(500, 50000, 5);
+  client::PublishSpec spec = Spec("v-built", 30, rows);
+  std::vector<client::PublishProgress> reports;
+  absl::StatusOr<client::ServedVersion> version =
+      client_->Publish(spec, [&](const client::PublishProgress& progress) {
+        reports.push_back(progress);
+        if (progress.building && progress.build_progress > 0 &&
+            !seen.HasBeenNotified()) {
+          seen.Notify();
+        }
+      });
+  ASSERT_TRUE(version.ok()) << version.status();
+  EXPECT_EQ(version->name, "v-built");
+  EXPECT_TRUE(halfway.HasBeenNotified());
+  ASSERT_TRUE(seen.HasBeenNotified());
+  double last = 0;
+  bool built = false;
+  for (const client::PublishProgress& report : reports) {
+    if (!report.building) {
+      EXPECT_FALSE(built) << "an upload report after the build began";
+      continue;
+    }
+    built = true;
+    EXPECT_EQ(report.rows_sent, report.total_rows);
+    EXPECT_GE(report.build_progress, last);
+    last = report.build_progress;
+  }
+  EXPECT_GT(last, 0);
 }
 
 }  // namespace

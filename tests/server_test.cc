@@ -826,3 +826,77 @@ TEST(ThreadCountsTest, AutomaticCountsFillTheCoresOnce) {
 
 }  // namespace
 }  // namespace hardneg
+
+namespace hardneg {
+namespace {
+
+// GetIndexInfo shows a checkpoint's load as it goes: the building thread
+// is held at the first progress strictly between 0 and 1 while a client
+// asks, so the check never depends on timing.
+TEST(BuildProgressTest, GetIndexInfoShowsALoadInProgress) {
+  const std::string root = FreshDir("progress");
+  constexpr size_t kRows = 300000;
+  constexpr uint32_t kLoadDim = 8;
+  std::vector<float> embeddings(kRows * kLoadDim, 0.25f);
+  std::vector<int64_t> ids(kRows);
+  for (size_t i = 0; i < kRows; ++i) ids[i] = static_cast<int64_t>(i);
+  CheckpointManifest manifest;
+  manifest.name = "big";
+  manifest.step = 1;
+  manifest.dim = kLoadDim;
+  ASSERT_TRUE(WriteCheckpoint(root, manifest, embeddings, ids, {}).ok());
+  IndexManagerOptions options;
+  options.checkpoints_dir = root;
+  IndexManager manager(options);
+  ServerOptions server_options;
+  server_options.host = "127.0.0.1";
+  server_options.port = 0;
+  server_options.threads = 1;
+  auto server = HardnegServer::Start(server_options, &manager);
+  ASSERT_TRUE(server.ok()) << server.status();
+  absl::Notification held;
+  absl::Notification release;
+  IndexEvents events;
+  events.progress = [&](const std::string&, double progress) {
+    if (progress > 0 && progress < 1 && !held.HasBeenNotified()) {
+      held.Notify();
+      release.WaitForNotification();
+    }
+  };
+  manager.SetEvents(std::move(events));
+  auto stub = v1::Miner::NewStub(Connect((*server)->port()));
+  auto info = [&] {
+    grpc::ClientContext context;
+    v1::IndexInfo response;
+    EXPECT_TRUE(stub->GetIndexInfo(&context, {}, &response).ok());
+    return response;
+  };
+  ::testing::internal::CaptureStderr();
+  std::thread loader([&] { EXPECT_TRUE(manager.LoadNewest().ok()); });
+  held.WaitForNotification();
+  const v1::IndexInfo during = info();
+  release.Notify();
+  loader.join();
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  // The log's last loading line: the whole checkpoint read.
+  const size_t last = log.rfind("event=loading ");
+  ASSERT_NE(last, std::string::npos) << log;
+  const std::string line = log.substr(last, log.find('\n', last) - last);
+  EXPECT_THAT(line, HasSubstr(" rows=300000 total_rows=300000 "));
+  EXPECT_THAT(line, HasSubstr(" percent=100"));
+  EXPECT_NE(log.find("event=loading name=big "), last) << "no first line";
+  EXPECT_EQ(during.build_state(), "building");
+  EXPECT_EQ(during.building(), "big");
+  EXPECT_GT(during.build_progress(), 0);
+  EXPECT_LT(during.build_progress(), 1);
+  const v1::IndexInfo after = info();
+  EXPECT_EQ(after.build_state(), "serving");
+  EXPECT_EQ(after.building(), "");
+  EXPECT_EQ(after.build_progress(), 1);
+  EXPECT_EQ(after.size(), kRows);
+  server->reset();
+  std::filesystem::remove_all(root);
+}
+
+}  // namespace
+}  // namespace hardneg

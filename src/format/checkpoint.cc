@@ -338,6 +338,63 @@ absl::Status ExplainDuplicate(const std::vector<int64_t>& ids,
   return absl::OkStatus();
 }
 
+// The size of the file at `path`; 0 when it cannot be stat'ed (its reader
+// reports why).
+size_t FileBytes(const std::string& path) {
+  std::error_code error;
+  const uintmax_t size = fs::file_size(path, error);
+  return error ? 0 : static_cast<size_t>(size);
+}
+
+// Tells a CheckpointReadObserver how far a read has got: the files done,
+// plus what is read of the one being read; never going back.
+class ReadTracker {
+ public:
+  ReadTracker(const CheckpointReadObserver& observer,
+              const CheckpointShape& shape)
+      : observer_(observer) {
+    last_.total_rows = shape.rows;
+    last_.total_bytes = shape.bytes;
+  }
+
+  void Start() { Report(0, 0); }
+
+  // The observer of one file's read; `dim`: the row width of an embeddings
+  // file, 0 for ids and labels (whose rows are not counted again).
+  NpyReadObserver File(size_t dim) {
+    if (!observer_) return nullptr;
+    return [this, dim](const NpyReadProgress& file) {
+      const size_t rows = dim == 0 ? 0 : file.items_read / dim;
+      Report(done_bytes_ + file.bytes_read, done_rows_ + rows);
+      if (file.bytes_read >= file.file_bytes && file.items_read == file.items) {
+        done_bytes_ += file.file_bytes;
+        done_rows_ += rows;
+      }
+    };
+  }
+
+  void Finish() { Report(last_.total_bytes, last_.total_rows); }
+
+ private:
+  // Tells the observer, unless nothing moved since the last report.
+  void Report(size_t bytes, size_t rows) {
+    if (!observer_) return;
+    bytes = std::max(last_.bytes, std::min(bytes, last_.total_bytes));
+    rows = std::max(last_.rows, std::min(rows, last_.total_rows));
+    if (started_ && bytes == last_.bytes && rows == last_.rows) return;
+    started_ = true;
+    last_.bytes = bytes;
+    last_.rows = rows;
+    observer_(last_);
+  }
+
+  const CheckpointReadObserver& observer_;
+  bool started_ = false;
+  CheckpointReadProgress last_;
+  size_t done_bytes_ = 0;
+  size_t done_rows_ = 0;
+};
+
 }  // namespace
 
 absl::StatusOr<CheckpointManifest> ReadManifest(const std::string& dir) {
@@ -403,6 +460,10 @@ absl::StatusOr<CheckpointShape> ReadCheckpointShape(
       }
     }
     shape.rows += matrix.rows;
+    for (const std::string* file :
+         {&shard.embeddings, &shard.ids, &shard.labels}) {
+      if (!file->empty()) shape.bytes += FileBytes(JoinPath(dir, *file));
+    }
   }
   if (shape.rows == 0) {
     return absl::InvalidArgumentError(
@@ -444,15 +505,17 @@ absl::StatusOr<Checkpoint> ReadCheckpointShard(const std::string& dir,
                                                CheckpointManifest manifest,
                                                const CheckpointShape& shape,
                                                const CheckpointAdmission& admit,
-                                               ShardFilter shard) {
+                                               ShardFilter shard,
+                                               ReadTracker& tracker) {
   const size_t dim = shape.dim;
+  tracker.Start();
   std::vector<int64_t> all_ids;
   all_ids.reserve(shape.rows);
   std::vector<ShardRows> rows_of_shard;
   for (const CheckpointShard& file : manifest.shards) {
     const std::string ids_path = JoinPath(dir, file.ids);
     HARDNEG_ASSIGN_OR_RETURN(std::vector<int64_t> file_ids,
-                             ReadNpyInt64(ids_path));
+                             ReadNpyInt64(ids_path, tracker.File(0)));
     rows_of_shard.push_back({ids_path, all_ids.size(), file_ids.size()});
     all_ids.insert(all_ids.end(), file_ids.begin(), file_ids.end());
   }
@@ -479,7 +542,8 @@ absl::StatusOr<Checkpoint> ReadCheckpointShard(const std::string& dir,
     const std::vector<int64_t> file_ids(
         all_ids.begin() + static_cast<ptrdiff_t>(rows.first_row),
         all_ids.begin() + static_cast<ptrdiff_t>(rows.first_row + rows.rows));
-    HARDNEG_ASSIGN_OR_RETURN(NpyMatrix matrix, ReadNpyMatrix(embeddings_path));
+    HARDNEG_ASSIGN_OR_RETURN(NpyMatrix matrix,
+                             ReadNpyMatrix(embeddings_path, tracker.File(dim)));
     if (matrix.cols != dim || matrix.rows != rows.rows) {
       return Changed(embeddings_path);
     }
@@ -487,7 +551,8 @@ absl::StatusOr<Checkpoint> ReadCheckpointShard(const std::string& dir,
     std::vector<int64_t> file_labels;
     if (shape.has_labels) {
       const std::string labels_path = JoinPath(dir, file.labels);
-      HARDNEG_ASSIGN_OR_RETURN(file_labels, ReadNpyInt64(labels_path));
+      HARDNEG_ASSIGN_OR_RETURN(file_labels,
+                               ReadNpyInt64(labels_path, tracker.File(0)));
       if (file_labels.size() != rows.rows) return Changed(labels_path);
     }
     for (size_t row = 0; row < rows.rows; ++row) {
@@ -498,6 +563,7 @@ absl::StatusOr<Checkpoint> ReadCheckpointShard(const std::string& dir,
       vectors.insert(vectors.end(), v, v + dim);
     }
   }
+  tracker.Finish();
   absl::StatusOr<CandidateStore> store = CandidateStore::Create(
       dim, std::move(ids), std::move(vectors),
       shape.has_labels ? std::optional<std::vector<int64_t>>(std::move(labels))
@@ -509,17 +575,20 @@ absl::StatusOr<Checkpoint> ReadCheckpointShard(const std::string& dir,
 }
 
 // ReadCheckpoint's work; allocation failures throw std::bad_alloc.
-absl::StatusOr<Checkpoint> ReadCheckpointData(const std::string& dir,
-                                              const CheckpointAdmission& admit,
-                                              ShardFilter filter) {
+absl::StatusOr<Checkpoint> ReadCheckpointData(
+    const std::string& dir, const CheckpointAdmission& admit,
+    ShardFilter filter, const CheckpointReadObserver& observer) {
   HARDNEG_ASSIGN_OR_RETURN(CheckpointManifest manifest, ReadManifest(dir));
   // Headers first: the budget is checked before any row is read.
   HARDNEG_ASSIGN_OR_RETURN(CheckpointShape shape,
                            ReadCheckpointShape(dir, manifest));
+  ReadTracker tracker(observer, shape);
   if (filter.sharded()) {
-    return ReadCheckpointShard(dir, std::move(manifest), shape, admit, filter);
+    return ReadCheckpointShard(dir, std::move(manifest), shape, admit, filter,
+                               tracker);
   }
   if (admit) HARDNEG_RETURN_IF_ERROR(admit(shape));
+  tracker.Start();
   const size_t dim = shape.dim;
   std::vector<float> vectors;
   std::vector<int64_t> ids;
@@ -535,16 +604,17 @@ absl::StatusOr<Checkpoint> ReadCheckpointData(const std::string& dir,
     const CheckpointShard& shard = manifest.shards[i];
     const std::string embeddings_path = JoinPath(dir, shard.embeddings);
     const std::string ids_path = JoinPath(dir, shard.ids);
-    HARDNEG_ASSIGN_OR_RETURN(NpyMatrix matrix, ReadNpyMatrix(embeddings_path));
+    HARDNEG_ASSIGN_OR_RETURN(NpyMatrix matrix,
+                             ReadNpyMatrix(embeddings_path, tracker.File(dim)));
     if (matrix.cols != dim) return changed(embeddings_path);
     HARDNEG_ASSIGN_OR_RETURN(std::vector<int64_t> shard_ids,
-                             ReadNpyInt64(ids_path));
+                             ReadNpyInt64(ids_path, tracker.File(0)));
     if (shard_ids.size() != matrix.rows) return changed(ids_path);
     HARDNEG_RETURN_IF_ERROR(CheckFinite(matrix, embeddings_path, shard_ids));
     if (shape.has_labels) {
       const std::string labels_path = JoinPath(dir, shard.labels);
       HARDNEG_ASSIGN_OR_RETURN(std::vector<int64_t> shard_labels,
-                               ReadNpyInt64(labels_path));
+                               ReadNpyInt64(labels_path, tracker.File(0)));
       if (shard_labels.size() != matrix.rows) return changed(labels_path);
       labels.insert(labels.end(), shard_labels.begin(), shard_labels.end());
     }
@@ -559,6 +629,7 @@ absl::StatusOr<Checkpoint> ReadCheckpointData(const std::string& dir,
     ids.insert(ids.end(), shard_ids.begin(), shard_ids.end());
   }
   if (ids.size() != shape.rows) return changed(JoinPath(dir, kManifestFile));
+  tracker.Finish();
 
   // Create consumes the ids; keep a copy (8 bytes a row, small next to the
   // vectors) to explain a duplicate in terms of files and rows.
@@ -578,11 +649,11 @@ absl::StatusOr<Checkpoint> ReadCheckpointData(const std::string& dir,
 
 }  // namespace
 
-absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& dir,
-                                          const CheckpointAdmission& admit,
-                                          ShardFilter shard) {
+absl::StatusOr<Checkpoint> ReadCheckpoint(
+    const std::string& dir, const CheckpointAdmission& admit, ShardFilter shard,
+    const CheckpointReadObserver& observer) {
   try {
-    return ReadCheckpointData(dir, admit, shard);
+    return ReadCheckpointData(dir, admit, shard, observer);
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(
         absl::StrCat("checkpoint ", dir, ": out of memory while reading it"));
@@ -665,18 +736,37 @@ absl::Status WriteCheckpointFiles(const std::string& dir,
                                   const CheckpointManifest& manifest,
                                   const std::vector<float>& embeddings,
                                   const std::vector<int64_t>& ids,
-                                  const std::vector<int64_t>& labels) {
+                                  const std::vector<int64_t>& labels,
+                                  const CheckpointWriteObserver& observer) {
   const std::string manifest_path = JoinPath(dir, kManifestFile);
+  // The data's bytes (the headers, 128 bytes a file, are left out).
+  const size_t total = embeddings.size() * sizeof(float) +
+                       (ids.size() + labels.size()) * sizeof(int64_t);
+  size_t files_done = 0;  // bytes of the files already written
+  auto file_observer = [&]() -> WriteObserver {
+    if (!observer) return nullptr;
+    return [&](size_t written) {
+      observer(std::min(files_done + written, total), total);
+    };
+  };
+  auto next_file = [&](const std::string& path) {
+    files_done += FileBytes(path);
+  };
 
   CheckpointShard shard{"embeddings-00000.npy", "ids-00000.npy",
                         labels.empty() ? "" : "labels-00000.npy"};
   HARDNEG_RETURN_IF_ERROR(WriteNpyMatrix(JoinPath(dir, shard.embeddings),
                                          embeddings.data(), ids.size(),
-                                         manifest.dim));
-  HARDNEG_RETURN_IF_ERROR(WriteNpyInt64(JoinPath(dir, shard.ids), ids));
+                                         manifest.dim, file_observer()));
+  next_file(JoinPath(dir, shard.embeddings));
+  HARDNEG_RETURN_IF_ERROR(
+      WriteNpyInt64(JoinPath(dir, shard.ids), ids, file_observer()));
+  next_file(JoinPath(dir, shard.ids));
   if (!labels.empty()) {
-    HARDNEG_RETURN_IF_ERROR(WriteNpyInt64(JoinPath(dir, shard.labels), labels));
+    HARDNEG_RETURN_IF_ERROR(
+        WriteNpyInt64(JoinPath(dir, shard.labels), labels, file_observer()));
   }
+  if (observer) observer(total, total);
 
   json shard_json = {{"embeddings", shard.embeddings}, {"ids", shard.ids}};
   if (!shard.labels.empty()) shard_json["labels"] = shard.labels;
@@ -732,7 +822,8 @@ absl::Status WriteCheckpoint(const std::string& root,
                              const CheckpointManifest& manifest,
                              const std::vector<float>& embeddings,
                              const std::vector<int64_t>& ids,
-                             const std::vector<int64_t>& labels, bool replace) {
+                             const std::vector<int64_t>& labels, bool replace,
+                             const CheckpointWriteObserver& observer) {
   if (manifest.name.empty() || manifest.name == "." || manifest.name == ".." ||
       absl::StrContains(manifest.name, '/')) {
     return absl::InvalidArgumentError(
@@ -769,7 +860,7 @@ absl::Status WriteCheckpoint(const std::string& root,
                                absl::StrCat(stage, ": cannot create"));
   }
   absl::Status staged =
-      WriteCheckpointFiles(stage, manifest, embeddings, ids, labels);
+      WriteCheckpointFiles(stage, manifest, embeddings, ids, labels, observer);
   if (staged.ok()) staged = MoveIntoPlace(stage, dir, replace);
   fs::remove_all(stage, error);  // the staging directory, or the old one
   return staged;

@@ -60,6 +60,7 @@ struct CheckpointShape {
   size_t rows = 0;
   size_t dim = 0;
   bool has_labels = false;
+  size_t bytes = 0;  // the sizes of all its .npy files, summed
 };
 
 // Reads the shape of the checkpoint in `dir` described by `manifest`,
@@ -72,6 +73,21 @@ absl::StatusOr<CheckpointShape> ReadCheckpointShape(
 // error (RESOURCE_EXHAUSTED for a memory budget, say) stops the read.
 using CheckpointAdmission =
     std::function<absl::Status(const CheckpointShape& shape)>;
+
+// How far a ReadCheckpoint has got, out of the shape's totals.
+struct CheckpointReadProgress {
+  size_t rows = 0;  // embedding rows read, of every shard
+  size_t total_rows = 0;
+  size_t bytes = 0;  // bytes of the .npy files read, headers included
+  size_t total_bytes = 0;
+};
+
+// Called on the reading thread: first with nothing read, once the headers
+// are checked (and, unsharded, the read admitted); then every few MiB,
+// never going back nor repeating itself; last with rows == total_rows and bytes
+// == total_bytes, once every file is read (before the store is assembled).
+using CheckpointReadObserver =
+    std::function<void(const CheckpointReadProgress& progress)>;
 
 // Reads a whole checkpoint: the manifest and every shard, checked against
 // each other. Errors name the file and the reason: a missing shard, bad
@@ -87,10 +103,11 @@ using CheckpointAdmission =
 // filter keeps (possibly none), and `admit` sees their count; the whole
 // checkpoint is still checked (every id file is read first, then one
 // embeddings file at a time), so that every shard accepts or rejects the
-// same checkpoints.
+// same checkpoints. `observer`, when set, sees how far the read has got
+// (rows and bytes of the whole checkpoint, the shard's or not).
 absl::StatusOr<Checkpoint> ReadCheckpoint(
     const std::string& dir, const CheckpointAdmission& admit = nullptr,
-    ShardFilter shard = {});
+    ShardFilter shard = {}, const CheckpointReadObserver& observer = nullptr);
 
 // A complete checkpoint found under a root directory.
 struct CheckpointEntry {
@@ -127,13 +144,18 @@ std::string ManifestStamp(const std::string& dir);
 // then the new directory is exchanged with it atomically (renameat2
 // RENAME_EXCHANGE, or two renames where the filesystem lacks it) and the
 // old one removed: no file of the old checkpoint survives. `labels` may be
-// empty. For tests, the CLI and demos.
+// empty. For tests, the CLI and demos. `observer`, when set, is told the
+// bytes of the .npy files written so far, out of about `total_bytes`,
+// every few MiB, last with bytes == total_bytes.
+using CheckpointWriteObserver =
+    std::function<void(size_t bytes, size_t total_bytes)>;
 absl::Status WriteCheckpoint(const std::string& root,
                              const CheckpointManifest& manifest,
                              const std::vector<float>& embeddings,
                              const std::vector<int64_t>& ids,
                              const std::vector<int64_t>& labels,
-                             bool replace = false);
+                             bool replace = false,
+                             const CheckpointWriteObserver& observer = nullptr);
 
 }  // namespace hardneg
 

@@ -21,16 +21,23 @@ namespace {
 // Linux transfers at most ~2 GiB per read() or write() anyway.
 constexpr size_t kMaxChunk = size_t{1} << 30;
 
-absl::Status WriteAll(int fd, absl::string_view bytes,
-                      const std::string& path) {
+// Bytes written between two calls of a write's observer.
+constexpr size_t kObservedChunk = size_t{8} << 20;
+
+// Writes `bytes`, adding their count to `*written` and telling `observer`
+// (when set) after each chunk.
+absl::Status WriteAll(int fd, absl::string_view bytes, const std::string& path,
+                      const WriteObserver& observer, size_t* written) {
+  const size_t chunk = observer ? kObservedChunk : kMaxChunk;
   while (!bytes.empty()) {
-    const ssize_t put =
-        write(fd, bytes.data(), std::min(bytes.size(), kMaxChunk));
+    const ssize_t put = write(fd, bytes.data(), std::min(bytes.size(), chunk));
     if (put < 0) {
       if (errno == EINTR) continue;
       return ErrnoError(path, "write failed");
     }
     bytes.remove_prefix(static_cast<size_t>(put));
+    *written += static_cast<size_t>(put);
+    if (observer) observer(*written);
   }
   return absl::OkStatus();
 }
@@ -44,11 +51,13 @@ std::string DirectoryOf(const std::string& path) {
 // Writes `text` and `more` to the temporary file `tmp`, open as `fd`, and
 // makes them durable.
 absl::Status FillTemporary(ScopedFd& fd, const std::string& tmp,
-                           absl::string_view text, absl::string_view more) {
+                           absl::string_view text, absl::string_view more,
+                           const WriteObserver& observer) {
   // mkstemp creates 0600; the files are meant to be shared like numpy's.
   if (fchmod(fd.get(), 0644) != 0) return ErrnoError(tmp, "chmod failed");
-  HARDNEG_RETURN_IF_ERROR(WriteAll(fd.get(), text, tmp));
-  HARDNEG_RETURN_IF_ERROR(WriteAll(fd.get(), more, tmp));
+  size_t written = 0;
+  HARDNEG_RETURN_IF_ERROR(WriteAll(fd.get(), text, tmp, observer, &written));
+  HARDNEG_RETURN_IF_ERROR(WriteAll(fd.get(), more, tmp, observer, &written));
   if (fsync(fd.get()) != 0) return ErrnoError(tmp, "fsync failed");
   return fd.Close(tmp);
 }
@@ -156,12 +165,12 @@ absl::Status SyncPath(const std::string& path, bool directory) {
 }
 
 absl::Status WriteFileAtomically(const std::string& path,
-                                 absl::string_view text,
-                                 absl::string_view more) {
+                                 absl::string_view text, absl::string_view more,
+                                 const WriteObserver& observer) {
   std::string tmp = path + ".tmp-XXXXXX";
   ScopedFd fd(mkstemp(tmp.data()));
   if (!fd.valid()) return ErrnoError(path, "cannot create a temporary file");
-  absl::Status status = FillTemporary(fd, tmp, text, more);
+  absl::Status status = FillTemporary(fd, tmp, text, more, observer);
   if (status.ok() && rename(tmp.c_str(), path.c_str()) != 0) {
     status = ErrnoError(path, "rename failed");
   }

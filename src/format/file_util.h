@@ -10,6 +10,7 @@
 #define HARDNEG_SRC_FORMAT_FILE_UTIL_H_
 
 #include <cstddef>
+#include <functional>
 #include <string>
 #include <utility>
 
@@ -87,9 +88,14 @@ absl::Status SyncPath(const std::string& path, bool directory);
 // beside it, written and fsynced, renamed over `path`, and the directory
 // fsynced (best effort: the file is in place by then). The file's mode is
 // 0644. Errors name the file; a missing directory is NOT_FOUND.
+//
+// `observer`, when set, is told the bytes written so far after every few
+// MiB, last with all of them (before the fsync).
+using WriteObserver = std::function<void(size_t bytes_written)>;
 absl::Status WriteFileAtomically(const std::string& path,
                                  absl::string_view text,
-                                 absl::string_view more = {});
+                                 absl::string_view more = {},
+                                 const WriteObserver& observer = nullptr);
 
 }  // namespace hardneg
 

@@ -400,7 +400,8 @@ struct OpenedNpy {
   ScopedFd fd;
   NpyHeader header;
   size_t item_size = 0;
-  size_t count = 0;  // product of the shape
+  size_t count = 0;       // product of the shape
+  size_t file_bytes = 0;  // when it was opened
 };
 
 // Opens `path`, parses and checks the header against `spec` and `rank`, and
@@ -410,6 +411,7 @@ absl::StatusOr<OpenedNpy> OpenNpy(const std::string& path,
   HARDNEG_ASSIGN_OR_RETURN(OpenedFile file, OpenRegularFile(path));
   OpenedNpy npy;
   npy.fd = std::move(file.fd);
+  npy.file_bytes = file.size;
   HARDNEG_ASSIGN_OR_RETURN(npy.header,
                            ReadHeader(npy.fd.get(), path, file.size));
   absl::StatusOr<size_t> item_size = CheckDtype(npy.header.descr, spec);
@@ -421,12 +423,32 @@ absl::StatusOr<OpenedNpy> OpenNpy(const std::string& path,
   return npy;
 }
 
-// Reads the data of `npy` into `dest`, which has room for npy.count items.
-absl::Status ReadData(OpenedNpy& npy, void* dest, const std::string& path) {
+// Bytes read between two calls of a read's observer: small enough for a
+// few reports a second from a slow disk, large enough to cost nothing.
+constexpr size_t kObservedChunk = size_t{8} << 20;
+
+// Reads the data of `npy` into `dest`, which has room for npy.count items;
+// in chunks, each reported to `observer`, when it is set.
+absl::Status ReadData(OpenedNpy& npy, void* dest, const std::string& path,
+                      const NpyReadObserver& observer = nullptr) {
   const size_t bytes = npy.count * npy.item_size;
-  HARDNEG_ASSIGN_OR_RETURN(size_t got,
-                           ReadUpTo(npy.fd.get(), dest, bytes, path));
-  if (got < bytes) return PathError(path, "file shrank while reading");
+  const size_t chunk = observer ? kObservedChunk : bytes;
+  char* out = static_cast<char*>(dest);
+  NpyReadProgress progress{npy.header.data_offset, npy.file_bytes, 0,
+                           npy.count};
+  if (observer) observer(progress);
+  for (size_t done = 0; done < bytes;) {
+    const size_t want = std::min(chunk, bytes - done);
+    HARDNEG_ASSIGN_OR_RETURN(size_t got,
+                             ReadUpTo(npy.fd.get(), out + done, want, path));
+    if (got < want) return PathError(path, "file shrank while reading");
+    done += got;
+    if (observer) {
+      progress.bytes_read = npy.header.data_offset + done;
+      progress.items_read = done / npy.item_size;
+      observer(progress);
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -468,10 +490,11 @@ void WidenInPlace(void* buffer, size_t count, Convert convert) {
 }
 
 // Reads the data of an int array (kIntSpec), widened to int64.
-absl::StatusOr<std::vector<int64_t>> ReadInts(OpenedNpy& npy,
-                                              const std::string& path) {
+absl::StatusOr<std::vector<int64_t>> ReadInts(
+    OpenedNpy& npy, const std::string& path,
+    const NpyReadObserver& observer = nullptr) {
   std::vector<int64_t> values(npy.count);
-  HARDNEG_RETURN_IF_ERROR(ReadData(npy, values.data(), path));
+  HARDNEG_RETURN_IF_ERROR(ReadData(npy, values.data(), path, observer));
   if (npy.item_size == 4) {
     WidenInPlace<int32_t, int64_t>(values.data(), npy.count,
                                    [](int32_t v) { return int64_t{v}; });
@@ -537,14 +560,15 @@ size_t WritableItemSize(absl::string_view descr) {
 
 }  // namespace
 
-absl::StatusOr<NpyMatrix> ReadNpyMatrix(const std::string& path) {
+absl::StatusOr<NpyMatrix> ReadNpyMatrix(const std::string& path,
+                                        const NpyReadObserver& observer) {
   HARDNEG_ASSIGN_OR_RETURN(OpenedNpy npy,
                            OpenNpy(path, kFloatSpec, kMatrixRank));
   NpyMatrix matrix;
   matrix.rows = npy.header.shape[0];
   matrix.cols = npy.header.shape[1];
   matrix.data.resize(npy.count);
-  HARDNEG_RETURN_IF_ERROR(ReadData(npy, matrix.data.data(), path));
+  HARDNEG_RETURN_IF_ERROR(ReadData(npy, matrix.data.data(), path, observer));
   if (npy.item_size == 2) {
     WidenInPlace<uint16_t, float>(matrix.data.data(), npy.count, HalfToFloat);
   }
@@ -565,10 +589,11 @@ absl::StatusOr<size_t> ReadNpyInt64Length(const std::string& path) {
   return npy.count;
 }
 
-absl::StatusOr<std::vector<int64_t>> ReadNpyInt64(const std::string& path) {
+absl::StatusOr<std::vector<int64_t>> ReadNpyInt64(
+    const std::string& path, const NpyReadObserver& observer) {
   // Fortran order changes nothing for a 1-D array.
   HARDNEG_ASSIGN_OR_RETURN(OpenedNpy npy, OpenNpy(path, kIntSpec, kVectorRank));
-  return ReadInts(npy, path);
+  return ReadInts(npy, path, observer);
 }
 
 absl::StatusOr<NpyInt64Matrix> ReadNpyInt64Matrix(const std::string& path) {
@@ -585,7 +610,8 @@ absl::StatusOr<NpyInt64Matrix> ReadNpyInt64Matrix(const std::string& path) {
 }
 
 absl::Status WriteNpyArray(const std::string& path, const std::string& descr,
-                           const std::vector<size_t>& shape, const void* data) {
+                           const std::vector<size_t>& shape, const void* data,
+                           const WriteObserver& observer) {
   const size_t item_size = WritableItemSize(descr);
   if (item_size == 0) {
     return PathError(path, absl::StrCat("cannot write dtype '", descr,
@@ -601,17 +627,20 @@ absl::Status WriteNpyArray(const std::string& path, const std::string& descr,
       NpyPreamble(HeaderDict(descr, ShapeString(shape)));
   return WriteFileAtomically(
       path, preamble,
-      absl::string_view(static_cast<const char*>(data), *count * item_size));
+      absl::string_view(static_cast<const char*>(data), *count * item_size),
+      observer);
 }
 
 absl::Status WriteNpyMatrix(const std::string& path, const float* data,
-                            size_t rows, size_t cols) {
-  return WriteNpyArray(path, "<f4", {rows, cols}, data);
+                            size_t rows, size_t cols,
+                            const WriteObserver& observer) {
+  return WriteNpyArray(path, "<f4", {rows, cols}, data, observer);
 }
 
 absl::Status WriteNpyInt64(const std::string& path,
-                           const std::vector<int64_t>& values) {
-  return WriteNpyArray(path, "<i8", {values.size()}, values.data());
+                           const std::vector<int64_t>& values,
+                           const WriteObserver& observer) {
+  return WriteNpyArray(path, "<i8", {values.size()}, values.data(), observer);
 }
 
 }  // namespace hardneg

@@ -13,11 +13,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "format/file_util.h"
 
 namespace hardneg {
 
@@ -33,11 +35,26 @@ struct NpyMatrix {
   std::vector<float> data;  // rows * cols
 };
 
+// How far the read of one .npy file has got, its header included.
+struct NpyReadProgress {
+  size_t bytes_read = 0;  // reaches file_bytes once the data is all read
+  size_t file_bytes = 0;  // the file's size when it was opened
+  size_t items_read = 0;  // array items (not rows) read so far
+  size_t items = 0;       // the product of the shape
+};
+
+// Called on the reading thread once the header is read, then after every
+// chunk of data (a few MiB), last with the whole file read. Not called for
+// a file that fails its header checks.
+using NpyReadObserver = std::function<void(const NpyReadProgress&)>;
+
 // Reads a 2-D '<f4' or '<f2' array (float16 is widened to float32).
 // INVALID_ARGUMENT for a bad magic string, an unparsable header, another
 // dtype, a shape that is not 2-D or data shorter or longer than the shape
-// says; NOT_FOUND when the file does not exist.
-absl::StatusOr<NpyMatrix> ReadNpyMatrix(const std::string& path);
+// says; NOT_FOUND when the file does not exist. `observer`, when set, sees
+// the read progress.
+absl::StatusOr<NpyMatrix> ReadNpyMatrix(
+    const std::string& path, const NpyReadObserver& observer = nullptr);
 
 // The shape of the 2-D float array at `path`, from its header alone, with
 // every check of ReadNpyMatrix but the data's values (the file's size must
@@ -48,8 +65,10 @@ absl::StatusOr<NpyShape2D> ReadNpyMatrixShape(const std::string& path);
 // every check of ReadNpyInt64 but the data's values.
 absl::StatusOr<size_t> ReadNpyInt64Length(const std::string& path);
 
-// Reads a 1-D '<i8' or '<i4' array, widened to int64.
-absl::StatusOr<std::vector<int64_t>> ReadNpyInt64(const std::string& path);
+// Reads a 1-D '<i8' or '<i4' array, widened to int64; `observer` as for
+// ReadNpyMatrix.
+absl::StatusOr<std::vector<int64_t>> ReadNpyInt64(
+    const std::string& path, const NpyReadObserver& observer = nullptr);
 
 // A row-major int64 matrix. A 1-D file of n values reads as [n, 1].
 struct NpyInt64Matrix {
@@ -66,17 +85,20 @@ absl::StatusOr<NpyInt64Matrix> ReadNpyInt64Matrix(const std::string& path);
 // or "<f4"), whose bytes are `data` (product(shape) items), with
 // WriteFileAtomically. INVALID_ARGUMENT for another descr or a shape whose
 // size in bytes overflows; its errors otherwise (NOT_FOUND for a missing
-// directory).
+// directory). `observer` as WriteFileAtomically's (header included).
 absl::Status WriteNpyArray(const std::string& path, const std::string& descr,
-                           const std::vector<size_t>& shape, const void* data);
+                           const std::vector<size_t>& shape, const void* data,
+                           const WriteObserver& observer = nullptr);
 
 // Writes a 2-D '<f4' array (C order), as WriteNpyArray.
 absl::Status WriteNpyMatrix(const std::string& path, const float* data,
-                            size_t rows, size_t cols);
+                            size_t rows, size_t cols,
+                            const WriteObserver& observer = nullptr);
 
 // Writes a 1-D '<i8' array, as WriteNpyArray.
 absl::Status WriteNpyInt64(const std::string& path,
-                           const std::vector<int64_t>& values);
+                           const std::vector<int64_t>& values,
+                           const WriteObserver& observer = nullptr);
 
 }  // namespace hardneg
 

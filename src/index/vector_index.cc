@@ -647,10 +647,15 @@ IndexKind IndexKindOf(absl::string_view factory) {
 
 absl::StatusOr<std::unique_ptr<VectorIndex>> BuildVectorIndex(
     const CandidateStore& store, Metric metric,
-    const IndexBuildOptions& options) {
+    const IndexBuildOptions& options, const IndexBuildObserver& observer) {
+  auto report = [&observer](double fraction) {
+    if (observer) observer(fraction);
+  };
   if (IndexKindOf(options.factory) == IndexKind::kFlat) {
-    return std::unique_ptr<VectorIndex>(
+    auto flat = std::unique_ptr<VectorIndex>(
         new FlatIndex(store, metric, options.half_scan));
+    report(1);
+    return flat;
   }
   const faiss::MetricType faiss_metric = FaissMetric(metric);
   std::unique_ptr<faiss::Index> index;
@@ -684,6 +689,8 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> BuildVectorIndex(
         index->train(static_cast<faiss::Index::idx_t>(train_rows),
                      sample.data());
       }
+      // Training and adding take comparable time at the default sample.
+      report(0.5);
     }
     index->add(n, store.data());
     index = WithFastListScan(std::move(index));
@@ -696,6 +703,7 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> BuildVectorIndex(
     return absl::InternalError(absl::StrCat(
         "building FAISS index \"", options.factory, "\" failed: ", e.what()));
   }
+  report(1);
   return std::unique_ptr<VectorIndex>(
       new FaissIndex(std::move(index), options.factory));
 }

@@ -119,11 +119,18 @@ struct IndexBuildOptions {
   bool half_scan = true;
 };
 
+// Told how far a build has got, 0..1, rising, on the building thread.
+// FAISS reports nothing while it trains or adds, so a build steps at its
+// phases: trained (when the index needs training), then done.
+using IndexBuildObserver = std::function<void(double fraction)>;
+
 // Builds an index over `store`, which must outlive it. INVALID_ARGUMENT for
 // a factory string FAISS does not know; INTERNAL when FAISS fails.
+// `observer`, when set, is told of progress, last with 1 on success.
 absl::StatusOr<std::unique_ptr<VectorIndex>> BuildVectorIndex(
     const CandidateStore& store, Metric metric,
-    const IndexBuildOptions& options);
+    const IndexBuildOptions& options,
+    const IndexBuildObserver& observer = nullptr);
 
 // About the bytes BuildVectorIndex(store, ..., options)->MemoryBytes() will
 // be, for budgets checked before building.

@@ -42,6 +42,28 @@ std::string Seconds(absl::Duration d) {
   return absl::StrCat(absl::ToDoubleSeconds(d));
 }
 
+// A checkpoint read logs a `loading` line at most this often (besides its
+// first and last).
+constexpr absl::Duration kLoadingLogInterval = absl::Milliseconds(250);
+
+void LogLoading(const CheckpointEntry& entry,
+                const CheckpointReadProgress& progress) {
+  // Whole percents, so that 100 means every byte is read.
+  const size_t percent =
+      progress.total_bytes == 0
+          ? 100
+          : static_cast<size_t>(progress.bytes /
+                                (progress.total_bytes / 100.0));
+  Log(LogLevel::kInfo, "loading",
+      {{"name", entry.name},
+       {"source", entry.dir},
+       {"rows", absl::StrCat(progress.rows)},
+       {"total_rows", absl::StrCat(progress.total_rows)},
+       {"bytes", absl::StrCat(progress.bytes)},
+       {"total_bytes", absl::StrCat(progress.total_bytes)},
+       {"percent", absl::StrCat(std::min<size_t>(percent, 100))}});
+}
+
 }  // namespace
 
 absl::string_view BuildStateName(BuildState state) {
@@ -240,7 +262,8 @@ void IndexManager::SkipSnapshotSequences() {
 
 absl::StatusOr<VersionInfo> IndexManager::BuildAndSwap(
     const std::string& source, VersionInfo info, CandidateStore store,
-    absl::Time start, const std::function<absl::Status()>& before_swap) {
+    absl::Time start, double progress_from,
+    const std::function<absl::Status()>& before_swap) {
   HARDNEG_RETURN_IF_ERROR(CheckSchema(store.dim(), info.metric));
   // At most two versions are held: the served one and the one being built
   // (a kept previous one is for a router's move to the served one, which a
@@ -248,8 +271,9 @@ absl::StatusOr<VersionInfo> IndexManager::BuildAndSwap(
   DropPrevious();
   HARDNEG_RETURN_IF_ERROR(CheckBytes(
       store.MemoryBytes() + IndexBytesEstimate(store, options_.build)));
-  HARDNEG_ASSIGN_OR_RETURN(std::shared_ptr<const IndexVersion> version,
-                           Build(std::move(info), std::move(store)));
+  HARDNEG_ASSIGN_OR_RETURN(
+      std::shared_ptr<const IndexVersion> version,
+      Build(std::move(info), std::move(store), progress_from));
   const absl::Duration build_time = absl::Now() - start;
   if (before_swap) HARDNEG_RETURN_IF_ERROR(before_swap());
   // Snapshot before the swap: a version that served must survive a kill,
@@ -272,27 +296,77 @@ absl::StatusOr<VersionInfo> IndexManager::BuildAndSwap(
 }
 
 absl::StatusOr<std::shared_ptr<const IndexVersion>> IndexManager::Build(
-    VersionInfo info, CandidateStore store) {
+    VersionInfo info, CandidateStore store, double progress_from) {
   {
     absl::MutexLock lock(&mu_);
-    status_.state = current_ ? BuildState::kServing : BuildState::kBuilding;
-    status_.building = info.name;
-    status_.progress = 0;
     info.sequence = last_sequence_ + 1;
   }
+  Log(LogLevel::kInfo, "index_build",
+      {{"name", info.name},
+       {"candidates", absl::StrCat(store.size())},
+       {"index", options_.build.factory}});
+  SetProgress(progress_from);
   // Bounded build threads: OpenMP's count is per calling thread, which
   // gets its own count back afterwards.
   const int caller_threads = omp_get_max_threads();
   omp_set_num_threads(std::max(1, options_.build_threads));
   info.created = absl::Now();
   absl::StatusOr<std::shared_ptr<const IndexVersion>> built =
-      IndexVersion::Build(info, std::move(store), options_.build);
+      IndexVersion::Build(
+          info, std::move(store), options_.build, [&](double fraction) {
+            SetProgress(progress_from + (1 - progress_from) * fraction);
+          });
   omp_set_num_threads(caller_threads);
+  EndBuild(built.ok());
+  return built;
+}
+
+void IndexManager::BeginBuild(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  status_.state = current_ ? BuildState::kServing : BuildState::kBuilding;
+  status_.building = name;
+  status_.progress = 0;
+}
+
+void IndexManager::SetProgress(double progress) {
+  IndexEvents::Progress event;
+  std::string name;
+  {
+    absl::MutexLock lock(&mu_);
+    if (progress <= status_.progress) return;
+    status_.progress = std::min(progress, 1.0);
+    event = events_.progress;
+    if (event) name = status_.building;
+  }
+  if (event) event(name, progress);
+}
+
+void IndexManager::EndBuild(bool built) {
   absl::MutexLock lock(&mu_);
   status_.building.clear();
-  status_.progress = built.ok() ? 1 : 0;
-  if (!built.ok() && current_ == nullptr) status_.state = BuildState::kEmpty;
-  return built;
+  status_.progress = built ? 1 : 0;
+  if (!built && current_ == nullptr) status_.state = BuildState::kEmpty;
+}
+
+double IndexManager::ReadShare() const {
+  // A Flat build only rounds the vectors to binary16: the read is most of
+  // the work. A FAISS build trains and adds: most of the time is its own.
+  return IndexKindOf(options_.build.factory) == IndexKind::kFlat ? 0.9 : 0.3;
+}
+
+CheckpointReadObserver IndexManager::LoadingObserver(
+    const CheckpointEntry& entry, ProgressThrottle* throttle) {
+  const double share = ReadShare();
+  return [this, &entry, throttle, share](const CheckpointReadProgress& read) {
+    const double fraction = read.total_bytes == 0
+                                ? 1
+                                : static_cast<double>(read.bytes) /
+                                      static_cast<double>(read.total_bytes);
+    SetProgress(share * fraction);
+    if (throttle->Due(absl::Now(), read.bytes >= read.total_bytes)) {
+      LogLoading(entry, read);
+    }
+  };
 }
 
 void IndexManager::Snapshot(const IndexVersion& version) {
@@ -396,9 +470,11 @@ absl::Status IndexManager::LoadCheckpoint(const CheckpointEntry& entry,
                                           const std::string& stamp) {
   const absl::Time start = absl::Now();
   rejections_.BeginLoad(entry.dir, stamp);
+  BeginBuild(entry.name);
   const absl::StatusOr<VersionInfo> swapped = ReadAndSwap(entry, start);
   rejections_.EndLoad();
   if (swapped.ok()) return absl::OkStatus();
+  EndBuild(/*built=*/false);
   Reject(entry.dir, swapped.status());
   rejections_.Add(entry.dir, stamp, std::string(swapped.status().message()));
   return swapped.status();
@@ -407,14 +483,15 @@ absl::Status IndexManager::LoadCheckpoint(const CheckpointEntry& entry,
 absl::StatusOr<VersionInfo> IndexManager::ReadAndSwap(
     const CheckpointEntry& entry, absl::Time start) {
   DropPrevious();  // before the new version's rows take memory
-  HARDNEG_ASSIGN_OR_RETURN(Checkpoint checkpoint,
-                           ReadCheckpoint(
-                               entry.dir,
-                               [&](const CheckpointShape& shape) {
-                                 return CheckBudget(shape.rows, shape.dim,
-                                                    shape.has_labels);
-                               },
-                               options_.shard));
+  ProgressThrottle throttle(kLoadingLogInterval);
+  HARDNEG_ASSIGN_OR_RETURN(
+      Checkpoint checkpoint,
+      ReadCheckpoint(
+          entry.dir,
+          [&](const CheckpointShape& shape) {
+            return CheckBudget(shape.rows, shape.dim, shape.has_labels);
+          },
+          options_.shard, LoadingObserver(entry, &throttle)));
   const CheckpointManifest& manifest = checkpoint.manifest;
   VersionInfo info;
   info.name = manifest.name;
@@ -427,7 +504,7 @@ absl::StatusOr<VersionInfo> IndexManager::ReadAndSwap(
         kServedMetricTerm, " is ", MetricName(*options_.metric)));
   }
   return BuildAndSwap(entry.dir, std::move(info), std::move(checkpoint.store),
-                      start);
+                      start, ReadShare());
 }
 
 absl::StatusOr<VersionInfo> IndexManager::Install(
@@ -454,9 +531,14 @@ absl::StatusOr<VersionInfo> IndexManager::Install(
   info.metric = metric.value_or(served != nullptr ? served->metric()
                                                   : Metric::kInnerProduct);
   LowerThreadPriority();  // Install runs on the publisher's own thread
-  absl::StatusOr<VersionInfo> swapped = BuildAndSwap(
-      source, std::move(info), std::move(store), absl::Now(), before_swap);
-  if (!swapped.ok()) Reject(source, swapped.status());
+  BeginBuild(name);
+  absl::StatusOr<VersionInfo> swapped =
+      BuildAndSwap(source, std::move(info), std::move(store), absl::Now(),
+                   /*progress_from=*/0, before_swap);
+  if (!swapped.ok()) {
+    EndBuild(/*built=*/false);
+    Reject(source, swapped.status());
+  }
   return swapped;
 }
 

@@ -24,6 +24,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "base/progress_throttle.h"
 #include "corpus/candidate_store.h"
 #include "corpus/metric.h"
 #include "corpus/shard.h"
@@ -84,8 +85,11 @@ absl::string_view BuildStateName(BuildState state);
 // What GetIndexInfo reports beyond the served version.
 struct BuildStatus {
   BuildState state = BuildState::kEmpty;
-  std::string building;       // name of the version being built, if any
-  double progress = 0;        // of the build in progress, 0..1
+  std::string building;  // name of the version being built, if any
+  // Of the version in progress, 0..1, never going back while it lasts: a
+  // checkpoint's read (by bytes) then its index build (by phase); a
+  // publish's build alone. 1 once built; 0 after a failure.
+  double progress = 0;
   std::string last_rejected;  // "<source>: <reason>", empty when none
   uint64_t rejected_total = 0;
 };
@@ -96,8 +100,11 @@ struct IndexEvents {
       std::function<void(const IndexVersion&, absl::Duration build_time)>;
   using Rejected =
       std::function<void(const std::string& source, const absl::Status&)>;
+  // BuildStatus::progress of the version `name`, each time it rises.
+  using Progress = std::function<void(const std::string& name, double)>;
   Swapped swapped;
   Rejected rejected;
+  Progress progress;
 };
 
 class IndexManager {
@@ -178,10 +185,11 @@ class IndexManager {
 
  private:
   // `start`: when reading the version began (for build_seconds).
+  // `progress_from`: the progress the build starts at (what the read took).
   // `before_swap`: as Install's.
   absl::StatusOr<VersionInfo> BuildAndSwap(
       const std::string& source, VersionInfo info, CandidateStore store,
-      absl::Time start,
+      absl::Time start, double progress_from,
       const std::function<absl::Status()>& before_swap = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(build_mu_) ABSL_LOCKS_EXCLUDED(mu_);
   // FAILED_PRECONDITION when a version of `dim` and `metric` would change
@@ -189,10 +197,25 @@ class IndexManager {
   absl::Status CheckSchema(size_t dim, Metric metric) const
       ABSL_LOCKS_EXCLUDED(mu_);
   // Builds the version numbered after the last one, with build_threads
-  // OpenMP threads, reporting progress in status_.
+  // OpenMP threads, reporting progress in status_ from `progress_from`
+  // to 1.
   absl::StatusOr<std::shared_ptr<const IndexVersion>> Build(
-      VersionInfo info, CandidateStore store)
+      VersionInfo info, CandidateStore store, double progress_from)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(build_mu_) ABSL_LOCKS_EXCLUDED(mu_);
+  // status_ while a version named `name` is read and built: BeginBuild
+  // starts it at 0, SetProgress raises it (never lowers it), EndBuild ends
+  // it (`built`: progress 1, else 0 and, with nothing served, kEmpty).
+  void BeginBuild(const std::string& name) ABSL_LOCKS_EXCLUDED(mu_);
+  void SetProgress(double progress) ABSL_LOCKS_EXCLUDED(mu_);
+  void EndBuild(bool built) ABSL_LOCKS_EXCLUDED(mu_);
+  // The share of a checkpoint's progress its read takes, the rest being
+  // the index build's.
+  double ReadShare() const;
+  // Turns the read of `entry` into progress and `loading` log lines,
+  // `throttle` deciding which are logged.
+  CheckpointReadObserver LoadingObserver(const CheckpointEntry& entry,
+                                         ProgressThrottle* throttle)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Writes `version`'s snapshot when snapshots are on; a failure is logged.
   void Snapshot(const IndexVersion& version)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(build_mu_);

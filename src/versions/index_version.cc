@@ -8,11 +8,12 @@
 namespace hardneg {
 
 absl::StatusOr<std::shared_ptr<const IndexVersion>> IndexVersion::Build(
-    VersionInfo info, CandidateStore store, const IndexBuildOptions& options) {
+    VersionInfo info, CandidateStore store, const IndexBuildOptions& options,
+    const IndexBuildObserver& observer) {
   auto owned_store = std::make_unique<CandidateStore>(std::move(store));
   HARDNEG_ASSIGN_OR_RETURN(
       std::unique_ptr<VectorIndex> index,
-      BuildVectorIndex(*owned_store, info.metric, options));
+      BuildVectorIndex(*owned_store, info.metric, options, observer));
   return std::shared_ptr<const IndexVersion>(new IndexVersion(
       std::move(info), std::move(owned_store), std::move(index)));
 }

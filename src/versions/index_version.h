@@ -32,9 +32,11 @@ struct VersionInfo {
 
 class IndexVersion {
  public:
-  // Builds the index over `store` (slow for large stores).
+  // Builds the index over `store` (slow for large stores), telling
+  // `observer` (when set) how far it has got, as BuildVectorIndex does.
   static absl::StatusOr<std::shared_ptr<const IndexVersion>> Build(
-      VersionInfo info, CandidateStore store, const IndexBuildOptions& options);
+      VersionInfo info, CandidateStore store, const IndexBuildOptions& options,
+      const IndexBuildObserver& observer = nullptr);
 
   // Assembles a version from parts; `index` must have been built or loaded
   // over `*store` (which stays at the same address).
