@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs the whole test suite: the
-# CTest tests, then the static checks (scripts/static-checks.sh: clang's
+# CTest tests, then the README's Quick start demo (scripts/demo.sh, which
+# must end with its picture of the negatives), then the static checks (scripts/static-checks.sh: clang's
 # -Wthread-safety, clang-tidy, the Debug and Release builds), then the tests
 # under ASan+UBSan and the concurrency tests under TSan
 # (scripts/sanitize.sh), then each fuzz target for a bounded time
@@ -18,6 +19,16 @@ echo "test.sh: build took $((built - start)) s" >&2
 export OMP_WAIT_POLICY=PASSIVE
 ctest --test-dir build --output-on-failure -j "$(nproc)" --timeout 600
 echo "test.sh: tests took $(( $(date +%s) - built )) s" >&2
+
+# The Quick start's other command, as a newcomer runs it.
+t0=$(date +%s)
+rm -f build/demo/negatives.png
+./scripts/demo.sh > build/demo.log 2>&1 || { cat build/demo.log >&2; exit 1; }
+grep -q '^== picture: ' build/demo.log && [[ -s build/demo/negatives.png ]] || {
+  echo "test.sh: demo.sh did not write its picture" >&2; cat build/demo.log >&2
+  exit 1
+}
+echo "test.sh: demo took $(($(date +%s) - t0)) s" >&2
 
 # skip <what> <variable>: true when the variable asks to skip, outside CI.
 skip() {
