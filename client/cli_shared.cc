@@ -86,7 +86,10 @@ absl::StatusOr<std::unique_ptr<Client>> ConnectToServer(
   if (connection_flags.timeout_seconds > 0) {
     options.rpc_timeout = absl::Seconds(connection_flags.timeout_seconds);
   }
-  if (connection_flags.connect_timeout_seconds > 0) {
+  // --wait_for_ready queues calls while the server is unreachable: no
+  // deadline for the connection then either.
+  if (connection_flags.connect_timeout_seconds > 0 &&
+      !connection_flags.wait_for_ready) {
     options.connect_timeout =
         absl::Seconds(connection_flags.connect_timeout_seconds);
   }

@@ -376,9 +376,11 @@ absl::StatusOr<ServedVersion> Client::Publish(
   if (writing) writer->WritesDone();
   grpc::Status status;
   if (spec.wait && progress) {
-    status = FinishFollowingBuild(
-        *writer, sent, progress,
-        [&]() -> std::optional<double> { return BuildProgressOf(spec.name); });
+    BuildPoll poll;
+    status = FinishFollowingBuild(*writer, sent, progress,
+                                  [&]() -> std::optional<double> {
+                                    return BuildProgressOf(spec.name, &poll);
+                                  });
   } else {
     status = writer->Finish();
   }
@@ -386,18 +388,31 @@ absl::StatusOr<ServedVersion> Client::Publish(
   return FromProto(response.version());
 }
 
-std::optional<double> Client::BuildProgressOf(const std::string& name) {
+std::optional<double> Client::BuildProgressOf(const std::string& name,
+                                              BuildPoll* poll) {
+  if (poll->refused) return std::nullopt;
   grpc::ClientContext context;
   // A poll only informs: it never waits longer than one poll's interval.
   Prepare(context, kBuildPollInterval);
   context.set_wait_for_ready(false);
   v1::IndexInfo response;
-  if (!rpc_->stub->GetIndexInfo(&context, v1::GetIndexInfoRequest(), &response)
-           .ok()) {
+  const grpc::Status status =
+      rpc_->stub->GetIndexInfo(&context, v1::GetIndexInfoRequest(), &response);
+  if (!status.ok()) {
+    // A token with only the publish role may not ask; nor may an old
+    // server: neither changes while the call lasts.
+    const grpc::StatusCode code = status.error_code();
+    poll->refused = code == grpc::StatusCode::PERMISSION_DENIED ||
+                    code == grpc::StatusCode::UNAUTHENTICATED ||
+                    code == grpc::StatusCode::UNIMPLEMENTED;
     return std::nullopt;
   }
-  if (response.building() == name) return response.build_progress();
-  if (response.building().empty() && response.version().name() == name) {
+  if (response.building() == name) {
+    poll->seen_building = true;
+    return response.build_progress();
+  }
+  if (poll->seen_building && response.building().empty() &&
+      response.version().name() == name) {
     return 1.0;  // built; the answer to the Publish is on its way
   }
   return std::nullopt;

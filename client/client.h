@@ -252,10 +252,17 @@ class Client {
 
  private:
   struct Rpc;  // the channel and the generated stub
-  // The progress of the server's build of version `name` (1 once it
-  // serves), from one GetIndexInfo; nullopt when that fails or the server
-  // is busy with another version.
-  std::optional<double> BuildProgressOf(const std::string& name);
+  // What polling a publish's build has learnt so far.
+  struct BuildPoll {
+    bool seen_building = false;  // the server was seen building the version
+    bool refused = false;  // GetIndexInfo is not ours to call: stop asking
+  };
+  // The progress of the server's build of version `name`, from one
+  // GetIndexInfo: 1 once it serves after being seen building (a version of
+  // the same name served before does not count); nullopt when that fails,
+  // the server is busy with another version, or `poll->refused`.
+  std::optional<double> BuildProgressOf(const std::string& name,
+                                        BuildPoll* poll);
   // wait_for_ready, the deadline `timeout` from now, and the token.
   void Prepare(grpc::ClientContext& context,
                const std::optional<absl::Duration>& timeout) const;

@@ -25,7 +25,8 @@ export OMP_WAIT_POLICY=PASSIVE
 
 echo "== 1. Candidates: Fashion-MNIST's 60,000 training images as a checkpoint"
 if [[ ! -f "$work/checkpoints/fashion-mnist/manifest.json" ]]; then
-  hardneg make-checkpoint --fashion_mnist --split train \
+  # --force: a folder without its manifest is an interrupted older run.
+  hardneg make-checkpoint --fashion_mnist --split train --force \
     --out "$work/checkpoints" --name fashion-mnist --step 1 \
     --metric inner_product
 fi

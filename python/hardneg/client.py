@@ -705,7 +705,8 @@ class Client:
         build_progress of `name`."""
         total = sent.total
         reported = -1
-        while True:
+        seen_building = False  # a served version of this name from before
+        while True:                  # is not this build done
             count, uploaded = sent.read()
             if report is not None and count != reported:
                 reported = count
@@ -722,8 +723,10 @@ class Client:
                 info = self.info(timeout=max(1.0, poll_interval))
             except HardnegError:
                 continue  # progress is best effort; the call decides
+            seen_building |= info.building == name
             fraction = (info.build_progress if info.building == name else
-                        1.0 if info.version.name == name else 0.0)
+                        1.0 if seen_building and info.version.name == name
+                        else 0.0)
             report(_publish.PublishProgress("build", total, total, fraction))
         if report is not None:
             if reported != total:

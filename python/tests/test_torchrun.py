@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,21 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 import loopback_server  # noqa: E402  (start)
 
 EPOCHS = 3
+
+
+def dump_stacks(pid):
+    """SIGABRT to every process under `pid` (the ranks print their stacks
+    through PYTHONFAULTHANDLER), after listing them."""
+    tree = subprocess.run(["ps", "-o", "pid,ppid,stat,etime,args", "--ppid",
+                           str(pid)], capture_output=True, text=True).stdout
+    print(f"torchrun (pid {pid}) did not end; its children:\n{tree}")
+    pids = [line.split()[0] for line in tree.splitlines()[1:]] + [pid]
+    for p in pids:  # the ranks, then torchrun itself (also Python)
+        try:
+            os.kill(int(p), signal.SIGABRT)
+        except (OSError, ValueError):
+            pass
+        time.sleep(1)
 
 
 def main():
@@ -60,20 +76,37 @@ def main():
     t0 = time.time()
     try:
         summary = os.path.join(work, "summary.json")
-        env = dict(os.environ, PYTHONPATH=py, OMP_NUM_THREADS="1")
-        run = subprocess.run(
-            [args.torchrun, "--standalone", "--nproc_per_node", "2",
-             # Debian's torchrun fails on Python 3.11 with the default 0s
-             # (see the example's docstring).
-             "--redirects", "1", "--tee", "1",
-             os.path.join(ROOT, "examples", "distributed_mining.py"),
-             "--target", f"127.0.0.1:{port}", "--epochs", str(EPOCHS),
-             "--out", summary],
-            env=env, capture_output=True, text=True, timeout=600)
-        print(run.stdout[-3000:])
-        check("torchrun with 2 ranks exits 0", run.returncode == 0,
-              run.stderr[-3000:])
-        if run.returncode != 0:
+        # PYTHONFAULTHANDLER: a rank stopped with SIGABRT (below) prints
+        # every thread's stack, so that a hang says where it is.
+        env = dict(os.environ, PYTHONPATH=py, OMP_NUM_THREADS="1",
+                   PYTHONFAULTHANDLER="1")
+        out_path = os.path.join(work, "torchrun.out")
+        # Output to a file, not a pipe: a pipe held open by a lingering
+        # process would hang the wait even after torchrun ended.
+        with open(out_path, "w") as out:
+            run = subprocess.Popen(
+                [args.torchrun, "--standalone", "--nproc_per_node", "2",
+                 # Debian's torchrun fails on Python 3.11 with the default
+                 # 0s (see the example's docstring).
+                 "--redirects", "1", "--tee", "1",
+                 os.path.join(ROOT, "examples", "distributed_mining.py"),
+                 "--target", f"127.0.0.1:{port}", "--epochs", str(EPOCHS),
+                 "--out", summary],
+                env=env, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                returncode = run.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                returncode = None
+                dump_stacks(run.pid)
+                if run.poll() is None:
+                    run.kill()
+                run.wait()
+        with open(out_path) as f:
+            output = f.read()
+        print(output[-3000:])
+        check("torchrun with 2 ranks exits 0 (within 180 s)",
+              returncode == 0, f"exit {returncode}; see above")
+        if returncode != 0:
             return 1
         with open(summary) as f:
             result = json.load(f)

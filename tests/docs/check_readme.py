@@ -132,7 +132,10 @@ def run_worked_example(readme, build, work, python_dir):
         return r
 
     sh(before, "make-checkpoint")
-    proc = subprocess.Popen(["bash", "-c", f"exec {server}"], cwd=work,
+    # As written, but /metrics on a free port: the default 9464 may be
+    # taken on a shared machine (the gRPC port is a free one already).
+    proc = subprocess.Popen(["bash", "-c", f"exec {server} --metrics_port 0"],
+                            cwd=work,
                             env=env, stdout=subprocess.DEVNULL,
                             stderr=open(os.path.join(work, "server.log"), "w"))
     try:
