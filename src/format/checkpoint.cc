@@ -802,8 +802,21 @@ absl::Status MoveIntoPlace(const std::string& stage, const std::string& dir,
   if (errno != EINVAL && errno != ENOSYS) {
     return ErrnoError(dir, "cannot move the new checkpoint into place");
   }
-  // No renameat2 here: the old directory aside, the new one in. A crash
-  // between the two leaves the old one under the hidden staging name.
+  // No renameat2 on this filesystem. Without `replace`: a plain rename when
+  // nothing is there (rename() would replace an empty directory). With it:
+  // the old directory aside, the new one in; a crash between the two
+  // leaves the old one under the hidden staging name.
+  if (!replace) {
+    std::error_code error;
+    if (fs::exists(dir, error)) {
+      return absl::AlreadyExistsError(
+          absl::StrCat(dir, " appeared while the checkpoint was written"));
+    }
+    if (rename(stage.c_str(), dir.c_str()) != 0) {
+      return ErrnoError(dir, "cannot move the new checkpoint into place");
+    }
+    return absl::OkStatus();
+  }
   const std::string old = absl::StrCat(stage, ".old");
   const bool had_old = rename(dir.c_str(), old.c_str()) == 0;
   if (rename(stage.c_str(), dir.c_str()) != 0) {

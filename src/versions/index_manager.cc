@@ -281,6 +281,7 @@ absl::StatusOr<VersionInfo> IndexManager::BuildAndSwap(
   Snapshot(*version);
   const VersionInfo built = version->info();
   const IndexEvents::Swapped swapped = Swap(version);
+  EndBuild(/*built=*/true);
   Log(LogLevel::kInfo, "version_swap",
       {{"source", source},
        {"name", built.name},
@@ -317,7 +318,8 @@ absl::StatusOr<std::shared_ptr<const IndexVersion>> IndexManager::Build(
             SetProgress(progress_from + (1 - progress_from) * fraction);
           });
   omp_set_num_threads(caller_threads);
-  EndBuild(built.ok());
+  // Ended by the caller: after the swap (GetIndexInfo shows the build
+  // until the version serves), or on a failure.
   return built;
 }
 
