@@ -480,6 +480,7 @@ TEST_F(IndexManagerTest, ARestoredVersionKeepsTheIndexOptions) {
     IndexManagerOptions options = Options();
     options.data_dir = absl::StrCat(root_, "/data-", half_scan);
     options.build.half_scan = half_scan;
+    options.build.scan = ScanPrecision::kF32;
     size_t built_bytes = 0;
     {
       IndexManager manager(options);

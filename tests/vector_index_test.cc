@@ -55,6 +55,14 @@ std::vector<float> Gaussian(Rng& rng, size_t count, float mean = 0.0f,
   return v;
 }
 
+// The float32 scan, where the binary16 half pass lives (the reduced
+// precisions have their own tests in reduced_scan_test.cc).
+IndexBuildOptions F32Options() {
+  IndexBuildOptions options;
+  options.scan = ScanPrecision::kF32;
+  return options;
+}
+
 // The true score, in double: the reference the kernel is checked against.
 using reference::ExactScoreDouble;
 
@@ -372,7 +380,7 @@ TEST_P(FlatMetricTest, KeepsOnlyAHalfCopy) {
   std::unique_ptr<CandidateStore> store =
       MakeStore(dim, Gaussian(rng, n * dim));
   ASSERT_NE(store, nullptr);
-  IndexBuildOptions options;
+  IndexBuildOptions options = F32Options();
   std::unique_ptr<VectorIndex> index = BuildFlat(*store, metric, options);
   ASSERT_NE(index, nullptr);
   EXPECT_EQ(index->MemoryBytes(),
@@ -396,7 +404,7 @@ TEST_P(FlatMetricTest, HalfScanAnswersAsFloat32Does) {
   std::unique_ptr<CandidateStore> store =
       MakeStore(dim, Gaussian(rng, n * dim, 0.3f, 1.0f));
   ASSERT_NE(store, nullptr);
-  IndexBuildOptions options;
+  IndexBuildOptions options = F32Options();
   const std::unique_ptr<VectorIndex> half = BuildFlat(*store, metric, options);
   options.half_scan = false;
   const std::unique_ptr<VectorIndex> full = BuildFlat(*store, metric, options);
@@ -447,7 +455,7 @@ TEST_P(FlatMetricTest, HalfScanFallsBackWhereBinary16CannotRank) {
       MakeStore(dim, Gaussian(rng, n * dim, 0.2f, 0.0001f));
   ASSERT_NE(store, nullptr);
   const std::unique_ptr<VectorIndex> index =
-      BuildFlat(*store, metric, IndexBuildOptions{});
+      BuildFlat(*store, metric, F32Options());
   ASSERT_NE(index, nullptr);
   for (size_t nq : {size_t{1}, size_t{3}}) {
     for (size_t k : {size_t{1}, size_t{10}}) {
@@ -472,7 +480,7 @@ TEST_P(FlatMetricTest, NoHalfCopyBeyondTheBinary16Range) {
       MakeStore(dim, Gaussian(rng, 2000 * dim, 0.0f, 30000.0f));
   ASSERT_NE(store, nullptr);
   const std::unique_ptr<VectorIndex> index =
-      BuildFlat(*store, metric, IndexBuildOptions{});
+      BuildFlat(*store, metric, F32Options());
   ASSERT_NE(index, nullptr);
   EXPECT_EQ(index->MemoryBytes(), 0u);
   const std::vector<float> query = Gaussian(rng, dim);
@@ -818,7 +826,7 @@ TEST(FlatHalfScanTest, AllowsForItsErrorAtTheClosestLimit) {
   std::unique_ptr<CandidateStore> store = MakeStore(dim, std::move(vectors));
   ASSERT_NE(store, nullptr);
   const std::unique_ptr<VectorIndex> index =
-      BuildFlat(*store, Metric::kInnerProduct, IndexBuildOptions{});
+      BuildFlat(*store, Metric::kInnerProduct, F32Options());
   ASSERT_NE(index, nullptr);
   std::vector<float> query(dim, 0.0f);
   query[0] = 1.0f;

@@ -29,6 +29,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "index/ivf_flat_scan.h"
+#include "index/reduced_scan.h"
 #include "index/row_dots.h"
 
 namespace hardneg {
@@ -69,10 +70,29 @@ constexpr size_t kMaxHalfKept = 1024;
 // largest finite value (65504) for a half copy.
 constexpr float kHalfMaxNorm = 60000.0f;
 
+// The most queries one reduced pass takes: their packed copies stay in a
+// core's L2 cache while every row tile streams past them.
+constexpr size_t kMaxReducedQueries = 256;
+// Searches for more than this many rows a query go straight to float32:
+// a deep search keeps a large share of the rows anyway.
+constexpr size_t kMaxReducedKept = 4096;
+// A query whose reduced pass keeps more candidates than this (per part;
+// rows too close together for the reduced precision to order) is searched
+// again in float32 instead of rescoring them all.
+size_t MaxScreened(size_t kept) { return std::max<size_t>(4096, 16 * kept); }
+
+// The precision a Flat index over `store` scans at.
+ScanPrecision FlatScan(const CandidateStore& store,
+                       const IndexBuildOptions& options) {
+  const ScanPrecision scan = ResolveScanPrecision(options.scan);
+  return store.size() > 0 ? scan : ScanPrecision::kF32;
+}
+
 // Whether a Flat index over `store` keeps a half copy.
-bool UsesHalfScan(const CandidateStore& store, bool half_scan) {
-  return half_scan && RowDotsSimd() && store.size() > 0 &&
-         store.max_norm() <= kHalfMaxNorm;
+bool UsesHalfScan(const CandidateStore& store,
+                  const IndexBuildOptions& options) {
+  return options.half_scan && FlatScan(store, options) == ScanPrecision::kF32 &&
+         RowDotsSimd() && store.size() > 0 && store.max_norm() <= kHalfMaxNorm;
 }
 
 struct Candidate {
@@ -151,6 +171,78 @@ class TopK {
   float threshold_ = -std::numeric_limits<float>::infinity();
 };
 
+// One query's candidates from a reduced pass over a share of the rows:
+// every row whose key may, within `slack` of its exact key, be among the
+// `kept` best. The screen (in an array the kernel reads) is the kept-th
+// best key among the rows certain to stay under the ceiling, minus twice
+// the slack: a row below it is beaten, exactly, by `kept` rows that stay.
+// Past `max_size` candidates, it gives up (overflow) and takes no more.
+class ScreenedTop {
+ public:
+  void Reset(size_t kept, float slack, float sure_ceiling, size_t max_size,
+             float* screen) {
+    kept_ = kept;
+    slack_ = slack;
+    sure_ceiling_ = sure_ceiling;
+    max_size_ = max_size;
+    screen_ = screen;
+    *screen_ = -std::numeric_limits<float>::infinity();
+    next_cut_ = std::max<size_t>(64, 4 * kept);
+    overflow_ = false;
+    buffer_.clear();
+  }
+
+  void Offer(float key, int64_t row) {
+    buffer_.push_back({key, row});
+    if (buffer_.size() >= next_cut_) Cut();
+  }
+
+  // Raises the screen and drops what falls below it.
+  void Cut() {
+    const float screen = ScreenOf(buffer_, kept_, slack_, sure_ceiling_);
+    if (screen > *screen_) *screen_ = screen;
+    const float s = *screen_;
+    buffer_.erase(std::remove_if(buffer_.begin(), buffer_.end(),
+                                 [s](const Candidate& c) { return c.key < s; }),
+                  buffer_.end());
+    if (buffer_.size() > max_size_) {
+      overflow_ = true;
+      *screen_ = std::numeric_limits<float>::infinity();
+      buffer_.clear();
+    }
+    next_cut_ = std::max(next_cut_, 2 * buffer_.size());
+  }
+
+  bool overflow() const { return overflow_; }
+  const std::vector<Candidate>& candidates() const { return buffer_; }
+
+  // The screen `candidates` justify: the kept-th best key among those at
+  // most `sure_ceiling`, minus 2 slack; -infinity when fewer. Reorders
+  // `candidates`.
+  static float ScreenOf(std::vector<Candidate>& candidates, size_t kept,
+                        float slack, float sure_ceiling) {
+    const auto sure_end = std::partition(
+        candidates.begin(), candidates.end(),
+        [&](const Candidate& c) { return c.key <= sure_ceiling; });
+    if (static_cast<size_t>(sure_end - candidates.begin()) < kept) {
+      return -std::numeric_limits<float>::infinity();
+    }
+    const auto kth = candidates.begin() + static_cast<ptrdiff_t>(kept - 1);
+    std::nth_element(candidates.begin(), kth, sure_end, Better);
+    return kth->key - 2 * slack;
+  }
+
+ private:
+  size_t kept_ = 0;
+  float slack_ = 0;
+  float sure_ceiling_ = 0;
+  size_t max_size_ = 0;
+  float* screen_ = nullptr;
+  size_t next_cut_ = 0;
+  bool overflow_ = false;
+  std::vector<Candidate> buffer_;
+};
+
 // Buffers reused by the calls of one thread, so that a steady stream of
 // batches allocates nothing.
 struct Scratch {
@@ -161,6 +253,12 @@ struct Scratch {
   std::vector<float> ceiling;
   std::vector<Candidate> merged;
   std::vector<Candidate> rescored;
+  // The reduced pass's (see FlatIndex::SearchReduced).
+  ReducedQueries reduced_queries;
+  std::vector<ScreenedTop> screened;  // parts x queries
+  std::vector<float> screens;         // parts x queries
+  std::vector<float> slack;
+  std::vector<float> sure_ceiling;
 };
 
 Scratch& ThreadScratch() {
@@ -209,11 +307,21 @@ void GrowTo(std::vector<T>& v, size_t n) {
 // out of the first pass can come within the half error of it; otherwise the
 // query is searched again in float32. Either way the answer meets the
 // float32 ErrorBound.
+//
+// At a reduced scan precision (int8 or bf16), every search reads the
+// packed reduced rows instead (SearchReduced), and float32 rows only to
+// rescore the few candidates the reduced pass cannot rule out.
 class FlatIndex final : public VectorIndex {
  public:
-  FlatIndex(const CandidateStore& store, Metric metric, bool half_scan)
-      : store_(store), metric_(metric) {
-    if (!UsesHalfScan(store, half_scan)) return;
+  FlatIndex(const CandidateStore& store, Metric metric,
+            const IndexBuildOptions& options)
+      : store_(store), metric_(metric), scan_(FlatScan(store, options)) {
+    if (scan_ != ScanPrecision::kF32) {
+      reduced_ = std::make_unique<ReducedRows>(store.data(), store.size(),
+                                               store.dim(), scan_);
+      return;
+    }
+    if (!UsesHalfScan(store, options)) return;
     const size_t dim = store.dim();
     half_ = std::make_unique<uint16_t[]>(store.size() * dim);
     const auto blocks = static_cast<int64_t>(
@@ -239,13 +347,18 @@ class FlatIndex final : public VectorIndex {
     const size_t parts =
         std::max<size_t>(1, std::min(static_cast<size_t>(std::max(threads, 1)),
                                      store_.size() / kMaxBlockRows));
-    const size_t chunk = std::max<size_t>(
+    const bool reduced = reduced_ != nullptr && kept <= kMaxReducedKept;
+    size_t chunk = std::max<size_t>(
         1, std::min(nq, kMaxBufferEntries / (parts * (2 * kept + 1))));
+    if (reduced) chunk = std::min(chunk, kMaxReducedQueries);
     Scratch& scratch = ThreadScratch();
     for (size_t q0 = 0; q0 < nq; q0 += chunk) {
       const size_t nc = std::min(chunk, nq - q0);
       const Chunk c{queries + q0 * store_.dim(), q0, nc, k, kept, parts};
-      if (half_ != nullptr && nc < kMinGemmQueries && kept <= kMaxHalfKept) {
+      if (reduced) {
+        SearchReduced(c, options, scratch, scores + q0 * k, rows + q0 * k);
+      } else if (half_ != nullptr && nc < kMinGemmQueries &&
+                 kept <= kMaxHalfKept) {
         SearchHalf(c, options, scratch, scores + q0 * k, rows + q0 * k);
       } else {
         SearchChunk(c, options, scratch, /*half=*/false,
@@ -285,8 +398,15 @@ class FlatIndex final : public VectorIndex {
     return absl::OkStatus();
   }
   size_t MemoryBytes() const override {
+    if (reduced_ != nullptr) return reduced_->MemoryBytes();
     return half_ != nullptr ? store_.size() * store_.dim() * sizeof(uint16_t)
                             : 0;
+  }
+
+  ScanPrecision scan() const override { return scan_; }
+  ScanStats scan_stats() const override {
+    return {reduced_queries_.load(std::memory_order_relaxed),
+            fallbacks_.load(std::memory_order_relaxed)};
   }
 
  private:
@@ -374,6 +494,172 @@ class FlatIndex final : public VectorIndex {
                   [&](size_t, const Candidate* best, size_t m) {
                     WriteAnswer(best, m, c.k, scores + q * c.k, rows + q * c.k);
                   });
+    }
+  }
+
+  // What the reduced kernel's offers reach: one part's screened tops.
+  struct ReducedPart {
+    ScreenedTop* tops;
+    const SearchOptions* options;
+    size_t first;               // index of query 0 in the Search call
+    const float* skip_ceiling;  // keys certainly above the ceiling
+  };
+
+  static void OfferReduced(void* context, size_t q, size_t row, float key) {
+    const auto& part = *static_cast<const ReducedPart*>(context);
+    if (key > part.skip_ceiling[q]) return;
+    const auto r = static_cast<int64_t>(row);
+    const SearchOptions& options = *part.options;
+    if (options.skip_row && options.skip_row(part.first + q, r)) return;
+    part.tops[q].Offer(key, r);
+  }
+
+  // The reduced pass for chunk `c`: each part scans its rows' packed copy
+  // into screened tops (ScreenedTop); their candidates are merged,
+  // screened again, and rescored in float32; the best `kept` are the
+  // answer. Every row left out had a reduced key below the screen, so an
+  // exact key below that of `kept` candidates: the answer is the float32
+  // path's, within ErrorBound. A query whose candidates overflow, or whose
+  // slack is not finite, is searched again in float32.
+  void SearchReduced(const Chunk& c, const SearchOptions& options,
+                     Scratch& scratch, float* scores, int64_t* rows) const {
+    const size_t nq = c.nq;
+    const size_t dim = store_.dim();
+    const bool l2 = metric_ == Metric::kL2;
+    scratch.reduced_queries.Prepare(*reduced_, c.queries, nq);
+    PrepareReducedBounds(c, options, scratch);
+    const size_t parts = c.parts;
+    GrowTo(scratch.screened, parts * nq);
+    scratch.screens.assign(parts * nq, 0.0f);
+    const size_t max_size = MaxScreened(c.kept);
+    for (size_t p = 0; p < parts; ++p) {
+      for (size_t q = 0; q < nq; ++q) {
+        scratch.screened[p * nq + q].Reset(c.kept, scratch.slack[q],
+                                           scratch.sure_ceiling[q], max_size,
+                                           &scratch.screens[p * nq + q]);
+      }
+    }
+    ScanReducedParts(c, options, scratch);
+    size_t failed[kMaxReducedQueries];
+    size_t failures = 0;
+    std::vector<Candidate>& merged = scratch.merged;
+    for (size_t q = 0; q < nq; ++q) {
+      merged.clear();
+      bool overflow = !std::isfinite(scratch.slack[q]);
+      for (size_t p = 0; p < parts && !overflow; ++p) {
+        const ScreenedTop& top = scratch.screened[p * nq + q];
+        overflow = top.overflow();
+        merged.insert(merged.end(), top.candidates().begin(),
+                      top.candidates().end());
+      }
+      if (overflow) {
+        failed[failures++] = q;
+        continue;
+      }
+      const float screen = ScreenedTop::ScreenOf(
+          merged, c.kept, scratch.slack[q], scratch.sure_ceiling[q]);
+      const float* query = c.queries + q * dim;
+      const float query_sq = scratch.query_sq[q];
+      const float ceiling = scratch.ceiling[q];
+      std::vector<Candidate>& rescored = scratch.rescored;
+      rescored.clear();
+      for (const Candidate& cand : merged) {
+        if (cand.key < screen) continue;
+        const auto row = static_cast<size_t>(cand.row);
+        const float dot = FloatDot(query, store_.vector(row), dim);
+        const float key =
+            l2 ? 2 * dot - query_sq - store_.squared_norm(row) : dot;
+        if (key > ceiling) continue;
+        rescored.push_back({key, cand.row});
+      }
+      const size_t found = std::min(c.kept, rescored.size());
+      std::partial_sort(rescored.begin(), rescored.begin() + found,
+                        rescored.end(), Better);
+      WriteAnswer(rescored.data(), found, c.k, scores + q * c.k,
+                  rows + q * c.k);
+    }
+    reduced_queries_.fetch_add(nq, std::memory_order_relaxed);
+    fallbacks_.fetch_add(failures, std::memory_order_relaxed);
+    for (size_t i = 0; i < failures; ++i) {
+      const size_t q = failed[i];
+      const Chunk one{
+          c.queries + q * dim, c.first + q, 1, c.k, c.kept, c.parts};
+      SearchChunk(one, options, scratch, /*half=*/false,
+                  [&](size_t, const Candidate* best, size_t m) {
+                    WriteAnswer(best, m, c.k, scores + q * c.k, rows + q * c.k);
+                  });
+    }
+  }
+
+  // Per query of chunk `c`: |q|^2 (L2), the exact ceiling, and the reduced
+  // keys' slack (DotSlack, doubled for L2 keys, plus ErrorBound for the
+  // rounding of keys and screens), with the ceilings under which a row
+  // certainly stays.
+  void PrepareReducedBounds(const Chunk& c, const SearchOptions& options,
+                            Scratch& scratch) const {
+    const size_t dim = store_.dim();
+    const bool l2 = metric_ == Metric::kL2;
+    scratch.query_sq.assign(c.nq, 0.0f);
+    scratch.ceiling.assign(c.nq, std::numeric_limits<float>::infinity());
+    scratch.slack.assign(c.nq, 0.0f);
+    scratch.sure_ceiling.assign(c.nq, 0.0f);
+    for (size_t q = 0; q < c.nq; ++q) {
+      const double sq = SquaredNorm(c.queries + q * dim, dim);
+      if (l2) scratch.query_sq[q] = static_cast<float>(sq);
+      if (!options.closest.empty()) {
+        const float closest = options.closest[c.first + q];
+        scratch.ceiling[q] = l2 ? -closest : closest;
+      }
+      const double dot = scratch.reduced_queries.DotSlack(q);
+      const double slack = (l2 ? 2 * dot : dot) + ErrorBound(std::sqrt(sq));
+      scratch.slack[q] = std::nextafter(static_cast<float>(slack),
+                                        std::numeric_limits<float>::infinity());
+      scratch.sure_ceiling[q] = scratch.ceiling[q] - scratch.slack[q];
+    }
+  }
+
+  // Runs the reduced kernel over each part's rows (whole 16-row groups).
+  void ScanReducedParts(const Chunk& c, const SearchOptions& options,
+                        Scratch& scratch) const {
+    const size_t nq = c.nq;
+    const size_t parts = c.parts;
+    const size_t n = store_.size();
+    const size_t groups = (n + kReducedGroupRows - 1) / kReducedGroupRows;
+    // A skip ceiling per query: the exact one plus the slack.
+    std::vector<float>& skip = scratch.dots;
+    GrowTo(skip, nq);
+    for (size_t q = 0; q < nq; ++q) {
+      skip[q] = scratch.ceiling[q] + scratch.slack[q];
+    }
+    auto scan_part = [&](size_t p) {
+      ReducedPart part{scratch.screened.data() + p * nq, &options, c.first,
+                       skip.data()};
+      ReducedSink sink;
+      sink.screen = scratch.screens.data() + p * nq;
+      if (metric_ == Metric::kL2) {
+        sink.query_sq = scratch.query_sq.data();
+        sink.row_sq = store_.squared_norms();
+      }
+      sink.offer = &FlatIndex::OfferReduced;
+      sink.context = &part;
+      const size_t begin = groups * p / parts * kReducedGroupRows;
+      const size_t end =
+          std::min(n, groups * (p + 1) / parts * kReducedGroupRows);
+      ReducedScan(*reduced_, scratch.reduced_queries, begin, end, sink);
+    };
+    if (parts == 1) {
+      scan_part(0);
+      return;
+    }
+    const auto part_count = static_cast<int>(parts);
+    std::atomic<size_t> done{0};
+#pragma omp parallel for schedule(static, 1) num_threads(part_count)
+    for (int part = 0; part < part_count; ++part) {
+      scan_part(static_cast<size_t>(part));
+      done.fetch_add(1, std::memory_order_release);
+      if (omp_get_thread_num() == 0 && omp_get_num_threads() == part_count) {
+        AwaitParts(done, parts);
+      }
     }
   }
 
@@ -550,8 +836,15 @@ class FlatIndex final : public VectorIndex {
 
   const CandidateStore& store_;
   const Metric metric_;
+  const ScanPrecision scan_;
   // The vectors rounded to binary16, or null (see the class comment).
   std::unique_ptr<uint16_t[]> half_;
+  // The vectors packed at scan_, or null for kF32.
+  std::unique_ptr<ReducedRows> reduced_;
+  // Queries searched by the reduced pass, and those of them searched again
+  // in float32.
+  mutable std::atomic<uint64_t> reduced_queries_{0};
+  mutable std::atomic<uint64_t> fallbacks_{0};
 };
 
 // Any other FAISS factory string: FAISS holds its own codes.
@@ -652,8 +945,8 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> BuildVectorIndex(
     if (observer) observer(fraction);
   };
   if (IndexKindOf(options.factory) == IndexKind::kFlat) {
-    auto flat = std::unique_ptr<VectorIndex>(
-        new FlatIndex(store, metric, options.half_scan));
+    auto flat =
+        std::unique_ptr<VectorIndex>(new FlatIndex(store, metric, options));
     report(1);
     return flat;
   }
@@ -714,7 +1007,11 @@ size_t IndexBytesEstimate(const CandidateStore& store,
   if (IndexKindOf(options.factory) != IndexKind::kFlat) {
     return values * sizeof(float);
   }
-  return UsesHalfScan(store, options.half_scan) ? values * sizeof(uint16_t) : 0;
+  const ScanPrecision scan = FlatScan(store, options);
+  if (scan != ScanPrecision::kF32) {
+    return ReducedRows::BytesFor(store.size(), store.dim(), scan);
+  }
+  return UsesHalfScan(store, options) ? values * sizeof(uint16_t) : 0;
 }
 
 size_t IndexBytesBound(size_t rows, size_t dim,
@@ -722,6 +1019,10 @@ size_t IndexBytesBound(size_t rows, size_t dim,
   const size_t values = rows * dim;
   if (IndexKindOf(options.factory) != IndexKind::kFlat) {
     return values * sizeof(float);
+  }
+  const ScanPrecision scan = ResolveScanPrecision(options.scan);
+  if (scan != ScanPrecision::kF32) {
+    return ReducedRows::BytesFor(rows, dim, scan);
   }
   return options.half_scan ? values * sizeof(uint16_t) : 0;
 }
@@ -731,8 +1032,7 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> LoadVectorIndex(
     const IndexBuildOptions& options) {
   const std::string& factory = options.factory;
   if (IndexKindOf(factory) == IndexKind::kFlat) {
-    return std::unique_ptr<VectorIndex>(
-        new FlatIndex(store, metric, options.half_scan));
+    return std::unique_ptr<VectorIndex>(new FlatIndex(store, metric, options));
   }
   std::unique_ptr<faiss::Index> index;
   try {

@@ -22,6 +22,7 @@
 #include "absl/types/span.h"
 #include "corpus/candidate_store.h"
 #include "corpus/metric.h"
+#include "index/reduced_scan.h"
 
 namespace hardneg {
 
@@ -99,6 +100,19 @@ class VectorIndex {
   // Heap bytes held beyond the CandidateStore.
   virtual size_t MemoryBytes() const = 0;
 
+  // The precision of the first pass over the rows: kF32, kBf16 or kInt8
+  // (never kAuto). kF32 for FAISS indexes.
+  virtual ScanPrecision scan() const { return ScanPrecision::kF32; }
+
+  // Since the index was built: queries searched by a reduced-precision
+  // pass, and how many of them were searched again in float32 because the
+  // reduced pass could not order their candidates.
+  struct ScanStats {
+    uint64_t reduced_queries = 0;
+    uint64_t fallbacks = 0;
+  };
+  virtual ScanStats scan_stats() const { return {}; }
+
   VectorIndex() = default;
   VectorIndex(const VectorIndex&) = delete;
   VectorIndex& operator=(const VectorIndex&) = delete;
@@ -115,8 +129,15 @@ struct IndexBuildOptions {
   // vector bytes again), which searches of one to three queries read first;
   // they rescore what they find from the float32 vectors, so answers stay
   // within ErrorBound. Used only on CPUs with AVX2, FMA and F16C, and only
-  // when every vector's norm is below 60000.
+  // when every vector's norm is below 60000, and only at scan kF32.
   bool half_scan = true;
+  // Flat: the precision of the first pass. Reduced precisions (kBf16,
+  // kInt8) keep a packed copy of the vectors (a half or a quarter of the
+  // store's vector bytes) that every search reads, rescoring only the
+  // candidates within the reduced pass's error bound from the float32
+  // vectors: answers stay within ErrorBound. kAuto: the fastest this CPU
+  // runs natively (see ResolveScanPrecision). Kept in snapshots.
+  ScanPrecision scan = ScanPrecision::kAuto;
 };
 
 // Told how far a build has got, 0..1, rising, on the building thread.

@@ -1,0 +1,563 @@
+#include "index/reduced_scan.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+// g++ 12's AVX-512 intrinsics read _mm512_undefined_ps(), which its own
+// -Wuninitialized then reports at every use.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#define HARDNEG_REDUCED_X86 1
+#endif
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <utility>
+
+namespace hardneg {
+
+// The error bounds
+// ================
+// Let q be a query, x a row, and q', x' the vectors the kernels multiply
+// (dequantised: int8 values times their scales, or the bfloat16 values).
+// With e = x - x' and f = q - q':
+//
+//   q.x - q'.x' = q.e + f.x'   so   |q.x - q'.x'| <= |q| |e| + |f| |x'|
+//
+// (Cauchy-Schwarz). Packing measures |e| and |x'| of every row, in double,
+// and keeps the largest (max_residual, max_reduced_norm); Prepare measures
+// |q| and |f| of each query. The arithmetic adds:
+//
+// - int8: the kernel's sum of d products of 8-bit integers is exact in
+//   int32 (|sum| <= 255 * 127 * d < 2^31 for d < 66,000), and exact when
+//   converted to float while |sum - offset| <= 127^2 d <= 2^24 (d <= 1040;
+//   beyond, one more rounding). Scaling by fl(scale_x * scale_q) rounds
+//   twice more: at most 3u |q'.x'| <= 3u |q'| |x'| in all (u = 2^-24),
+//   with |q'| <= |q| + |f|.
+// - bf16: each product of two bfloat16 values is exact in float; the d
+//   float additions of a lane round at most d times: at most
+//   d u sum|q'_i x'_i| <= d u |q'| |x'| (taken as (d + 8) u for slack).
+//   vdpbf16ps flushes subnormal inputs and results to zero: inputs are
+//   flushed when packed (so e and f include it); each of the 2d results
+//   that may flush loses less than 2^-126.
+//
+// DotSlack is the sum, times 1.0625 for the rounding of the bound's own
+// arithmetic. Callers add the float32 path's ErrorBound for the rounding of
+// L2 keys (2 dot - |q|^2 - |x|^2) and of their own screen arithmetic, which
+// it exceeds by far.
+
+namespace {
+
+constexpr double kUnitRoundoff = 1.0 / (1 << 24);
+constexpr size_t kLineBytes = 64;
+// Rows a tile covers (4 groups) and the most queries a tile takes.
+constexpr size_t kTileGroups = 4;
+constexpr size_t kTileQueries = 6;
+
+// float -> bfloat16 bits, rounded to nearest even, subnormals flushed to
+// (signed) zero as vdpbf16ps reads them. Inputs are finite; a value that
+// rounds past bfloat16's range becomes infinite, which the bound reports.
+uint16_t Bf16Bits(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, sizeof x);
+  if ((x & 0x7f800000u) == 0) return static_cast<uint16_t>((x >> 16) & 0x8000u);
+  x += 0x7fffu + ((x >> 16) & 1u);
+  return static_cast<uint16_t>(x >> 16);
+}
+
+float Bf16Value(uint16_t bits) {
+  const uint32_t x = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &x, sizeof f);
+  return f;
+}
+
+// Rounds a bound up a little, so that its own rounding never shrinks it.
+double Up(double bound) { return bound * (1 + 1e-9); }
+
+// The int8 value of v at scale s (s > 0), and 0 when s == 0.
+int32_t Quantise(float v, float s) {
+  if (s == 0) return 0;
+  const float r = std::nearbyint(v / s);
+  return static_cast<int32_t>(std::clamp(r, -127.0f, 127.0f));
+}
+
+// The scale of a vector whose largest |component| is `max_abs`.
+float Int8Scale(float max_abs) { return max_abs / 127.0f; }
+
+#if defined(HARDNEG_REDUCED_X86)
+#define HARDNEG_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#define HARDNEG_BF16 __attribute__((target("avx512f,avx512bw,avx512bf16")))
+#define HARDNEG_AVX512 __attribute__((target("avx512f")))
+
+// AVX-512 F and BW plus `extra_ebx`/`extra` leaf-7 bits, usable only when
+// the OS saves the ZMM state (XCR0 bits 1, 2, 5, 6, 7).
+bool CpuHasAvx512(unsigned leaf7_ecx, unsigned leaf7_1_eax) {
+  unsigned eax, ebx, ecx, edx;
+  if (__get_cpuid_max(0, nullptr) < 7) return false;
+  __cpuid(1, eax, ebx, ecx, edx);
+  if ((ecx & bit_OSXSAVE) == 0) return false;
+  unsigned xcr0_low, xcr0_high;
+  __asm__("xgetbv" : "=a"(xcr0_low), "=d"(xcr0_high) : "c"(0));
+  constexpr unsigned kZmmState = 0xe6;
+  if ((xcr0_low & kZmmState) != kZmmState) return false;
+  __cpuid_count(7, 0, eax, ebx, ecx, edx);
+  constexpr unsigned kAvx512F = 1u << 16;
+  constexpr unsigned kAvx512BW = 1u << 30;
+  if ((ebx & kAvx512F) == 0 || (ebx & kAvx512BW) == 0) return false;
+  if ((ecx & leaf7_ecx) != leaf7_ecx) return false;
+  if (leaf7_1_eax != 0) {
+    __cpuid_count(7, 1, eax, ebx, ecx, edx);
+    if ((eax & leaf7_1_eax) != leaf7_1_eax) return false;
+  }
+  return true;
+}
+
+bool CpuHasVnni() {
+  static const bool has = CpuHasAvx512(1u << 11, 0);  // AVX512_VNNI
+  return has;
+}
+
+bool CpuHasBf16() {
+  static const bool has = CpuHasAvx512(0, 1u << 5);  // AVX512_BF16
+  return has;
+}
+
+// What one tile call needs besides its position.
+struct TileArgs {
+  const ReducedRows* rows;
+  const ReducedQueries* queries;
+  const ReducedSink* sink;
+  size_t end;  // rows at or past it are padding
+};
+
+// Screens the 16 keys of group g for query i and offers those that pass.
+HARDNEG_AVX512 inline void Emit(const TileArgs& t, size_t g, size_t i,
+                                __m512 dot) {
+  const size_t row0 = g * kReducedGroupRows;
+  const size_t live = std::min(kReducedGroupRows, t.end - row0);
+  const auto valid = static_cast<__mmask16>((1u << live) - 1);
+  __m512 key = dot;
+  const ReducedSink& sink = *t.sink;
+  if (sink.row_sq != nullptr) {
+    const __m512 row_sq = _mm512_maskz_loadu_ps(valid, sink.row_sq + row0);
+    key = _mm512_sub_ps(_mm512_sub_ps(_mm512_add_ps(dot, dot),
+                                      _mm512_set1_ps(sink.query_sq[i])),
+                        row_sq);
+  }
+  __mmask16 mask = _mm512_mask_cmp_ps_mask(
+      valid, key, _mm512_set1_ps(sink.screen[i]), _CMP_GE_OQ);
+  if (mask == 0) return;
+  alignas(64) float keys[kReducedGroupRows];
+  _mm512_store_ps(keys, key);
+  while (mask != 0) {
+    const auto lane = static_cast<size_t>(__builtin_ctz(mask));
+    mask = static_cast<__mmask16>(mask & (mask - 1));
+    if (keys[lane] >= sink.screen[i]) {
+      sink.offer(sink.context, i, row0 + lane, keys[lane]);
+    }
+  }
+}
+
+// Groups [g, g + R) against queries [i, i + Q): R x Q accumulators held in
+// registers over all steps, four rows loads and Q broadcasts a step.
+template <size_t R, size_t Q>
+HARDNEG_VNNI void Int8Tile(const TileArgs& t, size_t g, size_t i) {
+  const size_t steps = t.rows->steps();
+  const uint8_t* base = t.rows->lines() + g * steps * kLineBytes;
+  __m512i acc[R][Q];
+  for (size_t r = 0; r < R; ++r) {
+    for (size_t j = 0; j < Q; ++j) acc[r][j] = _mm512_setzero_si512();
+  }
+  const uint32_t* q[Q];
+  for (size_t j = 0; j < Q; ++j) q[j] = t.queries->packed(i + j);
+  for (size_t s = 0; s < steps; ++s) {
+    __m512i x[R];
+    for (size_t r = 0; r < R; ++r) {
+      x[r] = _mm512_load_si512(base + (r * steps + s) * kLineBytes);
+    }
+    for (size_t j = 0; j < Q; ++j) {
+      const __m512i b = _mm512_set1_epi32(static_cast<int>(q[j][s]));
+      for (size_t r = 0; r < R; ++r) {
+        acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], x[r], b);
+      }
+    }
+  }
+  for (size_t r = 0; r < R; ++r) {
+    const __m512 scales =
+        _mm512_loadu_ps(t.rows->scales() + (g + r) * kReducedGroupRows);
+    for (size_t j = 0; j < Q; ++j) {
+      const __m512i sum = _mm512_sub_epi32(
+          acc[r][j], _mm512_set1_epi32(t.queries->correction(i + j)));
+      const __m512 dot = _mm512_mul_ps(
+          _mm512_cvtepi32_ps(sum),
+          _mm512_mul_ps(scales, _mm512_set1_ps(t.queries->scale(i + j))));
+      Emit(t, g + r, i + j, dot);
+    }
+  }
+}
+
+template <size_t R, size_t Q>
+HARDNEG_BF16 void Bf16Tile(const TileArgs& t, size_t g, size_t i) {
+  const size_t steps = t.rows->steps();
+  const uint8_t* base = t.rows->lines() + g * steps * kLineBytes;
+  __m512 acc[R][Q];
+  for (size_t r = 0; r < R; ++r) {
+    for (size_t j = 0; j < Q; ++j) acc[r][j] = _mm512_setzero_ps();
+  }
+  const uint32_t* q[Q];
+  for (size_t j = 0; j < Q; ++j) q[j] = t.queries->packed(i + j);
+  for (size_t s = 0; s < steps; ++s) {
+    __m512i x[R];
+    for (size_t r = 0; r < R; ++r) {
+      x[r] = _mm512_load_si512(base + (r * steps + s) * kLineBytes);
+    }
+    for (size_t j = 0; j < Q; ++j) {
+      const __m512i b = _mm512_set1_epi32(static_cast<int>(q[j][s]));
+      for (size_t r = 0; r < R; ++r) {
+        acc[r][j] =
+            _mm512_dpbf16_ps(acc[r][j], reinterpret_cast<__m512bh>(x[r]),
+                             reinterpret_cast<__m512bh>(b));
+      }
+    }
+  }
+  for (size_t r = 0; r < R; ++r) {
+    for (size_t j = 0; j < Q; ++j) Emit(t, g + r, i + j, acc[r][j]);
+  }
+}
+
+using TileFn = void (*)(const TileArgs&, size_t, size_t);
+
+template <template <size_t, size_t> class Kernel, size_t R, size_t... Q>
+constexpr std::array<TileFn, sizeof...(Q)> TileRow(
+    std::index_sequence<Q...> /*unused*/) {
+  return {&Kernel<R, Q + 1>::Run...};
+}
+
+template <size_t R, size_t Q>
+struct Int8Kernel {
+  static void Run(const TileArgs& t, size_t g, size_t i) {
+    Int8Tile<R, Q>(t, g, i);
+  }
+};
+template <size_t R, size_t Q>
+struct Bf16Kernel {
+  static void Run(const TileArgs& t, size_t g, size_t i) {
+    Bf16Tile<R, Q>(t, g, i);
+  }
+};
+
+// kTiles[r - 1][q - 1] runs r groups by q queries.
+template <template <size_t, size_t> class Kernel>
+struct TileTable {
+  static constexpr std::array<std::array<TileFn, kTileQueries>, kTileGroups>
+      kTiles = {TileRow<Kernel, 1>(std::make_index_sequence<kTileQueries>()),
+                TileRow<Kernel, 2>(std::make_index_sequence<kTileQueries>()),
+                TileRow<Kernel, 3>(std::make_index_sequence<kTileQueries>()),
+                TileRow<Kernel, 4>(std::make_index_sequence<kTileQueries>())};
+};
+
+// The SIMD scan: 64-row tiles, each against every query tile while its
+// rows are in the L1 cache.
+void SimdScan(const ReducedRows& rows, const ReducedQueries& queries,
+              size_t begin, size_t end, const ReducedSink& sink) {
+  const TileArgs t{&rows, &queries, &sink, end};
+  const auto& tiles = rows.precision() == ScanPrecision::kInt8
+                          ? TileTable<Int8Kernel>::kTiles
+                          : TileTable<Bf16Kernel>::kTiles;
+  const size_t g_end = (end + kReducedGroupRows - 1) / kReducedGroupRows;
+  const size_t nq = queries.size();
+  for (size_t g = begin / kReducedGroupRows; g < g_end; g += kTileGroups) {
+    const size_t r = std::min(kTileGroups, g_end - g);
+    for (size_t i = 0; i < nq; i += kTileQueries) {
+      const size_t q = std::min(kTileQueries, nq - i);
+      tiles[r - 1][q - 1](t, g, i);
+    }
+  }
+}
+
+// a . b with 4 x 16 float accumulators.
+HARDNEG_AVX512 float Avx512Dot(const float* a, const float* b, size_t dim) {
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(),
+                   _mm512_setzero_ps(), _mm512_setzero_ps()};
+  size_t i = 0;
+  for (; i + 64 <= dim; i += 64) {
+    for (size_t a4 = 0; a4 < 4; ++a4) {
+      acc[a4] = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16 * a4),
+                                _mm512_loadu_ps(b + i + 16 * a4), acc[a4]);
+    }
+  }
+  for (; i + 16 <= dim; i += 16) {
+    acc[0] =
+        _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc[0]);
+  }
+  if (i < dim) {
+    const auto tail = static_cast<__mmask16>((1u << (dim - i)) - 1);
+    acc[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, a + i),
+                             _mm512_maskz_loadu_ps(tail, b + i), acc[1]);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]),
+                                            _mm512_add_ps(acc[2], acc[3])));
+}
+#endif  // HARDNEG_REDUCED_X86
+
+// The portable scan: the same sums, one row and query at a time.
+void PortableScan(const ReducedRows& rows, const ReducedQueries& queries,
+                  size_t begin, size_t end, const ReducedSink& sink) {
+  const size_t steps = rows.steps();
+  const bool int8 = rows.precision() == ScanPrecision::kInt8;
+  for (size_t row = begin; row < end; ++row) {
+    const size_t g = row / kReducedGroupRows;
+    const size_t lane = row % kReducedGroupRows;
+    const uint8_t* line = rows.lines() + g * steps * kLineBytes + lane * 4;
+    for (size_t i = 0; i < queries.size(); ++i) {
+      const uint32_t* q = queries.packed(i);
+      float dot = 0;
+      if (int8) {
+        int32_t sum = 0;
+        for (size_t s = 0; s < steps; ++s) {
+          const uint8_t* x = line + s * kLineBytes;
+          for (size_t b = 0; b < 4; ++b) {
+            const auto qb = static_cast<int8_t>((q[s] >> (8 * b)) & 0xffu);
+            sum += static_cast<int32_t>(x[b]) * qb;
+          }
+        }
+        dot = static_cast<float>(sum - queries.correction(i)) *
+              (rows.scales()[row] * queries.scale(i));
+      } else {
+        for (size_t s = 0; s < steps; ++s) {
+          uint16_t x[2];
+          std::memcpy(x, line + s * kLineBytes, sizeof x);
+          dot += Bf16Value(x[1]) * Bf16Value(static_cast<uint16_t>(q[s] >> 16));
+          dot += Bf16Value(x[0]) * Bf16Value(static_cast<uint16_t>(q[s]));
+        }
+      }
+      float key = dot;
+      if (sink.row_sq != nullptr) {
+        key = 2 * dot - sink.query_sq[i] - sink.row_sq[row];
+      }
+      if (key >= sink.screen[i]) sink.offer(sink.context, i, row, key);
+    }
+  }
+}
+
+}  // namespace
+
+const char* ScanPrecisionName(ScanPrecision precision) {
+  switch (precision) {
+    case ScanPrecision::kAuto:
+      return "auto";
+    case ScanPrecision::kF32:
+      return "f32";
+    case ScanPrecision::kBf16:
+      return "bf16";
+    case ScanPrecision::kInt8:
+      return "int8";
+  }
+  return "unknown";
+}
+
+std::optional<ScanPrecision> ParseScanPrecision(absl::string_view name) {
+  for (ScanPrecision p : {ScanPrecision::kAuto, ScanPrecision::kF32,
+                          ScanPrecision::kBf16, ScanPrecision::kInt8}) {
+    if (name == ScanPrecisionName(p)) return p;
+  }
+  return std::nullopt;
+}
+
+bool CpuRunsScan(ScanPrecision precision) {
+#if defined(HARDNEG_REDUCED_X86)
+  if (precision == ScanPrecision::kInt8) return CpuHasVnni();
+  if (precision == ScanPrecision::kBf16) return CpuHasBf16();
+  return true;
+#else
+  return precision == ScanPrecision::kAuto || precision == ScanPrecision::kF32;
+#endif
+}
+
+ScanPrecision ResolveScanPrecision(ScanPrecision requested) {
+  if (requested != ScanPrecision::kAuto) return requested;
+  if (CpuRunsScan(ScanPrecision::kInt8)) return ScanPrecision::kInt8;
+  if (CpuRunsScan(ScanPrecision::kBf16)) return ScanPrecision::kBf16;
+  return ScanPrecision::kF32;
+}
+
+size_t ReducedRows::BytesFor(size_t n, size_t dim, ScanPrecision precision) {
+  const size_t groups = (n + kReducedGroupRows - 1) / kReducedGroupRows;
+  const size_t per_step = precision == ScanPrecision::kInt8 ? 4 : 2;
+  const size_t steps = (dim + per_step - 1) / per_step;
+  size_t bytes = groups * steps * kLineBytes;
+  if (precision == ScanPrecision::kInt8) {
+    bytes += groups * kReducedGroupRows * sizeof(float);
+  }
+  return bytes;
+}
+
+ReducedRows::ReducedRows(const float* rows, size_t n, size_t dim,
+                         ScanPrecision precision)
+    : precision_(precision), n_(n), dim_(dim) {
+  const size_t per_step = precision == ScanPrecision::kInt8 ? 4 : 2;
+  steps_ = (dim + per_step - 1) / per_step;
+  const size_t groups = (n + kReducedGroupRows - 1) / kReducedGroupRows;
+  const size_t bytes =
+      std::max<size_t>(kLineBytes, groups * steps_ * kLineBytes);
+  lines_.reset(static_cast<uint8_t*>(std::aligned_alloc(kLineBytes, bytes)));
+  if (lines_ == nullptr) throw std::bad_alloc();
+  if (precision == ScanPrecision::kInt8) {
+    // Padding (rows past n, dims past dim) is value 0: byte 128.
+    std::memset(lines_.get(), 128, bytes);
+    scales_.assign(groups * kReducedGroupRows, 0.0f);
+    PackInt8(rows);
+  } else {
+    std::memset(lines_.get(), 0, bytes);
+    PackBf16(rows);
+  }
+}
+
+void ReducedRows::PackInt8(const float* rows) {
+  double max_residual = 0;
+  double max_norm = 0;
+  const auto n = static_cast<int64_t>(n_);
+#pragma omp parallel for schedule(static) reduction(max \
+                                                    : max_residual, max_norm)
+  for (int64_t r = 0; r < n; ++r) {
+    const auto row = static_cast<size_t>(r);
+    const float* x = rows + row * dim_;
+    float max_abs = 0;
+    for (size_t d = 0; d < dim_; ++d)
+      max_abs = std::max(max_abs, std::abs(x[d]));
+    const float s = Int8Scale(max_abs);
+    scales_[row] = s;
+    uint8_t* line = lines_.get() +
+                    (row / kReducedGroupRows) * steps_ * kLineBytes +
+                    (row % kReducedGroupRows) * 4;
+    double residual = 0;
+    double norm = 0;
+    for (size_t d = 0; d < dim_; ++d) {
+      const int32_t v = Quantise(x[d], s);
+      line[(d / 4) * kLineBytes + d % 4] = static_cast<uint8_t>(v + 128);
+      const double dequantised = static_cast<double>(s) * v;
+      residual += (x[d] - dequantised) * (x[d] - dequantised);
+      norm += dequantised * dequantised;
+    }
+    max_residual = std::max(max_residual, residual);
+    max_norm = std::max(max_norm, norm);
+  }
+  max_residual_ = Up(std::sqrt(max_residual));
+  max_reduced_norm_ = Up(std::sqrt(max_norm));
+}
+
+void ReducedRows::PackBf16(const float* rows) {
+  double max_residual = 0;
+  double max_norm = 0;
+  const auto n = static_cast<int64_t>(n_);
+#pragma omp parallel for schedule(static) reduction(max \
+                                                    : max_residual, max_norm)
+  for (int64_t r = 0; r < n; ++r) {
+    const auto row = static_cast<size_t>(r);
+    const float* x = rows + row * dim_;
+    uint8_t* line = lines_.get() +
+                    (row / kReducedGroupRows) * steps_ * kLineBytes +
+                    (row % kReducedGroupRows) * 4;
+    double residual = 0;
+    double norm = 0;
+    for (size_t d = 0; d < dim_; ++d) {
+      const uint16_t bits = Bf16Bits(x[d]);
+      std::memcpy(line + (d / 2) * kLineBytes + (d % 2) * 2, &bits,
+                  sizeof bits);
+      const double v = Bf16Value(bits);
+      residual += (x[d] - v) * (x[d] - v);
+      norm += v * v;
+    }
+    max_residual = std::max(max_residual, residual);
+    max_norm = std::max(max_norm, norm);
+  }
+  max_residual_ = Up(std::sqrt(max_residual));
+  max_reduced_norm_ = Up(std::sqrt(max_norm));
+}
+
+void ReducedQueries::Prepare(const ReducedRows& rows, const float* queries,
+                             size_t nq) {
+  const size_t dim = rows.dim();
+  const bool int8 = rows.precision() == ScanPrecision::kInt8;
+  nq_ = nq;
+  steps_ = rows.steps();
+  packed_.assign(nq * steps_, 0);
+  scale_.assign(nq, 0.0f);
+  correction_.assign(nq, 0);
+  slack_.assign(nq, 0.0);
+  const auto d = static_cast<double>(dim);
+  for (size_t i = 0; i < nq; ++i) {
+    const float* q = queries + i * dim;
+    uint32_t* packed = packed_.data() + i * steps_;
+    double norm = 0;
+    double residual = 0;
+    if (int8) {
+      float max_abs = 0;
+      for (size_t j = 0; j < dim; ++j)
+        max_abs = std::max(max_abs, std::abs(q[j]));
+      const float s = Int8Scale(max_abs);
+      int32_t sum = 0;
+      for (size_t j = 0; j < dim; ++j) {
+        const int32_t v = Quantise(q[j], s);
+        sum += v;
+        packed[j / 4] |= static_cast<uint32_t>(static_cast<uint8_t>(v))
+                         << (8 * (j % 4));
+        const double dequantised = static_cast<double>(s) * v;
+        residual += (q[j] - dequantised) * (q[j] - dequantised);
+        norm += static_cast<double>(q[j]) * q[j];
+      }
+      scale_[i] = s;
+      correction_[i] = 128 * sum;
+    } else {
+      for (size_t j = 0; j < dim; ++j) {
+        const uint16_t bits = Bf16Bits(q[j]);
+        packed[j / 2] |= static_cast<uint32_t>(bits) << (16 * (j % 2));
+        const double v = Bf16Value(bits);
+        residual += (q[j] - v) * (q[j] - v);
+        norm += static_cast<double>(q[j]) * q[j];
+      }
+    }
+    const double qn = std::sqrt(norm);
+    const double f = Up(std::sqrt(residual));
+    const double xn = rows.max_reduced_norm();
+    double slack = qn * rows.max_residual() + f * xn;
+    if (int8) {
+      slack += 3 * kUnitRoundoff * (qn + f) * xn;
+      if (dim > 1040) slack += kUnitRoundoff * (qn + f) * xn;
+    } else {
+      slack += (d + 8) * kUnitRoundoff * (qn + f) * xn +
+               2 * d * std::ldexp(1.0, -126);
+    }
+    slack_[i] = 1.0625 * slack + 1e-30;
+  }
+}
+
+void ReducedScan(const ReducedRows& rows, const ReducedQueries& queries,
+                 size_t begin, size_t end, const ReducedSink& sink,
+                 bool portable) {
+  if (begin >= end || queries.size() == 0) return;
+#if defined(HARDNEG_REDUCED_X86)
+  if (!portable && CpuRunsScan(rows.precision())) {
+    return SimdScan(rows, queries, begin, end, sink);
+  }
+#endif
+  PortableScan(rows, queries, begin, end, sink);
+}
+
+float FloatDot(const float* a, const float* b, size_t dim) {
+#if defined(HARDNEG_REDUCED_X86)
+  static const bool avx512 = CpuHasAvx512(0, 0);
+  if (avx512) return Avx512Dot(a, b, dim);
+#endif
+  float s = 0;
+  for (size_t i = 0; i < dim; ++i) s += a[i] * b[i];
+  return s;
+}
+
+}  // namespace hardneg

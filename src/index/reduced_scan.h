@@ -1,0 +1,164 @@
+// Reduced-precision first pass of the exact Flat search.
+//
+// The candidate rows are packed once, at build time, as int8 (one scale per
+// row) or as bfloat16, sixteen rows interleaved per 64-byte line. A batch of
+// queries is dotted with them by AVX512_VNNI (vpdpbusd: 64 int8
+// multiply-adds an instruction) or AVX512_BF16 (vdpbf16ps: 32 bf16
+// multiply-adds), four 16-row groups by up to six queries per tile, and
+// each tile's keys are compared with their query's screen while still in
+// registers: only rows that reach it leave the kernel (the fused
+// threshold). The error of every reduced dot product is bounded
+// (ReducedQueries::DotSlack, derived in reduced_scan.cc), so the caller can
+// rescore what leaves the kernel exactly and prove that nothing it dropped
+// belonged in the answer.
+//
+// CPUs without the instructions run portable kernels over the same packed
+// rows (int8 gives identical sums; bf16 sums stay within the same bound),
+// so every ScanPrecision works on any x86-64, slowly where emulated.
+//
+// ReducedRows is immutable after construction and may be read by any number
+// of threads; a ReducedQueries belongs to one search at a time. The free
+// functions are stateless and thread-safe.
+#ifndef HARDNEG_SRC_INDEX_REDUCED_SCAN_H_
+#define HARDNEG_SRC_INDEX_REDUCED_SCAN_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+
+namespace hardneg {
+
+// The precision of the Flat index's first pass (the --scan flag).
+enum class ScanPrecision {
+  kAuto,  // the fastest this CPU runs natively: int8, else bf16, else f32
+  kF32,   // float32 sgemm over the store's rows (plus the binary16 pass for
+          // one to three queries, when enabled)
+  kBf16,  // bfloat16 rows, AVX512_BF16
+  kInt8,  // int8 rows with a scale per row, AVX512_VNNI
+};
+
+// "auto", "f32", "bf16" or "int8".
+const char* ScanPrecisionName(ScanPrecision precision);
+// The inverse of ScanPrecisionName; nullopt for any other string.
+std::optional<ScanPrecision> ParseScanPrecision(absl::string_view name);
+
+// True when this CPU (and OS) runs `precision`'s kernels natively: always
+// for kF32 and kAuto; AVX-512 F/BW with VNNI (int8) or BF16 (bf16).
+bool CpuRunsScan(ScanPrecision precision);
+
+// kAuto resolved to the fastest native precision; any other value as is
+// (an explicit bf16 or int8 on a CPU without the instructions runs the
+// portable kernels).
+ScanPrecision ResolveScanPrecision(ScanPrecision requested);
+
+// Rows a packed group holds.
+inline constexpr size_t kReducedGroupRows = 16;
+
+// The rows of a store, packed at a reduced precision (kBf16 or kInt8).
+class ReducedRows {
+ public:
+  // Packs rows [0, n) of row-major `rows` (n x dim, finite), in parallel
+  // on the OpenMP threads.
+  ReducedRows(const float* rows, size_t n, size_t dim, ScanPrecision precision);
+
+  ReducedRows(const ReducedRows&) = delete;
+  ReducedRows& operator=(const ReducedRows&) = delete;
+
+  ScanPrecision precision() const { return precision_; }
+  size_t size() const { return n_; }
+  size_t dim() const { return dim_; }
+  // 4-byte packed steps per row: ceil(dim / 4) for int8, ceil(dim / 2)
+  // for bf16.
+  size_t steps() const { return steps_; }
+  // Over all rows x: the largest |x - x'| and |x'|, where x' is the row as
+  // the kernels see it (dequantised), both rounded up.
+  double max_residual() const { return max_residual_; }
+  double max_reduced_norm() const { return max_reduced_norm_; }
+
+  // Heap bytes held.
+  size_t MemoryBytes() const { return BytesFor(n_, dim_, precision_); }
+  // What MemoryBytes() is for `n` rows of `dim` at `precision`.
+  static size_t BytesFor(size_t n, size_t dim, ScanPrecision precision);
+
+  // The packed lines: group g, step s at line g * steps() + s.
+  const uint8_t* lines() const { return lines_.get(); }
+  // int8: the scale of each row (padded with zeros to whole groups).
+  const float* scales() const { return scales_.data(); }
+
+ private:
+  struct FreeDeleter {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+
+  void PackInt8(const float* rows);
+  void PackBf16(const float* rows);
+
+  ScanPrecision precision_;
+  size_t n_;
+  size_t dim_;
+  size_t steps_;
+  std::unique_ptr<uint8_t, FreeDeleter> lines_;
+  std::vector<float> scales_;
+  double max_residual_ = 0;
+  double max_reduced_norm_ = 0;
+};
+
+// A batch of queries packed for one ReducedRows; reused across searches.
+class ReducedQueries {
+ public:
+  // Packs the `nq` queries (row-major nq x rows.dim()) for `rows`.
+  void Prepare(const ReducedRows& rows, const float* queries, size_t nq);
+
+  size_t size() const { return nq_; }
+  // Bound on |reduced dot - exact dot| of query i with any row.
+  double DotSlack(size_t i) const { return slack_[i]; }
+
+  // For the kernels: query i's packed steps, its scale (int8) and the
+  // correction for the rows' +128 offset (int8).
+  const uint32_t* packed(size_t i) const { return packed_.data() + i * steps_; }
+  float scale(size_t i) const { return scale_[i]; }
+  int32_t correction(size_t i) const { return correction_[i]; }
+
+ private:
+  size_t nq_ = 0;
+  size_t steps_ = 0;
+  std::vector<uint32_t> packed_;
+  std::vector<float> scale_;
+  std::vector<int32_t> correction_;
+  std::vector<double> slack_;
+};
+
+// Where a scan sends the rows that reach their query's screen. A row's key
+// is its reduced dot product for inner product, 2 dot - |q|^2 - |x|^2 for
+// L2 (higher is closer for both).
+struct ReducedSink {
+  const float* query_sq = nullptr;  // per query; L2 only
+  const float* row_sq = nullptr;    // per row; null for inner product
+  // Per query: rows whose key is below it are not offered. The sink may
+  // raise it while the scan runs.
+  const float* screen = nullptr;
+  // Called for each row that reaches the screen, on the scanning thread.
+  void (*offer)(void* context, size_t query, size_t row, float key) = nullptr;
+  void* context = nullptr;
+};
+
+// Offers rows [begin, end) of `rows` to queries [0, queries.size()) through
+// `sink`. `begin` is a multiple of kReducedGroupRows. `portable` forces the
+// portable kernels (for tests).
+void ReducedScan(const ReducedRows& rows, const ReducedQueries& queries,
+                 size_t begin, size_t end, const ReducedSink& sink,
+                 bool portable = false);
+
+// a . b over `dim` floats, accumulated in float (AVX-512 when the CPU has
+// it): the float32 rescoring of candidates, within the float32 path's
+// error bound.
+float FloatDot(const float* a, const float* b, size_t dim);
+
+}  // namespace hardneg
+
+#endif  // HARDNEG_SRC_INDEX_REDUCED_SCAN_H_
