@@ -227,6 +227,7 @@ absl::StatusOr<IndexInfo> Client::GetIndexInfo() {
   info.dim = response.dim();
   info.metric = response.metric();
   info.index_type = response.index_type();
+  info.scan = response.scan();
   info.build_state = response.build_state();
   info.step = response.step();
   info.has_labels = response.has_labels();

@@ -112,6 +112,7 @@ struct IndexInfo {
   uint32_t dim = 0;
   std::string metric;       // "inner_product" or "l2"
   std::string index_type;   // e.g. a FAISS factory string
+  std::string scan;         // the Flat first pass: "int8", "bf16" or "f32"
   std::string build_state;  // e.g. "serving", "building"
   uint64_t step = 0;        // the checkpoint's training step
   bool has_labels = false;

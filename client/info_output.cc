@@ -13,6 +13,7 @@ nlohmann::ordered_json IndexInfoJson(const IndexInfo& info) {
           {"dim", info.dim},
           {"metric", info.metric},
           {"index_type", info.index_type},
+          {"scan", info.scan},
           {"build_state", info.build_state},
           {"step", info.step},
           {"has_labels", info.has_labels},
@@ -36,6 +37,7 @@ std::string IndexInfoText(const IndexInfo& info) {
       "dim:          ", info.dim, "\n",                      //
       "metric:       ", info.metric, "\n",                   //
       "index_type:   ", info.index_type, "\n",               //
+      "scan:         ", info.scan, "\n",                     //
       "build_state:  ", info.build_state, "\n",              //
       "step:         ", info.step, "\n",                     //
       "has_labels:   ", info.has_labels ? "true" : "false",  //

@@ -13,6 +13,7 @@
 namespace hardneg::client {
 
 // {"version": {"name", "sequence"}, "size", "dim", "metric", "index_type",
+// "scan",
 //  "build_state", "step", "has_labels", "age_seconds", "building",
 //  "build_progress", "last_rejected", "rejected_total"}, in that order.
 nlohmann::ordered_json IndexInfoJson(const IndexInfo& info);

@@ -44,6 +44,7 @@ v1::IndexInfo RouterIndexInfo(const ShardSetView& view) {
   info.set_dim(version.dim);
   info.set_metric(version.metric);
   info.set_index_type(version.index_type);
+  info.set_scan(version.scan);
   info.set_has_labels(version.has_labels);
   info.set_num_shards(static_cast<uint32_t>(view.shards.size()));
   return info;

@@ -20,6 +20,7 @@ void Describe(const v1::IndexInfo& info, RouterVersion* version) {
   version->dim = info.dim();
   version->metric = info.metric();
   version->index_type = info.index_type();
+  version->scan = info.scan();
   version->has_labels = info.has_labels();
 }
 

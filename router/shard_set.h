@@ -89,6 +89,7 @@ struct RouterVersion {
   uint32_t dim = 0;
   std::string metric;
   std::string index_type;
+  std::string scan;  // as the shard that last described the version says
   bool has_labels = false;
 };
 

@@ -214,6 +214,7 @@ v1::IndexInfo EncodeIndexInfo(const IndexVersion* version,
   info.set_dim(static_cast<uint32_t>(version->dim()));
   info.set_metric(MetricName(version->metric()));
   info.set_index_type(version->index().type());
+  info.set_scan(ScanPrecisionName(version->index().scan()));
   info.set_step(version->info().step);
   info.set_has_labels(version->store().has_labels());
   return info;

@@ -12,6 +12,7 @@
 #include "corpus/metric.h"
 #include "format/file_util.h"
 #include "grpcpp/security/server_credentials.h"
+#include "index/reduced_scan.h"
 #include "server/auth.h"
 #include "server/common_flags.h"
 
@@ -35,10 +36,16 @@ ABSL_FLAG(uint32_t, nprobe, 0,
           "Inverted lists probed per query by IVF --index types (0: FAISS's "
           "default of 1). More: better recall, slower search.");
 ABSL_FLAG(bool, half_scan, true,
-          "Flat: also keep the vectors in float16 (+50% of their memory) "
-          "for searches of 1-3 queries, which read them first and rescore "
-          "from float32: about 2x faster single queries, as exact as "
-          "without it.");
+          "Flat at --scan f32: also keep the vectors in float16 (+50% of "
+          "their memory) for searches of 1-3 queries, which read them first "
+          "and rescore from float32: about 2x faster single queries, as "
+          "exact as without it.");
+ABSL_FLAG(std::string, scan, "auto",
+          "Flat: the precision of the first pass over the vectors: int8 "
+          "(AVX512_VNNI; +25% of their memory), bf16 (AVX512_BF16; +50%), "
+          "f32 (sgemm), or auto (the fastest this CPU runs natively). The "
+          "candidates within the reduced pass's proven error bound are "
+          "rescored in float32: answers are f32's. Kept in snapshots.");
 ABSL_FLAG(std::string, metric, "",
           "inner_product or l2; when empty, each checkpoint's manifest says.");
 ABSL_FLAG(int, threads, 0, "Search worker threads; 0 means one per core.");
@@ -119,6 +126,14 @@ absl::StatusOr<IndexManagerOptions> ManagerOptionsFromFlags() {
   manager.build.factory = absl::GetFlag(FLAGS_index);
   manager.build.nprobe = absl::GetFlag(FLAGS_nprobe);
   manager.build.half_scan = absl::GetFlag(FLAGS_half_scan);
+  const std::optional<ScanPrecision> scan =
+      ParseScanPrecision(absl::GetFlag(FLAGS_scan));
+  if (!scan.has_value()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--scan: \"", absl::GetFlag(FLAGS_scan),
+                     "\" is not one of auto, f32, bf16, int8"));
+  }
+  manager.build.scan = *scan;
   if (!absl::GetFlag(FLAGS_metric).empty()) {
     absl::StatusOr<Metric> metric = ParseMetric(absl::GetFlag(FLAGS_metric));
     if (!metric.ok()) {

@@ -489,6 +489,193 @@ TEST_P(FlatMetricTest, NoHalfCopyBeyondTheBinary16Range) {
                    got.rows.data(), "one query");
 }
 
+// The reduced precisions this test runs (both, everywhere: without the
+// instructions they run the portable kernels).
+constexpr ScanPrecision kReduced[] = {ScanPrecision::kInt8,
+                                      ScanPrecision::kBf16};
+
+IndexBuildOptions ScanOptions(ScanPrecision scan) {
+  IndexBuildOptions options;
+  options.scan = scan;
+  return options;
+}
+
+// Every batch size reads the packed rows first, then rescores: exact
+// answers, the float32 path's up to ties within the error bound; k past
+// kMaxReducedKept goes straight to float32. Several threads split the rows.
+TEST_P(FlatMetricTest, ReducedScanAnswersAsFloat32Does) {
+  const Metric metric = GetParam();
+  Rng rng(31);
+  const size_t dim = 45;
+  const size_t n = 3 * 4096 + 5;
+  std::unique_ptr<CandidateStore> store =
+      MakeStore(dim, Gaussian(rng, n * dim, 0.3f, 1.0f));
+  ASSERT_NE(store, nullptr);
+  const std::unique_ptr<VectorIndex> full =
+      BuildFlat(*store, metric, F32Options());
+  ASSERT_NE(full, nullptr);
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(2);
+  for (ScanPrecision scan : kReduced) {
+    const std::unique_ptr<VectorIndex> reduced =
+        BuildFlat(*store, metric, ScanOptions(scan));
+    ASSERT_NE(reduced, nullptr);
+    EXPECT_EQ(reduced->scan(), scan);
+    for (size_t nq : {size_t{1}, size_t{3}, size_t{17}, size_t{300}}) {
+      for (size_t k : {size_t{1}, size_t{10}, size_t{300}, size_t{5000}}) {
+        if (nq * k > 300 * 300) continue;
+        const std::vector<float> queries = Gaussian(rng, nq * dim);
+        const SearchResult got = RunSearch(*reduced, queries, dim, k);
+        const SearchResult want = RunSearch(*full, queries, dim, k);
+        for (size_t i = 0; i < nq; ++i) {
+          const float* q = queries.data() + i * dim;
+          const std::string what = std::string(ScanPrecisionName(scan)) +
+                                   " nq " + std::to_string(nq) + " k " +
+                                   std::to_string(k) + " query " +
+                                   std::to_string(i);
+          if (i < 3) {
+            CheckExactAnswer(metric, *store, *reduced, q, k,
+                             got.scores.data() + i * k, got.rows.data() + i * k,
+                             what);
+          }
+          const double bound = reduced->ErrorBound(Norm(q, dim));
+          for (size_t j = 0; j < k; ++j) {
+            const int64_t a = got.rows[i * k + j];
+            const int64_t b = want.rows[i * k + j];
+            if (a == b) continue;
+            const double sa =
+                ExactScoreDouble(metric, q, store->vector(a), dim);
+            const double sb =
+                ExactScoreDouble(metric, q, store->vector(b), dim);
+            ASSERT_LE(std::fabs(sa - sb), 2 * bound + Ulp(sa) + Ulp(sb))
+                << what << " position " << j;
+          }
+        }
+      }
+    }
+    EXPECT_EQ(reduced->scan_stats().fallbacks, 0u);
+    EXPECT_GT(reduced->scan_stats().reduced_queries, 0u);
+  }
+  omp_set_num_threads(threads);
+}
+
+// Rows nearer each other than the reduced precision can tell apart (all
+// within its error of one another): the reduced pass keeps too many
+// candidates, notices, and searches those queries again in float32, which
+// orders them. The answers stay exact.
+TEST_P(FlatMetricTest, ReducedScanFallsBackWhereItCannotOrder) {
+  const Metric metric = GetParam();
+  Rng rng(32);
+  const size_t dim = 32;
+  const size_t n = 20000;
+  // Components 0.2 +- 1e-4: the int8 step here is ~1.6e-3, bf16's ~1e-3.
+  std::unique_ptr<CandidateStore> store =
+      MakeStore(dim, Gaussian(rng, n * dim, 0.2f, 0.0001f));
+  ASSERT_NE(store, nullptr);
+  for (ScanPrecision scan : kReduced) {
+    const std::unique_ptr<VectorIndex> index =
+        BuildFlat(*store, metric, ScanOptions(scan));
+    ASSERT_NE(index, nullptr);
+    const size_t nq = 3;
+    const size_t k = 10;
+    const std::vector<float> queries = Gaussian(rng, nq * dim, 0.0f, 0.2f);
+    const SearchResult got = RunSearch(*index, queries, dim, k);
+    for (size_t i = 0; i < nq; ++i) {
+      CheckExactAnswer(
+          metric, *store, *index, queries.data() + i * dim, k,
+          got.scores.data() + i * k, got.rows.data() + i * k,
+          std::string(ScanPrecisionName(scan)) + " query " + std::to_string(i));
+    }
+    EXPECT_EQ(index->scan_stats().reduced_queries, nq);
+    EXPECT_EQ(index->scan_stats().fallbacks, nq)
+        << ScanPrecisionName(scan) << ": the reduced pass claimed to order "
+        << "rows closer than its own error";
+  }
+}
+
+// The closest limit (SearchOptions::closest) and skipped rows with a
+// reduced pass: a row is skipped only when certainly past the limit, and
+// skipped rows take no place among the k.
+TEST_P(FlatMetricTest, ReducedScanHonoursTheClosestLimitAndSkips) {
+  const Metric metric = GetParam();
+  Rng rng(33);
+  const size_t dim = 24;
+  const size_t n = 9000;
+  std::unique_ptr<CandidateStore> store =
+      MakeStore(dim, Gaussian(rng, n * dim, 0.0f, 1.0f));
+  ASSERT_NE(store, nullptr);
+  const std::unique_ptr<VectorIndex> full =
+      BuildFlat(*store, metric, F32Options());
+  const size_t nq = 20;
+  const size_t k = 15;
+  const std::vector<float> queries = Gaussian(rng, nq * dim);
+  // Each query's limit: between its 5th and 6th best scores, far closer
+  // to them than any reduced error (and, on these vectors, farther than
+  // the float32 one: no row is on the edge).
+  std::vector<float> closest(nq);
+  const SearchResult top = RunSearch(*full, queries, dim, 6);
+  for (size_t i = 0; i < nq; ++i) {
+    closest[i] = (top.scores[i * 6 + 4] + top.scores[i * 6 + 5]) / 2;
+  }
+  SearchOptions options;
+  options.closest = closest;
+  options.skip_row = [](size_t i, int64_t row) {
+    return static_cast<size_t>(row) % 7 == i % 7;
+  };
+  const SearchResult want = RunSearch(*full, queries, dim, k, options);
+  for (ScanPrecision scan : kReduced) {
+    const std::unique_ptr<VectorIndex> index =
+        BuildFlat(*store, metric, ScanOptions(scan));
+    ASSERT_NE(index, nullptr);
+    const SearchResult got = RunSearch(*index, queries, dim, k, options);
+    for (size_t i = 0; i < nq; ++i) {
+      const float* q = queries.data() + i * dim;
+      const double bound = index->ErrorBound(Norm(q, dim));
+      for (size_t j = 0; j < k; ++j) {
+        const int64_t row = got.rows[i * k + j];
+        ASSERT_GE(row, 0);
+        EXPECT_NE(static_cast<size_t>(row) % 7, i % 7) << "a skipped row";
+        const double exact =
+            ExactScoreDouble(metric, q, store->vector(row), dim);
+        EXPECT_FALSE(Better(metric, exact,
+                            metric == Metric::kInnerProduct
+                                ? closest[i] + bound + Ulp(exact)
+                                : closest[i] - bound - Ulp(exact)))
+            << "row " << row << " past the closest limit";
+        if (row == want.rows[i * k + j]) continue;
+        const double other = ExactScoreDouble(
+            metric, q, store->vector(want.rows[i * k + j]), dim);
+        EXPECT_LE(std::fabs(exact - other), 2 * bound + Ulp(exact) + Ulp(other))
+            << ScanPrecisionName(scan) << " query " << i << " position " << j;
+      }
+    }
+  }
+}
+
+// The packed copy is the index's only memory, and the estimate says so.
+TEST_P(FlatMetricTest, ReducedScanKeepsOnlyThePackedCopy) {
+  const Metric metric = GetParam();
+  Rng rng(34);
+  const size_t dim = 40;
+  const size_t n = 3000;
+  std::unique_ptr<CandidateStore> store =
+      MakeStore(dim, Gaussian(rng, n * dim));
+  ASSERT_NE(store, nullptr);
+  for (ScanPrecision scan : kReduced) {
+    const IndexBuildOptions options = ScanOptions(scan);
+    const std::unique_ptr<VectorIndex> index =
+        BuildFlat(*store, metric, options);
+    ASSERT_NE(index, nullptr);
+    EXPECT_EQ(index->MemoryBytes(), ReducedRows::BytesFor(n, dim, scan));
+    EXPECT_EQ(IndexBytesEstimate(*store, options), index->MemoryBytes());
+    EXPECT_GE(IndexBytesBound(n, dim, options), index->MemoryBytes());
+  }
+  const std::unique_ptr<VectorIndex> automatic =
+      BuildFlat(*store, metric, IndexBuildOptions{});
+  ASSERT_NE(automatic, nullptr);
+  EXPECT_EQ(automatic->scan(), ResolveScanPrecision(ScanPrecision::kAuto));
+}
+
 // Concurrent searches on one index give the single-threaded answers.
 TEST_P(FlatMetricTest, ConcurrentSearchesAgree) {
   const Metric metric = GetParam();

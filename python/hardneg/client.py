@@ -84,6 +84,7 @@ class IndexInfo:
     previous_version: Optional[IndexVersion] = None
     shard_index: int = 0
     num_shards: int = 0
+    scan: str = ""  # the Flat first pass: "int8", "bf16" or "f32"
 
 
 @dataclasses.dataclass
@@ -573,7 +574,8 @@ class Client:
                                     r.previous_version.sequence)
         return IndexInfo(version=IndexVersion(r.version.name, r.version.sequence),
                          size=r.size, dim=r.dim, metric=r.metric,
-                         index_type=r.index_type, build_state=r.build_state,
+                         index_type=r.index_type, scan=r.scan,
+                         build_state=r.build_state,
                          step=r.step, has_labels=r.has_labels,
                          age_seconds=r.age_seconds, building=r.building,
                          build_progress=r.build_progress,

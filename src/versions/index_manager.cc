@@ -291,6 +291,7 @@ absl::StatusOr<VersionInfo> IndexManager::BuildAndSwap(
        {"dim", absl::StrCat(version->dim())},
        {"metric", MetricName(built.metric)},
        {"index", version->index().type()},
+       {"scan", ScanPrecisionName(version->index().scan())},
        {"build_seconds", Seconds(build_time)}});
   if (swapped) swapped(*version, build_time);
   return built;

@@ -123,6 +123,7 @@ json MetaJson(const IndexVersion& version, ShardFilter shard) {
   meta["dim"] = version.dim();
   meta["size"] = version.size();
   meta["index"] = version.index().type();
+  meta["scan"] = ScanPrecisionName(version.index().scan());
   meta["created"] =
       absl::FDivDuration(info.created - absl::UnixEpoch(), absl::Seconds(1));
   meta["has_labels"] = version.store().has_labels();
@@ -232,6 +233,23 @@ absl::Status CheckSnapshotShard(const json& meta, ShardFilter shard) {
                    shard.count, "; give each shard its own data directory"));
 }
 
+// The scan precision a snapshot was served at, when this CPU runs it
+// natively; otherwise (or for a snapshot without one) `configured`.
+ScanPrecision SnapshotScan(const json& meta, ScanPrecision configured) {
+  const auto it = meta.find("scan");
+  if (it == meta.end() || !it->is_string()) return configured;
+  const std::optional<ScanPrecision> recorded =
+      ParseScanPrecision(it->get<std::string>());
+  if (!recorded.has_value()) return configured;
+  if (!CpuRunsScan(*recorded)) {
+    Log(LogLevel::kWarning, "snapshot_scan_not_native",
+        {{"scan", ScanPrecisionName(*recorded)},
+         {"using", ScanPrecisionName(ResolveScanPrecision(configured))}});
+    return configured;
+  }
+  return *recorded;
+}
+
 absl::StatusOr<std::shared_ptr<const IndexVersion>> LoadSnapshot(
     const std::string& dir, uint64_t sequence, const IndexBuildOptions& build,
     ShardFilter shard) {
@@ -294,6 +312,7 @@ absl::StatusOr<std::shared_ptr<const IndexVersion>> LoadSnapshot(
   auto owned_store = std::make_unique<CandidateStore>(std::move(store));
   IndexBuildOptions index_options = build;
   index_options.factory = std::move(factory);
+  index_options.scan = SnapshotScan(meta, build.scan);
   HARDNEG_ASSIGN_OR_RETURN(
       std::unique_ptr<VectorIndex> index,
       LoadVectorIndex(JoinPath(dir, kIndexFile), *owned_store, info.metric,

@@ -4,7 +4,8 @@
 //
 //   <data_dir>/snapshot-<sequence, 20 digits>/
 //     meta.json      name, step, sequence, metric, dim, size, index factory,
-//                    created (unix seconds), has_labels
+//                    scan (the Flat first pass's precision), created (unix
+//                    seconds), has_labels
 //     ids.npy        int64 [n]
 //     labels.npy     int64 [n] (when the version has labels)
 //     vectors.npy    float32 [n, dim]

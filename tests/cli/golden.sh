@@ -235,8 +235,10 @@ run err_publish_labels_count -- publish --server 127.0.0.1:1 \
 # --- against a server ---------------------------------------------------
 mkdir -p served
 cp -r ckpts/run1 served/
+# --scan int8 explicitly: `info` prints the scan, and auto's choice depends
+# on the CPU (int8 runs everywhere, emulated where VNNI is missing).
 "$build/server/hardneg-server" --checkpoints served --grpc_port 0 \
-  --metrics_port -1 --threads 1 >server.out 2>server.log &
+  --metrics_port -1 --threads 1 --scan int8 >server.out 2>server.log &
 server_pid=$!
 for _ in $(seq 1 600); do
   grep -q '^listening on' server.out 2>/dev/null && break
