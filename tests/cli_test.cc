@@ -549,6 +549,7 @@ TEST(InfoOutputTest, JsonAndText) {
   info.dim = 8;
   info.metric = "l2";
   info.index_type = "Flat";
+  info.scan = "int8";
   info.build_state = "serving";
   info.step = 5;
   info.age_seconds = 1234567.25;
@@ -556,7 +557,8 @@ TEST(InfoOutputTest, JsonAndText) {
   EXPECT_EQ(IndexInfoJsonLine(info),
             "{\"version\": {\"name\": \"run \\\"1\\\"\", \"sequence\": 2}, "
             "\"size\": 40, \"dim\": 8, \"metric\": \"l2\", \"index_type\": "
-            "\"Flat\", \"build_state\": \"serving\", \"step\": 5, "
+            "\"Flat\", \"scan\": \"int8\", \"build_state\": \"serving\", "
+            "\"step\": 5, "
             "\"has_labels\": false, \"age_seconds\": 1.23457e+06, "
             "\"building\": \"\", \"build_progress\": 0.5, \"last_rejected\": "
             "\"\", \"rejected_total\": 0}\n");
@@ -565,6 +567,7 @@ TEST(InfoOutputTest, JsonAndText) {
   info.last_rejected = "bad";
   const std::string text = IndexInfoText(info);
   EXPECT_THAT(text, StartsWith("version:      run \"1\"\nsequence:     2\n"));
+  EXPECT_THAT(text, HasSubstr("index_type:   Flat\nscan:         int8\n"));
   EXPECT_THAT(text, HasSubstr("age:          1234567.2 s\n"
                               "building:     run2 (50%)\n"
                               "rejected:     1, last: bad\n"));
