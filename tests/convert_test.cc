@@ -210,6 +210,8 @@ TEST(EncodeTest, IndexInfoAndVersion) {
   EXPECT_EQ(info.dim(), 2u);
   EXPECT_EQ(info.metric(), "inner_product");
   EXPECT_EQ(info.index_type(), "Flat");
+  EXPECT_EQ(info.scan(),
+            ScanPrecisionName(ResolveScanPrecision(ScanPrecision::kAuto)));
   EXPECT_EQ(info.build_state(), "serving");
   EXPECT_EQ(info.step(), 42u);
   EXPECT_TRUE(info.has_labels());

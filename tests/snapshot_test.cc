@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <random>
@@ -26,6 +27,7 @@
 #include "corpus/candidate_store.h"
 #include "corpus/metric.h"
 #include "index/vector_index.h"
+#include "nlohmann/json.hpp"
 #include "versions/index_version.h"
 
 namespace hardneg {
@@ -76,12 +78,18 @@ std::vector<std::string> Entries(const std::string& dir) {
   return names;
 }
 
+std::string ReadText(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
 struct VersionSpec {
   uint64_t sequence = 1;
   std::string name = "v1";
   uint64_t step = 100;
   Metric metric = Metric::kInnerProduct;
   std::string factory = "Flat";
+  ScanPrecision scan = ScanPrecision::kAuto;
   bool labels = true;
   uint32_t seed = 1;
 };
@@ -116,6 +124,7 @@ std::shared_ptr<const IndexVersion> MakeVersion(const VersionSpec& spec) {
   if (!store.ok()) return nullptr;
   IndexBuildOptions build;
   build.factory = spec.factory;
+  build.scan = spec.scan;
   absl::StatusOr<std::shared_ptr<const IndexVersion>> version =
       IndexVersion::Build(InfoOf(spec), *std::move(store), build);
   EXPECT_TRUE(version.ok()) << version.status();
@@ -213,6 +222,46 @@ INSTANTIATE_TEST_SUITE_P(
           std::get<1>(param_info.param) == Metric::kL2 ? "L2" : "InnerProduct",
           std::get<2>(param_info.param) ? "Labels" : "NoLabels");
     });
+
+// The scan precision travels with the snapshot (meta.json's "scan"): a
+// restored version scans as it was served, whatever the reader's own
+// setting; a snapshot without it (written before scans existed) takes the
+// reader's.
+TEST(SnapshotTest, TheScanPrecisionIsKept) {
+  for (ScanPrecision scan :
+       {ScanPrecision::kF32, ScanPrecision::kBf16, ScanPrecision::kInt8}) {
+    if (!CpuRunsScan(scan)) continue;  // restored as configured instead
+    SCOPED_TRACE(ScanPrecisionName(scan));
+    const std::string dir =
+        FreshDir(absl::StrCat("scan-", ScanPrecisionName(scan)));
+    VersionSpec spec;
+    spec.scan = scan;
+    Write(dir, spec);
+    const nlohmann::json meta = nlohmann::json::parse(
+        ReadText(SnapshotDir(dir, spec.sequence) + "/meta.json"));
+    EXPECT_EQ(meta.value("scan", ""), ScanPrecisionName(scan));
+    SnapshotOptions options{dir, 10, {}, {}};
+    options.build.scan = scan == ScanPrecision::kF32 ? ScanPrecision::kBf16
+                                                     : ScanPrecision::kF32;
+    absl::StatusOr<std::shared_ptr<const IndexVersion>> restored =
+        ReadNewestSnapshot(options);
+    ASSERT_TRUE(restored.ok()) << restored.status();
+    EXPECT_EQ((*restored)->index().scan(), scan);
+  }
+  // Without the field: the reader's setting.
+  const std::string dir = FreshDir("scan-missing");
+  Write(dir, VersionSpec{});
+  const std::string meta_path = SnapshotDir(dir, 1) + "/meta.json";
+  nlohmann::json meta = nlohmann::json::parse(ReadText(meta_path));
+  ASSERT_EQ(meta.erase("scan"), 1u);
+  std::ofstream(meta_path) << meta.dump();
+  SnapshotOptions options{dir, 10, {}, {}};
+  options.build.scan = ScanPrecision::kBf16;
+  absl::StatusOr<std::shared_ptr<const IndexVersion>> restored =
+      ReadNewestSnapshot(options);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_EQ((*restored)->index().scan(), ScanPrecision::kBf16);
+}
 
 TEST(SnapshotTest, NewestSequenceIsRestored) {
   const std::string dir = FreshDir("newest");
@@ -475,7 +524,8 @@ TEST(SnapshotTest, UnwritableDataDirIsInternalAndNamesThePath) {
   std::ofstream(dir + "/file") << "not a directory";
   std::shared_ptr<const IndexVersion> version = MakeVersion(VersionSpec());
   ASSERT_NE(version, nullptr);
-  absl::Status written = WriteSnapshot({dir + "/file/data", 3, {}, {}}, *version);
+  absl::Status written =
+      WriteSnapshot({dir + "/file/data", 3, {}, {}}, *version);
   EXPECT_EQ(written.code(), absl::StatusCode::kInternal);
   EXPECT_THAT(written.message(), HasSubstr(dir + "/file/data"));
 }
