@@ -1306,6 +1306,12 @@ void PrintScanSummary(const Summary& s) {
       best_name, chosen->service_qps, chosen->service_qps / bound, bound,
       service_target ? "; target >= 1.5" : "", chosen->service_qps / unpinned,
       unpinned, service_target ? "; target >= 1.0" : "");
+  // (c) serves the default build options, so its cell measured the same
+  // precision earlier: the gap between the two is this machine's drift.
+  std::printf(
+      "        (the (c) grid's S=8 B=16 cell, also at scan auto, earlier: "
+      "%.1f q/s = %.3fx (d), %.3fx (j))\n",
+      s.service_qps, s.service_qps / bound, s.service_qps / unpinned);
   if (best == ScanPrecision::kF32) {
     std::printf("      answers: the float32 path itself\n");
   } else {
