@@ -8,7 +8,17 @@
 //
 //   (d) the sgemm rate (cblas_sgemm 256 x 4096 x dim, one BLAS thread on
 //       each core at once, best of 3), giving the bound
-//       q/s = rate / (2 * N * d);
+//       q/s = rate / (2 * N * d), as OpenBLAS runs here (held to its AVX2
+//       kernels when OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE say so);
+//   (j) the same at the AVX-512 rate: measured in a child process (the
+//       bench again, --sgemm_only=d) with those two variables unset, since
+//       OpenBLAS reads them when it loads; the float32 bound issue 13's
+//       reduced-precision scans must also pass;
+//   (k) the peak of vdpbf16ps (bf16) and vpdpbusd (int8): zmm operands in
+//       registers, 16 independent accumulators, one thread per core at
+//       once, best of 3 (instruction_peak.cc), in GFLOP/s-equivalent
+//       (64 and 128 operations an instruction) and its q/s bound; n/a on a
+//       CPU without the instruction;
 //   (a) in-process faiss::IndexFlatIP search, batches of 256, k = 11: the
 //       reference; and one query a call, for the single-query latency;
 //   (b) hardneg's Miner::Mine in-process on the IndexVersion that
@@ -30,25 +40,38 @@
 //   (i) the (e) round trip, each right after an untimed in-process
 //       single-query Mine: what the gRPC path costs once a scan of the
 //       candidates has evicted it from the caches;
-//   (a) and (d) again at the end: the summary divides by the better of
-//       each pair, so a slow first measurement cannot flatter the ratios.
+//   (l) each scan precision (IndexBuildOptions::scan: f32, bf16, int8; one
+//       the CPU does not run natively is skipped) on its own IndexVersion:
+//       the Miner at B=256 and B=1, the service at S=8 B=16, the share of
+//       512 queries whose negatives are identical to f32's (with recall@10
+//       of f32's), and the share of the reduced pass's queries over these
+//       lines that fell back to float32 (VectorIndex::scan_stats);
+//   (a), (d) and (j) again at the end: the summary divides by the better
+//       of each pair, so a slow first measurement cannot flatter the
+//       ratios.
 //
 // Every line gives q/s, p50 and p99 latency of a call (a batch for (a) and
 // (b), a request for (c)) and the ratios to (a) and to the bound. A cell of
 // (c) is skipped when the queries it keeps in flight would take longer than
 // two cell durations to drain at (a)'s rate. The summary states each of the
-// issue's targets beside the measured ratio.
+// issues' targets beside the measured ratio; issue 13's are taken from (l)
+// at the precision scan auto resolves to, and a table gives every
+// precision's (l) figures against (d), (j) and (k).
 //
 // A benchmark, not a test: it asserts nothing and is not registered with
 // CTest; its numbers depend on the machine and on what else runs on it.
 #include <cblas.h>
 #include <faiss/IndexFlat.h>
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <omp.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -56,8 +79,10 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <numeric>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -69,6 +94,8 @@
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
@@ -80,6 +107,8 @@
 #include "format/checkpoint.h"
 #include "hardneg/v1/miner.grpc.pb.h"
 #include "hardneg/v1/miner.pb.h"
+#include "index/reduced_scan.h"
+#include "instruction_peak.h"
 #include "mining/miner.h"
 #include "server/omp_policy.h"
 #include "server/server.h"
@@ -97,6 +126,10 @@ ABSL_FLAG(int, max_requests, 100000,
 ABSL_FLAG(std::string, tmp_dir, "",
           "Where the checkpoints are written (empty: $TMPDIR or /tmp).");
 ABSL_FLAG(uint64_t, seed, 42, "Seed of the vectors and queries.");
+ABSL_FLAG(uint32_t, sgemm_only, 0,
+          "Internal: only measure (d)'s sgemm rate at this dim, print it and "
+          "exit. The bench runs itself so, without OPENBLAS_CORETYPE and "
+          "OPENBLAS_L2_SIZE, for (j).");
 
 namespace hardneg {
 namespace {
@@ -623,6 +656,27 @@ Interleaved RunInterleaved(const std::string& target,
   return out;
 }
 
+// (l) One scan precision's figures.
+struct ScanModeFigures {
+  ScanPrecision precision = ScanPrecision::kF32;
+  bool measured = false;         // false: this CPU does not run it natively
+  double miner_qps = 0;          // Miner B=256
+  double miner_p50 = 0;          // Miner B=1
+  double service_qps = 0;        // the service, S=8 B=16
+  size_t compared = 0;           // queries mined at f32 and at this precision
+  size_t identical = 0;          // of those, with the same negative ids
+  double recall = 0;             // recall@10 of f32's negatives
+  VectorIndex::ScanStats stats;  // over this precision's lines
+};
+
+// The float32 bound at the AVX-512 rate (j), the reduced instructions'
+// peaks (k) and each scan precision's lines (l).
+struct ScanFigures {
+  double unpinned_bound_qps[2] = {0, 0};  // (j) at the start and at the end
+  std::optional<double> peak_qps[2];      // (k) bf16, int8
+  std::vector<ScanModeFigures> modes;     // (l) f32, bf16, int8
+};
+
 // What the summary reports for one workload.
 struct Summary {
   std::string workload;
@@ -635,6 +689,7 @@ struct Summary {
   double cold_trip_p50 = 0;      // (i)
   double faiss_single_p50 = 0;   // (a) B=1
   Interleaved interleaved;       // (h)
+  ScanFigures scan;              // (j), (k), (l)
   // IVF: the first nprobe (smallest) with recall >= 0.95, if any.
   bool ivf = false;
   uint32_t ivf_nprobe = 0;
@@ -656,6 +711,95 @@ double MeasureBound(const Workload& w, const Options& opt, double* gflops) {
   *gflops = best;
   return best * 1e9 /
          (2.0 * static_cast<double>(w.n) * static_cast<double>(w.dim));
+}
+
+// What --sgemm_only=dim prints: (d)'s measurement alone.
+int SgemmOnlyMain(uint32_t dim, const Options& opt) {
+  Workload w;
+  w.n = 1;
+  w.dim = dim;
+  double gflops = 0;
+  MeasureBound(w, opt, &gflops);
+  // MeasureUnpinnedSgemm reads this line.
+  std::printf("sgemm_only %.3f GFLOP/s on core %s\n", gflops,
+              openblas_get_corename());
+  return 0;
+}
+
+// The environment variables that hold OpenBLAS to its AVX2 kernels here.
+constexpr absl::string_view kOpenblasPins[] = {"OPENBLAS_CORETYPE",
+                                               "OPENBLAS_L2_SIZE"};
+
+// (j) (d)'s measurement at the rate OpenBLAS reaches when free to pick its
+// kernels (AVX-512 where the CPU has it). OpenBLAS reads kOpenblasPins when
+// it loads, so this runs the bench again (--sgemm_only) without them and
+// reads what it prints. Sets `corename` to the kernels it chose.
+absl::StatusOr<double> MeasureUnpinnedSgemm(size_t dim, const Options& opt,
+                                            std::string* corename) {
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const absl::string_view entry(*e);
+    const bool pinned =
+        std::any_of(std::begin(kOpenblasPins), std::end(kOpenblasPins),
+                    [&](absl::string_view name) {
+                      return entry.size() > name.size() &&
+                             entry.substr(0, name.size()) == name &&
+                             entry[name.size()] == '=';
+                    });
+    if (!pinned) env_strings.emplace_back(entry);
+  }
+  std::vector<std::string> arg_strings = {
+      "hardneg-bench", "--sgemm_only=" + std::to_string(dim),
+      "--cell_seconds=" + std::to_string(opt.seconds)};
+  auto pointers = [](std::vector<std::string>& strings) {
+    std::vector<char*> out;
+    for (std::string& str : strings) out.push_back(str.data());
+    out.push_back(nullptr);
+    return out;
+  };
+  std::vector<char*> env = pointers(env_strings);
+  std::vector<char*> args = pointers(arg_strings);
+
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) {
+    return absl::InternalError(std::string("pipe2: ") + std::strerror(errno));
+  }
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+  pid_t pid = 0;
+  const int spawned = posix_spawn(&pid, "/proc/self/exe", &actions, nullptr,
+                                  args.data(), env.data());
+  posix_spawn_file_actions_destroy(&actions);
+  close(fds[1]);
+  std::string output;
+  if (spawned == 0) {
+    char buffer[256];
+    ssize_t got;
+    while ((got = read(fds[0], buffer, sizeof buffer)) > 0 ||
+           (got < 0 && errno == EINTR)) {
+      if (got > 0) output.append(buffer, static_cast<size_t>(got));
+    }
+  }
+  close(fds[0]);
+  if (spawned != 0) {
+    return absl::InternalError(std::string("posix_spawn /proc/self/exe: ") +
+                               std::strerror(spawned));
+  }
+  int wait_status = 0;
+  while (waitpid(pid, &wait_status, 0) < 0 && errno == EINTR) {
+  }
+  double gflops = 0;
+  char name[64] = "";
+  if (!WIFEXITED(wait_status) || WEXITSTATUS(wait_status) != 0 ||
+      std::sscanf(output.c_str(), "sgemm_only %lf GFLOP/s on core %63s",
+                  &gflops, name) != 2) {
+    return absl::InternalError(
+        "hardneg-bench --sgemm_only=" + std::to_string(dim) + " printed \"" +
+        output + "\" (wait status " + std::to_string(wait_status) + ")");
+  }
+  *corename = name;
+  return gflops;
 }
 
 // The ids of the negatives each of the first `count` queries gets from
@@ -786,6 +930,171 @@ absl::Status RunIvf(const Workload& w, const Options& opt,
   return absl::OkStatus();
 }
 
+// The scan precisions (l) measures, f32 first: the others are compared
+// with it.
+constexpr ScanPrecision kScanModes[] = {
+    ScanPrecision::kF32, ScanPrecision::kBf16, ScanPrecision::kInt8};
+// Queries whose negatives are compared, each precision against f32.
+constexpr size_t kAgreementQueries = 512;
+
+// What a CPU needs to run `precision` natively.
+const char* ScanFeatures(ScanPrecision precision) {
+  switch (precision) {
+    case ScanPrecision::kBf16:
+      return "AVX-512 F/BW and AVX512_BF16";
+    case ScanPrecision::kInt8:
+      return "AVX-512 F/BW and AVX512_VNNI";
+    default:
+      return "nothing";
+  }
+}
+
+// The floating-point operations of one query's exact scan: 2 N d.
+double QueryFlops(const Workload& w) {
+  return 2.0 * static_cast<double>(w.n) * static_cast<double>(w.dim);
+}
+
+// (j) and (k), printed beside (d): the float32 bound at the rate OpenBLAS
+// reaches unpinned, and the bounds of the bf16 and int8 instructions.
+absl::Status MeasureScanBounds(const Workload& w, const Options& opt,
+                               ScanFigures* out) {
+  std::string corename;
+  absl::StatusOr<double> unpinned = MeasureUnpinnedSgemm(w.dim, opt, &corename);
+  if (!unpinned.ok()) return unpinned.status();
+  out->unpinned_bound_qps[0] = *unpinned * 1e9 / QueryFlops(w);
+  std::string pins;
+  for (absl::string_view name : kOpenblasPins) {
+    const char* value = std::getenv(std::string(name).c_str());
+    absl::StrAppend(&pins, pins.empty() ? "" : ", ", name, "=",
+                    value != nullptr ? value : "(unset)");
+  }
+  std::printf(
+      "  (j) the same at the AVX-512 rate, in a child process without %s "
+      "(OpenBLAS core %s there, %s in (d)): %.1f GFLOP/s -> bound %.1f "
+      "q/s\n",
+      pins.c_str(), corename.c_str(), openblas_get_corename(), *unpinned,
+      out->unpinned_bound_qps[0]);
+  const ScanPrecision reduced[] = {ScanPrecision::kBf16, ScanPrecision::kInt8};
+  const char* instruction[] = {"vdpbf16ps (bf16)", "vpdpbusd (int8)"};
+  for (size_t i = 0; i < 2; ++i) {
+    const std::optional<double> gops = bench::InstructionPeakGops(
+        reduced[i], opt.cores, std::min(0.25, opt.seconds));
+    if (!gops.has_value()) {
+      std::printf("  (k) %s peak: n/a (this CPU lacks %s)\n", instruction[i],
+                  ScanFeatures(reduced[i]));
+      continue;
+    }
+    out->peak_qps[i] = *gops * 1e9 / QueryFlops(w);
+    std::printf(
+        "  (k) %s peak, zmm, %d independent accumulators on %d cores at "
+        "once (best of 3): %.1f GFLOP/s-equivalent (%d an instruction) -> "
+        "bound %.1f q/s\n",
+        instruction[i], bench::kPeakAccumulators, opt.cores, *gops,
+        bench::OpsPerInstruction(reduced[i]), *out->peak_qps[i]);
+  }
+  std::fflush(stdout);
+  return absl::OkStatus();
+}
+
+// (l) Each of kScanModes the CPU runs natively, on its own IndexVersion
+// (IndexManager over `checkpoints` with build.scan set): the Miner at
+// B=256 and B=1, the service at S=8 B=16, the negatives of
+// kAgreementQueries queries against f32's, and the share of the reduced
+// pass's queries that fell back to float32 over these lines.
+absl::Status RunScanModes(const Options& opt, const std::string& checkpoints,
+                          const QueryPool& pool, double ref_qps,
+                          double bound_qps, ScanFigures* out) {
+  std::printf(
+      "  (l) each scan precision on its own index (auto resolves to %s on "
+      "this CPU); negatives of %zu queries compared with f32's\n",
+      ScanPrecisionName(ResolveScanPrecision(ScanPrecision::kAuto)),
+      kAgreementQueries);
+  std::fflush(stdout);
+  std::vector<std::vector<int64_t>> f32_ids;
+  for (ScanPrecision precision : kScanModes) {
+    ScanModeFigures& fig = out->modes.emplace_back();
+    fig.precision = precision;
+    const std::string name = ScanPrecisionName(precision);
+    if (!CpuRunsScan(precision)) {
+      std::printf(
+          "  (l) %s skipped: this CPU lacks %s (only the portable kernels "
+          "would run)\n",
+          name.c_str(), ScanFeatures(precision));
+      continue;
+    }
+    IndexManagerOptions options;
+    options.checkpoints_dir = checkpoints;
+    options.build.scan = precision;
+    options.build_threads = opt.cores;
+    IndexManager manager(options);
+    HARDNEG_RETURN_IF_ERROR(manager.LoadNewest());
+    std::shared_ptr<const IndexVersion> version = manager.Current();
+    if (version == nullptr) {
+      return absl::InternalError("LoadNewest served none");
+    }
+    if (version->index().scan() != precision) {
+      return absl::InternalError("asked for scan " + name +
+                                 ", the index scans at " +
+                                 ScanPrecisionName(version->index().scan()));
+    }
+    fig.measured = true;
+    const VectorIndex::ScanStats before = version->index().scan_stats();
+    std::vector<std::vector<int64_t>> ids =
+        MineIds(*version, pool, kAgreementQueries, 0);
+    const LineStats batched =
+        RunMiner(*version, pool, kFaissBatch, 0, opt.seconds, 100000);
+    PrintLine("(l) " + name + " Miner B=256", batched, ref_qps, bound_qps);
+    fig.miner_qps = batched.qps;
+    const LineStats lone = RunMiner(*version, pool, 1, 0, opt.seconds, 100000);
+    PrintLine("(l) " + name + " Miner B=1", lone, ref_qps, bound_qps);
+    fig.miner_p50 = lone.p50_ms;
+    absl::StatusOr<std::unique_ptr<HardnegServer>> server =
+        StartServer(&manager);
+    if (!server.ok()) return server.status();
+    CellConfig cfg;
+    cfg.streams = 8;
+    cfg.batch = 16;
+    cfg.seconds = opt.seconds;
+    cfg.max_requests = opt.max_requests;
+    std::string first_error;
+    const LineStats cell =
+        RunCell("127.0.0.1:" + std::to_string((*server)->port()), cfg, pool,
+                &first_error);
+    PrintLine("(l) " + name + " S=8 B=16", cell, ref_qps, bound_qps);
+    if (!first_error.empty()) {
+      std::printf("    first error: %s\n", first_error.c_str());
+    }
+    fig.service_qps = cell.qps;
+    (*server)->Shutdown(absl::Seconds(5));
+    const VectorIndex::ScanStats after = version->index().scan_stats();
+    fig.stats.reduced_queries = after.reduced_queries - before.reduced_queries;
+    fig.stats.fallbacks = after.fallbacks - before.fallbacks;
+
+    if (precision == ScanPrecision::kF32) {
+      f32_ids = std::move(ids);
+      continue;
+    }
+    fig.compared = std::min(ids.size(), f32_ids.size());
+    for (size_t q = 0; q < fig.compared; ++q) {
+      fig.identical += ids[q] == f32_ids[q] ? 1 : 0;
+    }
+    fig.recall = Recall(ids, f32_ids);
+    std::printf(
+        "    %s: negatives identical to f32's for %zu of %zu queries "
+        "(recall@%u %.4f); fell back to float32: %llu of %llu queries "
+        "(%.3f%%)\n",
+        name.c_str(), fig.identical, fig.compared, kNumNegatives, fig.recall,
+        static_cast<unsigned long long>(fig.stats.fallbacks),
+        static_cast<unsigned long long>(fig.stats.reduced_queries),
+        fig.stats.reduced_queries == 0
+            ? 0.0
+            : 100.0 * static_cast<double>(fig.stats.fallbacks) /
+                  static_cast<double>(fig.stats.reduced_queries));
+    std::fflush(stdout);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status RunWorkload(const Workload& w, const Options& opt,
                          Summary* summary) {
   summary->workload = w.name;
@@ -810,6 +1119,7 @@ absl::Status RunWorkload(const Workload& w, const Options& opt,
       w.dim, gflops, opt.cores, bound_qps,
       2.0 * static_cast<double>(w.n) * static_cast<double>(w.dim) / 1e6);
   std::fflush(stdout);
+  HARDNEG_RETURN_IF_ERROR(MeasureScanBounds(w, opt, &summary->scan));
 
   // Data: the checkpoint and FAISS get the same vectors.
   absl::StatusOr<TempDir> tmp = TempDir::Create(opt.tmp_dir, "hardneg-bench");
@@ -945,6 +1255,9 @@ absl::Status RunWorkload(const Workload& w, const Options& opt,
   (*server)->Shutdown(absl::Seconds(5));
   server->reset();
 
+  HARDNEG_RETURN_IF_ERROR(
+      RunScanModes(opt, checkpoints, pool, ref_qps, bound_qps, &summary->scan));
+
   if (w.ivf) {
     HARDNEG_RETURN_IF_ERROR(RunIvf(w, opt, checkpoints, pool, exact_ids,
                                    miner_qps, summary->service_qps, ref_qps,
@@ -958,7 +1271,92 @@ absl::Status RunWorkload(const Workload& w, const Options& opt,
   summary->bound_qps[1] = MeasureBound(w, opt, &gflops);
   std::printf("  (d) again, at the end: %.1f GFLOP/s -> bound %.1f q/s\n",
               gflops, summary->bound_qps[1]);
+  std::string corename;
+  absl::StatusOr<double> unpinned = MeasureUnpinnedSgemm(w.dim, opt, &corename);
+  if (!unpinned.ok()) return unpinned.status();
+  summary->scan.unpinned_bound_qps[1] = *unpinned * 1e9 / QueryFlops(w);
+  std::printf("  (j) again, at the end: %.1f GFLOP/s -> bound %.1f q/s\n",
+              *unpinned, summary->scan.unpinned_bound_qps[1]);
   return absl::OkStatus();
+}
+
+// Issue 13's targets for one workload, on the precision auto resolves to,
+// then every precision's figures from (l).
+void PrintScanSummary(const Summary& s) {
+  const double bound = std::max(s.bound_qps[0], s.bound_qps[1]);
+  const double unpinned =
+      std::max(s.scan.unpinned_bound_qps[0], s.scan.unpinned_bound_qps[1]);
+  const ScanPrecision best = ResolveScanPrecision(ScanPrecision::kAuto);
+  const ScanModeFigures* chosen = nullptr;
+  for (const ScanModeFigures& m : s.scan.modes) {
+    if (m.precision == best && m.measured) chosen = &m;
+  }
+  const char* best_name = ScanPrecisionName(best);
+  if (chosen == nullptr) {
+    std::printf("    issue 13: scan %s (auto's choice) was not measured\n",
+                best_name);
+    return;
+  }
+  const bool service_target = s.workload == "W1" || s.workload == "W3";
+  std::printf(
+      "    issue 13, at scan %s (auto's choice on this CPU), from (l):\n"
+      "      service S=8 B=16: %.1f q/s = %.3fx the float32 bound as OpenBLAS "
+      "runs here ((d) %.1f q/s%s), %.3fx the AVX-512 float32 bound ((j) "
+      "%.1f q/s%s)\n",
+      best_name, chosen->service_qps, chosen->service_qps / bound, bound,
+      service_target ? "; target >= 1.5" : "", chosen->service_qps / unpinned,
+      unpinned, service_target ? "; target >= 1.0" : "");
+  // (c) serves the default build options, so its cell measured the same
+  // precision earlier: the gap between the two is this machine's drift.
+  std::printf(
+      "        (the (c) grid's S=8 B=16 cell, also at scan auto, earlier: "
+      "%.1f q/s = %.3fx (d), %.3fx (j))\n",
+      s.service_qps, s.service_qps / bound, s.service_qps / unpinned);
+  if (best == ScanPrecision::kF32) {
+    std::printf("      answers: the float32 path itself\n");
+  } else {
+    std::printf(
+        "      answers: negatives identical to f32's for %zu of %zu queries "
+        "(%.2f%%; target: all), recall@%u %.4f\n",
+        chosen->identical, chosen->compared,
+        chosen->compared == 0 ? 0.0
+                              : 100.0 * static_cast<double>(chosen->identical) /
+                                    static_cast<double>(chosen->compared),
+        kNumNegatives, chosen->recall);
+  }
+  std::printf("      lone query: Miner B=1 p50 %.3f ms%s\n", chosen->miner_p50,
+              s.workload == "W1" ? " (target <= 0.6)" : "");
+  std::printf(
+      "    scan precisions (l): %-5s %12s %10s %12s %7s %7s %7s %10s %9s\n",
+      "scan", "Miner B=256", "B=1 p50", "S=8 B=16", "x (d)", "x (j)", "x (k)",
+      "identical", "fell back");
+  for (const ScanModeFigures& m : s.scan.modes) {
+    const char* name = ScanPrecisionName(m.precision);
+    if (!m.measured) {
+      std::printf("%24s %-5s skipped: this CPU lacks %s\n", "", name,
+                  ScanFeatures(m.precision));
+      continue;
+    }
+    std::optional<double> peak;
+    if (m.precision == ScanPrecision::kBf16) peak = s.scan.peak_qps[0];
+    if (m.precision == ScanPrecision::kInt8) peak = s.scan.peak_qps[1];
+    const std::string x_peak =
+        peak.has_value() ? absl::StrFormat("%.3f", m.service_qps / *peak) : "-";
+    const std::string identical =
+        m.precision == ScanPrecision::kF32
+            ? "-"
+            : absl::StrFormat("%zu/%zu", m.identical, m.compared);
+    const std::string fell_back =
+        m.precision == ScanPrecision::kF32 || m.stats.reduced_queries == 0
+            ? "-"
+            : absl::StrFormat("%.3f%%",
+                              100.0 * static_cast<double>(m.stats.fallbacks) /
+                                  static_cast<double>(m.stats.reduced_queries));
+    std::printf("%24s %-5s %12.1f %10.3f %12.1f %7.3f %7.3f %7s %10s %9s\n", "",
+                name, m.miner_qps, m.miner_p50, m.service_qps,
+                m.service_qps / bound, m.service_qps / unpinned, x_peak.c_str(),
+                identical.c_str(), fell_back.c_str());
+  }
 }
 
 void PrintSummary(const std::vector<Summary>& summaries, int cores) {
@@ -988,6 +1386,7 @@ void PrintSummary(const std::vector<Summary>& summaries, int cores) {
         "    (measured apart: Miner B=1 %.3f ms, service S=1 B=1 %.3f ms, "
         "in-process FAISS B=1 %.3f ms)\n",
         s.miner_p50, s.service_p50, s.faiss_single_p50);
+    PrintScanSummary(s);
     if (s.ivf) {
       if (s.ivf_nprobe == 0) {
         std::printf("    IVF: no nprobe tried reached recall@%u 0.95\n",
@@ -1013,6 +1412,8 @@ int Main() {
   opt.cores = CountCores();
   opt.tmp_dir = absl::GetFlag(FLAGS_tmp_dir);
   if (opt.tmp_dir.empty()) opt.tmp_dir = DefaultTmpDir();
+  const uint32_t sgemm_only = absl::GetFlag(FLAGS_sgemm_only);
+  if (sgemm_only > 0) return SgemmOnlyMain(sgemm_only, opt);
   const size_t divisor = quick ? 10 : 1;
   std::string names = absl::GetFlag(FLAGS_workloads);
   if (names.empty()) names = "W1,W2,W3";
