@@ -30,8 +30,10 @@ namespace hardneg {
 //   q.x - q'.x' = q.e + f.x'   so   |q.x - q'.x'| <= |q| |e| + |f| |x'|
 //
 // (Cauchy-Schwarz). Packing measures |e| and |x'| of every row, in double,
-// and keeps the largest (max_residual, max_reduced_norm); Prepare measures
-// |q| and |f| of each query. The arithmetic adds:
+// and keeps each, rounded up to a float (residuals, norms), and the largest;
+// Prepare measures |q| and |f| of each query. Each row gets its own bound,
+// so a few rows with a coarse scale widen only their own. The arithmetic
+// adds:
 //
 // - int8: the kernel's sum of d products of 8-bit integers is exact in
 //   int32 (|sum| <= 255 * 127 * d < 2^31 for d < 66,000), and exact when
@@ -46,10 +48,10 @@ namespace hardneg {
 //   flushed when packed (so e and f include it); each of the 2d results
 //   that may flush loses less than 2^-126.
 //
-// DotSlack is the sum, times 1.0625 for the rounding of the bound's own
-// arithmetic. Callers add the float32 path's ErrorBound for the rounding of
-// L2 keys (2 dot - |q|^2 - |x|^2) and of their own screen arithmetic, which
-// it exceeds by far.
+// DotSlack(i, r) is the sum, times 1.0625 for the rounding of the bound's
+// own arithmetic, written a |e_r| + b |x'_r| + c for the kernels. Callers add
+// the float32 path's ErrorBound for the rounding of L2 keys (2 dot - |q|^2 -
+// |x|^2) and of their own screen arithmetic, which it exceeds by far.
 
 namespace {
 
@@ -79,6 +81,12 @@ float Bf16Value(uint16_t bits) {
 
 // Rounds a bound up a little, so that its own rounding never shrinks it.
 double Up(double bound) { return bound * (1 + 1e-9); }
+// A bound as a float no smaller than it, with room for the float
+// arithmetic (two fused multiply-adds) that combines it.
+float UpFloat(double bound) {
+  const auto f = static_cast<float>(bound * (1 + 1.0 / (1 << 20)));
+  return std::nextafter(f, std::numeric_limits<float>::infinity());
+}
 
 // The int8 value of v at scale s (s > 0), and 0 when s == 0.
 int32_t Quantise(float v, float s) {
@@ -150,16 +158,29 @@ HARDNEG_AVX512 inline void Emit(const TileArgs& t, size_t g, size_t i,
                                       _mm512_set1_ps(sink.query_sq[i])),
                         row_sq);
   }
-  __mmask16 mask = _mm512_mask_cmp_ps_mask(
-      valid, key, _mm512_set1_ps(sink.screen[i]), _CMP_GE_OQ);
+  // The row's slack: a e_r + b n_r + c (zero without coefficients).
+  __m512 slack = _mm512_setzero_ps();
+  if (sink.slack_a != nullptr) {
+    slack =
+        _mm512_fmadd_ps(_mm512_set1_ps(sink.slack_a[i]),
+                        _mm512_loadu_ps(t.rows->residuals() + row0),
+                        _mm512_fmadd_ps(_mm512_set1_ps(sink.slack_b[i]),
+                                        _mm512_loadu_ps(t.rows->norms() + row0),
+                                        _mm512_set1_ps(sink.slack_c[i])));
+  }
+  __mmask16 mask =
+      _mm512_mask_cmp_ps_mask(valid, _mm512_add_ps(key, slack),
+                              _mm512_set1_ps(sink.screen[i]), _CMP_GE_OQ);
   if (mask == 0) return;
   alignas(64) float keys[kReducedGroupRows];
+  alignas(64) float slacks[kReducedGroupRows];
   _mm512_store_ps(keys, key);
+  _mm512_store_ps(slacks, slack);
   while (mask != 0) {
     const auto lane = static_cast<size_t>(__builtin_ctz(mask));
     mask = static_cast<__mmask16>(mask & (mask - 1));
-    if (keys[lane] >= sink.screen[i]) {
-      sink.offer(sink.context, i, row0 + lane, keys[lane]);
+    if (keys[lane] + slacks[lane] >= sink.screen[i]) {
+      sink.offer(sink.context, i, row0 + lane, keys[lane], slacks[lane]);
     }
   }
 }
@@ -367,7 +388,14 @@ void PortableScan(const ReducedRows& rows, const ReducedQueries& queries,
       if (sink.row_sq != nullptr) {
         key = 2 * dot - sink.query_sq[i] - sink.row_sq[row];
       }
-      if (key >= sink.screen[i]) sink.offer(sink.context, i, row, key);
+      float slack = 0;
+      if (sink.slack_a != nullptr) {
+        slack = sink.slack_a[i] * rows.residuals()[row] +
+                (sink.slack_b[i] * rows.norms()[row] + sink.slack_c[i]);
+      }
+      if (key + slack >= sink.screen[i]) {
+        sink.offer(sink.context, i, row, key, slack);
+      }
     }
   }
 }
@@ -417,11 +445,10 @@ size_t ReducedRows::BytesFor(size_t n, size_t dim, ScanPrecision precision) {
   const size_t groups = (n + kReducedGroupRows - 1) / kReducedGroupRows;
   const size_t per_step = precision == ScanPrecision::kInt8 ? 4 : 2;
   const size_t steps = (dim + per_step - 1) / per_step;
-  size_t bytes = groups * steps * kLineBytes;
-  if (precision == ScanPrecision::kInt8) {
-    bytes += groups * kReducedGroupRows * sizeof(float);
-  }
-  return bytes;
+  // Lines, then each row's residual and norm (and int8's scale).
+  const size_t per_row = precision == ScanPrecision::kInt8 ? 3 : 2;
+  return groups * steps * kLineBytes +
+         groups * kReducedGroupRows * per_row * sizeof(float);
 }
 
 ReducedRows::ReducedRows(const float* rows, size_t n, size_t dim,
@@ -434,6 +461,8 @@ ReducedRows::ReducedRows(const float* rows, size_t n, size_t dim,
       std::max<size_t>(kLineBytes, groups * steps_ * kLineBytes);
   lines_.reset(static_cast<uint8_t*>(std::aligned_alloc(kLineBytes, bytes)));
   if (lines_ == nullptr) throw std::bad_alloc();
+  residuals_.assign(groups * kReducedGroupRows, 0.0f);
+  norms_.assign(groups * kReducedGroupRows, 0.0f);
   if (precision == ScanPrecision::kInt8) {
     // Padding (rows past n, dims past dim) is value 0: byte 128.
     std::memset(lines_.get(), 128, bytes);
@@ -471,11 +500,13 @@ void ReducedRows::PackInt8(const float* rows) {
       residual += (x[d] - dequantised) * (x[d] - dequantised);
       norm += dequantised * dequantised;
     }
+    residuals_[row] = UpFloat(std::sqrt(residual));
+    norms_[row] = UpFloat(std::sqrt(norm));
     max_residual = std::max(max_residual, residual);
     max_norm = std::max(max_norm, norm);
   }
-  max_residual_ = Up(std::sqrt(max_residual));
-  max_reduced_norm_ = Up(std::sqrt(max_norm));
+  max_residual_ = UpFloat(std::sqrt(max_residual));
+  max_reduced_norm_ = UpFloat(std::sqrt(max_norm));
 }
 
 void ReducedRows::PackBf16(const float* rows) {
@@ -500,11 +531,13 @@ void ReducedRows::PackBf16(const float* rows) {
       residual += (x[d] - v) * (x[d] - v);
       norm += v * v;
     }
+    residuals_[row] = UpFloat(std::sqrt(residual));
+    norms_[row] = UpFloat(std::sqrt(norm));
     max_residual = std::max(max_residual, residual);
     max_norm = std::max(max_norm, norm);
   }
-  max_residual_ = Up(std::sqrt(max_residual));
-  max_reduced_norm_ = Up(std::sqrt(max_norm));
+  max_residual_ = UpFloat(std::sqrt(max_residual));
+  max_reduced_norm_ = UpFloat(std::sqrt(max_norm));
 }
 
 void ReducedQueries::Prepare(const ReducedRows& rows, const float* queries,
@@ -517,6 +550,9 @@ void ReducedQueries::Prepare(const ReducedRows& rows, const float* queries,
   scale_.assign(nq, 0.0f);
   correction_.assign(nq, 0);
   slack_.assign(nq, 0.0);
+  a_.assign(nq, 0.0);
+  b_.assign(nq, 0.0);
+  c_.assign(nq, 0.0);
   const auto d = static_cast<double>(dim);
   for (size_t i = 0; i < nq; ++i) {
     const float* q = queries + i * dim;
@@ -549,18 +585,20 @@ void ReducedQueries::Prepare(const ReducedRows& rows, const float* queries,
         norm += static_cast<double>(q[j]) * q[j];
       }
     }
-    const double qn = std::sqrt(norm);
+    const double qn = Up(std::sqrt(norm));
     const double f = Up(std::sqrt(residual));
-    const double xn = rows.max_reduced_norm();
-    double slack = qn * rows.max_residual() + f * xn;
+    // The arithmetic's relative error, on |q'| |x'| <= (|q| + |f|) |x'|.
+    double arithmetic = 0;
     if (int8) {
-      slack += 3 * kUnitRoundoff * (qn + f) * xn;
-      if (dim > 1040) slack += kUnitRoundoff * (qn + f) * xn;
+      arithmetic = (dim > 1040 ? 4 : 3) * kUnitRoundoff;
     } else {
-      slack += (d + 8) * kUnitRoundoff * (qn + f) * xn +
-               2 * d * std::ldexp(1.0, -126);
+      arithmetic = (d + 8) * kUnitRoundoff;
     }
-    slack_[i] = 1.0625 * slack + 1e-30;
+    a_[i] = 1.0625 * qn;
+    b_[i] = 1.0625 * (f + arithmetic * (qn + f));
+    c_[i] = 1e-30 + (int8 ? 0.0 : 2 * d * std::ldexp(1.0, -126));
+    slack_[i] =
+        a_[i] * rows.max_residual() + b_[i] * rows.max_reduced_norm() + c_[i];
   }
 }
 

@@ -89,6 +89,10 @@ class ReducedRows {
   const uint8_t* lines() const { return lines_.get(); }
   // int8: the scale of each row (padded with zeros to whole groups).
   const float* scales() const { return scales_.data(); }
+  // Each row's |x - x'| and |x'|, rounded up to floats (padded with zeros
+  // to whole groups): the per-row terms of DotSlack(i, row).
+  const float* residuals() const { return residuals_.data(); }
+  const float* norms() const { return norms_.data(); }
 
  private:
   struct FreeDeleter {
@@ -104,6 +108,8 @@ class ReducedRows {
   size_t steps_;
   std::unique_ptr<uint8_t, FreeDeleter> lines_;
   std::vector<float> scales_;
+  std::vector<float> residuals_;
+  std::vector<float> norms_;
   double max_residual_ = 0;
   double max_reduced_norm_ = 0;
 };
@@ -115,8 +121,16 @@ class ReducedQueries {
   void Prepare(const ReducedRows& rows, const float* queries, size_t nq);
 
   size_t size() const { return nq_; }
-  // Bound on |reduced dot - exact dot| of query i with any row.
+  // Bound on |reduced dot - exact dot| of query i with row `row`:
+  // a(i) |e_row| + b(i) |x'_row| + c(i) (see reduced_scan.cc), and with any
+  // row.
+  double DotSlack(size_t i, size_t row, const ReducedRows& rows) const {
+    return a_[i] * rows.residuals()[row] + b_[i] * rows.norms()[row] + c_[i];
+  }
   double DotSlack(size_t i) const { return slack_[i]; }
+  double a(size_t i) const { return a_[i]; }
+  double b(size_t i) const { return b_[i]; }
+  double c(size_t i) const { return c_[i]; }
 
   // For the kernels: query i's packed steps, its scale (int8) and the
   // correction for the rows' +128 offset (int8).
@@ -131,19 +145,28 @@ class ReducedQueries {
   std::vector<float> scale_;
   std::vector<int32_t> correction_;
   std::vector<double> slack_;
+  std::vector<double> a_;
+  std::vector<double> b_;
+  std::vector<double> c_;
 };
 
 // Where a scan sends the rows that reach their query's screen. A row's key
 // is its reduced dot product for inner product, 2 dot - |q|^2 - |x|^2 for
-// L2 (higher is closer for both).
+// L2 (higher is closer for both); its slack, a[i] |e_r| + b[i] |x'_r| +
+// c[i] with the rows' residuals() and norms() (0 without coefficients).
 struct ReducedSink {
   const float* query_sq = nullptr;  // per query; L2 only
   const float* row_sq = nullptr;    // per row; null for inner product
-  // Per query: rows whose key is below it are not offered. The sink may
-  // raise it while the scan runs.
+  // Per query, or all null: the slack's coefficients.
+  const float* slack_a = nullptr;
+  const float* slack_b = nullptr;
+  const float* slack_c = nullptr;
+  // Per query: rows whose key + slack is below it are not offered. The
+  // sink may raise it while the scan runs.
   const float* screen = nullptr;
   // Called for each row that reaches the screen, on the scanning thread.
-  void (*offer)(void* context, size_t query, size_t row, float key) = nullptr;
+  void (*offer)(void* context, size_t query, size_t row, float key,
+                float slack) = nullptr;
   void* context = nullptr;
 };
 

@@ -171,18 +171,25 @@ class TopK {
   float threshold_ = -std::numeric_limits<float>::infinity();
 };
 
+// A row from a reduced pass: its reduced key and the bound on that key's
+// error, |key - exact key| <= slack.
+struct Screened {
+  float key;
+  float slack;
+  int64_t row;
+};
+
 // One query's candidates from a reduced pass over a share of the rows:
-// every row whose key may, within `slack` of its exact key, be among the
-// `kept` best. The screen (in an array the kernel reads) is the kept-th
-// best key among the rows certain to stay under the ceiling, minus twice
-// the slack: a row below it is beaten, exactly, by `kept` rows that stay.
-// Past `max_size` candidates, it gives up (overflow) and takes no more.
+// every row whose key may be among the `kept` best exact keys. The screen
+// (in an array the kernel reads) is the kept-th best lower bound (key -
+// slack) among the rows certain to stay under the ceiling (key + slack at
+// most `sure_ceiling`): a row whose upper bound (key + slack) is below it is
+// beaten, exactly, by `kept` rows that stay. Past `max_size` candidates it
+// gives up (overflow) and takes no more.
 class ScreenedTop {
  public:
-  void Reset(size_t kept, float slack, float sure_ceiling, size_t max_size,
-             float* screen) {
+  void Reset(size_t kept, float sure_ceiling, size_t max_size, float* screen) {
     kept_ = kept;
-    slack_ = slack;
     sure_ceiling_ = sure_ceiling;
     max_size_ = max_size;
     screen_ = screen;
@@ -192,19 +199,20 @@ class ScreenedTop {
     buffer_.clear();
   }
 
-  void Offer(float key, int64_t row) {
-    buffer_.push_back({key, row});
+  void Offer(float key, float slack, int64_t row) {
+    buffer_.push_back({key, slack, row});
     if (buffer_.size() >= next_cut_) Cut();
   }
 
   // Raises the screen and drops what falls below it.
   void Cut() {
-    const float screen = ScreenOf(buffer_, kept_, slack_, sure_ceiling_);
+    const float screen = ScreenOf(buffer_, kept_, sure_ceiling_);
     if (screen > *screen_) *screen_ = screen;
     const float s = *screen_;
-    buffer_.erase(std::remove_if(buffer_.begin(), buffer_.end(),
-                                 [s](const Candidate& c) { return c.key < s; }),
-                  buffer_.end());
+    buffer_.erase(
+        std::remove_if(buffer_.begin(), buffer_.end(),
+                       [s](const Screened& c) { return c.key + c.slack < s; }),
+        buffer_.end());
     if (buffer_.size() > max_size_) {
       overflow_ = true;
       *screen_ = std::numeric_limits<float>::infinity();
@@ -214,33 +222,40 @@ class ScreenedTop {
   }
 
   bool overflow() const { return overflow_; }
-  const std::vector<Candidate>& candidates() const { return buffer_; }
+  const std::vector<Screened>& candidates() const { return buffer_; }
+  // Frees a buffer a deep search grew.
+  void Trim(size_t max_capacity) {
+    if (buffer_.capacity() > max_capacity)
+      std::vector<Screened>().swap(buffer_);
+  }
 
-  // The screen `candidates` justify: the kept-th best key among those at
-  // most `sure_ceiling`, minus 2 slack; -infinity when fewer. Reorders
-  // `candidates`.
-  static float ScreenOf(std::vector<Candidate>& candidates, size_t kept,
-                        float slack, float sure_ceiling) {
+  // The screen `candidates` justify: the kept-th best lower bound among
+  // those certain to stay under `sure_ceiling`; -infinity when fewer.
+  // Reorders `candidates`.
+  static float ScreenOf(std::vector<Screened>& candidates, size_t kept,
+                        float sure_ceiling) {
     const auto sure_end = std::partition(
         candidates.begin(), candidates.end(),
-        [&](const Candidate& c) { return c.key <= sure_ceiling; });
+        [&](const Screened& c) { return c.key + c.slack <= sure_ceiling; });
     if (static_cast<size_t>(sure_end - candidates.begin()) < kept) {
       return -std::numeric_limits<float>::infinity();
     }
     const auto kth = candidates.begin() + static_cast<ptrdiff_t>(kept - 1);
-    std::nth_element(candidates.begin(), kth, sure_end, Better);
-    return kth->key - 2 * slack;
+    std::nth_element(candidates.begin(), kth, sure_end,
+                     [](const Screened& a, const Screened& b) {
+                       return a.key - a.slack > b.key - b.slack;
+                     });
+    return kth->key - kth->slack;
   }
 
  private:
   size_t kept_ = 0;
-  float slack_ = 0;
   float sure_ceiling_ = 0;
   size_t max_size_ = 0;
   float* screen_ = nullptr;
   size_t next_cut_ = 0;
   bool overflow_ = false;
-  std::vector<Candidate> buffer_;
+  std::vector<Screened> buffer_;
 };
 
 // Buffers reused by the calls of one thread, so that a steady stream of
@@ -257,8 +272,10 @@ struct Scratch {
   ReducedQueries reduced_queries;
   std::vector<ScreenedTop> screened;  // parts x queries
   std::vector<float> screens;         // parts x queries
-  std::vector<float> slack;
-  std::vector<float> sure_ceiling;
+  std::vector<float> slack_a;         // per query: the keys' slack
+  std::vector<float> slack_b;         // coefficients
+  std::vector<float> slack_c;
+  std::vector<Screened> merged_screened;
 };
 
 Scratch& ThreadScratch() {
@@ -501,31 +518,31 @@ class FlatIndex final : public VectorIndex {
   struct ReducedPart {
     ScreenedTop* tops;
     const SearchOptions* options;
-    size_t first;               // index of query 0 in the Search call
-    const float* skip_ceiling;  // keys certainly above the ceiling
+    size_t first;          // index of query 0 in the Search call
+    const float* ceiling;  // per query: the exact keys' ceiling
   };
 
-  static void OfferReduced(void* context, size_t q, size_t row, float key) {
+  static void OfferReduced(void* context, size_t q, size_t row, float key,
+                           float slack) {
     const auto& part = *static_cast<const ReducedPart*>(context);
-    if (key > part.skip_ceiling[q]) return;
+    // Certainly above the ceiling: skipped, as the float32 pass would.
+    if (key - slack > part.ceiling[q]) return;
     const auto r = static_cast<int64_t>(row);
     const SearchOptions& options = *part.options;
     if (options.skip_row && options.skip_row(part.first + q, r)) return;
-    part.tops[q].Offer(key, r);
+    part.tops[q].Offer(key, slack, r);
   }
 
   // The reduced pass for chunk `c`: each part scans its rows' packed copy
   // into screened tops (ScreenedTop); their candidates are merged,
   // screened again, and rescored in float32; the best `kept` are the
-  // answer. Every row left out had a reduced key below the screen, so an
-  // exact key below that of `kept` candidates: the answer is the float32
-  // path's, within ErrorBound. A query whose candidates overflow, or whose
-  // slack is not finite, is searched again in float32.
+  // answer. Every row left out had an upper bound below the kept-th best
+  // lower bound of rows that stay, so an exact key below theirs: the answer
+  // is the float32 path's, within ErrorBound. A query whose candidates
+  // overflow, or whose slack is not finite, is searched again in float32.
   void SearchReduced(const Chunk& c, const SearchOptions& options,
                      Scratch& scratch, float* scores, int64_t* rows) const {
     const size_t nq = c.nq;
-    const size_t dim = store_.dim();
-    const bool l2 = metric_ == Metric::kL2;
     scratch.reduced_queries.Prepare(*reduced_, c.queries, nq);
     PrepareReducedBounds(c, options, scratch);
     const size_t parts = c.parts;
@@ -534,52 +551,24 @@ class FlatIndex final : public VectorIndex {
     const size_t max_size = MaxScreened(c.kept);
     for (size_t p = 0; p < parts; ++p) {
       for (size_t q = 0; q < nq; ++q) {
-        scratch.screened[p * nq + q].Reset(c.kept, scratch.slack[q],
-                                           scratch.sure_ceiling[q], max_size,
+        scratch.screened[p * nq + q].Reset(c.kept, scratch.ceiling[q], max_size,
                                            &scratch.screens[p * nq + q]);
       }
     }
     ScanReducedParts(c, options, scratch);
     size_t failed[kMaxReducedQueries];
     size_t failures = 0;
-    std::vector<Candidate>& merged = scratch.merged;
     for (size_t q = 0; q < nq; ++q) {
-      merged.clear();
-      bool overflow = !std::isfinite(scratch.slack[q]);
-      for (size_t p = 0; p < parts && !overflow; ++p) {
-        const ScreenedTop& top = scratch.screened[p * nq + q];
-        overflow = top.overflow();
-        merged.insert(merged.end(), top.candidates().begin(),
-                      top.candidates().end());
-      }
-      if (overflow) {
+      if (!FinishReduced(c, q, scratch, scores + q * c.k, rows + q * c.k)) {
         failed[failures++] = q;
-        continue;
       }
-      const float screen = ScreenedTop::ScreenOf(
-          merged, c.kept, scratch.slack[q], scratch.sure_ceiling[q]);
-      const float* query = c.queries + q * dim;
-      const float query_sq = scratch.query_sq[q];
-      const float ceiling = scratch.ceiling[q];
-      std::vector<Candidate>& rescored = scratch.rescored;
-      rescored.clear();
-      for (const Candidate& cand : merged) {
-        if (cand.key < screen) continue;
-        const auto row = static_cast<size_t>(cand.row);
-        const float dot = FloatDot(query, store_.vector(row), dim);
-        const float key =
-            l2 ? 2 * dot - query_sq - store_.squared_norm(row) : dot;
-        if (key > ceiling) continue;
-        rescored.push_back({key, cand.row});
-      }
-      const size_t found = std::min(c.kept, rescored.size());
-      std::partial_sort(rescored.begin(), rescored.begin() + found,
-                        rescored.end(), Better);
-      WriteAnswer(rescored.data(), found, c.k, scores + q * c.k,
-                  rows + q * c.k);
+    }
+    for (size_t i = 0; i < parts * nq; ++i) {
+      scratch.screened[i].Trim(kKeptBufferEntries / (parts * nq));
     }
     reduced_queries_.fetch_add(nq, std::memory_order_relaxed);
     fallbacks_.fetch_add(failures, std::memory_order_relaxed);
+    const size_t dim = store_.dim();
     for (size_t i = 0; i < failures; ++i) {
       const size_t q = failed[i];
       const Chunk one{
@@ -591,18 +580,69 @@ class FlatIndex final : public VectorIndex {
     }
   }
 
-  // Per query of chunk `c`: |q|^2 (L2), the exact ceiling, and the reduced
-  // keys' slack (DotSlack, doubled for L2 keys, plus ErrorBound for the
-  // rounding of keys and screens), with the ceilings under which a row
-  // certainly stays.
+  // Query q of chunk `c` after the reduced scan: merges its parts'
+  // candidates, keeps those the merged screen allows, rescores them in
+  // float32 and writes the best. False (nothing written) when a part
+  // overflowed or the bound is not finite.
+  bool FinishReduced(const Chunk& c, size_t q, Scratch& scratch, float* scores,
+                     int64_t* rows) const {
+    const size_t dim = store_.dim();
+    const bool l2 = metric_ == Metric::kL2;
+    if (!std::isfinite(scratch.slack_a[q]) ||
+        !std::isfinite(scratch.slack_b[q]) ||
+        !std::isfinite(scratch.slack_c[q])) {
+      return false;
+    }
+    std::vector<Screened>& merged = scratch.merged_screened;
+    merged.clear();
+    for (size_t p = 0; p < c.parts; ++p) {
+      const ScreenedTop& top = scratch.screened[p * c.nq + q];
+      if (top.overflow()) return false;
+      merged.insert(merged.end(), top.candidates().begin(),
+                    top.candidates().end());
+    }
+    const float screen =
+        ScreenedTop::ScreenOf(merged, c.kept, scratch.ceiling[q]);
+    const float* query = c.queries + q * dim;
+    const float query_sq = scratch.query_sq[q];
+    const float ceiling = scratch.ceiling[q];
+    std::vector<Candidate>& rescored = scratch.rescored;
+    rescored.clear();
+    for (const Screened& cand : merged) {
+      if (cand.key + cand.slack < screen) continue;
+      const auto row = static_cast<size_t>(cand.row);
+      const float dot = FloatDot(query, store_.vector(row), dim);
+      const float key =
+          l2 ? 2 * dot - query_sq - store_.squared_norm(row) : dot;
+      if (key > ceiling) continue;
+      rescored.push_back({key, cand.row});
+    }
+    const size_t found = std::min(c.kept, rescored.size());
+    std::partial_sort(rescored.begin(), rescored.begin() + found,
+                      rescored.end(), Better);
+    WriteAnswer(rescored.data(), found, c.k, scores, rows);
+    return true;
+  }
+
+  // Per query of chunk `c`: |q|^2 (L2), the ceiling on exact keys, and the
+  // coefficients of the keys' slack: DotSlack's, doubled for L2 keys, plus
+  // ErrorBound for the rounding of keys and screens (which it exceeds by
+  // far), each rounded up.
   void PrepareReducedBounds(const Chunk& c, const SearchOptions& options,
                             Scratch& scratch) const {
     const size_t dim = store_.dim();
     const bool l2 = metric_ == Metric::kL2;
+    const ReducedQueries& queries = scratch.reduced_queries;
     scratch.query_sq.assign(c.nq, 0.0f);
     scratch.ceiling.assign(c.nq, std::numeric_limits<float>::infinity());
-    scratch.slack.assign(c.nq, 0.0f);
-    scratch.sure_ceiling.assign(c.nq, 0.0f);
+    scratch.slack_a.assign(c.nq, 0.0f);
+    scratch.slack_b.assign(c.nq, 0.0f);
+    scratch.slack_c.assign(c.nq, 0.0f);
+    const double m = l2 ? 2 : 1;
+    auto up = [](double bound) {
+      const auto f = static_cast<float>(bound * (1 + 1.0 / (1 << 20)));
+      return std::nextafter(f, std::numeric_limits<float>::infinity());
+    };
     for (size_t q = 0; q < c.nq; ++q) {
       const double sq = SquaredNorm(c.queries + q * dim, dim);
       if (l2) scratch.query_sq[q] = static_cast<float>(sq);
@@ -610,11 +650,9 @@ class FlatIndex final : public VectorIndex {
         const float closest = options.closest[c.first + q];
         scratch.ceiling[q] = l2 ? -closest : closest;
       }
-      const double dot = scratch.reduced_queries.DotSlack(q);
-      const double slack = (l2 ? 2 * dot : dot) + ErrorBound(std::sqrt(sq));
-      scratch.slack[q] = std::nextafter(static_cast<float>(slack),
-                                        std::numeric_limits<float>::infinity());
-      scratch.sure_ceiling[q] = scratch.ceiling[q] - scratch.slack[q];
+      scratch.slack_a[q] = up(m * queries.a(q));
+      scratch.slack_b[q] = up(m * queries.b(q));
+      scratch.slack_c[q] = up(m * queries.c(q) + ErrorBound(std::sqrt(sq)));
     }
   }
 
@@ -625,17 +663,14 @@ class FlatIndex final : public VectorIndex {
     const size_t parts = c.parts;
     const size_t n = store_.size();
     const size_t groups = (n + kReducedGroupRows - 1) / kReducedGroupRows;
-    // A skip ceiling per query: the exact one plus the slack.
-    std::vector<float>& skip = scratch.dots;
-    GrowTo(skip, nq);
-    for (size_t q = 0; q < nq; ++q) {
-      skip[q] = scratch.ceiling[q] + scratch.slack[q];
-    }
     auto scan_part = [&](size_t p) {
       ReducedPart part{scratch.screened.data() + p * nq, &options, c.first,
-                       skip.data()};
+                       scratch.ceiling.data()};
       ReducedSink sink;
       sink.screen = scratch.screens.data() + p * nq;
+      sink.slack_a = scratch.slack_a.data();
+      sink.slack_b = scratch.slack_b.data();
+      sink.slack_c = scratch.slack_c.data();
       if (metric_ == Metric::kL2) {
         sink.query_sq = scratch.query_sq.data();
         sink.row_sq = store_.squared_norms();
