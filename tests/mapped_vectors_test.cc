@@ -334,6 +334,8 @@ TEST_F(MappedVectorsTest, ACheckpointDeletedOrRewrittenKeepsServing) {
   ASSERT_TRUE(manager.LoadNewest().ok());
   const std::vector<int64_t> expected = ServedAnswers(manager);
   const std::shared_ptr<const IndexVersion> served = manager.Current();
+  ASSERT_TRUE(served->store().mapped());
+  EXPECT_THAT(served->store().vectors_file(), HasSubstr(data()));
   const std::vector<float> rows(served->store().data(),
                                 served->store().data() + kRows * kDim);
 
