@@ -63,6 +63,11 @@ ABSL_FLAG(std::string, data_dir, "",
           "Snapshots of every served version go here; at start the newest "
           "is served at once. Empty: no snapshots.");
 ABSL_FLAG(int, keep_snapshots, 3, "Snapshots kept under --data_dir.");
+ABSL_FLAG(bool, mmap_vectors, true,
+          "With --data_dir: keep each version's float32 vectors in a file "
+          "there, memory-mapped read-only (page cache, evictable, not counted "
+          "in --max_index_bytes), not on the heap. Without --data_dir, and "
+          "for a Publish, they stay on the heap.");
 ABSL_FLAG(int, build_threads, 1,
           "Threads one background index build may use, so that serving "
           "keeps its latency.");
@@ -71,7 +76,8 @@ ABSL_FLAG(bool, allow_schema_change, false,
           "served one (trainers' queries would all fail at once).");
 ABSL_FLAG(uint64_t, max_index_bytes, 0,
           "Memory budget for the served version plus the one being built "
-          "(0: none); a publish over it gets RESOURCE_EXHAUSTED.");
+          "(0: none), in heap bytes: mapped vectors (--mmap_vectors) are not "
+          "counted; a publish over it gets RESOURCE_EXHAUSTED.");
 ABSL_FLAG(uint32_t, max_batch, 256,
           "Queries from all streams and calls coalesced into one search, at "
           "most.");
@@ -145,6 +151,7 @@ absl::StatusOr<IndexManagerOptions> ManagerOptionsFromFlags() {
   manager.data_dir = absl::GetFlag(FLAGS_data_dir);
   manager.keep_snapshots =
       static_cast<size_t>(std::max(1, absl::GetFlag(FLAGS_keep_snapshots)));
+  manager.mmap_vectors = absl::GetFlag(FLAGS_mmap_vectors);
   manager.build_threads = absl::GetFlag(FLAGS_build_threads);
   manager.allow_schema_change = absl::GetFlag(FLAGS_allow_schema_change);
   manager.max_index_bytes =

@@ -291,20 +291,98 @@ ManifestRead ReadManifestFile(const std::string& dir) {
   return {false, ParseManifest(*text)};
 }
 
-// The first non-finite value of a shard, named by file, row and column so the
-// encoder job's owner can find the bad item.
-absl::Status CheckFinite(const NpyMatrix& matrix, const std::string& file,
+// The first non-finite value of `rows` x `cols` floats of a shard, named by
+// file, row and column so the encoder job's owner can find the bad item.
+absl::Status CheckFinite(const float* data, size_t rows, size_t cols,
+                         const std::string& file,
                          const std::vector<int64_t>& ids) {
-  for (size_t i = 0; i < matrix.data.size(); ++i) {
-    if (!std::isfinite(matrix.data[i])) {
-      const size_t row = i / matrix.cols;
+  for (size_t i = 0; i < rows * cols; ++i) {
+    if (!std::isfinite(data[i])) {
+      const size_t row = i / cols;
       return absl::InvalidArgumentError(
-          absl::StrCat(file, ": non-finite value ", matrix.data[i], " at row ",
-                       row, " (id ", ids[row], "), column ", i % matrix.cols));
+          absl::StrCat(file, ": non-finite value ", data[i], " at row ", row,
+                       " (id ", ids[row], "), column ", i % cols));
     }
   }
   return absl::OkStatus();
 }
+
+// Where a read puts the embedding rows: a heap vector, or (with a path) a
+// float32 .npy file that the store then maps, so that no heap copy of the
+// rows is ever made (but of one float16 or Fortran-order file at a time,
+// or of one file of several for a shard).
+class RowSink {
+ public:
+  explicit RowSink(std::string path) : path_(std::move(path)) {}
+
+  // Before the first row: the total `rows` x `dim` the store will hold.
+  // `reserve`: the heap vector will be appended to more than once.
+  absl::Status Begin(size_t rows, size_t dim, bool reserve) {
+    dim_ = dim;
+    if (path_.empty()) {
+      if (reserve) vectors_.reserve(rows * dim);
+      return absl::OkStatus();
+    }
+    HARDNEG_ASSIGN_OR_RETURN(NpyMatrixWriter writer,
+                             NpyMatrixWriter::Create(path_, rows, dim));
+    writer_.emplace(std::move(writer));
+    return absl::OkStatus();
+  }
+
+  // Appends the rows of the embeddings file at `path` when they are dim()
+  // wide; returns its shape.
+  absl::StatusOr<NpyShape2D> AppendFile(const std::string& path,
+                                        const NpyReadObserver& observer) {
+    if (writer_.has_value()) return writer_->AppendFile(path, observer);
+    HARDNEG_ASSIGN_OR_RETURN(NpyMatrix matrix, ReadNpyMatrix(path, observer));
+    last_first_ = vectors_.size();
+    if (matrix.cols == dim_) {
+      // The common one-shard checkpoint, possibly gigabytes, moves in
+      // without a copy (several go into the room Begin reserved).
+      if (vectors_.capacity() == 0) {
+        vectors_ = std::move(matrix.data);
+      } else {
+        vectors_.insert(vectors_.end(), matrix.data.begin(), matrix.data.end());
+      }
+    }
+    return NpyShape2D{matrix.rows, matrix.cols};
+  }
+
+  // Checks the rows the last AppendFile brought, whose ids are `ids`, for
+  // non-finite values. Mapped rows are checked by CandidateStore::Create.
+  absl::Status CheckLastFinite(const std::string& file,
+                               const std::vector<int64_t>& ids) const {
+    if (writer_.has_value()) return absl::OkStatus();
+    return CheckFinite(vectors_.data() + last_first_, ids.size(), dim_, file,
+                       ids);
+  }
+
+  absl::Status AppendRows(const float* rows, size_t count) {
+    if (writer_.has_value()) return writer_->AppendRows(rows, count);
+    vectors_.insert(vectors_.end(), rows, rows + count * dim_);
+    return absl::OkStatus();
+  }
+
+  // The store of every row appended, with `ids` and `labels`.
+  absl::StatusOr<CandidateStore> Create(
+      std::vector<int64_t> ids, std::optional<std::vector<int64_t>> labels) {
+    if (!writer_.has_value()) {
+      return CandidateStore::Create(dim_, std::move(ids), std::move(vectors_),
+                                    std::move(labels));
+    }
+    HARDNEG_RETURN_IF_ERROR(writer_->Finish());
+    HARDNEG_ASSIGN_OR_RETURN(MappedNpyMatrix mapped, MapNpyMatrix(path_));
+    return CandidateStore::CreateMapped(
+        dim_, std::move(ids), std::move(mapped.data), std::move(labels));
+  }
+
+ private:
+  const std::string path_;
+  size_t dim_ = 0;
+  std::vector<float> vectors_;
+  size_t last_first_ = 0;  // where the last AppendFile's rows start
+  std::optional<NpyMatrixWriter> writer_;
+};
 
 // Where a row came from, for messages about the concatenated store.
 struct ShardRows {
@@ -501,12 +579,10 @@ absl::Status CheckUniqueIds(const std::vector<int64_t>& ids,
 // checkpoints) and the shard's rows are counted before `admit` is asked;
 // then each embeddings file is read in turn and only the shard's rows are
 // kept. At most the shard's share plus one file is held at a time.
-absl::StatusOr<Checkpoint> ReadCheckpointShard(const std::string& dir,
-                                               CheckpointManifest manifest,
-                                               const CheckpointShape& shape,
-                                               const CheckpointAdmission& admit,
-                                               ShardFilter shard,
-                                               ReadTracker& tracker) {
+absl::StatusOr<Checkpoint> ReadCheckpointShard(
+    const std::string& dir, CheckpointManifest manifest,
+    const CheckpointShape& shape, const CheckpointAdmission& admit,
+    ShardFilter shard, ReadTracker& tracker, RowSink& sink) {
   const size_t dim = shape.dim;
   tracker.Start();
   std::vector<int64_t> all_ids;
@@ -529,10 +605,9 @@ absl::StatusOr<Checkpoint> ReadCheckpointShard(const std::string& dir,
       std::count_if(all_ids.begin(), all_ids.end(),
                     [&](int64_t id) { return shard.Keeps(id); }));
   if (admit) HARDNEG_RETURN_IF_ERROR(admit(kept));
-  std::vector<float> vectors;
+  HARDNEG_RETURN_IF_ERROR(sink.Begin(kept.rows, dim, /*reserve=*/true));
   std::vector<int64_t> ids;
   std::vector<int64_t> labels;
-  vectors.reserve(kept.rows * dim);
   ids.reserve(kept.rows);
   if (shape.has_labels) labels.reserve(kept.rows);
   for (size_t i = 0; i < manifest.shards.size(); ++i) {
@@ -547,7 +622,8 @@ absl::StatusOr<Checkpoint> ReadCheckpointShard(const std::string& dir,
     if (matrix.cols != dim || matrix.rows != rows.rows) {
       return Changed(embeddings_path);
     }
-    HARDNEG_RETURN_IF_ERROR(CheckFinite(matrix, embeddings_path, file_ids));
+    HARDNEG_RETURN_IF_ERROR(CheckFinite(matrix.data.data(), matrix.rows, dim,
+                                        embeddings_path, file_ids));
     std::vector<int64_t> file_labels;
     if (shape.has_labels) {
       const std::string labels_path = JoinPath(dir, file.labels);
@@ -555,17 +631,22 @@ absl::StatusOr<Checkpoint> ReadCheckpointShard(const std::string& dir,
                                ReadNpyInt64(labels_path, tracker.File(0)));
       if (file_labels.size() != rows.rows) return Changed(labels_path);
     }
-    for (size_t row = 0; row < rows.rows; ++row) {
-      if (!shard.Keeps(file_ids[row])) continue;
-      ids.push_back(file_ids[row]);
-      if (shape.has_labels) labels.push_back(file_labels[row]);
-      const float* v = matrix.data.data() + row * dim;
-      vectors.insert(vectors.end(), v, v + dim);
+    // Runs of kept rows go to the sink at once.
+    for (size_t row = 0; row < rows.rows;) {
+      size_t end = row;
+      while (end < rows.rows && shard.Keeps(file_ids[end])) {
+        ids.push_back(file_ids[end]);
+        if (shape.has_labels) labels.push_back(file_labels[end]);
+        ++end;
+      }
+      HARDNEG_RETURN_IF_ERROR(
+          sink.AppendRows(matrix.data.data() + row * dim, end - row));
+      row = end + 1;
     }
   }
   tracker.Finish();
-  absl::StatusOr<CandidateStore> store = CandidateStore::Create(
-      dim, std::move(ids), std::move(vectors),
+  absl::StatusOr<CandidateStore> store = sink.Create(
+      std::move(ids),
       shape.has_labels ? std::optional<std::vector<int64_t>>(std::move(labels))
                        : std::nullopt);
   if (!store.ok()) {
@@ -577,7 +658,7 @@ absl::StatusOr<Checkpoint> ReadCheckpointShard(const std::string& dir,
 // ReadCheckpoint's work; allocation failures throw std::bad_alloc.
 absl::StatusOr<Checkpoint> ReadCheckpointData(
     const std::string& dir, const CheckpointAdmission& admit,
-    ShardFilter filter, const CheckpointReadObserver& observer) {
+    ShardFilter filter, const CheckpointReadObserver& observer, RowSink& sink) {
   HARDNEG_ASSIGN_OR_RETURN(CheckpointManifest manifest, ReadManifest(dir));
   // Headers first: the budget is checked before any row is read.
   HARDNEG_ASSIGN_OR_RETURN(CheckpointShape shape,
@@ -585,16 +666,16 @@ absl::StatusOr<Checkpoint> ReadCheckpointData(
   ReadTracker tracker(observer, shape);
   if (filter.sharded()) {
     return ReadCheckpointShard(dir, std::move(manifest), shape, admit, filter,
-                               tracker);
+                               tracker, sink);
   }
   if (admit) HARDNEG_RETURN_IF_ERROR(admit(shape));
   tracker.Start();
   const size_t dim = shape.dim;
-  std::vector<float> vectors;
+  HARDNEG_RETURN_IF_ERROR(
+      sink.Begin(shape.rows, dim, /*reserve=*/manifest.shards.size() > 1));
   std::vector<int64_t> ids;
   std::vector<int64_t> labels;
   if (manifest.shards.size() > 1) {
-    vectors.reserve(shape.rows * dim);
     ids.reserve(shape.rows);
     if (shape.has_labels) labels.reserve(shape.rows);
   }
@@ -604,13 +685,13 @@ absl::StatusOr<Checkpoint> ReadCheckpointData(
     const CheckpointShard& shard = manifest.shards[i];
     const std::string embeddings_path = JoinPath(dir, shard.embeddings);
     const std::string ids_path = JoinPath(dir, shard.ids);
-    HARDNEG_ASSIGN_OR_RETURN(NpyMatrix matrix,
-                             ReadNpyMatrix(embeddings_path, tracker.File(dim)));
+    HARDNEG_ASSIGN_OR_RETURN(
+        NpyShape2D matrix, sink.AppendFile(embeddings_path, tracker.File(dim)));
     if (matrix.cols != dim) return changed(embeddings_path);
     HARDNEG_ASSIGN_OR_RETURN(std::vector<int64_t> shard_ids,
                              ReadNpyInt64(ids_path, tracker.File(0)));
     if (shard_ids.size() != matrix.rows) return changed(ids_path);
-    HARDNEG_RETURN_IF_ERROR(CheckFinite(matrix, embeddings_path, shard_ids));
+    HARDNEG_RETURN_IF_ERROR(sink.CheckLastFinite(embeddings_path, shard_ids));
     if (shape.has_labels) {
       const std::string labels_path = JoinPath(dir, shard.labels);
       HARDNEG_ASSIGN_OR_RETURN(std::vector<int64_t> shard_labels,
@@ -619,13 +700,6 @@ absl::StatusOr<Checkpoint> ReadCheckpointData(
       labels.insert(labels.end(), shard_labels.begin(), shard_labels.end());
     }
     rows_of_shard.push_back({ids_path, ids.size(), matrix.rows});
-    // The common one-shard checkpoint, possibly gigabytes, moves in
-    // without a copy.
-    if (manifest.shards.size() == 1) {
-      vectors = std::move(matrix.data);
-    } else {
-      vectors.insert(vectors.end(), matrix.data.begin(), matrix.data.end());
-    }
     ids.insert(ids.end(), shard_ids.begin(), shard_ids.end());
   }
   if (ids.size() != shape.rows) return changed(JoinPath(dir, kManifestFile));
@@ -634,8 +708,8 @@ absl::StatusOr<Checkpoint> ReadCheckpointData(
   // Create consumes the ids; keep a copy (8 bytes a row, small next to the
   // vectors) to explain a duplicate in terms of files and rows.
   std::vector<int64_t> ids_copy = ids;
-  absl::StatusOr<CandidateStore> store = CandidateStore::Create(
-      dim, std::move(ids), std::move(vectors),
+  absl::StatusOr<CandidateStore> store = sink.Create(
+      std::move(ids),
       shape.has_labels ? std::optional<std::vector<int64_t>>(std::move(labels))
                        : std::nullopt);
   if (!store.ok()) {
@@ -651,9 +725,10 @@ absl::StatusOr<Checkpoint> ReadCheckpointData(
 
 absl::StatusOr<Checkpoint> ReadCheckpoint(
     const std::string& dir, const CheckpointAdmission& admit, ShardFilter shard,
-    const CheckpointReadObserver& observer) {
+    const CheckpointReadObserver& observer, const std::string& map_vectors_at) {
   try {
-    return ReadCheckpointData(dir, admit, shard, observer);
+    RowSink sink(map_vectors_at);
+    return ReadCheckpointData(dir, admit, shard, observer, sink);
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(
         absl::StrCat("checkpoint ", dir, ": out of memory while reading it"));

@@ -105,9 +105,20 @@ using CheckpointReadObserver =
 // embeddings file at a time), so that every shard accepts or rejects the
 // same checkpoints. `observer`, when set, sees how far the read has got
 // (rows and bytes of the whole checkpoint, the shard's or not).
+//
+// With `map_vectors_at`, the rows are not held on the heap: they are
+// gathered into a float32 C-order .npy created at that path (a float32
+// C-order embeddings file is copied by the kernel, copy_file_range; a
+// float16 or Fortran-order one, or a shard's rows, pass through memory one
+// file at a time), fsynced, and the store maps it (CandidateStore::mapped).
+// The checkpoint's own files are never mapped: a trainer may rewrite them
+// in place, and a mapped file cut short is SIGBUS. The caller owns the new
+// file: it must never be truncated or rewritten while the store lives
+// (unlinking it is fine), and is left behind, maybe incomplete, on an error.
 absl::StatusOr<Checkpoint> ReadCheckpoint(
     const std::string& dir, const CheckpointAdmission& admit = nullptr,
-    ShardFilter shard = {}, const CheckpointReadObserver& observer = nullptr);
+    ShardFilter shard = {}, const CheckpointReadObserver& observer = nullptr,
+    const std::string& map_vectors_at = "");
 
 // A complete checkpoint found under a root directory.
 struct CheckpointEntry {

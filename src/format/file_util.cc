@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -147,6 +148,75 @@ absl::StatusOr<std::string> ReadSmallTextFile(const std::string& path,
     if (text.size() > max_bytes) return too_large(text.size());
     if (got < sizeof(buffer)) return text;
   }
+}
+
+absl::Status WriteFully(int fd, absl::string_view bytes,
+                        const std::string& path) {
+  size_t written = 0;
+  return WriteAll(fd, bytes, path, nullptr, &written);
+}
+
+namespace {
+
+// CopyFileBytes where copy_file_range cannot: through a small buffer.
+absl::Status CopyThroughBuffer(int in_fd, size_t in_offset, int out_fd,
+                               size_t n, const std::string& in_path,
+                               const std::string& out_path,
+                               const std::function<void(size_t)>& observer) {
+  std::vector<char> buffer(size_t{1} << 20);
+  for (size_t done = 0; done < n;) {
+    const size_t want = std::min(buffer.size(), n - done);
+    const ssize_t got =
+        pread(in_fd, buffer.data(), want, static_cast<off_t>(in_offset + done));
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError(in_path, "read failed");
+    }
+    if (got == 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(in_path, ": file shrank while reading"));
+    }
+    HARDNEG_RETURN_IF_ERROR(WriteFully(
+        out_fd, absl::string_view(buffer.data(), static_cast<size_t>(got)),
+        out_path));
+    done += static_cast<size_t>(got);
+    if (observer &&
+        (done % kObservedChunk < static_cast<size_t>(got) || done == n)) {
+      observer(done);
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status CopyFileBytes(int in_fd, size_t in_offset, int out_fd, size_t n,
+                           const std::string& in_path,
+                           const std::string& out_path,
+                           const std::function<void(size_t)>& observer) {
+  size_t done = 0;
+  while (done < n) {
+    off64_t offset = static_cast<off64_t>(in_offset + done);
+    const ssize_t got = copy_file_range(in_fd, &offset, out_fd, nullptr,
+                                        std::min(n - done, kObservedChunk), 0);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      if (done == 0 && (errno == EXDEV || errno == ENOSYS ||
+                        errno == EOPNOTSUPP || errno == EINVAL)) {
+        return CopyThroughBuffer(in_fd, in_offset, out_fd, n, in_path, out_path,
+                                 observer);
+      }
+      return ErrnoError(out_path,
+                        absl::StrCat("copy from ", in_path, " failed"));
+    }
+    if (got == 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(in_path, ": file shrank while reading"));
+    }
+    done += static_cast<size_t>(got);
+    if (observer) observer(done);
+  }
+  return absl::OkStatus();
 }
 
 std::string FileStamp(const std::string& path) {

@@ -73,6 +73,22 @@ absl::StatusOr<size_t> ReadUpTo(int fd, void* buf, size_t n,
 absl::StatusOr<std::string> ReadSmallTextFile(const std::string& path,
                                               size_t max_bytes);
 
+// Writes all of `bytes` at the current offset of `fd`; `path` names the
+// file in errors.
+absl::Status WriteFully(int fd, absl::string_view bytes,
+                        const std::string& path);
+
+// Copies `n` bytes from offset `in_offset` of `in_fd` to the current offset
+// of `out_fd` inside the kernel (copy_file_range; through a 1 MiB buffer
+// where the file systems do not support it), never through a buffer the
+// size of the data. `observer`, when set, is told the bytes copied so far
+// every few MiB. FAILED_PRECONDITION ("`in_path`: file shrank while
+// reading") when the source ends early; the errno's status otherwise.
+absl::Status CopyFileBytes(int in_fd, size_t in_offset, int out_fd, size_t n,
+                           const std::string& in_path,
+                           const std::string& out_path,
+                           const std::function<void(size_t)>& observer);
+
 // The identity of the file at `path` as last written (device, inode, size
 // and modification time), or "" when it cannot be stat'ed: a file that
 // keeps its stamp has not been rewritten.

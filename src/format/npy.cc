@@ -1,5 +1,8 @@
 #include "format/npy.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -576,6 +579,102 @@ absl::StatusOr<NpyMatrix> ReadNpyMatrix(const std::string& path,
     matrix.data = Transpose(matrix.data, matrix.rows, matrix.cols);
   }
   return matrix;
+}
+
+absl::StatusOr<MappedNpyMatrix> MapNpyMatrix(const std::string& path) {
+  HARDNEG_ASSIGN_OR_RETURN(OpenedNpy npy,
+                           OpenNpy(path, kFloatSpec, kMatrixRank));
+  const size_t rows = npy.header.shape[0];
+  const size_t cols = npy.header.shape[1];
+  if (npy.item_size != sizeof(float)) {
+    return PathError(path,
+                     absl::StrCat("cannot be mapped: dtype '", npy.header.descr,
+                                  "' is not float32 '<f4'"));
+  }
+  if (npy.header.fortran_order && rows > 1 && cols > 1) {
+    return PathError(path, "cannot be mapped: Fortran order, not C order");
+  }
+  HARDNEG_ASSIGN_OR_RETURN(
+      MappedFloats data,
+      MappedFloats::Map(npy.fd.get(), npy.file_bytes, npy.header.data_offset,
+                        npy.count, path));
+  return MappedNpyMatrix{rows, cols, std::move(data)};
+}
+
+absl::StatusOr<NpyMatrixWriter> NpyMatrixWriter::Create(const std::string& path,
+                                                        size_t rows,
+                                                        size_t cols) {
+  const std::optional<size_t> count = CountItems({rows, cols}, sizeof(float));
+  if (!count.has_value()) {
+    return PathError(path, absl::StrCat("shape (", rows, ", ", cols,
+                                        ") of '<f4' is too large"));
+  }
+  NpyMatrixWriter writer;
+  writer.path_ = path;
+  writer.rows_ = rows;
+  writer.cols_ = cols;
+  unlink(path.c_str());  // never write into a file someone may have mapped
+  writer.fd_ = ScopedFd(
+      open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (!writer.fd_.valid()) return ErrnoError(path, "cannot create");
+  HARDNEG_RETURN_IF_ERROR(WriteFully(
+      writer.fd_.get(),
+      NpyPreamble(HeaderDict("<f4", ShapeString({rows, cols}))), path));
+  return writer;
+}
+
+absl::StatusOr<NpyShape2D> NpyMatrixWriter::AppendFile(
+    const std::string& source, const NpyReadObserver& observer) {
+  HARDNEG_ASSIGN_OR_RETURN(OpenedNpy npy,
+                           OpenNpy(source, kFloatSpec, kMatrixRank));
+  const NpyShape2D shape{npy.header.shape[0], npy.header.shape[1]};
+  if (shape.cols != cols_ || shape.rows > rows_ - appended_) return shape;
+  const bool fortran =
+      npy.header.fortran_order && shape.rows > 1 && shape.cols > 1;
+  if (npy.item_size != sizeof(float) || fortran) {
+    HARDNEG_ASSIGN_OR_RETURN(NpyMatrix matrix, ReadNpyMatrix(source, observer));
+    if (matrix.rows != shape.rows || matrix.cols != shape.cols) {
+      return PathError(source, "changed while it was read");
+    }
+    HARDNEG_RETURN_IF_ERROR(AppendRows(matrix.data.data(), matrix.rows));
+    return shape;
+  }
+  NpyReadProgress progress{npy.header.data_offset, npy.file_bytes, 0,
+                           npy.count};
+  if (observer) observer(progress);
+  HARDNEG_RETURN_IF_ERROR(CopyFileBytes(
+      npy.fd.get(), npy.header.data_offset, fd_.get(),
+      npy.count * sizeof(float), source, path_, [&](size_t copied) {
+        if (!observer) return;
+        progress.bytes_read = npy.header.data_offset + copied;
+        progress.items_read = copied / sizeof(float);
+        observer(progress);
+      }));
+  appended_ += shape.rows;
+  return shape;
+}
+
+absl::Status NpyMatrixWriter::AppendRows(const float* data, size_t rows) {
+  if (rows > rows_ - appended_) {
+    return PathError(path_, absl::StrCat("appending ", rows, " rows to ",
+                                         appended_, " of ", rows_));
+  }
+  HARDNEG_RETURN_IF_ERROR(
+      WriteFully(fd_.get(),
+                 absl::string_view(reinterpret_cast<const char*>(data),
+                                   rows * cols_ * sizeof(float)),
+                 path_));
+  appended_ += rows;
+  return absl::OkStatus();
+}
+
+absl::Status NpyMatrixWriter::Finish() {
+  if (appended_ != rows_) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        path_, ": ", appended_, " of ", rows_, " rows were written"));
+  }
+  if (fsync(fd_.get()) != 0) return ErrnoError(path_, "fsync failed");
+  return fd_.Close(path_);
 }
 
 absl::StatusOr<NpyShape2D> ReadNpyMatrixShape(const std::string& path) {

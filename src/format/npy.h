@@ -19,6 +19,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "corpus/mapped_floats.h"
 #include "format/file_util.h"
 
 namespace hardneg {
@@ -80,6 +81,60 @@ struct NpyInt64Matrix {
 // Reads a 1-D or 2-D '<i8' or '<i4' array (int32 is widened), with the
 // errors of ReadNpyInt64 but for the number of dimensions.
 absl::StatusOr<NpyInt64Matrix> ReadNpyInt64Matrix(const std::string& path);
+
+// A 2-D '<f4' C-order array mapped read-only from its file (see
+// corpus/mapped_floats.h for what the file must never undergo meanwhile).
+struct MappedNpyMatrix {
+  size_t rows = 0;
+  size_t cols = 0;
+  MappedFloats data;  // rows * cols
+};
+
+// Maps the 2-D float array at `path` instead of reading it: the errors of
+// ReadNpyMatrix, and INVALID_ARGUMENT ("cannot be mapped") for a float16 or
+// Fortran-order file, which only a read can convert; INTERNAL when mmap
+// fails.
+absl::StatusOr<MappedNpyMatrix> MapNpyMatrix(const std::string& path);
+
+// Writes a 2-D '<f4' C-order .npy file of a known shape piece by piece, so
+// that gigabytes of rows can be gathered from several files without a heap
+// copy of them all. Not atomic: for a private staging file that is renamed
+// or linked into place once Finish succeeded. One thread; move-only.
+class NpyMatrixWriter {
+ public:
+  // Creates `path` (replacing a file there) and writes the header of a
+  // `rows` x `cols` matrix. Errors name the file.
+  static absl::StatusOr<NpyMatrixWriter> Create(const std::string& path,
+                                                size_t rows, size_t cols);
+
+  // Appends the rows of the 2-D float .npy at `source` when its width is
+  // cols() and they fit: a '<f4' C-order file is copied by the kernel, any
+  // other (float16, Fortran order) is read whole, converted and written.
+  // Returns the source's shape; nothing is appended when it does not fit
+  // (the caller says why). The errors of ReadNpyMatrix; `observer` as its.
+  absl::StatusOr<NpyShape2D> AppendFile(
+      const std::string& source, const NpyReadObserver& observer = nullptr);
+
+  // Appends `rows` row-major rows of cols() floats (INVALID_ARGUMENT past
+  // the shape).
+  absl::Status AppendRows(const float* data, size_t rows);
+
+  // Checks that every row was appended (FAILED_PRECONDITION otherwise),
+  // fsyncs and closes the file.
+  absl::Status Finish();
+
+  size_t cols() const { return cols_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  NpyMatrixWriter() = default;
+
+  std::string path_;
+  ScopedFd fd_;
+  size_t rows_ = 0;
+  size_t cols_ = 0;
+  size_t appended_ = 0;  // rows
+};
 
 // Writes a C-order array of `shape` with dtype `descr` ("<i8", "<i4", "<f8"
 // or "<f4"), whose bytes are `data` (product(shape) items), with

@@ -336,6 +336,9 @@ class FlatIndex final : public VectorIndex {
     if (scan_ != ScanPrecision::kF32) {
       reduced_ = std::make_unique<ReducedRows>(store.data(), store.size(),
                                                store.dim(), scan_);
+      // From now on the float32 rows are read only to rescore a few
+      // candidates (or for a query that falls back).
+      store.AdviseRandomAccess();
       return;
     }
     if (!UsesHalfScan(store, options)) return;

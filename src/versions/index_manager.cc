@@ -81,7 +81,7 @@ absl::string_view BuildStateName(BuildState state) {
 IndexManager::IndexManager(IndexManagerOptions options)
     : options_(std::move(options)),
       snapshots_{options_.data_dir, options_.keep_snapshots, options_.build,
-                 options_.shard},
+                 options_.shard, options_.mmap_vectors},
       rejections_(options_.data_dir) {}
 
 IndexManager::~IndexManager() {
@@ -163,8 +163,20 @@ size_t IndexManager::RemainingBytes() const {
 
 absl::Status IndexManager::CheckBudget(size_t rows, size_t dim,
                                        bool has_labels) const {
-  return CheckBytes(CandidateStore::MemoryBytesFor(rows, dim, has_labels) +
-                    IndexBytesBound(rows, dim, options_.build));
+  return CheckBytes(
+      CandidateStore::MemoryBytesFor(rows, dim, has_labels, MapsVectors()) +
+      IndexBytesBound(rows, dim, options_.build));
+}
+
+bool IndexManager::MapsVectors() const {
+  return options_.mmap_vectors && !options_.data_dir.empty();
+}
+
+std::string IndexManager::StagingVectorsPath() const {
+  // ".tmp-" like the snapshot's temporaries: what a crash leaves behind is
+  // removed by the next snapshot write or restore.
+  return JoinPath(options_.data_dir,
+                  absl::StrCat(".tmp-vectors-", getpid(), ".npy"));
 }
 
 absl::Status IndexManager::CheckBytes(size_t needed) const {
@@ -475,6 +487,9 @@ absl::Status IndexManager::LoadCheckpoint(const CheckpointEntry& entry,
   rejections_.BeginLoad(entry.dir, stamp);
   BeginBuild(entry.name);
   const absl::StatusOr<VersionInfo> swapped = ReadAndSwap(entry, start);
+  // The snapshot links the staging file (or the load failed): the name is
+  // no longer needed, and a store mapping it keeps its pages.
+  if (MapsVectors()) unlink(StagingVectorsPath().c_str());
   rejections_.EndLoad();
   if (swapped.ok()) return absl::OkStatus();
   EndBuild(/*built=*/false);
@@ -487,6 +502,12 @@ absl::StatusOr<VersionInfo> IndexManager::ReadAndSwap(
     const CheckpointEntry& entry, absl::Time start) {
   DropPrevious();  // before the new version's rows take memory
   ProgressThrottle throttle(kLoadingLogInterval);
+  std::string map_vectors_at;
+  if (MapsVectors()) {
+    std::error_code ec;
+    std::filesystem::create_directories(options_.data_dir, ec);
+    map_vectors_at = StagingVectorsPath();
+  }
   HARDNEG_ASSIGN_OR_RETURN(
       Checkpoint checkpoint,
       ReadCheckpoint(
@@ -494,7 +515,7 @@ absl::StatusOr<VersionInfo> IndexManager::ReadAndSwap(
           [&](const CheckpointShape& shape) {
             return CheckBudget(shape.rows, shape.dim, shape.has_labels);
           },
-          options_.shard, LoadingObserver(entry, &throttle)));
+          options_.shard, LoadingObserver(entry, &throttle), map_vectors_at));
   const CheckpointManifest& manifest = checkpoint.manifest;
   VersionInfo info;
   info.name = manifest.name;

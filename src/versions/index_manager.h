@@ -53,6 +53,15 @@ struct IndexManagerOptions {
   // Accept a version whose dim or metric differs from the served one's.
   bool allow_schema_change = false;
   std::string data_dir;  // snapshots; empty: none
+  // With a data_dir: versions keep their float32 rows in a file under it,
+  // mapped read-only (CandidateStore::mapped), instead of on the heap, so
+  // that they count for nothing in max_index_bytes and a refresh never
+  // holds two versions' rows in memory. A checkpoint's rows are copied
+  // into a staging file there (never mapped where the trainer may rewrite
+  // them), which the snapshot links; a restored snapshot maps its own
+  // vectors.npy. Without a data_dir, or for a publish (whose rows arrive
+  // on the heap), the rows stay on the heap.
+  bool mmap_vectors = false;
   size_t keep_snapshots = 3;
   int build_threads = 1;  // OpenMP threads for one build
   // Bound on the served version plus the one being built (0: none): the
@@ -253,6 +262,10 @@ class IndexManager {
   absl::Status CheckBudget(size_t rows, size_t dim, bool has_labels) const
       ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status CheckBytes(size_t needed) const ABSL_LOCKS_EXCLUDED(mu_);
+  // Whether checkpoints' rows are mapped (mmap_vectors with a data_dir).
+  bool MapsVectors() const;
+  // The staging file a checkpoint's rows are gathered into when mapped.
+  std::string StagingVectorsPath() const;
 
   const IndexManagerOptions options_;
   // Where snapshots go and how their versions are restored: one struct

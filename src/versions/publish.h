@@ -6,6 +6,13 @@
 //   (ids new or changed, with their embeddings and labels) and delete_ids,
 //   applied to the served version named base_version.
 //
+// The rows are gathered on the heap as they arrive, and the version built
+// from them keeps them there even when IndexManagerOptions::mmap_vectors
+// maps checkpoints' rows (an incremental publish also copies the base's
+// rows, mapped or not): a publish costs its rows in heap bytes, counted in
+// the byte budget. Corpora near the machine's memory should arrive as
+// checkpoints.
+//
 // Not thread-safe: one assembler per stream, used by one thread at a time.
 #ifndef HARDNEG_SRC_VERSIONS_PUBLISH_H_
 #define HARDNEG_SRC_VERSIONS_PUBLISH_H_

@@ -8,6 +8,7 @@
 #include <cinttypes>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -134,6 +135,21 @@ json MetaJson(const IndexVersion& version, ShardFilter shard) {
   return meta;
 }
 
+// Writes the store's vectors to `path`: a mapped store's file is linked
+// (the same bytes, which the server never rewrites) when it can be.
+absl::Status WriteVectors(const std::string& path,
+                          const CandidateStore& store) {
+  if (store.mapped()) {
+    if (link(store.vectors_file().c_str(), path.c_str()) == 0) {
+      return absl::OkStatus();
+    }
+    Log(LogLevel::kInfo, "snapshot_vectors_copied",
+        {{"from", store.vectors_file()},
+         {"reason", absl::StrCat("link failed: ", std::strerror(errno))}});
+  }
+  return WriteNpyMatrix(path, store.data(), store.size(), store.dim());
+}
+
 // Writes every file of the snapshot into `dir`, which exists and is empty.
 absl::Status WriteSnapshotFiles(const std::string& dir,
                                 const IndexVersion& version,
@@ -144,8 +160,7 @@ absl::Status WriteSnapshotFiles(const std::string& dir,
     HARDNEG_RETURN_IF_ERROR(
         WriteNpyInt64(JoinPath(dir, kLabelsFile), store.labels()));
   }
-  HARDNEG_RETURN_IF_ERROR(WriteNpyMatrix(
-      JoinPath(dir, kVectorsFile), store.data(), store.size(), store.dim()));
+  HARDNEG_RETURN_IF_ERROR(WriteVectors(JoinPath(dir, kVectorsFile), store));
   if (version.index().kind() != IndexKind::kFlat) {
     const std::string index_path = JoinPath(dir, kIndexFile);
     HARDNEG_RETURN_IF_ERROR(version.index().Save(index_path));
@@ -250,9 +265,42 @@ ScanPrecision SnapshotScan(const json& meta, ScanPrecision configured) {
   return *recorded;
 }
 
+absl::Status ShapeMismatch(size_t rows, size_t cols, size_t size, size_t dim) {
+  return absl::InvalidArgumentError(
+      absl::StrCat(kVectorsFile, " has shape (", rows, ", ", cols,
+                   "), meta.json says (", size, ", ", dim, ")"));
+}
+
+// The store of a snapshot whose vectors are at `path`: mapped when `map`
+// and the file allows it (the snapshot's files are the server's own, never
+// rewritten in place), else read.
+absl::StatusOr<CandidateStore> LoadStore(
+    const std::string& path, size_t size, size_t dim, std::vector<int64_t> ids,
+    std::optional<std::vector<int64_t>> labels, bool map) {
+  if (map) {
+    absl::StatusOr<MappedNpyMatrix> mapped = MapNpyMatrix(path);
+    if (mapped.ok()) {
+      if (mapped->rows != size || mapped->cols != dim) {
+        return ShapeMismatch(mapped->rows, mapped->cols, size, dim);
+      }
+      return CandidateStore::CreateMapped(
+          dim, std::move(ids), std::move(mapped->data), std::move(labels));
+    }
+    Log(LogLevel::kWarning, "snapshot_vectors_read",
+        {{"file", path},
+         {"reason", absl::StrCat("not mapped: ", mapped.status().message())}});
+  }
+  HARDNEG_ASSIGN_OR_RETURN(NpyMatrix vectors, ReadNpyMatrix(path));
+  if (vectors.rows != size || vectors.cols != dim) {
+    return ShapeMismatch(vectors.rows, vectors.cols, size, dim);
+  }
+  return CandidateStore::Create(dim, std::move(ids), std::move(vectors.data),
+                                std::move(labels));
+}
+
 absl::StatusOr<std::shared_ptr<const IndexVersion>> LoadSnapshot(
     const std::string& dir, uint64_t sequence, const IndexBuildOptions& build,
-    ShardFilter shard) {
+    ShardFilter shard, bool map_vectors) {
   HARDNEG_ASSIGN_OR_RETURN(
       std::string text,
       ReadSmallTextFile(JoinPath(dir, kMetaFile), kMaxMetaBytes));
@@ -298,17 +346,10 @@ absl::StatusOr<std::shared_ptr<const IndexVersion>> LoadSnapshot(
   if (has_labels) {
     HARDNEG_ASSIGN_OR_RETURN(labels, ReadNpyInt64(JoinPath(dir, kLabelsFile)));
   }
-  HARDNEG_ASSIGN_OR_RETURN(NpyMatrix vectors,
-                           ReadNpyMatrix(JoinPath(dir, kVectorsFile)));
-  if (vectors.rows != size || vectors.cols != dim) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        kVectorsFile, " has shape (", vectors.rows, ", ", vectors.cols,
-        "), meta.json says (", size, ", ", dim, ")"));
-  }
   HARDNEG_ASSIGN_OR_RETURN(
       CandidateStore store,
-      CandidateStore::Create(dim, std::move(ids), std::move(vectors.data),
-                             std::move(labels)));
+      LoadStore(JoinPath(dir, kVectorsFile), size, dim, std::move(ids),
+                std::move(labels), map_vectors));
   auto owned_store = std::make_unique<CandidateStore>(std::move(store));
   IndexBuildOptions index_options = build;
   index_options.factory = std::move(factory);
@@ -384,8 +425,8 @@ absl::StatusOr<std::shared_ptr<const IndexVersion>> ReadNewestSnapshot(
   RemoveTemporaries(listing.temporaries);
   size_t skipped = 0;
   for (const auto& [sequence, path] : listing.snapshots) {
-    absl::StatusOr<std::shared_ptr<const IndexVersion>> version =
-        LoadSnapshot(path, sequence, options.build, options.shard);
+    absl::StatusOr<std::shared_ptr<const IndexVersion>> version = LoadSnapshot(
+        path, sequence, options.build, options.shard, options.map_vectors);
     if (version.ok()) return version;
     ++skipped;
     Log(LogLevel::kWarning, "snapshot_skipped",

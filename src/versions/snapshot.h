@@ -8,7 +8,8 @@
 //                    seconds), has_labels
 //     ids.npy        int64 [n]
 //     labels.npy     int64 [n] (when the version has labels)
-//     vectors.npy    float32 [n, dim]
+//     vectors.npy    float32 [n, dim]; a hard link to the file a mapped
+//                    store maps when it can be (never rewritten in place)
 //     index.faiss    faiss::write_index output (not for Flat)
 //
 // A snapshot is written to `.tmp-snapshot-<sequence>-<pid>` and fsynced,
@@ -45,6 +46,9 @@ struct SnapshotOptions {
   // The shard a server holds, written to meta.json; a snapshot of another
   // shard (or of an unsharded server) is skipped when read.
   ShardFilter shard;
+  // Restored versions map vectors.npy (CandidateStore::mapped) instead of
+  // reading it onto the heap; a file that cannot be mapped is read.
+  bool map_vectors = false;
 };
 
 // The sequence of a `snapshot-<20 digits>` directory name, or nullopt for
@@ -52,8 +56,11 @@ struct SnapshotOptions {
 std::optional<uint64_t> ParseSnapshotName(absl::string_view name);
 
 // Writes `version` as described above, then removes all but the newest
-// `keep` snapshots. INTERNAL (naming the path) on I/O errors; the previous
-// snapshots are intact then.
+// `keep` snapshots. A mapped store's vectors are linked, not copied, when
+// its file still exists on data_dir's file system (the server's staging
+// file); otherwise they are written from the mapping, through no buffer.
+// INTERNAL (naming the path) on I/O errors; the previous snapshots are intact
+// then.
 absl::Status WriteSnapshot(const SnapshotOptions& options,
                            const IndexVersion& version);
 
