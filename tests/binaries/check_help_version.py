@@ -110,6 +110,11 @@ def main():
                ["server/server_flags.cc", "server/common_flags.cc"])
     check_help("hardneg-router", router,
                ["router/main.cc", "server/common_flags.cc"])
+    r = run([server, "--checkpoints", "/nonexistent", "--grpc_port", "0",
+             "--metrics_port", "-1", "--scan", "fp32"])
+    check("hardneg-server --scan fp32: refused, naming the flag and its values",
+          r.returncode != 0 and "--scan" in r.stderr
+          and "auto, f32, bf16, int8" in r.stderr, (r.returncode, r.stderr))
     r = run([cli, "--help"])
     check("hardneg --help: exit 0, lists version",
           r.returncode == 0 and "version" in r.stdout, r.returncode)
