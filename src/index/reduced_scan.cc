@@ -145,8 +145,9 @@ struct TileArgs {
 };
 
 // Screens the 16 keys of group g for query i and offers those that pass.
-HARDNEG_AVX512 inline void Emit(const TileArgs& t, size_t g, size_t i,
-                                __m512 dot) {
+// Always inlined: a call would spill the tile's live accumulators.
+HARDNEG_AVX512 __attribute__((always_inline)) inline void Emit(
+    const TileArgs& t, size_t g, size_t i, __m512 dot) {
   const size_t row0 = g * kReducedGroupRows;
   const size_t live = std::min(kReducedGroupRows, t.end - row0);
   const auto valid = static_cast<__mmask16>((1u << live) - 1);
