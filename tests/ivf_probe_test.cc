@@ -232,6 +232,45 @@ TEST(IvfProbeTest, NprobeFloorAndMinCandidates) {
   EXPECT_LT(Probe(f, query, k, one_less).stats.survivors_scanned, 500u);
 }
 
+// When the lists ranked first (a prefix of the ranking) hold no survivor,
+// probing goes on through the rest of the ranking: a query that may keep
+// only one far class still fills its k, from that class alone, with no
+// list scanned twice.
+TEST(IvfProbeTest, ProbesPastTheFirstRankedLists) {
+  Fixture f = MakeFixture(faiss::METRIC_INNER_PRODUCT);
+  Rng rng(8);
+  const size_t row = 5;
+  const std::vector<float> query = QueryNear(f.data, row, rng);
+  // The class whose centre is farthest from the query's.
+  int64_t far = 0;
+  float farthest = 2;
+  for (size_t c = 0; c < kClasses; ++c) {
+    const std::vector<float> v = f.data.Row(c);
+    float dot = 0;
+    for (size_t i = 0; i < kDim; ++i) dot += v[i] * query[i];
+    if (dot < farthest) {
+      farthest = dot;
+      far = static_cast<int64_t>(c);
+    }
+  }
+  SearchOptions options;
+  options.nprobe = 1;
+  options.ivf_min_candidates = 1;
+  options.skip_row = [&](size_t, int64_t r) {
+    return ClassOf(static_cast<size_t>(r)) != far;
+  };
+  const size_t k = 50;
+  const Result got = Probe(f, query, k, options);
+  EXPECT_GT(got.stats.lists_scanned, 64u);  // past the first 64 ranked
+  EXPECT_LE(got.stats.lists_scanned, kLists);
+  std::set<int64_t> seen;
+  for (size_t j = 0; j < k; ++j) {
+    ASSERT_GE(got.rows[j], 0) << "entry " << j;
+    EXPECT_EQ(ClassOf(static_cast<size_t>(got.rows[j])), far);
+    EXPECT_TRUE(seen.insert(got.rows[j]).second) << "row twice";
+  }
+}
+
 // Mining with the query's class excluded, on IVF with a small nprobe:
 // exclusion-aware probing finds the exact (Flat) negatives; the same
 // exclusion through FAISS's fixed nprobe (the class given as positives over

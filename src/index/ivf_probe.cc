@@ -103,65 +103,143 @@ IvfProbe::Plan IvfProbe::PlanFor(size_t k, const SearchOptions& options) const {
   return plan;
 }
 
+size_t IvfProbe::PrefixRanks(const Plan& plan) const {
+  const size_t nlist = std::max<size_t>(ivf_.nlist, 1);
+  const size_t average_list =
+      std::max<size_t>(1, static_cast<size_t>(ivf_.ntotal) / nlist);
+  const size_t wanted = std::max(plan.min_candidates, plan.k);
+  const size_t lists =
+      plan.min_lists + (wanted + average_list - 1) / average_list;
+  return std::min(nlist,
+                  std::max(kMinPrefixRanks, kPrefixRanksPerList * lists));
+}
+
 template <class C>
-void IvfProbe::SearchOne(const float* query, size_t i, const Plan& plan,
-                         const SearchOptions& options, const int64_t* order,
-                         float* scores, int64_t* rows,
-                         IvfProbeStats& stats) const {
-  const size_t k = plan.k;
+size_t IvfProbe::ScanList(size_t list, const float* query, size_t i,
+                          const SearchOptions& options, size_t k, float* scores,
+                          int64_t* rows, ProbeState& state) const {
+  const size_t n = ivf_.invlists->list_size(list);
   const size_t d = static_cast<size_t>(ivf_.d);
-  const bool inner_product = ivf_.metric_type == faiss::METRIC_INNER_PRODUCT;
-  faiss::heap_heapify<C>(k, scores, rows);
+  faiss::InvertedLists::ScopedCodes codes(ivf_.invlists, list);
+  faiss::InvertedLists::ScopedIds ids(ivf_.invlists, list);
+  thread_local std::vector<float> list_scores;
+  if (list_scores.size() < n) list_scores.resize(n);
+  ScoreList(reinterpret_cast<const float*>(codes.get()), n, d, query,
+            ivf_.metric_type == faiss::METRIC_INNER_PRODUCT,
+            list_scores.data());
+  const bool has_closest = !options.closest.empty();
+  const float closest = has_closest ? options.closest[i] : 0;
+  size_t too_close = 0;
+  for (size_t j = 0; j < n; ++j) {
+    const float s = list_scores[j];
+    if (has_closest && C::cmp(closest, s)) {
+      ++too_close;
+      continue;
+    }
+    if (!C::cmp(scores[0], s)) continue;  // the sentinel until full
+    const IdxT row = ids[j];
+    if (options.skip_row && options.skip_row(i, row)) continue;
+    faiss::heap_replace_top<C>(k, scores, rows, s, row);
+    ++state.filled;
+  }
+  ++state.stats.lists_scanned;
+  state.stats.candidates_scanned += n;
+  return too_close;
+}
+
+template <class C>
+void IvfProbe::Continue(const float* query, size_t i, const Plan& plan,
+                        const SearchOptions& options, const int64_t* order,
+                        size_t ranked, absl::Span<const int64_t> probed,
+                        float* scores, int64_t* rows, ProbeState& state) const {
   // (A plain pair, not the optional: GCC 12 warns it may be uninitialised.)
   const bool has_excluded =
       !options.excluded_label.empty() && options.excluded_label[i].has_value();
   const int64_t excluded = has_excluded ? *options.excluded_label[i] : 0;
-  const bool has_closest = !options.closest.empty();
-  const float closest = has_closest ? options.closest[i] : 0;
-  thread_local std::vector<float> list_scores;
-  size_t filled = 0;
-  size_t lists = 0;
-  size_t survivors = 0;
-  for (size_t r = 0; r < ivf_.nlist && order[r] >= 0; ++r) {
+  for (size_t r = 0; r < ranked && order[r] >= 0; ++r) {
+    if (!probed.empty() &&
+        std::binary_search(probed.begin(), probed.end(), order[r])) {
+      continue;  // visited in the prefix ranking
+    }
+    state.prefix_end = r + 1;
     const auto list = static_cast<size_t>(order[r]);
     const size_t n = ivf_.invlists->list_size(list);
     const size_t labelled = has_excluded ? LabelCount(list, excluded) : 0;
     if (n == labelled) {
-      if (n > 0) ++stats.lists_skipped;
+      if (n > 0) ++state.stats.lists_skipped;
       continue;
     }
-    faiss::InvertedLists::ScopedCodes codes(ivf_.invlists, list);
-    faiss::InvertedLists::ScopedIds ids(ivf_.invlists, list);
-    if (list_scores.size() < n) list_scores.resize(n);
-    ScoreList(reinterpret_cast<const float*>(codes.get()), n, d, query,
-              inner_product, list_scores.data());
-    size_t too_close = 0;
-    for (size_t j = 0; j < n; ++j) {
-      const float s = list_scores[j];
-      if (has_closest && C::cmp(closest, s)) {
-        ++too_close;
-        continue;
-      }
-      if (!C::cmp(scores[0], s)) continue;  // the sentinel until full
-      const IdxT row = ids[j];
-      if (options.skip_row && options.skip_row(i, row)) continue;
-      faiss::heap_replace_top<C>(k, scores, rows, s, row);
-      ++filled;
-    }
-    ++stats.lists_scanned;
-    stats.candidates_scanned += n;
-    // Entries with the label but closer than `closest` are not subtracted
-    // twice: too_close may count some labelled ones, so clamp at 0.
-    const size_t excluded_here = std::min(n, labelled + too_close);
-    survivors += n - excluded_here;
-    if (n > excluded_here) ++lists;
-    if (lists >= plan.min_lists && survivors >= plan.min_candidates &&
-        filled >= k) {
-      break;
+    const size_t too_close =
+        ScanList<C>(list, query, i, options, plan.k, scores, rows, state);
+    // too_close may include labelled entries: clamp rather than subtract
+    // them twice.
+    const size_t gone = std::min(n, labelled + too_close);
+    state.stats.survivors_scanned += n - gone;
+    if (n > gone) ++state.lists;
+    if (state.lists >= plan.min_lists &&
+        state.stats.survivors_scanned >= plan.min_candidates &&
+        state.filled >= plan.k) {
+      state.done = true;
+      return;
     }
   }
-  stats.survivors_scanned += survivors;
-  faiss::heap_reorder<C>(k, scores, rows);
+  // Every list was ranked and visited: nothing is left.
+  if (ranked >= ivf_.nlist) state.done = true;
+}
+
+void IvfProbe::ContinueAny(const float* query, size_t i, const Plan& plan,
+                           const SearchOptions& options, const int64_t* order,
+                           size_t ranked, absl::Span<const int64_t> probed,
+                           float* scores, int64_t* rows,
+                           ProbeState& state) const {
+  if (ivf_.metric_type == faiss::METRIC_INNER_PRODUCT) {
+    Continue<faiss::CMin<float, IdxT>>(query, i, plan, options, order, ranked,
+                                       probed, scores, rows, state);
+  } else {
+    Continue<faiss::CMax<float, IdxT>>(query, i, plan, options, order, ranked,
+                                       probed, scores, rows, state);
+  }
+}
+
+void IvfProbe::Resume(const float* queries, size_t q0, const Plan& plan,
+                      const SearchOptions& options, size_t prefix,
+                      const std::vector<IdxT>& prefix_order, float* scores,
+                      int64_t* rows, std::vector<ProbeState>& states) const {
+  const size_t nlist = ivf_.nlist;
+  const size_t d = static_cast<size_t>(ivf_.d);
+  std::vector<size_t> rest;
+  for (size_t j = 0; j < states.size(); ++j) {
+    if (!states[j].done) rest.push_back(j);
+  }
+  const size_t chunk = std::max<size_t>(1, kRankEntries / nlist);
+  std::vector<float> batch, coarse;
+  std::vector<IdxT> order;
+  for (size_t b0 = 0; b0 < rest.size(); b0 += chunk) {
+    const size_t m = std::min(chunk, rest.size() - b0);
+    batch.resize(m * d);
+    for (size_t j = 0; j < m; ++j) {
+      std::copy_n(queries + (q0 + rest[b0 + j]) * d, d, batch.data() + j * d);
+    }
+    coarse.resize(m * nlist);
+    order.resize(m * nlist);
+    ivf_.quantizer->search(static_cast<IdxT>(m), batch.data(),
+                           static_cast<IdxT>(nlist), coarse.data(),
+                           order.data());
+#pragma omp parallel for if (m > 1) schedule(dynamic)
+    for (size_t j = 0; j < m; ++j) {
+      const size_t local = rest[b0 + j];
+      const size_t i = q0 + local;
+      ProbeState& state = states[local];
+      std::vector<IdxT> probed(
+          prefix_order.begin() + static_cast<std::ptrdiff_t>(local * prefix),
+          prefix_order.begin() +
+              static_cast<std::ptrdiff_t>(local * prefix + state.prefix_end));
+      std::sort(probed.begin(), probed.end());
+      ContinueAny(batch.data() + j * d, i, plan, options,
+                  order.data() + j * nlist, nlist, probed, scores + i * plan.k,
+                  rows + i * plan.k, state);
+    }
+  }
 }
 
 void IvfProbe::Search(const float* queries, size_t nq, size_t k,
@@ -169,44 +247,52 @@ void IvfProbe::Search(const float* queries, size_t nq, size_t k,
                       int64_t* rows, IvfProbeStats* stats) const {
   if (nq == 0 || k == 0) return;
   const Plan plan = PlanFor(k, options);
-  const size_t nlist = ivf_.nlist;
   const size_t d = static_cast<size_t>(ivf_.d);
-  const size_t chunk = std::max<size_t>(1, kRankEntries / nlist);
-  thread_local std::vector<float> coarse;
-  thread_local std::vector<IdxT> order;
+  // Most queries stop within a short prefix of the ranking: rank that
+  // many lists first (a smaller heap per query), and all of them only for
+  // the queries that get past it.
+  const size_t prefix = PrefixRanks(plan);
+  const size_t chunk = std::max<size_t>(1, kRankEntries / prefix);
+  std::vector<float> coarse;
+  std::vector<IdxT> order;
+  std::vector<ProbeState> states;
   IvfProbeStats total;
   for (size_t q0 = 0; q0 < nq; q0 += chunk) {
     const size_t m = std::min(chunk, nq - q0);
-    coarse.resize(m * nlist);
-    order.resize(m * nlist);
+    coarse.resize(m * prefix);
+    order.resize(m * prefix);
     ivf_.quantizer->search(static_cast<IdxT>(m), queries + q0 * d,
-                           static_cast<IdxT>(nlist), coarse.data(),
+                           static_cast<IdxT>(prefix), coarse.data(),
                            order.data());
-    size_t lists_scanned = 0, lists_skipped = 0, scanned = 0, survived = 0;
-    const IdxT* order_data = order.data();
-#pragma omp parallel for if (m > 1) schedule(dynamic) \
-    reduction(+ : lists_scanned, lists_skipped, scanned, survived)
+    states.assign(m, ProbeState());
+#pragma omp parallel for if (m > 1) schedule(dynamic)
     for (size_t j = 0; j < m; ++j) {
       const size_t i = q0 + j;
-      IvfProbeStats one;
       if (ivf_.metric_type == faiss::METRIC_INNER_PRODUCT) {
-        SearchOne<faiss::CMin<float, IdxT>>(queries + i * d, i, plan, options,
-                                            order_data + j * nlist,
-                                            scores + i * k, rows + i * k, one);
+        faiss::heap_heapify<faiss::CMin<float, IdxT>>(k, scores + i * k,
+                                                      rows + i * k);
       } else {
-        SearchOne<faiss::CMax<float, IdxT>>(queries + i * d, i, plan, options,
-                                            order_data + j * nlist,
-                                            scores + i * k, rows + i * k, one);
+        faiss::heap_heapify<faiss::CMax<float, IdxT>>(k, scores + i * k,
+                                                      rows + i * k);
       }
-      lists_scanned += one.lists_scanned;
-      lists_skipped += one.lists_skipped;
-      scanned += one.candidates_scanned;
-      survived += one.survivors_scanned;
+      ContinueAny(queries + i * d, i, plan, options, order.data() + j * prefix,
+                  prefix, {}, scores + i * k, rows + i * k, states[j]);
     }
-    total.lists_scanned += lists_scanned;
-    total.lists_skipped += lists_skipped;
-    total.candidates_scanned += scanned;
-    total.survivors_scanned += survived;
+    Resume(queries, q0, plan, options, prefix, order, scores, rows, states);
+    for (size_t j = 0; j < m; ++j) {
+      const size_t i = q0 + j;
+      if (ivf_.metric_type == faiss::METRIC_INNER_PRODUCT) {
+        faiss::heap_reorder<faiss::CMin<float, IdxT>>(k, scores + i * k,
+                                                      rows + i * k);
+      } else {
+        faiss::heap_reorder<faiss::CMax<float, IdxT>>(k, scores + i * k,
+                                                      rows + i * k);
+      }
+      total.lists_scanned += states[j].stats.lists_scanned;
+      total.lists_skipped += states[j].stats.lists_skipped;
+      total.candidates_scanned += states[j].stats.candidates_scanned;
+      total.survivors_scanned += states[j].stats.survivors_scanned;
+    }
   }
   if (stats != nullptr) {
     stats->lists_scanned += total.lists_scanned;

@@ -4,8 +4,9 @@
 //
 // FAISS probes a fixed nprobe lists. When a query excludes its own class,
 // the nearest lists hold mostly that class, and the negatives live in lists
-// a fixed nprobe never reaches. IvfProbe instead ranks every list by its
-// centroid's score and probes them in that order:
+// a fixed nprobe never reaches. IvfProbe instead ranks the lists by their
+// centroids' scores (a prefix of the ranking first, all lists for the
+// queries that get past it) and probes them in that order:
 //   - a list whose entries all carry the excluded label is skipped without
 //     being scanned (per-list label counts, built from the store's labels
 //     when the probe is created, at build and at load time);
@@ -31,6 +32,7 @@
 #include <memory>
 #include <vector>
 
+#include "absl/types/span.h"
 #include "corpus/candidate_store.h"
 #include "index/vector_index.h"
 
@@ -48,7 +50,10 @@ struct IvfProbeStats {
 class IvfProbe {
  public:
   // When min_candidates is 0 everywhere: kAutoCandidatesPerResult x k, and
-  // at least kAutoLists average lists' worth of entries.
+  // at least kAutoLists average lists' worth of entries. Eight lists cost
+  // what FAISS's nprobe 8 does, which on the bench's W2 (README, "IVF")
+  // finds 0.97 of the exact negatives at over 5x the exact miner; a deep
+  // window (k in the hundreds) scans proportionally more.
   static constexpr size_t kAutoCandidatesPerResult = 64;
   static constexpr size_t kAutoLists = 8;
 
@@ -87,12 +92,44 @@ class IvfProbe {
     size_t min_lists = 1;
     size_t min_candidates = 0;
   };
-  Plan PlanFor(size_t k, const SearchOptions& options) const;
+  // Where one query's probing stands.
+  struct ProbeState {
+    size_t filled = 0;      // heap insertions (full once >= k)
+    size_t lists = 0;       // scanned lists that held survivors
+    size_t prefix_end = 0;  // ranks of the prefix ranking visited
+    bool done = false;
+    IvfProbeStats stats;
+  };
+  // Lists ranked first, per query: enough for the plan with room to spare
+  // (kPrefixRanksPerList times the lists it needs on average).
+  static constexpr size_t kMinPrefixRanks = 64;
+  static constexpr size_t kPrefixRanksPerList = 4;
 
+  Plan PlanFor(size_t k, const SearchOptions& options) const;
+  size_t PrefixRanks(const Plan& plan) const;
+  // Scores list `list` into query i's heap; returns how many entries
+  // `closest` skipped.
   template <class C>
-  void SearchOne(const float* query, size_t i, const Plan& plan,
-                 const SearchOptions& options, const int64_t* order,
-                 float* scores, int64_t* rows, IvfProbeStats& stats) const;
+  size_t ScanList(size_t list, const float* query, size_t i,
+                  const SearchOptions& options, size_t k, float* scores,
+                  int64_t* rows, ProbeState& state) const;
+  // Probes query i's lists in `order` (`ranked` of them), passing over
+  // those in sorted `probed`, until the plan is met.
+  template <class C>
+  void Continue(const float* query, size_t i, const Plan& plan,
+                const SearchOptions& options, const int64_t* order,
+                size_t ranked, absl::Span<const int64_t> probed, float* scores,
+                int64_t* rows, ProbeState& state) const;
+  void ContinueAny(const float* query, size_t i, const Plan& plan,
+                   const SearchOptions& options, const int64_t* order,
+                   size_t ranked, absl::Span<const int64_t> probed,
+                   float* scores, int64_t* rows, ProbeState& state) const;
+  // The queries q0 + j whose states[j] is not done after the prefix
+  // ranking: ranks every list for them and probes on.
+  void Resume(const float* queries, size_t q0, const Plan& plan,
+              const SearchOptions& options, size_t prefix,
+              const std::vector<int64_t>& prefix_order, float* scores,
+              int64_t* rows, std::vector<ProbeState>& states) const;
 
   const faiss::IndexIVF& ivf_;
   const size_t default_min_candidates_;
