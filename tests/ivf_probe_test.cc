@@ -271,6 +271,53 @@ TEST(IvfProbeTest, ProbesPastTheFirstRankedLists) {
   }
 }
 
+// A batch (scanned list by list, sharing each list's read) answers as its
+// queries do one at a time (each scanning its own lists), exclusions and
+// all.
+TEST(IvfProbeTest, BatchesAnswerAsSingleQueries) {
+  Fixture f = MakeFixture(faiss::METRIC_INNER_PRODUCT);
+  Rng rng(9);
+  const size_t nq = 24;
+  const size_t k = 10;
+  std::vector<float> queries;
+  std::vector<std::optional<int64_t>> labels;
+  for (size_t i = 0; i < nq; ++i) {
+    const size_t row = i * 91 % f.store->size();
+    std::vector<float> q = QueryNear(f.data, row, rng);
+    queries.insert(queries.end(), q.begin(), q.end());
+    // Every other query excludes its class.
+    labels.push_back(i % 2 == 0 ? std::optional<int64_t>(ClassOf(row))
+                                : std::nullopt);
+  }
+  SearchOptions options;
+  options.nprobe = 2;
+  options.ivf_min_candidates = 120;
+  options.excluded_label = labels;
+  options.skip_row = [&](size_t i, int64_t r) {
+    return labels[i].has_value() &&
+           ClassOf(static_cast<size_t>(r)) == *labels[i];
+  };
+  const Result batch = Probe(f, queries, k, options);
+  IvfProbeStats single_stats;
+  for (size_t i = 0; i < nq; ++i) {
+    const std::vector<float> q(queries.begin() + i * kDim,
+                               queries.begin() + (i + 1) * kDim);
+    SearchOptions one = options;
+    one.excluded_label = absl::MakeConstSpan(&labels[i], 1);
+    one.skip_row = [&](size_t, int64_t r) { return options.skip_row(i, r); };
+    const Result got = Probe(f, q, k, one);
+    for (size_t j = 0; j < k; ++j) {
+      EXPECT_EQ(batch.rows[i * k + j], got.rows[j])
+          << "query " << i << " rank " << j;
+      EXPECT_NEAR(batch.scores[i * k + j], got.scores[j], 1e-5);
+    }
+    single_stats.lists_scanned += got.stats.lists_scanned;
+    single_stats.lists_skipped += got.stats.lists_skipped;
+  }
+  EXPECT_EQ(batch.stats.lists_scanned, single_stats.lists_scanned);
+  EXPECT_EQ(batch.stats.lists_skipped, single_stats.lists_skipped);
+}
+
 // Mining with the query's class excluded, on IVF with a small nprobe:
 // exclusion-aware probing finds the exact (Flat) negatives; the same
 // exclusion through FAISS's fixed nprobe (the class given as positives over

@@ -1,8 +1,10 @@
 #include "index/ivf_probe.h"
 
+#include <cblas.h>
 #include <faiss/impl/AuxIndexStructures.h>
 #include <faiss/invlists/InvertedLists.h>
 #include <faiss/utils/Heap.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <utility>
@@ -27,6 +29,23 @@ void ScoreList(const float* codes, size_t n, size_t d, const float* query,
     return;
   }
   for (size_t j = 0; j < n; ++j) out[j] = SquaredL2(query, codes + j * d, d);
+}
+
+// out[a * n + r] = queries[a] . rows[r] for `nq` queries: sgemm for four
+// or more, RowDots (each row read once per three queries) below that.
+void BatchDots(const float* rows, size_t n, size_t d, const float* queries,
+               size_t nq, float* out) {
+  if (nq >= 4) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nq),
+                static_cast<int>(n), static_cast<int>(d), 1.0f, queries,
+                static_cast<int>(d), rows, static_cast<int>(d), 0.0f, out,
+                static_cast<int>(n));
+    return;
+  }
+  for (size_t a = 0; a < nq; a += kMaxRowDotQueries) {
+    const size_t group = std::min(kMaxRowDotQueries, nq - a);
+    RowDots(rows, n, d, queries + a * d, group, out + a * n);
+  }
 }
 
 }  // namespace
@@ -127,6 +146,15 @@ size_t IvfProbe::ScanList(size_t list, const float* query, size_t i,
   ScoreList(reinterpret_cast<const float*>(codes.get()), n, d, query,
             ivf_.metric_type == faiss::METRIC_INNER_PRODUCT,
             list_scores.data());
+  return PushList<C>(list_scores.data(), n, ids.get(), i, options, k, scores,
+                     rows, state);
+}
+
+template <class C>
+size_t IvfProbe::PushList(const float* list_scores, size_t n,
+                          const int64_t* ids, size_t i,
+                          const SearchOptions& options, size_t k, float* scores,
+                          int64_t* rows, ProbeState& state) const {
   const bool has_closest = !options.closest.empty();
   const float closest = has_closest ? options.closest[i] : 0;
   size_t too_close = 0;
@@ -150,13 +178,14 @@ size_t IvfProbe::ScanList(size_t list, const float* query, size_t i,
 template <class C>
 void IvfProbe::Continue(const float* query, size_t i, const Plan& plan,
                         const SearchOptions& options, const int64_t* order,
-                        size_t ranked, absl::Span<const int64_t> probed,
-                        float* scores, int64_t* rows, ProbeState& state) const {
+                        size_t first, size_t ranked,
+                        absl::Span<const int64_t> probed, float* scores,
+                        int64_t* rows, ProbeState& state) const {
   // (A plain pair, not the optional: GCC 12 warns it may be uninitialised.)
   const bool has_excluded =
       !options.excluded_label.empty() && options.excluded_label[i].has_value();
   const int64_t excluded = has_excluded ? *options.excluded_label[i] : 0;
-  for (size_t r = 0; r < ranked && order[r] >= 0; ++r) {
+  for (size_t r = first; r < ranked && order[r] >= 0; ++r) {
     if (!probed.empty() &&
         std::binary_search(probed.begin(), probed.end(), order[r])) {
       continue;  // visited in the prefix ranking
@@ -171,14 +200,8 @@ void IvfProbe::Continue(const float* query, size_t i, const Plan& plan,
     }
     const size_t too_close =
         ScanList<C>(list, query, i, options, plan.k, scores, rows, state);
-    // too_close may include labelled entries: clamp rather than subtract
-    // them twice.
-    const size_t gone = std::min(n, labelled + too_close);
-    state.stats.survivors_scanned += n - gone;
-    if (n > gone) ++state.lists;
-    if (state.lists >= plan.min_lists &&
-        state.stats.survivors_scanned >= plan.min_candidates &&
-        state.filled >= plan.k) {
+    Account(n, labelled, too_close, state);
+    if (PlanMet(plan, state)) {
       state.done = true;
       return;
     }
@@ -189,15 +212,116 @@ void IvfProbe::Continue(const float* query, size_t i, const Plan& plan,
 
 void IvfProbe::ContinueAny(const float* query, size_t i, const Plan& plan,
                            const SearchOptions& options, const int64_t* order,
-                           size_t ranked, absl::Span<const int64_t> probed,
-                           float* scores, int64_t* rows,
-                           ProbeState& state) const {
+                           size_t first, size_t ranked,
+                           absl::Span<const int64_t> probed, float* scores,
+                           int64_t* rows, ProbeState& state) const {
   if (ivf_.metric_type == faiss::METRIC_INNER_PRODUCT) {
-    Continue<faiss::CMin<float, IdxT>>(query, i, plan, options, order, ranked,
-                                       probed, scores, rows, state);
+    Continue<faiss::CMin<float, IdxT>>(query, i, plan, options, order, first,
+                                       ranked, probed, scores, rows, state);
   } else {
-    Continue<faiss::CMax<float, IdxT>>(query, i, plan, options, order, ranked,
-                                       probed, scores, rows, state);
+    Continue<faiss::CMax<float, IdxT>>(query, i, plan, options, order, first,
+                                       ranked, probed, scores, rows, state);
+  }
+}
+
+void IvfProbe::Account(size_t n, size_t labelled, size_t too_close,
+                       ProbeState& state) {
+  // too_close may include labelled entries: clamp rather than subtract
+  // them twice.
+  const size_t gone = std::min(n, labelled + too_close);
+  state.stats.survivors_scanned += n - gone;
+  if (n > gone) ++state.lists;
+}
+
+bool IvfProbe::PlanMet(const Plan& plan, const ProbeState& state) {
+  return state.lists >= plan.min_lists &&
+         state.stats.survivors_scanned >= plan.min_candidates &&
+         state.filled >= plan.k;
+}
+
+std::vector<uint32_t> IvfProbe::PlanLists(size_t i, const Plan& plan,
+                                          const SearchOptions& options,
+                                          const int64_t* order, size_t prefix,
+                                          ProbeState& state) const {
+  const bool has_excluded =
+      !options.excluded_label.empty() && options.excluded_label[i].has_value();
+  const int64_t excluded = has_excluded ? *options.excluded_label[i] : 0;
+  std::vector<uint32_t> lists;
+  size_t survivors = 0;
+  size_t r = 0;
+  while (r < prefix && order[r] >= 0) {
+    const auto list = static_cast<size_t>(order[r++]);
+    const size_t n = ivf_.invlists->list_size(list);
+    const size_t labelled = has_excluded ? LabelCount(list, excluded) : 0;
+    if (n == labelled) {
+      if (n > 0) ++state.stats.lists_skipped;
+      continue;
+    }
+    lists.push_back(static_cast<uint32_t>(list));
+    survivors += n - labelled;
+    if (lists.size() >= plan.min_lists && survivors >= plan.min_candidates &&
+        survivors >= plan.k) {
+      break;
+    }
+  }
+  state.prefix_end = r;
+  return lists;
+}
+
+void IvfProbe::BatchScan(const float* queries, size_t q0, size_t m,
+                         const Plan& plan, const SearchOptions& options,
+                         const int64_t* order, size_t prefix, float* scores,
+                         int64_t* rows, std::vector<ProbeState>& states) const {
+  using C = faiss::CMin<float, IdxT>;
+  const size_t d = static_cast<size_t>(ivf_.d);
+  const size_t k = plan.k;
+  // Which queries probe each list (the plan from label counts alone).
+  std::vector<std::vector<uint32_t>> probers(ivf_.nlist);
+  for (size_t j = 0; j < m; ++j) {
+    faiss::heap_heapify<C>(k, scores + (q0 + j) * k, rows + (q0 + j) * k);
+    for (uint32_t list : PlanLists(q0 + j, plan, options, order + j * prefix,
+                                   prefix, states[j])) {
+      probers[list].push_back(static_cast<uint32_t>(j));
+    }
+  }
+#pragma omp parallel
+  {
+    // Each thread owns the queries j with j % threads == t, so that each
+    // heap has one writer; it reads each list its queries probe once.
+    const auto threads = static_cast<size_t>(omp_get_num_threads());
+    const auto t = static_cast<size_t>(omp_get_thread_num());
+    std::vector<uint32_t> mine;
+    std::vector<float> batch, dots;
+    for (size_t list = 0; list < ivf_.nlist; ++list) {
+      mine.clear();
+      for (uint32_t j : probers[list]) {
+        if (j % threads == t) mine.push_back(j);
+      }
+      if (mine.empty()) continue;
+      const size_t n = ivf_.invlists->list_size(list);
+      faiss::InvertedLists::ScopedCodes codes(ivf_.invlists, list);
+      faiss::InvertedLists::ScopedIds ids(ivf_.invlists, list);
+      const auto* x = reinterpret_cast<const float*>(codes.get());
+      batch.resize(mine.size() * d);
+      for (size_t a = 0; a < mine.size(); ++a) {
+        std::copy_n(queries + (q0 + mine[a]) * d, d, batch.data() + a * d);
+      }
+      dots.resize(mine.size() * n);
+      BatchDots(x, n, d, batch.data(), mine.size(), dots.data());
+      for (size_t a = 0; a < mine.size(); ++a) {
+        const size_t i = q0 + mine[a];
+        ProbeState& state = states[mine[a]];
+        const size_t too_close =
+            PushList<C>(dots.data() + a * n, n, ids.get(), i, options, k,
+                        scores + i * k, rows + i * k, state);
+        const size_t labelled =
+            options.excluded_label.empty() ||
+                    !options.excluded_label[i].has_value()
+                ? 0
+                : LabelCount(list, *options.excluded_label[i]);
+        Account(n, labelled, too_close, state);
+      }
+    }
   }
 }
 
@@ -236,8 +360,8 @@ void IvfProbe::Resume(const float* queries, size_t q0, const Plan& plan,
               static_cast<std::ptrdiff_t>(local * prefix + state.prefix_end));
       std::sort(probed.begin(), probed.end());
       ContinueAny(batch.data() + j * d, i, plan, options,
-                  order.data() + j * nlist, nlist, probed, scores + i * plan.k,
-                  rows + i * plan.k, state);
+                  order.data() + j * nlist, 0, nlist, probed,
+                  scores + i * plan.k, rows + i * plan.k, state);
     }
   }
 }
@@ -265,18 +389,38 @@ void IvfProbe::Search(const float* queries, size_t nq, size_t k,
                            static_cast<IdxT>(prefix), coarse.data(),
                            order.data());
     states.assign(m, ProbeState());
-#pragma omp parallel for if (m > 1) schedule(dynamic)
-    for (size_t j = 0; j < m; ++j) {
-      const size_t i = q0 + j;
-      if (ivf_.metric_type == faiss::METRIC_INNER_PRODUCT) {
-        faiss::heap_heapify<faiss::CMin<float, IdxT>>(k, scores + i * k,
-                                                      rows + i * k);
-      } else {
-        faiss::heap_heapify<faiss::CMax<float, IdxT>>(k, scores + i * k,
-                                                      rows + i * k);
+    if (ivf_.metric_type == faiss::METRIC_INNER_PRODUCT &&
+        m >= kMinBatchQueries) {
+      // Queries share list reads (and sgemm) list by list; those the
+      // plan from label counts left short probe on one by one.
+      BatchScan(queries, q0, m, plan, options, order.data(), prefix, scores,
+                rows, states);
+#pragma omp parallel for schedule(dynamic)
+      for (size_t j = 0; j < m; ++j) {
+        const size_t i = q0 + j;
+        if (PlanMet(plan, states[j])) {
+          states[j].done = true;
+          continue;
+        }
+        ContinueAny(queries + i * d, i, plan, options,
+                    order.data() + j * prefix, states[j].prefix_end, prefix, {},
+                    scores + i * k, rows + i * k, states[j]);
       }
-      ContinueAny(queries + i * d, i, plan, options, order.data() + j * prefix,
-                  prefix, {}, scores + i * k, rows + i * k, states[j]);
+    } else {
+#pragma omp parallel for if (m > 1) schedule(dynamic)
+      for (size_t j = 0; j < m; ++j) {
+        const size_t i = q0 + j;
+        if (ivf_.metric_type == faiss::METRIC_INNER_PRODUCT) {
+          faiss::heap_heapify<faiss::CMin<float, IdxT>>(k, scores + i * k,
+                                                        rows + i * k);
+        } else {
+          faiss::heap_heapify<faiss::CMax<float, IdxT>>(k, scores + i * k,
+                                                        rows + i * k);
+        }
+        ContinueAny(queries + i * d, i, plan, options,
+                    order.data() + j * prefix, 0, prefix, {}, scores + i * k,
+                    rows + i * k, states[j]);
+      }
     }
     Resume(queries, q0, plan, options, prefix, order, scores, rows, states);
     for (size_t j = 0; j < m; ++j) {

@@ -105,7 +105,32 @@ class IvfProbe {
   static constexpr size_t kMinPrefixRanks = 64;
   static constexpr size_t kPrefixRanksPerList = 4;
 
+  // Batches of at least this many inner-product queries scan list by
+  // list (BatchScan), sharing each list's read.
+  static constexpr size_t kMinBatchQueries = 8;
+
   Plan PlanFor(size_t k, const SearchOptions& options) const;
+  static void Account(size_t n, size_t labelled, size_t too_close,
+                      ProbeState& state);
+  static bool PlanMet(const Plan& plan, const ProbeState& state);
+  // Query i's lists to probe in `order`'s first `prefix` ranks, from the
+  // label counts alone (closest and skip_row unknown until scanned).
+  std::vector<uint32_t> PlanLists(size_t i, const Plan& plan,
+                                  const SearchOptions& options,
+                                  const int64_t* order, size_t prefix,
+                                  ProbeState& state) const;
+  // Inner product: queries q0 .. q0 + m - 1 (their prefix rankings in
+  // `order`) scan their planned lists list by list.
+  void BatchScan(const float* queries, size_t q0, size_t m, const Plan& plan,
+                 const SearchOptions& options, const int64_t* order,
+                 size_t prefix, float* scores, int64_t* rows,
+                 std::vector<ProbeState>& states) const;
+  // Pushes one list's scores into query i's heap; returns how many
+  // entries `closest` skipped.
+  template <class C>
+  size_t PushList(const float* list_scores, size_t n, const int64_t* ids,
+                  size_t i, const SearchOptions& options, size_t k,
+                  float* scores, int64_t* rows, ProbeState& state) const;
   size_t PrefixRanks(const Plan& plan) const;
   // Scores list `list` into query i's heap; returns how many entries
   // `closest` skipped.
@@ -113,17 +138,18 @@ class IvfProbe {
   size_t ScanList(size_t list, const float* query, size_t i,
                   const SearchOptions& options, size_t k, float* scores,
                   int64_t* rows, ProbeState& state) const;
-  // Probes query i's lists in `order` (`ranked` of them), passing over
-  // those in sorted `probed`, until the plan is met.
+  // Probes query i's lists in `order` from rank `first` to `ranked`,
+  // passing over those in sorted `probed`, until the plan is met.
   template <class C>
   void Continue(const float* query, size_t i, const Plan& plan,
                 const SearchOptions& options, const int64_t* order,
-                size_t ranked, absl::Span<const int64_t> probed, float* scores,
-                int64_t* rows, ProbeState& state) const;
+                size_t first, size_t ranked, absl::Span<const int64_t> probed,
+                float* scores, int64_t* rows, ProbeState& state) const;
   void ContinueAny(const float* query, size_t i, const Plan& plan,
                    const SearchOptions& options, const int64_t* order,
-                   size_t ranked, absl::Span<const int64_t> probed,
-                   float* scores, int64_t* rows, ProbeState& state) const;
+                   size_t first, size_t ranked,
+                   absl::Span<const int64_t> probed, float* scores,
+                   int64_t* rows, ProbeState& state) const;
   // The queries q0 + j whose states[j] is not done after the prefix
   // ranking: ranks every list for them and probes on.
   void Resume(const float* queries, size_t q0, const Plan& plan,
