@@ -18,7 +18,10 @@
 //     lists do not count towards that floor), and k results; or when no
 //     list is left.
 // Scores are those of FAISS's IVF-Flat (inner product, or squared L2),
-// computed with SIMD.
+// computed with SIMD. A batch of kMinBatchQueries or more inner-product
+// queries plans each query's lists from the label counts, then scans list
+// by list, each list read once for all the queries probing it (sgemm);
+// queries the plan left short probe on alone.
 //
 // Immutable after Create: Search may be called from any number of threads.
 // The FAISS index and the store must outlive the probe, unchanged.
