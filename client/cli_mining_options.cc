@@ -40,6 +40,10 @@ void AddMiningFlags(FlagSet& flags, MiningFlags* mining_flags) {
   flags.Uint32("nprobe", &options.nprobe,
                "IVF lists to probe (more: better recall, slower); 0 keeps "
                "the server's --nprobe.");
+  flags.Uint32("ivf_min_candidates", &options.ivf_min_candidates,
+               "IVF-Flat over labelled candidates: candidates without the "
+               "query's label to scan before probing stops; 0 keeps the "
+               "server's --ivf_min_candidates.");
   flags.Bool("allow_partial", &options.allow_partial,
              "Through a router: answer from the live shards when some are "
              "gone, listing the missing ones, instead of failing.");

@@ -55,6 +55,7 @@ void MiningOptionsToProto(const MiningOptions& options,
   out->set_temperature(options.temperature);
   out->set_seed(options.seed);
   out->set_nprobe(options.nprobe);
+  out->set_ivf_min_candidates(options.ivf_min_candidates);
   out->set_return_embeddings(options.return_embeddings);
   out->set_min_index_sequence(options.min_index_sequence);
   out->set_allow_partial(options.allow_partial);
@@ -75,6 +76,7 @@ absl::Status MiningOptionsFromProto(const v1::MiningOptions& in,
   out->temperature = in.temperature();
   out->seed = in.seed();
   out->nprobe = in.nprobe();
+  out->ivf_min_candidates = in.ivf_min_candidates();
   out->return_embeddings = in.return_embeddings();
   out->min_index_sequence = in.min_index_sequence();
   out->allow_partial = in.allow_partial();

@@ -23,6 +23,9 @@ ABSL_FLAG(uint32_t, max_negatives, 10000, "Largest num_negatives accepted.");
 ABSL_FLAG(uint32_t, max_range, 1000000, "Largest range_max accepted.");
 ABSL_FLAG(uint32_t, max_nprobe, 4096,
           "Largest per-request options.nprobe accepted (IVF indexes).");
+ABSL_FLAG(uint32_t, max_ivf_min_candidates, 1u << 20,
+          "Largest per-request options.ivf_min_candidates accepted (IVF-Flat "
+          "indexes over labelled candidates).");
 ABSL_FLAG(uint32_t, max_queries, 16384,
           "Most queries in one request (INVALID_ARGUMENT past it).");
 ABSL_FLAG(uint64_t, max_request_negatives, uint64_t{1} << 20,
@@ -90,6 +93,7 @@ MinerLimits LimitsFromFlags() {
   limits.max_negatives = absl::GetFlag(FLAGS_max_negatives);
   limits.max_range = absl::GetFlag(FLAGS_max_range);
   limits.max_nprobe = absl::GetFlag(FLAGS_max_nprobe);
+  limits.max_ivf_min_candidates = absl::GetFlag(FLAGS_max_ivf_min_candidates);
   limits.max_queries = std::max<uint32_t>(1, absl::GetFlag(FLAGS_max_queries));
   limits.max_request_negatives = absl::GetFlag(FLAGS_max_request_negatives);
   limits.max_request_fetch = absl::GetFlag(FLAGS_max_request_fetch);

@@ -1,8 +1,9 @@
 // The flags hardneg-server and hardneg-router share, under the same names:
 // the per-request limits (--max_negatives, --max_range, --max_nprobe,
-// --max_queries, --max_request_negatives, --max_request_fetch,
-// --max_positives), and access (--tls_cert, --tls_key, --tls_client_ca,
-// --auth_tokens); and the process start of both binaries.
+// --max_ivf_min_candidates, --max_queries, --max_request_negatives,
+// --max_request_fetch, --max_positives), and access (--tls_cert,
+// --tls_key, --tls_client_ca, --auth_tokens); and the process start of both
+// binaries.
 //
 // The *FromFlags functions only read flags (absl::GetFlag is thread-safe); call
 // it after absl::ParseCommandLine.

@@ -35,6 +35,13 @@ ABSL_FLAG(std::string, index, "Flat",
 ABSL_FLAG(uint32_t, nprobe, 0,
           "Inverted lists probed per query by IVF --index types (0: FAISS's "
           "default of 1). More: better recall, slower search.");
+ABSL_FLAG(uint32_t, ivf_min_candidates, 0,
+          "IVF-Flat --index over labelled candidates: each query probes "
+          "lists, nearest first, skipping those holding only its label, until "
+          "it has scanned this many candidates without its label (and at "
+          "least --nprobe lists holding some). 0: automatic (64 per result "
+          "fetched, at least 8 average lists). A request's "
+          "options.ivf_min_candidates overrides it.");
 ABSL_FLAG(bool, half_scan, true,
           "Flat at --scan f32: also keep the vectors in float16 (+50% of "
           "their memory) for searches of 1-3 queries, which read them first "
@@ -131,6 +138,7 @@ absl::StatusOr<IndexManagerOptions> ManagerOptionsFromFlags() {
   manager.checkpoints_dir = absl::GetFlag(FLAGS_checkpoints);
   manager.build.factory = absl::GetFlag(FLAGS_index);
   manager.build.nprobe = absl::GetFlag(FLAGS_nprobe);
+  manager.build.ivf_min_candidates = absl::GetFlag(FLAGS_ivf_min_candidates);
   manager.build.half_scan = absl::GetFlag(FLAGS_half_scan);
   const std::optional<ScanPrecision> scan =
       ParseScanPrecision(absl::GetFlag(FLAGS_scan));

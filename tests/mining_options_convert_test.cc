@@ -23,6 +23,7 @@ MiningOptions EveryFieldSet() {
   options.temperature = 0.25f;
   options.seed = 12345;
   options.nprobe = 16;
+  options.ivf_min_candidates = 5000;
   options.return_embeddings = true;
   options.min_index_sequence = 9;
   options.allow_partial = true;
@@ -47,6 +48,7 @@ TEST(MiningOptionsConvertTest, EveryFieldRoundTrips) {
   EXPECT_EQ(back.temperature, 0.25f);
   EXPECT_EQ(back.seed, 12345u);
   EXPECT_EQ(back.nprobe, 16u);
+  EXPECT_EQ(back.ivf_min_candidates, 5000u);
   EXPECT_TRUE(back.return_embeddings);
   EXPECT_EQ(back.min_index_sequence, 9u);
   EXPECT_TRUE(back.allow_partial);

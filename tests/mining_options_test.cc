@@ -56,6 +56,11 @@ TEST(MiningOptionsTest, ChecksNameTheField) {
   o = Valid();
   o.nprobe = MinerLimits().max_nprobe + 1;
   ExpectRefused(o, "options.nprobe");
+  o = Valid();
+  o.ivf_min_candidates = MinerLimits().max_ivf_min_candidates;
+  EXPECT_TRUE(ValidateMiningOptions(o, MinerLimits()).ok());
+  o.ivf_min_candidates = MinerLimits().max_ivf_min_candidates + 1;
+  ExpectRefused(o, "options.ivf_min_candidates");
 }
 
 TEST(MiningOptionsTest, RangeMaxDefaultsToTheWindowEnd) {

@@ -235,6 +235,27 @@ TEST_F(ServerTest, MineOnceReturnsInvalidArgumentNamingTheField) {
   EXPECT_THAT(status.error_message(), HasSubstr("queries"));
 }
 
+// options.ivf_min_candidates travels to the miner's checks: at the limit
+// it is accepted, past it refused naming the field and the limit.
+TEST_F(ServerTest, IvfMinCandidatesIsHeldToItsLimit) {
+  auto stub = Stub();
+  std::mt19937 rng(5);
+  v1::MineRequest request = RandomRequest(10, 2, 3, rng);
+  const uint32_t limit = MinerLimits().max_ivf_min_candidates;
+  request.mutable_options()->set_ivf_min_candidates(limit);
+  grpc::ClientContext context;
+  v1::MineResponse response;
+  EXPECT_TRUE(stub->MineOnce(&context, request, &response).ok());
+  request.mutable_options()->set_ivf_min_candidates(limit + 1);
+  grpc::ClientContext context2;
+  const grpc::Status status = stub->MineOnce(&context2, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_THAT(
+      status.error_message(),
+      HasSubstr("options.ivf_min_candidates is " + std::to_string(limit + 1)));
+  EXPECT_THAT(status.error_message(), HasSubstr("max_ivf_min_candidates"));
+}
+
 TEST_F(ServerTest, MineOnceEchoesRequestIdAndVersion) {
   auto stub = Stub();
   std::mt19937 rng(4);

@@ -26,6 +26,8 @@ inline float HorizontalSum(__m128 v) {
 }
 #endif
 
+}  // namespace
+
 float SquaredL2(const float* a, const float* b, size_t d) {
   size_t i = 0;
   float sum = 0;
@@ -49,6 +51,8 @@ float SquaredL2(const float* a, const float* b, size_t d) {
   for (; i < d; ++i) sum += (a[i] - b[i]) * (a[i] - b[i]);
   return sum;
 }
+
+namespace {
 
 // Scores one query against a list's raw float codes into FAISS's result
 // heap (a min-heap of the best inner products, or a max-heap of the
@@ -127,6 +131,11 @@ class SimdIndexIVFFlat final : public faiss::IndexIVFFlat {
 };
 
 }  // namespace
+
+bool IsIvfFlat(const faiss::Index& index) {
+  return typeid(index) == typeid(faiss::IndexIVFFlat) ||
+         typeid(index) == typeid(SimdIndexIVFFlat);
+}
 
 std::unique_ptr<faiss::Index> WithFastListScan(
     std::unique_ptr<faiss::Index> index) {

@@ -15,6 +15,7 @@
 
 #include <faiss/Index.h>
 
+#include <cstddef>
 #include <memory>
 
 namespace hardneg {
@@ -24,6 +25,15 @@ namespace hardneg {
 // lists) that scans lists with SIMD.
 std::unique_ptr<faiss::Index> WithFastListScan(
     std::unique_ptr<faiss::Index> index);
+
+// True when `index` is exactly a faiss::IndexIVFFlat or the SIMD index
+// WithFastListScan makes of one: raw float32 codes, one id per entry
+// (unlike IndexIVFFlatDedup, whose entries stand for several ids).
+bool IsIvfFlat(const faiss::Index& index);
+
+// The squared L2 distance of two `d`-float vectors, as the SIMD scanner
+// computes it (four SSE accumulators; scalar without SSE2).
+float SquaredL2(const float* a, const float* b, size_t d);
 
 }  // namespace hardneg
 

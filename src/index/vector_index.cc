@@ -29,6 +29,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "index/ivf_flat_scan.h"
+#include "index/ivf_probe.h"
 #include "index/reduced_scan.h"
 #include "index/row_dots.h"
 
@@ -888,18 +889,30 @@ class FlatIndex final : public VectorIndex {
 // Any other FAISS factory string: FAISS holds its own codes.
 class FaissIndex final : public VectorIndex {
  public:
-  FaissIndex(std::unique_ptr<faiss::Index> index, std::string factory)
+  // `store` (for IvfProbe's label counts) must outlive the index.
+  FaissIndex(std::unique_ptr<faiss::Index> index, std::string factory,
+             const CandidateStore& store, size_t ivf_min_candidates)
       : index_(std::move(index)),
         factory_(std::move(factory)),
         ivf_(faiss::ivflib::try_extract_index_ivf(index_.get())),
         pre_transform_(
-            dynamic_cast<const faiss::IndexPreTransform*>(index_.get())) {}
+            dynamic_cast<const faiss::IndexPreTransform*>(index_.get())),
+        probe_(IvfProbe::Create(*index_, store, ivf_min_candidates)) {}
 
   using VectorIndex::Search;
   absl::Status Search(const float* queries, size_t nq, size_t k,
                       const SearchOptions& options, float* scores,
                       int64_t* rows) const override {
     static_assert(sizeof(faiss::Index::idx_t) == sizeof(int64_t));
+    if (probe_ != nullptr) {
+      try {
+        probe_->Search(queries, nq, k, options, scores, rows);
+      } catch (const faiss::FaissException& e) {
+        return absl::InternalError(
+            absl::StrCat("FAISS search failed: ", e.what()));
+      }
+      return absl::OkStatus();
+    }
     // A per-call nprobe travels in SearchParameters, never by changing the
     // shared index, so concurrent calls with different values are safe.
     faiss::SearchParametersIVF ivf_params;
@@ -926,7 +939,7 @@ class FaissIndex final : public VectorIndex {
   }
 
   bool exact() const override { return false; }
-  bool skips() const override { return false; }
+  bool skips() const override { return probe_ != nullptr; }
   double ErrorBound(double /*query_norm*/) const override { return 0; }
   std::string type() const override { return factory_; }
 
@@ -943,7 +956,8 @@ class FaissIndex final : public VectorIndex {
 
   size_t MemoryBytes() const override {
     // Codes dominate; FAISS keeps no portable accounting of its own.
-    return static_cast<size_t>(index_->ntotal) * index_->d * sizeof(float);
+    return static_cast<size_t>(index_->ntotal) * index_->d * sizeof(float) +
+           (probe_ != nullptr ? probe_->MemoryBytes() : 0);
   }
 
  private:
@@ -952,6 +966,8 @@ class FaissIndex final : public VectorIndex {
   // The inverted-file index inside index_, if any, for per-call nprobe.
   const faiss::IndexIVF* ivf_;
   const faiss::IndexPreTransform* pre_transform_;
+  // IVF-Flat over a labelled store: the exclusion-aware search; else null.
+  std::unique_ptr<IvfProbe> probe_;
 };
 
 faiss::MetricType FaissMetric(Metric metric) {
@@ -1035,8 +1051,8 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> BuildVectorIndex(
         "building FAISS index \"", options.factory, "\" failed: ", e.what()));
   }
   report(1);
-  return std::unique_ptr<VectorIndex>(
-      new FaissIndex(std::move(index), options.factory));
+  return std::unique_ptr<VectorIndex>(new FaissIndex(
+      std::move(index), options.factory, store, options.ivf_min_candidates));
 }
 
 size_t IndexBytesEstimate(const CandidateStore& store,
@@ -1105,8 +1121,8 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> LoadVectorIndex(
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": the index is not trained"));
   }
-  return std::unique_ptr<VectorIndex>(
-      new FaissIndex(std::move(index), factory));
+  return std::unique_ptr<VectorIndex>(new FaissIndex(
+      std::move(index), factory, store, options.ivf_min_candidates));
 }
 
 }  // namespace hardneg

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -43,9 +44,10 @@ enum class IndexKind {
 IndexKind IndexKindOf(absl::string_view factory);
 
 // What one Search call may skip, and how hard an approximate index looks.
-// Skipping is a hint: the Flat kernel drops such candidates before they
-// reach its top-k (so they take no place in it, at no cost to the BLAS
-// path); FAISS indexes return them anyway. Callers filter again.
+// Skipping is a hint: the Flat kernel, and IVF-Flat over a labelled store
+// (index/ivf_probe.h), drop such candidates before they reach their top-k
+// (so they take no place in it); other FAISS indexes return them anyway.
+// Callers filter again.
 struct SearchOptions {
   // Per query (empty: none): a candidate whose approximate score is closer
   // than closest[i] may be skipped for query i.
@@ -57,6 +59,14 @@ struct SearchOptions {
   // Inverted lists probed per query by IVF indexes; 0 keeps the index's
   // own setting. Ignored by other indexes.
   size_t nprobe = 0;
+  // Per query (empty: none): the label query i excludes. IVF-Flat over a
+  // labelled store skips lists holding only that label unscanned, and
+  // counts the candidates without it; skip_row stays the filter itself.
+  absl::Span<const std::optional<int64_t>> excluded_label;
+  // IVF-Flat over a labelled store: probing stops once a query has scanned
+  // this many candidates that survive its label (and `closest`), and at
+  // least `nprobe` lists holding some; 0 keeps the index's own setting.
+  size_t ivf_min_candidates = 0;
 };
 
 class VectorIndex {
@@ -138,6 +148,10 @@ struct IndexBuildOptions {
   // vectors: answers stay within ErrorBound. kAuto: the fastest this CPU
   // runs natively (see ResolveScanPrecision). Kept in snapshots.
   ScanPrecision scan = ScanPrecision::kAuto;
+  // IVF-Flat over a labelled store: SearchOptions::ivf_min_candidates for
+  // searches that leave it 0 (0 here: the automatic default of
+  // index/ivf_probe.h).
+  size_t ivf_min_candidates = 0;
 };
 
 // Told how far a build has got, 0..1, rising, on the building thread.

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -330,21 +331,27 @@ std::vector<size_t> NextRound(absl::Span<const BatchQuery> queries,
 struct RoundBuffers {
   std::vector<float> embeddings;   // the group's queries, row-major
   std::vector<float> skip_beyond;  // per query of the group
-  std::vector<float> approx;       // k approximate scores per query
-  std::vector<int64_t> rows;       // k rows per query, -1 padded
+  // Per query of the group: the label it excludes, when the store has
+  // labels (an IVF-Flat index skips lists holding only that label).
+  std::vector<std::optional<int64_t>> excluded_label;
+  std::vector<float> approx;  // k approximate scores per query
+  std::vector<int64_t> rows;  // k rows per query, -1 padded
 };
 
-// One batched search of `group` (indexes into `queries`, all probing
-// `nprobe` lists), each query's candidates collected into its state.
+// One batched search of `group` (indexes into `queries`, all with the
+// options' nprobe and ivf_min_candidates), each query's candidates collected
+// into its state.
 absl::Status SearchGroup(const IndexVersion& version,
                          absl::Span<const BatchQuery> queries,
-                         absl::Span<const size_t> group, uint32_t nprobe,
+                         absl::Span<const size_t> group,
                          std::vector<QueryState>& states,
                          RoundBuffers& buffers) {
   const size_t dim = version.store().dim();
+  const bool labelled = version.store().has_labels();
   size_t k = 0;
   buffers.embeddings.resize(group.size() * dim);
   buffers.skip_beyond.resize(group.size());
+  buffers.excluded_label.resize(group.size());
   for (size_t j = 0; j < group.size(); ++j) {
     const QueryState& state = states[group[j]];
     const MiningQuery& query = *queries[group[j]].query;
@@ -352,12 +359,16 @@ absl::Status SearchGroup(const IndexVersion& version,
     std::copy(query.embedding.begin(), query.embedding.end(),
               buffers.embeddings.begin() + j * dim);
     buffers.skip_beyond[j] = state.skip_beyond;
+    buffers.excluded_label[j] = labelled ? query.label : std::nullopt;
   }
   buffers.approx.resize(group.size() * k);
   buffers.rows.resize(group.size() * k);
+  const MiningOptions& options = *queries[group[0]].options;
   SearchOptions search;
   search.closest = buffers.skip_beyond;
-  search.nprobe = nprobe;
+  search.nprobe = options.nprobe;
+  search.ivf_min_candidates = options.ivf_min_candidates;
+  search.excluded_label = buffers.excluded_label;
   search.skip_row = [&](size_t j, int64_t row) {
     return Matches(*queries[group[j]].query, states[group[j]], version.store(),
                    static_cast<uint32_t>(row));
@@ -539,26 +550,30 @@ absl::Status Miner::MineQueries(const IndexVersion& version,
     states.push_back(StartQuery(*query.query, *query.options, version));
   }
   // Step 6: fetch, filter, and deepen the queries that came up short, all
-  // pending queries with the same nprobe in one batched search per round.
+  // pending queries with the same search settings (nprobe,
+  // ivf_min_candidates) in one batched search per round.
   RoundBuffers buffers;
+  auto settings = [&](size_t i) {
+    return std::make_pair(queries[i].options->nprobe,
+                          queries[i].options->ivf_min_candidates);
+  };
   while (true) {
     std::vector<size_t> pending = NextRound(queries, states);
     if (pending.empty()) break;
     std::stable_sort(pending.begin(), pending.end(), [&](size_t a, size_t b) {
-      return queries[a].options->nprobe < queries[b].options->nprobe;
+      return settings(a) < settings(b);
     });
     for (size_t group_begin = 0; group_begin < pending.size();) {
-      const uint32_t nprobe = queries[pending[group_begin]].options->nprobe;
       size_t group_end = group_begin + 1;
       while (group_end < pending.size() &&
-             queries[pending[group_end]].options->nprobe == nprobe) {
+             settings(pending[group_end]) == settings(pending[group_begin])) {
         ++group_end;
       }
       HARDNEG_RETURN_IF_ERROR(
           SearchGroup(version, queries,
                       absl::MakeConstSpan(pending).subspan(
                           group_begin, group_end - group_begin),
-                      nprobe, states, buffers));
+                      states, buffers));
       group_begin = group_end;
     }
   }

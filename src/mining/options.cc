@@ -24,6 +24,7 @@ MinerLimits MinerLimits::None() {
   none.max_negatives = std::numeric_limits<uint32_t>::max();
   none.max_range = std::numeric_limits<uint32_t>::max();
   none.max_nprobe = std::numeric_limits<uint32_t>::max();
+  none.max_ivf_min_candidates = std::numeric_limits<uint32_t>::max();
   none.max_queries = std::numeric_limits<uint32_t>::max();
   none.max_request_negatives = std::numeric_limits<uint64_t>::max();
   none.max_request_fetch = std::numeric_limits<uint64_t>::max();
@@ -88,6 +89,12 @@ absl::Status ValidateMiningOptions(const MiningOptions& options,
     return absl::InvalidArgumentError(
         absl::StrCat("options.nprobe is ", options.nprobe, "; the limit is ",
                      limits.max_nprobe));
+  }
+  if (options.ivf_min_candidates > limits.max_ivf_min_candidates) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "options.ivf_min_candidates is ", options.ivf_min_candidates,
+        "; the limit is ", limits.max_ivf_min_candidates,
+        " (max_ivf_min_candidates)"));
   }
   const std::pair<const char*, const std::optional<float>*> bounds[] = {
       {"max_score", &options.max_score},

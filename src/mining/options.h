@@ -67,6 +67,11 @@ struct MiningOptions {
   // to the one version all its shards serve); empty: the served version.
   // Also the server's to apply; the miner ignores it.
   std::string index_version;
+  // IVF-Flat over a labelled store (index/ivf_probe.h): candidates that
+  // survive the query's label a search scans before it stops probing
+  // lists; 0 keeps the server's --ivf_min_candidates. Ignored by other
+  // indexes.
+  uint32_t ivf_min_candidates = 0;
 };
 
 // Bounds on one request's work and memory, checked before any search.
@@ -75,7 +80,9 @@ struct MinerLimits {
   uint32_t max_negatives = 10000;  // per query
   uint32_t max_range = 1000000;    // range_max after defaulting
   uint32_t max_nprobe = 4096;      // options.nprobe
-  uint32_t max_queries = 16384;    // queries in one request
+  // options.ivf_min_candidates: each is a candidate scanned per query.
+  uint32_t max_ivf_min_candidates = 1u << 20;
+  uint32_t max_queries = 16384;  // queries in one request
   // num_negatives x queries: the negatives one answer may hold.
   uint64_t max_request_negatives = uint64_t{1} << 20;
   // range_max x queries: the candidates one request may rank (about 8
@@ -106,7 +113,8 @@ struct MinerLimits {
 // num_negatives 0 or over limits.max_negatives; range_max set and smaller
 // than range_min + num_negatives, or (after defaulting) over
 // limits.max_range; a negative or non-finite temperature; nprobe over
-// limits.max_nprobe; a non-finite bound or margin.
+// limits.max_nprobe; ivf_min_candidates over limits.max_ivf_min_candidates;
+// a non-finite bound or margin.
 absl::Status ValidateMiningOptions(const MiningOptions& options,
                                    const MinerLimits& limits);
 

@@ -1,0 +1,454 @@
+// Tests of IvfProbe (index/ivf_probe.h): exclusion-aware probing of an
+// IVF-Flat index, against FAISS and against exact (Flat) mining.
+#include "index/ivf_probe.h"
+
+#include <faiss/IndexFlat.h>
+#include <faiss/IndexIVFFlat.h>
+#include <faiss/index_factory.h>
+#include <faiss/index_io.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "index/vector_index.h"
+#include "mining/miner.h"
+#include "random_corpus.h"
+
+namespace hardneg {
+namespace {
+
+using testing_corpus::BuildVersion;
+using testing_corpus::Normalize;
+using testing_corpus::Rng;
+using testing_corpus::StoreData;
+
+constexpr size_t kDim = 16;
+constexpr size_t kClasses = 40;
+constexpr size_t kPerClass = 200;
+// About four lists a class: the nearest lists of a query hold only its class.
+constexpr char kFactory[] = "IVF160,Flat";
+constexpr size_t kLists = 160;
+
+// Tight clusters of unit vectors, class = cluster; ids = rows.
+StoreData ClusteredData(bool labelled, uint64_t seed) {
+  Rng rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> centers(kClasses * kDim);
+  for (float& x : centers) x = normal(rng);
+  for (size_t c = 0; c < kClasses; ++c) Normalize(&centers[c * kDim], kDim);
+  StoreData data;
+  data.dim = kDim;
+  std::vector<int64_t> labels;
+  for (size_t r = 0; r < kClasses * kPerClass; ++r) {
+    const size_t c = r % kClasses;
+    std::vector<float> v(kDim);
+    for (size_t i = 0; i < kDim; ++i) {
+      v[i] = centers[c * kDim + i] + 0.15f * normal(rng);
+    }
+    Normalize(v.data(), kDim);
+    data.vectors.insert(data.vectors.end(), v.begin(), v.end());
+    data.ids.push_back(static_cast<int64_t>(r));
+    labels.push_back(static_cast<int64_t>(c));
+  }
+  if (labelled) data.labels = labels;
+  return data;
+}
+
+int64_t ClassOf(size_t row) { return static_cast<int64_t>(row % kClasses); }
+
+// A query near row `row`'s class centre: a slightly moved copy of the row.
+std::vector<float> QueryNear(const StoreData& data, size_t row, Rng& rng) {
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  std::vector<float> q = data.Row(row);
+  for (float& x : q) x += normal(rng);
+  Normalize(q.data(), kDim);
+  return q;
+}
+
+struct Fixture {
+  StoreData data;
+  std::unique_ptr<CandidateStore> store;
+  std::unique_ptr<faiss::Index> ivf;
+  std::unique_ptr<IvfProbe> probe;
+};
+
+Fixture MakeFixture(faiss::MetricType metric, size_t min_candidates = 0) {
+  Fixture f;
+  f.data = ClusteredData(true, 11);
+  absl::StatusOr<CandidateStore> store =
+      CandidateStore::Create(kDim, f.data.ids, f.data.vectors, f.data.labels);
+  EXPECT_TRUE(store.ok()) << store.status();
+  f.store = std::make_unique<CandidateStore>(*std::move(store));
+  f.ivf.reset(faiss::index_factory(static_cast<int>(kDim), kFactory, metric));
+  const auto n = static_cast<faiss::Index::idx_t>(f.store->size());
+  f.ivf->train(n, f.store->data());
+  f.ivf->add(n, f.store->data());
+  f.probe = IvfProbe::Create(*f.ivf, *f.store, min_candidates);
+  return f;
+}
+
+struct Result {
+  std::vector<float> scores;
+  std::vector<int64_t> rows;
+  IvfProbeStats stats;
+};
+
+Result Probe(const Fixture& f, const std::vector<float>& queries, size_t k,
+             const SearchOptions& options) {
+  const size_t nq = queries.size() / kDim;
+  Result r;
+  r.scores.resize(nq * k);
+  r.rows.resize(nq * k);
+  f.probe->Search(queries.data(), nq, k, options, r.scores.data(),
+                  r.rows.data(), &r.stats);
+  return r;
+}
+
+TEST(IvfProbeTest, AppliesOnlyToIvfFlatOverLabelledStores) {
+  Fixture f = MakeFixture(faiss::METRIC_INNER_PRODUCT);
+  ASSERT_NE(f.probe, nullptr);
+  EXPECT_GT(f.probe->MemoryBytes(), 0u);
+  // The label counts of each list add up to its size, and no more pairs
+  // than entries are kept.
+  const auto& ivf = dynamic_cast<const faiss::IndexIVF&>(*f.ivf);
+  size_t total = 0;
+  for (size_t l = 0; l < kLists; ++l) {
+    size_t counted = 0;
+    for (size_t c = 0; c < kClasses; ++c) {
+      counted += f.probe->LabelCount(l, static_cast<int64_t>(c));
+    }
+    EXPECT_EQ(counted, ivf.invlists->list_size(l)) << "list " << l;
+    total += counted;
+  }
+  EXPECT_EQ(total, f.store->size());
+
+  StoreData unlabelled = ClusteredData(false, 11);
+  absl::StatusOr<CandidateStore> plain =
+      CandidateStore::Create(kDim, unlabelled.ids, unlabelled.vectors, {});
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(IvfProbe::Create(*f.ivf, *plain, 0), nullptr);
+  faiss::IndexFlatIP flat(static_cast<int>(kDim));
+  EXPECT_EQ(IvfProbe::Create(flat, *f.store, 0), nullptr);
+}
+
+// Probing every list without exclusions is an exhaustive search: FAISS's
+// own scores and rows, for both metrics.
+TEST(IvfProbeTest, AllListsGiveFaissExhaustiveAnswer) {
+  for (faiss::MetricType metric :
+       {faiss::METRIC_INNER_PRODUCT, faiss::METRIC_L2}) {
+    Fixture f = MakeFixture(metric);
+    Rng rng(3);
+    std::vector<float> queries;
+    for (size_t i = 0; i < 20; ++i) {
+      std::vector<float> q = QueryNear(f.data, i * 37, rng);
+      queries.insert(queries.end(), q.begin(), q.end());
+    }
+    const size_t k = 15;
+    SearchOptions options;
+    options.nprobe = kLists;
+    const Result got = Probe(f, queries, k, options);
+    faiss::IndexFlat flat(static_cast<int>(kDim), metric);
+    flat.add(static_cast<faiss::Index::idx_t>(f.store->size()),
+             f.store->data());
+    std::vector<float> scores(20 * k);
+    std::vector<faiss::Index::idx_t> rows(20 * k);
+    flat.search(20, queries.data(), k, scores.data(), rows.data());
+    for (size_t j = 0; j < 20 * k; ++j) {
+      EXPECT_EQ(got.rows[j], rows[j]) << "entry " << j << " metric " << metric;
+      EXPECT_NEAR(got.scores[j], scores[j], 1e-5);
+    }
+    EXPECT_EQ(got.stats.lists_scanned, 20 * kLists);
+  }
+}
+
+// The nearest lists of a query hold only its class: with its label
+// excluded they are passed over unscanned, and no row of the class is
+// returned.
+TEST(IvfProbeTest, SkipsListsHoldingOnlyTheExcludedLabel) {
+  Fixture f = MakeFixture(faiss::METRIC_INNER_PRODUCT);
+  Rng rng(4);
+  const size_t row = 123;
+  const std::vector<float> query = QueryNear(f.data, row, rng);
+  const std::optional<int64_t> label = ClassOf(row);
+  const auto skip = [&](size_t, int64_t r) {
+    return ClassOf(static_cast<size_t>(r)) == *label;
+  };
+  SearchOptions options;
+  options.nprobe = 2;
+  options.ivf_min_candidates = 1;
+  options.skip_row = skip;
+  options.excluded_label = absl::MakeConstSpan(&label, 1);
+  const size_t k = 10;
+  const Result got = Probe(f, query, k, options);
+  EXPECT_GE(got.stats.lists_skipped, 2u);
+  // Two lists at least (nprobe); more only while the top-k is not full.
+  EXPECT_GE(got.stats.lists_scanned, 2u);
+  for (size_t j = 0; j < k; ++j) {
+    ASSERT_GE(got.rows[j], 0);
+    EXPECT_NE(ClassOf(static_cast<size_t>(got.rows[j])), *label);
+  }
+
+  // skip_row alone filters the same rows, but cannot tell a list holds
+  // nothing else: every list the label fills is scanned.
+  SearchOptions blind = options;
+  blind.excluded_label = {};
+  const Result scanned = Probe(f, query, k, blind);
+  EXPECT_EQ(scanned.stats.lists_skipped, 0u);
+  EXPECT_EQ(scanned.stats.lists_scanned,
+            got.stats.lists_scanned + got.stats.lists_skipped);
+  EXPECT_EQ(scanned.rows, got.rows);
+}
+
+// nprobe is a floor of lists holding survivors; ivf_min_candidates keeps
+// probing past it until that many survivors were scanned.
+TEST(IvfProbeTest, NprobeFloorAndMinCandidates) {
+  Fixture f = MakeFixture(faiss::METRIC_L2);
+  Rng rng(5);
+  const std::vector<float> query = QueryNear(f.data, 77, rng);
+  const size_t k = 5;
+  for (size_t nprobe : {size_t{1}, size_t{3}, size_t{9}}) {
+    SearchOptions options;
+    options.nprobe = nprobe;
+    options.ivf_min_candidates = 1;
+    EXPECT_EQ(Probe(f, query, k, options).stats.lists_scanned, nprobe);
+  }
+  SearchOptions deep;
+  deep.nprobe = 1;
+  deep.ivf_min_candidates = 500;  // about ten lists of ~50
+  const Result got = Probe(f, query, k, deep);
+  EXPECT_GE(got.stats.survivors_scanned, 500u);
+  EXPECT_GT(got.stats.lists_scanned, 5u);
+  // It stopped at the list that reached 500, not later.
+  SearchOptions one_less = deep;
+  one_less.nprobe = got.stats.lists_scanned - 1;
+  one_less.ivf_min_candidates = 1;
+  EXPECT_LT(Probe(f, query, k, one_less).stats.survivors_scanned, 500u);
+}
+
+// When the lists ranked first (a prefix of the ranking) hold no survivor,
+// probing goes on through the rest of the ranking: a query that may keep
+// only one far class still fills its k, from that class alone, with no
+// list scanned twice.
+TEST(IvfProbeTest, ProbesPastTheFirstRankedLists) {
+  Fixture f = MakeFixture(faiss::METRIC_INNER_PRODUCT);
+  Rng rng(8);
+  const size_t row = 5;
+  const std::vector<float> query = QueryNear(f.data, row, rng);
+  // The class whose centre is farthest from the query's.
+  int64_t far = 0;
+  float farthest = 2;
+  for (size_t c = 0; c < kClasses; ++c) {
+    const std::vector<float> v = f.data.Row(c);
+    float dot = 0;
+    for (size_t i = 0; i < kDim; ++i) dot += v[i] * query[i];
+    if (dot < farthest) {
+      farthest = dot;
+      far = static_cast<int64_t>(c);
+    }
+  }
+  SearchOptions options;
+  options.nprobe = 1;
+  options.ivf_min_candidates = 1;
+  options.skip_row = [&](size_t, int64_t r) {
+    return ClassOf(static_cast<size_t>(r)) != far;
+  };
+  const size_t k = 50;
+  const Result got = Probe(f, query, k, options);
+  EXPECT_GT(got.stats.lists_scanned, 64u);  // past the first 64 ranked
+  EXPECT_LE(got.stats.lists_scanned, kLists);
+  std::set<int64_t> seen;
+  for (size_t j = 0; j < k; ++j) {
+    ASSERT_GE(got.rows[j], 0) << "entry " << j;
+    EXPECT_EQ(ClassOf(static_cast<size_t>(got.rows[j])), far);
+    EXPECT_TRUE(seen.insert(got.rows[j]).second) << "row twice";
+  }
+}
+
+// A batch (scanned list by list, sharing each list's read) answers as its
+// queries do one at a time (each scanning its own lists), exclusions and
+// all.
+TEST(IvfProbeTest, BatchesAnswerAsSingleQueries) {
+  Fixture f = MakeFixture(faiss::METRIC_INNER_PRODUCT);
+  Rng rng(9);
+  const size_t nq = 24;
+  const size_t k = 10;
+  std::vector<float> queries;
+  std::vector<std::optional<int64_t>> labels;
+  for (size_t i = 0; i < nq; ++i) {
+    const size_t row = i * 91 % f.store->size();
+    std::vector<float> q = QueryNear(f.data, row, rng);
+    queries.insert(queries.end(), q.begin(), q.end());
+    // Every other query excludes its class.
+    labels.push_back(i % 2 == 0 ? std::optional<int64_t>(ClassOf(row))
+                                : std::nullopt);
+  }
+  SearchOptions options;
+  options.nprobe = 2;
+  options.ivf_min_candidates = 120;
+  options.excluded_label = labels;
+  options.skip_row = [&](size_t i, int64_t r) {
+    return labels[i].has_value() &&
+           ClassOf(static_cast<size_t>(r)) == *labels[i];
+  };
+  const Result batch = Probe(f, queries, k, options);
+  IvfProbeStats single_stats;
+  for (size_t i = 0; i < nq; ++i) {
+    const std::vector<float> q(queries.begin() + i * kDim,
+                               queries.begin() + (i + 1) * kDim);
+    SearchOptions one = options;
+    one.excluded_label = absl::MakeConstSpan(&labels[i], 1);
+    one.skip_row = [&](size_t, int64_t r) { return options.skip_row(i, r); };
+    const Result got = Probe(f, q, k, one);
+    for (size_t j = 0; j < k; ++j) {
+      EXPECT_EQ(batch.rows[i * k + j], got.rows[j])
+          << "query " << i << " rank " << j;
+      EXPECT_NEAR(batch.scores[i * k + j], got.scores[j], 1e-5);
+    }
+    single_stats.lists_scanned += got.stats.lists_scanned;
+    single_stats.lists_skipped += got.stats.lists_skipped;
+  }
+  EXPECT_EQ(batch.stats.lists_scanned, single_stats.lists_scanned);
+  EXPECT_EQ(batch.stats.lists_skipped, single_stats.lists_skipped);
+}
+
+// Mining with the query's class excluded, on IVF with a small nprobe:
+// exclusion-aware probing finds the exact (Flat) negatives; the same
+// exclusion through FAISS's fixed nprobe (the class given as positives over
+// an unlabelled store, which keeps FAISS's own search) does not.
+TEST(IvfProbeTest, MinerFindsExactNegativesWhenTheClassIsExcluded) {
+  const StoreData labelled = ClusteredData(true, 11);
+  const StoreData unlabelled = ClusteredData(false, 11);
+  std::shared_ptr<const IndexVersion> flat =
+      BuildVersion(labelled, Metric::kInnerProduct);
+  std::shared_ptr<const IndexVersion> ivf =
+      BuildVersion(labelled, Metric::kInnerProduct, kFactory);
+  std::shared_ptr<const IndexVersion> plain_ivf =
+      BuildVersion(unlabelled, Metric::kInnerProduct, kFactory);
+  ASSERT_NE(flat, nullptr);
+  ASSERT_NE(ivf, nullptr);
+  ASSERT_NE(plain_ivf, nullptr);
+  EXPECT_TRUE(ivf->index().skips());
+  EXPECT_FALSE(plain_ivf->index().skips());
+
+  Rng rng(6);
+  const size_t nq = 60;
+  std::vector<std::vector<float>> embeddings;
+  std::vector<std::vector<int64_t>> classes;
+  std::vector<MiningQuery> by_label(nq), by_positives(nq);
+  for (size_t i = 0; i < nq; ++i) {
+    const size_t row = (i * 131) % labelled.size();
+    embeddings.push_back(QueryNear(labelled, row, rng));
+    std::vector<int64_t>& members = classes.emplace_back();
+    for (size_t r = static_cast<size_t>(ClassOf(row)); r < labelled.size();
+         r += kClasses) {
+      members.push_back(static_cast<int64_t>(r));
+    }
+  }
+  for (size_t i = 0; i < nq; ++i) {
+    by_label[i].embedding = embeddings[i];
+    by_label[i].label = ClassOf((i * 131) % labelled.size());
+    by_positives[i].embedding = embeddings[i];
+    by_positives[i].positive_ids = classes[i];
+  }
+  MiningOptions options;
+  options.num_negatives = 10;
+  options.nprobe = 4;
+  const Miner miner;
+  auto mine = [&](const IndexVersion& v, const std::vector<MiningQuery>& q) {
+    absl::StatusOr<std::vector<MiningResult>> r = miner.Mine(v, q, options);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : std::vector<MiningResult>(q.size());
+  };
+  const std::vector<MiningResult> truth = mine(*flat, by_label);
+  auto recall = [&](const std::vector<MiningResult>& got) {
+    size_t hits = 0;
+    for (size_t i = 0; i < nq; ++i) {
+      std::set<int64_t> want;
+      for (const MinedNegative& n : truth[i].negatives) want.insert(n.id);
+      for (const MinedNegative& n : got[i].negatives) hits += want.count(n.id);
+    }
+    return static_cast<double>(hits) / static_cast<double>(nq * 10);
+  };
+  const double probed = recall(mine(*ivf, by_label));
+  const double fixed = recall(mine(*plain_ivf, by_positives));
+  EXPECT_GE(probed, 0.95);
+  EXPECT_LT(fixed, 0.5);
+}
+
+// Without labels in the store the index is FAISS's, unchanged: the same
+// answer as the saved FAISS index searched with the same nprobe.
+TEST(IvfProbeTest, UnlabelledStoreKeepsFaissSearch) {
+  const StoreData data = ClusteredData(false, 11);
+  absl::StatusOr<CandidateStore> store =
+      CandidateStore::Create(kDim, data.ids, data.vectors, {});
+  ASSERT_TRUE(store.ok());
+  IndexBuildOptions build;
+  build.factory = kFactory;
+  absl::StatusOr<std::unique_ptr<VectorIndex>> index =
+      BuildVectorIndex(*store, Metric::kL2, build);
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_FALSE((*index)->skips());
+  const std::string path = ::testing::TempDir() + "/ivf_probe_test_" +
+                           std::to_string(getpid()) + ".faiss";
+  ASSERT_TRUE((*index)->Save(path).ok());
+  std::unique_ptr<faiss::Index> saved(faiss::read_index(path.c_str()));
+  std::remove(path.c_str());
+  dynamic_cast<faiss::IndexIVF&>(*saved).nprobe = 3;
+
+  Rng rng(7);
+  std::vector<float> queries;
+  for (size_t i = 0; i < 30; ++i) {
+    std::vector<float> q = QueryNear(data, i * 53, rng);
+    queries.insert(queries.end(), q.begin(), q.end());
+  }
+  const size_t k = 12;
+  std::vector<float> got_scores(30 * k), want_scores(30 * k);
+  std::vector<int64_t> got_rows(30 * k);
+  std::vector<faiss::Index::idx_t> want_rows(30 * k);
+  SearchOptions options;
+  options.nprobe = 3;
+  options.ivf_min_candidates = 100000;  // ignored without labels
+  ASSERT_TRUE((*index)
+                  ->Search(queries.data(), 30, k, options, got_scores.data(),
+                           got_rows.data())
+                  .ok());
+  saved->search(30, queries.data(), k, want_scores.data(), want_rows.data());
+  for (size_t j = 0; j < 30 * k; ++j) {
+    EXPECT_EQ(got_rows[j], want_rows[j]) << "entry " << j;
+  }
+}
+
+// Built and loaded indexes over a labelled store both count labels.
+TEST(IvfProbeTest, LoadedIndexProbesToo) {
+  const StoreData data = ClusteredData(true, 11);
+  absl::StatusOr<CandidateStore> store =
+      CandidateStore::Create(kDim, data.ids, data.vectors, data.labels);
+  ASSERT_TRUE(store.ok());
+  IndexBuildOptions build;
+  build.factory = kFactory;
+  absl::StatusOr<std::unique_ptr<VectorIndex>> built =
+      BuildVectorIndex(*store, Metric::kInnerProduct, build);
+  ASSERT_TRUE(built.ok()) << built.status();
+  EXPECT_TRUE((*built)->skips());
+  const std::string path = ::testing::TempDir() + "/ivf_probe_load_" +
+                           std::to_string(getpid()) + ".faiss";
+  ASSERT_TRUE((*built)->Save(path).ok());
+  absl::StatusOr<std::unique_ptr<VectorIndex>> loaded =
+      LoadVectorIndex(path, *store, Metric::kInnerProduct, build);
+  std::remove(path.c_str());
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_TRUE((*loaded)->skips());
+  EXPECT_EQ((*loaded)->MemoryBytes(), (*built)->MemoryBytes());
+  EXPECT_GT((*loaded)->MemoryBytes(),
+            store->size() * kDim * sizeof(float));  // codes + label counts
+}
+
+}  // namespace
+}  // namespace hardneg
