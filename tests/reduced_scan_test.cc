@@ -179,6 +179,60 @@ TEST_P(ReducedScanTest, TheSlackIsReachedAlongTheRoundingError) {
   }
 }
 
+// With the slack's coefficients set, as the Flat index sets them, every
+// offered row's slack bounds its key's error; a scan of rows [begin, end)
+// offers exactly those rows.
+TEST_P(ReducedScanTest, TheOfferedSlackBoundsEachKey) {
+  Rng rng(17);
+  const size_t dim = 96;
+  const size_t n = 1000;
+  const size_t nq = 9;
+  std::vector<float> x = Gaussian(rng, n * dim, 1.0f);
+  for (size_t j = 0; j < dim; ++j) x[5 * dim + j] *= 50;  // a coarse row
+  const std::vector<float> q = Gaussian(rng, nq * dim, 1.0f);
+  const ReducedRows rows(x.data(), n, dim, GetParam().precision);
+  ReducedQueries queries;
+  queries.Prepare(rows, q.data(), nq);
+  std::vector<float> a(nq), b(nq), c(nq);
+  for (size_t i = 0; i < nq; ++i) {
+    a[i] = static_cast<float>(queries.a(i));
+    b[i] = static_cast<float>(queries.b(i));
+    c[i] = static_cast<float>(queries.c(i));
+  }
+  struct Seen {
+    std::vector<double> error;
+    std::vector<double> slack;
+    std::vector<size_t> rows;
+    const std::vector<float>* x;
+    const std::vector<float>* q;
+    size_t dim;
+  } seen{{}, {}, {}, &x, &q, dim};
+  ReducedSink sink;
+  const std::vector<float> screens(nq, -std::numeric_limits<float>::infinity());
+  sink.screen = screens.data();
+  sink.slack_a = a.data();
+  sink.slack_b = b.data();
+  sink.slack_c = c.data();
+  sink.context = &seen;
+  sink.offer = [](void* context, size_t i, size_t row, float key, float slack) {
+    auto& s = *static_cast<Seen*>(context);
+    const double exact =
+        Dot(s.q->data() + i * s.dim, s.x->data() + row * s.dim, s.dim);
+    s.error.push_back(std::fabs(key - exact));
+    s.slack.push_back(slack);
+    s.rows.push_back(row);
+  };
+  const size_t begin = 3 * kReducedGroupRows;
+  const size_t end = n - 7;
+  ReducedScan(rows, queries, begin, end, sink, portable());
+  ASSERT_EQ(seen.rows.size(), nq * (end - begin));
+  for (size_t j = 0; j < seen.rows.size(); ++j) {
+    EXPECT_GE(seen.rows[j], begin);
+    EXPECT_LT(seen.rows[j], end);
+    EXPECT_LE(seen.error[j], seen.slack[j]) << "row " << seen.rows[j];
+  }
+}
+
 // Only rows whose key reaches the screen are offered, and all of them.
 TEST_P(ReducedScanTest, OffersExactlyTheRowsAtOrAboveTheScreen) {
   Rng rng(13);

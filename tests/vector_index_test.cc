@@ -652,6 +652,93 @@ TEST_P(FlatMetricTest, ReducedScanHonoursTheClosestLimitAndSkips) {
   }
 }
 
+// Few dimensions and many rows: scores crowd together far closer than the
+// reduced error, the screen must keep every row that could still be in
+// the answer, and the rows are split between two threads. Every answer is
+// checked against the double-precision brute force.
+TEST_P(FlatMetricTest, ReducedScanIsExactOnDenseLowDimensionalRows) {
+  const Metric metric = GetParam();
+  Rng rng(35);
+  const int threads = omp_get_max_threads();
+  for (size_t dim : {size_t{1}, size_t{2}, size_t{3}}) {
+    const size_t n = 8200;
+    std::unique_ptr<CandidateStore> store =
+        MakeStore(dim, Gaussian(rng, n * dim));
+    ASSERT_NE(store, nullptr);
+    for (ScanPrecision scan : kReduced) {
+      const std::unique_ptr<VectorIndex> index =
+          BuildFlat(*store, metric, ScanOptions(scan));
+      ASSERT_NE(index, nullptr);
+      for (int t : {1, 2}) {
+        omp_set_num_threads(t);
+        for (size_t k : {size_t{1}, size_t{10}, size_t{100}}) {
+          const size_t nq = 8;
+          const std::vector<float> queries = Gaussian(rng, nq * dim);
+          const SearchResult got = RunSearch(*index, queries, dim, k);
+          for (size_t i = 0; i < nq; ++i) {
+            CheckExactAnswer(
+                metric, *store, *index, queries.data() + i * dim, k,
+                got.scores.data() + i * k, got.rows.data() + i * k,
+                std::string(ScanPrecisionName(scan)) + " dim " +
+                    std::to_string(dim) + " threads " + std::to_string(t) +
+                    " k " + std::to_string(k) + " query " + std::to_string(i));
+          }
+        }
+      }
+    }
+  }
+  omp_set_num_threads(threads);
+}
+
+// The bound is each row's own: one row 1000 times longer than the rest
+// must not widen every other row's slack until every query falls back.
+// Rows far from the origin (the reduced copy's precision spent on their
+// common offset) fall back, exactly.
+TEST_P(FlatMetricTest, ReducedScanBoundsAreEachRowsOwn) {
+  const Metric metric = GetParam();
+  Rng rng(36);
+  const size_t dim = 32;
+  const size_t n = 20000;
+  std::vector<float> outlier = Gaussian(rng, n * dim);
+  for (size_t j = 0; j < dim; ++j) outlier[j] *= 1000;
+  std::vector<float> far = Gaussian(rng, n * dim, 1000.0f, 1.0f);
+  for (const std::vector<float>* rows : {&outlier, &far}) {
+    std::unique_ptr<CandidateStore> store = MakeStore(dim, *rows);
+    ASSERT_NE(store, nullptr);
+    const float mean = rows == &far ? 1000.0f : 0.0f;
+    for (ScanPrecision scan : kReduced) {
+      const std::unique_ptr<VectorIndex> index =
+          BuildFlat(*store, metric, ScanOptions(scan));
+      ASSERT_NE(index, nullptr);
+      const size_t nq = 16;
+      const size_t k = 10;
+      const std::vector<float> queries = Gaussian(rng, nq * dim, mean, 1.0f);
+      const SearchResult got = RunSearch(*index, queries, dim, k);
+      for (size_t i = 0; i < nq; ++i) {
+        CheckExactAnswer(metric, *store, *index, queries.data() + i * dim, k,
+                         got.scores.data() + i * k, got.rows.data() + i * k,
+                         std::string(ScanPrecisionName(scan)) + " query " +
+                             std::to_string(i));
+      }
+      if (rows == &outlier) {
+        EXPECT_EQ(index->scan_stats().fallbacks, 0u)
+            << ScanPrecisionName(scan) << " with an outlier";
+      }
+      // Far from the origin the reduced values spend their precision on
+      // the common offset: every query falls back, and stays exact; after
+      // enough such queries the index stops trying.
+      if (rows == &far) {
+        const uint64_t tried = index->scan_stats().reduced_queries;
+        for (int round = 0; round < 40; ++round) {
+          RunSearch(*index, queries, dim, k);
+        }
+        EXPECT_LE(index->scan_stats().reduced_queries, tried + 300)
+            << ScanPrecisionName(scan) << ": never stopped trying";
+      }
+    }
+  }
+}
+
 // The packed copy is the index's only memory, and the estimate says so.
 TEST_P(FlatMetricTest, ReducedScanKeepsOnlyThePackedCopy) {
   const Metric metric = GetParam();

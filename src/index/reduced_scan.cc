@@ -36,22 +36,29 @@ namespace hardneg {
 // adds:
 //
 // - int8: the kernel's sum of d products of 8-bit integers is exact in
-//   int32 (|sum| <= 255 * 127 * d < 2^31 for d < 66,000), and exact when
+//   int32 (|sum| <= 255 * 127 * d < 2^31 for d <= kMaxInt8Dim), and exact when
 //   converted to float while |sum - offset| <= 127^2 d <= 2^24 (d <= 1040;
 //   beyond, one more rounding). Scaling by fl(scale_x * scale_q) rounds
 //   twice more: at most 3u |q'.x'| <= 3u |q'| |x'| in all (u = 2^-24),
 //   with |q'| <= |q| + |f|.
 // - bf16: each product of two bfloat16 values is exact in float; the d
 //   float additions of a lane round at most d times: at most
-//   d u sum|q'_i x'_i| <= d u |q'| |x'| (taken as (d + 8) u for slack).
+//   gamma_d sum|q'_i x'_i| <= gamma_d |q'| |x'|, taken as (d + 8) u
+//   (which, times 1.0625, covers gamma_d = d u / (1 - d u) to d ~ 10^6).
 //   vdpbf16ps flushes subnormal inputs and results to zero: inputs are
 //   flushed when packed (so e and f include it); each of the 2d results
 //   that may flush loses less than 2^-126.
 //
+// The float32 rescoring of a candidate (FloatDot: at most d + 8 roundings
+// on |q| |x_r| <= |q| (|e_r| + |x'_r|)) and the float arithmetic of keys
+// and screens (a few roundings of |key| <= (|q| + |f|) |x'_r|) add
+// (d + 16) u |q| |e_r| + (d + 16) u (|q| + |f|) |x'_r|: so a candidate that
+// is certainly under a ceiling stays under it once rescored.
+//
 // DotSlack(i, r) is the sum, times 1.0625 for the rounding of the bound's
-// own arithmetic, written a |e_r| + b |x'_r| + c for the kernels. Callers add
-// the float32 path's ErrorBound for the rounding of L2 keys (2 dot - |q|^2 -
-// |x|^2) and of their own screen arithmetic, which it exceeds by far.
+// own arithmetic, written a |e_r| + b |x'_r| + c for the kernels. For L2
+// keys (2 dot - |q|^2 - |x|^2) callers double it and add the rounding of
+// the squares and of the keys' float arithmetic, a few u (|q|^2 + |x|^2).
 
 namespace {
 
@@ -115,11 +122,13 @@ bool CpuHasAvx512(unsigned leaf7_ecx, unsigned leaf7_1_eax) {
   constexpr unsigned kZmmState = 0xe6;
   if ((xcr0_low & kZmmState) != kZmmState) return false;
   __cpuid_count(7, 0, eax, ebx, ecx, edx);
+  const unsigned max_subleaf = eax;
   constexpr unsigned kAvx512F = 1u << 16;
   constexpr unsigned kAvx512BW = 1u << 30;
   if ((ebx & kAvx512F) == 0 || (ebx & kAvx512BW) == 0) return false;
   if ((ecx & leaf7_ecx) != leaf7_ecx) return false;
   if (leaf7_1_eax != 0) {
+    if (max_subleaf < 1) return false;
     __cpuid_count(7, 1, eax, ebx, ecx, edx);
     if ((eax & leaf7_1_eax) != leaf7_1_eax) return false;
   }
@@ -159,7 +168,8 @@ HARDNEG_AVX512 __attribute__((always_inline)) inline void Emit(
                                       _mm512_set1_ps(sink.query_sq[i])),
                         row_sq);
   }
-  // The row's slack: a e_r + b n_r + c (zero without coefficients).
+  // The row's slack: a e_r + b n_r + c (+ d |x|^2 for L2; zero without
+  // coefficients).
   __m512 slack = _mm512_setzero_ps();
   if (sink.slack_a != nullptr) {
     slack =
@@ -168,6 +178,11 @@ HARDNEG_AVX512 __attribute__((always_inline)) inline void Emit(
                         _mm512_fmadd_ps(_mm512_set1_ps(sink.slack_b[i]),
                                         _mm512_loadu_ps(t.rows->norms() + row0),
                                         _mm512_set1_ps(sink.slack_c[i])));
+    if (sink.row_sq != nullptr) {
+      slack = _mm512_fmadd_ps(_mm512_set1_ps(sink.slack_d[i]),
+                              _mm512_maskz_loadu_ps(valid, sink.row_sq + row0),
+                              slack);
+    }
   }
   __mmask16 mask =
       _mm512_mask_cmp_ps_mask(valid, _mm512_add_ps(key, slack),
@@ -367,16 +382,18 @@ void PortableScan(const ReducedRows& rows, const ReducedQueries& queries,
       const uint32_t* q = queries.packed(i);
       float dot = 0;
       if (int8) {
-        int32_t sum = 0;
+        int64_t sum = 0;
         for (size_t s = 0; s < steps; ++s) {
           const uint8_t* x = line + s * kLineBytes;
           for (size_t b = 0; b < 4; ++b) {
             const auto qb = static_cast<int8_t>((q[s] >> (8 * b)) & 0xffu);
-            sum += static_cast<int32_t>(x[b]) * qb;
+            sum += static_cast<int64_t>(x[b]) * qb;
           }
         }
-        dot = static_cast<float>(sum - queries.correction(i)) *
-              (rows.scales()[row] * queries.scale(i));
+        // Exact (kMaxInt8Dim keeps it within int32), as the SIMD lanes'.
+        const auto exact = static_cast<int32_t>(sum - queries.correction(i));
+        dot =
+            static_cast<float>(exact) * (rows.scales()[row] * queries.scale(i));
       } else {
         for (size_t s = 0; s < steps; ++s) {
           uint16_t x[2];
@@ -393,6 +410,9 @@ void PortableScan(const ReducedRows& rows, const ReducedQueries& queries,
       if (sink.slack_a != nullptr) {
         slack = sink.slack_a[i] * rows.residuals()[row] +
                 (sink.slack_b[i] * rows.norms()[row] + sink.slack_c[i]);
+        if (sink.row_sq != nullptr) {
+          slack += sink.slack_d[i] * sink.row_sq[row];
+        }
       }
       if (key + slack >= sink.screen[i]) {
         sink.offer(sink.context, i, row, key, slack);
@@ -433,6 +453,14 @@ bool CpuRunsScan(ScanPrecision precision) {
 #else
   return precision == ScanPrecision::kAuto || precision == ScanPrecision::kF32;
 #endif
+}
+
+ScanPrecision EffectiveScan(ScanPrecision requested, size_t dim) {
+  const ScanPrecision scan = ResolveScanPrecision(requested);
+  if (scan != ScanPrecision::kInt8 || dim <= kMaxInt8Dim) return scan;
+  return CpuRunsScan(ScanPrecision::kBf16) || requested != ScanPrecision::kAuto
+             ? ScanPrecision::kBf16
+             : ScanPrecision::kF32;
 }
 
 ScanPrecision ResolveScanPrecision(ScanPrecision requested) {
@@ -595,9 +623,13 @@ void ReducedQueries::Prepare(const ReducedRows& rows, const float* queries,
     } else {
       arithmetic = (d + 8) * kUnitRoundoff;
     }
-    a_[i] = 1.0625 * qn;
-    b_[i] = 1.0625 * (f + arithmetic * (qn + f));
-    c_[i] = 1e-30 + (int8 ? 0.0 : 2 * d * std::ldexp(1.0, -126));
+    // The float32 rescoring of a candidate (FloatDot: at most d + 8
+    // roundings on |q| |x| <= |q| (|e| + |x'|)) and the float arithmetic
+    // of keys and screens (a few roundings of |key| <= (|q| + |f|) |x'|).
+    const double rescoring = (d + 16) * kUnitRoundoff;
+    a_[i] = 1.0625 * qn * (1 + rescoring);
+    b_[i] = 1.0625 * (f + (arithmetic + rescoring) * (qn + f));
+    c_[i] = 1e-30 + (int8 ? 3 : 5) * d * std::ldexp(1.0, -126);
     slack_[i] =
         a_[i] * rows.max_residual() + b_[i] * rows.max_reduced_norm() + c_[i];
   }

@@ -56,6 +56,14 @@ bool CpuRunsScan(ScanPrecision precision);
 // portable kernels).
 ScanPrecision ResolveScanPrecision(ScanPrecision requested);
 
+// The most dimensions int8 takes: its int32 sums of d products of 8-bit
+// values (up to 255 x 127 x d with the rows' offset) must not overflow.
+inline constexpr size_t kMaxInt8Dim = 65536;
+
+// ResolveScanPrecision for vectors of `dim`: int8 past kMaxInt8Dim becomes
+// bf16 (or f32 for auto on a CPU without AVX512_BF16).
+ScanPrecision EffectiveScan(ScanPrecision requested, size_t dim);
+
 // Rows a packed group holds.
 inline constexpr size_t kReducedGroupRows = 16;
 
@@ -153,7 +161,8 @@ class ReducedQueries {
 // Where a scan sends the rows that reach their query's screen. A row's key
 // is its reduced dot product for inner product, 2 dot - |q|^2 - |x|^2 for
 // L2 (higher is closer for both); its slack, a[i] |e_r| + b[i] |x'_r| +
-// c[i] with the rows' residuals() and norms() (0 without coefficients).
+// c[i] (+ d[i] |x_r|^2 for L2) with the rows' residuals() and norms() (0
+// without coefficients).
 struct ReducedSink {
   const float* query_sq = nullptr;  // per query; L2 only
   const float* row_sq = nullptr;    // per row; null for inner product
@@ -161,6 +170,7 @@ struct ReducedSink {
   const float* slack_a = nullptr;
   const float* slack_b = nullptr;
   const float* slack_c = nullptr;
+  const float* slack_d = nullptr;  // L2 only
   // Per query: rows whose key + slack is below it are not offered. The
   // sink may raise it while the scan runs.
   const float* screen = nullptr;

@@ -74,6 +74,9 @@ constexpr float kHalfMaxNorm = 60000.0f;
 // The most queries one reduced pass takes: their packed copies stay in a
 // core's L2 cache while every row tile streams past them.
 constexpr size_t kMaxReducedQueries = 256;
+// Queries the reduced pass takes before it may give up on an index whose
+// queries mostly fall back.
+constexpr uint64_t kMinReducedVerdict = 256;
 // Searches for more than this many rows a query go straight to float32:
 // a deep search keeps a large share of the rows anyway.
 constexpr size_t kMaxReducedKept = 4096;
@@ -85,7 +88,7 @@ size_t MaxScreened(size_t kept) { return std::max<size_t>(4096, 16 * kept); }
 // The precision a Flat index over `store` scans at.
 ScanPrecision FlatScan(const CandidateStore& store,
                        const IndexBuildOptions& options) {
-  const ScanPrecision scan = ResolveScanPrecision(options.scan);
+  const ScanPrecision scan = EffectiveScan(options.scan, store.dim());
   return store.size() > 0 ? scan : ScanPrecision::kF32;
 }
 
@@ -276,6 +279,8 @@ struct Scratch {
   std::vector<float> slack_a;         // per query: the keys' slack
   std::vector<float> slack_b;         // coefficients
   std::vector<float> slack_c;
+  std::vector<float> slack_d;    // L2 only
+  std::vector<char> reduced_ok;  // 0: the query falls back
   std::vector<Screened> merged_screened;
 };
 
@@ -305,6 +310,12 @@ double SquaredNorm(const float* v, size_t dim) {
   double sq = 0;
   for (size_t i = 0; i < dim; ++i) sq += static_cast<double>(v[i]) * v[i];
   return sq;
+}
+
+// Frees a buffer a deep search grew past what a thread keeps.
+template <typename T>
+void TrimBuffer(std::vector<T>& v) {
+  if (v.capacity() > kKeptBufferEntries) std::vector<T>().swap(v);
 }
 
 // Grows `v` to at least `n` elements (new ones value-initialised), never
@@ -337,10 +348,16 @@ class FlatIndex final : public VectorIndex {
     if (scan_ != ScanPrecision::kF32) {
       reduced_ = std::make_unique<ReducedRows>(store.data(), store.size(),
                                                store.dim(), scan_);
-      // From now on the float32 rows are read only to rescore a few
-      // candidates (or for a query that falls back).
-      store.AdviseRandomAccess();
-      return;
+      if (std::isfinite(reduced_->max_residual()) &&
+          std::isfinite(reduced_->max_reduced_norm())) {
+        // From now on the float32 rows are read only to rescore a few
+        // candidates (or for a query that falls back).
+        store.AdviseRandomAccess();
+        return;
+      }
+      // Values past bfloat16's range: no bound, so no reduced pass.
+      reduced_.reset();
+      scan_ = ScanPrecision::kF32;
     }
     if (!UsesHalfScan(store, options)) return;
     const size_t dim = store.dim();
@@ -368,10 +385,16 @@ class FlatIndex final : public VectorIndex {
     const size_t parts =
         std::max<size_t>(1, std::min(static_cast<size_t>(std::max(threads, 1)),
                                      store_.size() / kMaxBlockRows));
-    const bool reduced = reduced_ != nullptr && kept <= kMaxReducedKept;
+    const bool reduced =
+        reduced_ != nullptr && kept <= kMaxReducedKept && !ReducedFailing();
     size_t chunk = std::max<size_t>(
         1, std::min(nq, kMaxBufferEntries / (parts * (2 * kept + 1))));
-    if (reduced) chunk = std::min(chunk, kMaxReducedQueries);
+    if (reduced) {
+      // A part's tops may hold up to twice MaxScreened before a cut.
+      chunk = std::clamp<size_t>(
+          kMaxBufferEntries / (parts * 2 * MaxScreened(kept)), 1,
+          std::min(chunk, kMaxReducedQueries));
+    }
     Scratch& scratch = ThreadScratch();
     for (size_t q0 = 0; q0 < nq; q0 += chunk) {
       const size_t nc = std::min(chunk, nq - q0);
@@ -425,6 +448,15 @@ class FlatIndex final : public VectorIndex {
   }
 
   ScanPrecision scan() const override { return scan_; }
+
+  // True once most queries the reduced pass took fell back (rows it cannot
+  // order, such as rows far from the origin that differ little): from
+  // then on the float32 pass alone is cheaper.
+  bool ReducedFailing() const {
+    const uint64_t queries = reduced_queries_.load(std::memory_order_relaxed);
+    return queries >= kMinReducedVerdict &&
+           2 * fallbacks_.load(std::memory_order_relaxed) > queries;
+  }
   ScanStats scan_stats() const override {
     return {reduced_queries_.load(std::memory_order_relaxed),
             fallbacks_.load(std::memory_order_relaxed)};
@@ -560,6 +592,7 @@ class FlatIndex final : public VectorIndex {
       }
     }
     ScanReducedParts(c, options, scratch);
+    for (size_t i = 0; i < parts * nq; ++i) scratch.screened[i].Cut();
     size_t failed[kMaxReducedQueries];
     size_t failures = 0;
     for (size_t q = 0; q < nq; ++q) {
@@ -567,9 +600,11 @@ class FlatIndex final : public VectorIndex {
         failed[failures++] = q;
       }
     }
-    for (size_t i = 0; i < parts * nq; ++i) {
-      scratch.screened[i].Trim(kKeptBufferEntries / (parts * nq));
-    }
+    const size_t keep =
+        std::max(kKeptBufferEntries / (parts * nq), 2 * MaxScreened(c.kept));
+    for (size_t i = 0; i < parts * nq; ++i) scratch.screened[i].Trim(keep);
+    TrimBuffer(scratch.merged_screened);
+    TrimBuffer(scratch.rescored);
     reduced_queries_.fetch_add(nq, std::memory_order_relaxed);
     fallbacks_.fetch_add(failures, std::memory_order_relaxed);
     const size_t dim = store_.dim();
@@ -592,11 +627,7 @@ class FlatIndex final : public VectorIndex {
                      int64_t* rows) const {
     const size_t dim = store_.dim();
     const bool l2 = metric_ == Metric::kL2;
-    if (!std::isfinite(scratch.slack_a[q]) ||
-        !std::isfinite(scratch.slack_b[q]) ||
-        !std::isfinite(scratch.slack_c[q])) {
-      return false;
-    }
+    if (scratch.reduced_ok[q] == 0) return false;
     std::vector<Screened>& merged = scratch.merged_screened;
     merged.clear();
     for (size_t p = 0; p < c.parts; ++p) {
@@ -628,10 +659,11 @@ class FlatIndex final : public VectorIndex {
     return true;
   }
 
-  // Per query of chunk `c`: |q|^2 (L2), the ceiling on exact keys, and the
-  // coefficients of the keys' slack: DotSlack's, doubled for L2 keys, plus
-  // ErrorBound for the rounding of keys and screens (which it exceeds by
-  // far), each rounded up.
+  // Per query of chunk `c`: |q|^2 (L2), the ceiling on exact keys, whether
+  // the reduced pass may answer it, and the coefficients of the keys'
+  // slack: DotSlack's (which include the float32 rescoring and the screens'
+  // arithmetic), doubled for L2 keys, plus the rounding of L2 keys, each
+  // rounded up.
   void PrepareReducedBounds(const Chunk& c, const SearchOptions& options,
                             Scratch& scratch) const {
     const size_t dim = store_.dim();
@@ -642,7 +674,13 @@ class FlatIndex final : public VectorIndex {
     scratch.slack_a.assign(c.nq, 0.0f);
     scratch.slack_b.assign(c.nq, 0.0f);
     scratch.slack_c.assign(c.nq, 0.0f);
+    scratch.slack_d.assign(c.nq, 0.0f);
+    scratch.reduced_ok.assign(c.nq, 0);
     const double m = l2 ? 2 : 1;
+    // L2 keys' float arithmetic (2 dot - |q|^2 - |x|^2, each square
+    // rounded once, in the kernel, the rescoring and the screens): a few
+    // roundings of |q|^2 + |x|^2 at most, taken as 24.
+    const double l2_rounding = l2 ? 1.0625 * 24 * kUnitRoundoff : 0;
     auto up = [](double bound) {
       const auto f = static_cast<float>(bound * (1 + 1.0 / (1 << 20)));
       return std::nextafter(f, std::numeric_limits<float>::infinity());
@@ -656,7 +694,13 @@ class FlatIndex final : public VectorIndex {
       }
       scratch.slack_a[q] = up(m * queries.a(q));
       scratch.slack_b[q] = up(m * queries.b(q));
-      scratch.slack_c[q] = up(m * queries.c(q) + ErrorBound(std::sqrt(sq)));
+      scratch.slack_c[q] = up(m * queries.c(q) + l2_rounding * sq);
+      scratch.slack_d[q] = up(l2_rounding);
+      // The bound, and the keys, must stay far inside float's range.
+      const double largest =
+          m * queries.DotSlack(q) + (std::sqrt(sq) + store_.max_norm()) *
+                                        (std::sqrt(sq) + store_.max_norm());
+      scratch.reduced_ok[q] = largest < 1e36 ? 1 : 0;
     }
   }
 
@@ -675,6 +719,7 @@ class FlatIndex final : public VectorIndex {
       sink.slack_a = scratch.slack_a.data();
       sink.slack_b = scratch.slack_b.data();
       sink.slack_c = scratch.slack_c.data();
+      sink.slack_d = scratch.slack_d.data();
       if (metric_ == Metric::kL2) {
         sink.query_sq = scratch.query_sq.data();
         sink.row_sq = store_.squared_norms();
@@ -875,7 +920,7 @@ class FlatIndex final : public VectorIndex {
 
   const CandidateStore& store_;
   const Metric metric_;
-  const ScanPrecision scan_;
+  ScanPrecision scan_;  // set by the constructor
   // The vectors rounded to binary16, or null (see the class comment).
   std::unique_ptr<uint16_t[]> half_;
   // The vectors packed at scan_, or null for kF32.
@@ -1074,7 +1119,7 @@ size_t IndexBytesBound(size_t rows, size_t dim,
   if (IndexKindOf(options.factory) != IndexKind::kFlat) {
     return values * sizeof(float);
   }
-  const ScanPrecision scan = ResolveScanPrecision(options.scan);
+  const ScanPrecision scan = EffectiveScan(options.scan, dim);
   if (scan != ScanPrecision::kF32) {
     return ReducedRows::BytesFor(rows, dim, scan);
   }
