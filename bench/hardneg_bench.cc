@@ -50,6 +50,22 @@
 //       of each pair, so a slow first measurement cannot flatter the
 //       ratios.
 //
+// W4 (issue 13), only when named (--workloads W4; it writes about 2 x 27
+// GB under --w4_dir): 8.8M x 768 uniform unit vectors (--w4_rows), the
+// size of MS MARCO's passages, 27 GB of float32 on a 24 GB machine. v1 is
+// written straight to disk as the server's own snapshot (scan int8), and
+// an IndexManager with a data_dir and mmap_vectors restores it as after a
+// restart: float32 rows mapped, the int8 copy on the heap. It prints (d)
+// and (j) for this n; the exact answers of 4 queries by a brute-force
+// double scan of the file, against the Miner's and the service's; the
+// Miner and the service (S=1, one request in flight) at B=256; then a
+// swap: a checkpoint v2 whose embeddings are a hard link to v1's rows
+// (ids + 10^12, so answers name their version) is loaded with LoadNewest
+// while 2 streams of B=16 keep mining, counting failed requests and
+// checking v2's answers. A thread samples RssAnon, RssFile, MemAvailable
+// and the free disk every 100 ms and prints progress every 10 s of the
+// long phases; the summary gives each W4 target beside its figure.
+//
 // Every line gives q/s, p50 and p99 latency of a call (a batch for (a) and
 // (b), a request for (c)) and the ratios to (a) and to the bound. A cell of
 // (c) is skipped when the queries it keeps in flight would take longer than
