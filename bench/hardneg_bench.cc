@@ -1332,8 +1332,8 @@ enum W4Phase : size_t { kW4Generate, kW4Load, kW4Mining, kW4Swap };
 struct W4Summary {
   bool ran = false;
   size_t rows = 0;
-  double bound_qps[2] = {0, 0};   // (d) at the start and at the end
-  double unpinned_bound_qps = 0;  // (j)
+  double bound_qps[2] = {0, 0};           // (d) at the start and at the end
+  double unpinned_bound_qps[2] = {0, 0};  // (j) at the start and the end
   double generate_seconds = 0;
   double load_seconds = 0;
   size_t version_heap_bytes = 0;  // v1's MemoryBytes
@@ -1594,9 +1594,9 @@ absl::Status RunW4Phases(const Options& opt, W4Summary* out) {
   std::string corename;
   absl::StatusOr<double> unpinned = MeasureUnpinnedSgemm(w.dim, opt, &corename);
   if (!unpinned.ok()) return unpinned.status();
-  out->unpinned_bound_qps = *unpinned * 1e9 / QueryFlops(w);
+  out->unpinned_bound_qps[0] = *unpinned * 1e9 / QueryFlops(w);
   std::printf("  (j) at the AVX-512 rate (core %s): %.1f GFLOP/s -> %.2f q/s\n",
-              corename.c_str(), *unpinned, out->unpinned_bound_qps);
+              corename.c_str(), *unpinned, out->unpinned_bound_qps[0]);
 
   std::string parent = absl::GetFlag(FLAGS_w4_dir);
   if (parent.empty()) parent = opt.tmp_dir;
@@ -1810,6 +1810,12 @@ absl::Status RunW4Phases(const Options& opt, W4Summary* out) {
   out->bound_qps[1] = MeasureBound(w, opt, &gflops);
   std::printf("  (d) again, at the end: %.1f GFLOP/s -> bound %.2f q/s\n",
               gflops, out->bound_qps[1]);
+  // (j) too: a busy machine at the start must not flatter the ratio.
+  unpinned = MeasureUnpinnedSgemm(w.dim, opt, &corename);
+  if (!unpinned.ok()) return unpinned.status();
+  out->unpinned_bound_qps[1] = *unpinned * 1e9 / QueryFlops(w);
+  std::printf("  (j) again, at the end: %.1f GFLOP/s -> bound %.2f q/s\n",
+              *unpinned, out->unpinned_bound_qps[1]);
   std::fflush(stdout);
   return absl::OkStatus();
 }
@@ -1827,13 +1833,17 @@ absl::Status RunW4(const Options& opt, W4Summary* out) {
 // Issue 13's W4 targets beside the figures.
 void PrintW4Summary(const W4Summary& s) {
   const double bound = std::max(s.bound_qps[0], s.bound_qps[1]);
+  const double unpinned =
+      std::max(s.unpinned_bound_qps[0], s.unpinned_bound_qps[1]);
   auto verdict = [](bool met) { return met ? "met" : "MISSED"; };
   std::printf("  W4 (%zu x %zu, scan int8, float32 rows mapped)\n", s.rows,
               kW4Dim);
   std::printf(
-      "    serves exactly: %zu of %zu answers identical to a brute-force "
-      "double scan (target: all): %s\n",
-      s.exact_identical, s.exact_checked,
+      "    serves exactly (v1 restored from its snapshot in %.0f s, heap "
+      "%.2f GiB): %zu of %zu answers identical to a brute-force double scan "
+      "(target: all): %s\n",
+      s.load_seconds, GiB(s.version_heap_bytes), s.exact_identical,
+      s.exact_checked,
       verdict(s.exact_checked > 0 && s.exact_identical == s.exact_checked));
   std::printf(
       "    swap to v2 (%s, %.1f s) under %d streams: %zu failed of %zu "
@@ -1867,8 +1877,8 @@ void PrintW4Summary(const W4Summary& s) {
       "AVX-512 rate ((j) %.2f q/s); fell back to float32: %llu of %llu "
       "queries\n",
       s.miner.qps, s.miner.p50_ms, s.service.qps, s.service.p50_ms,
-      s.service.qps / bound, bound, s.service.qps / s.unpinned_bound_qps,
-      s.unpinned_bound_qps, static_cast<unsigned long long>(s.scan.fallbacks),
+      s.service.qps / bound, bound, s.service.qps / unpinned, unpinned,
+      static_cast<unsigned long long>(s.scan.fallbacks),
       static_cast<unsigned long long>(s.scan.reduced_queries));
   std::printf(
       "    disk: %.1f GiB free before, at least %.1f GiB during, %.1f GiB "
