@@ -597,6 +597,8 @@ struct Options {
   std::string tmp_dir;
   uint64_t seed = 42;
   int cores = 1;
+  size_t w4_rows = 0;
+  std::string w4_dir;  // W4's parent directory (--w4_dir, else tmp_dir)
 };
 
 void PrintHeader() {
@@ -1360,7 +1362,7 @@ struct W4Summary {
 };
 
 // The negatives (id, score) of queries [first, first + count) of `pool`,
-// mined by `miner` on `version` in one batch; empty lists on an error.
+// mined in-process on `version` in one batch; empty lists on an error.
 std::vector<std::vector<bench::ExactHit>> MineHits(const IndexVersion& version,
                                                    const QueryPool& pool,
                                                    size_t first, size_t count) {
@@ -1572,7 +1574,7 @@ double GiB(size_t bytes) { return static_cast<double>(bytes) / bench::kGiB; }
 absl::Status RunW4Phases(const Options& opt, W4Summary* out) {
   Workload w;
   w.name = "W4";
-  w.n = static_cast<size_t>(absl::GetFlag(FLAGS_w4_rows));
+  w.n = opt.w4_rows;
   w.dim = kW4Dim;
   out->rows = w.n;
   out->ran = true;
@@ -1598,8 +1600,7 @@ absl::Status RunW4Phases(const Options& opt, W4Summary* out) {
   std::printf("  (j) at the AVX-512 rate (core %s): %.1f GFLOP/s -> %.2f q/s\n",
               corename.c_str(), *unpinned, out->unpinned_bound_qps[0]);
 
-  std::string parent = absl::GetFlag(FLAGS_w4_dir);
-  if (parent.empty()) parent = opt.tmp_dir;
+  const std::string& parent = opt.w4_dir;
   // v1's rows, the server's copy of v2's, ids and slack.
   const size_t needed =
       2 * matrix_bytes + 4 * w.n * sizeof(int64_t) + (size_t{1} << 30);
@@ -1674,7 +1675,6 @@ absl::Status RunW4Phases(const Options& opt, W4Summary* out) {
       GiB(out->version_heap_bytes));
   std::fflush(stdout);
 
-  sampler.SetPhase(kW4Mining, kReportEvery);
   const QueryPool pool = MakeQueries(w, {}, opt.seed + 7);
   std::atomic<size_t> rows_scored{0};
   sampler.SetPhase(kW4Mining, kReportEvery, [&] {
@@ -1822,9 +1822,7 @@ absl::Status RunW4Phases(const Options& opt, W4Summary* out) {
 
 absl::Status RunW4(const Options& opt, W4Summary* out) {
   const absl::Status status = RunW4Phases(opt, out);
-  std::string parent = absl::GetFlag(FLAGS_w4_dir);
-  out->disk_free_after =
-      bench::DiskFreeBytes(parent.empty() ? opt.tmp_dir : parent);
+  out->disk_free_after = bench::DiskFreeBytes(opt.w4_dir);
   std::printf("  scratch files removed: %.1f GiB free (%.1f GiB before)\n",
               GiB(out->disk_free_after), GiB(out->disk_free_before));
   return status;
@@ -2021,6 +2019,9 @@ int Main() {
   opt.cores = CountCores();
   opt.tmp_dir = absl::GetFlag(FLAGS_tmp_dir);
   if (opt.tmp_dir.empty()) opt.tmp_dir = DefaultTmpDir();
+  opt.w4_rows = static_cast<size_t>(absl::GetFlag(FLAGS_w4_rows));
+  opt.w4_dir = absl::GetFlag(FLAGS_w4_dir);
+  if (opt.w4_dir.empty()) opt.w4_dir = opt.tmp_dir;
   const uint32_t sgemm_only = absl::GetFlag(FLAGS_sgemm_only);
   if (sgemm_only > 0) return SgemmOnlyMain(sgemm_only, opt);
   const size_t divisor = quick ? 10 : 1;
