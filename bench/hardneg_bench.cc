@@ -55,6 +55,22 @@
 //       of each pair, so a slow first measurement cannot flatter the
 //       ratios.
 //
+// W4 (issue 13), only when named (--workloads W4; it writes about 2 x 27
+// GB under --w4_dir): 8.8M x 768 uniform unit vectors (--w4_rows), the
+// size of MS MARCO's passages, 27 GB of float32 on a 24 GB machine. v1 is
+// written straight to disk as the server's own snapshot (scan int8), and
+// an IndexManager with a data_dir and mmap_vectors restores it as after a
+// restart: float32 rows mapped, the int8 copy on the heap. It prints (d)
+// and (j) for this n; the exact answers of 4 queries by a brute-force
+// double scan of the file, against the Miner's and the service's; the
+// Miner and the service (S=1, one request in flight) at B=256; then a
+// swap: a checkpoint v2 whose embeddings are a hard link to v1's rows
+// (ids + 10^12, so answers name their version) is loaded with LoadNewest
+// while 2 streams of B=16 keep mining, counting failed requests and
+// checking v2's answers. A thread samples RssAnon, RssFile, MemAvailable
+// and the free disk every 100 ms and prints progress every 10 s of the
+// long phases; the summary gives each W4 target beside its figure.
+//
 // Every line gives q/s, p50 and p99 latency of a call (a batch for (a) and
 // (b), a request for (c)) and the ratios to (a) and to the bound. A cell of
 // (c) is skipped when the queries it keeps in flight would take longer than
@@ -71,6 +87,7 @@
 #include <grpcpp/grpcpp.h>
 #include <omp.h>
 #include <spawn.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -85,6 +102,7 @@
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <limits>
 #include <memory>
 #include <numeric>
 #include <optional>
@@ -94,6 +112,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -110,10 +129,14 @@
 #include "base/status_macros.h"
 #include "bench_util.h"
 #include "format/checkpoint.h"
+#include "format/file_util.h"
+#include "format/npy.h"
+#include "generated_snapshot.h"
 #include "hardneg/v1/miner.grpc.pb.h"
 #include "hardneg/v1/miner.pb.h"
 #include "index/reduced_scan.h"
 #include "instruction_peak.h"
+#include "memory_sampler.h"
 #include "mining/miner.h"
 #include "server/omp_policy.h"
 #include "server/server.h"
@@ -123,7 +146,8 @@
 ABSL_FLAG(bool, quick, false,
           "Divide every workload's n by 10 and shorten every measurement.");
 ABSL_FLAG(std::string, workloads, "",
-          "Workloads to run, e.g. W1 or W1,W3 (empty: W1,W2,W3).");
+          "Workloads to run, e.g. W1 or W1,W3 (empty: W1,W2,W3). W4 runs "
+          "only when named: it writes tens of GB.");
 ABSL_FLAG(double, cell_seconds, 0,
           "Measuring time of each line (0: 3 s, or 1 s with --quick).");
 ABSL_FLAG(int, max_requests, 100000,
@@ -131,6 +155,12 @@ ABSL_FLAG(int, max_requests, 100000,
 ABSL_FLAG(std::string, tmp_dir, "",
           "Where the checkpoints are written (empty: $TMPDIR or /tmp).");
 ABSL_FLAG(uint64_t, seed, 42, "Seed of the vectors and queries.");
+ABSL_FLAG(uint64_t, w4_rows, 8800000,
+          "W4's rows (of 768 floats; --quick leaves it alone). The default, "
+          "MS MARCO's size, needs about 2 x 27 GB of disk.");
+ABSL_FLAG(std::string, w4_dir, "",
+          "Where W4 writes, in a fresh hardneg-w4-XXXXXX directory removed "
+          "at the end (empty: --tmp_dir).");
 ABSL_FLAG(uint32_t, sgemm_only, 0,
           "Internal: only measure (d)'s sgemm rate at this dim, print it and "
           "exit. The bench runs itself so, without OPENBLAS_CORETYPE and "
@@ -601,6 +631,8 @@ struct Options {
   std::string tmp_dir;
   uint64_t seed = 42;
   int cores = 1;
+  size_t w4_rows = 0;
+  std::string w4_dir;  // W4's parent directory (--w4_dir, else tmp_dir)
 };
 
 void PrintHeader() {
@@ -1390,6 +1422,581 @@ absl::Status RunWorkload(const Workload& w, const Options& opt,
   return absl::OkStatus();
 }
 
+// W4 (issue 13): a corpus the size of MS MARCO's passages, 8.8M x 768
+// (27 GB of float32 on a 24 GB machine), served exactly from a snapshot
+// with its float32 rows mapped and an int8 first pass on the heap, then
+// swapped to a new version while streams keep mining.
+constexpr size_t kW4Dim = 768;
+// v2 holds v1's rows under these ids plus this offset, so that every
+// answer says which version gave it.
+constexpr int64_t kW4IdOffset = 1000000000000;
+// Queries checked against the brute-force scan of the whole file.
+constexpr size_t kW4ExactQueries = 4;
+// The streams that keep mining through the swap, and their requests.
+constexpr int kW4SwapStreams = 2;
+constexpr size_t kW4SwapBatch = 16;
+// How long the swap's streams go on once v2 serves, at most, waiting for
+// each to be answered by v2 twice.
+constexpr absl::Duration kW4AfterSwap = absl::Seconds(120);
+// Phases of the memory sampler.
+enum W4Phase : size_t { kW4Generate, kW4Load, kW4Mining, kW4Swap };
+
+struct W4Summary {
+  bool ran = false;
+  size_t rows = 0;
+  double bound_qps[2] = {0, 0};           // (d) at the start and at the end
+  double unpinned_bound_qps[2] = {0, 0};  // (j) at the start and the end
+  double generate_seconds = 0;
+  double load_seconds = 0;
+  size_t version_heap_bytes = 0;  // v1's MemoryBytes
+  LineStats miner;                // Miner B=256
+  LineStats service;              // service S=1 B=256, one in flight
+  VectorIndex::ScanStats scan;    // over the two lines above
+  size_t exact_checked = 0;       // queries x {in-process, service}
+  size_t exact_identical = 0;
+  // The swap.
+  absl::Status swap_status;
+  double swap_seconds = 0;
+  size_t swap_requests = 0;
+  size_t swap_failed = 0;
+  size_t swap_v1_answers = 0;
+  size_t swap_v2_answers = 0;
+  std::string swap_first_error;
+  LineStats swap_latency;  // of the swap streams' requests
+  size_t v2_checked = 0;
+  size_t v2_identical = 0;
+  bench::MemorySampler::Extremes memory[4];
+  size_t mem_total = 0;
+  size_t disk_free_before = 0;
+  size_t disk_free_after = 0;
+};
+
+// The negatives (id, score) of queries [first, first + count) of `pool`,
+// mined in-process on `version` in one batch; empty lists on an error.
+std::vector<std::vector<bench::ExactHit>> MineHits(const IndexVersion& version,
+                                                   const QueryPool& pool,
+                                                   size_t first, size_t count) {
+  std::vector<MiningQuery> queries(count);
+  for (size_t i = 0; i < count; ++i) {
+    const size_t q = first + i;
+    queries[i].embedding =
+        absl::MakeConstSpan(pool.embeddings.data() + q * pool.dim, pool.dim);
+    queries[i].positive_ids = absl::MakeConstSpan(&pool.positives[q], 1);
+  }
+  const Miner miner;
+  absl::StatusOr<std::vector<MiningResult>> results =
+      miner.Mine(version, queries, BenchMiningOptions(0));
+  std::vector<std::vector<bench::ExactHit>> hits(count);
+  if (!results.ok()) {
+    std::fprintf(stderr, "Miner::Mine: %s\n",
+                 results.status().ToString().c_str());
+    return hits;
+  }
+  for (size_t i = 0; i < count; ++i) {
+    for (const MinedNegative& n : (*results)[i].negatives) {
+      hits[i].push_back({n.id, n.score});
+    }
+  }
+  return hits;
+}
+
+// The request of queries [first, first + count) of `pool`, with the
+// bench's mining options.
+pb::MineRequest PoolRequest(const QueryPool& pool, size_t first, size_t count,
+                            uint64_t request_id) {
+  pb::MineRequest request;
+  request.set_request_id(request_id);
+  pb::MiningOptions* options = request.mutable_options();
+  options->set_num_negatives(kNumNegatives);
+  options->set_range_min(0);
+  options->set_range_max(kRangeMax);
+  for (size_t i = 0; i < count; ++i) {
+    const size_t q = (first + i) % kQueryPool;
+    pb::Query* query = request.add_queries();
+    query->set_embedding_bytes(
+        reinterpret_cast<const char*>(pool.embeddings.data() + q * pool.dim),
+        pool.dim * sizeof(float));
+    query->add_positive_ids(pool.positives[q]);
+  }
+  return request;
+}
+
+// As MineHits, over the service at `target` (one request on a new
+// stream); sets `version` to the name of the version that answered.
+absl::StatusOr<std::vector<std::vector<bench::ExactHit>>> MineHitsOverService(
+    const std::string& target, const QueryPool& pool, size_t first,
+    size_t count, std::string* version) {
+  std::unique_ptr<pb::Miner::Stub> stub = pb::Miner::NewStub(
+      grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  auto stream = stub->Mine(&context);
+  pb::MineResponse response;
+  const bool answered = stream->Write(PoolRequest(pool, first, count, 1)) &&
+                        stream->Read(&response);
+  stream->WritesDone();
+  const grpc::Status status = stream->Finish();
+  if (!answered || !status.ok()) {
+    return absl::UnavailableError("Mine stream: " + status.error_message());
+  }
+  if (response.error().code() != 0) {
+    return absl::InternalError("MineError: " + response.error().message());
+  }
+  *version = response.index().name();
+  std::vector<std::vector<bench::ExactHit>> hits(count);
+  for (int i = 0; i < response.results_size() && i < static_cast<int>(count);
+       ++i) {
+    for (const pb::Negative& n : response.results(i).negatives()) {
+      hits[static_cast<size_t>(i)].push_back({n.id(), n.score()});
+    }
+  }
+  return hits;
+}
+
+// How many of `got`'s lists equal `want`'s (ids shifted by `id_offset`,
+// scores bit for bit, same order).
+size_t CountIdentical(const std::vector<std::vector<bench::ExactHit>>& got,
+                      const std::vector<std::vector<bench::ExactHit>>& want,
+                      int64_t id_offset) {
+  size_t identical = 0;
+  for (size_t q = 0; q < want.size() && q < got.size(); ++q) {
+    bool same = got[q].size() == want[q].size();
+    for (size_t i = 0; same && i < want[q].size(); ++i) {
+      same = got[q][i].id == want[q][i].id + id_offset &&
+             got[q][i].score == want[q][i].score;
+    }
+    if (!same) {
+      std::printf("    query %zu differs from the exact answer:", q);
+      for (size_t i = 0; i < std::max(got[q].size(), want[q].size()); ++i) {
+        if (i < got[q].size()) {
+          std::printf(" got %lld/%.9g", static_cast<long long>(got[q][i].id),
+                      got[q][i].score);
+        }
+        if (i < want[q].size()) {
+          std::printf(" want %lld/%.9g",
+                      static_cast<long long>(want[q][i].id + id_offset),
+                      want[q][i].score);
+        }
+      }
+      std::printf("\n");
+    }
+    identical += same ? 1 : 0;
+  }
+  return identical;
+}
+
+// What the streams that mine through the swap saw, together.
+struct SwapTally {
+  absl::Mutex mu;
+  bool stop ABSL_GUARDED_BY(mu) = false;
+  size_t requests ABSL_GUARDED_BY(mu) = 0;
+  size_t failed ABSL_GUARDED_BY(mu) = 0;
+  std::string first_error ABSL_GUARDED_BY(mu);
+  std::unordered_map<std::string, size_t> answers ABSL_GUARDED_BY(mu);
+  // Per stream, answers from the new version.
+  std::vector<size_t> new_answers ABSL_GUARDED_BY(mu);
+  std::vector<double> ms ABSL_GUARDED_BY(mu);
+};
+
+// One stream of the swap: requests of kW4SwapBatch queries, one in flight,
+// until `tally->stop`; each failure (an error, a wrong result count, a
+// broken stream) is counted. `new_version` names v2.
+void RunSwapStream(const std::string& target, const QueryPool& pool, int index,
+                   const std::string& new_version, SwapTally* tally) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  args.SetMaxReceiveMessageSize(-1);
+  std::unique_ptr<pb::Miner::Stub> stub =
+      pb::Miner::NewStub(grpc::CreateCustomChannel(
+          target, grpc::InsecureChannelCredentials(), args));
+  grpc::ClientContext context;
+  auto stream = stub->Mine(&context);
+  auto fail = [&](const std::string& what) {
+    absl::MutexLock lock(&tally->mu);
+    ++tally->failed;
+    if (tally->first_error.empty()) tally->first_error = what;
+  };
+  pb::MineResponse response;
+  for (uint64_t id = 1;; ++id) {
+    {
+      absl::MutexLock lock(&tally->mu);
+      if (tally->stop) break;
+    }
+    const size_t first =
+        (static_cast<size_t>(index) * 997 + id * kW4SwapBatch) % kQueryPool;
+    const absl::Time t = absl::Now();
+    if (!stream->Write(PoolRequest(pool, first, kW4SwapBatch, id)) ||
+        !stream->Read(&response)) {
+      fail("the stream broke");
+      break;
+    }
+    const double ms = absl::ToDoubleMilliseconds(absl::Now() - t);
+    if (response.error().code() != 0) {
+      fail("MineError " + std::to_string(response.error().code()) + ": " +
+           response.error().message());
+    } else if (static_cast<size_t>(response.results_size()) != kW4SwapBatch) {
+      fail("wrong number of results");
+    }
+    absl::MutexLock lock(&tally->mu);
+    ++tally->requests;
+    tally->ms.push_back(ms);
+    ++tally->answers[response.index().name()];
+    if (response.index().name() == new_version) {
+      ++tally->new_answers[static_cast<size_t>(index)];
+    }
+  }
+  stream->WritesDone();
+  const grpc::Status status = stream->Finish();
+  if (!status.ok()) fail("Finish: " + status.error_message());
+}
+
+// Writes the checkpoint of v2 under `checkpoints`: v1's vectors (a hard
+// link: no disk), its ids plus kW4IdOffset, a higher step.
+absl::Status WriteW4Checkpoint(const std::string& checkpoints,
+                               const std::string& v1_snapshot,
+                               const std::vector<int64_t>& v1_ids) {
+  const std::string dir = checkpoints + "/w4-v2";
+  if (mkdir(dir.c_str(), 0755) != 0) {
+    return absl::InternalError(dir + ": mkdir: " + std::strerror(errno));
+  }
+  const std::string vectors = v1_snapshot + "/vectors.npy";
+  const std::string embeddings = dir + "/embeddings-00000.npy";
+  if (link(vectors.c_str(), embeddings.c_str()) != 0) {
+    return absl::InternalError("link " + vectors + " " + embeddings + ": " +
+                               std::strerror(errno));
+  }
+  std::vector<int64_t> ids(v1_ids);
+  for (int64_t& id : ids) id += kW4IdOffset;
+  HARDNEG_RETURN_IF_ERROR(WriteNpyInt64(dir + "/ids-00000.npy", ids));
+  // The manifest last: it makes the checkpoint complete.
+  return WriteFileAtomically(
+      dir + "/manifest.json",
+      absl::StrFormat(
+          "{\"name\": \"w4-v2\", \"step\": 2, \"dim\": %d, \"metric\": "
+          "\"inner_product\", \"shards\": [{\"embeddings\": "
+          "\"embeddings-00000.npy\", \"ids\": \"ids-00000.npy\"}]}\n",
+          kW4Dim));
+}
+
+double GiB(size_t bytes) { return static_cast<double>(bytes) / bench::kGiB; }
+
+// Runs W4 into `out`. Everything it writes is under one scratch directory,
+// removed on return, whatever the outcome.
+absl::Status RunW4Phases(const Options& opt, W4Summary* out) {
+  Workload w;
+  w.name = "W4";
+  w.n = opt.w4_rows;
+  w.dim = kW4Dim;
+  out->rows = w.n;
+  out->ran = true;
+  out->mem_total = bench::ReadProcKiB("/proc/meminfo", "MemTotal");
+  const size_t matrix_bytes = w.n * w.dim * sizeof(float);
+  std::printf(
+      "\n== W4: %zu x %zu, inner product, uniform unit vectors (%.1f GiB of "
+      "float32; this machine has %.1f GiB), served from a snapshot at scan "
+      "int8 with the float32 rows mapped (load average %s) ==\n",
+      w.n, w.dim, GiB(matrix_bytes), GiB(out->mem_total),
+      LoadAverage().c_str());
+  std::fflush(stdout);
+  double gflops = 0;
+  out->bound_qps[0] = MeasureBound(w, opt, &gflops);
+  std::printf(
+      "  (d) sgemm 256x4096x%zu: %.1f GFLOP/s -> float32 bound %.2f q/s "
+      "(2*N*d = %.1f GFLOP/query)\n",
+      w.dim, gflops, out->bound_qps[0], QueryFlops(w) / 1e9);
+  std::string corename;
+  absl::StatusOr<double> unpinned = MeasureUnpinnedSgemm(w.dim, opt, &corename);
+  if (!unpinned.ok()) return unpinned.status();
+  out->unpinned_bound_qps[0] = *unpinned * 1e9 / QueryFlops(w);
+  std::printf("  (j) at the AVX-512 rate (core %s): %.1f GFLOP/s -> %.2f q/s\n",
+              corename.c_str(), *unpinned, out->unpinned_bound_qps[0]);
+
+  const std::string& parent = opt.w4_dir;
+  // v1's rows, the server's copy of v2's, ids and slack.
+  const size_t needed =
+      2 * matrix_bytes + 4 * w.n * sizeof(int64_t) + (size_t{1} << 30);
+  out->disk_free_before = bench::DiskFreeBytes(parent);
+  if (out->disk_free_before < needed) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "W4 needs about %.1f GiB free under %s (v1's rows, and the server's "
+        "copy of v2's), and %.1f GiB are; see --w4_dir and --w4_rows",
+        GiB(needed), parent, GiB(out->disk_free_before)));
+  }
+  absl::StatusOr<TempDir> tmp = TempDir::Create(parent, "hardneg-w4");
+  if (!tmp.ok()) return tmp.status();
+  const std::string data_dir = tmp->path() + "/data";
+  const std::string checkpoints = tmp->path() + "/checkpoints";
+  for (const std::string& dir : {data_dir, checkpoints}) {
+    if (mkdir(dir.c_str(), 0755) != 0) {
+      return absl::InternalError(dir + ": mkdir: " + std::strerror(errno));
+    }
+  }
+  std::printf(
+      "  writing under %s (%.1f GiB free; about %.1f GiB needed at the "
+      "peak)\n",
+      tmp->path().c_str(), GiB(out->disk_free_before), GiB(needed));
+  constexpr absl::Duration kReportEvery = absl::Seconds(10);
+  bench::MemorySampler sampler(absl::Milliseconds(100),
+                               {"generate", "load", "mining", "swap"},
+                               tmp->path());
+
+  // v1, written as the server's own snapshot.
+  std::atomic<size_t> rows_written{0};
+  sampler.SetPhase(kW4Generate, kReportEvery, [&] {
+    return absl::StrFormat("%zu of %zu rows written", rows_written.load(), w.n);
+  });
+  absl::Time t = absl::Now();
+  bench::GeneratedSnapshotSpec spec;
+  spec.data_dir = data_dir;
+  spec.name = "w4-v1";
+  spec.rows = w.n;
+  spec.dim = w.dim;
+  spec.seed = opt.seed;
+  absl::StatusOr<std::string> v1_snapshot = bench::WriteGeneratedSnapshot(
+      spec, [&](size_t rows) { rows_written = rows; });
+  if (!v1_snapshot.ok()) return v1_snapshot.status();
+  out->generate_seconds = absl::ToDoubleSeconds(absl::Now() - t);
+  std::printf("  v1 generated and written as snapshot %s in %.1f s\n",
+              v1_snapshot->c_str(), out->generate_seconds);
+  std::fflush(stdout);
+
+  // The service restores it, as after a restart.
+  IndexManagerOptions manager_options;
+  manager_options.checkpoints_dir = checkpoints;
+  manager_options.data_dir = data_dir;
+  manager_options.mmap_vectors = true;
+  manager_options.build.scan = ScanPrecision::kInt8;
+  manager_options.build_threads = opt.cores;
+  // The server's own budget: the served version and the one being built
+  // must fit in this machine's memory together.
+  manager_options.max_index_bytes = out->mem_total;
+  IndexManager manager(manager_options);
+  sampler.SetPhase(kW4Load, kReportEvery);
+  t = absl::Now();
+  HARDNEG_RETURN_IF_ERROR(manager.RestoreSnapshot());
+  out->load_seconds = absl::ToDoubleSeconds(absl::Now() - t);
+  std::shared_ptr<const IndexVersion> version = manager.Current();
+  if (version == nullptr) return absl::InternalError("no version restored");
+  out->version_heap_bytes = version->MemoryBytes();
+  std::printf(
+      "  v1 restored in %.1f s: scan %s, float32 rows %s, heap %.2f GiB "
+      "(MemoryBytes)\n",
+      out->load_seconds, ScanPrecisionName(version->index().scan()),
+      version->store().mapped() ? "mapped" : "ON THE HEAP",
+      GiB(out->version_heap_bytes));
+  std::fflush(stdout);
+
+  const QueryPool pool = MakeQueries(w, {}, opt.seed + 7);
+  std::atomic<size_t> rows_scored{0};
+  sampler.SetPhase(kW4Mining, kReportEvery, [&] {
+    return absl::StrFormat("%zu of %zu rows scored", rows_scored.load(), w.n);
+  });
+  t = absl::Now();
+  absl::StatusOr<std::vector<std::vector<bench::ExactHit>>> exact =
+      bench::ExactTopK(
+          *v1_snapshot + "/vectors.npy", version->store().ids(),
+          absl::MakeConstSpan(pool.embeddings.data(), kW4ExactQueries * w.dim),
+          w.dim, absl::MakeConstSpan(pool.positives.data(), kW4ExactQueries),
+          kNumNegatives, [&](size_t rows) { rows_scored = rows; });
+  if (!exact.ok()) return exact.status();
+  std::printf(
+      "  exact answers of %zu queries by a brute-force scan in "
+      "double of the file: %.1f s\n",
+      kW4ExactQueries, absl::ToDoubleSeconds(absl::Now() - t));
+  sampler.SetPhase(kW4Mining, kReportEvery);
+  out->exact_checked += kW4ExactQueries;
+  out->exact_identical +=
+      CountIdentical(MineHits(*version, pool, 0, kW4ExactQueries), *exact, 0);
+
+  absl::StatusOr<std::unique_ptr<HardnegServer>> server = StartServer(&manager);
+  if (!server.ok()) return server.status();
+  const std::string target = "127.0.0.1:" + std::to_string((*server)->port());
+  std::string answered_by;
+  absl::StatusOr<std::vector<std::vector<bench::ExactHit>>> served =
+      MineHitsOverService(target, pool, 0, kW4ExactQueries, &answered_by);
+  if (!served.ok()) return served.status();
+  out->exact_checked += kW4ExactQueries;
+  out->exact_identical += CountIdentical(*served, *exact, 0);
+  std::printf(
+      "  serves exactly: %zu of %zu answers (in-process and over the "
+      "service) identical to the brute-force scan's, ids and scores\n",
+      out->exact_identical, out->exact_checked);
+
+  PrintHeader();
+  const VectorIndex::ScanStats before = version->index().scan_stats();
+  out->miner = RunMiner(*version, pool, kFaissBatch, 0, opt.seconds, 100000);
+  PrintLine("W4 Miner::Mine B=256", out->miner, 0, out->bound_qps[0]);
+  CellConfig cfg;
+  cfg.streams = 1;
+  cfg.batch = kFaissBatch;
+  cfg.in_flight = 1;
+  // About three requests, whatever a batch takes here.
+  cfg.seconds = std::max(opt.seconds, 3 * out->miner.p50_ms / 1000);
+  cfg.max_requests = opt.max_requests;
+  std::string first_error;
+  out->service = RunCell(target, cfg, pool, &first_error);
+  PrintLine("W4 service S=1 B=256 in-flight 1", out->service, 0,
+            out->bound_qps[0]);
+  if (!first_error.empty()) {
+    std::printf("    first error: %s\n", first_error.c_str());
+  }
+  const VectorIndex::ScanStats after = version->index().scan_stats();
+  out->scan.reduced_queries = after.reduced_queries - before.reduced_queries;
+  out->scan.fallbacks = after.fallbacks - before.fallbacks;
+  std::printf("    fell back to float32: %llu of %llu queries\n",
+              static_cast<unsigned long long>(out->scan.fallbacks),
+              static_cast<unsigned long long>(out->scan.reduced_queries));
+  std::fflush(stdout);
+  const std::string v1_name = version->info().name;
+  version.reset();
+
+  // The swap: v2 arrives as a checkpoint while streams mine.
+  sampler.SetPhase(kW4Swap, kReportEvery, [&] {
+    const BuildStatus status = manager.build_status();
+    return absl::StrFormat("build %s %.0f%%", status.building,
+                           100 * status.progress);
+  });
+  std::vector<int64_t> v1_ids = manager.Current()->store().ids();
+  HARDNEG_RETURN_IF_ERROR(WriteW4Checkpoint(checkpoints, *v1_snapshot, v1_ids));
+  v1_ids = {};
+  SwapTally tally;
+  {
+    absl::MutexLock lock(&tally.mu);
+    tally.new_answers.assign(kW4SwapStreams, 0);
+  }
+  std::vector<std::thread> streams;
+  for (int s = 0; s < kW4SwapStreams; ++s) {
+    streams.emplace_back(RunSwapStream, target, std::cref(pool), s, "w4-v2",
+                         &tally);
+  }
+  t = absl::Now();
+  out->swap_status = manager.LoadNewest();
+  out->swap_seconds = absl::ToDoubleSeconds(absl::Now() - t);
+  std::printf(
+      "  LoadNewest (copy into data_dir, map, norms, int8 packing, "
+      "snapshot) returned %s after %.1f s; serving %s\n",
+      out->swap_status.ToString().c_str(), out->swap_seconds,
+      manager.Current()->info().name.c_str());
+  std::fflush(stdout);
+  {
+    absl::MutexLock lock(&tally.mu);
+    auto each_saw_v2 = [&tally]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(tally.mu) {
+      return std::all_of(tally.new_answers.begin(), tally.new_answers.end(),
+                         [](size_t n) { return n >= 2; });
+    };
+    if (out->swap_status.ok()) {
+      tally.mu.AwaitWithTimeout(absl::Condition(&each_saw_v2), kW4AfterSwap);
+    }
+    tally.stop = true;
+  }
+  for (std::thread& s : streams) s.join();
+  {
+    absl::MutexLock lock(&tally.mu);
+    out->swap_requests = tally.requests;
+    out->swap_failed = tally.failed;
+    out->swap_first_error = tally.first_error;
+    out->swap_v1_answers = tally.answers[v1_name];
+    out->swap_v2_answers = tally.answers["w4-v2"];
+    out->swap_latency = Summarize(tally.ms, tally.requests * kW4SwapBatch, 0);
+  }
+  served = MineHitsOverService(target, pool, 0, kW4ExactQueries, &answered_by);
+  if (served.ok()) {
+    out->v2_checked = kW4ExactQueries;
+    out->v2_identical = CountIdentical(*served, *exact, kW4IdOffset);
+  }
+  std::printf(
+      "  during the swap, %d streams of B=%zu (one in flight): %zu requests, "
+      "%zu failed%s%s; answered by v1 %zu, by v2 %zu; p50 %.0f ms, p99 %.0f "
+      "ms\n  after it, %s answered: %zu of %zu exact answers with v2's ids\n",
+      kW4SwapStreams, kW4SwapBatch, out->swap_requests, out->swap_failed,
+      out->swap_first_error.empty() ? "" : ", first: ",
+      out->swap_first_error.c_str(), out->swap_v1_answers, out->swap_v2_answers,
+      out->swap_latency.p50_ms, out->swap_latency.p99_ms, answered_by.c_str(),
+      out->v2_identical, out->v2_checked);
+  (*server)->Shutdown(absl::Seconds(5));
+  server->reset();
+  for (size_t phase = 0; phase < 4; ++phase) {
+    out->memory[phase] = sampler.extremes(phase);
+  }
+  out->bound_qps[1] = MeasureBound(w, opt, &gflops);
+  std::printf("  (d) again, at the end: %.1f GFLOP/s -> bound %.2f q/s\n",
+              gflops, out->bound_qps[1]);
+  // (j) too: a busy machine at the start must not flatter the ratio.
+  unpinned = MeasureUnpinnedSgemm(w.dim, opt, &corename);
+  if (!unpinned.ok()) return unpinned.status();
+  out->unpinned_bound_qps[1] = *unpinned * 1e9 / QueryFlops(w);
+  std::printf("  (j) again, at the end: %.1f GFLOP/s -> bound %.2f q/s\n",
+              *unpinned, out->unpinned_bound_qps[1]);
+  std::fflush(stdout);
+  return absl::OkStatus();
+}
+
+absl::Status RunW4(const Options& opt, W4Summary* out) {
+  const absl::Status status = RunW4Phases(opt, out);
+  out->disk_free_after = bench::DiskFreeBytes(opt.w4_dir);
+  std::printf("  scratch files removed: %.1f GiB free (%.1f GiB before)\n",
+              GiB(out->disk_free_after), GiB(out->disk_free_before));
+  return status;
+}
+
+// Issue 13's W4 targets beside the figures.
+void PrintW4Summary(const W4Summary& s) {
+  const double bound = std::max(s.bound_qps[0], s.bound_qps[1]);
+  const double unpinned =
+      std::max(s.unpinned_bound_qps[0], s.unpinned_bound_qps[1]);
+  auto verdict = [](bool met) { return met ? "met" : "MISSED"; };
+  std::printf("  W4 (%zu x %zu, scan int8, float32 rows mapped)\n", s.rows,
+              kW4Dim);
+  std::printf(
+      "    serves exactly (v1 restored from its snapshot in %.0f s, heap "
+      "%.2f GiB): %zu of %zu answers identical to a brute-force double scan "
+      "(target: all): %s\n",
+      s.load_seconds, GiB(s.version_heap_bytes), s.exact_identical,
+      s.exact_checked,
+      verdict(s.exact_checked > 0 && s.exact_identical == s.exact_checked));
+  std::printf(
+      "    swap to v2 (%s, %.1f s) under %d streams: %zu failed of %zu "
+      "requests (target: 0), v2's answers exact %zu of %zu: %s\n",
+      s.swap_status.ok() ? "served" : s.swap_status.ToString().c_str(),
+      s.swap_seconds, kW4SwapStreams, s.swap_failed, s.swap_requests,
+      s.v2_identical, s.v2_checked,
+      verdict(s.swap_status.ok() && s.swap_failed == 0 &&
+              s.swap_v2_answers > 0 && s.v2_checked > 0 &&
+              s.v2_identical == s.v2_checked));
+  size_t peak = 0;
+  size_t min_available = std::numeric_limits<size_t>::max();
+  const char* names[] = {"generate", "load", "mining", "swap"};
+  std::string phases;
+  for (size_t p = 0; p < 4; ++p) {
+    peak = std::max(peak, s.memory[p].max_rss_anon);
+    min_available = std::min(min_available, s.memory[p].min_mem_available);
+    absl::StrAppendFormat(&phases, "%s%s %.2f", p == 0 ? "" : ", ", names[p],
+                          GiB(s.memory[p].max_rss_anon));
+  }
+  std::printf(
+      "    peak RssAnon (GiB) %s, of %.1f GiB (target: within it): %s; "
+      "MemAvailable at least %.2f GiB; peak RssFile (mapped rows) %.2f GiB\n",
+      phases.c_str(), GiB(s.mem_total), verdict(peak < s.mem_total),
+      GiB(min_available),
+      GiB(std::max(s.memory[kW4Mining].max_rss_file,
+                   s.memory[kW4Swap].max_rss_file)));
+  std::printf(
+      "    B=256: Miner %.2f q/s, p50 %.0f ms; service S=1 %.2f q/s, p50 "
+      "%.0f ms = %.2fx the float32 bound ((d) %.2f q/s), %.2fx at the "
+      "AVX-512 rate ((j) %.2f q/s); fell back to float32: %llu of %llu "
+      "queries\n",
+      s.miner.qps, s.miner.p50_ms, s.service.qps, s.service.p50_ms,
+      s.service.qps / bound, bound, s.service.qps / unpinned, unpinned,
+      static_cast<unsigned long long>(s.scan.fallbacks),
+      static_cast<unsigned long long>(s.scan.reduced_queries));
+  std::printf(
+      "    disk: %.1f GiB free before, at least %.1f GiB during, %.1f GiB "
+      "after\n",
+      GiB(s.disk_free_before),
+      GiB(std::min(s.memory[kW4Load].min_disk_free,
+                   s.memory[kW4Swap].min_disk_free)),
+      GiB(s.disk_free_after));
+}
+
 // Issue 13's targets for one workload, on the precision auto resolves to,
 // then every precision's figures from (l).
 void PrintScanSummary(const Summary& s) {
@@ -1532,14 +2139,20 @@ int Main() {
   opt.cores = CountCores();
   opt.tmp_dir = absl::GetFlag(FLAGS_tmp_dir);
   if (opt.tmp_dir.empty()) opt.tmp_dir = DefaultTmpDir();
+  opt.w4_rows = static_cast<size_t>(absl::GetFlag(FLAGS_w4_rows));
+  opt.w4_dir = absl::GetFlag(FLAGS_w4_dir);
+  if (opt.w4_dir.empty()) opt.w4_dir = opt.tmp_dir;
   const uint32_t sgemm_only = absl::GetFlag(FLAGS_sgemm_only);
   if (sgemm_only > 0) return SgemmOnlyMain(sgemm_only, opt);
   const size_t divisor = quick ? 10 : 1;
   std::string names = absl::GetFlag(FLAGS_workloads);
   if (names.empty()) names = "W1,W2,W3";
   std::vector<Workload> workloads;
+  bool w4 = false;
   for (absl::string_view name : absl::StrSplit(names, ',')) {
-    if (name == "W1") {
+    if (name == "W4") {
+      w4 = true;
+    } else if (name == "W1") {
       workloads.push_back({"W1", 100000 / divisor, 128});
     } else if (name == "W2") {
       workloads.push_back({"W2", 1000000 / divisor, 128, 3000 / divisor, true});
@@ -1547,7 +2160,7 @@ int Main() {
       workloads.push_back({"W3", 200000 / divisor, 768});
     } else {
       std::fprintf(stderr,
-                   "--workloads: unknown workload \"%s\" (W1, W2, W3)\n",
+                   "--workloads: unknown workload \"%s\" (W1, W2, W3, W4)\n",
                    std::string(name).c_str());
       return 2;
     }
@@ -1574,7 +2187,16 @@ int Main() {
       return 1;
     }
   }
+  W4Summary w4_summary;
+  if (w4) {
+    const absl::Status status = RunW4(opt, &w4_summary);
+    if (!status.ok()) {
+      std::fprintf(stderr, "W4: %s\n", status.ToString().c_str());
+      return 1;
+    }
+  }
   PrintSummary(summaries, opt.cores);
+  if (w4_summary.ran) PrintW4Summary(w4_summary);
   return 0;
 }
 
@@ -1584,7 +2206,8 @@ int Main() {
 int main(int argc, char** argv) {
   hardneg::EnsurePassiveOpenMp(argv);
   absl::SetProgramUsageMessage(
-      "hardneg-bench [--quick] [--workloads W1,W2,W3] [--cell_seconds S]: "
+      "hardneg-bench [--quick] [--workloads W1,W2,W3,W4] [--cell_seconds S] "
+      "[--w4_rows N] [--w4_dir DIR]: "
       "mining throughput and latency against FAISS and the sgemm bound");
   absl::ParseCommandLine(argc, argv);
   return hardneg::Main();
