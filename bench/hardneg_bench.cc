@@ -1823,7 +1823,8 @@ absl::Status RunW4Phases(const Options& opt, W4Summary* out) {
 
   PrintHeader();
   const VectorIndex::ScanStats before = version->index().scan_stats();
-  out->miner = RunMiner(*version, pool, kFaissBatch, 0, opt.seconds, 100000);
+  out->miner = RunMiner(*version, pool, kFaissBatch, MineSettings{},
+                        opt.seconds, 100000);
   PrintLine("W4 Miner::Mine B=256", out->miner, 0, out->bound_qps[0]);
   CellConfig cfg;
   cfg.streams = 1;
