@@ -513,8 +513,9 @@ void ReducedRows::PackInt8(const float* rows) {
     const auto row = static_cast<size_t>(r);
     const float* x = rows + row * dim_;
     float max_abs = 0;
-    for (size_t d = 0; d < dim_; ++d)
+    for (size_t d = 0; d < dim_; ++d) {
       max_abs = std::max(max_abs, std::abs(x[d]));
+    }
     const float s = Int8Scale(max_abs);
     scales_[row] = s;
     uint8_t* line = lines_.get() +
@@ -590,8 +591,9 @@ void ReducedQueries::Prepare(const ReducedRows& rows, const float* queries,
     double residual = 0;
     if (int8) {
       float max_abs = 0;
-      for (size_t j = 0; j < dim; ++j)
+      for (size_t j = 0; j < dim; ++j) {
         max_abs = std::max(max_abs, std::abs(q[j]));
+      }
       const float s = Int8Scale(max_abs);
       int32_t sum = 0;
       for (size_t j = 0; j < dim; ++j) {

@@ -229,8 +229,9 @@ class ScreenedTop {
   const std::vector<Screened>& candidates() const { return buffer_; }
   // Frees a buffer a deep search grew.
   void Trim(size_t max_capacity) {
-    if (buffer_.capacity() > max_capacity)
+    if (buffer_.capacity() > max_capacity) {
       std::vector<Screened>().swap(buffer_);
+    }
   }
 
   // The screen `candidates` justify: the kept-th best lower bound among
