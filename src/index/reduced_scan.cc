@@ -106,8 +106,6 @@ int32_t Quantise(float v, float s) {
 float Int8Scale(float max_abs) { return max_abs / 127.0f; }
 
 #if defined(HARDNEG_REDUCED_X86)
-#define HARDNEG_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
-#define HARDNEG_BF16 __attribute__((target("avx512f,avx512bw,avx512bf16")))
 #define HARDNEG_AVX512 __attribute__((target("avx512f")))
 
 // AVX-512 F and BW plus `extra_ebx`/`extra` leaf-7 bits, usable only when
@@ -202,21 +200,25 @@ HARDNEG_AVX512 __attribute__((always_inline)) inline void Emit(
 }
 
 // acc += the dot products of x's and b's int8 quadruples (x unsigned, b
-// signed), in place. Inline assembly because g++ 12 copies the accumulator
-// before every intrinsic vpdpbusd: 24 extra moves a step.
-HARDNEG_VNNI inline void Dpbusd(__m512i& acc, __m512i x, __m512i b) {
+// signed), in place: vpdpbusd (AVX512_VNNI, which the caller checked).
+// Inline assembly because g++ 12 copies the accumulator before every
+// intrinsic vpdpbusd (24 extra moves a step), and so that these functions
+// need no target beyond AVX-512 F.
+HARDNEG_AVX512 inline void Dpbusd(__m512i& acc, __m512i x, __m512i b) {
   __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(b));
 }
 
-// acc += the dot products of x's and b's bfloat16 pairs, in place.
-HARDNEG_BF16 inline void Dpbf16(__m512& acc, __m512i x, __m512i b) {
+// acc (16 floats) += the dot products of x's and b's bfloat16 pairs, in
+// place: vdpbf16ps (AVX512_BF16, which the caller checked).
+HARDNEG_AVX512 inline void Dpbf16(__m512i& acc, __m512i x, __m512i b) {
   __asm__("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(x), "v"(b));
 }
 
-// Groups [g, g + R) against queries [i, i + Q): R x Q accumulators held in
-// registers over all steps, four rows loads and Q broadcasts a step.
-template <size_t R, size_t Q>
-HARDNEG_VNNI void Int8Tile(const TileArgs& t, size_t g, size_t i) {
+// Groups [g, g + R) against queries [i, i + Q) at precision P: R x Q
+// accumulators held in registers over all steps, R row loads and Q
+// broadcasts a step.
+template <ScanPrecision P, size_t R, size_t Q>
+HARDNEG_AVX512 void Tile(const TileArgs& t, size_t g, size_t i) {
   const size_t steps = t.rows->steps();
   const uint8_t* base = t.rows->lines() + g * steps * kLineBytes;
   __m512i acc[R][Q];
@@ -239,58 +241,34 @@ HARDNEG_VNNI void Int8Tile(const TileArgs& t, size_t g, size_t i) {
       const __m512i b = _mm512_set1_epi32(static_cast<int>(q[j][s]));
 #pragma GCC unroll 8
       for (size_t r = 0; r < R; ++r) {
-        Dpbusd(acc[r][j], x[r], b);
+        if constexpr (P == ScanPrecision::kInt8) {
+          Dpbusd(acc[r][j], x[r], b);
+        } else {
+          Dpbf16(acc[r][j], x[r], b);
+        }
       }
     }
   }
 #pragma GCC unroll 8
   for (size_t r = 0; r < R; ++r) {
-    const __m512 scales =
-        _mm512_loadu_ps(t.rows->scales() + (g + r) * kReducedGroupRows);
+    if constexpr (P == ScanPrecision::kInt8) {
+      const __m512 scales =
+          _mm512_loadu_ps(t.rows->scales() + (g + r) * kReducedGroupRows);
 #pragma GCC unroll 8
-    for (size_t j = 0; j < Q; ++j) {
-      const __m512i sum = _mm512_sub_epi32(
-          acc[r][j], _mm512_set1_epi32(t.queries->correction(i + j)));
-      const __m512 dot = _mm512_mul_ps(
-          _mm512_cvtepi32_ps(sum),
-          _mm512_mul_ps(scales, _mm512_set1_ps(t.queries->scale(i + j))));
-      Emit(t, g + r, i + j, dot);
-    }
-  }
-}
-
-template <size_t R, size_t Q>
-HARDNEG_BF16 void Bf16Tile(const TileArgs& t, size_t g, size_t i) {
-  const size_t steps = t.rows->steps();
-  const uint8_t* base = t.rows->lines() + g * steps * kLineBytes;
-  __m512 acc[R][Q];
+      for (size_t j = 0; j < Q; ++j) {
+        const __m512i sum = _mm512_sub_epi32(
+            acc[r][j], _mm512_set1_epi32(t.queries->correction(i + j)));
+        const __m512 dot = _mm512_mul_ps(
+            _mm512_cvtepi32_ps(sum),
+            _mm512_mul_ps(scales, _mm512_set1_ps(t.queries->scale(i + j))));
+        Emit(t, g + r, i + j, dot);
+      }
+    } else {
 #pragma GCC unroll 8
-  for (size_t r = 0; r < R; ++r) {
-#pragma GCC unroll 8
-    for (size_t j = 0; j < Q; ++j) acc[r][j] = _mm512_setzero_ps();
-  }
-  const uint32_t* q[Q];
-#pragma GCC unroll 8
-  for (size_t j = 0; j < Q; ++j) q[j] = t.queries->packed(i + j);
-  for (size_t s = 0; s < steps; ++s) {
-    __m512i x[R];
-#pragma GCC unroll 8
-    for (size_t r = 0; r < R; ++r) {
-      x[r] = _mm512_load_si512(base + (r * steps + s) * kLineBytes);
-    }
-#pragma GCC unroll 8
-    for (size_t j = 0; j < Q; ++j) {
-      const __m512i b = _mm512_set1_epi32(static_cast<int>(q[j][s]));
-#pragma GCC unroll 8
-      for (size_t r = 0; r < R; ++r) {
-        Dpbf16(acc[r][j], x[r], b);
+      for (size_t j = 0; j < Q; ++j) {
+        Emit(t, g + r, i + j, _mm512_castsi512_ps(acc[r][j]));
       }
     }
-  }
-#pragma GCC unroll 8
-  for (size_t r = 0; r < R; ++r) {
-#pragma GCC unroll 8
-    for (size_t j = 0; j < Q; ++j) Emit(t, g + r, i + j, acc[r][j]);
   }
 }
 
@@ -305,13 +283,13 @@ constexpr std::array<TileFn, sizeof...(Q)> TileRow(
 template <size_t R, size_t Q>
 struct Int8Kernel {
   static void Run(const TileArgs& t, size_t g, size_t i) {
-    Int8Tile<R, Q>(t, g, i);
+    Tile<ScanPrecision::kInt8, R, Q>(t, g, i);
   }
 };
 template <size_t R, size_t Q>
 struct Bf16Kernel {
   static void Run(const TileArgs& t, size_t g, size_t i) {
-    Bf16Tile<R, Q>(t, g, i);
+    Tile<ScanPrecision::kBf16, R, Q>(t, g, i);
   }
 };
 
