@@ -19,6 +19,8 @@
 #include <new>
 #include <utility>
 
+#include "index/cpu_state.h"
+
 namespace hardneg {
 
 // The error bounds
@@ -111,14 +113,8 @@ float Int8Scale(float max_abs) { return max_abs / 127.0f; }
 // AVX-512 F and BW plus `extra_ebx`/`extra` leaf-7 bits, usable only when
 // the OS saves the ZMM state (XCR0 bits 1, 2, 5, 6, 7).
 bool CpuHasAvx512(unsigned leaf7_ecx, unsigned leaf7_1_eax) {
+  if (!CpuSavesState(kZmmState)) return false;
   unsigned eax, ebx, ecx, edx;
-  if (__get_cpuid_max(0, nullptr) < 7) return false;
-  __cpuid(1, eax, ebx, ecx, edx);
-  if ((ecx & bit_OSXSAVE) == 0) return false;
-  unsigned xcr0_low, xcr0_high;
-  __asm__("xgetbv" : "=a"(xcr0_low), "=d"(xcr0_high) : "c"(0));
-  constexpr unsigned kZmmState = 0xe6;
-  if ((xcr0_low & kZmmState) != kZmmState) return false;
   __cpuid_count(7, 0, eax, ebx, ecx, edx);
   const unsigned max_subleaf = eax;
   constexpr unsigned kAvx512F = 1u << 16;

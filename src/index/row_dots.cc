@@ -11,6 +11,8 @@
 #include <limits>
 #include <type_traits>
 
+#include "index/cpu_state.h"
+
 namespace hardneg {
 namespace {
 
@@ -175,14 +177,9 @@ HARDNEG_SIMD void SimdToHalf(const float* in, size_t n, uint16_t* out) {
 // __builtin_cpu_supports makes, read from CPUID directly because clang 14's
 // __builtin_cpu_supports does not know "f16c".
 bool CpuHasAvx2FmaF16c() {
+  if (!CpuSavesState(kYmmState)) return false;
   unsigned eax, ebx, ecx, edx;
-  if (__get_cpuid_max(0, nullptr) < 7) return false;
   __cpuid(1, eax, ebx, ecx, edx);
-  if ((ecx & bit_OSXSAVE) == 0) return false;
-  unsigned xcr0_low, xcr0_high;
-  __asm__("xgetbv" : "=a"(xcr0_low), "=d"(xcr0_high) : "c"(0));
-  constexpr unsigned kSseAvxState = 0x6;
-  if ((xcr0_low & kSseAvxState) != kSseAvxState) return false;
   if ((ecx & bit_FMA) == 0 || (ecx & bit_F16C) == 0) return false;
   __cpuid_count(7, 0, eax, ebx, ecx, edx);
   return (ebx & bit_AVX2) != 0;
