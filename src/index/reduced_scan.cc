@@ -470,14 +470,14 @@ ReducedRows::ReducedRows(const float* rows, size_t n, size_t dim,
     // Padding (rows past n, dims past dim) is value 0: byte 128.
     std::memset(lines_.get(), 128, bytes);
     scales_.assign(groups * kReducedGroupRows, 0.0f);
-    PackInt8(rows);
   } else {
     std::memset(lines_.get(), 0, bytes);
-    PackBf16(rows);
   }
+  Pack(rows);
 }
 
-void ReducedRows::PackInt8(const float* rows) {
+void ReducedRows::Pack(const float* rows) {
+  const bool int8 = precision_ == ScanPrecision::kInt8;
   double max_residual = 0;
   double max_norm = 0;
   const auto n = static_cast<int64_t>(n_);
@@ -486,54 +486,34 @@ void ReducedRows::PackInt8(const float* rows) {
   for (int64_t r = 0; r < n; ++r) {
     const auto row = static_cast<size_t>(r);
     const float* x = rows + row * dim_;
-    float max_abs = 0;
-    for (size_t d = 0; d < dim_; ++d) {
-      max_abs = std::max(max_abs, std::abs(x[d]));
+    float scale = 0;
+    if (int8) {
+      float max_abs = 0;
+      for (size_t d = 0; d < dim_; ++d) {
+        max_abs = std::max(max_abs, std::abs(x[d]));
+      }
+      scale = Int8Scale(max_abs);
+      scales_[row] = scale;
     }
-    const float s = Int8Scale(max_abs);
-    scales_[row] = s;
     uint8_t* line = lines_.get() +
                     (row / kReducedGroupRows) * steps_ * kLineBytes +
                     (row % kReducedGroupRows) * 4;
     double residual = 0;
     double norm = 0;
     for (size_t d = 0; d < dim_; ++d) {
-      const int32_t v = Quantise(x[d], s);
-      line[(d / 4) * kLineBytes + d % 4] = static_cast<uint8_t>(v + 128);
-      const double dequantised = static_cast<double>(s) * v;
-      residual += (x[d] - dequantised) * (x[d] - dequantised);
-      norm += dequantised * dequantised;
-    }
-    residuals_[row] = UpFloat(std::sqrt(residual));
-    norms_[row] = UpFloat(std::sqrt(norm));
-    max_residual = std::max(max_residual, residual);
-    max_norm = std::max(max_norm, norm);
-  }
-  max_residual_ = UpFloat(std::sqrt(max_residual));
-  max_reduced_norm_ = UpFloat(std::sqrt(max_norm));
-}
-
-void ReducedRows::PackBf16(const float* rows) {
-  double max_residual = 0;
-  double max_norm = 0;
-  const auto n = static_cast<int64_t>(n_);
-#pragma omp parallel for schedule(static) reduction(max \
-                                                    : max_residual, max_norm)
-  for (int64_t r = 0; r < n; ++r) {
-    const auto row = static_cast<size_t>(r);
-    const float* x = rows + row * dim_;
-    uint8_t* line = lines_.get() +
-                    (row / kReducedGroupRows) * steps_ * kLineBytes +
-                    (row % kReducedGroupRows) * 4;
-    double residual = 0;
-    double norm = 0;
-    for (size_t d = 0; d < dim_; ++d) {
-      const uint16_t bits = Bf16Bits(x[d]);
-      std::memcpy(line + (d / 2) * kLineBytes + (d % 2) * 2, &bits,
-                  sizeof bits);
-      const double v = Bf16Value(bits);
-      residual += (x[d] - v) * (x[d] - v);
-      norm += v * v;
+      double packed = 0;  // the value the kernels multiply
+      if (int8) {
+        const int32_t v = Quantise(x[d], scale);
+        line[(d / 4) * kLineBytes + d % 4] = static_cast<uint8_t>(v + 128);
+        packed = static_cast<double>(scale) * v;
+      } else {
+        const uint16_t bits = Bf16Bits(x[d]);
+        std::memcpy(line + (d / 2) * kLineBytes + (d % 2) * 2, &bits,
+                    sizeof bits);
+        packed = Bf16Value(bits);
+      }
+      residual += (x[d] - packed) * (x[d] - packed);
+      norm += packed * packed;
     }
     residuals_[row] = UpFloat(std::sqrt(residual));
     norms_[row] = UpFloat(std::sqrt(norm));

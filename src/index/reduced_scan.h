@@ -107,8 +107,8 @@ class ReducedRows {
     void operator()(uint8_t* p) const { std::free(p); }
   };
 
-  void PackInt8(const float* rows);
-  void PackBf16(const float* rows);
+  // Packs every row and measures its residual and norm.
+  void Pack(const float* rows);
 
   ScanPrecision precision_;
   size_t n_;
