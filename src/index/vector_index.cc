@@ -540,15 +540,7 @@ class FlatIndex final : public VectorIndex {
           WriteAnswer(rescored.data(), found, c.k, scores + q * c.k,
                       rows + q * c.k);
         });
-    for (size_t i = 0; i < failures; ++i) {
-      const size_t q = failed[i];
-      const Chunk one{
-          c.queries + q * dim, c.first + q, 1, c.k, c.kept, c.parts};
-      SearchChunk(one, options, scratch, /*half=*/false,
-                  [&](size_t, const Candidate* best, size_t m) {
-                    WriteAnswer(best, m, c.k, scores + q * c.k, rows + q * c.k);
-                  });
-    }
+    SearchAgainInFloat32(c, options, scratch, failed, failures, scores, rows);
   }
 
   // What the reduced kernel's offers reach: one part's screened tops.
@@ -608,16 +600,7 @@ class FlatIndex final : public VectorIndex {
     TrimBuffer(scratch.rescored);
     reduced_queries_.fetch_add(nq, std::memory_order_relaxed);
     fallbacks_.fetch_add(failures, std::memory_order_relaxed);
-    const size_t dim = store_.dim();
-    for (size_t i = 0; i < failures; ++i) {
-      const size_t q = failed[i];
-      const Chunk one{
-          c.queries + q * dim, c.first + q, 1, c.k, c.kept, c.parts};
-      SearchChunk(one, options, scratch, /*half=*/false,
-                  [&](size_t, const Candidate* best, size_t m) {
-                    WriteAnswer(best, m, c.k, scores + q * c.k, rows + q * c.k);
-                  });
-    }
+    SearchAgainInFloat32(c, options, scratch, failed, failures, scores, rows);
   }
 
   // Query q of chunk `c` after the reduced scan: merges its parts'
@@ -745,6 +728,24 @@ class FlatIndex final : public VectorIndex {
       if (omp_get_thread_num() == 0 && omp_get_num_threads() == part_count) {
         AwaitParts(done, parts);
       }
+    }
+  }
+
+  // Searches queries failed[0, failures) of chunk `c` again, one at a
+  // time, in float32: the fallback of the half and the reduced passes.
+  void SearchAgainInFloat32(const Chunk& c, const SearchOptions& options,
+                            Scratch& scratch, const size_t* failed,
+                            size_t failures, float* scores,
+                            int64_t* rows) const {
+    const size_t dim = store_.dim();
+    for (size_t i = 0; i < failures; ++i) {
+      const size_t q = failed[i];
+      const Chunk one{
+          c.queries + q * dim, c.first + q, 1, c.k, c.kept, c.parts};
+      SearchChunk(one, options, scratch, /*half=*/false,
+                  [&](size_t, const Candidate* best, size_t m) {
+                    WriteAnswer(best, m, c.k, scores + q * c.k, rows + q * c.k);
+                  });
     }
   }
 
