@@ -591,6 +591,34 @@ void ReducedQueries::Prepare(const ReducedRows& rows, const float* queries,
   }
 }
 
+void ReducedQueries::Select(const ReducedQueries& from, const uint32_t* which,
+                            size_t m) {
+  nq_ = m;
+  steps_ = from.steps_;
+  packed_.resize(m * steps_);
+  scale_.resize(m);
+  correction_.resize(m);
+  slack_.resize(m);
+  a_.resize(m);
+  b_.resize(m);
+  c_.resize(m);
+  for (size_t j = 0; j < m; ++j) {
+    const size_t i = which[j];
+    std::copy_n(from.packed(i), steps_, packed_.data() + j * steps_);
+    scale_[j] = from.scale_[i];
+    correction_[j] = from.correction_[i];
+    slack_[j] = from.slack_[i];
+    a_[j] = from.a_[i];
+    b_[j] = from.b_[i];
+    c_[j] = from.c_[i];
+  }
+}
+
+float FloatAbove(double bound) {
+  const auto f = static_cast<float>(bound * (1 + 1.0 / (1 << 20)));
+  return std::nextafter(f, std::numeric_limits<float>::infinity());
+}
+
 void ReducedScan(const ReducedRows& rows, const ReducedQueries& queries,
                  size_t begin, size_t end, const ReducedSink& sink,
                  bool portable) {

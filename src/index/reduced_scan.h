@@ -127,6 +127,10 @@ class ReducedQueries {
  public:
   // Packs the `nq` queries (row-major nq x rows.dim()) for `rows`.
   void Prepare(const ReducedRows& rows, const float* queries, size_t nq);
+  // Queries which[0 .. m) of `from`, in that order: as Prepare would make
+  // them for any rows of the same dim and precision (DotSlack(i) without
+  // a row is from's).
+  void Select(const ReducedQueries& from, const uint32_t* which, size_t m);
 
   size_t size() const { return nq_; }
   // Bound on |reduced dot - exact dot| of query i with row `row`:
@@ -157,6 +161,9 @@ class ReducedQueries {
   std::vector<double> b_;
   std::vector<double> c_;
 };
+
+// `bound` as a float no smaller (a slack coefficient for ReducedSink).
+float FloatAbove(double bound);
 
 // Where a scan sends the rows that reach their query's screen. A row's key
 // is its reduced dot product for inner product, 2 dot - |q|^2 - |x|^2 for
