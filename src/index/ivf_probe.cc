@@ -2,11 +2,15 @@
 
 #include <cblas.h>
 #include <faiss/impl/AuxIndexStructures.h>
+#include <faiss/invlists/DirectMap.h>
 #include <faiss/invlists/InvertedLists.h>
 #include <faiss/utils/Heap.h>
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
 #include <utility>
 
 #include "index/ivf_flat_scan.h"
@@ -31,11 +35,16 @@ void ScoreList(const float* codes, size_t n, size_t d, const float* query,
   for (size_t j = 0; j < n; ++j) out[j] = SquaredL2(query, codes + j * d, d);
 }
 
+// Below this many rows sgemm's packing costs more than it saves: the rows
+// stay in cache across RowDots' passes.
+constexpr size_t kMinSgemmRows = 512;
+
 // out[a * n + r] = queries[a] . rows[r] for `nq` queries: sgemm for four
-// or more, RowDots (each row read once per three queries) below that.
+// or more over kMinSgemmRows rows or more, else RowDots (each row read
+// once per three queries).
 void BatchDots(const float* rows, size_t n, size_t d, const float* queries,
                size_t nq, float* out) {
-  if (nq >= 4) {
+  if (nq >= 4 && n >= kMinSgemmRows) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nq),
                 static_cast<int>(n), static_cast<int>(d), 1.0f, queries,
                 static_cast<int>(d), rows, static_cast<int>(d), 0.0f, out,
@@ -48,13 +57,22 @@ void BatchDots(const float* rows, size_t n, size_t d, const float* queries,
   }
 }
 
+// Cell mode ranks cells through a histogram of their scores: this many
+// bins between a query's lowest and highest cell score.
+constexpr size_t kRankBins = 1024;
+
+// The reduced pass's keys and bounds must stay far inside float's range.
+constexpr double kMaxReducedKey = 1e36;
+
 }  // namespace
 
-std::unique_ptr<IvfProbe> IvfProbe::Create(const faiss::Index& index,
+std::unique_ptr<IvfProbe> IvfProbe::Create(faiss::Index& index,
                                            const CandidateStore& store,
-                                           size_t default_min_candidates) {
+                                           size_t default_min_candidates,
+                                           IvfProbeUnit unit,
+                                           ScanPrecision scan) {
   if (!IsIvfFlat(index) || !store.has_labels()) return nullptr;
-  const auto& ivf = dynamic_cast<const faiss::IndexIVF&>(index);
+  auto& ivf = dynamic_cast<faiss::IndexIVF&>(index);
   if (ivf.metric_type != faiss::METRIC_INNER_PRODUCT &&
       ivf.metric_type != faiss::METRIC_L2) {
     return nullptr;
@@ -63,21 +81,25 @@ std::unique_ptr<IvfProbe> IvfProbe::Create(const faiss::Index& index,
   const faiss::InvertedLists& lists = *ivf.invlists;
   probe->offsets_.reserve(lists.nlist + 1);
   probe->offsets_.push_back(0);
-  std::vector<int64_t> list_labels;
+  // Each list's entry labels, in entry order (for MakeCells).
+  std::vector<std::vector<int64_t>> entry_labels(lists.nlist);
+  std::vector<int64_t> sorted;
   for (size_t l = 0; l < lists.nlist; ++l) {
     const size_t n = lists.list_size(l);
     faiss::InvertedLists::ScopedIds ids(&lists, l);
+    std::vector<int64_t>& list_labels = entry_labels[l];
     list_labels.resize(n);
     for (size_t j = 0; j < n; ++j) {
       const IdxT row = ids[j];
       if (row < 0 || static_cast<size_t>(row) >= store.size()) return nullptr;
       list_labels[j] = store.label(static_cast<size_t>(row));
     }
-    std::sort(list_labels.begin(), list_labels.end());
+    sorted = list_labels;
+    std::sort(sorted.begin(), sorted.end());
     for (size_t j = 0; j < n;) {
       size_t end = j + 1;
-      while (end < n && list_labels[end] == list_labels[j]) ++end;
-      probe->labels_.push_back(list_labels[j]);
+      while (end < n && sorted[end] == sorted[j]) ++end;
+      probe->labels_.push_back(sorted[j]);
       probe->counts_.push_back(static_cast<uint32_t>(end - j));
       j = end;
     }
@@ -85,7 +107,120 @@ std::unique_ptr<IvfProbe> IvfProbe::Create(const faiss::Index& index,
   }
   probe->labels_.shrink_to_fit();
   probe->counts_.shrink_to_fit();
+  // Cells: each label with kMinCellSize entries or more in a list, and
+  // one mixed cell per list for the rest.
+  size_t cells = 0;
+  for (size_t l = 0; l < lists.nlist; ++l) {
+    bool mixed = false;
+    for (size_t c = probe->offsets_[l]; c < probe->offsets_[l + 1]; ++c) {
+      if (probe->counts_[c] >= kMinCellSize) {
+        ++cells;
+      } else {
+        mixed = true;
+      }
+    }
+    if (mixed) ++cells;
+  }
+  // Sorting in place needs FAISS's own lists and no direct map (whose
+  // offsets the sort would invalidate).
+  const bool sortable =
+      dynamic_cast<faiss::ArrayInvertedLists*>(ivf.invlists) != nullptr &&
+      ivf.direct_map.type == faiss::DirectMap::NoMap;
+  const bool pays = cells > lists.nlist &&
+                    cells * kMinCellEntries <= static_cast<size_t>(ivf.ntotal);
+  if (sortable && cells > 0 &&
+      (unit == IvfProbeUnit::kCell || (unit == IvfProbeUnit::kAuto && pays))) {
+    // Reduced copies serve inner-product batches only, and only where
+    // the CPU runs them natively (the portable kernels are slower than
+    // float32).
+    ScanPrecision packed = EffectiveScan(scan, static_cast<size_t>(ivf.d));
+    if (ivf.metric_type != faiss::METRIC_INNER_PRODUCT ||
+        !CpuRunsScan(packed)) {
+      packed = ScanPrecision::kF32;
+    }
+    probe->MakeCells(ivf, entry_labels, packed);
+  }
   return probe;
+}
+
+void IvfProbe::MakeCells(faiss::IndexIVF& ivf,
+                         const std::vector<std::vector<int64_t>>& entry_labels,
+                         ScanPrecision scan) {
+  const size_t d = static_cast<size_t>(ivf.d);
+  const size_t code_size = ivf.code_size;
+  faiss::InvertedLists& lists = *ivf.invlists;
+  std::vector<std::pair<bool, int64_t>> keys;
+  std::vector<size_t> order;
+  std::vector<IdxT> new_ids;
+  std::vector<uint8_t> new_codes;
+  std::vector<double> sum(d);
+  for (size_t l = 0; l < lists.nlist; ++l) {
+    const std::vector<int64_t>& list_labels = entry_labels[l];
+    const size_t n = list_labels.size();
+    // Entry order: the labels with a cell of their own by label, then the
+    // mixed cell's entries by label.
+    keys.resize(n);
+    for (size_t j = 0; j < n; ++j) {
+      keys[j] = {LabelCount(l, list_labels[j]) < kMinCellSize, list_labels[j]};
+    }
+    if (!std::is_sorted(keys.begin(), keys.end())) {
+      order.resize(n);
+      std::iota(order.begin(), order.end(), size_t{0});
+      std::stable_sort(order.begin(), order.end(),
+                       [&](size_t a, size_t b) { return keys[a] < keys[b]; });
+      new_ids.resize(n);
+      new_codes.resize(n * code_size);
+      {
+        faiss::InvertedLists::ScopedIds ids(&lists, l);
+        faiss::InvertedLists::ScopedCodes codes(&lists, l);
+        for (size_t j = 0; j < n; ++j) {
+          new_ids[j] = ids[order[j]];
+          std::copy_n(codes.get() + order[j] * code_size, code_size,
+                      new_codes.data() + j * code_size);
+        }
+      }
+      lists.update_entries(l, 0, n, new_ids.data(), new_codes.data());
+    }
+    faiss::InvertedLists::ScopedCodes codes(&lists, l);
+    const auto* x = reinterpret_cast<const float*>(codes.get());
+    auto add_cell = [&](size_t begin, size_t size, int64_t label, bool mixed) {
+      cell_list_.push_back(static_cast<uint32_t>(l));
+      cell_begin_.push_back(static_cast<uint32_t>(begin));
+      cell_size_.push_back(static_cast<uint32_t>(size));
+      cell_label_.push_back(label);
+      cell_mixed_.push_back(mixed ? 1 : 0);
+      // The mean in double: a cell may hold millions of entries.
+      std::fill(sum.begin(), sum.end(), 0.0);
+      for (size_t j = begin; j < begin + size; ++j) {
+        for (size_t t = 0; t < d; ++t) sum[t] += x[j * d + t];
+      }
+      double sq = 0;
+      for (size_t t = 0; t < d; ++t) {
+        const auto mean =
+            static_cast<float>(sum[t] / static_cast<double>(size));
+        cell_centroids_.push_back(mean);
+        sq += static_cast<double>(mean) * mean;
+      }
+      cell_sq_.push_back(static_cast<float>(sq));
+    };
+    size_t begin = 0;
+    for (size_t c = offsets_[l]; c < offsets_[l + 1]; ++c) {
+      if (counts_[c] < kMinCellSize) continue;
+      add_cell(begin, counts_[c], labels_[c], false);
+      begin += counts_[c];
+    }
+    if (begin < n) add_cell(begin, n - begin, 0, true);
+  }
+  if (scan == ScanPrecision::kF32) return;
+  scan_ = scan;
+  reduced_.resize(lists.nlist);
+  for (size_t l = 0; l < lists.nlist; ++l) {
+    const size_t n = lists.list_size(l);
+    if (n == 0) continue;
+    faiss::InvertedLists::ScopedCodes codes(&lists, l);
+    reduced_[l] = std::make_unique<ReducedRows>(
+        reinterpret_cast<const float*>(codes.get()), n, d, scan);
+  }
 }
 
 IvfProbe::IvfProbe(const faiss::IndexIVF& ivf, size_t default_min_candidates)
@@ -94,7 +229,51 @@ IvfProbe::IvfProbe(const faiss::IndexIVF& ivf, size_t default_min_candidates)
 size_t IvfProbe::MemoryBytes() const {
   return offsets_.capacity() * sizeof(uint32_t) +
          labels_.capacity() * sizeof(int64_t) +
-         counts_.capacity() * sizeof(uint32_t);
+         counts_.capacity() * sizeof(uint32_t) +
+         cell_list_.capacity() * sizeof(uint32_t) +
+         cell_begin_.capacity() * sizeof(uint32_t) +
+         cell_size_.capacity() * sizeof(uint32_t) +
+         cell_label_.capacity() * sizeof(int64_t) + cell_mixed_.capacity() +
+         cell_centroids_.capacity() * sizeof(float) +
+         cell_sq_.capacity() * sizeof(float) + PackedBytes();
+}
+
+size_t IvfProbe::PackedBytes() const {
+  size_t bytes = 0;
+  for (const std::unique_ptr<ReducedRows>& rows : reduced_) {
+    if (rows != nullptr) bytes += rows->MemoryBytes();
+  }
+  return bytes;
+}
+
+size_t IvfProbe::probes() const {
+  return cells() ? cell_list_.size() : ivf_.nlist;
+}
+
+IvfProbe::Span IvfProbe::SpanOf(size_t probe) const {
+  if (cells()) {
+    return {cell_list_[probe], cell_begin_[probe], cell_size_[probe]};
+  }
+  return {probe, 0, ivf_.invlists->list_size(probe)};
+}
+
+size_t IvfProbe::Excluded(size_t probe, size_t i,
+                          const SearchOptions& options) const {
+  // (A plain pair, not the optional: GCC 12 warns it may be uninitialised.)
+  const bool has_excluded =
+      !options.excluded_label.empty() && options.excluded_label[i].has_value();
+  if (!has_excluded) return 0;
+  const int64_t excluded = *options.excluded_label[i];
+  if (cells() && cell_mixed_[probe] == 0) {
+    return cell_label_[probe] == excluded ? cell_size_[probe] : 0;
+  }
+  if (cells()) {
+    // A mixed cell holds the label's entries when they are too few for a
+    // cell of their own.
+    const size_t count = LabelCount(cell_list_[probe], excluded);
+    return count < kMinCellSize ? count : 0;
+  }
+  return LabelCount(probe, excluded);
 }
 
 size_t IvfProbe::LabelCount(size_t list, int64_t label) const {
@@ -133,44 +312,154 @@ size_t IvfProbe::PrefixRanks(const Plan& plan) const {
                   std::max(kMinPrefixRanks, kPrefixRanksPerList * lists));
 }
 
-template <class C>
-size_t IvfProbe::ScanList(size_t list, const float* query, size_t i,
-                          const SearchOptions& options, size_t k, float* scores,
-                          int64_t* rows, ProbeState& state) const {
-  const size_t n = ivf_.invlists->list_size(list);
+size_t IvfProbe::PrefixEntries(const Plan& plan) const {
+  // The plan's candidates, a quarter more for the cells that `closest`
+  // thins, and the nprobe floor's lists at their average size.
+  const size_t nlist = std::max<size_t>(ivf_.nlist, 1);
+  const size_t average_list = static_cast<size_t>(ivf_.ntotal) / nlist;
+  const size_t wanted = std::max(plan.min_candidates, plan.k);
+  return wanted + wanted / 4 + plan.min_lists * average_list;
+}
+
+size_t IvfProbe::RankCells(const float* queries,
+                           const std::vector<size_t>& which,
+                           const SearchOptions& options, size_t entries,
+                           std::vector<IdxT>& order,
+                           std::vector<size_t>& counts) const {
+  const size_t cells = cell_list_.size();
   const size_t d = static_cast<size_t>(ivf_.d);
-  faiss::InvertedLists::ScopedCodes codes(ivf_.invlists, list);
-  faiss::InvertedLists::ScopedIds ids(ivf_.invlists, list);
-  thread_local std::vector<float> list_scores;
-  if (list_scores.size() < n) list_scores.resize(n);
-  ScoreList(reinterpret_cast<const float*>(codes.get()), n, d, query,
-            ivf_.metric_type == faiss::METRIC_INNER_PRODUCT,
-            list_scores.data());
-  return PushList<C>(list_scores.data(), n, ids.get(), i, options, k, scores,
-                     rows, state);
+  const size_t m = which.size();
+  const bool inner_product = ivf_.metric_type == faiss::METRIC_INNER_PRODUCT;
+  std::vector<std::vector<uint32_t>> ranked(m);
+  const size_t group = std::max<size_t>(1, kRankEntries / cells);
+  std::vector<float> batch, dots;
+  for (size_t g0 = 0; g0 < m; g0 += group) {
+    const size_t gm = std::min(group, m - g0);
+    batch.resize(gm * d);
+    for (size_t j = 0; j < gm; ++j) {
+      std::copy_n(queries + which[g0 + j] * d, d, batch.data() + j * d);
+    }
+    dots.resize(gm * cells);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(gm),
+                static_cast<int>(cells), static_cast<int>(d), 1.0f,
+                batch.data(), static_cast<int>(d), cell_centroids_.data(),
+                static_cast<int>(d), 0.0f, dots.data(),
+                static_cast<int>(cells));
+#pragma omp parallel for if (gm > 1) schedule(dynamic)
+    for (size_t j = 0; j < gm; ++j) {
+      const size_t i = which[g0 + j];
+      float* score = dots.data() + j * cells;
+      // Higher is nearer: q.c, or 2 q.c - |c|^2 (= |q|^2 - |q - c|^2).
+      float lo = std::numeric_limits<float>::infinity();
+      float hi = -lo;
+      for (size_t c = 0; c < cells; ++c) {
+        if (!inner_product) score[c] = 2 * score[c] - cell_sq_[c];
+        if (std::isfinite(score[c])) {
+          lo = std::min(lo, score[c]);
+          hi = std::max(hi, score[c]);
+        }
+      }
+      // Bins of the score range, best last; a non-finite score (a query
+      // with NaN) goes to bin 0.
+      const double range = static_cast<double>(hi) - lo;
+      const double scale = range > 0 ? (kRankBins - 1) / range : 0;
+      thread_local std::vector<uint16_t> bins;
+      thread_local std::vector<size_t> mass, members, next;
+      bins.resize(cells);
+      mass.assign(kRankBins, 0);
+      members.assign(kRankBins, 0);
+      const bool has_excluded = !options.excluded_label.empty() &&
+                                options.excluded_label[i].has_value();
+      const int64_t excluded = has_excluded ? *options.excluded_label[i] : 0;
+      for (size_t c = 0; c < cells; ++c) {
+        uint16_t bin = 0;
+        if (std::isfinite(score[c])) {
+          const double at = (static_cast<double>(score[c]) - lo) * scale;
+          bin = static_cast<uint16_t>(
+              std::min<double>(std::max(at, 0.0), kRankBins - 1));
+        }
+        bins[c] = bin;
+        ++members[bin];
+        // (A mixed cell's entries of the label count: finding how many
+        // would cost a search per cell, for a prefix that is a guess.)
+        if (!has_excluded || cell_mixed_[c] != 0 ||
+            cell_label_[c] != excluded) {
+          mass[bin] += cell_size_[c];
+        }
+      }
+      // The best bins until their entries reach `entries`.
+      size_t cut = kRankBins;
+      size_t held = 0;
+      while (cut > 0 && held < entries) held += mass[--cut];
+      // Their cells, best bin first, by cell within a bin: next[b] is
+      // where bin b's next cell goes.
+      next.assign(kRankBins + 1, 0);
+      for (size_t b = kRankBins; b-- > cut;) {
+        next[b] = next[b + 1] + members[b];
+      }
+      std::vector<uint32_t>& out = ranked[g0 + j];
+      out.resize(next[cut]);
+      for (size_t b = cut; b < kRankBins; ++b) next[b] = next[b + 1];
+      for (size_t c = 0; c < cells; ++c) {
+        if (bins[c] >= cut) out[next[bins[c]]++] = static_cast<uint32_t>(c);
+      }
+    }
+  }
+  size_t width = 0;
+  for (const std::vector<uint32_t>& r : ranked)
+    width = std::max(width, r.size());
+  order.assign(m * width, -1);
+  counts.resize(m);
+  for (size_t j = 0; j < m; ++j) {
+    std::copy(ranked[j].begin(), ranked[j].end(), order.begin() + j * width);
+    counts[j] = ranked[j].size();
+  }
+  return width;
 }
 
 template <class C>
-size_t IvfProbe::PushList(const float* list_scores, size_t n,
-                          const int64_t* ids, size_t i,
-                          const SearchOptions& options, size_t k, float* scores,
-                          int64_t* rows, ProbeState& state) const {
-  const bool has_closest = !options.closest.empty();
-  const float closest = has_closest ? options.closest[i] : 0;
+size_t IvfProbe::Scan(size_t probe, const float* query, size_t i,
+                      const SearchOptions& options, size_t k, float* scores,
+                      int64_t* rows, ProbeState& state) const {
+  const Span span = SpanOf(probe);
+  const size_t d = static_cast<size_t>(ivf_.d);
+  faiss::InvertedLists::ScopedCodes codes(ivf_.invlists, span.list);
+  faiss::InvertedLists::ScopedIds ids(ivf_.invlists, span.list);
+  thread_local std::vector<float> probe_scores;
+  if (probe_scores.size() < span.n) probe_scores.resize(span.n);
+  ScoreList(reinterpret_cast<const float*>(codes.get()) + span.begin * d,
+            span.n, d, query, ivf_.metric_type == faiss::METRIC_INNER_PRODUCT,
+            probe_scores.data());
+  return Push<C>(probe_scores.data(), span.n, ids.get() + span.begin, i,
+                 options, k, scores, rows, state);
+}
+
+template <class C>
+bool IvfProbe::PushOne(float score, int64_t row, size_t i,
+                       const SearchOptions& options, size_t k, float* scores,
+                       int64_t* rows, ProbeState& state) const {
+  if (!options.closest.empty() && C::cmp(options.closest[i], score)) {
+    return false;
+  }
+  if (!C::cmp(scores[0], score)) return true;  // the sentinel until full
+  if (options.skip_row && options.skip_row(i, row)) return true;
+  faiss::heap_replace_top<C>(k, scores, rows, score, row);
+  ++state.filled;
+  return true;
+}
+
+template <class C>
+size_t IvfProbe::Push(const float* probe_scores, size_t n, const int64_t* ids,
+                      size_t i, const SearchOptions& options, size_t k,
+                      float* scores, int64_t* rows, ProbeState& state) const {
   size_t too_close = 0;
   for (size_t j = 0; j < n; ++j) {
-    const float s = list_scores[j];
-    if (has_closest && C::cmp(closest, s)) {
+    if (!PushOne<C>(probe_scores[j], ids[j], i, options, k, scores, rows,
+                    state)) {
       ++too_close;
-      continue;
     }
-    if (!C::cmp(scores[0], s)) continue;  // the sentinel until full
-    const IdxT row = ids[j];
-    if (options.skip_row && options.skip_row(i, row)) continue;
-    faiss::heap_replace_top<C>(k, scores, rows, s, row);
-    ++state.filled;
   }
-  ++state.stats.lists_scanned;
+  ++state.stats.probes_scanned;
   state.stats.candidates_scanned += n;
   return too_close;
 }
@@ -181,33 +470,29 @@ void IvfProbe::Continue(const float* query, size_t i, const Plan& plan,
                         size_t first, size_t ranked,
                         absl::Span<const int64_t> probed, float* scores,
                         int64_t* rows, ProbeState& state) const {
-  // (A plain pair, not the optional: GCC 12 warns it may be uninitialised.)
-  const bool has_excluded =
-      !options.excluded_label.empty() && options.excluded_label[i].has_value();
-  const int64_t excluded = has_excluded ? *options.excluded_label[i] : 0;
   for (size_t r = first; r < ranked && order[r] >= 0; ++r) {
     if (!probed.empty() &&
         std::binary_search(probed.begin(), probed.end(), order[r])) {
-      continue;  // visited in the prefix ranking
+      continue;  // visited in an earlier ranking
     }
     state.prefix_end = r + 1;
-    const auto list = static_cast<size_t>(order[r]);
-    const size_t n = ivf_.invlists->list_size(list);
-    const size_t labelled = has_excluded ? LabelCount(list, excluded) : 0;
+    const auto probe = static_cast<size_t>(order[r]);
+    const size_t n = SpanOf(probe).n;
+    const size_t labelled = Excluded(probe, i, options);
     if (n == labelled) {
-      if (n > 0) ++state.stats.lists_skipped;
+      if (n > 0) ++state.stats.probes_skipped;
       continue;
     }
     const size_t too_close =
-        ScanList<C>(list, query, i, options, plan.k, scores, rows, state);
-    Account(n, labelled, too_close, state);
+        Scan<C>(probe, query, i, options, plan.k, scores, rows, state);
+    Account(probe, n, labelled, too_close, plan, state);
     if (PlanMet(plan, state)) {
       state.done = true;
       return;
     }
   }
-  // Every list was ranked and visited: nothing is left.
-  if (ranked >= ivf_.nlist) state.done = true;
+  // Every probe was ranked and visited: nothing is left.
+  if (ranked >= probes()) state.done = true;
 }
 
 void IvfProbe::ContinueAny(const float* query, size_t i, const Plan& plan,
@@ -224,13 +509,27 @@ void IvfProbe::ContinueAny(const float* query, size_t i, const Plan& plan,
   }
 }
 
-void IvfProbe::Account(size_t n, size_t labelled, size_t too_close,
-                       ProbeState& state) {
+void IvfProbe::Account(size_t probe, size_t n, size_t labelled,
+                       size_t too_close, const Plan& plan,
+                       ProbeState& state) const {
   // too_close may include labelled entries: clamp rather than subtract
   // them twice.
   const size_t gone = std::min(n, labelled + too_close);
   state.stats.survivors_scanned += n - gone;
-  if (n > gone) ++state.lists;
+  if (n == gone) return;
+  if (!cells()) {
+    ++state.lists;
+    return;
+  }
+  // A list counts once towards the floor, however many of its cells held
+  // survivors; past the floor nothing needs counting.
+  if (state.lists >= plan.min_lists) return;
+  const uint32_t list = cell_list_[probe];
+  if (std::find(state.counted.begin(), state.counted.end(), list) ==
+      state.counted.end()) {
+    state.counted.push_back(list);
+    ++state.lists;
+  }
 }
 
 bool IvfProbe::PlanMet(const Plan& plan, const ProbeState& state) {
@@ -239,33 +538,75 @@ bool IvfProbe::PlanMet(const Plan& plan, const ProbeState& state) {
          state.filled >= plan.k;
 }
 
-std::vector<uint32_t> IvfProbe::PlanLists(size_t i, const Plan& plan,
-                                          const SearchOptions& options,
-                                          const int64_t* order, size_t prefix,
-                                          ProbeState& state) const {
-  const bool has_excluded =
-      !options.excluded_label.empty() && options.excluded_label[i].has_value();
-  const int64_t excluded = has_excluded ? *options.excluded_label[i] : 0;
-  std::vector<uint32_t> lists;
+std::vector<uint32_t> IvfProbe::PlanProbes(size_t i, const Plan& plan,
+                                           const SearchOptions& options,
+                                           const int64_t* order, size_t prefix,
+                                           ProbeState& state) const {
+  std::vector<uint32_t> planned;
+  std::vector<size_t> lists;  // distinct, until the floor is met
   size_t survivors = 0;
   size_t r = 0;
   while (r < prefix && order[r] >= 0) {
-    const auto list = static_cast<size_t>(order[r++]);
-    const size_t n = ivf_.invlists->list_size(list);
-    const size_t labelled = has_excluded ? LabelCount(list, excluded) : 0;
-    if (n == labelled) {
-      if (n > 0) ++state.stats.lists_skipped;
+    const auto probe = static_cast<size_t>(order[r++]);
+    const Span span = SpanOf(probe);
+    const size_t labelled = Excluded(probe, i, options);
+    if (span.n == labelled) {
+      if (span.n > 0) ++state.stats.probes_skipped;
       continue;
     }
-    lists.push_back(static_cast<uint32_t>(list));
-    survivors += n - labelled;
+    planned.push_back(static_cast<uint32_t>(probe));
+    survivors += span.n - labelled;
+    if (lists.size() < plan.min_lists &&
+        std::find(lists.begin(), lists.end(), span.list) == lists.end()) {
+      lists.push_back(span.list);
+    }
     if (lists.size() >= plan.min_lists && survivors >= plan.min_candidates &&
         survivors >= plan.k) {
       break;
     }
   }
   state.prefix_end = r;
-  return lists;
+  return planned;
+}
+
+// One reduced scan of a cell by some of a batch's queries (BatchScan).
+struct IvfProbe::CellScan {
+  const IvfProbe* probe;
+  const float* queries;  // the Search call's
+  size_t q0;             // the batch's first query
+  const uint32_t* mine;  // the scan's queries, relative to q0
+  const float* x;        // the list's entries, float32
+  const IdxT* ids;       // and their rows
+  size_t d;
+  size_t k;
+  size_t begin;  // the cell's first entry in the list
+  float* scores;
+  int64_t* rows;
+  const SearchOptions* options;
+  std::vector<ProbeState>* states;  // the batch's, relative to q0
+  size_t* too_close;                // per query of the scan
+  float* screen;                    // per query of the scan
+};
+
+void IvfProbe::Rescore(void* context, size_t query, size_t row, float /*key*/,
+                       float /*slack*/) {
+  using C = faiss::CMin<float, IdxT>;
+  const CellScan& scan = *static_cast<const CellScan*>(context);
+  // The scan starts at a whole group, which may begin before the cell.
+  if (row < scan.begin) return;
+  const size_t i = scan.q0 + scan.mine[query];
+  ProbeState& state = (*scan.states)[scan.mine[query]];
+  ++state.stats.candidates_rescored;
+  const size_t d = scan.d;
+  const size_t k = scan.k;
+  const float score = FloatDot(scan.queries + i * d, scan.x + row * d, d);
+  if (!scan.probe->PushOne<C>(score, scan.ids[row], i, *scan.options, k,
+                              scan.scores + i * k, scan.rows + i * k, state)) {
+    ++scan.too_close[query];
+  }
+  // The k-th best score so far: the rest of the scan offers only what
+  // could still beat it.
+  scan.screen[query] = scan.scores[i * k];
 }
 
 void IvfProbe::BatchScan(const float* queries, size_t q0, size_t m,
@@ -275,51 +616,111 @@ void IvfProbe::BatchScan(const float* queries, size_t q0, size_t m,
   using C = faiss::CMin<float, IdxT>;
   const size_t d = static_cast<size_t>(ivf_.d);
   const size_t k = plan.k;
-  // Which queries probe each list (the plan from label counts alone).
-  std::vector<std::vector<uint32_t>> probers(ivf_.nlist);
+  // Which queries scan each probe (the plan from label counts alone).
+  std::vector<std::vector<uint32_t>> probers(probes());
   for (size_t j = 0; j < m; ++j) {
     faiss::heap_heapify<C>(k, scores + (q0 + j) * k, rows + (q0 + j) * k);
-    for (uint32_t list : PlanLists(q0 + j, plan, options, order + j * prefix,
-                                   prefix, states[j])) {
-      probers[list].push_back(static_cast<uint32_t>(j));
+    for (uint32_t probe : PlanProbes(q0 + j, plan, options, order + j * prefix,
+                                     prefix, states[j])) {
+      probers[probe].push_back(static_cast<uint32_t>(j));
     }
+  }
+  // The batch packed for the reduced copies, with each query's slack
+  // coefficients; float32 for a batch whose keys could leave float's range.
+  ReducedQueries packed;
+  std::vector<float> slack_a, slack_b, slack_c;
+  bool reduced = false;
+  for (const std::unique_ptr<ReducedRows>& list_rows : reduced_) {
+    if (list_rows == nullptr) continue;
+    packed.Prepare(*list_rows, queries + q0 * d, m);
+    reduced = true;
+    for (size_t j = 0; j < m && reduced; ++j) {
+      slack_a.push_back(FloatAbove(packed.a(j)));
+      slack_b.push_back(FloatAbove(packed.b(j)));
+      slack_c.push_back(FloatAbove(packed.c(j)));
+      const double norm = std::sqrt(static_cast<double>(
+          FloatDot(queries + (q0 + j) * d, queries + (q0 + j) * d, d)));
+      const double largest =
+          packed.DotSlack(j) + (norm + list_rows->max_reduced_norm()) *
+                                   (norm + list_rows->max_reduced_norm());
+      reduced = largest < kMaxReducedKey;
+    }
+    break;
   }
 #pragma omp parallel
   {
     // Each thread owns the queries j with j % threads == t, so that each
-    // heap has one writer; it reads each list its queries probe once.
+    // heap has one writer; it reads each probe its queries scan once.
     const auto threads = static_cast<size_t>(omp_get_num_threads());
     const auto t = static_cast<size_t>(omp_get_thread_num());
     std::vector<uint32_t> mine;
     std::vector<float> batch, dots;
-    for (size_t list = 0; list < ivf_.nlist; ++list) {
+    ReducedQueries some;
+    std::vector<float> a, b, c, screen;
+    std::vector<size_t> too_close;
+    for (size_t probe = 0; probe < probers.size(); ++probe) {
       mine.clear();
-      for (uint32_t j : probers[list]) {
+      for (uint32_t j : probers[probe]) {
         if (j % threads == t) mine.push_back(j);
       }
       if (mine.empty()) continue;
-      const size_t n = ivf_.invlists->list_size(list);
-      faiss::InvertedLists::ScopedCodes codes(ivf_.invlists, list);
-      faiss::InvertedLists::ScopedIds ids(ivf_.invlists, list);
+      const Span span = SpanOf(probe);
+      faiss::InvertedLists::ScopedCodes codes(ivf_.invlists, span.list);
+      faiss::InvertedLists::ScopedIds ids(ivf_.invlists, span.list);
       const auto* x = reinterpret_cast<const float*>(codes.get());
-      batch.resize(mine.size() * d);
-      for (size_t a = 0; a < mine.size(); ++a) {
-        std::copy_n(queries + (q0 + mine[a]) * d, d, batch.data() + a * d);
+      too_close.assign(mine.size(), 0);
+      if (reduced) {
+        // The cell's packed entries, screened by each query's k-th best
+        // score so far; what passes is rescored in float32.
+        some.Select(packed, mine.data(), mine.size());
+        a.resize(mine.size());
+        b.resize(mine.size());
+        c.resize(mine.size());
+        screen.resize(mine.size());
+        for (size_t j = 0; j < mine.size(); ++j) {
+          a[j] = slack_a[mine[j]];
+          b[j] = slack_b[mine[j]];
+          c[j] = slack_c[mine[j]];
+          screen[j] = scores[(q0 + mine[j]) * k];
+        }
+        CellScan scan{
+            this,      queries,  q0,      mine.data(),      x,
+            ids.get(), d,        k,       span.begin,       scores,
+            rows,      &options, &states, too_close.data(), screen.data()};
+        ReducedSink sink;
+        sink.slack_a = a.data();
+        sink.slack_b = b.data();
+        sink.slack_c = c.data();
+        sink.screen = screen.data();
+        sink.offer = &IvfProbe::Rescore;
+        sink.context = &scan;
+        const size_t group_begin =
+            span.begin / kReducedGroupRows * kReducedGroupRows;
+        ReducedScan(*reduced_[span.list], some, group_begin,
+                    span.begin + span.n, sink);
+        for (uint32_t j : mine) {
+          ++states[j].stats.probes_scanned;
+          states[j].stats.candidates_scanned += span.n;
+        }
+      } else {
+        batch.resize(mine.size() * d);
+        for (size_t j = 0; j < mine.size(); ++j) {
+          std::copy_n(queries + (q0 + mine[j]) * d, d, batch.data() + j * d);
+        }
+        dots.resize(mine.size() * span.n);
+        BatchDots(x + span.begin * d, span.n, d, batch.data(), mine.size(),
+                  dots.data());
+        for (size_t j = 0; j < mine.size(); ++j) {
+          const size_t i = q0 + mine[j];
+          too_close[j] = Push<C>(dots.data() + j * span.n, span.n,
+                                 ids.get() + span.begin, i, options, k,
+                                 scores + i * k, rows + i * k, states[mine[j]]);
+        }
       }
-      dots.resize(mine.size() * n);
-      BatchDots(x, n, d, batch.data(), mine.size(), dots.data());
-      for (size_t a = 0; a < mine.size(); ++a) {
-        const size_t i = q0 + mine[a];
-        ProbeState& state = states[mine[a]];
-        const size_t too_close =
-            PushList<C>(dots.data() + a * n, n, ids.get(), i, options, k,
-                        scores + i * k, rows + i * k, state);
-        const size_t labelled =
-            options.excluded_label.empty() ||
-                    !options.excluded_label[i].has_value()
-                ? 0
-                : LabelCount(list, *options.excluded_label[i]);
-        Account(n, labelled, too_close, state);
+      for (size_t j = 0; j < mine.size(); ++j) {
+        const size_t i = q0 + mine[j];
+        Account(probe, span.n, Excluded(probe, i, options), too_close[j], plan,
+                states[mine[j]]);
       }
     }
   }
@@ -366,6 +767,65 @@ void IvfProbe::Resume(const float* queries, size_t q0, const Plan& plan,
   }
 }
 
+void IvfProbe::ResumeCells(const float* queries, size_t q0, const Plan& plan,
+                           const SearchOptions& options, size_t entries,
+                           size_t prefix, const std::vector<IdxT>& prefix_order,
+                           float* scores, int64_t* rows,
+                           std::vector<ProbeState>& states) const {
+  const size_t d = static_cast<size_t>(ivf_.d);
+  std::vector<size_t> rest;
+  std::vector<std::vector<IdxT>> probed;
+  for (size_t j = 0; j < states.size(); ++j) {
+    if (states[j].done) continue;
+    rest.push_back(j);
+    const auto begin =
+        prefix_order.begin() + static_cast<std::ptrdiff_t>(j * prefix);
+    std::vector<IdxT>& seen = probed.emplace_back(
+        begin, begin + static_cast<std::ptrdiff_t>(states[j].prefix_end));
+    std::sort(seen.begin(), seen.end());
+  }
+  std::vector<size_t> which;
+  std::vector<IdxT> order;
+  std::vector<size_t> counts;
+  // Each round ranks cells for four times the entries; the last ranks all
+  // of them, after which every query is done.
+  while (!rest.empty()) {
+    entries = entries > std::numeric_limits<size_t>::max() / 4
+                  ? std::numeric_limits<size_t>::max()
+                  : entries * 4;
+    which.resize(rest.size());
+    for (size_t a = 0; a < rest.size(); ++a) which[a] = q0 + rest[a];
+    const size_t width =
+        RankCells(queries, which, options, entries, order, counts);
+#pragma omp parallel for if (rest.size() > 1) schedule(dynamic)
+    for (size_t a = 0; a < rest.size(); ++a) {
+      const size_t i = which[a];
+      ProbeState& state = states[rest[a]];
+      ContinueAny(queries + i * d, i, plan, options, order.data() + a * width,
+                  0, counts[a], probed[a], scores + i * plan.k,
+                  rows + i * plan.k, state);
+    }
+    size_t kept = 0;
+    for (size_t a = 0; a < rest.size(); ++a) {
+      const ProbeState& state = states[rest[a]];
+      if (state.done) continue;
+      std::vector<IdxT>& seen = probed[a];
+      const auto begin = order.begin() + static_cast<std::ptrdiff_t>(a * width);
+      seen.insert(seen.end(), begin,
+                  begin + static_cast<std::ptrdiff_t>(state.prefix_end));
+      std::sort(seen.begin(), seen.end());
+      seen.erase(std::unique(seen.begin(), seen.end()), seen.end());
+      if (kept != a) {  // (a vector moved onto itself would be emptied)
+        rest[kept] = rest[a];
+        probed[kept] = std::move(seen);
+      }
+      ++kept;
+    }
+    rest.resize(kept);
+    probed.resize(kept);
+  }
+}
+
 void IvfProbe::Search(const float* queries, size_t nq, size_t k,
                       const SearchOptions& options, float* scores,
                       int64_t* rows, IvfProbeStats* stats) const {
@@ -373,25 +833,37 @@ void IvfProbe::Search(const float* queries, size_t nq, size_t k,
   const Plan plan = PlanFor(k, options);
   const size_t d = static_cast<size_t>(ivf_.d);
   // Most queries stop within a short prefix of the ranking: rank that
-  // many lists first (a smaller heap per query), and all of them only for
-  // the queries that get past it.
-  const size_t prefix = PrefixRanks(plan);
-  const size_t chunk = std::max<size_t>(1, kRankEntries / prefix);
+  // many lists (or cells holding that many entries) first, and the rest
+  // only for the queries that get past it.
+  const size_t entries = PrefixEntries(plan);
+  const size_t chunk =
+      cells() ? kCellChunkQueries
+              : std::max<size_t>(1, kRankEntries / PrefixRanks(plan));
   std::vector<float> coarse;
   std::vector<IdxT> order;
+  std::vector<size_t> counts, which;
   std::vector<ProbeState> states;
   IvfProbeStats total;
   for (size_t q0 = 0; q0 < nq; q0 += chunk) {
     const size_t m = std::min(chunk, nq - q0);
-    coarse.resize(m * prefix);
-    order.resize(m * prefix);
-    ivf_.quantizer->search(static_cast<IdxT>(m), queries + q0 * d,
-                           static_cast<IdxT>(prefix), coarse.data(),
-                           order.data());
+    size_t prefix = 0;
+    if (cells()) {
+      which.resize(m);
+      std::iota(which.begin(), which.end(), q0);
+      prefix = RankCells(queries, which, options, entries, order, counts);
+    } else {
+      prefix = PrefixRanks(plan);
+      coarse.resize(m * prefix);
+      order.resize(m * prefix);
+      ivf_.quantizer->search(static_cast<IdxT>(m), queries + q0 * d,
+                             static_cast<IdxT>(prefix), coarse.data(),
+                             order.data());
+      counts.assign(m, prefix);
+    }
     states.assign(m, ProbeState());
     if (ivf_.metric_type == faiss::METRIC_INNER_PRODUCT &&
         m >= kMinBatchQueries) {
-      // Queries share list reads (and sgemm) list by list; those the
+      // Queries share probe reads (and sgemm) probe by probe; those the
       // plan from label counts left short probe on one by one.
       BatchScan(queries, q0, m, plan, options, order.data(), prefix, scores,
                 rows, states);
@@ -403,8 +875,8 @@ void IvfProbe::Search(const float* queries, size_t nq, size_t k,
           continue;
         }
         ContinueAny(queries + i * d, i, plan, options,
-                    order.data() + j * prefix, states[j].prefix_end, prefix, {},
-                    scores + i * k, rows + i * k, states[j]);
+                    order.data() + j * prefix, states[j].prefix_end, counts[j],
+                    {}, scores + i * k, rows + i * k, states[j]);
       }
     } else {
 #pragma omp parallel for if (m > 1) schedule(dynamic)
@@ -418,11 +890,16 @@ void IvfProbe::Search(const float* queries, size_t nq, size_t k,
                                                         rows + i * k);
         }
         ContinueAny(queries + i * d, i, plan, options,
-                    order.data() + j * prefix, 0, prefix, {}, scores + i * k,
+                    order.data() + j * prefix, 0, counts[j], {}, scores + i * k,
                     rows + i * k, states[j]);
       }
     }
-    Resume(queries, q0, plan, options, prefix, order, scores, rows, states);
+    if (cells()) {
+      ResumeCells(queries, q0, plan, options, entries, prefix, order, scores,
+                  rows, states);
+    } else {
+      Resume(queries, q0, plan, options, prefix, order, scores, rows, states);
+    }
     for (size_t j = 0; j < m; ++j) {
       const size_t i = q0 + j;
       if (ivf_.metric_type == faiss::METRIC_INNER_PRODUCT) {
@@ -432,17 +909,19 @@ void IvfProbe::Search(const float* queries, size_t nq, size_t k,
         faiss::heap_reorder<faiss::CMax<float, IdxT>>(k, scores + i * k,
                                                       rows + i * k);
       }
-      total.lists_scanned += states[j].stats.lists_scanned;
-      total.lists_skipped += states[j].stats.lists_skipped;
+      total.probes_scanned += states[j].stats.probes_scanned;
+      total.probes_skipped += states[j].stats.probes_skipped;
       total.candidates_scanned += states[j].stats.candidates_scanned;
       total.survivors_scanned += states[j].stats.survivors_scanned;
+      total.candidates_rescored += states[j].stats.candidates_rescored;
     }
   }
   if (stats != nullptr) {
-    stats->lists_scanned += total.lists_scanned;
-    stats->lists_skipped += total.lists_skipped;
+    stats->probes_scanned += total.probes_scanned;
+    stats->probes_skipped += total.probes_skipped;
     stats->candidates_scanned += total.candidates_scanned;
     stats->survivors_scanned += total.survivors_scanned;
+    stats->candidates_rescored += total.candidates_rescored;
   }
 }
 

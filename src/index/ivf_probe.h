@@ -5,23 +5,41 @@
 // FAISS probes a fixed nprobe lists. When a query excludes its own class,
 // the nearest lists hold mostly that class, and the negatives live in lists
 // a fixed nprobe never reaches. IvfProbe instead ranks the lists by their
-// centroids' scores (a prefix of the ranking first, all lists for the
-// queries that get past it) and probes them in that order:
-//   - a list whose entries all carry the excluded label is skipped without
-//     being scanned (per-list label counts, built from the store's labels
-//     when the probe is created, at build and at load time);
-//   - a scanned list's candidates that SearchOptions allows to skip
+// centroids' scores (a prefix of the ranking first, all of it for the
+// queries that get past it) and probes them in that order.
+//
+// Cells. Where the labels split each list into several groups (classes
+// smaller than lists, so that a list mixes several), a list's centroid is
+// the mean of unrelated classes and ranks it poorly. In cell mode the
+// probe sorts each list's entries by label once, in place, when it is
+// created (FAISS's own search does not depend on the order within a
+// list), and keeps the centroid of each cell: a list's entries of one
+// label (kMinCellSize of them or more), or the list's mixed cell of the
+// labels it holds fewer of. It then ranks cells by their centroids and
+// probes them instead of lists: a query that excludes its class passes
+// over that class's cells unscanned, and the cells of the nearest other
+// classes come first. Below, a "probe" is a list, or a cell in cell mode:
+//   - a probe whose entries all carry the excluded label is skipped
+//     without being scanned (per-list label counts, built from the store's
+//     labels when the probe is created, at build and at load time);
+//   - a scanned probe's candidates that SearchOptions allows to skip
 //     (skip_row, closest) never take a place in the top-k;
 //   - probing stops once the query has scanned `min_candidates` surviving
 //     candidates (entries without the excluded label and not skipped by
-//     `closest`), at least `nprobe` lists that held survivors (skipped
-//     lists do not count towards that floor), and k results; or when no
-//     list is left.
+//     `closest`), at least `nprobe` distinct lists that held survivors
+//     (skipped probes do not count towards that floor; in cell mode a list
+//     counts once one of its cells held some), and k results; or when no
+//     probe is left.
 // Scores are those of FAISS's IVF-Flat (inner product, or squared L2),
 // computed with SIMD. A batch of kMinBatchQueries or more inner-product
-// queries plans each query's lists from the label counts, then scans list
-// by list, each list read once for all the queries probing it (sgemm);
-// queries the plan left short probe on alone.
+// queries plans each query's probes from the label counts, then scans
+// probe by probe, each read once for all the queries probing it; queries
+// the plan left short probe on alone. In cell mode at a reduced `scan`
+// precision (int8 or bf16, index/reduced_scan.h), the batch scans each
+// cell's packed copy, screened by each query's current k-th best score
+// plus the reduced dot product's proven error bound, and rescores what
+// passes in float32: an entry is dropped only when it could not have
+// entered the query's top k, so recall is limited by the probing alone.
 //
 // Immutable after Create: Search may be called from any number of threads.
 // The FAISS index and the store must outlive the probe, unchanged.
@@ -37,17 +55,29 @@
 
 #include "absl/types/span.h"
 #include "corpus/candidate_store.h"
+#include "index/reduced_scan.h"
 #include "index/vector_index.h"
 
 namespace hardneg {
 
-// What one IvfProbe::Search did, summed over its queries.
+// What one IvfProbe::Search did, summed over its queries. A probe is a
+// list, or a cell in cell mode.
 struct IvfProbeStats {
-  size_t lists_scanned = 0;
-  // Lists passed over unscanned: every entry carried the excluded label.
-  size_t lists_skipped = 0;
+  size_t probes_scanned = 0;
+  // Probes passed over unscanned: every entry carried the excluded label.
+  size_t probes_skipped = 0;
   size_t candidates_scanned = 0;  // entries scored
   size_t survivors_scanned = 0;   // of those, not excluded by label/closest
+  // Entries a reduced-precision scan could not rule out, rescored in
+  // float32 (0 at kF32, which scores every entry in float32).
+  size_t candidates_rescored = 0;
+};
+
+// What an IvfProbe ranks and scans (see the file comment).
+enum class IvfProbeUnit {
+  kAuto,  // cells where they pay (IvfProbe::kMinCellEntries), else lists
+  kList,
+  kCell,  // cells whenever the lists can be sorted in place
 };
 
 class IvfProbe {
@@ -59,14 +89,28 @@ class IvfProbe {
   // window (k in the hundreds) scans proportionally more.
   static constexpr size_t kAutoCandidatesPerResult = 64;
   static constexpr size_t kAutoLists = 8;
+  // kAuto uses cells when there are more cells than lists (some list mixes
+  // labels) and at least this many entries a cell on average: ranking the
+  // cells then costs at most 1/32 of an exhaustive scan.
+  static constexpr size_t kMinCellEntries = 32;
+  // A label with fewer entries than this in a list has no cell of its
+  // own: such labels share the list's one mixed cell.
+  static constexpr size_t kMinCellSize = 16;
 
-  // A probe over `index` (which must stay unchanged) for `store`'s rows,
-  // or null when it does not apply: `index` is not IVF-Flat (IsIvfFlat),
-  // the store has no labels, or a list entry's id is not a store row.
+  // A probe over `index` for `store`'s rows, or null when it does not
+  // apply: `index` is not IVF-Flat (IsIvfFlat), the store has no labels,
+  // or a list entry's id is not a store row. In cell mode it first sorts
+  // each list's entries by label, in place (only where the lists are
+  // FAISS's ArrayInvertedLists and the index keeps no direct map; else it
+  // probes lists). `index` must stay unchanged afterwards.
   // `default_min_candidates` is used by searches that set none (0: auto).
-  static std::unique_ptr<IvfProbe> Create(const faiss::Index& index,
-                                          const CandidateStore& store,
-                                          size_t default_min_candidates);
+  // `scan` (kAuto: the fastest the CPU runs natively) applies in cell mode
+  // to inner-product batches; kF32, or a precision the CPU does not run
+  // natively, scans float32.
+  static std::unique_ptr<IvfProbe> Create(
+      faiss::Index& index, const CandidateStore& store,
+      size_t default_min_candidates, IvfProbeUnit unit = IvfProbeUnit::kAuto,
+      ScanPrecision scan = ScanPrecision::kF32);
 
   // FAISS's IndexIVF::search contract: for each of `nq` queries, the `k`
   // best rows best first, -1 padded (scores then FAISS's sentinel), with
@@ -77,8 +121,15 @@ class IvfProbe {
               const SearchOptions& options, float* scores, int64_t* rows,
               IvfProbeStats* stats = nullptr) const;
 
-  // Bytes of the per-list label counts.
+  // Bytes of the per-list label counts (and the cells' centroids).
   size_t MemoryBytes() const;
+
+  // True when the probe ranks and scans cells; probes() is then the number
+  // of cells, else of lists.
+  bool cells() const { return !cell_list_.empty(); }
+  size_t probes() const;
+  // The precision batches scan cells at (kF32 unless packed copies exist).
+  ScanPrecision scan() const { return scan_; }
 
   // Entries of `list` with `label` (0 when none).
   size_t LabelCount(size_t list, int64_t label) const;
@@ -89,6 +140,13 @@ class IvfProbe {
  private:
   IvfProbe(const faiss::IndexIVF& ivf, size_t default_min_candidates);
 
+  // Sorts each list's entries by label (stable) and computes the cells'
+  // centroids; `entry_labels[l]` holds list l's labels. Packs each list
+  // at `scan` unless it is kF32.
+  void MakeCells(faiss::IndexIVF& ivf,
+                 const std::vector<std::vector<int64_t>>& entry_labels,
+                 ScanPrecision scan);
+
   // The probe settings of one search (after defaulting).
   struct Plan {
     size_t k = 0;
@@ -98,50 +156,98 @@ class IvfProbe {
   // Where one query's probing stands.
   struct ProbeState {
     size_t filled = 0;      // heap insertions (full once >= k)
-    size_t lists = 0;       // scanned lists that held survivors
+    size_t lists = 0;       // distinct lists that held survivors
     size_t prefix_end = 0;  // ranks of the prefix ranking visited
     bool done = false;
     IvfProbeStats stats;
+    // Cell mode: the lists counted in `lists`, until the floor is met.
+    std::vector<uint32_t> counted;
   };
-  // Lists ranked first, per query: enough for the plan with room to spare
-  // (kPrefixRanksPerList times the lists it needs on average).
+  // A probe's entries: list `list`'s entries [begin, begin + n).
+  struct Span {
+    size_t list = 0;
+    size_t begin = 0;
+    size_t n = 0;
+  };
+  // Probes ranked first, per query: enough for the plan with room to
+  // spare (kPrefixRanksPerList times the probes it needs on average).
   static constexpr size_t kMinPrefixRanks = 64;
   static constexpr size_t kPrefixRanksPerList = 4;
 
-  // Batches of at least this many inner-product queries scan list by
-  // list (BatchScan), sharing each list's read.
+  // Batches of at least this many inner-product queries scan probe by
+  // probe (BatchScan), sharing each probe's read.
   static constexpr size_t kMinBatchQueries = 8;
+  // Cell mode ranks and scans this many queries of a search at a time.
+  static constexpr size_t kCellChunkQueries = 256;
 
+  Span SpanOf(size_t probe) const;
+  // Bytes of the packed copies.
+  size_t PackedBytes() const;
+  // Cell mode: ranks the cells for the queries `which` (indexes into
+  // `queries` and options), best first, until the cells' entries without
+  // the query's label add up to `entries` (every cell once they cannot).
+  // Scores are binned (kRankBins between the query's lowest and highest);
+  // cells rank by bin, then by index. which[j]'s ranks are in
+  // order[j * width ...], -1 padded to the returned width; counts[j] is
+  // how many it has (probes() when complete).
+  size_t RankCells(const float* queries, const std::vector<size_t>& which,
+                   const SearchOptions& options, size_t entries,
+                   std::vector<int64_t>& order,
+                   std::vector<size_t>& counts) const;
+  // Cell mode's Resume: the queries not done rank cells for ever more
+  // entries (from `entries` up), passing over the probes visited in
+  // `prefix_order` (width `prefix`), until each is done.
+  void ResumeCells(const float* queries, size_t q0, const Plan& plan,
+                   const SearchOptions& options, size_t entries, size_t prefix,
+                   const std::vector<int64_t>& prefix_order, float* scores,
+                   int64_t* rows, std::vector<ProbeState>& states) const;
+  // Entries of `probe` that carry query i's excluded label.
+  size_t Excluded(size_t probe, size_t i, const SearchOptions& options) const;
   Plan PlanFor(size_t k, const SearchOptions& options) const;
-  static void Account(size_t n, size_t labelled, size_t too_close,
-                      ProbeState& state);
+  // Counts a scanned probe's survivors, and its list towards the floor.
+  void Account(size_t probe, size_t n, size_t labelled, size_t too_close,
+               const Plan& plan, ProbeState& state) const;
   static bool PlanMet(const Plan& plan, const ProbeState& state);
-  // Query i's lists to probe in `order`'s first `prefix` ranks, from the
-  // label counts alone (closest and skip_row unknown until scanned).
-  std::vector<uint32_t> PlanLists(size_t i, const Plan& plan,
-                                  const SearchOptions& options,
-                                  const int64_t* order, size_t prefix,
-                                  ProbeState& state) const;
+  // Query i's probes in `order`'s first `prefix` ranks, from the label
+  // counts alone (closest and skip_row unknown until scanned).
+  std::vector<uint32_t> PlanProbes(size_t i, const Plan& plan,
+                                   const SearchOptions& options,
+                                   const int64_t* order, size_t prefix,
+                                   ProbeState& state) const;
   // Inner product: queries q0 .. q0 + m - 1 (their prefix rankings in
-  // `order`) scan their planned lists list by list.
+  // `order`) scan their planned probes probe by probe.
   void BatchScan(const float* queries, size_t q0, size_t m, const Plan& plan,
                  const SearchOptions& options, const int64_t* order,
                  size_t prefix, float* scores, int64_t* rows,
                  std::vector<ProbeState>& states) const;
-  // Pushes one list's scores into query i's heap; returns how many
+  // A reduced scan of one cell (BatchScan), and its ReducedSink::offer:
+  // rescores the offered entry in float32, pushes it into its query's heap
+  // and raises the query's screen to the heap's k-th best score.
+  struct CellScan;
+  static void Rescore(void* context, size_t query, size_t row, float key,
+                      float slack);
+  // One scored entry into query i's heap (unless skip_row skips it or it
+  // is not better than the k-th); false when `closest` skips it.
+  template <class C>
+  bool PushOne(float score, int64_t row, size_t i, const SearchOptions& options,
+               size_t k, float* scores, int64_t* rows, ProbeState& state) const;
+  // Pushes one probe's scores into query i's heap; returns how many
   // entries `closest` skipped.
   template <class C>
-  size_t PushList(const float* list_scores, size_t n, const int64_t* ids,
-                  size_t i, const SearchOptions& options, size_t k,
-                  float* scores, int64_t* rows, ProbeState& state) const;
+  size_t Push(const float* probe_scores, size_t n, const int64_t* ids, size_t i,
+              const SearchOptions& options, size_t k, float* scores,
+              int64_t* rows, ProbeState& state) const;
+  // List mode: the lists ranked first.
   size_t PrefixRanks(const Plan& plan) const;
-  // Scores list `list` into query i's heap; returns how many entries
+  // Cell mode: entries the cells ranked first hold.
+  size_t PrefixEntries(const Plan& plan) const;
+  // Scores probe `probe` into query i's heap; returns how many entries
   // `closest` skipped.
   template <class C>
-  size_t ScanList(size_t list, const float* query, size_t i,
-                  const SearchOptions& options, size_t k, float* scores,
-                  int64_t* rows, ProbeState& state) const;
-  // Probes query i's lists in `order` from rank `first` to `ranked`,
+  size_t Scan(size_t probe, const float* query, size_t i,
+              const SearchOptions& options, size_t k, float* scores,
+              int64_t* rows, ProbeState& state) const;
+  // Probes query i's probes in `order` from rank `first` to `ranked`,
   // passing over those in sorted `probed`, until the plan is met.
   template <class C>
   void Continue(const float* query, size_t i, const Plan& plan,
@@ -154,7 +260,7 @@ class IvfProbe {
                    absl::Span<const int64_t> probed, float* scores,
                    int64_t* rows, ProbeState& state) const;
   // The queries q0 + j whose states[j] is not done after the prefix
-  // ranking: ranks every list for them and probes on.
+  // ranking: ranks every probe for them and probes on.
   void Resume(const float* queries, size_t q0, const Plan& plan,
               const SearchOptions& options, size_t prefix,
               const std::vector<int64_t>& prefix_order, float* scores,
@@ -167,6 +273,20 @@ class IvfProbe {
   std::vector<uint32_t> offsets_;
   std::vector<int64_t> labels_;
   std::vector<uint32_t> counts_;
+  // Cell mode, per cell: its list, first entry in it, size, label and
+  // whether it is the list's mixed cell (its label then unused), its
+  // centroid (row-major) and its squared norm; else empty.
+  std::vector<uint32_t> cell_list_;
+  std::vector<uint32_t> cell_begin_;
+  std::vector<uint32_t> cell_size_;
+  std::vector<int64_t> cell_label_;
+  std::vector<uint8_t> cell_mixed_;
+  std::vector<float> cell_centroids_;
+  std::vector<float> cell_sq_;
+  // Cell mode at a reduced precision: each list's entries packed (null for
+  // an empty list); else empty and scan_ kF32.
+  ScanPrecision scan_ = ScanPrecision::kF32;
+  std::vector<std::unique_ptr<ReducedRows>> reduced_;
 };
 
 }  // namespace hardneg

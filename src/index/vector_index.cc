@@ -665,10 +665,6 @@ class FlatIndex final : public VectorIndex {
     // rounded once, in the kernel, the rescoring and the screens): a few
     // roundings of |q|^2 + |x|^2 at most, taken as 24.
     const double l2_rounding = l2 ? 1.0625 * 24 * kUnitRoundoff : 0;
-    auto up = [](double bound) {
-      const auto f = static_cast<float>(bound * (1 + 1.0 / (1 << 20)));
-      return std::nextafter(f, std::numeric_limits<float>::infinity());
-    };
     for (size_t q = 0; q < c.nq; ++q) {
       const double sq = SquaredNorm(c.queries + q * dim, dim);
       if (l2) scratch.query_sq[q] = static_cast<float>(sq);
@@ -676,10 +672,10 @@ class FlatIndex final : public VectorIndex {
         const float closest = options.closest[c.first + q];
         scratch.ceiling[q] = l2 ? -closest : closest;
       }
-      scratch.slack_a[q] = up(m * queries.a(q));
-      scratch.slack_b[q] = up(m * queries.b(q));
-      scratch.slack_c[q] = up(m * queries.c(q) + l2_rounding * sq);
-      scratch.slack_d[q] = up(l2_rounding);
+      scratch.slack_a[q] = FloatAbove(m * queries.a(q));
+      scratch.slack_b[q] = FloatAbove(m * queries.b(q));
+      scratch.slack_c[q] = FloatAbove(m * queries.c(q) + l2_rounding * sq);
+      scratch.slack_d[q] = FloatAbove(l2_rounding);
       // The bound, and the keys, must stay far inside float's range.
       const double largest =
           m * queries.DotSlack(q) + (std::sqrt(sq) + store_.max_norm()) *
@@ -936,15 +932,18 @@ class FlatIndex final : public VectorIndex {
 // Any other FAISS factory string: FAISS holds its own codes.
 class FaissIndex final : public VectorIndex {
  public:
-  // `store` (for IvfProbe's label counts) must outlive the index.
+  // `store` (for IvfProbe's label counts) must outlive the index. `scan`
+  // is the precision IvfProbe's cells may be scanned at.
   FaissIndex(std::unique_ptr<faiss::Index> index, std::string factory,
-             const CandidateStore& store, size_t ivf_min_candidates)
+             const CandidateStore& store, size_t ivf_min_candidates,
+             ScanPrecision scan)
       : index_(std::move(index)),
         factory_(std::move(factory)),
         ivf_(faiss::ivflib::try_extract_index_ivf(index_.get())),
         pre_transform_(
             dynamic_cast<const faiss::IndexPreTransform*>(index_.get())),
-        probe_(IvfProbe::Create(*index_, store, ivf_min_candidates)) {}
+        probe_(IvfProbe::Create(*index_, store, ivf_min_candidates,
+                                IvfProbeUnit::kAuto, scan)) {}
 
   using VectorIndex::Search;
   absl::Status Search(const float* queries, size_t nq, size_t k,
@@ -987,6 +986,9 @@ class FaissIndex final : public VectorIndex {
 
   bool exact() const override { return false; }
   bool skips() const override { return probe_ != nullptr; }
+  ScanPrecision scan() const override {
+    return probe_ != nullptr ? probe_->scan() : ScanPrecision::kF32;
+  }
   double ErrorBound(double /*query_norm*/) const override { return 0; }
   std::string type() const override { return factory_; }
 
@@ -1098,15 +1100,36 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> BuildVectorIndex(
         "building FAISS index \"", options.factory, "\" failed: ", e.what()));
   }
   report(1);
-  return std::unique_ptr<VectorIndex>(new FaissIndex(
-      std::move(index), options.factory, store, options.ivf_min_candidates));
+  return std::unique_ptr<VectorIndex>(
+      new FaissIndex(std::move(index), options.factory, store,
+                     options.ivf_min_candidates, options.scan));
 }
+
+namespace {
+
+// The bytes of the packed copy an IVF-Flat index over labelled candidates
+// may keep for its cells (IvfProbe), or 0.
+size_t IvfPackedBytes(size_t rows, size_t dim,
+                      const IndexBuildOptions& options) {
+  if (!absl::StartsWith(options.factory, "IVF") ||
+      !absl::EndsWith(options.factory, ",Flat")) {
+    return 0;
+  }
+  const ScanPrecision scan = EffectiveScan(options.scan, dim);
+  if (scan == ScanPrecision::kF32 || !CpuRunsScan(scan)) return 0;
+  return ReducedRows::BytesFor(rows, dim, scan);
+}
+
+}  // namespace
 
 size_t IndexBytesEstimate(const CandidateStore& store,
                           const IndexBuildOptions& options) {
   const size_t values = store.size() * store.dim();
   if (IndexKindOf(options.factory) != IndexKind::kFlat) {
-    return values * sizeof(float);
+    return values * sizeof(float) +
+           (store.has_labels()
+                ? IvfPackedBytes(store.size(), store.dim(), options)
+                : 0);
   }
   const ScanPrecision scan = FlatScan(store, options);
   if (scan != ScanPrecision::kF32) {
@@ -1119,7 +1142,7 @@ size_t IndexBytesBound(size_t rows, size_t dim,
                        const IndexBuildOptions& options) {
   const size_t values = rows * dim;
   if (IndexKindOf(options.factory) != IndexKind::kFlat) {
-    return values * sizeof(float);
+    return values * sizeof(float) + IvfPackedBytes(rows, dim, options);
   }
   const ScanPrecision scan = EffectiveScan(options.scan, dim);
   if (scan != ScanPrecision::kF32) {
@@ -1168,8 +1191,9 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> LoadVectorIndex(
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": the index is not trained"));
   }
-  return std::unique_ptr<VectorIndex>(new FaissIndex(
-      std::move(index), factory, store, options.ivf_min_candidates));
+  return std::unique_ptr<VectorIndex>(
+      new FaissIndex(std::move(index), factory, store,
+                     options.ivf_min_candidates, options.scan));
 }
 
 }  // namespace hardneg

@@ -111,7 +111,9 @@ class VectorIndex {
   virtual size_t MemoryBytes() const = 0;
 
   // The precision of the first pass over the rows: kF32, kBf16 or kInt8
-  // (never kAuto). kF32 for FAISS indexes.
+  // (never kAuto). kF32 for FAISS indexes, except IVF-Flat over labelled
+  // candidates when its cells are scanned at a reduced precision
+  // (index/ivf_probe.h).
   virtual ScanPrecision scan() const { return ScanPrecision::kF32; }
 
   // Since the index was built: queries searched by a reduced-precision
