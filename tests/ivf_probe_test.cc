@@ -646,6 +646,22 @@ TEST(IvfProbeCellsTest, AllCellsGiveTheExhaustiveAnswer) {
         EXPECT_NEAR(got.scores[j], scores[j], 1e-5);
       }
       EXPECT_EQ(got.stats.probes_scanned, nq * probe->probes());
+
+      // With each query's class excluded: its own cells are skipped, its
+      // entries in mixed cells scanned but not counted as survivors.
+      SearchOptions excluded;
+      std::vector<float> same;
+      std::vector<std::optional<int64_t>> classes;
+      Rng again(32);
+      ClassExcludedQueries(f.data, nq, again, &same, &classes, &excluded);
+      const Result skipped = Exhaustive(*probe, same, k, excluded);
+      const size_t n = f.store->size();
+      EXPECT_EQ(skipped.stats.survivors_scanned, nq * (n - kCellPerClass));
+      EXPECT_GT(skipped.stats.probes_skipped, 0u);
+      EXPECT_EQ(skipped.stats.probes_scanned + skipped.stats.probes_skipped,
+                nq * probe->probes());
+      EXPECT_GT(skipped.stats.candidates_scanned, nq * (n - kCellPerClass));
+      EXPECT_LT(skipped.stats.candidates_scanned, nq * n);
     }
   }
 }
@@ -711,34 +727,54 @@ TEST(IvfProbeCellsTest, ReducedScanAnswersAsFloat32) {
   const size_t nq = 64;
   ClassExcludedQueries(f.data, nq, rng, &queries, &labels, &options);
   const size_t k = 10;
+  // Half the budgets with a window: the 4 best exact negatives of each
+  // query are too close (the limit halfway to the 5th, clear of the
+  // float kernels' last-bit differences).
+  const Result exact = Exhaustive(*f32, queries, k, options);
+  std::vector<float> closest(nq);
+  for (size_t i = 0; i < nq; ++i) {
+    closest[i] = (exact.scores[i * k + 3] + exact.scores[i * k + 4]) / 2;
+  }
   for (uint32_t budget : {200u, 1200u, 5000u}) {
-    options.nprobe = 2;
-    options.ivf_min_candidates = budget;
-    const Result got = ProbeWith(*reduced, queries, k, options);
-    const Result want = ProbeWith(*f32, queries, k, options);
-    EXPECT_EQ(got.stats.candidates_scanned, want.stats.candidates_scanned);
-    EXPECT_EQ(want.stats.candidates_rescored, 0u);
-    if (native) {
-      EXPECT_GT(got.stats.candidates_rescored, 0u);
-      EXPECT_LT(got.stats.candidates_rescored * 4, got.stats.candidates_scanned)
-          << "budget " << budget;
-    }
-    for (size_t j = 0; j < nq * k; ++j) {
-      EXPECT_EQ(got.rows[j], want.rows[j]) << "budget " << budget << " " << j;
-      EXPECT_NEAR(got.scores[j], want.scores[j], 1e-5);
-    }
-    // One query at a time (float32 scans): the same answers.
-    for (size_t i = 0; i < nq; i += 9) {
-      const std::vector<float> q(queries.begin() + i * kCellDim,
-                                 queries.begin() + (i + 1) * kCellDim);
-      SearchOptions one = options;
-      one.excluded_label = absl::MakeConstSpan(&labels[i], 1);
-      one.skip_row = [&, i](size_t, int64_t r) {
-        return options.skip_row(i, r);
-      };
-      const Result single = ProbeWith(*reduced, q, k, one);
-      for (size_t j = 0; j < k; ++j) {
-        EXPECT_EQ(single.rows[j], want.rows[i * k + j]) << "query " << i;
+    for (bool window : {false, true}) {
+      options.nprobe = 2;
+      options.ivf_min_candidates = budget;
+      options.closest =
+          window ? absl::MakeConstSpan(closest) : absl::Span<const float>();
+      const Result got = ProbeWith(*reduced, queries, k, options);
+      const Result want = ProbeWith(*f32, queries, k, options);
+      EXPECT_EQ(got.stats.candidates_scanned, want.stats.candidates_scanned);
+      EXPECT_EQ(got.stats.survivors_scanned, want.stats.survivors_scanned);
+      EXPECT_EQ(want.stats.candidates_rescored, 0u);
+      if (native) {
+        EXPECT_GT(got.stats.candidates_rescored, 0u);
+        EXPECT_LT(got.stats.candidates_rescored * 4,
+                  got.stats.candidates_scanned)
+            << "budget " << budget;
+      }
+      for (size_t j = 0; j < nq * k; ++j) {
+        EXPECT_EQ(got.rows[j], want.rows[j]) << "budget " << budget << " " << j;
+        EXPECT_NEAR(got.scores[j], want.scores[j], 1e-5);
+      }
+      if (window) {
+        for (size_t i = 0; i < nq; ++i) {
+          EXPECT_LE(got.scores[i * k], closest[i]) << "query " << i;
+        }
+      }
+      // One query at a time (float32 scans): the same answers.
+      for (size_t i = 0; i < nq; i += 9) {
+        const std::vector<float> q(queries.begin() + i * kCellDim,
+                                   queries.begin() + (i + 1) * kCellDim);
+        SearchOptions one = options;
+        one.excluded_label = absl::MakeConstSpan(&labels[i], 1);
+        one.skip_row = [&, i](size_t, int64_t r) {
+          return options.skip_row(i, r);
+        };
+        if (window) one.closest = absl::MakeConstSpan(&closest[i], 1);
+        const Result single = ProbeWith(*reduced, q, k, one);
+        for (size_t j = 0; j < k; ++j) {
+          EXPECT_EQ(single.rows[j], want.rows[i * k + j]) << "query " << i;
+        }
       }
     }
   }
@@ -802,8 +838,8 @@ TEST(IvfProbeCellsTest, ProbesPastTheFirstRankedCells) {
 }
 
 // nprobe counts distinct lists in cell mode: with nprobe at every list,
-// cells of every list are scanned, more than one a list where the best
-// cells share lists; with nprobe 1, the plan's budget alone decides.
+// probing goes on until cells of every list were scanned (more cells than
+// lists: the best cells share lists); with nprobe 1 the budget decides.
 TEST(IvfProbeCellsTest, NprobeFloorCountsLists) {
   CellFixture f = MakeCellFixture(faiss::METRIC_L2);
   std::unique_ptr<IvfProbe> probe = IvfProbe::Create(
@@ -812,21 +848,25 @@ TEST(IvfProbeCellsTest, NprobeFloorCountsLists) {
   std::vector<float> queries;
   std::vector<std::optional<int64_t>> labels;
   SearchOptions unused;
-  ClassExcludedQueries(f.data, 1, rng, &queries, &labels, &unused);
+  ClassExcludedQueries(f.data, 8, rng, &queries, &labels, &unused);
   SearchOptions options;
   options.ivf_min_candidates = 1;
   options.nprobe = 1;
   const Result one = ProbeWith(*probe, queries, 5, options);
+  options.nprobe = 6;
+  const Result six = ProbeWith(*probe, queries, 5, options);
   options.nprobe = kCellLists;
   const Result all = ProbeWith(*probe, queries, 5, options);
-  EXPECT_LE(one.stats.probes_scanned, 2u);
-  EXPECT_GE(all.stats.probes_scanned, kCellLists);
-  EXPECT_LT(all.stats.probes_scanned, probe->probes());
+  EXPECT_LE(one.stats.probes_scanned, 2u * 8);
+  EXPECT_EQ(six.stats.lists_reached, 6u * 8);
+  EXPECT_EQ(all.stats.lists_reached, kCellLists * 8);
+  EXPECT_GT(all.stats.probes_scanned, kCellLists * 8);
+  EXPECT_LT(all.stats.probes_scanned, probe->probes() * 8);
 }
 
 // BuildVectorIndex picks cells by itself where they pay (and reports the
-// precision it scans them at); a saved and loaded index sorts nothing
-// again and answers the same.
+// precision it scans them at); a saved and loaded index (its lists sorted
+// already) answers the same.
 TEST(IvfProbeCellsTest, ChosenAutomaticallyAndKeptThroughSaveAndLoad) {
   const StoreData data = MixedData(22);
   absl::StatusOr<CandidateStore> store =
@@ -870,12 +910,53 @@ TEST(IvfProbeCellsTest, ChosenAutomaticallyAndKeptThroughSaveAndLoad) {
                   .ok());
   EXPECT_EQ(a_rows, b_rows);
 
+  // What the budget checks count covers what the index holds.
+  EXPECT_LE((*built)->MemoryBytes(), IndexBytesEstimate(*store, build));
+  EXPECT_LE((*built)->MemoryBytes(),
+            IndexBytesBound(store->size(), kCellDim, build));
+
   // At --scan f32 the cells are scanned in float32.
   build.scan = ScanPrecision::kF32;
   absl::StatusOr<std::unique_ptr<VectorIndex>> f32 =
       BuildVectorIndex(*store, Metric::kInnerProduct, build);
   ASSERT_TRUE(f32.ok());
   EXPECT_EQ((*f32)->scan(), ScanPrecision::kF32);
+}
+
+// A FAISS index saved before cells existed (lists in insertion order)
+// loads into cells, sorted at load, answering as the index sorted in
+// memory does.
+TEST(IvfProbeCellsTest, LoadsAnUnsortedIndex) {
+  CellFixture f = MakeCellFixture(faiss::METRIC_INNER_PRODUCT);
+  const std::string path = ::testing::TempDir() + "/ivf_cells_unsorted_" +
+                           std::to_string(getpid()) + ".faiss";
+  faiss::write_index(f.ivf.get(), path.c_str());
+  IndexBuildOptions build;
+  build.factory = kCellFactory;
+  build.scan = ScanPrecision::kAuto;
+  absl::StatusOr<std::unique_ptr<VectorIndex>> loaded =
+      LoadVectorIndex(path, *f.store, Metric::kInnerProduct, build);
+  std::remove(path.c_str());
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  std::unique_ptr<IvfProbe> probe = IvfProbe::Create(
+      *f.ivf, *f.store, 0, IvfProbeUnit::kAuto, ScanPrecision::kAuto);
+  ASSERT_TRUE(probe->cells());
+  EXPECT_EQ((*loaded)->scan(), probe->scan());
+  Rng rng(38);
+  std::vector<float> queries;
+  std::vector<std::optional<int64_t>> labels;
+  SearchOptions options;
+  const size_t nq = 32;
+  ClassExcludedQueries(f.data, nq, rng, &queries, &labels, &options);
+  options.ivf_min_candidates = 700;
+  const size_t k = 10;
+  std::vector<float> scores(nq * k);
+  std::vector<int64_t> rows(nq * k);
+  ASSERT_TRUE(
+      (*loaded)
+          ->Search(queries.data(), nq, k, options, scores.data(), rows.data())
+          .ok());
+  EXPECT_EQ(rows, ProbeWith(*probe, queries, k, options).rows);
 }
 
 }  // namespace

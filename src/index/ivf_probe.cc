@@ -81,20 +81,16 @@ std::unique_ptr<IvfProbe> IvfProbe::Create(faiss::Index& index,
   const faiss::InvertedLists& lists = *ivf.invlists;
   probe->offsets_.reserve(lists.nlist + 1);
   probe->offsets_.push_back(0);
-  // Each list's entry labels, in entry order (for MakeCells).
-  std::vector<std::vector<int64_t>> entry_labels(lists.nlist);
   std::vector<int64_t> sorted;
   for (size_t l = 0; l < lists.nlist; ++l) {
     const size_t n = lists.list_size(l);
     faiss::InvertedLists::ScopedIds ids(&lists, l);
-    std::vector<int64_t>& list_labels = entry_labels[l];
-    list_labels.resize(n);
+    sorted.resize(n);
     for (size_t j = 0; j < n; ++j) {
       const IdxT row = ids[j];
       if (row < 0 || static_cast<size_t>(row) >= store.size()) return nullptr;
-      list_labels[j] = store.label(static_cast<size_t>(row));
+      sorted[j] = store.label(static_cast<size_t>(row));
     }
-    sorted = list_labels;
     std::sort(sorted.begin(), sorted.end());
     for (size_t j = 0; j < n;) {
       size_t end = j + 1;
@@ -107,25 +103,13 @@ std::unique_ptr<IvfProbe> IvfProbe::Create(faiss::Index& index,
   }
   probe->labels_.shrink_to_fit();
   probe->counts_.shrink_to_fit();
-  // Cells: each label with kMinCellSize entries or more in a list, and
-  // one mixed cell per list for the rest.
-  size_t cells = 0;
-  for (size_t l = 0; l < lists.nlist; ++l) {
-    bool mixed = false;
-    for (size_t c = probe->offsets_[l]; c < probe->offsets_[l + 1]; ++c) {
-      if (probe->counts_[c] >= kMinCellSize) {
-        ++cells;
-      } else {
-        mixed = true;
-      }
-    }
-    if (mixed) ++cells;
-  }
+  const size_t cells = probe->CellCount(lists.nlist);
   // Sorting in place needs FAISS's own lists and no direct map (whose
-  // offsets the sort would invalidate).
+  // offsets the sort would invalidate); cells index entries in 32 bits.
   const bool sortable =
       dynamic_cast<faiss::ArrayInvertedLists*>(ivf.invlists) != nullptr &&
-      ivf.direct_map.type == faiss::DirectMap::NoMap;
+      ivf.direct_map.type == faiss::DirectMap::NoMap &&
+      static_cast<size_t>(ivf.ntotal) <= std::numeric_limits<uint32_t>::max();
   const bool pays = cells > lists.nlist &&
                     cells * kMinCellEntries <= static_cast<size_t>(ivf.ntotal);
   if (sortable && cells > 0 &&
@@ -138,38 +122,70 @@ std::unique_ptr<IvfProbe> IvfProbe::Create(faiss::Index& index,
         !CpuRunsScan(packed)) {
       packed = ScanPrecision::kF32;
     }
-    probe->MakeCells(ivf, entry_labels, packed);
+    probe->MakeCells(ivf, store, packed);
   }
   return probe;
 }
 
-void IvfProbe::MakeCells(faiss::IndexIVF& ivf,
-                         const std::vector<std::vector<int64_t>>& entry_labels,
+size_t IvfProbe::CellsOf(size_t list) const {
+  bool mixed = false;
+  size_t cells = 0;
+  for (size_t c = offsets_[list]; c < offsets_[list + 1]; ++c) {
+    if (counts_[c] >= kMinCellSize) {
+      ++cells;
+    } else {
+      mixed = true;
+    }
+  }
+  return cells + (mixed ? 1 : 0);
+}
+
+size_t IvfProbe::CellCount(size_t nlist) const {
+  size_t cells = 0;
+  for (size_t l = 0; l < nlist; ++l) cells += CellsOf(l);
+  return cells;
+}
+
+void IvfProbe::MakeCells(faiss::IndexIVF& ivf, const CandidateStore& store,
                          ScanPrecision scan) {
+  const size_t nlist = ivf.invlists->nlist;
   const size_t d = static_cast<size_t>(ivf.d);
   const size_t code_size = ivf.code_size;
   faiss::InvertedLists& lists = *ivf.invlists;
-  std::vector<std::pair<bool, int64_t>> keys;
-  std::vector<size_t> order;
-  std::vector<IdxT> new_ids;
-  std::vector<uint8_t> new_codes;
-  std::vector<double> sum(d);
-  for (size_t l = 0; l < lists.nlist; ++l) {
-    const std::vector<int64_t>& list_labels = entry_labels[l];
-    const size_t n = list_labels.size();
-    // Entry order: the labels with a cell of their own by label, then the
-    // mixed cell's entries by label.
-    keys.resize(n);
-    for (size_t j = 0; j < n; ++j) {
-      keys[j] = {LabelCount(l, list_labels[j]) < kMinCellSize, list_labels[j]};
+  // Each list's first cell.
+  std::vector<size_t> first(nlist + 1, 0);
+  for (size_t l = 0; l < nlist; ++l) {
+    first[l + 1] = first[l] + CellsOf(l);
+  }
+  const size_t cells = first[nlist];
+  cell_list_.resize(cells);
+  cell_begin_.resize(cells);
+  cell_size_.resize(cells);
+  cell_label_.resize(cells);
+  cell_mixed_.resize(cells);
+  cell_centroids_.resize(cells * d);
+  cell_sq_.resize(cells);
+  // Lists are independent: each thread sorts and measures its own.
+#pragma omp parallel for schedule(dynamic)
+  for (size_t l = 0; l < nlist; ++l) {
+    const size_t n = lists.list_size(l);
+    std::vector<std::pair<bool, int64_t>> keys(n);
+    {
+      faiss::InvertedLists::ScopedIds ids(&lists, l);
+      for (size_t j = 0; j < n; ++j) {
+        const int64_t label = store.label(static_cast<size_t>(ids[j]));
+        // The labels with a cell of their own by label, then the mixed
+        // cell's entries by label.
+        keys[j] = {LabelCount(l, label) < kMinCellSize, label};
+      }
     }
     if (!std::is_sorted(keys.begin(), keys.end())) {
-      order.resize(n);
+      std::vector<size_t> order(n);
       std::iota(order.begin(), order.end(), size_t{0});
       std::stable_sort(order.begin(), order.end(),
                        [&](size_t a, size_t b) { return keys[a] < keys[b]; });
-      new_ids.resize(n);
-      new_codes.resize(n * code_size);
+      std::vector<IdxT> new_ids(n);
+      std::vector<uint8_t> new_codes(n * code_size);
       {
         faiss::InvertedLists::ScopedIds ids(&lists, l);
         faiss::InvertedLists::ScopedCodes codes(&lists, l);
@@ -183,25 +199,27 @@ void IvfProbe::MakeCells(faiss::IndexIVF& ivf,
     }
     faiss::InvertedLists::ScopedCodes codes(&lists, l);
     const auto* x = reinterpret_cast<const float*>(codes.get());
+    std::vector<double> sum(d);
+    size_t cell = first[l];
     auto add_cell = [&](size_t begin, size_t size, int64_t label, bool mixed) {
-      cell_list_.push_back(static_cast<uint32_t>(l));
-      cell_begin_.push_back(static_cast<uint32_t>(begin));
-      cell_size_.push_back(static_cast<uint32_t>(size));
-      cell_label_.push_back(label);
-      cell_mixed_.push_back(mixed ? 1 : 0);
+      cell_list_[cell] = static_cast<uint32_t>(l);
+      cell_begin_[cell] = static_cast<uint32_t>(begin);
+      cell_size_[cell] = static_cast<uint32_t>(size);
+      cell_label_[cell] = label;
+      cell_mixed_[cell] = mixed ? 1 : 0;
       // The mean in double: a cell may hold millions of entries.
       std::fill(sum.begin(), sum.end(), 0.0);
       for (size_t j = begin; j < begin + size; ++j) {
         for (size_t t = 0; t < d; ++t) sum[t] += x[j * d + t];
       }
       double sq = 0;
+      float* mean = cell_centroids_.data() + cell * d;
       for (size_t t = 0; t < d; ++t) {
-        const auto mean =
-            static_cast<float>(sum[t] / static_cast<double>(size));
-        cell_centroids_.push_back(mean);
-        sq += static_cast<double>(mean) * mean;
+        mean[t] = static_cast<float>(sum[t] / static_cast<double>(size));
+        sq += static_cast<double>(mean[t]) * mean[t];
       }
-      cell_sq_.push_back(static_cast<float>(sq));
+      cell_sq_[cell] = static_cast<float>(sq);
+      ++cell;
     };
     size_t begin = 0;
     for (size_t c = offsets_[l]; c < offsets_[l + 1]; ++c) {
@@ -213,13 +231,17 @@ void IvfProbe::MakeCells(faiss::IndexIVF& ivf,
   }
   if (scan == ScanPrecision::kF32) return;
   scan_ = scan;
-  reduced_.resize(lists.nlist);
-  for (size_t l = 0; l < lists.nlist; ++l) {
+  reduced_.resize(nlist);
+  for (size_t l = 0; l < nlist; ++l) {
     const size_t n = lists.list_size(l);
     if (n == 0) continue;
     faiss::InvertedLists::ScopedCodes codes(&lists, l);
     reduced_[l] = std::make_unique<ReducedRows>(
         reinterpret_cast<const float*>(codes.get()), n, d, scan);
+    packed_max_residual_ =
+        std::max(packed_max_residual_, reduced_[l]->max_residual());
+    packed_max_norm_ =
+        std::max(packed_max_norm_, reduced_[l]->max_reduced_norm());
   }
 }
 
@@ -236,6 +258,24 @@ size_t IvfProbe::MemoryBytes() const {
          cell_label_.capacity() * sizeof(int64_t) + cell_mixed_.capacity() +
          cell_centroids_.capacity() * sizeof(float) +
          cell_sq_.capacity() * sizeof(float) + PackedBytes();
+}
+
+size_t IvfProbe::BytesBound(size_t rows, size_t dim, size_t nlist,
+                            ScanPrecision scan) {
+  // Label counts: at most one (label, count) pair an entry.
+  size_t bytes = (nlist + 1) * sizeof(uint32_t) +
+                 rows * (sizeof(int64_t) + sizeof(uint32_t));
+  // kAuto makes cells only when they average kMinCellEntries entries.
+  const size_t cells = rows / kMinCellEntries;
+  bytes += cells * (dim * sizeof(float) + sizeof(float) + 3 * sizeof(uint32_t) +
+                    sizeof(int64_t) + sizeof(uint8_t));
+  // Each list packed on its own: up to a group's padding a list.
+  const ScanPrecision packed = EffectiveScan(scan, dim);
+  if (packed != ScanPrecision::kF32 && CpuRunsScan(packed)) {
+    bytes += ReducedRows::BytesFor(rows + nlist * (kReducedGroupRows - 1), dim,
+                                   packed);
+  }
+  return bytes;
 }
 
 size_t IvfProbe::PackedBytes() const {
@@ -349,37 +389,40 @@ size_t IvfProbe::RankCells(const float* queries,
     for (size_t j = 0; j < gm; ++j) {
       const size_t i = which[g0 + j];
       float* score = dots.data() + j * cells;
-      // Higher is nearer: q.c, or 2 q.c - |c|^2 (= |q|^2 - |q - c|^2).
+      // Higher is nearer: q.c, or 2 q.c - |c|^2 (= |q|^2 - |q - c|^2). A
+      // NaN (a query with one) ranks last.
       float lo = std::numeric_limits<float>::infinity();
       float hi = -lo;
       for (size_t c = 0; c < cells; ++c) {
-        if (!inner_product) score[c] = 2 * score[c] - cell_sq_[c];
-        if (std::isfinite(score[c])) {
-          lo = std::min(lo, score[c]);
-          hi = std::max(hi, score[c]);
+        float v = inner_product ? score[c] : 2 * score[c] - cell_sq_[c];
+        if (std::isnan(v)) v = -std::numeric_limits<float>::infinity();
+        score[c] = v;
+        if (std::isfinite(v)) {
+          lo = std::min(lo, v);
+          hi = std::max(hi, v);
         }
       }
-      // Bins of the score range, best last; a non-finite score (a query
-      // with NaN) goes to bin 0.
+      // A histogram of the scores (kRankBins between the lowest and the
+      // highest finite one; -inf in the lowest bin, +inf in the highest)
+      // finds the best bins whose cells hold `entries` without scanning
+      // them twice; those cells are then sorted by score.
       const double range = static_cast<double>(hi) - lo;
       const double scale = range > 0 ? (kRankBins - 1) / range : 0;
       thread_local std::vector<uint16_t> bins;
-      thread_local std::vector<size_t> mass, members, next;
+      thread_local std::vector<size_t> mass;
       bins.resize(cells);
       mass.assign(kRankBins, 0);
-      members.assign(kRankBins, 0);
       const bool has_excluded = !options.excluded_label.empty() &&
                                 options.excluded_label[i].has_value();
       const int64_t excluded = has_excluded ? *options.excluded_label[i] : 0;
       for (size_t c = 0; c < cells; ++c) {
-        uint16_t bin = 0;
+        uint16_t bin = score[c] > 0 ? kRankBins - 1 : 0;  // +inf, -inf
         if (std::isfinite(score[c])) {
           const double at = (static_cast<double>(score[c]) - lo) * scale;
           bin = static_cast<uint16_t>(
               std::min<double>(std::max(at, 0.0), kRankBins - 1));
         }
         bins[c] = bin;
-        ++members[bin];
         // (A mixed cell's entries of the label count: finding how many
         // would cost a search per cell, for a prefix that is a guess.)
         if (!has_excluded || cell_mixed_[c] != 0 ||
@@ -387,22 +430,19 @@ size_t IvfProbe::RankCells(const float* queries,
           mass[bin] += cell_size_[c];
         }
       }
-      // The best bins until their entries reach `entries`.
       size_t cut = kRankBins;
       size_t held = 0;
       while (cut > 0 && held < entries) held += mass[--cut];
-      // Their cells, best bin first, by cell within a bin: next[b] is
-      // where bin b's next cell goes.
-      next.assign(kRankBins + 1, 0);
-      for (size_t b = kRankBins; b-- > cut;) {
-        next[b] = next[b + 1] + members[b];
-      }
       std::vector<uint32_t>& out = ranked[g0 + j];
-      out.resize(next[cut]);
-      for (size_t b = cut; b < kRankBins; ++b) next[b] = next[b + 1];
+      out.clear();
       for (size_t c = 0; c < cells; ++c) {
-        if (bins[c] >= cut) out[next[bins[c]]++] = static_cast<uint32_t>(c);
+        if (bins[c] >= cut) out.push_back(static_cast<uint32_t>(c));
       }
+      // Best first; ties by cell, so that every ranking of the same query
+      // orders them alike.
+      std::sort(out.begin(), out.end(), [score](uint32_t a, uint32_t b) {
+        return score[a] > score[b] || (score[a] == score[b] && a < b);
+      });
     }
   }
   size_t width = 0;
@@ -485,7 +525,7 @@ void IvfProbe::Continue(const float* query, size_t i, const Plan& plan,
     }
     const size_t too_close =
         Scan<C>(probe, query, i, options, plan.k, scores, rows, state);
-    Account(probe, n, labelled, too_close, plan, state);
+    Account(probe, n, labelled, too_close, state);
     if (PlanMet(plan, state)) {
       state.done = true;
       return;
@@ -510,8 +550,7 @@ void IvfProbe::ContinueAny(const float* query, size_t i, const Plan& plan,
 }
 
 void IvfProbe::Account(size_t probe, size_t n, size_t labelled,
-                       size_t too_close, const Plan& plan,
-                       ProbeState& state) const {
+                       size_t too_close, ProbeState& state) const {
   // too_close may include labelled entries: clamp rather than subtract
   // them twice.
   const size_t gone = std::min(n, labelled + too_close);
@@ -521,13 +560,11 @@ void IvfProbe::Account(size_t probe, size_t n, size_t labelled,
     ++state.lists;
     return;
   }
-  // A list counts once towards the floor, however many of its cells held
-  // survivors; past the floor nothing needs counting.
-  if (state.lists >= plan.min_lists) return;
+  // A list counts once, however many of its cells held survivors.
+  if (state.lists_seen.empty()) state.lists_seen.assign(ivf_.nlist, false);
   const uint32_t list = cell_list_[probe];
-  if (std::find(state.counted.begin(), state.counted.end(), list) ==
-      state.counted.end()) {
-    state.counted.push_back(list);
+  if (!state.lists_seen[list]) {
+    state.lists_seen[list] = true;
     ++state.lists;
   }
 }
@@ -543,7 +580,9 @@ std::vector<uint32_t> IvfProbe::PlanProbes(size_t i, const Plan& plan,
                                            const int64_t* order, size_t prefix,
                                            ProbeState& state) const {
   std::vector<uint32_t> planned;
-  std::vector<size_t> lists;  // distinct, until the floor is met
+  // Distinct lists planned (cell mode: marked in `seen`).
+  size_t lists = 0;
+  std::vector<bool> seen(cells() ? ivf_.nlist : 0, false);
   size_t survivors = 0;
   size_t r = 0;
   while (r < prefix && order[r] >= 0) {
@@ -556,11 +595,13 @@ std::vector<uint32_t> IvfProbe::PlanProbes(size_t i, const Plan& plan,
     }
     planned.push_back(static_cast<uint32_t>(probe));
     survivors += span.n - labelled;
-    if (lists.size() < plan.min_lists &&
-        std::find(lists.begin(), lists.end(), span.list) == lists.end()) {
-      lists.push_back(span.list);
+    if (!cells()) {
+      ++lists;
+    } else if (!seen[span.list]) {
+      seen[span.list] = true;
+      ++lists;
     }
-    if (lists.size() >= plan.min_lists && survivors >= plan.min_candidates &&
+    if (lists >= plan.min_lists && survivors >= plan.min_candidates &&
         survivors >= plan.k) {
       break;
     }
@@ -628,24 +669,29 @@ void IvfProbe::BatchScan(const float* queries, size_t q0, size_t m,
   // The batch packed for the reduced copies, with each query's slack
   // coefficients; float32 for a batch whose keys could leave float's range.
   ReducedQueries packed;
-  std::vector<float> slack_a, slack_b, slack_c;
-  bool reduced = false;
+  std::vector<float> slack_a(m), slack_b(m), slack_c(m);
+  const ReducedRows* prototype = nullptr;
   for (const std::unique_ptr<ReducedRows>& list_rows : reduced_) {
-    if (list_rows == nullptr) continue;
-    packed.Prepare(*list_rows, queries + q0 * d, m);
-    reduced = true;
+    if (list_rows != nullptr) {
+      prototype = list_rows.get();
+      break;
+    }
+  }
+  bool reduced = prototype != nullptr;
+  if (reduced) {
+    // Prepare depends on the rows' dim and precision only (every list's).
+    packed.Prepare(*prototype, queries + q0 * d, m);
     for (size_t j = 0; j < m && reduced; ++j) {
-      slack_a.push_back(FloatAbove(packed.a(j)));
-      slack_b.push_back(FloatAbove(packed.b(j)));
-      slack_c.push_back(FloatAbove(packed.c(j)));
-      const double norm = std::sqrt(static_cast<double>(
-          FloatDot(queries + (q0 + j) * d, queries + (q0 + j) * d, d)));
+      slack_a[j] = FloatAbove(packed.a(j));
+      slack_b[j] = FloatAbove(packed.b(j));
+      slack_c[j] = FloatAbove(packed.c(j));
+      const float* q = queries + (q0 + j) * d;
+      const double norm = std::sqrt(static_cast<double>(FloatDot(q, q, d)));
       const double largest =
-          packed.DotSlack(j) + (norm + list_rows->max_reduced_norm()) *
-                                   (norm + list_rows->max_reduced_norm());
+          packed.a(j) * packed_max_residual_ + packed.b(j) * packed_max_norm_ +
+          packed.c(j) + (norm + packed_max_norm_) * (norm + packed_max_norm_);
       reduced = largest < kMaxReducedKey;
     }
-    break;
   }
 #pragma omp parallel
   {
@@ -719,7 +765,7 @@ void IvfProbe::BatchScan(const float* queries, size_t q0, size_t m,
       }
       for (size_t j = 0; j < mine.size(); ++j) {
         const size_t i = q0 + mine[j];
-        Account(probe, span.n, Excluded(probe, i, options), too_close[j], plan,
+        Account(probe, span.n, Excluded(probe, i, options), too_close[j],
                 states[mine[j]]);
       }
     }
@@ -773,6 +819,7 @@ void IvfProbe::ResumeCells(const float* queries, size_t q0, const Plan& plan,
                            float* scores, int64_t* rows,
                            std::vector<ProbeState>& states) const {
   const size_t d = static_cast<size_t>(ivf_.d);
+  // The queries not done, and the cells each has visited (sorted).
   std::vector<size_t> rest;
   std::vector<std::vector<IdxT>> probed;
   for (size_t j = 0; j < states.size(); ++j) {
@@ -784,6 +831,9 @@ void IvfProbe::ResumeCells(const float* queries, size_t q0, const Plan& plan,
         begin, begin + static_cast<std::ptrdiff_t>(states[j].prefix_end));
     std::sort(seen.begin(), seen.end());
   }
+  // Rankings of every cell for a chunk of queries stay within
+  // kRankEntries.
+  const size_t chunk = std::max<size_t>(1, kRankEntries / probes());
   std::vector<size_t> which;
   std::vector<IdxT> order;
   std::vector<size_t> counts;
@@ -793,31 +843,36 @@ void IvfProbe::ResumeCells(const float* queries, size_t q0, const Plan& plan,
     entries = entries > std::numeric_limits<size_t>::max() / 4
                   ? std::numeric_limits<size_t>::max()
                   : entries * 4;
-    which.resize(rest.size());
-    for (size_t a = 0; a < rest.size(); ++a) which[a] = q0 + rest[a];
-    const size_t width =
-        RankCells(queries, which, options, entries, order, counts);
-#pragma omp parallel for if (rest.size() > 1) schedule(dynamic)
-    for (size_t a = 0; a < rest.size(); ++a) {
-      const size_t i = which[a];
-      ProbeState& state = states[rest[a]];
-      ContinueAny(queries + i * d, i, plan, options, order.data() + a * width,
-                  0, counts[a], probed[a], scores + i * plan.k,
-                  rows + i * plan.k, state);
+    for (size_t a0 = 0; a0 < rest.size(); a0 += chunk) {
+      const size_t m = std::min(chunk, rest.size() - a0);
+      which.resize(m);
+      for (size_t a = 0; a < m; ++a) which[a] = q0 + rest[a0 + a];
+      const size_t width =
+          RankCells(queries, which, options, entries, order, counts);
+#pragma omp parallel for if (m > 1) schedule(dynamic)
+      for (size_t a = 0; a < m; ++a) {
+        const size_t i = which[a];
+        ProbeState& state = states[rest[a0 + a]];
+        ContinueAny(queries + i * d, i, plan, options, order.data() + a * width,
+                    0, counts[a], probed[a0 + a], scores + i * plan.k,
+                    rows + i * plan.k, state);
+        if (state.done) continue;
+        // Not done: it visited every cell of this ranking.
+        std::vector<IdxT>& seen = probed[a0 + a];
+        const auto begin =
+            order.begin() + static_cast<std::ptrdiff_t>(a * width);
+        seen.insert(seen.end(), begin,
+                    begin + static_cast<std::ptrdiff_t>(counts[a]));
+        std::sort(seen.begin(), seen.end());
+        seen.erase(std::unique(seen.begin(), seen.end()), seen.end());
+      }
     }
     size_t kept = 0;
     for (size_t a = 0; a < rest.size(); ++a) {
-      const ProbeState& state = states[rest[a]];
-      if (state.done) continue;
-      std::vector<IdxT>& seen = probed[a];
-      const auto begin = order.begin() + static_cast<std::ptrdiff_t>(a * width);
-      seen.insert(seen.end(), begin,
-                  begin + static_cast<std::ptrdiff_t>(state.prefix_end));
-      std::sort(seen.begin(), seen.end());
-      seen.erase(std::unique(seen.begin(), seen.end()), seen.end());
+      if (states[rest[a]].done) continue;
       if (kept != a) {  // (a vector moved onto itself would be emptied)
         rest[kept] = rest[a];
-        probed[kept] = std::move(seen);
+        probed[kept] = std::move(probed[a]);
       }
       ++kept;
     }
@@ -836,8 +891,11 @@ void IvfProbe::Search(const float* queries, size_t nq, size_t k,
   // many lists (or cells holding that many entries) first, and the rest
   // only for the queries that get past it.
   const size_t entries = PrefixEntries(plan);
+  // (Cell mode: a query whose cells all score alike ranks every cell, so
+  // a chunk's rankings are bounded by kRankEntries too.)
   const size_t chunk =
-      cells() ? kCellChunkQueries
+      cells() ? std::clamp(kRankEntries / probes(), kMinBatchQueries,
+                           kCellChunkQueries)
               : std::max<size_t>(1, kRankEntries / PrefixRanks(plan));
   std::vector<float> coarse;
   std::vector<IdxT> order;
@@ -914,6 +972,7 @@ void IvfProbe::Search(const float* queries, size_t nq, size_t k,
       total.candidates_scanned += states[j].stats.candidates_scanned;
       total.survivors_scanned += states[j].stats.survivors_scanned;
       total.candidates_rescored += states[j].stats.candidates_rescored;
+      total.lists_reached += states[j].lists;
     }
   }
   if (stats != nullptr) {
@@ -922,6 +981,7 @@ void IvfProbe::Search(const float* queries, size_t nq, size_t k,
     stats->candidates_scanned += total.candidates_scanned;
     stats->survivors_scanned += total.survivors_scanned;
     stats->candidates_rescored += total.candidates_rescored;
+    stats->lists_reached += total.lists_reached;
   }
 }
 

@@ -71,6 +71,9 @@ struct IvfProbeStats {
   // Entries a reduced-precision scan could not rule out, rescored in
   // float32 (0 at kF32, which scores every entry in float32).
   size_t candidates_rescored = 0;
+  // Distinct lists of which a scanned probe held survivors (what nprobe
+  // counts).
+  size_t lists_reached = 0;
 };
 
 // What an IvfProbe ranks and scans (see the file comment).
@@ -121,8 +124,15 @@ class IvfProbe {
               const SearchOptions& options, float* scores, int64_t* rows,
               IvfProbeStats* stats = nullptr) const;
 
-  // Bytes of the per-list label counts (and the cells' centroids).
+  // Bytes of the per-list label counts, the cells (centroids and their
+  // bookkeeping) and the packed copies.
   size_t MemoryBytes() const;
+
+  // At least MemoryBytes() of a probe over `rows` entries of `dim` floats
+  // in `nlist` lists, created with IvfProbeUnit::kAuto at `scan`
+  // (packing counted when the CPU runs it natively).
+  static size_t BytesBound(size_t rows, size_t dim, size_t nlist,
+                           ScanPrecision scan);
 
   // True when the probe ranks and scans cells; probes() is then the number
   // of cells, else of lists.
@@ -140,12 +150,14 @@ class IvfProbe {
  private:
   IvfProbe(const faiss::IndexIVF& ivf, size_t default_min_candidates);
 
-  // Sorts each list's entries by label (stable) and computes the cells'
-  // centroids; `entry_labels[l]` holds list l's labels. Packs each list
-  // at `scan` unless it is kF32.
-  void MakeCells(faiss::IndexIVF& ivf,
-                 const std::vector<std::vector<int64_t>>& entry_labels,
+  // Sorts each list's entries by label (stable; `store` gives the labels)
+  // and computes the cells' centroids, in parallel over lists. Packs each
+  // list at `scan` unless it is kF32.
+  void MakeCells(faiss::IndexIVF& ivf, const CandidateStore& store,
                  ScanPrecision scan);
+  // Cells list `list` would have, and all `nlist` lists.
+  size_t CellsOf(size_t list) const;
+  size_t CellCount(size_t nlist) const;
 
   // The probe settings of one search (after defaulting).
   struct Plan {
@@ -160,8 +172,8 @@ class IvfProbe {
     size_t prefix_end = 0;  // ranks of the prefix ranking visited
     bool done = false;
     IvfProbeStats stats;
-    // Cell mode: the lists counted in `lists`, until the floor is met.
-    std::vector<uint32_t> counted;
+    // Cell mode: the lists counted in `lists` (sized on first use).
+    std::vector<bool> lists_seen;
   };
   // A probe's entries: list `list`'s entries [begin, begin + n).
   struct Span {
@@ -206,7 +218,7 @@ class IvfProbe {
   Plan PlanFor(size_t k, const SearchOptions& options) const;
   // Counts a scanned probe's survivors, and its list towards the floor.
   void Account(size_t probe, size_t n, size_t labelled, size_t too_close,
-               const Plan& plan, ProbeState& state) const;
+               ProbeState& state) const;
   static bool PlanMet(const Plan& plan, const ProbeState& state);
   // Query i's probes in `order`'s first `prefix` ranks, from the label
   // counts alone (closest and skip_row unknown until scanned).
@@ -287,6 +299,9 @@ class IvfProbe {
   // an empty list); else empty and scan_ kF32.
   ScanPrecision scan_ = ScanPrecision::kF32;
   std::vector<std::unique_ptr<ReducedRows>> reduced_;
+  // Over all lists' packed rows: the largest |x - x'| and |x'|.
+  double packed_max_residual_ = 0;
+  double packed_max_norm_ = 0;
 };
 
 }  // namespace hardneg

@@ -23,6 +23,13 @@
 
 namespace hardneg {
 
+float FloatAbove(double bound) {
+  // Room for the float arithmetic (two fused multiply-adds) that combines
+  // the bound, then the next float up.
+  const auto f = static_cast<float>(bound * (1 + 1.0 / (1 << 20)));
+  return std::nextafter(f, std::numeric_limits<float>::infinity());
+}
+
 // The error bounds
 // ================
 // Let q be a query, x a row, and q', x' the vectors the kernels multiply
@@ -90,12 +97,6 @@ float Bf16Value(uint16_t bits) {
 
 // Rounds a bound up a little, so that its own rounding never shrinks it.
 double Up(double bound) { return bound * (1 + 1e-9); }
-// A bound as a float no smaller than it, with room for the float
-// arithmetic (two fused multiply-adds) that combines it.
-float UpFloat(double bound) {
-  const auto f = static_cast<float>(bound * (1 + 1.0 / (1 << 20)));
-  return std::nextafter(f, std::numeric_limits<float>::infinity());
-}
 
 // The int8 value of v at scale s (s > 0), and 0 when s == 0.
 int32_t Quantise(float v, float s) {
@@ -515,13 +516,13 @@ void ReducedRows::Pack(const float* rows) {
       residual += (x[d] - packed) * (x[d] - packed);
       norm += packed * packed;
     }
-    residuals_[row] = UpFloat(std::sqrt(residual));
-    norms_[row] = UpFloat(std::sqrt(norm));
+    residuals_[row] = FloatAbove(std::sqrt(residual));
+    norms_[row] = FloatAbove(std::sqrt(norm));
     max_residual = std::max(max_residual, residual);
     max_norm = std::max(max_norm, norm);
   }
-  max_residual_ = UpFloat(std::sqrt(max_residual));
-  max_reduced_norm_ = UpFloat(std::sqrt(max_norm));
+  max_residual_ = FloatAbove(std::sqrt(max_residual));
+  max_reduced_norm_ = FloatAbove(std::sqrt(max_norm));
 }
 
 void ReducedQueries::Prepare(const ReducedRows& rows, const float* queries,
@@ -612,11 +613,6 @@ void ReducedQueries::Select(const ReducedQueries& from, const uint32_t* which,
     b_[j] = from.b_[i];
     c_[j] = from.c_[i];
   }
-}
-
-float FloatAbove(double bound) {
-  const auto f = static_cast<float>(bound * (1 + 1.0 / (1 << 20)));
-  return std::nextafter(f, std::numeric_limits<float>::infinity());
 }
 
 void ReducedScan(const ReducedRows& rows, const ReducedQueries& queries,

@@ -162,7 +162,9 @@ class ReducedQueries {
   std::vector<double> c_;
 };
 
-// `bound` as a float no smaller (a slack coefficient for ReducedSink).
+// `bound` as a float no smaller, with room for the float arithmetic (two
+// fused multiply-adds) that combines it: per-row terms and ReducedSink's
+// slack coefficients.
 float FloatAbove(double bound);
 
 // Where a scan sends the rows that reach their query's screen. A row's key

@@ -27,6 +27,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "index/ivf_flat_scan.h"
 #include "index/ivf_probe.h"
@@ -1107,17 +1108,17 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> BuildVectorIndex(
 
 namespace {
 
-// The bytes of the packed copy an IVF-Flat index over labelled candidates
-// may keep for its cells (IvfProbe), or 0.
-size_t IvfPackedBytes(size_t rows, size_t dim,
-                      const IndexBuildOptions& options) {
-  if (!absl::StartsWith(options.factory, "IVF") ||
-      !absl::EndsWith(options.factory, ",Flat")) {
+// What IvfProbe may hold beside the codes for an "IVF<n>,Flat" factory
+// over labelled candidates, or 0 for any other factory.
+size_t IvfProbeBytes(size_t rows, size_t dim,
+                     const IndexBuildOptions& options) {
+  const absl::string_view factory = options.factory;
+  size_t nlist = 0;
+  if (!absl::StartsWith(factory, "IVF") || !absl::EndsWith(factory, ",Flat") ||
+      !absl::SimpleAtoi(factory.substr(3, factory.size() - 3 - 5), &nlist)) {
     return 0;
   }
-  const ScanPrecision scan = EffectiveScan(options.scan, dim);
-  if (scan == ScanPrecision::kF32 || !CpuRunsScan(scan)) return 0;
-  return ReducedRows::BytesFor(rows, dim, scan);
+  return IvfProbe::BytesBound(rows, dim, nlist, options.scan);
 }
 
 }  // namespace
@@ -1128,7 +1129,7 @@ size_t IndexBytesEstimate(const CandidateStore& store,
   if (IndexKindOf(options.factory) != IndexKind::kFlat) {
     return values * sizeof(float) +
            (store.has_labels()
-                ? IvfPackedBytes(store.size(), store.dim(), options)
+                ? IvfProbeBytes(store.size(), store.dim(), options)
                 : 0);
   }
   const ScanPrecision scan = FlatScan(store, options);
@@ -1142,7 +1143,7 @@ size_t IndexBytesBound(size_t rows, size_t dim,
                        const IndexBuildOptions& options) {
   const size_t values = rows * dim;
   if (IndexKindOf(options.factory) != IndexKind::kFlat) {
-    return values * sizeof(float) + IvfPackedBytes(rows, dim, options);
+    return values * sizeof(float) + IvfProbeBytes(rows, dim, options);
   }
   const ScanPrecision scan = EffectiveScan(options.scan, dim);
   if (scan != ScanPrecision::kF32) {

@@ -353,7 +353,12 @@ absl::StatusOr<std::shared_ptr<const IndexVersion>> LoadSnapshot(
   auto owned_store = std::make_unique<CandidateStore>(std::move(store));
   IndexBuildOptions index_options = build;
   index_options.factory = std::move(factory);
-  index_options.scan = SnapshotScan(meta, build.scan);
+  // A Flat snapshot keeps the precision it was served at. FAISS indexes
+  // recorded f32 before IVF cells could scan at a reduced precision, so
+  // theirs is the configured one.
+  index_options.scan = IndexKindOf(index_options.factory) == IndexKind::kFlat
+                           ? SnapshotScan(meta, build.scan)
+                           : build.scan;
   HARDNEG_ASSIGN_OR_RETURN(
       std::unique_ptr<VectorIndex> index,
       LoadVectorIndex(JoinPath(dir, kIndexFile), *owned_store, info.metric,
