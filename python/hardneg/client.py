@@ -521,7 +521,8 @@ class Client:
                          min_index_sequence, nprobe (IVF lists to probe; 0
                          keeps the server's --nprobe), ivf_min_candidates
                          (IVF-Flat: candidates without the query's label
-                         scanned before probing stops; 0 keeps the server's
+                         scanned, in lists or cells nearest first, before
+                         probing stops; 0 keeps the server's
                          --ivf_min_candidates)
 
         Raises MineError (e.g. code 3, INVALID_ARGUMENT) when refused.
