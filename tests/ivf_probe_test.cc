@@ -37,29 +37,37 @@ constexpr size_t kPerClass = 200;
 constexpr char kFactory[] = "IVF160,Flat";
 constexpr size_t kLists = 160;
 
-// Tight clusters of unit vectors, class = cluster; ids = rows.
-StoreData ClusteredData(bool labelled, uint64_t seed) {
+// `classes` x `per_class` unit vectors in `dim` dimensions, each class a
+// cluster (normal noise of `noise` a coordinate around a unit centre),
+// row r in class r % classes; ids = rows.
+StoreData ClusterData(size_t dim, size_t classes, size_t per_class, float noise,
+                      bool labelled, uint64_t seed) {
   Rng rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> centers(kClasses * kDim);
+  std::vector<float> centers(classes * dim);
   for (float& x : centers) x = normal(rng);
-  for (size_t c = 0; c < kClasses; ++c) Normalize(&centers[c * kDim], kDim);
+  for (size_t c = 0; c < classes; ++c) Normalize(&centers[c * dim], dim);
   StoreData data;
-  data.dim = kDim;
+  data.dim = dim;
   std::vector<int64_t> labels;
-  for (size_t r = 0; r < kClasses * kPerClass; ++r) {
-    const size_t c = r % kClasses;
-    std::vector<float> v(kDim);
-    for (size_t i = 0; i < kDim; ++i) {
-      v[i] = centers[c * kDim + i] + 0.15f * normal(rng);
+  for (size_t r = 0; r < classes * per_class; ++r) {
+    const size_t c = r % classes;
+    std::vector<float> v(dim);
+    for (size_t i = 0; i < dim; ++i) {
+      v[i] = centers[c * dim + i] + noise * normal(rng);
     }
-    Normalize(v.data(), kDim);
+    Normalize(v.data(), dim);
     data.vectors.insert(data.vectors.end(), v.begin(), v.end());
     data.ids.push_back(static_cast<int64_t>(r));
     labels.push_back(static_cast<int64_t>(c));
   }
   if (labelled) data.labels = labels;
   return data;
+}
+
+// Tight clusters, about four lists a class.
+StoreData ClusteredData(bool labelled, uint64_t seed) {
+  return ClusterData(kDim, kClasses, kPerClass, 0.15f, labelled, seed);
 }
 
 int64_t ClassOf(size_t row) { return static_cast<int64_t>(row % kClasses); }
@@ -464,29 +472,7 @@ constexpr size_t kCellLists = 16;
 constexpr char kCellFactory[] = "IVF16,Flat";
 
 StoreData MixedData(uint64_t seed) {
-  Rng rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> centers(kCellClasses * kCellDim);
-  for (float& x : centers) x = normal(rng);
-  for (size_t c = 0; c < kCellClasses; ++c) {
-    Normalize(&centers[c * kCellDim], kCellDim);
-  }
-  StoreData data;
-  data.dim = kCellDim;
-  std::vector<int64_t> labels;
-  for (size_t r = 0; r < kCellClasses * kCellPerClass; ++r) {
-    const size_t c = r % kCellClasses;
-    std::vector<float> v(kCellDim);
-    for (size_t i = 0; i < kCellDim; ++i) {
-      v[i] = centers[c * kCellDim + i] + 0.12f * normal(rng);
-    }
-    Normalize(v.data(), kCellDim);
-    data.vectors.insert(data.vectors.end(), v.begin(), v.end());
-    data.ids.push_back(static_cast<int64_t>(r));
-    labels.push_back(static_cast<int64_t>(c));
-  }
-  data.labels = labels;
-  return data;
+  return ClusterData(kCellDim, kCellClasses, kCellPerClass, 0.12f, true, seed);
 }
 
 int64_t CellClassOf(size_t row) {
