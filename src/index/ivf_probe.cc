@@ -146,6 +146,39 @@ size_t IvfProbe::CellCount(size_t nlist) const {
   return cells;
 }
 
+void IvfProbe::SortByCell(faiss::InvertedLists& lists, size_t list,
+                          const CandidateStore& store, size_t code_size) const {
+  const size_t n = lists.list_size(list);
+  std::vector<std::pair<bool, int64_t>> keys(n);
+  {
+    faiss::InvertedLists::ScopedIds ids(&lists, list);
+    for (size_t j = 0; j < n; ++j) {
+      const int64_t label = store.label(static_cast<size_t>(ids[j]));
+      // The labels with a cell of their own by label, then the mixed
+      // cell's entries by label.
+      keys[j] = {LabelCount(list, label) < kMinCellSize, label};
+    }
+  }
+  if (!std::is_sorted(keys.begin(), keys.end())) {
+    std::vector<size_t> order(n);
+    std::iota(order.begin(), order.end(), size_t{0});
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return keys[a] < keys[b]; });
+    std::vector<IdxT> new_ids(n);
+    std::vector<uint8_t> new_codes(n * code_size);
+    {
+      faiss::InvertedLists::ScopedIds ids(&lists, list);
+      faiss::InvertedLists::ScopedCodes codes(&lists, list);
+      for (size_t j = 0; j < n; ++j) {
+        new_ids[j] = ids[order[j]];
+        std::copy_n(codes.get() + order[j] * code_size, code_size,
+                    new_codes.data() + j * code_size);
+      }
+    }
+    lists.update_entries(list, 0, n, new_ids.data(), new_codes.data());
+  }
+}
+
 void IvfProbe::MakeCells(faiss::IndexIVF& ivf, const CandidateStore& store,
                          ScanPrecision scan) {
   const size_t nlist = ivf.invlists->nlist;
@@ -169,34 +202,7 @@ void IvfProbe::MakeCells(faiss::IndexIVF& ivf, const CandidateStore& store,
 #pragma omp parallel for schedule(dynamic)
   for (size_t l = 0; l < nlist; ++l) {
     const size_t n = lists.list_size(l);
-    std::vector<std::pair<bool, int64_t>> keys(n);
-    {
-      faiss::InvertedLists::ScopedIds ids(&lists, l);
-      for (size_t j = 0; j < n; ++j) {
-        const int64_t label = store.label(static_cast<size_t>(ids[j]));
-        // The labels with a cell of their own by label, then the mixed
-        // cell's entries by label.
-        keys[j] = {LabelCount(l, label) < kMinCellSize, label};
-      }
-    }
-    if (!std::is_sorted(keys.begin(), keys.end())) {
-      std::vector<size_t> order(n);
-      std::iota(order.begin(), order.end(), size_t{0});
-      std::stable_sort(order.begin(), order.end(),
-                       [&](size_t a, size_t b) { return keys[a] < keys[b]; });
-      std::vector<IdxT> new_ids(n);
-      std::vector<uint8_t> new_codes(n * code_size);
-      {
-        faiss::InvertedLists::ScopedIds ids(&lists, l);
-        faiss::InvertedLists::ScopedCodes codes(&lists, l);
-        for (size_t j = 0; j < n; ++j) {
-          new_ids[j] = ids[order[j]];
-          std::copy_n(codes.get() + order[j] * code_size, code_size,
-                      new_codes.data() + j * code_size);
-        }
-      }
-      lists.update_entries(l, 0, n, new_ids.data(), new_codes.data());
-    }
+    SortByCell(lists, l, store, code_size);
     faiss::InvertedLists::ScopedCodes codes(&lists, l);
     const auto* x = reinterpret_cast<const float*>(codes.get());
     std::vector<double> sum(d);
@@ -229,10 +235,14 @@ void IvfProbe::MakeCells(faiss::IndexIVF& ivf, const CandidateStore& store,
     }
     if (begin < n) add_cell(begin, n - begin, 0, true);
   }
-  if (scan == ScanPrecision::kF32) return;
+  if (scan != ScanPrecision::kF32) PackLists(lists, d, scan);
+}
+
+void IvfProbe::PackLists(const faiss::InvertedLists& lists, size_t d,
+                         ScanPrecision scan) {
   scan_ = scan;
-  reduced_.resize(nlist);
-  for (size_t l = 0; l < nlist; ++l) {
+  reduced_.resize(lists.nlist);
+  for (size_t l = 0; l < lists.nlist; ++l) {
     const size_t n = lists.list_size(l);
     if (n == 0) continue;
     faiss::InvertedLists::ScopedCodes codes(&lists, l);
@@ -361,6 +371,64 @@ size_t IvfProbe::PrefixEntries(const Plan& plan) const {
   return wanted + wanted / 4 + plan.min_lists * average_list;
 }
 
+void IvfProbe::SelectCells(float* score, size_t i, const SearchOptions& options,
+                           size_t entries, std::vector<uint32_t>& out) const {
+  const size_t cells = cell_list_.size();
+  const bool inner_product = ivf_.metric_type == faiss::METRIC_INNER_PRODUCT;
+  // Higher is nearer: q.c, or 2 q.c - |c|^2 (= |q|^2 - |q - c|^2). A
+  // NaN (a query with one) ranks last.
+  float lo = std::numeric_limits<float>::infinity();
+  float hi = -lo;
+  for (size_t c = 0; c < cells; ++c) {
+    float v = inner_product ? score[c] : 2 * score[c] - cell_sq_[c];
+    if (std::isnan(v)) v = -std::numeric_limits<float>::infinity();
+    score[c] = v;
+    if (std::isfinite(v)) {
+      lo = std::min(lo, v);
+      hi = std::max(hi, v);
+    }
+  }
+  // A histogram of the scores (kRankBins between the lowest and the
+  // highest finite one; -inf in the lowest bin, +inf in the highest)
+  // finds the best bins whose cells hold `entries` without scanning
+  // them twice; those cells are then sorted by score.
+  const double range = static_cast<double>(hi) - lo;
+  const double scale = range > 0 ? (kRankBins - 1) / range : 0;
+  thread_local std::vector<uint16_t> bins;
+  thread_local std::vector<size_t> mass;
+  bins.resize(cells);
+  mass.assign(kRankBins, 0);
+  const bool has_excluded =
+      !options.excluded_label.empty() && options.excluded_label[i].has_value();
+  const int64_t excluded = has_excluded ? *options.excluded_label[i] : 0;
+  for (size_t c = 0; c < cells; ++c) {
+    uint16_t bin = score[c] > 0 ? kRankBins - 1 : 0;  // +inf, -inf
+    if (std::isfinite(score[c])) {
+      const double at = (static_cast<double>(score[c]) - lo) * scale;
+      bin = static_cast<uint16_t>(
+          std::min<double>(std::max(at, 0.0), kRankBins - 1));
+    }
+    bins[c] = bin;
+    // (A mixed cell's entries of the label count: finding how many
+    // would cost a search per cell, for a prefix that is a guess.)
+    if (!has_excluded || cell_mixed_[c] != 0 || cell_label_[c] != excluded) {
+      mass[bin] += cell_size_[c];
+    }
+  }
+  size_t cut = kRankBins;
+  size_t held = 0;
+  while (cut > 0 && held < entries) held += mass[--cut];
+  out.clear();
+  for (size_t c = 0; c < cells; ++c) {
+    if (bins[c] >= cut) out.push_back(static_cast<uint32_t>(c));
+  }
+  // Best first; ties by cell, so that every ranking of the same query
+  // orders them alike.
+  std::sort(out.begin(), out.end(), [score](uint32_t a, uint32_t b) {
+    return score[a] > score[b] || (score[a] == score[b] && a < b);
+  });
+}
+
 size_t IvfProbe::RankCells(const float* queries,
                            const std::vector<size_t>& which,
                            const SearchOptions& options, size_t entries,
@@ -369,7 +437,6 @@ size_t IvfProbe::RankCells(const float* queries,
   const size_t cells = cell_list_.size();
   const size_t d = static_cast<size_t>(ivf_.d);
   const size_t m = which.size();
-  const bool inner_product = ivf_.metric_type == faiss::METRIC_INNER_PRODUCT;
   std::vector<std::vector<uint32_t>> ranked(m);
   const size_t group = std::max<size_t>(1, kRankEntries / cells);
   std::vector<float> batch, dots;
@@ -387,67 +454,14 @@ size_t IvfProbe::RankCells(const float* queries,
                 static_cast<int>(cells));
 #pragma omp parallel for if (gm > 1) schedule(dynamic)
     for (size_t j = 0; j < gm; ++j) {
-      const size_t i = which[g0 + j];
-      float* score = dots.data() + j * cells;
-      // Higher is nearer: q.c, or 2 q.c - |c|^2 (= |q|^2 - |q - c|^2). A
-      // NaN (a query with one) ranks last.
-      float lo = std::numeric_limits<float>::infinity();
-      float hi = -lo;
-      for (size_t c = 0; c < cells; ++c) {
-        float v = inner_product ? score[c] : 2 * score[c] - cell_sq_[c];
-        if (std::isnan(v)) v = -std::numeric_limits<float>::infinity();
-        score[c] = v;
-        if (std::isfinite(v)) {
-          lo = std::min(lo, v);
-          hi = std::max(hi, v);
-        }
-      }
-      // A histogram of the scores (kRankBins between the lowest and the
-      // highest finite one; -inf in the lowest bin, +inf in the highest)
-      // finds the best bins whose cells hold `entries` without scanning
-      // them twice; those cells are then sorted by score.
-      const double range = static_cast<double>(hi) - lo;
-      const double scale = range > 0 ? (kRankBins - 1) / range : 0;
-      thread_local std::vector<uint16_t> bins;
-      thread_local std::vector<size_t> mass;
-      bins.resize(cells);
-      mass.assign(kRankBins, 0);
-      const bool has_excluded = !options.excluded_label.empty() &&
-                                options.excluded_label[i].has_value();
-      const int64_t excluded = has_excluded ? *options.excluded_label[i] : 0;
-      for (size_t c = 0; c < cells; ++c) {
-        uint16_t bin = score[c] > 0 ? kRankBins - 1 : 0;  // +inf, -inf
-        if (std::isfinite(score[c])) {
-          const double at = (static_cast<double>(score[c]) - lo) * scale;
-          bin = static_cast<uint16_t>(
-              std::min<double>(std::max(at, 0.0), kRankBins - 1));
-        }
-        bins[c] = bin;
-        // (A mixed cell's entries of the label count: finding how many
-        // would cost a search per cell, for a prefix that is a guess.)
-        if (!has_excluded || cell_mixed_[c] != 0 ||
-            cell_label_[c] != excluded) {
-          mass[bin] += cell_size_[c];
-        }
-      }
-      size_t cut = kRankBins;
-      size_t held = 0;
-      while (cut > 0 && held < entries) held += mass[--cut];
-      std::vector<uint32_t>& out = ranked[g0 + j];
-      out.clear();
-      for (size_t c = 0; c < cells; ++c) {
-        if (bins[c] >= cut) out.push_back(static_cast<uint32_t>(c));
-      }
-      // Best first; ties by cell, so that every ranking of the same query
-      // orders them alike.
-      std::sort(out.begin(), out.end(), [score](uint32_t a, uint32_t b) {
-        return score[a] > score[b] || (score[a] == score[b] && a < b);
-      });
+      SelectCells(dots.data() + j * cells, which[g0 + j], options, entries,
+                  ranked[g0 + j]);
     }
   }
   size_t width = 0;
-  for (const std::vector<uint32_t>& r : ranked)
+  for (const std::vector<uint32_t>& r : ranked) {
     width = std::max(width, r.size());
+  }
   order.assign(m * width, -1);
   counts.resize(m);
   for (size_t j = 0; j < m; ++j) {
@@ -610,23 +624,40 @@ std::vector<uint32_t> IvfProbe::PlanProbes(size_t i, const Plan& plan,
   return planned;
 }
 
-// One reduced scan of a cell by some of a batch's queries (BatchScan).
+// What BatchScan's threads share.
+struct IvfProbe::Batch {
+  const float* queries = nullptr;  // the Search call's
+  size_t q0 = 0;                   // the batch's first query
+  size_t m = 0;
+  size_t k = 0;
+  const SearchOptions* options = nullptr;
+  float* scores = nullptr;  // the Search call's heaps
+  int64_t* rows = nullptr;
+  std::vector<ProbeState>* states = nullptr;  // relative to q0
+  // The reduced pass: the batch packed, and each query's slack
+  // coefficients (false: float32).
+  bool reduced = false;
+  ReducedQueries packed;
+  std::vector<float> slack_a, slack_b, slack_c;
+};
+
+// One BatchScan thread's buffers.
+struct IvfProbe::CellScratch {
+  ReducedQueries some;
+  std::vector<float> a, b, c, screen;
+  std::vector<float> batch, dots;
+};
+
+// One reduced scan of a cell by some of a batch's queries.
 struct IvfProbe::CellScan {
   const IvfProbe* probe;
-  const float* queries;  // the Search call's
-  size_t q0;             // the batch's first query
+  const Batch* batch;
   const uint32_t* mine;  // the scan's queries, relative to q0
   const float* x;        // the list's entries, float32
   const IdxT* ids;       // and their rows
-  size_t d;
-  size_t k;
-  size_t begin;  // the cell's first entry in the list
-  float* scores;
-  int64_t* rows;
-  const SearchOptions* options;
-  std::vector<ProbeState>* states;  // the batch's, relative to q0
-  size_t* too_close;                // per query of the scan
-  float* screen;                    // per query of the scan
+  size_t begin;          // the cell's first entry in the list
+  size_t* too_close;     // per query of the scan
+  float* screen;         // per query of the scan
 };
 
 void IvfProbe::Rescore(void* context, size_t query, size_t row, float /*key*/,
@@ -635,19 +666,114 @@ void IvfProbe::Rescore(void* context, size_t query, size_t row, float /*key*/,
   const CellScan& scan = *static_cast<const CellScan*>(context);
   // The scan starts at a whole group, which may begin before the cell.
   if (row < scan.begin) return;
-  const size_t i = scan.q0 + scan.mine[query];
-  ProbeState& state = (*scan.states)[scan.mine[query]];
+  const Batch& batch = *scan.batch;
+  const size_t i = batch.q0 + scan.mine[query];
+  ProbeState& state = (*batch.states)[scan.mine[query]];
   ++state.stats.candidates_rescored;
-  const size_t d = scan.d;
-  const size_t k = scan.k;
-  const float score = FloatDot(scan.queries + i * d, scan.x + row * d, d);
-  if (!scan.probe->PushOne<C>(score, scan.ids[row], i, *scan.options, k,
-                              scan.scores + i * k, scan.rows + i * k, state)) {
+  const size_t d = static_cast<size_t>(scan.probe->ivf_.d);
+  const size_t k = batch.k;
+  const float score = FloatDot(batch.queries + i * d, scan.x + row * d, d);
+  if (!scan.probe->PushOne<C>(score, scan.ids[row], i, *batch.options, k,
+                              batch.scores + i * k, batch.rows + i * k,
+                              state)) {
     ++scan.too_close[query];
   }
   // The k-th best score so far: the rest of the scan offers only what
   // could still beat it.
-  scan.screen[query] = scan.scores[i * k];
+  scan.screen[query] = batch.scores[i * k];
+}
+
+void IvfProbe::PackBatch(Batch& batch) const {
+  const ReducedRows* prototype = nullptr;
+  for (const std::unique_ptr<ReducedRows>& list_rows : reduced_) {
+    if (list_rows != nullptr) {
+      prototype = list_rows.get();
+      break;
+    }
+  }
+  batch.reduced = prototype != nullptr;
+  if (!batch.reduced) return;
+  const size_t d = static_cast<size_t>(ivf_.d);
+  const size_t m = batch.m;
+  // Prepare depends on the rows' dim and precision only (every list's).
+  batch.packed.Prepare(*prototype, batch.queries + batch.q0 * d, m);
+  batch.slack_a.resize(m);
+  batch.slack_b.resize(m);
+  batch.slack_c.resize(m);
+  const ReducedQueries& packed = batch.packed;
+  for (size_t j = 0; j < m && batch.reduced; ++j) {
+    batch.slack_a[j] = FloatAbove(packed.a(j));
+    batch.slack_b[j] = FloatAbove(packed.b(j));
+    batch.slack_c[j] = FloatAbove(packed.c(j));
+    // Float32 for a batch whose keys could leave float's range.
+    const float* q = batch.queries + (batch.q0 + j) * d;
+    const double norm = std::sqrt(static_cast<double>(FloatDot(q, q, d)));
+    const double largest =
+        packed.a(j) * packed_max_residual_ + packed.b(j) * packed_max_norm_ +
+        packed.c(j) + (norm + packed_max_norm_) * (norm + packed_max_norm_);
+    batch.reduced = largest < kMaxReducedKey;
+  }
+}
+
+void IvfProbe::ScanReduced(const Batch& batch, const Span& span,
+                           const std::vector<uint32_t>& mine, const float* x,
+                           const IdxT* ids, CellScratch& scratch,
+                           size_t* too_close) const {
+  // The cell's packed entries, screened by each query's k-th best score
+  // so far; what passes is rescored in float32 (Rescore).
+  const size_t n = mine.size();
+  scratch.some.Select(batch.packed, mine.data(), n);
+  scratch.a.resize(n);
+  scratch.b.resize(n);
+  scratch.c.resize(n);
+  scratch.screen.resize(n);
+  for (size_t j = 0; j < n; ++j) {
+    scratch.a[j] = batch.slack_a[mine[j]];
+    scratch.b[j] = batch.slack_b[mine[j]];
+    scratch.c[j] = batch.slack_c[mine[j]];
+    scratch.screen[j] = batch.scores[(batch.q0 + mine[j]) * batch.k];
+  }
+  CellScan scan{this, &batch,     mine.data(), x,
+                ids,  span.begin, too_close,   scratch.screen.data()};
+  ReducedSink sink;
+  sink.slack_a = scratch.a.data();
+  sink.slack_b = scratch.b.data();
+  sink.slack_c = scratch.c.data();
+  sink.screen = scratch.screen.data();
+  sink.offer = &IvfProbe::Rescore;
+  sink.context = &scan;
+  const size_t group_begin = span.begin / kReducedGroupRows * kReducedGroupRows;
+  ReducedScan(*reduced_[span.list], scratch.some, group_begin,
+              span.begin + span.n, sink);
+  for (uint32_t j : mine) {
+    ProbeState& state = (*batch.states)[j];
+    ++state.stats.probes_scanned;
+    state.stats.candidates_scanned += span.n;
+  }
+}
+
+void IvfProbe::ScanFloat(const Batch& batch, const Span& span,
+                         const std::vector<uint32_t>& mine, const float* x,
+                         const IdxT* ids, CellScratch& scratch,
+                         size_t* too_close) const {
+  using C = faiss::CMin<float, IdxT>;
+  const size_t d = static_cast<size_t>(ivf_.d);
+  const size_t k = batch.k;
+  scratch.batch.resize(mine.size() * d);
+  for (size_t j = 0; j < mine.size(); ++j) {
+    std::copy_n(batch.queries + (batch.q0 + mine[j]) * d, d,
+                scratch.batch.data() + j * d);
+  }
+  scratch.dots.resize(mine.size() * span.n);
+  BatchDots(x + span.begin * d, span.n, d, scratch.batch.data(), mine.size(),
+            scratch.dots.data());
+  for (size_t j = 0; j < mine.size(); ++j) {
+    const size_t i = batch.q0 + mine[j];
+    too_close[j] =
+        Push<C>(scratch.dots.data() + j * span.n, span.n, ids + span.begin, i,
+                *batch.options, k, batch.scores + i * k, batch.rows + i * k,
+                (*batch.states)[mine[j]]);
+  }
 }
 
 void IvfProbe::BatchScan(const float* queries, size_t q0, size_t m,
@@ -655,7 +781,6 @@ void IvfProbe::BatchScan(const float* queries, size_t q0, size_t m,
                          const int64_t* order, size_t prefix, float* scores,
                          int64_t* rows, std::vector<ProbeState>& states) const {
   using C = faiss::CMin<float, IdxT>;
-  const size_t d = static_cast<size_t>(ivf_.d);
   const size_t k = plan.k;
   // Which queries scan each probe (the plan from label counts alone).
   std::vector<std::vector<uint32_t>> probers(probes());
@@ -666,33 +791,16 @@ void IvfProbe::BatchScan(const float* queries, size_t q0, size_t m,
       probers[probe].push_back(static_cast<uint32_t>(j));
     }
   }
-  // The batch packed for the reduced copies, with each query's slack
-  // coefficients; float32 for a batch whose keys could leave float's range.
-  ReducedQueries packed;
-  std::vector<float> slack_a(m), slack_b(m), slack_c(m);
-  const ReducedRows* prototype = nullptr;
-  for (const std::unique_ptr<ReducedRows>& list_rows : reduced_) {
-    if (list_rows != nullptr) {
-      prototype = list_rows.get();
-      break;
-    }
-  }
-  bool reduced = prototype != nullptr;
-  if (reduced) {
-    // Prepare depends on the rows' dim and precision only (every list's).
-    packed.Prepare(*prototype, queries + q0 * d, m);
-    for (size_t j = 0; j < m && reduced; ++j) {
-      slack_a[j] = FloatAbove(packed.a(j));
-      slack_b[j] = FloatAbove(packed.b(j));
-      slack_c[j] = FloatAbove(packed.c(j));
-      const float* q = queries + (q0 + j) * d;
-      const double norm = std::sqrt(static_cast<double>(FloatDot(q, q, d)));
-      const double largest =
-          packed.a(j) * packed_max_residual_ + packed.b(j) * packed_max_norm_ +
-          packed.c(j) + (norm + packed_max_norm_) * (norm + packed_max_norm_);
-      reduced = largest < kMaxReducedKey;
-    }
-  }
+  Batch batch;
+  batch.queries = queries;
+  batch.q0 = q0;
+  batch.m = m;
+  batch.k = k;
+  batch.options = &options;
+  batch.scores = scores;
+  batch.rows = rows;
+  batch.states = &states;
+  PackBatch(batch);
 #pragma omp parallel
   {
     // Each thread owns the queries j with j % threads == t, so that each
@@ -700,10 +808,8 @@ void IvfProbe::BatchScan(const float* queries, size_t q0, size_t m,
     const auto threads = static_cast<size_t>(omp_get_num_threads());
     const auto t = static_cast<size_t>(omp_get_thread_num());
     std::vector<uint32_t> mine;
-    std::vector<float> batch, dots;
-    ReducedQueries some;
-    std::vector<float> a, b, c, screen;
     std::vector<size_t> too_close;
+    CellScratch scratch;
     for (size_t probe = 0; probe < probers.size(); ++probe) {
       mine.clear();
       for (uint32_t j : probers[probe]) {
@@ -715,58 +821,14 @@ void IvfProbe::BatchScan(const float* queries, size_t q0, size_t m,
       faiss::InvertedLists::ScopedIds ids(ivf_.invlists, span.list);
       const auto* x = reinterpret_cast<const float*>(codes.get());
       too_close.assign(mine.size(), 0);
-      if (reduced) {
-        // The cell's packed entries, screened by each query's k-th best
-        // score so far; what passes is rescored in float32.
-        some.Select(packed, mine.data(), mine.size());
-        a.resize(mine.size());
-        b.resize(mine.size());
-        c.resize(mine.size());
-        screen.resize(mine.size());
-        for (size_t j = 0; j < mine.size(); ++j) {
-          a[j] = slack_a[mine[j]];
-          b[j] = slack_b[mine[j]];
-          c[j] = slack_c[mine[j]];
-          screen[j] = scores[(q0 + mine[j]) * k];
-        }
-        CellScan scan{
-            this,      queries,  q0,      mine.data(),      x,
-            ids.get(), d,        k,       span.begin,       scores,
-            rows,      &options, &states, too_close.data(), screen.data()};
-        ReducedSink sink;
-        sink.slack_a = a.data();
-        sink.slack_b = b.data();
-        sink.slack_c = c.data();
-        sink.screen = screen.data();
-        sink.offer = &IvfProbe::Rescore;
-        sink.context = &scan;
-        const size_t group_begin =
-            span.begin / kReducedGroupRows * kReducedGroupRows;
-        ReducedScan(*reduced_[span.list], some, group_begin,
-                    span.begin + span.n, sink);
-        for (uint32_t j : mine) {
-          ++states[j].stats.probes_scanned;
-          states[j].stats.candidates_scanned += span.n;
-        }
+      if (batch.reduced) {
+        ScanReduced(batch, span, mine, x, ids.get(), scratch, too_close.data());
       } else {
-        batch.resize(mine.size() * d);
-        for (size_t j = 0; j < mine.size(); ++j) {
-          std::copy_n(queries + (q0 + mine[j]) * d, d, batch.data() + j * d);
-        }
-        dots.resize(mine.size() * span.n);
-        BatchDots(x + span.begin * d, span.n, d, batch.data(), mine.size(),
-                  dots.data());
-        for (size_t j = 0; j < mine.size(); ++j) {
-          const size_t i = q0 + mine[j];
-          too_close[j] = Push<C>(dots.data() + j * span.n, span.n,
-                                 ids.get() + span.begin, i, options, k,
-                                 scores + i * k, rows + i * k, states[mine[j]]);
-        }
+        ScanFloat(batch, span, mine, x, ids.get(), scratch, too_close.data());
       }
       for (size_t j = 0; j < mine.size(); ++j) {
-        const size_t i = q0 + mine[j];
-        Account(probe, span.n, Excluded(probe, i, options), too_close[j],
-                states[mine[j]]);
+        Account(probe, span.n, Excluded(probe, q0 + mine[j], options),
+                too_close[j], states[mine[j]]);
       }
     }
   }
@@ -901,7 +963,6 @@ void IvfProbe::Search(const float* queries, size_t nq, size_t k,
   std::vector<IdxT> order;
   std::vector<size_t> counts, which;
   std::vector<ProbeState> states;
-  IvfProbeStats total;
   for (size_t q0 = 0; q0 < nq; q0 += chunk) {
     const size_t m = std::min(chunk, nq - q0);
     size_t prefix = 0;
@@ -958,30 +1019,29 @@ void IvfProbe::Search(const float* queries, size_t nq, size_t k,
     } else {
       Resume(queries, q0, plan, options, prefix, order, scores, rows, states);
     }
-    for (size_t j = 0; j < m; ++j) {
-      const size_t i = q0 + j;
-      if (ivf_.metric_type == faiss::METRIC_INNER_PRODUCT) {
-        faiss::heap_reorder<faiss::CMin<float, IdxT>>(k, scores + i * k,
-                                                      rows + i * k);
-      } else {
-        faiss::heap_reorder<faiss::CMax<float, IdxT>>(k, scores + i * k,
-                                                      rows + i * k);
-      }
-      total.probes_scanned += states[j].stats.probes_scanned;
-      total.probes_skipped += states[j].stats.probes_skipped;
-      total.candidates_scanned += states[j].stats.candidates_scanned;
-      total.survivors_scanned += states[j].stats.survivors_scanned;
-      total.candidates_rescored += states[j].stats.candidates_rescored;
-      total.lists_reached += states[j].lists;
-    }
+    Finish(q0, k, states, scores, rows, stats);
   }
-  if (stats != nullptr) {
-    stats->probes_scanned += total.probes_scanned;
-    stats->probes_skipped += total.probes_skipped;
-    stats->candidates_scanned += total.candidates_scanned;
-    stats->survivors_scanned += total.survivors_scanned;
-    stats->candidates_rescored += total.candidates_rescored;
-    stats->lists_reached += total.lists_reached;
+}
+
+void IvfProbe::Finish(size_t q0, size_t k,
+                      const std::vector<ProbeState>& states, float* scores,
+                      int64_t* rows, IvfProbeStats* stats) const {
+  for (size_t j = 0; j < states.size(); ++j) {
+    const size_t i = q0 + j;
+    if (ivf_.metric_type == faiss::METRIC_INNER_PRODUCT) {
+      faiss::heap_reorder<faiss::CMin<float, IdxT>>(k, scores + i * k,
+                                                    rows + i * k);
+    } else {
+      faiss::heap_reorder<faiss::CMax<float, IdxT>>(k, scores + i * k,
+                                                    rows + i * k);
+    }
+    if (stats == nullptr) continue;
+    stats->probes_scanned += states[j].stats.probes_scanned;
+    stats->probes_skipped += states[j].stats.probes_skipped;
+    stats->candidates_scanned += states[j].stats.candidates_scanned;
+    stats->survivors_scanned += states[j].stats.survivors_scanned;
+    stats->candidates_rescored += states[j].stats.candidates_rescored;
+    stats->lists_reached += states[j].lists;
   }
 }
 

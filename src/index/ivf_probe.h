@@ -155,6 +155,16 @@ class IvfProbe {
   // list at `scan` unless it is kF32.
   void MakeCells(faiss::IndexIVF& ivf, const CandidateStore& store,
                  ScanPrecision scan);
+  // Sorts list `list`'s entries into its cells' order, in place.
+  void SortByCell(faiss::InvertedLists& lists, size_t list,
+                  const CandidateStore& store, size_t code_size) const;
+  // Packs every list at `scan` (int8 or bf16).
+  void PackLists(const faiss::InvertedLists& lists, size_t d,
+                 ScanPrecision scan);
+  // Ranks the `cells` scores of query i (`score`, changed in place) into
+  // `out`, as RankCells says.
+  void SelectCells(float* score, size_t i, const SearchOptions& options,
+                   size_t entries, std::vector<uint32_t>& out) const;
   // Cells list `list` would have, and all `nlist` lists.
   size_t CellsOf(size_t list) const;
   size_t CellCount(size_t nlist) const;
@@ -232,12 +242,28 @@ class IvfProbe {
                  const SearchOptions& options, const int64_t* order,
                  size_t prefix, float* scores, int64_t* rows,
                  std::vector<ProbeState>& states) const;
-  // A reduced scan of one cell (BatchScan), and its ReducedSink::offer:
-  // rescores the offered entry in float32, pushes it into its query's heap
-  // and raises the query's screen to the heap's k-th best score.
+  // BatchScan's shared state, a thread's buffers, and one reduced scan of
+  // a cell with its ReducedSink::offer, Rescore: rescores the offered
+  // entry in float32, pushes it into its query's heap and raises the
+  // query's screen to the heap's k-th best score.
+  struct Batch;
+  struct CellScratch;
   struct CellScan;
   static void Rescore(void* context, size_t query, size_t row, float key,
                       float slack);
+  // Packs the batch for the reduced copies (batch.reduced false when
+  // there are none, or a query's keys could leave float's range).
+  void PackBatch(Batch& batch) const;
+  // Queries `mine` (relative to the batch) scan the cell `span`, whose
+  // list's entries are `x` and `ids`: reduced, or in float32.
+  void ScanReduced(const Batch& batch, const Span& span,
+                   const std::vector<uint32_t>& mine, const float* x,
+                   const int64_t* ids, CellScratch& scratch,
+                   size_t* too_close) const;
+  void ScanFloat(const Batch& batch, const Span& span,
+                 const std::vector<uint32_t>& mine, const float* x,
+                 const int64_t* ids, CellScratch& scratch,
+                 size_t* too_close) const;
   // One scored entry into query i's heap (unless skip_row skips it or it
   // is not better than the k-th); false when `closest` skips it.
   template <class C>
@@ -271,6 +297,10 @@ class IvfProbe {
                    size_t first, size_t ranked,
                    absl::Span<const int64_t> probed, float* scores,
                    int64_t* rows, ProbeState& state) const;
+  // Sorts queries q0 + j's heaps (j < states.size()) best first and adds
+  // their states to `*stats` when given.
+  void Finish(size_t q0, size_t k, const std::vector<ProbeState>& states,
+              float* scores, int64_t* rows, IvfProbeStats* stats) const;
   // The queries q0 + j whose states[j] is not done after the prefix
   // ranking: ranks every probe for them and probes on.
   void Resume(const float* queries, size_t q0, const Plan& plan,
