@@ -92,9 +92,9 @@ class IvfProbe {
   // window (k in the hundreds) scans proportionally more.
   static constexpr size_t kAutoCandidatesPerResult = 64;
   static constexpr size_t kAutoLists = 8;
-  // kAuto uses cells when there are more cells than lists (some list mixes
-  // labels) and at least this many entries a cell on average: ranking the
-  // cells then costs at most 1/32 of an exhaustive scan.
+  // kAuto uses cells when there are more cells than lists (some list holds
+  // two cells or more) and at least this many entries a cell on average:
+  // ranking the cells then costs at most 1/32 of an exhaustive scan.
   static constexpr size_t kMinCellEntries = 32;
   // A label with fewer entries than this in a list has no cell of its
   // own: such labels share the list's one mixed cell.
@@ -206,12 +206,14 @@ class IvfProbe {
   // Bytes of the packed copies.
   size_t PackedBytes() const;
   // Cell mode: ranks the cells for the queries `which` (indexes into
-  // `queries` and options), best first, until the cells' entries without
-  // the query's label add up to `entries` (every cell once they cannot).
-  // Scores are binned (kRankBins between the query's lowest and highest);
-  // cells rank by bin, then by index. which[j]'s ranks are in
-  // order[j * width ...], -1 padded to the returned width; counts[j] is
-  // how many it has (probes() when complete).
+  // `queries` and options), best first by their centroids' scores (ties
+  // by index), until their entries add up to `entries` (not counting the
+  // query's own cells of its label; mixed cells count whole), or every
+  // cell once they cannot. A histogram of the scores (kRankBins between
+  // the query's lowest and highest) finds the cut, the cells above it are
+  // sorted. which[j]'s ranks are in order[j * width ...], -1 padded to
+  // the returned width; counts[j] is how many it has (probes() when
+  // complete).
   size_t RankCells(const float* queries, const std::vector<size_t>& which,
                    const SearchOptions& options, size_t entries,
                    std::vector<int64_t>& order,
