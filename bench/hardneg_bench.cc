@@ -953,12 +953,14 @@ std::string SettingName(const IvfSetting& setting) {
                                       : std::to_string(setting.min_candidates));
 }
 
-// The service on `manager`'s IVF version, S=8 B=16 with `settings`: (g).
-absl::StatusOr<LineStats> RunIvfService(IndexManager* manager,
-                                        const Options& opt,
-                                        const QueryPool& pool,
-                                        const MineSettings& settings,
-                                        double ref_qps, double bound_qps) {
+// The service on `manager`'s version, S=8 B=16 with `settings`, printed
+// as line `label` (the (g) and (l) lines).
+absl::StatusOr<LineStats> RunServiceLine(IndexManager* manager,
+                                         const Options& opt,
+                                         const QueryPool& pool,
+                                         const MineSettings& settings,
+                                         const std::string& label,
+                                         double ref_qps, double bound_qps) {
   absl::StatusOr<std::unique_ptr<HardnegServer>> server = StartServer(manager);
   if (!server.ok()) return server.status();
   CellConfig cfg;
@@ -970,8 +972,7 @@ absl::StatusOr<LineStats> RunIvfService(IndexManager* manager,
   std::string first_error;
   const LineStats s = RunCell("127.0.0.1:" + std::to_string((*server)->port()),
                               cfg, pool, &first_error);
-  PrintLine("(g) IVF " + SettingName(settings.ivf) + " S=8 B=16", s, ref_qps,
-            bound_qps);
+  PrintLine(label, s, ref_qps, bound_qps);
   if (!first_error.empty()) {
     std::printf("    first error: %s\n", first_error.c_str());
   }
@@ -1038,8 +1039,9 @@ absl::Status RunIvf(const Workload& w, const Options& opt,
     }
     if (!result.found) continue;
     absl::StatusOr<LineStats> s =
-        RunIvfService(&manager, opt, pool, {result.setting, exclude_class},
-                      ref_qps, bound_qps);
+        RunServiceLine(&manager, opt, pool, {result.setting, exclude_class},
+                       "(g) IVF " + SettingName(result.setting) + " S=8 B=16",
+                       ref_qps, bound_qps);
     if (!s.ok()) return s.status();
     result.service_speedup = s->qps / exact[mode].service_qps;
     std::printf("    %.2fx exact (c) S=8 B=16 with the same exclusions\n",
@@ -1167,24 +1169,11 @@ absl::Status RunScanModes(const Options& opt, const std::string& checkpoints,
         RunMiner(*version, pool, 1, MineSettings{}, opt.seconds, 100000);
     PrintLine("(l) " + name + " Miner B=1", lone, ref_qps, bound_qps);
     fig.miner_p50 = lone.p50_ms;
-    absl::StatusOr<std::unique_ptr<HardnegServer>> server =
-        StartServer(&manager);
-    if (!server.ok()) return server.status();
-    CellConfig cfg;
-    cfg.streams = 8;
-    cfg.batch = 16;
-    cfg.seconds = opt.seconds;
-    cfg.max_requests = opt.max_requests;
-    std::string first_error;
-    const LineStats cell =
-        RunCell("127.0.0.1:" + std::to_string((*server)->port()), cfg, pool,
-                &first_error);
-    PrintLine("(l) " + name + " S=8 B=16", cell, ref_qps, bound_qps);
-    if (!first_error.empty()) {
-      std::printf("    first error: %s\n", first_error.c_str());
-    }
-    fig.service_qps = cell.qps;
-    (*server)->Shutdown(absl::Seconds(5));
+    absl::StatusOr<LineStats> cell =
+        RunServiceLine(&manager, opt, pool, MineSettings{},
+                       "(l) " + name + " S=8 B=16", ref_qps, bound_qps);
+    if (!cell.ok()) return cell.status();
+    fig.service_qps = cell->qps;
     const VectorIndex::ScanStats after = version->index().scan_stats();
     fig.stats.reduced_queries = after.reduced_queries - before.reduced_queries;
     fig.stats.fallbacks = after.fallbacks - before.fallbacks;
