@@ -114,15 +114,11 @@ std::unique_ptr<IvfProbe> IvfProbe::Create(faiss::Index& index,
                     cells * kMinCellEntries <= static_cast<size_t>(ivf.ntotal);
   if (sortable && cells > 0 &&
       (unit == IvfProbeUnit::kCell || (unit == IvfProbeUnit::kAuto && pays))) {
-    // Reduced copies serve inner-product batches only, and only where
-    // the CPU runs them natively (the portable kernels are slower than
-    // float32).
-    ScanPrecision packed = EffectiveScan(scan, static_cast<size_t>(ivf.d));
-    if (ivf.metric_type != faiss::METRIC_INNER_PRODUCT ||
-        !CpuRunsScan(packed)) {
-      packed = ScanPrecision::kF32;
-    }
-    probe->MakeCells(ivf, store, packed);
+    // Reduced copies serve inner-product batches only.
+    probe->MakeCells(ivf, store,
+                     ivf.metric_type == faiss::METRIC_INNER_PRODUCT
+                         ? PackedScan(scan, static_cast<size_t>(ivf.d))
+                         : ScanPrecision::kF32);
   }
   return probe;
 }
@@ -270,6 +266,13 @@ size_t IvfProbe::MemoryBytes() const {
          cell_sq_.capacity() * sizeof(float) + PackedBytes();
 }
 
+ScanPrecision IvfProbe::PackedScan(ScanPrecision scan, size_t dim) {
+  // Only where the CPU runs it natively: the portable kernels are slower
+  // than float32.
+  const ScanPrecision packed = EffectiveScan(scan, dim);
+  return CpuRunsScan(packed) ? packed : ScanPrecision::kF32;
+}
+
 size_t IvfProbe::BytesBound(size_t rows, size_t dim, size_t nlist,
                             ScanPrecision scan) {
   // Label counts: at most one (label, count) pair an entry.
@@ -280,8 +283,8 @@ size_t IvfProbe::BytesBound(size_t rows, size_t dim, size_t nlist,
   bytes += cells * (dim * sizeof(float) + sizeof(float) + 3 * sizeof(uint32_t) +
                     sizeof(int64_t) + sizeof(uint8_t));
   // Each list packed on its own: up to a group's padding a list.
-  const ScanPrecision packed = EffectiveScan(scan, dim);
-  if (packed != ScanPrecision::kF32 && CpuRunsScan(packed)) {
+  const ScanPrecision packed = PackedScan(scan, dim);
+  if (packed != ScanPrecision::kF32) {
     bytes += ReducedRows::BytesFor(rows + nlist * (kReducedGroupRows - 1), dim,
                                    packed);
   }
@@ -343,18 +346,19 @@ IvfProbe::Plan IvfProbe::PlanFor(size_t k, const SearchOptions& options) const {
                             ? options.ivf_min_candidates
                             : default_min_candidates_;
   if (plan.min_candidates == 0) {
-    const size_t nlist = std::max<size_t>(ivf_.nlist, 1);
-    const size_t average_list = static_cast<size_t>(ivf_.ntotal) / nlist;
     plan.min_candidates =
-        std::max(kAutoCandidatesPerResult * k, kAutoLists * average_list);
+        std::max(kAutoCandidatesPerResult * k, kAutoLists * AverageList());
   }
   return plan;
 }
 
+size_t IvfProbe::AverageList() const {
+  return static_cast<size_t>(ivf_.ntotal) / std::max<size_t>(ivf_.nlist, 1);
+}
+
 size_t IvfProbe::PrefixRanks(const Plan& plan) const {
   const size_t nlist = std::max<size_t>(ivf_.nlist, 1);
-  const size_t average_list =
-      std::max<size_t>(1, static_cast<size_t>(ivf_.ntotal) / nlist);
+  const size_t average_list = std::max<size_t>(1, AverageList());
   const size_t wanted = std::max(plan.min_candidates, plan.k);
   const size_t lists =
       plan.min_lists + (wanted + average_list - 1) / average_list;
@@ -365,10 +369,8 @@ size_t IvfProbe::PrefixRanks(const Plan& plan) const {
 size_t IvfProbe::PrefixEntries(const Plan& plan) const {
   // The plan's candidates, a quarter more for the cells that `closest`
   // thins, and the nprobe floor's lists at their average size.
-  const size_t nlist = std::max<size_t>(ivf_.nlist, 1);
-  const size_t average_list = static_cast<size_t>(ivf_.ntotal) / nlist;
   const size_t wanted = std::max(plan.min_candidates, plan.k);
-  return wanted + wanted / 4 + plan.min_lists * average_list;
+  return wanted + wanted / 4 + plan.min_lists * AverageList();
 }
 
 void IvfProbe::SelectCells(float* score, size_t i, const SearchOptions& options,

@@ -150,6 +150,9 @@ class IvfProbe {
  private:
   IvfProbe(const faiss::IndexIVF& ivf, size_t default_min_candidates);
 
+  // The precision lists are packed at for `scan` and `dim`: kF32 unless
+  // the CPU runs it natively.
+  static ScanPrecision PackedScan(ScanPrecision scan, size_t dim);
   // Sorts each list's entries by label (stable; `store` gives the labels)
   // and computes the cells' centroids, in parallel over lists. Packs each
   // list at `scan` unless it is kF32.
@@ -277,6 +280,8 @@ class IvfProbe {
   size_t Push(const float* probe_scores, size_t n, const int64_t* ids, size_t i,
               const SearchOptions& options, size_t k, float* scores,
               int64_t* rows, ProbeState& state) const;
+  // Entries an average list holds.
+  size_t AverageList() const;
   // List mode: the lists ranked first.
   size_t PrefixRanks(const Plan& plan) const;
   // Cell mode: entries the cells ranked first hold.
