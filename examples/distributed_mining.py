@@ -169,6 +169,10 @@ def main() -> None:
                        "log": [e for part in everyone for e in part]}, f,
                       indent=1)
     client.close()
+    # Every rank reaches this point before any tears its gloo connections
+    # down: a rank that closed them while its peer was still in a
+    # collective aborted that peer.
+    dist.barrier()
     dist.destroy_process_group()
 
 
