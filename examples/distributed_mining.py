@@ -174,15 +174,16 @@ def main() -> None:
     # collective aborted that peer.
     dist.barrier()
     dist.destroy_process_group()
+    # Everything is written and closed. Leave before Python frees this
+    # function's locals (the DDP model, the client) and finalizes: with
+    # Debian's torch (gloo) and grpcio, those native destructors can hang
+    # once the peer rank is gone (seen in CI: a rank stopped on main()'s
+    # return line for minutes, torchrun waiting for it).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     main()
-    # Everything is written and closed. Debian's torch (gloo) and grpcio
-    # leave native threads that can hang the interpreter's finalization
-    # (seen in about one run in three: a rank past this line that never
-    # exits, torchrun waiting for it), so leave without it.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
