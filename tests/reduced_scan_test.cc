@@ -103,7 +103,7 @@ TEST_P(ReducedScanTest, EveryKeyIsWithinItsSlack) {
     for (float sd : {1e-3f, 1.0f, 300.0f}) {
       SCOPED_TRACE("dim " + std::to_string(dim) + " sd " + std::to_string(sd));
       const size_t n = 83;   // whole groups and a partial one
-      const size_t nq = 13;  // whole tiles and a partial one
+      const size_t nq = 13;  // three query tiles (5, 4, 4)
       const std::vector<float> x = Gaussian(rng, n * dim, sd);
       const std::vector<float> q = Gaussian(rng, nq * dim, 1.0f);
       const ReducedRows rows(x.data(), n, dim, GetParam().precision);

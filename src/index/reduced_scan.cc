@@ -310,11 +310,18 @@ void SimdScan(const ReducedRows& rows, const ReducedQueries& queries,
                           : TileTable<Bf16Kernel>::kTiles;
   const size_t g_end = (end + kReducedGroupRows - 1) / kReducedGroupRows;
   const size_t nq = queries.size();
+  if (nq == 0) return;
+  // Query tiles of near-equal sizes (13 queries: 5, 4, 4; not 6, 6, 1):
+  // a tile of one query costs nearly what a full one does.
+  const size_t count = (nq + kTileQueries - 1) / kTileQueries;
+  const size_t base = nq / count;
+  const size_t extra = nq % count;
   for (size_t g = begin / kReducedGroupRows; g < g_end; g += kTileGroups) {
     const size_t r = std::min(kTileGroups, g_end - g);
-    for (size_t i = 0; i < nq; i += kTileQueries) {
-      const size_t q = std::min(kTileQueries, nq - i);
+    for (size_t i = 0, tile = 0; i < nq; ++tile) {
+      const size_t q = base + (tile < extra ? 1 : 0);
       tiles[r - 1][q - 1](t, g, i);
+      i += q;
     }
   }
 }
