@@ -52,6 +52,12 @@ class CandidateStore {
   int64_t id(size_t row) const { return ids_[row]; }
   // The stored label, or 0 when the store has no labels.
   int64_t label(size_t row) const { return has_labels_ ? labels_[row] : 0; }
+  // Starts loading the row's id and label into the cache: for a scan that
+  // will soon ask about a scattered row (the exclusions read both).
+  void PrefetchRow(size_t row) const {
+    __builtin_prefetch(ids_.data() + row);
+    if (has_labels_) __builtin_prefetch(labels_.data() + row);
+  }
   const float* vector(size_t row) const { return rows_ + row * dim_; }
   // Row-major size() x dim() floats, on the heap or mapped.
   const float* data() const { return rows_; }

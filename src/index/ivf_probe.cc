@@ -8,6 +8,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -24,6 +25,10 @@ using IdxT = faiss::Index::idx_t;
 // Coarse scores ranked per quantizer call, at most (about 12 bytes each):
 // queries are ranked in chunks of kRankEntries / nlist.
 constexpr size_t kRankEntries = size_t{1} << 20;
+// Cell mode: a chunk of queries holds at most this many cell ranks (8
+// bytes each), so that a chunk can be kCellChunkQueries large on an index
+// of a few thousand cells.
+constexpr size_t kCellRankEntries = size_t{1} << 22;
 
 // Scores of one list's `n` entries against `query` into `out`.
 void ScoreList(const float* codes, size_t n, size_t d, const float* query,
@@ -77,7 +82,8 @@ std::unique_ptr<IvfProbe> IvfProbe::Create(faiss::Index& index,
       ivf.metric_type != faiss::METRIC_L2) {
     return nullptr;
   }
-  std::unique_ptr<IvfProbe> probe(new IvfProbe(ivf, default_min_candidates));
+  std::unique_ptr<IvfProbe> probe(
+      new IvfProbe(ivf, store, default_min_candidates));
   const faiss::InvertedLists& lists = *ivf.invlists;
   probe->offsets_.reserve(lists.nlist + 1);
   probe->offsets_.push_back(0);
@@ -194,6 +200,7 @@ void IvfProbe::MakeCells(faiss::IndexIVF& ivf, const CandidateStore& store,
   cell_mixed_.resize(cells);
   cell_centroids_.resize(cells * d);
   cell_sq_.resize(cells);
+  mixed_begin_.assign(counts_.size(), 0);
   // Lists are independent: each thread sorts and measures its own.
 #pragma omp parallel for schedule(dynamic)
   for (size_t l = 0; l < nlist; ++l) {
@@ -230,7 +237,21 @@ void IvfProbe::MakeCells(faiss::IndexIVF& ivf, const CandidateStore& store,
       begin += counts_[c];
     }
     if (begin < n) add_cell(begin, n - begin, 0, true);
+    // The mixed cell's labels, in order (SortByCell's).
+    for (size_t c = offsets_[l]; c < offsets_[l + 1]; ++c) {
+      if (counts_[c] >= kMinCellSize) continue;
+      mixed_begin_[c] = static_cast<uint32_t>(begin);
+      begin += counts_[c];
+    }
   }
+  label_cells_.clear();
+  for (size_t c = 0; c < cells; ++c) {
+    if (cell_mixed_[c] == 0) {
+      label_cells_.emplace_back(cell_label_[c], static_cast<uint32_t>(c));
+    }
+  }
+  std::sort(label_cells_.begin(), label_cells_.end());
+  label_cells_.shrink_to_fit();
   if (scan != ScanPrecision::kF32) PackLists(lists, d, scan);
 }
 
@@ -251,13 +272,18 @@ void IvfProbe::PackLists(const faiss::InvertedLists& lists, size_t d,
   }
 }
 
-IvfProbe::IvfProbe(const faiss::IndexIVF& ivf, size_t default_min_candidates)
-    : ivf_(ivf), default_min_candidates_(default_min_candidates) {}
+IvfProbe::IvfProbe(const faiss::IndexIVF& ivf, const CandidateStore& store,
+                   size_t default_min_candidates)
+    : ivf_(ivf),
+      store_(store),
+      default_min_candidates_(default_min_candidates) {}
 
 size_t IvfProbe::MemoryBytes() const {
   return offsets_.capacity() * sizeof(uint32_t) +
          labels_.capacity() * sizeof(int64_t) +
          counts_.capacity() * sizeof(uint32_t) +
+         mixed_begin_.capacity() * sizeof(uint32_t) +
+         label_cells_.capacity() * sizeof(label_cells_[0]) +
          cell_list_.capacity() * sizeof(uint32_t) +
          cell_begin_.capacity() * sizeof(uint32_t) +
          cell_size_.capacity() * sizeof(uint32_t) +
@@ -275,13 +301,15 @@ ScanPrecision IvfProbe::PackedScan(ScanPrecision scan, size_t dim) {
 
 size_t IvfProbe::BytesBound(size_t rows, size_t dim, size_t nlist,
                             ScanPrecision scan) {
-  // Label counts: at most one (label, count) pair an entry.
+  // Label counts (and cell mode's mixed_begin_): at most one (label,
+  // count, begin) triple an entry.
   size_t bytes = (nlist + 1) * sizeof(uint32_t) +
-                 rows * (sizeof(int64_t) + sizeof(uint32_t));
+                 rows * (sizeof(int64_t) + 2 * sizeof(uint32_t));
   // kAuto makes cells only when they average kMinCellEntries entries.
   const size_t cells = rows / kMinCellEntries;
   bytes += cells * (dim * sizeof(float) + sizeof(float) + 3 * sizeof(uint32_t) +
-                    sizeof(int64_t) + sizeof(uint8_t));
+                    sizeof(int64_t) + sizeof(uint8_t) +
+                    sizeof(std::pair<int64_t, uint32_t>));
   // Each list packed on its own: up to a group's padding a list.
   const ScanPrecision packed = PackedScan(scan, dim);
   if (packed != ScanPrecision::kF32) {
@@ -327,6 +355,22 @@ size_t IvfProbe::Excluded(size_t probe, size_t i,
     return count < kMinCellSize ? count : 0;
   }
   return LabelCount(probe, excluded);
+}
+
+IvfProbe::Span IvfProbe::ExcludedSpan(size_t probe, size_t i,
+                                      const SearchOptions& options) const {
+  if (!cells() || cell_mixed_[probe] == 0 || options.excluded_label.empty() ||
+      !options.excluded_label[i].has_value()) {
+    return {};
+  }
+  const size_t list = cell_list_[probe];
+  const auto begin = labels_.begin() + offsets_[list];
+  const auto end = labels_.begin() + offsets_[list + 1];
+  const auto it = std::lower_bound(begin, end, *options.excluded_label[i]);
+  if (it == end || *it != *options.excluded_label[i]) return {};
+  const auto c = static_cast<size_t>(it - labels_.begin());
+  if (counts_[c] >= kMinCellSize) return {};
+  return {list, mixed_begin_[c], counts_[c]};
 }
 
 size_t IvfProbe::LabelCount(size_t list, int64_t label) const {
@@ -377,44 +421,48 @@ void IvfProbe::SelectCells(float* score, size_t i, const SearchOptions& options,
                            size_t entries, std::vector<uint32_t>& out) const {
   const size_t cells = cell_list_.size();
   const bool inner_product = ivf_.metric_type == faiss::METRIC_INNER_PRODUCT;
+  constexpr float kInf = std::numeric_limits<float>::infinity();
   // Higher is nearer: q.c, or 2 q.c - |c|^2 (= |q|^2 - |q - c|^2). A
-  // NaN (a query with one) ranks last.
-  float lo = std::numeric_limits<float>::infinity();
-  float hi = -lo;
+  // NaN (a query with one) ranks last. (Selects, not branches: these
+  // loops run over every cell for every query.)
+  float lo = kInf;
+  float hi = -kInf;
   for (size_t c = 0; c < cells; ++c) {
     float v = inner_product ? score[c] : 2 * score[c] - cell_sq_[c];
-    if (std::isnan(v)) v = -std::numeric_limits<float>::infinity();
+    v = std::isnan(v) ? -kInf : v;
     score[c] = v;
-    if (std::isfinite(v)) {
-      lo = std::min(lo, v);
-      hi = std::max(hi, v);
-    }
+    const bool finite = std::abs(v) < kInf;
+    lo = finite && v < lo ? v : lo;
+    hi = finite && v > hi ? v : hi;
   }
+  if (!(lo <= hi)) lo = hi = 0;  // no finite score
   // A histogram of the scores (kRankBins between the lowest and the
   // highest finite one; -inf in the lowest bin, +inf in the highest)
   // finds the best bins whose cells hold `entries` without scanning
   // them twice; those cells are then sorted by score.
   const double range = static_cast<double>(hi) - lo;
-  const double scale = range > 0 ? (kRankBins - 1) / range : 0;
+  const double scale = range > 0 ? (kRankBins - 1) / range : 1;
   thread_local std::vector<uint16_t> bins;
   thread_local std::vector<size_t> mass;
   bins.resize(cells);
   mass.assign(kRankBins, 0);
-  const bool has_excluded =
-      !options.excluded_label.empty() && options.excluded_label[i].has_value();
-  const int64_t excluded = has_excluded ? *options.excluded_label[i] : 0;
   for (size_t c = 0; c < cells; ++c) {
-    uint16_t bin = score[c] > 0 ? kRankBins - 1 : 0;  // +inf, -inf
-    if (std::isfinite(score[c])) {
-      const double at = (static_cast<double>(score[c]) - lo) * scale;
-      bin = static_cast<uint16_t>(
-          std::min<double>(std::max(at, 0.0), kRankBins - 1));
-    }
-    bins[c] = bin;
-    // (A mixed cell's entries of the label count: finding how many
-    // would cost a search per cell, for a prefix that is a guess.)
-    if (!has_excluded || cell_mixed_[c] != 0 || cell_label_[c] != excluded) {
-      mass[bin] += cell_size_[c];
+    double at = (static_cast<double>(score[c]) - lo) * scale;
+    at = at > 0 ? at : 0;
+    at = at < kRankBins - 1 ? at : kRankBins - 1;
+    bins[c] = static_cast<uint16_t>(at);
+    mass[bins[c]] += cell_size_[c];
+  }
+  // The query's own label's cells hold nothing it could take. (A mixed
+  // cell's entries of the label count: finding how many would cost a
+  // search per cell, for a prefix that is a guess.)
+  if (!options.excluded_label.empty() && options.excluded_label[i]) {
+    const auto own = std::equal_range(
+        label_cells_.begin(), label_cells_.end(),
+        std::make_pair(*options.excluded_label[i], uint32_t{0}),
+        [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (auto it = own.first; it != own.second; ++it) {
+      mass[bins[it->second]] -= cell_size_[it->second];
     }
   }
   size_t cut = kRankBins;
@@ -424,11 +472,34 @@ void IvfProbe::SelectCells(float* score, size_t i, const SearchOptions& options,
   for (size_t c = 0; c < cells; ++c) {
     if (bins[c] >= cut) out.push_back(static_cast<uint32_t>(c));
   }
+  OrderCells(score, bins.data(), cut, out);
+}
+
+void IvfProbe::OrderCells(const float* score, const uint16_t* bins, size_t cut,
+                          std::vector<uint32_t>& cells) {
   // Best first; ties by cell, so that every ranking of the same query
-  // orders them alike.
-  std::sort(out.begin(), out.end(), [score](uint32_t a, uint32_t b) {
-    return score[a] > score[b] || (score[a] == score[b] && a < b);
-  });
+  // orders them alike. The bins are in score order: a counting sort puts
+  // the cells in order of bin, highest first (and by index within one),
+  // then each bin's few are sorted by score.
+  const size_t keys = kRankBins - cut;  // key: kRankBins - 1 - bin
+  thread_local std::vector<size_t> start;
+  thread_local std::vector<uint32_t> sorted;
+  start.assign(keys + 1, 0);
+  for (uint32_t c : cells) ++start[kRankBins - bins[c]];
+  for (size_t key = 0; key < keys; ++key) start[key + 1] += start[key];
+  sorted.resize(cells.size());
+  for (uint32_t c : cells) sorted[start[kRankBins - 1 - bins[c]]++] = c;
+  // (start[key] is now the key's end, the next key's start.)
+  size_t first = 0;
+  for (size_t key = 0; key < keys; ++key) {
+    std::sort(sorted.begin() + static_cast<std::ptrdiff_t>(first),
+              sorted.begin() + static_cast<std::ptrdiff_t>(start[key]),
+              [score](uint32_t a, uint32_t b) {
+                return score[a] > score[b] || (score[a] == score[b] && a < b);
+              });
+    first = start[key];
+  }
+  cells.swap(sorted);
 }
 
 size_t IvfProbe::RankCells(const float* queries,
@@ -486,8 +557,10 @@ size_t IvfProbe::Scan(size_t probe, const float* query, size_t i,
   ScoreList(reinterpret_cast<const float*>(codes.get()) + span.begin * d,
             span.n, d, query, ivf_.metric_type == faiss::METRIC_INNER_PRODUCT,
             probe_scores.data());
+  Span skip = ExcludedSpan(probe, i, options);
+  skip.begin -= span.begin;  // relative to the probe's entries
   return Push<C>(probe_scores.data(), span.n, ids.get() + span.begin, i,
-                 options, k, scores, rows, state);
+                 options, k, scores, rows, state, skip);
 }
 
 template <class C>
@@ -507,9 +580,11 @@ bool IvfProbe::PushOne(float score, int64_t row, size_t i,
 template <class C>
 size_t IvfProbe::Push(const float* probe_scores, size_t n, const int64_t* ids,
                       size_t i, const SearchOptions& options, size_t k,
-                      float* scores, int64_t* rows, ProbeState& state) const {
+                      float* scores, int64_t* rows, ProbeState& state,
+                      Span skip) const {
   size_t too_close = 0;
   for (size_t j = 0; j < n; ++j) {
+    if (j - skip.begin < skip.n) continue;  // (unsigned: j >= skip.begin)
     if (!PushOne<C>(probe_scores[j], ids[j], i, options, k, scores, rows,
                     state)) {
       ++too_close;
@@ -581,6 +656,7 @@ void IvfProbe::Account(size_t probe, size_t n, size_t labelled,
   const uint32_t list = cell_list_[probe];
   if (!state.lists_seen[list]) {
     state.lists_seen[list] = true;
+    state.seen_order.push_back(list);
     ++state.lists;
   }
 }
@@ -643,10 +719,16 @@ struct IvfProbe::Batch {
   std::vector<float> slack_a, slack_b, slack_c;
 };
 
-// One BatchScan thread's buffers.
+// One ScanProbes thread's heaps and states for the batch's queries
+// (relative to q0), and its buffers.
 struct IvfProbe::CellScratch {
+  std::vector<float> scores;
+  std::vector<int64_t> rows;
+  std::vector<ProbeState> states;
   ReducedQueries some;
   std::vector<float> a, b, c, screen;
+  // Per query of a scan: its ExcludedSpan's entries.
+  std::vector<size_t> skip_begin, skip_n;
   std::vector<float> batch, dots;
 };
 
@@ -654,35 +736,68 @@ struct IvfProbe::CellScratch {
 struct IvfProbe::CellScan {
   const IvfProbe* probe;
   const Batch* batch;
+  CellScratch* part;     // the scanning thread's
   const uint32_t* mine;  // the scan's queries, relative to q0
   const float* x;        // the list's entries, float32
   const IdxT* ids;       // and their rows
   size_t begin;          // the cell's first entry in the list
   size_t* too_close;     // per query of the scan
   float* screen;         // per query of the scan
+  // Offers waiting for their float32 rows, prefetched when offered: query
+  // (of the scan), row, and key + slack.
+  struct Offer {
+    uint32_t query;
+    uint32_t row;
+    float bound;
+  };
+  std::array<Offer, kPendingRescores> pending;
+  size_t pending_n = 0;
 };
 
-void IvfProbe::Rescore(void* context, size_t query, size_t row, float /*key*/,
-                       float /*slack*/) {
+void IvfProbe::Offer(void* context, size_t query, size_t row, float key,
+                     float slack) {
+  auto& scan = *static_cast<CellScan*>(context);
+  // The scan starts at a whole group, which may begin before the cell; the
+  // entries of the query's excluded label are not rescored.
+  if (row < scan.begin ||
+      row - scan.part->skip_begin[query] < scan.part->skip_n[query]) {
+    return;
+  }
+  const size_t d = static_cast<size_t>(scan.probe->ivf_.d);
+  const auto* x = reinterpret_cast<const char*>(scan.x + row * d);
+  for (size_t b = 0; b < d * sizeof(float); b += 64) __builtin_prefetch(x + b);
+  scan.probe->store_.PrefetchRow(static_cast<size_t>(scan.ids[row]));
+  scan.pending[scan.pending_n++] = {static_cast<uint32_t>(query),
+                                    static_cast<uint32_t>(row), key + slack};
+  if (scan.pending_n == kPendingRescores) Rescore(scan);
+}
+
+void IvfProbe::Rescore(CellScan& scan) {
   using C = faiss::CMin<float, IdxT>;
-  const CellScan& scan = *static_cast<const CellScan*>(context);
-  // The scan starts at a whole group, which may begin before the cell.
-  if (row < scan.begin) return;
   const Batch& batch = *scan.batch;
-  const size_t i = batch.q0 + scan.mine[query];
-  ProbeState& state = (*batch.states)[scan.mine[query]];
-  ++state.stats.candidates_rescored;
+  CellScratch& part = *scan.part;
   const size_t d = static_cast<size_t>(scan.probe->ivf_.d);
   const size_t k = batch.k;
-  const float score = FloatDot(batch.queries + i * d, scan.x + row * d, d);
-  if (!scan.probe->PushOne<C>(score, scan.ids[row], i, *batch.options, k,
-                              batch.scores + i * k, batch.rows + i * k,
-                              state)) {
-    ++scan.too_close[query];
+  for (size_t p = 0; p < scan.pending_n; ++p) {
+    const CellScan::Offer& offer = scan.pending[p];
+    // The screen may have risen since the offer.
+    if (offer.bound < scan.screen[offer.query]) continue;
+    const size_t j = scan.mine[offer.query];
+    const size_t i = batch.q0 + j;
+    ProbeState& state = part.states[j];
+    ++state.stats.candidates_rescored;
+    const float score =
+        FloatDot(batch.queries + i * d, scan.x + offer.row * d, d);
+    if (!scan.probe->PushOne<C>(score, scan.ids[offer.row], i, *batch.options,
+                                k, part.scores.data() + j * k,
+                                part.rows.data() + j * k, state)) {
+      ++scan.too_close[offer.query];
+    }
+    // The k-th best score so far: the rest of the scan offers only what
+    // could still beat it.
+    scan.screen[offer.query] = part.scores[j * k];
   }
-  // The k-th best score so far: the rest of the scan offers only what
-  // could still beat it.
-  scan.screen[query] = batch.scores[i * k];
+  scan.pending_n = 0;
 }
 
 void IvfProbe::PackBatch(Batch& batch) const {
@@ -717,64 +832,73 @@ void IvfProbe::PackBatch(Batch& batch) const {
   }
 }
 
-void IvfProbe::ScanReduced(const Batch& batch, const Span& span,
+void IvfProbe::ScanReduced(const Batch& batch, size_t probe, const Span& span,
                            const std::vector<uint32_t>& mine, const float* x,
-                           const IdxT* ids, CellScratch& scratch,
+                           const IdxT* ids, CellScratch& part,
                            size_t* too_close) const {
   // The cell's packed entries, screened by each query's k-th best score
   // so far; what passes is rescored in float32 (Rescore).
   const size_t n = mine.size();
-  scratch.some.Select(batch.packed, mine.data(), n);
-  scratch.a.resize(n);
-  scratch.b.resize(n);
-  scratch.c.resize(n);
-  scratch.screen.resize(n);
+  part.some.Select(batch.packed, mine.data(), n);
+  part.a.resize(n);
+  part.b.resize(n);
+  part.c.resize(n);
+  part.screen.resize(n);
+  part.skip_begin.resize(n);
+  part.skip_n.resize(n);
   for (size_t j = 0; j < n; ++j) {
-    scratch.a[j] = batch.slack_a[mine[j]];
-    scratch.b[j] = batch.slack_b[mine[j]];
-    scratch.c[j] = batch.slack_c[mine[j]];
-    scratch.screen[j] = batch.scores[(batch.q0 + mine[j]) * batch.k];
+    part.a[j] = batch.slack_a[mine[j]];
+    part.b[j] = batch.slack_b[mine[j]];
+    part.c[j] = batch.slack_c[mine[j]];
+    part.screen[j] = part.scores[mine[j] * batch.k];
+    const Span skip = ExcludedSpan(probe, batch.q0 + mine[j], *batch.options);
+    part.skip_begin[j] = skip.begin;
+    part.skip_n[j] = skip.n;
   }
-  CellScan scan{this, &batch,     mine.data(), x,
-                ids,  span.begin, too_close,   scratch.screen.data()};
+  CellScan scan{this, &batch,     &part,     mine.data(),        x,
+                ids,  span.begin, too_close, part.screen.data(), {}};
   ReducedSink sink;
-  sink.slack_a = scratch.a.data();
-  sink.slack_b = scratch.b.data();
-  sink.slack_c = scratch.c.data();
-  sink.screen = scratch.screen.data();
-  sink.offer = &IvfProbe::Rescore;
+  sink.slack_a = part.a.data();
+  sink.slack_b = part.b.data();
+  sink.slack_c = part.c.data();
+  sink.screen = part.screen.data();
+  sink.offer = &IvfProbe::Offer;
   sink.context = &scan;
   const size_t group_begin = span.begin / kReducedGroupRows * kReducedGroupRows;
-  ReducedScan(*reduced_[span.list], scratch.some, group_begin,
-              span.begin + span.n, sink);
+  ReducedScan(*reduced_[span.list], part.some, group_begin, span.begin + span.n,
+              sink);
+  Rescore(scan);
   for (uint32_t j : mine) {
-    ProbeState& state = (*batch.states)[j];
+    ProbeState& state = part.states[j];
     ++state.stats.probes_scanned;
     state.stats.candidates_scanned += span.n;
   }
 }
 
-void IvfProbe::ScanFloat(const Batch& batch, const Span& span,
+void IvfProbe::ScanFloat(const Batch& batch, size_t probe, const Span& span,
                          const std::vector<uint32_t>& mine, const float* x,
-                         const IdxT* ids, CellScratch& scratch,
+                         const IdxT* ids, CellScratch& part,
                          size_t* too_close) const {
   using C = faiss::CMin<float, IdxT>;
   const size_t d = static_cast<size_t>(ivf_.d);
   const size_t k = batch.k;
-  scratch.batch.resize(mine.size() * d);
+  part.batch.resize(mine.size() * d);
   for (size_t j = 0; j < mine.size(); ++j) {
     std::copy_n(batch.queries + (batch.q0 + mine[j]) * d, d,
-                scratch.batch.data() + j * d);
+                part.batch.data() + j * d);
   }
-  scratch.dots.resize(mine.size() * span.n);
-  BatchDots(x + span.begin * d, span.n, d, scratch.batch.data(), mine.size(),
-            scratch.dots.data());
+  part.dots.resize(mine.size() * span.n);
+  BatchDots(x + span.begin * d, span.n, d, part.batch.data(), mine.size(),
+            part.dots.data());
   for (size_t j = 0; j < mine.size(); ++j) {
-    const size_t i = batch.q0 + mine[j];
+    const size_t local = mine[j];
+    const size_t i = batch.q0 + local;
+    Span skip = ExcludedSpan(probe, i, *batch.options);
+    skip.begin -= span.begin;  // relative to the probe's entries
     too_close[j] =
-        Push<C>(scratch.dots.data() + j * span.n, span.n, ids + span.begin, i,
-                *batch.options, k, batch.scores + i * k, batch.rows + i * k,
-                (*batch.states)[mine[j]]);
+        Push<C>(part.dots.data() + j * span.n, span.n, ids + span.begin, i,
+                *batch.options, k, part.scores.data() + local * k,
+                part.rows.data() + local * k, part.states[local], skip);
   }
 }
 
@@ -784,13 +908,18 @@ void IvfProbe::BatchScan(const float* queries, size_t q0, size_t m,
                          int64_t* rows, std::vector<ProbeState>& states) const {
   using C = faiss::CMin<float, IdxT>;
   const size_t k = plan.k;
-  // Which queries scan each probe (the plan from label counts alone).
-  std::vector<std::vector<uint32_t>> probers(probes());
+  // Which queries scan each probe (the plan from label counts alone): each
+  // query's first kSeedProbes probes in a first pass, in float32 (nothing
+  // to rescore), the rest in a second, reduced when the batch is, whose
+  // screens then start at the k-th best score of the first.
+  std::vector<std::vector<uint32_t>> seed(probes()), rest(probes());
   for (size_t j = 0; j < m; ++j) {
     faiss::heap_heapify<C>(k, scores + (q0 + j) * k, rows + (q0 + j) * k);
-    for (uint32_t probe : PlanProbes(q0 + j, plan, options, order + j * prefix,
-                                     prefix, states[j])) {
-      probers[probe].push_back(static_cast<uint32_t>(j));
+    const std::vector<uint32_t> planned = PlanProbes(
+        q0 + j, plan, options, order + j * prefix, prefix, states[j]);
+    for (size_t r = 0; r < planned.size(); ++r) {
+      (r < kSeedProbes ? seed : rest)[planned[r]].push_back(
+          static_cast<uint32_t>(j));
     }
   }
   Batch batch;
@@ -803,34 +932,90 @@ void IvfProbe::BatchScan(const float* queries, size_t q0, size_t m,
   batch.rows = rows;
   batch.states = &states;
   PackBatch(batch);
+  ScanProbes(batch, seed, false);
+  ScanProbes(batch, rest, batch.reduced);
+}
+
+void IvfProbe::ScanProbes(const Batch& batch,
+                          const std::vector<std::vector<uint32_t>>& probers,
+                          bool reduced) const {
+  const size_t m = batch.m;
+  const size_t k = batch.k;
+  std::vector<CellScratch> parts(static_cast<size_t>(omp_get_max_threads()));
 #pragma omp parallel
   {
-    // Each thread owns the queries j with j % threads == t, so that each
-    // heap has one writer; it reads each probe its queries scan once.
-    const auto threads = static_cast<size_t>(omp_get_num_threads());
-    const auto t = static_cast<size_t>(omp_get_thread_num());
-    std::vector<uint32_t> mine;
+    // Each thread scans whole probes, for all their queries, into heaps of
+    // its own that start at k copies of the query's k-th best score so far
+    // (rows -1): they take only what beats it, and are merged at the end.
+    CellScratch& part = parts[static_cast<size_t>(omp_get_thread_num())];
+    part.scores.resize(m * k);
+    part.rows.assign(m * k, -1);
+    for (size_t j = 0; j < m; ++j) {
+      std::fill_n(part.scores.data() + j * k, k,
+                  batch.scores[(batch.q0 + j) * k]);
+    }
+    part.states.assign(m, ProbeState());
     std::vector<size_t> too_close;
-    CellScratch scratch;
+    // Static: the same probes on the same thread every time, so that ties
+    // resolve alike run after run.
+#pragma omp for schedule(static, 8)
     for (size_t probe = 0; probe < probers.size(); ++probe) {
-      mine.clear();
-      for (uint32_t j : probers[probe]) {
-        if (j % threads == t) mine.push_back(j);
-      }
+      const std::vector<uint32_t>& mine = probers[probe];
       if (mine.empty()) continue;
       const Span span = SpanOf(probe);
       faiss::InvertedLists::ScopedCodes codes(ivf_.invlists, span.list);
       faiss::InvertedLists::ScopedIds ids(ivf_.invlists, span.list);
       const auto* x = reinterpret_cast<const float*>(codes.get());
       too_close.assign(mine.size(), 0);
-      if (batch.reduced) {
-        ScanReduced(batch, span, mine, x, ids.get(), scratch, too_close.data());
+      if (reduced) {
+        ScanReduced(batch, probe, span, mine, x, ids.get(), part,
+                    too_close.data());
       } else {
-        ScanFloat(batch, span, mine, x, ids.get(), scratch, too_close.data());
+        ScanFloat(batch, probe, span, mine, x, ids.get(), part,
+                  too_close.data());
       }
       for (size_t j = 0; j < mine.size(); ++j) {
-        Account(probe, span.n, Excluded(probe, q0 + mine[j], options),
-                too_close[j], states[mine[j]]);
+        Account(probe, span.n,
+                Excluded(probe, batch.q0 + mine[j], *batch.options),
+                too_close[j], part.states[mine[j]]);
+      }
+    }
+  }
+  for (const CellScratch& part : parts) {
+    if (!part.states.empty()) MergePart(batch, part);
+  }
+}
+
+void IvfProbe::MergePart(const Batch& batch, const CellScratch& part) const {
+  using C = faiss::CMin<float, IdxT>;
+  const size_t k = batch.k;
+  for (size_t j = 0; j < batch.m; ++j) {
+    float* scores = batch.scores + (batch.q0 + j) * k;
+    int64_t* rows = batch.rows + (batch.q0 + j) * k;
+    for (size_t e = j * k; e < (j + 1) * k; ++e) {
+      if (part.rows[e] >= 0 && C::cmp(scores[0], part.scores[e])) {
+        faiss::heap_replace_top<C>(k, scores, rows, part.scores[e],
+                                   part.rows[e]);
+      }
+    }
+    const ProbeState& from = part.states[j];
+    ProbeState& to = (*batch.states)[j];
+    to.filled += from.filled;
+    to.stats.probes_scanned += from.stats.probes_scanned;
+    to.stats.candidates_scanned += from.stats.candidates_scanned;
+    to.stats.survivors_scanned += from.stats.survivors_scanned;
+    to.stats.candidates_rescored += from.stats.candidates_rescored;
+    if (!cells()) {
+      to.lists += from.lists;
+      continue;
+    }
+    // A list counts once, whichever threads' probes held survivors in it.
+    for (uint32_t list : from.seen_order) {
+      if (to.lists_seen.empty()) to.lists_seen.assign(ivf_.nlist, false);
+      if (!to.lists_seen[list]) {
+        to.lists_seen[list] = true;
+        to.seen_order.push_back(list);
+        ++to.lists;
       }
     }
   }
@@ -956,11 +1141,15 @@ void IvfProbe::Search(const float* queries, size_t nq, size_t k,
   // only for the queries that get past it.
   const size_t entries = PrefixEntries(plan);
   // (Cell mode: a query whose cells all score alike ranks every cell, so
-  // a chunk's rankings are bounded by kRankEntries too.)
-  const size_t chunk =
-      cells() ? std::clamp(kRankEntries / probes(), kMinBatchQueries,
+  // a chunk's rankings are bounded too, by kCellRankEntries.) Chunks of
+  // equal size: a small last chunk would read nearly every cell for a few
+  // queries.
+  const size_t most =
+      cells() ? std::clamp(kCellRankEntries / probes(), kMinBatchQueries,
                            kCellChunkQueries)
               : std::max<size_t>(1, kRankEntries / PrefixRanks(plan));
+  const size_t pieces = (nq + most - 1) / most;
+  const size_t chunk = (nq + pieces - 1) / pieces;
   std::vector<float> coarse;
   std::vector<IdxT> order;
   std::vector<size_t> counts, which;

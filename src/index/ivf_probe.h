@@ -148,7 +148,8 @@ class IvfProbe {
   IvfProbe& operator=(const IvfProbe&) = delete;
 
  private:
-  IvfProbe(const faiss::IndexIVF& ivf, size_t default_min_candidates);
+  IvfProbe(const faiss::IndexIVF& ivf, const CandidateStore& store,
+           size_t default_min_candidates);
 
   // The precision lists are packed at for `scan` and `dim`: kF32 unless
   // the CPU runs it natively.
@@ -185,8 +186,10 @@ class IvfProbe {
     size_t prefix_end = 0;  // ranks of the prefix ranking visited
     bool done = false;
     IvfProbeStats stats;
-    // Cell mode: the lists counted in `lists` (sized on first use).
+    // Cell mode: the lists counted in `lists` (sized on first use), and
+    // the same lists in the order they were first seen.
     std::vector<bool> lists_seen;
+    std::vector<uint32_t> seen_order;
   };
   // A probe's entries: list `list`'s entries [begin, begin + n).
   struct Span {
@@ -217,6 +220,10 @@ class IvfProbe {
   // sorted. which[j]'s ranks are in order[j * width ...], -1 padded to
   // the returned width; counts[j] is how many it has (probes() when
   // complete).
+  // SelectCells' last step: `cells` (whose bins are at or above `cut`)
+  // in RankCells' order.
+  static void OrderCells(const float* score, const uint16_t* bins, size_t cut,
+                         std::vector<uint32_t>& cells);
   size_t RankCells(const float* queries, const std::vector<size_t>& which,
                    const SearchOptions& options, size_t entries,
                    std::vector<int64_t>& order,
@@ -230,6 +237,10 @@ class IvfProbe {
                    int64_t* rows, std::vector<ProbeState>& states) const;
   // Entries of `probe` that carry query i's excluded label.
   size_t Excluded(size_t probe, size_t i, const SearchOptions& options) const;
+  // Cell mode, a mixed cell: where in its list the entries of query i's
+  // excluded label lie (the mixed cell keeps its labels in order), so that
+  // scans pass over them unscored; else empty (n == 0).
+  Span ExcludedSpan(size_t probe, size_t i, const SearchOptions& options) const;
   Plan PlanFor(size_t k, const SearchOptions& options) const;
   // Counts a scanned probe's survivors, and its list towards the floor.
   void Account(size_t probe, size_t n, size_t labelled, size_t too_close,
@@ -242,44 +253,59 @@ class IvfProbe {
                                    const int64_t* order, size_t prefix,
                                    ProbeState& state) const;
   // Inner product: queries q0 .. q0 + m - 1 (their prefix rankings in
-  // `order`) scan their planned probes probe by probe.
+  // `order`) scan their planned probes probe by probe: each query's first
+  // kSeedProbes in a first pass, then the rest.
+  static constexpr size_t kSeedProbes = 2;
   void BatchScan(const float* queries, size_t q0, size_t m, const Plan& plan,
                  const SearchOptions& options, const int64_t* order,
                  size_t prefix, float* scores, int64_t* rows,
                  std::vector<ProbeState>& states) const;
-  // BatchScan's shared state, a thread's buffers, and one reduced scan of
-  // a cell with its ReducedSink::offer, Rescore: rescores the offered
-  // entry in float32, pushes it into its query's heap and raises the
-  // query's screen to the heap's k-th best score.
+  // BatchScan's shared state, a thread's heaps and buffers, and one
+  // reduced scan of a cell. Its ReducedSink::offer, Offer, prefetches the
+  // offered entry's float32 row and queues it; Rescore, every
+  // kPendingRescores offers and at the end of the cell, rescores those
+  // still above their screens in float32, pushes them into their queries'
+  // heaps and raises the screens to the heaps' k-th best scores.
   struct Batch;
   struct CellScratch;
   struct CellScan;
-  static void Rescore(void* context, size_t query, size_t row, float key,
-                      float slack);
+  static constexpr size_t kPendingRescores = 8;
+  static void Offer(void* context, size_t query, size_t row, float key,
+                    float slack);
+  static void Rescore(CellScan& scan);
+  // The probes with queries in `probers` (relative to batch.q0), split
+  // between the threads probe by probe, each scanning (reduced: the packed
+  // copies, with batch.reduced; else float32) into heaps of its own; then
+  // merged into the batch's heaps and states (MergePart).
+  void ScanProbes(const Batch& batch,
+                  const std::vector<std::vector<uint32_t>>& probers,
+                  bool reduced) const;
+  void MergePart(const Batch& batch, const CellScratch& part) const;
   // Packs the batch for the reduced copies (batch.reduced false when
   // there are none, or a query's keys could leave float's range).
   void PackBatch(Batch& batch) const;
-  // Queries `mine` (relative to the batch) scan the cell `span`, whose
-  // list's entries are `x` and `ids`: reduced, or in float32.
-  void ScanReduced(const Batch& batch, const Span& span,
+  // Queries `mine` (relative to the batch) scan `probe` (entries `span`),
+  // whose list's entries are `x` and `ids`: reduced, or in float32.
+  void ScanReduced(const Batch& batch, size_t probe, const Span& span,
                    const std::vector<uint32_t>& mine, const float* x,
-                   const int64_t* ids, CellScratch& scratch,
+                   const int64_t* ids, CellScratch& part,
                    size_t* too_close) const;
-  void ScanFloat(const Batch& batch, const Span& span,
+  void ScanFloat(const Batch& batch, size_t probe, const Span& span,
                  const std::vector<uint32_t>& mine, const float* x,
-                 const int64_t* ids, CellScratch& scratch,
+                 const int64_t* ids, CellScratch& part,
                  size_t* too_close) const;
   // One scored entry into query i's heap (unless skip_row skips it or it
   // is not better than the k-th); false when `closest` skips it.
   template <class C>
   bool PushOne(float score, int64_t row, size_t i, const SearchOptions& options,
                size_t k, float* scores, int64_t* rows, ProbeState& state) const;
-  // Pushes one probe's scores into query i's heap; returns how many
-  // entries `closest` skipped.
+  // Pushes one probe's scores into query i's heap, but for entries
+  // [skip.begin, skip.begin + skip.n) of the n (relative to probe_scores;
+  // ExcludedSpan's); returns how many entries `closest` skipped.
   template <class C>
   size_t Push(const float* probe_scores, size_t n, const int64_t* ids, size_t i,
               const SearchOptions& options, size_t k, float* scores,
-              int64_t* rows, ProbeState& state) const;
+              int64_t* rows, ProbeState& state, Span skip) const;
   // Entries an average list holds.
   size_t AverageList() const;
   // List mode: the lists ranked first.
@@ -316,12 +342,18 @@ class IvfProbe {
               int64_t* rows, std::vector<ProbeState>& states) const;
 
   const faiss::IndexIVF& ivf_;
+  // The entries' rows (which outlive the index): Offer prefetches the ids
+  // and labels that skip_row will read.
+  const CandidateStore& store_;
   const size_t default_min_candidates_;
   // Per-list label counts, CSR: list l's distinct labels (ascending) are
   // labels_[offsets_[l] .. offsets_[l + 1]), with their counts in counts_.
   std::vector<uint32_t> offsets_;
   std::vector<int64_t> labels_;
   std::vector<uint32_t> counts_;
+  // Cell mode, beside counts_: for a label too small for a cell of its own,
+  // its first entry in the list (in the list's mixed cell); else 0.
+  std::vector<uint32_t> mixed_begin_;
   // Cell mode, per cell: its list, first entry in it, size, label and
   // whether it is the list's mixed cell (its label then unused), its
   // centroid (row-major) and its squared norm; else empty.
@@ -330,6 +362,8 @@ class IvfProbe {
   std::vector<uint32_t> cell_size_;
   std::vector<int64_t> cell_label_;
   std::vector<uint8_t> cell_mixed_;
+  // Cell mode: (label, cell) of every cell not mixed, in order.
+  std::vector<std::pair<int64_t, uint32_t>> label_cells_;
   std::vector<float> cell_centroids_;
   std::vector<float> cell_sq_;
   // Cell mode at a reduced precision: each list's entries packed (null for
