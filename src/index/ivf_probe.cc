@@ -764,8 +764,12 @@ void IvfProbe::Offer(void* context, size_t query, size_t row, float key,
     return;
   }
   const size_t d = static_cast<size_t>(scan.probe->ivf_.d);
-  const auto* x = reinterpret_cast<const char*>(scan.x + row * d);
-  for (size_t b = 0; b < d * sizeof(float); b += 64) __builtin_prefetch(x + b);
+  // Every cache line of the row, which need not start on one.
+  const auto begin = reinterpret_cast<uintptr_t>(scan.x + row * d);
+  for (uintptr_t line = begin & ~uintptr_t{63};
+       line < begin + d * sizeof(float); line += 64) {
+    __builtin_prefetch(reinterpret_cast<const void*>(line));
+  }
   scan.probe->store_.PrefetchRow(static_cast<size_t>(scan.ids[row]));
   scan.pending[scan.pending_n++] = {static_cast<uint32_t>(query),
                                     static_cast<uint32_t>(row), key + slack};
@@ -956,8 +960,9 @@ void IvfProbe::ScanProbes(const Batch& batch,
     }
     part.states.assign(m, ProbeState());
     std::vector<size_t> too_close;
-    // Static: the same probes on the same thread every time, so that ties
-    // resolve alike run after run.
+    // Static: with the same number of threads, the same probes on the
+    // same thread every time, so that exact ties resolve alike run after
+    // run.
 #pragma omp for schedule(static, 8)
     for (size_t probe = 0; probe < probers.size(); ++probe) {
       const std::vector<uint32_t>& mine = probers[probe];
@@ -1001,10 +1006,7 @@ void IvfProbe::MergePart(const Batch& batch, const CellScratch& part) const {
     const ProbeState& from = part.states[j];
     ProbeState& to = (*batch.states)[j];
     to.filled += from.filled;
-    to.stats.probes_scanned += from.stats.probes_scanned;
-    to.stats.candidates_scanned += from.stats.candidates_scanned;
-    to.stats.survivors_scanned += from.stats.survivors_scanned;
-    to.stats.candidates_rescored += from.stats.candidates_rescored;
+    to.stats += from.stats;
     if (!cells()) {
       to.lists += from.lists;
       continue;
@@ -1148,7 +1150,9 @@ void IvfProbe::Search(const float* queries, size_t nq, size_t k,
       cells() ? std::clamp(kCellRankEntries / probes(), kMinBatchQueries,
                            kCellChunkQueries)
               : std::max<size_t>(1, kRankEntries / PrefixRanks(plan));
-  const size_t pieces = (nq + most - 1) / most;
+  // (Not below kMinBatchQueries where the whole would not be.)
+  const size_t pieces = std::min((nq + most - 1) / most,
+                                 std::max<size_t>(1, nq / kMinBatchQueries));
   const size_t chunk = (nq + pieces - 1) / pieces;
   std::vector<float> coarse;
   std::vector<IdxT> order;
@@ -1227,11 +1231,7 @@ void IvfProbe::Finish(size_t q0, size_t k,
                                                     rows + i * k);
     }
     if (stats == nullptr) continue;
-    stats->probes_scanned += states[j].stats.probes_scanned;
-    stats->probes_skipped += states[j].stats.probes_skipped;
-    stats->candidates_scanned += states[j].stats.candidates_scanned;
-    stats->survivors_scanned += states[j].stats.survivors_scanned;
-    stats->candidates_rescored += states[j].stats.candidates_rescored;
+    *stats += states[j].stats;
     stats->lists_reached += states[j].lists;
   }
 }

@@ -33,8 +33,13 @@
 // Scores are those of FAISS's IVF-Flat (inner product, or squared L2),
 // computed with SIMD. A batch of kMinBatchQueries or more inner-product
 // queries plans each query's probes from the label counts, then scans
-// probe by probe, each read once for all the queries probing it; queries
-// the plan left short probe on alone. In cell mode at a reduced `scan`
+// probe by probe, each thread whole probes for all the queries probing
+// them (each query's first two probes in float32 in a first pass, which
+// sets the second pass's screens; the rest in a second), into heaps of
+// its own, merged after; queries the plan left short probe on alone.
+// Answers do not depend on the split, but which of two exactly tied
+// entries is kept may depend on the number of threads. In cell mode at a
+// reduced `scan`
 // precision (int8 or bf16, index/reduced_scan.h), the batch scans each
 // cell's packed copy, screened by each query's current k-th best score
 // plus the reduced dot product's proven error bound, and rescores what
@@ -66,7 +71,7 @@ struct IvfProbeStats {
   size_t probes_scanned = 0;
   // Probes passed over unscanned: every entry carried the excluded label.
   size_t probes_skipped = 0;
-  size_t candidates_scanned = 0;  // entries scored
+  size_t candidates_scanned = 0;  // entries of the probes scanned
   size_t survivors_scanned = 0;   // of those, not excluded by label/closest
   // Entries a reduced-precision scan could not rule out, rescored in
   // float32 (0 at kF32, which scores every entry in float32).
@@ -74,6 +79,16 @@ struct IvfProbeStats {
   // Distinct lists of which a scanned probe held survivors (what nprobe
   // counts).
   size_t lists_reached = 0;
+
+  IvfProbeStats& operator+=(const IvfProbeStats& other) {
+    probes_scanned += other.probes_scanned;
+    probes_skipped += other.probes_skipped;
+    candidates_scanned += other.candidates_scanned;
+    survivors_scanned += other.survivors_scanned;
+    candidates_rescored += other.candidates_rescored;
+    lists_reached += other.lists_reached;
+    return *this;
+  }
 };
 
 // What an IvfProbe ranks and scans (see the file comment).
@@ -169,6 +184,10 @@ class IvfProbe {
   // `out`, as RankCells says.
   void SelectCells(float* score, size_t i, const SearchOptions& options,
                    size_t entries, std::vector<uint32_t>& out) const;
+  // SelectCells' last step: `cells` (whose bins are at or above `cut`)
+  // in RankCells' order.
+  static void OrderCells(const float* score, const uint16_t* bins, size_t cut,
+                         std::vector<uint32_t>& cells);
   // Cells list `list` would have, and all `nlist` lists.
   size_t CellsOf(size_t list) const;
   size_t CellCount(size_t nlist) const;
@@ -205,7 +224,8 @@ class IvfProbe {
   // Batches of at least this many inner-product queries scan probe by
   // probe (BatchScan), sharing each probe's read.
   static constexpr size_t kMinBatchQueries = 8;
-  // Cell mode ranks and scans this many queries of a search at a time.
+  // Cell mode ranks and scans at most this many queries of a search at a
+  // time (a search splits into chunks of equal size).
   static constexpr size_t kCellChunkQueries = 256;
 
   Span SpanOf(size_t probe) const;
@@ -220,10 +240,6 @@ class IvfProbe {
   // sorted. which[j]'s ranks are in order[j * width ...], -1 padded to
   // the returned width; counts[j] is how many it has (probes() when
   // complete).
-  // SelectCells' last step: `cells` (whose bins are at or above `cut`)
-  // in RankCells' order.
-  static void OrderCells(const float* score, const uint16_t* bins, size_t cut,
-                         std::vector<uint32_t>& cells);
   size_t RankCells(const float* queries, const std::vector<size_t>& which,
                    const SearchOptions& options, size_t entries,
                    std::vector<int64_t>& order,

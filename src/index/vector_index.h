@@ -53,15 +53,18 @@ struct SearchOptions {
   // than closest[i] may be skipped for query i.
   absl::Span<const float> closest;
   // Rows that may be skipped for query i (empty function: none). Called
-  // only for candidates that would enter the top-k, from the calling
-  // thread or, for a batch, from OpenMP threads at once.
+  // only for candidates that would enter a top-k (IVF-Flat's batches keep
+  // one a thread, so also for some that the final top-k leaves out), from
+  // the calling thread or, for a batch, from OpenMP threads at once.
   std::function<bool(size_t i, int64_t row)> skip_row;
   // Inverted lists probed per query by IVF indexes; 0 keeps the index's
   // own setting. Ignored by other indexes.
   size_t nprobe = 0;
   // Per query (empty: none): the label query i excludes. IVF-Flat over a
-  // labelled store skips lists holding only that label unscanned, and
-  // counts the candidates without it; skip_row stays the filter itself.
+  // labelled store skips lists (and cells) holding only that label
+  // unscanned, passes over that label's entries in a mixed cell without
+  // asking skip_row, and counts the candidates without it. Other indexes
+  // ignore it, so skip_row must reject the label's rows as well.
   absl::Span<const std::optional<int64_t>> excluded_label;
   // IVF-Flat over a labelled store: probing stops once a query has scanned
   // this many candidates that survive its label (and `closest`), and at
