@@ -765,10 +765,11 @@ void IvfProbe::Offer(void* context, size_t query, size_t row, float key,
   }
   const size_t d = static_cast<size_t>(scan.probe->ivf_.d);
   // Every cache line of the row, which need not start on one.
-  const auto begin = reinterpret_cast<uintptr_t>(scan.x + row * d);
-  for (uintptr_t line = begin & ~uintptr_t{63};
-       line < begin + d * sizeof(float); line += 64) {
-    __builtin_prefetch(reinterpret_cast<const void*>(line));
+  const auto* begin = reinterpret_cast<const char*>(scan.x + row * d);
+  const char* end = begin + d * sizeof(float);
+  for (const char* line = begin - reinterpret_cast<uintptr_t>(begin) % 64;
+       line < end; line += 64) {
+    __builtin_prefetch(line);
   }
   scan.probe->store_.PrefetchRow(static_cast<size_t>(scan.ids[row]));
   scan.pending[scan.pending_n++] = {static_cast<uint32_t>(query),
@@ -1132,16 +1133,7 @@ void IvfProbe::ResumeCells(const float* queries, size_t q0, const Plan& plan,
   }
 }
 
-void IvfProbe::Search(const float* queries, size_t nq, size_t k,
-                      const SearchOptions& options, float* scores,
-                      int64_t* rows, IvfProbeStats* stats) const {
-  if (nq == 0 || k == 0) return;
-  const Plan plan = PlanFor(k, options);
-  const size_t d = static_cast<size_t>(ivf_.d);
-  // Most queries stop within a short prefix of the ranking: rank that
-  // many lists (or cells holding that many entries) first, and the rest
-  // only for the queries that get past it.
-  const size_t entries = PrefixEntries(plan);
+size_t IvfProbe::ChunkSize(size_t nq, const Plan& plan) const {
   // (Cell mode: a query whose cells all score alike ranks every cell, so
   // a chunk's rankings are bounded too, by kCellRankEntries.) Chunks of
   // equal size: a small last chunk would read nearly every cell for a few
@@ -1153,7 +1145,20 @@ void IvfProbe::Search(const float* queries, size_t nq, size_t k,
   // (Not below kMinBatchQueries where the whole would not be.)
   const size_t pieces = std::min((nq + most - 1) / most,
                                  std::max<size_t>(1, nq / kMinBatchQueries));
-  const size_t chunk = (nq + pieces - 1) / pieces;
+  return (nq + pieces - 1) / pieces;
+}
+
+void IvfProbe::Search(const float* queries, size_t nq, size_t k,
+                      const SearchOptions& options, float* scores,
+                      int64_t* rows, IvfProbeStats* stats) const {
+  if (nq == 0 || k == 0) return;
+  const Plan plan = PlanFor(k, options);
+  const size_t d = static_cast<size_t>(ivf_.d);
+  // Most queries stop within a short prefix of the ranking: rank that
+  // many lists (or cells holding that many entries) first, and the rest
+  // only for the queries that get past it.
+  const size_t entries = PrefixEntries(plan);
+  const size_t chunk = ChunkSize(nq, plan);
   std::vector<float> coarse;
   std::vector<IdxT> order;
   std::vector<size_t> counts, which;

@@ -322,6 +322,8 @@ class IvfProbe {
   size_t Push(const float* probe_scores, size_t n, const int64_t* ids, size_t i,
               const SearchOptions& options, size_t k, float* scores,
               int64_t* rows, ProbeState& state, Span skip) const;
+  // Queries of an nq-query search ranked and scanned at a time.
+  size_t ChunkSize(size_t nq, const Plan& plan) const;
   // Entries an average list holds.
   size_t AverageList() const;
   // List mode: the lists ranked first.
