@@ -348,12 +348,7 @@ size_t IvfProbe::Excluded(size_t probe, size_t i,
   if (cells() && cell_mixed_[probe] == 0) {
     return cell_label_[probe] == excluded ? cell_size_[probe] : 0;
   }
-  if (cells()) {
-    // A mixed cell holds the label's entries when they are too few for a
-    // cell of their own.
-    const size_t count = LabelCount(cell_list_[probe], excluded);
-    return count < kMinCellSize ? count : 0;
-  }
+  if (cells()) return ExcludedSpan(probe, i, options).n;
   return LabelCount(probe, excluded);
 }
 
@@ -363,22 +358,25 @@ IvfProbe::Span IvfProbe::ExcludedSpan(size_t probe, size_t i,
       !options.excluded_label[i].has_value()) {
     return {};
   }
+  // A mixed cell holds the label's entries when they are too few for a
+  // cell of their own.
   const size_t list = cell_list_[probe];
-  const auto begin = labels_.begin() + offsets_[list];
-  const auto end = labels_.begin() + offsets_[list + 1];
-  const auto it = std::lower_bound(begin, end, *options.excluded_label[i]);
-  if (it == end || *it != *options.excluded_label[i]) return {};
-  const auto c = static_cast<size_t>(it - labels_.begin());
-  if (counts_[c] >= kMinCellSize) return {};
+  const size_t c = LabelEntry(list, *options.excluded_label[i]);
+  if (c == kNoEntry || counts_[c] >= kMinCellSize) return {};
   return {list, mixed_begin_[c], counts_[c]};
 }
 
-size_t IvfProbe::LabelCount(size_t list, int64_t label) const {
+size_t IvfProbe::LabelEntry(size_t list, int64_t label) const {
   const auto begin = labels_.begin() + offsets_[list];
   const auto end = labels_.begin() + offsets_[list + 1];
   const auto it = std::lower_bound(begin, end, label);
-  if (it == end || *it != label) return 0;
-  return counts_[static_cast<size_t>(it - labels_.begin())];
+  if (it == end || *it != label) return kNoEntry;
+  return static_cast<size_t>(it - labels_.begin());
+}
+
+size_t IvfProbe::LabelCount(size_t list, int64_t label) const {
+  const size_t c = LabelEntry(list, label);
+  return c == kNoEntry ? 0 : counts_[c];
 }
 
 IvfProbe::Plan IvfProbe::PlanFor(size_t k, const SearchOptions& options) const {

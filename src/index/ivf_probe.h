@@ -257,6 +257,10 @@ class IvfProbe {
   // excluded label lie (the mixed cell keeps its labels in order), so that
   // scans pass over them unscored; else empty (n == 0).
   Span ExcludedSpan(size_t probe, size_t i, const SearchOptions& options) const;
+  // The index of `label` in list `list`'s label counts (labels_, counts_,
+  // mixed_begin_), or kNoEntry.
+  static constexpr size_t kNoEntry = static_cast<size_t>(-1);
+  size_t LabelEntry(size_t list, int64_t label) const;
   Plan PlanFor(size_t k, const SearchOptions& options) const;
   // Counts a scanned probe's survivors, and its list towards the floor.
   void Account(size_t probe, size_t n, size_t labelled, size_t too_close,
