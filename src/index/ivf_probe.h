@@ -39,12 +39,12 @@
 // its own, merged after; queries the plan left short probe on alone.
 // Answers do not depend on the split, but which of two exactly tied
 // entries is kept may depend on the number of threads. In cell mode at a
-// reduced `scan`
-// precision (int8 or bf16, index/reduced_scan.h), the batch scans each
-// cell's packed copy, screened by each query's current k-th best score
-// plus the reduced dot product's proven error bound, and rescores what
-// passes in float32: an entry is dropped only when it could not have
-// entered the query's top k, so recall is limited by the probing alone.
+// reduced `scan` precision (int8 or bf16, index/reduced_scan.h), the
+// batch's second pass scans each cell's packed copy, screened by each
+// query's current k-th best score plus the reduced dot product's proven
+// error bound, and rescores what passes in float32: an entry is dropped
+// only when it could not have entered the query's top k, so recall is
+// limited by the probing alone.
 //
 // Immutable after Create: Search may be called from any number of threads.
 // The FAISS index and the store must outlive the probe, unchanged.
