@@ -702,6 +702,48 @@ TEST(IvfProbeCellsTest, CellsFindMoreNegativesThanListsForTheSameBudget) {
   }
 }
 
+// A label's entries too few in a list for a cell of their own sit in the
+// list's mixed cell, whose centroid (the mean of unrelated labels) ranks
+// far below them. The mixed cell ranks beside its labels' own cells
+// instead: queries next to such entries, excluding nothing, find their
+// nearest neighbours there within a budget of four classes' entries.
+TEST(IvfProbeCellsTest, MixedCellsRankBesideTheirLabelsCells) {
+  CellFixture f = MakeCellFixture(faiss::METRIC_INNER_PRODUCT);
+  std::unique_ptr<IvfProbe> probe = IvfProbe::Create(
+      *f.ivf, *f.store, 0, IvfProbeUnit::kCell, ScanPrecision::kF32);
+  ASSERT_TRUE(probe->cells());
+  const auto& ivf = dynamic_cast<const faiss::IndexIVF&>(*f.ivf);
+  // Queries next to the entries of mixed cells (a label with fewer than
+  // kMinCellSize entries in the list).
+  Rng rng(35);
+  std::normal_distribution<float> normal(0.0f, 0.01f);
+  std::vector<float> queries;
+  for (size_t l = 0; l < ivf.nlist && queries.size() < 64 * kCellDim; ++l) {
+    faiss::InvertedLists::ScopedIds ids(ivf.invlists, l);
+    for (size_t j = 0; j < ivf.invlists->list_size(l); j += 3) {
+      const auto row = static_cast<size_t>(ids[j]);
+      if (probe->LabelCount(l, CellClassOf(row)) >= IvfProbe::kMinCellSize) {
+        continue;
+      }
+      std::vector<float> q = f.data.Row(row);
+      for (float& x : q) x += normal(rng);
+      Normalize(q.data(), kCellDim);
+      queries.insert(queries.end(), q.begin(), q.end());
+    }
+  }
+  ASSERT_GE(queries.size(), 32 * kCellDim);
+  const size_t k = 5;
+  SearchOptions options;
+  const Result truth = Exhaustive(*probe, queries, k, options);
+  options.nprobe = 1;
+  options.ivf_min_candidates = 4 * kCellPerClass;  // 2% of the entries
+  const Result got = ProbeWith(*probe, queries, k, options);
+  const double recall = RecallOf(got.rows, truth.rows, k);
+  // (Measured: 0.87; 0.54 when mixed cells ranked by their centroids
+  // alone.)
+  EXPECT_GE(recall, 0.8);
+}
+
 // A batch at a reduced precision (int8 or bf16, screened by each query's
 // k-th best score plus the error bound, survivors rescored in float32)
 // answers as the float32 scan of the same cells does, rescoring a small

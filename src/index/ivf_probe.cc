@@ -252,7 +252,35 @@ void IvfProbe::MakeCells(faiss::IndexIVF& ivf, const CandidateStore& store,
   }
   std::sort(label_cells_.begin(), label_cells_.end());
   label_cells_.shrink_to_fit();
+  MakeSlots();
   if (scan != ScanPrecision::kF32) PackLists(lists, d, scan);
+}
+
+void IvfProbe::MakeSlots() {
+  std::vector<int64_t> distinct(labels_);
+  std::sort(distinct.begin(), distinct.end());
+  distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+  slots_ = distinct.size();
+  auto slot = [&](int64_t label) {
+    return static_cast<uint32_t>(
+        std::lower_bound(distinct.begin(), distinct.end(), label) -
+        distinct.begin());
+  };
+  const size_t cells = cell_list_.size();
+  cell_slot_.assign(cells, 0);  // (a mixed cell's is unused)
+  mixed_slot_begin_.assign(cells + 1, 0);
+  mixed_slots_.clear();
+  for (size_t c = 0; c < cells; ++c) {
+    if (cell_mixed_[c] == 0) {
+      cell_slot_[c] = slot(cell_label_[c]);
+    } else {
+      const size_t l = cell_list_[c];
+      for (size_t e = offsets_[l]; e < offsets_[l + 1]; ++e) {
+        if (counts_[e] < kMinCellSize) mixed_slots_.push_back(slot(labels_[e]));
+      }
+    }
+    mixed_slot_begin_[c + 1] = static_cast<uint32_t>(mixed_slots_.size());
+  }
 }
 
 void IvfProbe::PackLists(const faiss::InvertedLists& lists, size_t d,
@@ -289,7 +317,11 @@ size_t IvfProbe::MemoryBytes() const {
          cell_size_.capacity() * sizeof(uint32_t) +
          cell_label_.capacity() * sizeof(int64_t) + cell_mixed_.capacity() +
          cell_centroids_.capacity() * sizeof(float) +
-         cell_sq_.capacity() * sizeof(float) + PackedBytes();
+         cell_sq_.capacity() * sizeof(float) +
+         (cell_slot_.capacity() + mixed_slot_begin_.capacity() +
+          mixed_slots_.capacity()) *
+             sizeof(uint32_t) +
+         PackedBytes();
 }
 
 ScanPrecision IvfProbe::PackedScan(ScanPrecision scan, size_t dim) {
@@ -301,13 +333,13 @@ ScanPrecision IvfProbe::PackedScan(ScanPrecision scan, size_t dim) {
 
 size_t IvfProbe::BytesBound(size_t rows, size_t dim, size_t nlist,
                             ScanPrecision scan) {
-  // Label counts (and cell mode's mixed_begin_): at most one (label,
-  // count, begin) triple an entry.
-  size_t bytes = (nlist + 1) * sizeof(uint32_t) +
-                 rows * (sizeof(int64_t) + 2 * sizeof(uint32_t));
+  // Label counts (and cell mode's mixed_begin_ and mixed cells' label
+  // slots): at most one (label, count, begin, slot) an entry.
+  size_t bytes = (nlist + 2) * sizeof(uint32_t) +
+                 rows * (sizeof(int64_t) + 3 * sizeof(uint32_t));
   // kAuto makes cells only when they average kMinCellEntries entries.
   const size_t cells = rows / kMinCellEntries;
-  bytes += cells * (dim * sizeof(float) + sizeof(float) + 3 * sizeof(uint32_t) +
+  bytes += cells * (dim * sizeof(float) + sizeof(float) + 5 * sizeof(uint32_t) +
                     sizeof(int64_t) + sizeof(uint8_t) +
                     sizeof(std::pair<int64_t, uint32_t>));
   // Each list packed on its own: up to a group's padding a list.
@@ -434,6 +466,19 @@ void IvfProbe::SelectCells(float* score, size_t i, const SearchOptions& options,
     hi = finite && v > hi ? v : hi;
   }
   if (!(lo <= hi)) lo = hi = 0;  // no finite score
+  // The query's own label's cells hold nothing it could take.
+  const bool excludes =
+      !options.excluded_label.empty() && options.excluded_label[i];
+  const auto own =
+      excludes
+          ? std::equal_range(
+                label_cells_.begin(), label_cells_.end(),
+                std::make_pair(*options.excluded_label[i], uint32_t{0}),
+                [](const auto& a, const auto& b) { return a.first < b.first; })
+          : std::make_pair(label_cells_.end(), label_cells_.end());
+  RaiseMixedCells(
+      score, kMixedRankShift * (hi - lo),
+      own.first != own.second ? cell_slot_[own.first->second] : kNoSlot);
   // A histogram of the scores (kRankBins between the lowest and the
   // highest finite one; -inf in the lowest bin, +inf in the highest)
   // finds the best bins whose cells hold `entries` without scanning
@@ -451,17 +496,10 @@ void IvfProbe::SelectCells(float* score, size_t i, const SearchOptions& options,
     bins[c] = static_cast<uint16_t>(at);
     mass[bins[c]] += cell_size_[c];
   }
-  // The query's own label's cells hold nothing it could take. (A mixed
-  // cell's entries of the label count: finding how many would cost a
-  // search per cell, for a prefix that is a guess.)
-  if (!options.excluded_label.empty() && options.excluded_label[i]) {
-    const auto own = std::equal_range(
-        label_cells_.begin(), label_cells_.end(),
-        std::make_pair(*options.excluded_label[i], uint32_t{0}),
-        [](const auto& a, const auto& b) { return a.first < b.first; });
-    for (auto it = own.first; it != own.second; ++it) {
-      mass[bins[it->second]] -= cell_size_[it->second];
-    }
+  // (A mixed cell's entries of the own label count: finding how many
+  // would cost a search per cell, for a prefix that is a guess.)
+  for (auto it = own.first; it != own.second; ++it) {
+    mass[bins[it->second]] -= cell_size_[it->second];
   }
   size_t cut = kRankBins;
   size_t held = 0;
@@ -471,6 +509,29 @@ void IvfProbe::SelectCells(float* score, size_t i, const SearchOptions& options,
     if (bins[c] >= cut) out.push_back(static_cast<uint32_t>(c));
   }
   OrderCells(score, bins.data(), cut, out);
+}
+
+void IvfProbe::RaiseMixedCells(float* score, float shift,
+                               uint32_t excluded_slot) const {
+  if (mixed_slots_.empty()) return;
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const size_t cells = cell_list_.size();
+  // Each label's best cell score (-inf for the excluded label, whose
+  // entries a scan passes over, and for labels with no cell of their own).
+  thread_local std::vector<float> best;
+  best.assign(slots_, -kInf);
+  for (size_t c = 0; c < cells; ++c) {
+    const float v = cell_mixed_[c] == 0 ? score[c] : -kInf;
+    best[cell_slot_[c]] = std::max(best[cell_slot_[c]], v);
+  }
+  if (excluded_slot != kNoSlot) best[excluded_slot] = -kInf;
+  for (size_t c = 0; c < cells; ++c) {
+    float v = score[c];
+    for (uint32_t e = mixed_slot_begin_[c]; e < mixed_slot_begin_[c + 1]; ++e) {
+      v = std::max(v, best[mixed_slots_[e]] - shift);
+    }
+    score[c] = v;
+  }
 }
 
 void IvfProbe::OrderCells(const float* score, const uint16_t* bins, size_t cut,
