@@ -268,18 +268,29 @@ void IvfProbe::MakeSlots() {
   };
   const size_t cells = cell_list_.size();
   cell_slot_.assign(cells, 0);  // (a mixed cell's is unused)
-  mixed_slot_begin_.assign(cells + 1, 0);
-  mixed_slots_.clear();
+  // The mixed cells of each slot, CSR by slot (counted, then placed).
+  slot_mixed_begin_.assign(slots_ + 1, 0);
+  std::vector<std::pair<uint32_t, uint32_t>> pairs;  // (slot, mixed cell)
   for (size_t c = 0; c < cells; ++c) {
     if (cell_mixed_[c] == 0) {
       cell_slot_[c] = slot(cell_label_[c]);
-    } else {
-      const size_t l = cell_list_[c];
-      for (size_t e = offsets_[l]; e < offsets_[l + 1]; ++e) {
-        if (counts_[e] < kMinCellSize) mixed_slots_.push_back(slot(labels_[e]));
+      continue;
+    }
+    const size_t l = cell_list_[c];
+    for (size_t e = offsets_[l]; e < offsets_[l + 1]; ++e) {
+      if (counts_[e] < kMinCellSize) {
+        pairs.emplace_back(slot(labels_[e]), static_cast<uint32_t>(c));
       }
     }
-    mixed_slot_begin_[c + 1] = static_cast<uint32_t>(mixed_slots_.size());
+  }
+  std::sort(pairs.begin(), pairs.end());
+  slot_mixed_cells_.resize(pairs.size());
+  for (size_t p = 0; p < pairs.size(); ++p) {
+    ++slot_mixed_begin_[pairs[p].first + 1];
+    slot_mixed_cells_[p] = pairs[p].second;
+  }
+  for (size_t t = 0; t < slots_; ++t) {
+    slot_mixed_begin_[t + 1] += slot_mixed_begin_[t];
   }
 }
 
@@ -318,8 +329,8 @@ size_t IvfProbe::MemoryBytes() const {
          cell_label_.capacity() * sizeof(int64_t) + cell_mixed_.capacity() +
          cell_centroids_.capacity() * sizeof(float) +
          cell_sq_.capacity() * sizeof(float) +
-         (cell_slot_.capacity() + mixed_slot_begin_.capacity() +
-          mixed_slots_.capacity()) *
+         (cell_slot_.capacity() + slot_mixed_begin_.capacity() +
+          slot_mixed_cells_.capacity()) *
              sizeof(uint32_t) +
          PackedBytes();
 }
@@ -333,13 +344,14 @@ ScanPrecision IvfProbe::PackedScan(ScanPrecision scan, size_t dim) {
 
 size_t IvfProbe::BytesBound(size_t rows, size_t dim, size_t nlist,
                             ScanPrecision scan) {
-  // Label counts (and cell mode's mixed_begin_ and mixed cells' label
-  // slots): at most one (label, count, begin, slot) an entry.
+  // Label counts (and cell mode's mixed_begin_, label slots and their
+  // mixed cells): at most one (label, count, begin, slot, mixed cell) an
+  // entry.
   size_t bytes = (nlist + 2) * sizeof(uint32_t) +
-                 rows * (sizeof(int64_t) + 3 * sizeof(uint32_t));
+                 rows * (sizeof(int64_t) + 4 * sizeof(uint32_t));
   // kAuto makes cells only when they average kMinCellEntries entries.
   const size_t cells = rows / kMinCellEntries;
-  bytes += cells * (dim * sizeof(float) + sizeof(float) + 5 * sizeof(uint32_t) +
+  bytes += cells * (dim * sizeof(float) + sizeof(float) + 4 * sizeof(uint32_t) +
                     sizeof(int64_t) + sizeof(uint8_t) +
                     sizeof(std::pair<int64_t, uint32_t>));
   // Each list packed on its own: up to a group's padding a list.
@@ -466,44 +478,39 @@ void IvfProbe::SelectCells(float* score, size_t i, const SearchOptions& options,
     hi = finite && v > hi ? v : hi;
   }
   if (!(lo <= hi)) lo = hi = 0;  // no finite score
-  // The query's own label's cells hold nothing it could take.
-  const bool excludes =
-      !options.excluded_label.empty() && options.excluded_label[i];
-  const auto own =
-      excludes
-          ? std::equal_range(
-                label_cells_.begin(), label_cells_.end(),
-                std::make_pair(*options.excluded_label[i], uint32_t{0}),
-                [](const auto& a, const auto& b) { return a.first < b.first; })
-          : std::make_pair(label_cells_.end(), label_cells_.end());
-  RaiseMixedCells(
-      score, kMixedRankShift * (hi - lo),
-      own.first != own.second ? cell_slot_[own.first->second] : kNoSlot);
   // A histogram of the scores (kRankBins between the lowest and the
   // highest finite one; -inf in the lowest bin, +inf in the highest)
   // finds the best bins whose cells hold `entries` without scanning
   // them twice; those cells are then sorted by score.
   const double range = static_cast<double>(hi) - lo;
-  const double scale = range > 0 ? (kRankBins - 1) / range : 1;
+  const RankBins binner{lo, range > 0 ? (kRankBins - 1) / range : 1};
   thread_local std::vector<uint16_t> bins;
   thread_local std::vector<size_t> mass;
   bins.resize(cells);
   mass.assign(kRankBins, 0);
   for (size_t c = 0; c < cells; ++c) {
-    double at = (static_cast<double>(score[c]) - lo) * scale;
-    at = at > 0 ? at : 0;
-    at = at < kRankBins - 1 ? at : kRankBins - 1;
-    bins[c] = static_cast<uint16_t>(at);
+    bins[c] = binner(score[c]);
     mass[bins[c]] += cell_size_[c];
   }
-  // (A mixed cell's entries of the own label count: finding how many
-  // would cost a search per cell, for a prefix that is a guess.)
-  for (auto it = own.first; it != own.second; ++it) {
-    mass[bins[it->second]] -= cell_size_[it->second];
+  // The query's own label's cells hold nothing it could take. (A mixed
+  // cell's entries of the label count: finding how many would cost a
+  // search per cell, for a prefix that is a guess.)
+  uint32_t excluded_slot = kNoSlot;
+  if (!options.excluded_label.empty() && options.excluded_label[i]) {
+    const auto own = std::equal_range(
+        label_cells_.begin(), label_cells_.end(),
+        std::make_pair(*options.excluded_label[i], uint32_t{0}),
+        [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (auto it = own.first; it != own.second; ++it) {
+      mass[bins[it->second]] -= cell_size_[it->second];
+      excluded_slot = cell_slot_[it->second];
+    }
   }
-  size_t cut = kRankBins;
-  size_t held = 0;
-  while (cut > 0 && held < entries) held += mass[--cut];
+  size_t cut = CutFor(mass, entries);
+  if (RaiseMixedCells(kMixedRankShift * (hi - lo), excluded_slot, binner, cut,
+                      score, bins, mass)) {
+    cut = CutFor(mass, entries);
+  }
   out.clear();
   for (size_t c = 0; c < cells; ++c) {
     if (bins[c] >= cut) out.push_back(static_cast<uint32_t>(c));
@@ -511,27 +518,46 @@ void IvfProbe::SelectCells(float* score, size_t i, const SearchOptions& options,
   OrderCells(score, bins.data(), cut, out);
 }
 
-void IvfProbe::RaiseMixedCells(float* score, float shift,
-                               uint32_t excluded_slot) const {
-  if (mixed_slots_.empty()) return;
-  constexpr float kInf = std::numeric_limits<float>::infinity();
-  const size_t cells = cell_list_.size();
-  // Each label's best cell score (-inf for the excluded label, whose
-  // entries a scan passes over, and for labels with no cell of their own).
-  thread_local std::vector<float> best;
-  best.assign(slots_, -kInf);
-  for (size_t c = 0; c < cells; ++c) {
-    const float v = cell_mixed_[c] == 0 ? score[c] : -kInf;
-    best[cell_slot_[c]] = std::max(best[cell_slot_[c]], v);
-  }
-  if (excluded_slot != kNoSlot) best[excluded_slot] = -kInf;
-  for (size_t c = 0; c < cells; ++c) {
-    float v = score[c];
-    for (uint32_t e = mixed_slot_begin_[c]; e < mixed_slot_begin_[c + 1]; ++e) {
-      v = std::max(v, best[mixed_slots_[e]] - shift);
+uint16_t IvfProbe::RankBins::operator()(float v) const {
+  double at = (static_cast<double>(v) - lo) * scale;
+  at = at > 0 ? at : 0;
+  at = at < kRankBins - 1 ? at : kRankBins - 1;
+  return static_cast<uint16_t>(at);
+}
+
+size_t IvfProbe::CutFor(const std::vector<size_t>& mass, size_t entries) {
+  size_t cut = kRankBins;
+  size_t held = 0;
+  while (cut > 0 && held < entries) held += mass[--cut];
+  return cut;
+}
+
+bool IvfProbe::RaiseMixedCells(float shift, uint32_t excluded_slot,
+                               const RankBins& binner, size_t cut, float* score,
+                               std::vector<uint16_t>& bins,
+                               std::vector<size_t>& mass) const {
+  // Raising scores only raises the cut: a label's cell below it, less
+  // `shift`, stays below it, and so would any mixed cell it raised. So
+  // only the cells at or above it raise their labels' mixed cells.
+  bool raised = false;
+  for (size_t c = 0; c < cell_list_.size(); ++c) {
+    if (bins[c] < cut || cell_mixed_[c] != 0) continue;
+    const uint32_t slot = cell_slot_[c];
+    if (slot == excluded_slot) continue;
+    const float v = score[c] - shift;
+    for (uint32_t e = slot_mixed_begin_[slot]; e < slot_mixed_begin_[slot + 1];
+         ++e) {
+      const uint32_t m = slot_mixed_cells_[e];
+      if (!(v > score[m])) continue;
+      score[m] = v;
+      const uint16_t bin = binner(v);
+      mass[bins[m]] -= cell_size_[m];
+      mass[bin] += cell_size_[m];
+      bins[m] = bin;
+      raised = true;
     }
-    score[c] = v;
   }
+  return raised;
 }
 
 void IvfProbe::OrderCells(const float* score, const uint16_t* bins, size_t cut,

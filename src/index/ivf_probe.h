@@ -199,10 +199,26 @@ class IvfProbe {
   // `out`, as RankCells says.
   void SelectCells(float* score, size_t i, const SearchOptions& options,
                    size_t entries, std::vector<uint32_t>& out) const;
-  // Raises each mixed cell's score (`score`, one a cell) to the best score
-  // of a cell of any label it holds, less `shift`; the label in
-  // `excluded_slot` (kNoSlot: none) is passed over. See kMixedRankShift.
-  void RaiseMixedCells(float* score, float shift, uint32_t excluded_slot) const;
+  // A score's bin in SelectCells' histogram: kRankBins between `lo` and
+  // the highest finite score, `scale` bins a unit; -inf in the lowest, +inf
+  // in the highest.
+  struct RankBins {
+    float lo;
+    double scale;
+    uint16_t operator()(float v) const;
+  };
+  // The lowest bin from which the bins' `mass` (entries) holds `entries`
+  // (0 when all of it falls short).
+  static size_t CutFor(const std::vector<size_t>& mass, size_t entries);
+  // Raises each mixed cell's score to the score of any cell of a label it
+  // holds less `shift` (kMixedRankShift), where that is higher, moving it
+  // between `bins` and their `mass`; passes over the label in
+  // `excluded_slot` (kNoSlot: none). Only cells at or above the bin `cut`
+  // raise others (see the body). True when it raised one.
+  bool RaiseMixedCells(float shift, uint32_t excluded_slot,
+                       const RankBins& binner, size_t cut, float* score,
+                       std::vector<uint16_t>& bins,
+                       std::vector<size_t>& mass) const;
   static constexpr uint32_t kNoSlot = ~uint32_t{0};
   // SelectCells' last step: `cells` (whose bins are at or above `cut`)
   // in RankCells' order.
@@ -409,12 +425,12 @@ class IvfProbe {
   std::vector<float> cell_centroids_;
   std::vector<float> cell_sq_;
   // Cell mode: each label's index among the distinct labels (a slot), for
-  // the cells not mixed by cell; and the slots of each mixed cell's labels
-  // (CSR by cell: mixed_slots_[mixed_slot_begin_[c] .. [c + 1])).
+  // the cells not mixed by cell; and the mixed cells holding each slot's
+  // label (CSR by slot: slot_mixed_cells_[slot_mixed_begin_[t] .. [t + 1])).
   size_t slots_ = 0;
   std::vector<uint32_t> cell_slot_;
-  std::vector<uint32_t> mixed_slot_begin_;
-  std::vector<uint32_t> mixed_slots_;
+  std::vector<uint32_t> slot_mixed_begin_;
+  std::vector<uint32_t> slot_mixed_cells_;
   // Cell mode at a reduced precision: each list's entries packed (null for
   // an empty list); else empty and scan_ kF32.
   ScanPrecision scan_ = ScanPrecision::kF32;
