@@ -536,21 +536,21 @@ bool IvfProbe::RaiseMixedCells(float shift, uint32_t excluded_slot,
                                const RankBins& binner, size_t cut, float* score,
                                std::vector<uint16_t>& bins,
                                std::vector<size_t>& mass) const {
-  // Raising scores only raises the cut: a label's cell below it, less
-  // `shift`, stays below it, and so would any mixed cell it raised. So
-  // only the cells at or above it raise their labels' mixed cells.
+  // Raising scores only raises the cut, so a mixed cell raised to a bin
+  // below `cut` would still not be selected: only the cells whose score
+  // less `shift` is at or above it raise their labels' mixed cells.
   bool raised = false;
   for (size_t c = 0; c < cell_list_.size(); ++c) {
     if (bins[c] < cut || cell_mixed_[c] != 0) continue;
     const uint32_t slot = cell_slot_[c];
-    if (slot == excluded_slot) continue;
     const float v = score[c] - shift;
+    const uint16_t bin = binner(v);
+    if (bin < cut || slot == excluded_slot) continue;
     for (uint32_t e = slot_mixed_begin_[slot]; e < slot_mixed_begin_[slot + 1];
          ++e) {
       const uint32_t m = slot_mixed_cells_[e];
       if (!(v > score[m])) continue;
       score[m] = v;
-      const uint16_t bin = binner(v);
       mass[bins[m]] -= cell_size_[m];
       mass[bin] += cell_size_[m];
       bins[m] = bin;

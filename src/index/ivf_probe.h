@@ -213,8 +213,8 @@ class IvfProbe {
   // Raises each mixed cell's score to the score of any cell of a label it
   // holds less `shift` (kMixedRankShift), where that is higher, moving it
   // between `bins` and their `mass`; passes over the label in
-  // `excluded_slot` (kNoSlot: none). Only cells at or above the bin `cut`
-  // raise others (see the body). True when it raised one.
+  // `excluded_slot` (kNoSlot: none). Only raises to the bin `cut` or
+  // above (see the body). True when it raised one.
   bool RaiseMixedCells(float shift, uint32_t excluded_slot,
                        const RankBins& binner, size_t cut, float* score,
                        std::vector<uint16_t>& bins,
