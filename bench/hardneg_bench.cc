@@ -39,10 +39,11 @@
 //       the index ranks and scans cells (a list's entries of one label)
 //       at --scan auto, as a server would; the exact Flat it is compared
 //       with scans at --scan auto too;
-//   (g) W2 only: per mode, the service on IVF, S=8 B=16, at the fastest
-//       setting whose recall reaches the mode's target, against the exact
-//       service with the same exclusions (W2's (c) S=8 B=16 excludes one
-//       positive; "(c) own class excluded" both);
+//   (g) W2 only: per mode, the service on IVF, S=8 B=16, at the setting
+//       whose (f) line was fastest of those whose recall reaches the
+//       mode's target, against the exact service with the same
+//       exclusions (W2's (c) S=8 B=16 excludes one positive; "(c) own
+//       class excluded" both);
 //   (h) the same query mined in-process and then over the service,
 //       alternately, for the single-query gap without drift between lines;
 //   (i) the (e) round trip, each right after an untimed in-process

@@ -260,7 +260,6 @@ void IvfProbe::MakeSlots() {
   std::vector<int64_t> distinct(labels_);
   std::sort(distinct.begin(), distinct.end());
   distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
-  slots_ = distinct.size();
   auto slot = [&](int64_t label) {
     return static_cast<uint32_t>(
         std::lower_bound(distinct.begin(), distinct.end(), label) -
@@ -269,7 +268,8 @@ void IvfProbe::MakeSlots() {
   const size_t cells = cell_list_.size();
   cell_slot_.assign(cells, 0);  // (a mixed cell's is unused)
   // The mixed cells of each slot, CSR by slot (counted, then placed).
-  slot_mixed_begin_.assign(slots_ + 1, 0);
+  const size_t slots = distinct.size();
+  slot_mixed_begin_.assign(slots + 1, 0);
   std::vector<std::pair<uint32_t, uint32_t>> pairs;  // (slot, mixed cell)
   for (size_t c = 0; c < cells; ++c) {
     if (cell_mixed_[c] == 0) {
@@ -289,7 +289,7 @@ void IvfProbe::MakeSlots() {
     ++slot_mixed_begin_[pairs[p].first + 1];
     slot_mixed_cells_[p] = pairs[p].second;
   }
-  for (size_t t = 0; t < slots_; ++t) {
+  for (size_t t = 0; t < slots; ++t) {
     slot_mixed_begin_[t + 1] += slot_mixed_begin_[t];
   }
 }

@@ -121,10 +121,12 @@ class IvfProbe {
   // mixed cell ranks at least as high as the best cell of any label it
   // holds (not the query's excluded label), less this share of the
   // query's range of cell scores: just behind that label's own cells. On
-  // the bench's W2, queries excluding one positive find 0.999 of their
-  // exact neighbours at 2,000 candidates with it, 0.986 without (all the
-  // misses in mixed cells); excluding their class, 0.946 at 32,000, 0.939
-  // without. (0.06 and 0.1 did as well; 0.03 and 0 less.)
+  // the bench's W2 data, searched in-process (k = 10, 512 queries),
+  // queries excluding one positive find 0.999 of their exact neighbours
+  // at 2,000 candidates with it, 0.986 without (all the misses in mixed
+  // cells); excluding their class, 0.946 at 32,000, 0.939 without. (0.06
+  // and 0.1 did as well; 0.03 and 0 less.) The bench's line (f), through
+  // the miner: 0.994 and 0.942 (README, "IVF").
   static constexpr float kMixedRankShift = 0.1f;
 
   // A probe over `index` for `store`'s rows, or null when it does not
@@ -189,8 +191,8 @@ class IvfProbe {
   // Sorts list `list`'s entries into its cells' order, in place.
   void SortByCell(faiss::InvertedLists& lists, size_t list,
                   const CandidateStore& store, size_t code_size) const;
-  // Numbers the distinct labels (slots) and fills cell_slot_ and the
-  // mixed cells' slots.
+  // Numbers the distinct labels (slots) and fills cell_slot_ and each
+  // slot's mixed cells (slot_mixed_begin_, slot_mixed_cells_).
   void MakeSlots();
   // Packs every list at `scan` (int8 or bf16).
   void PackLists(const faiss::InvertedLists& lists, size_t d,
@@ -200,8 +202,8 @@ class IvfProbe {
   void SelectCells(float* score, size_t i, const SearchOptions& options,
                    size_t entries, std::vector<uint32_t>& out) const;
   // A score's bin in SelectCells' histogram: kRankBins between `lo` and
-  // the highest finite score, `scale` bins a unit; -inf in the lowest, +inf
-  // in the highest.
+  // the highest finite score, `scale` bins a unit; -inf (and NaN) in the
+  // lowest, +inf in the highest. Never lower for a higher score.
   struct RankBins {
     float lo;
     double scale;
@@ -210,11 +212,13 @@ class IvfProbe {
   // The lowest bin from which the bins' `mass` (entries) holds `entries`
   // (0 when all of it falls short).
   static size_t CutFor(const std::vector<size_t>& mass, size_t entries);
-  // Raises each mixed cell's score to the score of any cell of a label it
-  // holds less `shift` (kMixedRankShift), where that is higher, moving it
+  // Raises mixed cells' scores to the score of a cell of a label they
+  // hold less `shift` (kMixedRankShift), where that is higher, moving them
   // between `bins` and their `mass`; passes over the label in
-  // `excluded_slot` (kNoSlot: none). Only raises to the bin `cut` or
-  // above (see the body). True when it raised one.
+  // `excluded_slot` (kNoSlot: none). Only raises into bins at or above
+  // `cut`, from cells there: the cells at or above the cut that `mass`
+  // then gives get the bins and scores raising every mixed cell from
+  // every cell would give them (see the body). True when it raised one.
   bool RaiseMixedCells(float shift, uint32_t excluded_slot,
                        const RankBins& binner, size_t cut, float* score,
                        std::vector<uint16_t>& bins,
@@ -268,14 +272,14 @@ class IvfProbe {
   // Bytes of the packed copies.
   size_t PackedBytes() const;
   // Cell mode: ranks the cells for the queries `which` (indexes into
-  // `queries` and options), best first by their centroids' scores (ties
-  // by index), until their entries add up to `entries` (not counting the
-  // query's own cells of its label; mixed cells count whole), or every
-  // cell once they cannot. A histogram of the scores (kRankBins between
-  // the query's lowest and highest) finds the cut, the cells above it are
-  // sorted. which[j]'s ranks are in order[j * width ...], -1 padded to
-  // the returned width; counts[j] is how many it has (probes() when
-  // complete).
+  // `queries` and options), best first by their centroids' scores (a
+  // mixed cell's raised as kMixedRankShift says; ties by index), until their
+  // entries add up to `entries` (not counting the query's own cells of its
+  // label; mixed cells count whole), or every cell once they cannot. A
+  // histogram of the scores (kRankBins between the query's lowest and highest)
+  // finds the cut, the cells above it are sorted. which[j]'s ranks are in
+  // order[j * width ...], -1 padded to the returned width; counts[j] is how
+  // many it has (probes() when complete).
   size_t RankCells(const float* queries, const std::vector<size_t>& which,
                    const SearchOptions& options, size_t entries,
                    std::vector<int64_t>& order,
@@ -424,10 +428,9 @@ class IvfProbe {
   std::vector<std::pair<int64_t, uint32_t>> label_cells_;
   std::vector<float> cell_centroids_;
   std::vector<float> cell_sq_;
-  // Cell mode: each label's index among the distinct labels (a slot), for
-  // the cells not mixed by cell; and the mixed cells holding each slot's
+  // Cell mode: per cell, its label's index among the distinct labels (a
+  // slot; unused for mixed cells); and the mixed cells holding each slot's
   // label (CSR by slot: slot_mixed_cells_[slot_mixed_begin_[t] .. [t + 1])).
-  size_t slots_ = 0;
   std::vector<uint32_t> cell_slot_;
   std::vector<uint32_t> slot_mixed_begin_;
   std::vector<uint32_t> slot_mixed_cells_;
