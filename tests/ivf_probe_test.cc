@@ -722,7 +722,7 @@ TEST(IvfProbeCellsTest, MixedCellsRankBesideTheirLabelsCells) {
     faiss::InvertedLists::ScopedIds ids(ivf.invlists, l);
     for (size_t j = 0; j < ivf.invlists->list_size(l); j += 3) {
       const auto row = static_cast<size_t>(ids[j]);
-      if (probe->LabelCount(l, CellClassOf(row)) >= IvfProbe::kMinCellSize) {
+      if (!IvfProbe::InMixedCell(probe->LabelCount(l, CellClassOf(row)))) {
         continue;
       }
       std::vector<float> q = f.data.Row(row);

@@ -133,7 +133,7 @@ size_t IvfProbe::CellsOf(size_t list) const {
   bool mixed = false;
   size_t cells = 0;
   for (size_t c = offsets_[list]; c < offsets_[list + 1]; ++c) {
-    if (counts_[c] >= kMinCellSize) {
+    if (!InMixedCell(counts_[c])) {
       ++cells;
     } else {
       mixed = true;
@@ -158,7 +158,7 @@ void IvfProbe::SortByCell(faiss::InvertedLists& lists, size_t list,
       const int64_t label = store.label(static_cast<size_t>(ids[j]));
       // The labels with a cell of their own by label, then the mixed
       // cell's entries by label.
-      keys[j] = {LabelCount(list, label) < kMinCellSize, label};
+      keys[j] = {InMixedCell(LabelCount(list, label)), label};
     }
   }
   if (!std::is_sorted(keys.begin(), keys.end())) {
@@ -232,14 +232,14 @@ void IvfProbe::MakeCells(faiss::IndexIVF& ivf, const CandidateStore& store,
     };
     size_t begin = 0;
     for (size_t c = offsets_[l]; c < offsets_[l + 1]; ++c) {
-      if (counts_[c] < kMinCellSize) continue;
+      if (InMixedCell(counts_[c])) continue;
       add_cell(begin, counts_[c], labels_[c], false);
       begin += counts_[c];
     }
     if (begin < n) add_cell(begin, n - begin, 0, true);
     // The mixed cell's labels, in order (SortByCell's).
     for (size_t c = offsets_[l]; c < offsets_[l + 1]; ++c) {
-      if (counts_[c] >= kMinCellSize) continue;
+      if (!InMixedCell(counts_[c])) continue;
       mixed_begin_[c] = static_cast<uint32_t>(begin);
       begin += counts_[c];
     }
@@ -267,7 +267,7 @@ void IvfProbe::MakeSlots() {
   };
   const size_t cells = cell_list_.size();
   cell_slot_.assign(cells, 0);  // (a mixed cell's is unused)
-  // The mixed cells of each slot, CSR by slot (counted, then placed).
+  // The mixed cells of each slot, CSR by slot (sorted, then counted).
   const size_t slots = distinct.size();
   slot_mixed_begin_.assign(slots + 1, 0);
   std::vector<std::pair<uint32_t, uint32_t>> pairs;  // (slot, mixed cell)
@@ -278,7 +278,7 @@ void IvfProbe::MakeSlots() {
     }
     const size_t l = cell_list_[c];
     for (size_t e = offsets_[l]; e < offsets_[l + 1]; ++e) {
-      if (counts_[e] < kMinCellSize) {
+      if (InMixedCell(counts_[e])) {
         pairs.emplace_back(slot(labels_[e]), static_cast<uint32_t>(c));
       }
     }
@@ -406,7 +406,7 @@ IvfProbe::Span IvfProbe::ExcludedSpan(size_t probe, size_t i,
   // cell of their own.
   const size_t list = cell_list_[probe];
   const size_t c = LabelEntry(list, *options.excluded_label[i]);
-  if (c == kNoEntry || counts_[c] >= kMinCellSize) return {};
+  if (c == kNoEntry || !InMixedCell(counts_[c])) return {};
   return {list, mixed_begin_[c], counts_[c]};
 }
 

@@ -115,6 +115,9 @@ class IvfProbe {
   // A label with fewer entries than this in a list has no cell of its
   // own: such labels share the list's one mixed cell.
   static constexpr size_t kMinCellSize = 16;
+  // True when a label with `count` entries in a list sits in its mixed
+  // cell (the one owner of that rule).
+  static bool InMixedCell(size_t count) { return count < kMinCellSize; }
   // A mixed cell's centroid is the mean of unrelated labels and ranks it
   // far below where its entries lie; but each label's few entries there
   // lie near that label's cells (labels are classes, which cluster). So a
