@@ -923,7 +923,7 @@ void IvfProbe::PackBatch(Batch& batch) const {
 }
 
 void IvfProbe::ScanReduced(const Batch& batch, size_t probe, const Span& span,
-                           const std::vector<uint32_t>& mine, const float* x,
+                           absl::Span<const uint32_t> mine, const float* x,
                            const IdxT* ids, CellScratch& part,
                            size_t* too_close) const {
   // The cell's packed entries, screened by each query's k-th best score
@@ -966,7 +966,7 @@ void IvfProbe::ScanReduced(const Batch& batch, size_t probe, const Span& span,
 }
 
 void IvfProbe::ScanFloat(const Batch& batch, size_t probe, const Span& span,
-                         const std::vector<uint32_t>& mine, const float* x,
+                         absl::Span<const uint32_t> mine, const float* x,
                          const IdxT* ids, CellScratch& part,
                          size_t* too_close) const {
   using C = faiss::CMin<float, IdxT>;
@@ -998,20 +998,20 @@ void IvfProbe::BatchScan(const float* queries, size_t q0, size_t m,
                          int64_t* rows, std::vector<ProbeState>& states) const {
   using C = faiss::CMin<float, IdxT>;
   const size_t k = plan.k;
-  // Which queries scan each probe (the plan from label counts alone): each
+  // Each query's plan from label counts alone (in parallel: a plan walks
+  // a few hundred ranks); then which queries scan each probe: each
   // query's first kSeedProbes probes in a first pass, in float32 (nothing
   // to rescore), the rest in a second, reduced when the batch is, whose
   // screens then start at the k-th best score of the first.
-  std::vector<std::vector<uint32_t>> seed(probes()), rest(probes());
+  std::vector<std::vector<uint32_t>> planned(m);
+#pragma omp parallel for if (m > 1) schedule(dynamic, 8)
   for (size_t j = 0; j < m; ++j) {
     faiss::heap_heapify<C>(k, scores + (q0 + j) * k, rows + (q0 + j) * k);
-    const std::vector<uint32_t> planned = PlanProbes(
-        q0 + j, plan, options, order + j * prefix, prefix, states[j]);
-    for (size_t r = 0; r < planned.size(); ++r) {
-      (r < kSeedProbes ? seed : rest)[planned[r]].push_back(
-          static_cast<uint32_t>(j));
-    }
+    planned[j] = PlanProbes(q0 + j, plan, options, order + j * prefix, prefix,
+                            states[j]);
   }
+  const Probers seed = MakeProbers(planned, 0, kSeedProbes);
+  const Probers rest = MakeProbers(planned, kSeedProbes, probes());
   Batch batch;
   batch.queries = queries;
   batch.q0 = q0;
@@ -1026,8 +1026,31 @@ void IvfProbe::BatchScan(const float* queries, size_t q0, size_t m,
   ScanProbes(batch, rest, batch.reduced);
 }
 
-void IvfProbe::ScanProbes(const Batch& batch,
-                          const std::vector<std::vector<uint32_t>>& probers,
+IvfProbe::Probers IvfProbe::MakeProbers(
+    const std::vector<std::vector<uint32_t>>& planned, size_t from,
+    size_t to) const {
+  Probers probers;
+  probers.begin.assign(probes() + 1, 0);
+  for (const std::vector<uint32_t>& plan : planned) {
+    for (size_t r = from; r < std::min(to, plan.size()); ++r) {
+      ++probers.begin[plan[r] + 1];
+    }
+  }
+  for (size_t p = 0; p < probes(); ++p) {
+    probers.begin[p + 1] += probers.begin[p];
+  }
+  probers.queries.resize(probers.begin[probes()]);
+  std::vector<uint32_t> next(probers.begin.begin(), probers.begin.end() - 1);
+  for (size_t j = 0; j < planned.size(); ++j) {
+    const std::vector<uint32_t>& plan = planned[j];
+    for (size_t r = from; r < std::min(to, plan.size()); ++r) {
+      probers.queries[next[plan[r]]++] = static_cast<uint32_t>(j);
+    }
+  }
+  return probers;
+}
+
+void IvfProbe::ScanProbes(const Batch& batch, const Probers& probers,
                           bool reduced) const {
   const size_t m = batch.m;
   const size_t k = batch.k;
@@ -1050,8 +1073,8 @@ void IvfProbe::ScanProbes(const Batch& batch,
     // same thread every time, so that exact ties resolve alike run after
     // run.
 #pragma omp for schedule(static, 8)
-    for (size_t probe = 0; probe < probers.size(); ++probe) {
-      const std::vector<uint32_t>& mine = probers[probe];
+    for (size_t probe = 0; probe < probes(); ++probe) {
+      const absl::Span<const uint32_t> mine = probers.of(probe);
       if (mine.empty()) continue;
       const Span span = SpanOf(probe);
       faiss::InvertedLists::ScopedCodes codes(ivf_.invlists, span.list);

@@ -336,12 +336,25 @@ class IvfProbe {
   static void Offer(void* context, size_t query, size_t row, float key,
                     float slack);
   static void Rescore(CellScan& scan);
+  // Which queries (relative to a batch's q0) scan each probe: probe p's
+  // are queries[begin[p] .. begin[p + 1]), in order.
+  struct Probers {
+    std::vector<uint32_t> begin;
+    std::vector<uint32_t> queries;
+    absl::Span<const uint32_t> of(size_t probe) const {
+      return absl::MakeConstSpan(queries).subspan(
+          begin[probe], begin[probe + 1] - begin[probe]);
+    }
+  };
+  // The probers of ranks [from, to) of each query's plan (planned[j]:
+  // query j's probes in order).
+  Probers MakeProbers(const std::vector<std::vector<uint32_t>>& planned,
+                      size_t from, size_t to) const;
   // The probes with queries in `probers` (relative to batch.q0), split
   // between the threads probe by probe, each scanning (reduced: the packed
   // copies, with batch.reduced; else float32) into heaps of its own; then
   // merged into the batch's heaps and states (MergePart).
-  void ScanProbes(const Batch& batch,
-                  const std::vector<std::vector<uint32_t>>& probers,
+  void ScanProbes(const Batch& batch, const Probers& probers,
                   bool reduced) const;
   void MergePart(const Batch& batch, const CellScratch& part) const;
   // Packs the batch for the reduced copies (batch.reduced false when
@@ -350,11 +363,11 @@ class IvfProbe {
   // Queries `mine` (relative to the batch) scan `probe` (entries `span`),
   // whose list's entries are `x` and `ids`: reduced, or in float32.
   void ScanReduced(const Batch& batch, size_t probe, const Span& span,
-                   const std::vector<uint32_t>& mine, const float* x,
+                   absl::Span<const uint32_t> mine, const float* x,
                    const int64_t* ids, CellScratch& part,
                    size_t* too_close) const;
   void ScanFloat(const Batch& batch, size_t probe, const Span& span,
-                 const std::vector<uint32_t>& mine, const float* x,
+                 absl::Span<const uint32_t> mine, const float* x,
                  const int64_t* ids, CellScratch& part,
                  size_t* too_close) const;
   // One scored entry into query i's heap (unless skip_row skips it or it
