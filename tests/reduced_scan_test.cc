@@ -1,7 +1,8 @@
 // The reduced-precision kernels (int8, bf16; SIMD and portable) against a
 // double-precision reference: every key within its proven slack, the slack
 // reached by queries built along a row's rounding error, the screen
-// respected, and the two kernels agreeing.
+// respected, the two kernels agreeing, and every key written where the
+// sink asks for them all.
 #include "index/reduced_scan.h"
 
 #include <gtest/gtest.h>
@@ -296,6 +297,64 @@ TEST_P(ReducedScanTest, L2KeysAreWithinTwiceTheSlack) {
       EXPECT_LE(std::fabs(key - exact), 2 * queries.DotSlack(i) + rounding)
           << "query " << i << " row " << r;
     }
+  }
+}
+
+// A sink with keys gets every row's key, the same as the offers with no
+// screen (inner product and L2), and nothing is offered; rows outside
+// [begin, end) and the padding past the stride's rows are not written.
+TEST_P(ReducedScanTest, KeysAreTheOfferedKeysOfEveryRow) {
+  Rng rng(19);
+  const size_t dim = 45;
+  const size_t n = 83;
+  const size_t nq = 13;
+  const std::vector<float> x = Gaussian(rng, n * dim, 1.0f);
+  const std::vector<float> q = Gaussian(rng, nq * dim, 1.0f);
+  std::vector<float> row_sq(n), query_sq(nq);
+  for (size_t r = 0; r < n; ++r) {
+    row_sq[r] = static_cast<float>(Dot(&x[r * dim], &x[r * dim], dim));
+  }
+  for (size_t i = 0; i < nq; ++i) {
+    query_sq[i] = static_cast<float>(Dot(&q[i * dim], &q[i * dim], dim));
+  }
+  const ReducedRows rows(x.data(), n, dim, GetParam().precision);
+  ReducedQueries queries;
+  queries.Prepare(rows, q.data(), nq);
+  for (bool l2 : {false, true}) {
+    SCOPED_TRACE(l2 ? "L2" : "inner product");
+    const Offers offers = ScanAll(
+        rows, queries, portable(), -std::numeric_limits<float>::infinity(),
+        l2 ? row_sq.data() : nullptr, l2 ? query_sq.data() : nullptr);
+    const size_t stride = n + 5;
+    const float unset = -12345.0f;
+    std::vector<float> keys(nq * stride, unset);
+    Offers none;
+    none.rows = n;
+    none.keys.assign(nq * n, std::numeric_limits<float>::quiet_NaN());
+    std::vector<float> screens(nq, -std::numeric_limits<float>::infinity());
+    ReducedSink sink;
+    sink.screen = screens.data();
+    sink.row_sq = l2 ? row_sq.data() : nullptr;
+    sink.query_sq = l2 ? query_sq.data() : nullptr;
+    sink.offer = &Record;
+    sink.context = &none;
+    sink.keys = keys.data();
+    sink.key_stride = stride;
+    // From the second group on: the first group's rows stay unwritten.
+    const size_t begin = kReducedGroupRows;
+    ReducedScan(rows, queries, begin, n, sink, portable());
+    for (size_t i = 0; i < nq; ++i) {
+      for (size_t r = 0; r < stride; ++r) {
+        const float key = keys[i * stride + r];
+        if (r < begin || r >= n) {
+          EXPECT_EQ(key, unset) << "query " << i << " row " << r;
+        } else {
+          EXPECT_EQ(key, offers.keys[i * n + r])
+              << "query " << i << " row " << r;
+        }
+      }
+    }
+    for (float key : none.keys) EXPECT_TRUE(std::isnan(key)) << "offered";
   }
 }
 

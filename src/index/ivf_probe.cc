@@ -65,6 +65,10 @@ void BatchDots(const float* rows, size_t n, size_t d, const float* queries,
 // Cell mode ranks cells through a histogram of their scores: this many
 // bins between a query's lowest and highest cell score.
 constexpr size_t kRankBins = 1024;
+// RankCells' groups on packed centroids: at most this many queries, whose
+// scores (floats) fit in a core's L2 cache.
+constexpr size_t kRankGroupQueries = 16;
+constexpr size_t kRankGroupScores = size_t{1} << 16;
 
 // The reduced pass's keys and bounds must stay far inside float's range.
 constexpr double kMaxReducedKey = 1e36;
@@ -75,7 +79,8 @@ std::unique_ptr<IvfProbe> IvfProbe::Create(faiss::Index& index,
                                            const CandidateStore& store,
                                            size_t default_min_candidates,
                                            IvfProbeUnit unit,
-                                           ScanPrecision scan) {
+                                           ScanPrecision scan,
+                                           bool reduced_ranking) {
   if (!IsIvfFlat(index) || !store.has_labels()) return nullptr;
   auto& ivf = dynamic_cast<faiss::IndexIVF&>(index);
   if (ivf.metric_type != faiss::METRIC_INNER_PRODUCT &&
@@ -124,7 +129,8 @@ std::unique_ptr<IvfProbe> IvfProbe::Create(faiss::Index& index,
     probe->MakeCells(ivf, store,
                      ivf.metric_type == faiss::METRIC_INNER_PRODUCT
                          ? PackedScan(scan, static_cast<size_t>(ivf.d))
-                         : ScanPrecision::kF32);
+                         : ScanPrecision::kF32,
+                     reduced_ranking);
   }
   return probe;
 }
@@ -182,7 +188,7 @@ void IvfProbe::SortByCell(faiss::InvertedLists& lists, size_t list,
 }
 
 void IvfProbe::MakeCells(faiss::IndexIVF& ivf, const CandidateStore& store,
-                         ScanPrecision scan) {
+                         ScanPrecision scan, bool reduced_ranking) {
   const size_t nlist = ivf.invlists->nlist;
   const size_t d = static_cast<size_t>(ivf.d);
   const size_t code_size = ivf.code_size;
@@ -253,7 +259,13 @@ void IvfProbe::MakeCells(faiss::IndexIVF& ivf, const CandidateStore& store,
   std::sort(label_cells_.begin(), label_cells_.end());
   label_cells_.shrink_to_fit();
   MakeSlots();
-  if (scan != ScanPrecision::kF32) PackLists(lists, d, scan);
+  if (scan != ScanPrecision::kF32) {
+    PackLists(lists, d, scan);
+    if (reduced_ranking) {
+      centroid_rows_ =
+          std::make_unique<ReducedRows>(cell_centroids_.data(), cells, d, scan);
+    }
+  }
 }
 
 void IvfProbe::MakeSlots() {
@@ -332,7 +344,8 @@ size_t IvfProbe::MemoryBytes() const {
          (cell_slot_.capacity() + slot_mixed_begin_.capacity() +
           slot_mixed_cells_.capacity()) *
              sizeof(uint32_t) +
-         PackedBytes();
+         PackedBytes() +
+         (centroid_rows_ != nullptr ? centroid_rows_->MemoryBytes() : 0);
 }
 
 ScanPrecision IvfProbe::PackedScan(ScanPrecision scan, size_t dim) {
@@ -359,6 +372,8 @@ size_t IvfProbe::BytesBound(size_t rows, size_t dim, size_t nlist,
   if (packed != ScanPrecision::kF32) {
     bytes += ReducedRows::BytesFor(rows + nlist * (kReducedGroupRows - 1), dim,
                                    packed);
+    // And the cells' centroids, packed for ranking.
+    bytes += ReducedRows::BytesFor(cells + kReducedGroupRows, dim, packed);
   }
   return bytes;
 }
@@ -596,24 +611,57 @@ size_t IvfProbe::RankCells(const float* queries,
   const size_t d = static_cast<size_t>(ivf_.d);
   const size_t m = which.size();
   std::vector<std::vector<uint32_t>> ranked(m);
-  const size_t group = std::max<size_t>(1, kRankEntries / cells);
-  std::vector<float> batch, dots;
-  for (size_t g0 = 0; g0 < m; g0 += group) {
-    const size_t gm = std::min(group, m - g0);
-    batch.resize(gm * d);
-    for (size_t j = 0; j < gm; ++j) {
-      std::copy_n(queries + which[g0 + j] * d, d, batch.data() + j * d);
+  if (centroid_rows_ != nullptr) {
+    // Reduced scores (a ranking needs no exact ones): each thread scores a
+    // group of queries against the packed centroids, and ranks them while
+    // the scores are in its cache.
+    const size_t group =
+        std::clamp<size_t>(kRankGroupScores / cells, 1, kRankGroupQueries);
+    const size_t groups = (m + group - 1) / group;
+#pragma omp parallel if (groups > 1)
+    {
+      std::vector<float> batch, keys;
+      ReducedQueries packed;
+#pragma omp for schedule(dynamic)
+      for (size_t g = 0; g < groups; ++g) {
+        const size_t g0 = g * group;
+        const size_t gm = std::min(group, m - g0);
+        batch.resize(gm * d);
+        for (size_t j = 0; j < gm; ++j) {
+          std::copy_n(queries + which[g0 + j] * d, d, batch.data() + j * d);
+        }
+        packed.Prepare(*centroid_rows_, batch.data(), gm);
+        keys.resize(gm * cells);
+        ReducedSink sink;
+        sink.keys = keys.data();
+        sink.key_stride = cells;
+        ReducedScan(*centroid_rows_, packed, 0, cells, sink);
+        for (size_t j = 0; j < gm; ++j) {
+          SelectCells(keys.data() + j * cells, which[g0 + j], options, entries,
+                      ranked[g0 + j]);
+        }
+      }
     }
-    dots.resize(gm * cells);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(gm),
-                static_cast<int>(cells), static_cast<int>(d), 1.0f,
-                batch.data(), static_cast<int>(d), cell_centroids_.data(),
-                static_cast<int>(d), 0.0f, dots.data(),
-                static_cast<int>(cells));
+  } else {
+    const size_t group = std::max<size_t>(1, kRankEntries / cells);
+    std::vector<float> batch, dots;
+    for (size_t g0 = 0; g0 < m; g0 += group) {
+      const size_t gm = std::min(group, m - g0);
+      batch.resize(gm * d);
+      for (size_t j = 0; j < gm; ++j) {
+        std::copy_n(queries + which[g0 + j] * d, d, batch.data() + j * d);
+      }
+      dots.resize(gm * cells);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(gm),
+                  static_cast<int>(cells), static_cast<int>(d), 1.0f,
+                  batch.data(), static_cast<int>(d), cell_centroids_.data(),
+                  static_cast<int>(d), 0.0f, dots.data(),
+                  static_cast<int>(cells));
 #pragma omp parallel for if (gm > 1) schedule(dynamic)
-    for (size_t j = 0; j < gm; ++j) {
-      SelectCells(dots.data() + j * cells, which[g0 + j], options, entries,
-                  ranked[g0 + j]);
+      for (size_t j = 0; j < gm; ++j) {
+        SelectCells(dots.data() + j * cells, which[g0 + j], options, entries,
+                    ranked[g0 + j]);
+      }
     }
   }
   size_t width = 0;

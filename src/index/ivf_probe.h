@@ -141,11 +141,14 @@ class IvfProbe {
   // `default_min_candidates` is used by searches that set none (0: auto).
   // `scan` (kAuto: the fastest the CPU runs natively) applies in cell mode
   // to inner-product batches; kF32, or a precision the CPU does not run
-  // natively, scans float32.
+  // natively, scans float32. A reduced scan ranks the cells by reduced
+  // scores of their centroids too (a ranking's error only reorders near
+  // ties), unless `reduced_ranking` is false: then they are ranked in
+  // float32, as for a float32 scan (for tests of the scan alone).
   static std::unique_ptr<IvfProbe> Create(
       faiss::Index& index, const CandidateStore& store,
       size_t default_min_candidates, IvfProbeUnit unit = IvfProbeUnit::kAuto,
-      ScanPrecision scan = ScanPrecision::kF32);
+      ScanPrecision scan = ScanPrecision::kF32, bool reduced_ranking = true);
 
   // FAISS's IndexIVF::search contract: for each of `nq` queries, the `k`
   // best rows best first, -1 padded (scores then FAISS's sentinel), with
@@ -190,7 +193,7 @@ class IvfProbe {
   // and computes the cells' centroids, in parallel over lists. Packs each
   // list at `scan` unless it is kF32.
   void MakeCells(faiss::IndexIVF& ivf, const CandidateStore& store,
-                 ScanPrecision scan);
+                 ScanPrecision scan, bool reduced_ranking);
   // Sorts list `list`'s entries into its cells' order, in place.
   void SortByCell(faiss::InvertedLists& lists, size_t list,
                   const CandidateStore& store, size_t code_size) const;
@@ -275,12 +278,13 @@ class IvfProbe {
   // Bytes of the packed copies.
   size_t PackedBytes() const;
   // Cell mode: ranks the cells for the queries `which` (indexes into
-  // `queries` and options), best first by their centroids' scores (a
-  // mixed cell's raised as kMixedRankShift says; ties by index), until their
-  // entries add up to `entries` (not counting the query's own cells of its
-  // label; mixed cells count whole), or every cell once they cannot. A
-  // histogram of the scores (kRankBins between the query's lowest and highest)
-  // finds the cut, the cells above it are sorted. which[j]'s ranks are in
+  // `queries` and options), best first by their centroids' scores
+  // (reduced ones, from centroid_rows_, when it is set; a mixed cell's
+  // raised as kMixedRankShift says; ties by index), until their entries
+  // add up to `entries` (not counting the query's own cells of its label;
+  // mixed cells count whole), or every cell once they cannot. A histogram
+  // of the scores (kRankBins between the query's lowest and highest) finds
+  // the cut, the cells above it are sorted. which[j]'s ranks are in
   // order[j * width ...], -1 padded to the returned width; counts[j] is how
   // many it has (probes() when complete).
   size_t RankCells(const float* queries, const std::vector<size_t>& which,
@@ -454,6 +458,8 @@ class IvfProbe {
   // an empty list); else empty and scan_ kF32.
   ScanPrecision scan_ = ScanPrecision::kF32;
   std::vector<std::unique_ptr<ReducedRows>> reduced_;
+  // And the cells' centroids packed, for RankCells (null in float32).
+  std::unique_ptr<ReducedRows> centroid_rows_;
   // Over all lists' packed rows: the largest |x - x'| and |x'|.
   double packed_max_residual_ = 0;
   double packed_max_norm_ = 0;

@@ -148,7 +148,8 @@ struct TileArgs {
   size_t end;  // rows at or past it are padding
 };
 
-// Screens the 16 keys of group g for query i and offers those that pass.
+// Screens the 16 keys of group g for query i and offers those that pass
+// (or, for a sink with keys, writes them all).
 // Always inlined: a call would spill the tile's live accumulators.
 HARDNEG_AVX512 __attribute__((always_inline)) inline void Emit(
     const TileArgs& t, size_t g, size_t i, __m512 dot) {
@@ -162,6 +163,10 @@ HARDNEG_AVX512 __attribute__((always_inline)) inline void Emit(
     key = _mm512_sub_ps(_mm512_sub_ps(_mm512_add_ps(dot, dot),
                                       _mm512_set1_ps(sink.query_sq[i])),
                         row_sq);
+  }
+  if (sink.keys != nullptr) {
+    _mm512_mask_storeu_ps(sink.keys + i * sink.key_stride + row0, valid, key);
+    return;
   }
   // The row's slack: a e_r + b n_r + c (+ d |x|^2 for L2; zero without
   // coefficients).
@@ -387,6 +392,10 @@ void PortableScan(const ReducedRows& rows, const ReducedQueries& queries,
       float key = dot;
       if (sink.row_sq != nullptr) {
         key = 2 * dot - sink.query_sq[i] - sink.row_sq[row];
+      }
+      if (sink.keys != nullptr) {
+        sink.keys[i * sink.key_stride + row] = key;
+        continue;
       }
       float slack = 0;
       if (sink.slack_a != nullptr) {

@@ -187,6 +187,11 @@ struct ReducedSink {
   void (*offer)(void* context, size_t query, size_t row, float key,
                 float slack) = nullptr;
   void* context = nullptr;
+  // When set, the scan writes every row's key instead, to
+  // keys[i * key_stride + row] for query i (no slack, screen or offers):
+  // reduced scores for ranking, where no answer depends on their error.
+  float* keys = nullptr;
+  size_t key_stride = 0;
 };
 
 // Offers rows [begin, end) of `rows` to queries [0, queries.size()) through
