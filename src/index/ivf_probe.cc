@@ -14,6 +14,7 @@
 #include <numeric>
 #include <utility>
 
+#include "index/cell_keys.h"
 #include "index/ivf_flat_scan.h"
 #include "index/row_dots.h"
 
@@ -478,20 +479,12 @@ void IvfProbe::SelectCells(float* score, size_t i, const SearchOptions& options,
                            size_t entries, std::vector<uint32_t>& out) const {
   const size_t cells = cell_list_.size();
   const bool inner_product = ivf_.metric_type == faiss::METRIC_INNER_PRODUCT;
-  constexpr float kInf = std::numeric_limits<float>::infinity();
   // Higher is nearer: q.c, or 2 q.c - |c|^2 (= |q|^2 - |q - c|^2). A
-  // NaN (a query with one) ranks last. (Selects, not branches: these
-  // loops run over every cell for every query.)
-  float lo = kInf;
-  float hi = -kInf;
-  for (size_t c = 0; c < cells; ++c) {
-    float v = inner_product ? score[c] : 2 * score[c] - cell_sq_[c];
-    v = std::isnan(v) ? -kInf : v;
-    score[c] = v;
-    const bool finite = std::abs(v) < kInf;
-    lo = finite && v < lo ? v : lo;
-    hi = finite && v > hi ? v : hi;
-  }
+  // NaN (a query with one) ranks last. (CellKeys, CellBins and CellsFrom:
+  // the loops over every cell, for every query.)
+  float lo = 0;
+  float hi = 0;
+  CellKeys(score, inner_product ? nullptr : cell_sq_.data(), cells, &lo, &hi);
   if (!(lo <= hi)) lo = hi = 0;  // no finite score
   // A histogram of the scores (kRankBins between the lowest and the
   // highest finite one; -inf in the lowest bin, +inf in the highest)
@@ -503,10 +496,8 @@ void IvfProbe::SelectCells(float* score, size_t i, const SearchOptions& options,
   thread_local std::vector<size_t> mass;
   bins.resize(cells);
   mass.assign(kRankBins, 0);
-  for (size_t c = 0; c < cells; ++c) {
-    bins[c] = binner(score[c]);
-    mass[bins[c]] += cell_size_[c];
-  }
+  CellBins(score, cells, binner.lo, binner.scale, kRankBins - 1, bins.data());
+  for (size_t c = 0; c < cells; ++c) mass[bins[c]] += cell_size_[c];
   // The query's own label's cells hold nothing it could take. (A mixed
   // cell's entries of the label count: finding how many would cost a
   // search per cell, for a prefix that is a guess.)
@@ -522,22 +513,22 @@ void IvfProbe::SelectCells(float* score, size_t i, const SearchOptions& options,
     }
   }
   size_t cut = CutFor(mass, entries);
-  if (RaiseMixedCells(kMixedRankShift * (hi - lo), excluded_slot, binner, cut,
-                      score, bins, mass)) {
-    cut = CutFor(mass, entries);
-  }
+  // Raising scores only raises the cut: the selection is among the cells
+  // at or above this one, and the mixed cells raised to it.
   out.clear();
-  for (size_t c = 0; c < cells; ++c) {
-    if (bins[c] >= cut) out.push_back(static_cast<uint32_t>(c));
+  CellsFrom(bins.data(), cells, static_cast<uint16_t>(cut), out);
+  if (RaiseMixedCells(kMixedRankShift * (hi - lo), excluded_slot, binner, cut,
+                      score, bins, mass, out)) {
+    cut = CutFor(mass, entries);
+    out.erase(std::remove_if(out.begin(), out.end(),
+                             [&](uint32_t c) { return bins[c] < cut; }),
+              out.end());
   }
   OrderCells(score, bins.data(), cut, out);
 }
 
 uint16_t IvfProbe::RankBins::operator()(float v) const {
-  double at = (static_cast<double>(v) - lo) * scale;
-  at = at > 0 ? at : 0;
-  at = at < kRankBins - 1 ? at : kRankBins - 1;
-  return static_cast<uint16_t>(at);
+  return CellBin(v, lo, scale, kRankBins - 1);
 }
 
 size_t IvfProbe::CutFor(const std::vector<size_t>& mass, size_t entries) {
@@ -550,13 +541,17 @@ size_t IvfProbe::CutFor(const std::vector<size_t>& mass, size_t entries) {
 bool IvfProbe::RaiseMixedCells(float shift, uint32_t excluded_slot,
                                const RankBins& binner, size_t cut, float* score,
                                std::vector<uint16_t>& bins,
-                               std::vector<size_t>& mass) const {
+                               std::vector<size_t>& mass,
+                               std::vector<uint32_t>& selected) const {
   // Raising scores only raises the cut, so a mixed cell raised to a bin
   // below `cut` would still not be selected: only the cells whose score
   // less `shift` is at or above it raise their labels' mixed cells.
+  // (Scores only rise: a mixed cell crosses the cut at most once.)
   bool raised = false;
-  for (size_t c = 0; c < cell_list_.size(); ++c) {
-    if (bins[c] < cut || cell_mixed_[c] != 0) continue;
+  const size_t n = selected.size();
+  for (size_t s = 0; s < n; ++s) {
+    const uint32_t c = selected[s];
+    if (cell_mixed_[c] != 0) continue;
     const uint32_t slot = cell_slot_[c];
     const float v = score[c] - shift;
     const uint16_t bin = binner(v);
@@ -565,6 +560,7 @@ bool IvfProbe::RaiseMixedCells(float shift, uint32_t excluded_slot,
          ++e) {
       const uint32_t m = slot_mixed_cells_[e];
       if (!(v > score[m])) continue;
+      if (bins[m] < cut) selected.push_back(m);
       score[m] = v;
       mass[bins[m]] -= cell_size_[m];
       mass[bin] += cell_size_[m];

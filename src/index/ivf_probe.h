@@ -222,13 +222,15 @@ class IvfProbe {
   // hold less `shift` (kMixedRankShift), where that is higher, moving them
   // between `bins` and their `mass`; passes over the label in
   // `excluded_slot` (kNoSlot: none). Only raises into bins at or above
-  // `cut`, from cells there: the cells at or above the cut that `mass`
-  // then gives get the bins and scores raising every mixed cell from
-  // every cell would give them (see the body). True when it raised one.
+  // `cut`, from cells there (`selected`: every cell at or above it; the
+  // mixed cells raised to it are appended): the cells at or above the cut
+  // that `mass` then gives get the bins and scores raising every mixed
+  // cell from every cell would give them (see the body). True when it
+  // raised one.
   bool RaiseMixedCells(float shift, uint32_t excluded_slot,
                        const RankBins& binner, size_t cut, float* score,
-                       std::vector<uint16_t>& bins,
-                       std::vector<size_t>& mass) const;
+                       std::vector<uint16_t>& bins, std::vector<size_t>& mass,
+                       std::vector<uint32_t>& selected) const;
   static constexpr uint32_t kNoSlot = ~uint32_t{0};
   // SelectCells' last step: `cells` (whose bins are at or above `cut`)
   // in RankCells' order.
