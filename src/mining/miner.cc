@@ -21,6 +21,10 @@ namespace {
 constexpr size_t kMaxFetch = size_t{16} << 20;
 // Positive id lists longer than this are put in a hash set for lookups.
 constexpr size_t kLinearScanPositives = 16;
+// Batches of at least this many queries run their per-query steps on the
+// OpenMP threads. (Read only by OpenMP pragmas, which clang compiles only
+// for libomp: unused there.)
+[[maybe_unused]] constexpr size_t kParallelQueries = 32;
 
 struct Scored {
   float score;
@@ -204,6 +208,16 @@ void Collect(const MiningQuery& query, const MiningOptions& options,
   const size_t n = store.size();
   size_t count = 0;
   while (count < k && rows[count] >= 0) ++count;
+  // The candidates' ids, labels and vectors are random reads: ask for
+  // them all before the first is needed.
+  for (size_t c = 0; c < count; ++c) {
+    store.PrefetchRow(static_cast<size_t>(rows[c]));
+    const auto* vector = reinterpret_cast<const char*>(
+        store.vector(static_cast<size_t>(rows[c])));
+    const size_t bytes = store.dim() * sizeof(float);
+    for (size_t b = 0; b < bytes; b += 64) __builtin_prefetch(vector + b);
+    __builtin_prefetch(vector + bytes - 1);
+  }
   const bool exhausted = count < k || k >= n;
   // A fetched candidate is certain when no unfetched one can be closer;
   // for exact indexes, that needs a margin of the kernel's error bound
@@ -376,6 +390,8 @@ absl::Status SearchGroup(const IndexVersion& version,
   HARDNEG_RETURN_IF_ERROR(
       version.index().Search(buffers.embeddings.data(), group.size(), k, search,
                              buffers.approx.data(), buffers.rows.data()));
+#pragma omp parallel for if (group.size() >= kParallelQueries) \
+    schedule(dynamic, 16)
   for (size_t j = 0; j < group.size(); ++j) {
     const BatchQuery& query = queries[group[j]];
     Collect(*query.query, *query.options, version, states[group[j]],
@@ -544,10 +560,13 @@ std::vector<absl::StatusOr<std::vector<MiningResult>>> Miner::MineBatch(
 absl::Status Miner::MineQueries(const IndexVersion& version,
                                 absl::Span<const BatchQuery> queries,
                                 std::vector<MiningResult>& results) const {
-  std::vector<QueryState> states;
-  states.reserve(queries.size());
-  for (const BatchQuery& query : queries) {
-    states.push_back(StartQuery(*query.query, *query.options, version));
+  // Steps 1 to 5 are per query, each reading a few random rows of the
+  // store (positives, candidates): in parallel, and prefetched.
+  std::vector<QueryState> states(queries.size());
+#pragma omp parallel for if (queries.size() >= kParallelQueries) \
+    schedule(dynamic, 16)
+  for (size_t i = 0; i < queries.size(); ++i) {
+    states[i] = StartQuery(*queries[i].query, *queries[i].options, version);
   }
   // Step 6: fetch, filter, and deepen the queries that came up short, all
   // pending queries with the same search settings (nprobe,
@@ -577,6 +596,8 @@ absl::Status Miner::MineQueries(const IndexVersion& version,
       group_begin = group_end;
     }
   }
+#pragma omp parallel for if (queries.size() >= kParallelQueries) \
+    schedule(dynamic, 16)
   for (size_t i = 0; i < queries.size(); ++i) {
     results[i] = FinishQuery(*queries[i].options, version, states[i],
                              queries[i].index_in_request);
