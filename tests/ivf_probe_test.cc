@@ -522,6 +522,26 @@ void ClassExcludedQueries(const StoreData& data, size_t nq, Rng& rng,
   };
 }
 
+// nq class-excluded queries of the cell fixture, from Rng(seed). Not
+// copied: options.skip_row points at labels.
+struct CellQueries {
+  CellQueries(const CellFixture& f, uint64_t seed, size_t nq) {
+    Rng rng(seed);
+    ClassExcludedQueries(f.data, nq, rng, &queries, &labels, &options);
+  }
+  CellQueries(const CellQueries&) = delete;
+  CellQueries& operator=(const CellQueries&) = delete;
+  std::vector<float> queries;
+  std::vector<std::optional<int64_t>> labels;
+  SearchOptions options;
+};
+
+// Whether this CPU runs a reduced precision natively (else the reduced
+// scans and rankings are float32's).
+bool NativeReduced() {
+  return CpuRunsScan(ScanPrecision::kInt8) || CpuRunsScan(ScanPrecision::kBf16);
+}
+
 Result ProbeWith(const IvfProbe& probe, const std::vector<float>& queries,
                  size_t k, const SearchOptions& options) {
   const size_t nq = queries.size() / kCellDim;
@@ -707,8 +727,7 @@ TEST(IvfProbeCellsTest, CellsFindMoreNegativesThanListsForTheSameBudget) {
 // float32's ranking, and not all the same cells (the ranking is used).
 TEST(IvfProbeCellsTest, ReducedRankingFindsWhatFloat32RankingFinds) {
   // (On a CPU without a native reduced precision both rank in float32.)
-  const bool native =
-      CpuRunsScan(ScanPrecision::kInt8) || CpuRunsScan(ScanPrecision::kBf16);
+  const bool native = NativeReduced();
   CellFixture f = MakeCellFixture(faiss::METRIC_INNER_PRODUCT);
   std::unique_ptr<IvfProbe> reduced = IvfProbe::Create(
       *f.ivf, *f.store, 0, IvfProbeUnit::kCell, ScanPrecision::kAuto);
@@ -718,12 +737,9 @@ TEST(IvfProbeCellsTest, ReducedRankingFindsWhatFloat32RankingFinds) {
   if (native) {
     EXPECT_GT(reduced->MemoryBytes(), f32->MemoryBytes());
   }
-  Rng rng(35);
-  std::vector<float> queries;
-  std::vector<std::optional<int64_t>> labels;
-  SearchOptions options;
-  const size_t nq = 64;
-  ClassExcludedQueries(f.data, nq, rng, &queries, &labels, &options);
+  CellQueries cell_queries(f, 35, 64);
+  const std::vector<float>& queries = cell_queries.queries;
+  SearchOptions& options = cell_queries.options;
   const size_t k = 10;
   const Result truth = Exhaustive(*f32, queries, k, options);
   options.nprobe = 1;
@@ -791,8 +807,7 @@ TEST(IvfProbeCellsTest, MixedCellsRankBesideTheirLabelsCells) {
 // share of what it scans; single queries scan float32 and agree too.
 TEST(IvfProbeCellsTest, ReducedScanAnswersAsFloat32) {
   // (On a CPU without a native reduced precision both scan float32.)
-  const bool native =
-      CpuRunsScan(ScanPrecision::kInt8) || CpuRunsScan(ScanPrecision::kBf16);
+  const bool native = NativeReduced();
   CellFixture f = MakeCellFixture(faiss::METRIC_INNER_PRODUCT);
   // (Cells ranked in float32 by both: the same cells scanned.)
   std::unique_ptr<IvfProbe> reduced =
@@ -805,12 +820,11 @@ TEST(IvfProbeCellsTest, ReducedScanAnswersAsFloat32) {
   if (native) {
     EXPECT_GT(reduced->MemoryBytes(), f32->MemoryBytes());
   }
-  Rng rng(34);
-  std::vector<float> queries;
-  std::vector<std::optional<int64_t>> labels;
-  SearchOptions options;
   const size_t nq = 64;
-  ClassExcludedQueries(f.data, nq, rng, &queries, &labels, &options);
+  CellQueries cell_queries(f, 34, nq);
+  const std::vector<float>& queries = cell_queries.queries;
+  const std::vector<std::optional<int64_t>>& labels = cell_queries.labels;
+  SearchOptions& options = cell_queries.options;
   const size_t k = 10;
   // Half the budgets with a window: the 4 best exact negatives of each
   // query are too close (the limit halfway to the 5th, clear of the

@@ -35,6 +35,40 @@ double Dot(const float* a, const float* b, size_t dim) {
   return s;
 }
 
+// The squared norms of `count` rows of `dim` floats.
+std::vector<float> SquaredNorms(const std::vector<float>& v, size_t count,
+                                size_t dim) {
+  std::vector<float> sq(count);
+  for (size_t r = 0; r < count; ++r) {
+    sq[r] = static_cast<float>(Dot(&v[r * dim], &v[r * dim], dim));
+  }
+  return sq;
+}
+
+// Normal rows (deviation `sd`) and queries (deviation `query_sd`), the
+// rows packed at `precision` and the queries for them, with the squared
+// norms of both.
+struct Problem {
+  Problem(uint64_t seed, size_t dim_, size_t n_, size_t nq_, float sd,
+          float query_sd, ScanPrecision precision)
+      : rng(seed),
+        dim(dim_),
+        n(n_),
+        nq(nq_),
+        x(Gaussian(rng, n * dim, sd)),
+        q(Gaussian(rng, nq * dim, query_sd)),
+        row_sq(SquaredNorms(x, n, dim)),
+        query_sq(SquaredNorms(q, nq, dim)),
+        rows(x.data(), n, dim, precision) {
+    queries.Prepare(rows, q.data(), nq);
+  }
+  Rng rng;
+  size_t dim, n, nq;
+  std::vector<float> x, q, row_sq, query_sq;
+  ReducedRows rows;
+  ReducedQueries queries;
+};
+
 // Every key a scan offers, by query and row (NaN: not offered).
 struct Offers {
   size_t rows;
@@ -265,23 +299,12 @@ TEST_P(ReducedScanTest, OffersExactlyTheRowsAtOrAboveTheScreen) {
 // L2 keys, 2 dot - |q|^2 - |x|^2, within twice the slack (plus the
 // rounding of the key itself) of the exact -|q - x|^2.
 TEST_P(ReducedScanTest, L2KeysAreWithinTwiceTheSlack) {
-  Rng rng(14);
-  const size_t dim = 33;
-  const size_t n = 70;
-  const size_t nq = 5;
-  const std::vector<float> x = Gaussian(rng, n * dim, 2.0f);
-  const std::vector<float> q = Gaussian(rng, nq * dim, 2.0f);
-  std::vector<float> row_sq(n);
-  std::vector<float> query_sq(nq);
-  for (size_t r = 0; r < n; ++r) {
-    row_sq[r] = static_cast<float>(Dot(&x[r * dim], &x[r * dim], dim));
-  }
-  for (size_t i = 0; i < nq; ++i) {
-    query_sq[i] = static_cast<float>(Dot(&q[i * dim], &q[i * dim], dim));
-  }
-  const ReducedRows rows(x.data(), n, dim, GetParam().precision);
-  ReducedQueries queries;
-  queries.Prepare(rows, q.data(), nq);
+  const Problem p(14, 33, 70, 5, 2.0f, 2.0f, GetParam().precision);
+  const size_t dim = p.dim, n = p.n, nq = p.nq;
+  const std::vector<float>&x = p.x, &q = p.q, &row_sq = p.row_sq,
+        &query_sq = p.query_sq;
+  const ReducedRows& rows = p.rows;
+  const ReducedQueries& queries = p.queries;
   const Offers offers = ScanAll(rows, queries, portable(),
                                 -std::numeric_limits<float>::infinity(),
                                 row_sq.data(), query_sq.data());
@@ -304,22 +327,11 @@ TEST_P(ReducedScanTest, L2KeysAreWithinTwiceTheSlack) {
 // screen (inner product and L2), and nothing is offered; rows outside
 // [begin, end) and the padding past the stride's rows are not written.
 TEST_P(ReducedScanTest, KeysAreTheOfferedKeysOfEveryRow) {
-  Rng rng(19);
-  const size_t dim = 45;
-  const size_t n = 83;
-  const size_t nq = 13;
-  const std::vector<float> x = Gaussian(rng, n * dim, 1.0f);
-  const std::vector<float> q = Gaussian(rng, nq * dim, 1.0f);
-  std::vector<float> row_sq(n), query_sq(nq);
-  for (size_t r = 0; r < n; ++r) {
-    row_sq[r] = static_cast<float>(Dot(&x[r * dim], &x[r * dim], dim));
-  }
-  for (size_t i = 0; i < nq; ++i) {
-    query_sq[i] = static_cast<float>(Dot(&q[i * dim], &q[i * dim], dim));
-  }
-  const ReducedRows rows(x.data(), n, dim, GetParam().precision);
-  ReducedQueries queries;
-  queries.Prepare(rows, q.data(), nq);
+  Problem p(19, 45, 83, 13, 1.0f, 1.0f, GetParam().precision);
+  const size_t n = p.n, nq = p.nq;
+  const ReducedRows& rows = p.rows;
+  const ReducedQueries& queries = p.queries;
+  std::vector<float>&row_sq = p.row_sq, &query_sq = p.query_sq;
   for (bool l2 : {false, true}) {
     SCOPED_TRACE(l2 ? "L2" : "inner product");
     const Offers offers = ScanAll(
