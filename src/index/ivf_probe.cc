@@ -14,6 +14,7 @@
 #include <numeric>
 #include <utility>
 
+#include "base/prefetch.h"
 #include "index/cell_keys.h"
 #include "index/ivf_flat_scan.h"
 #include "index/row_dots.h"
@@ -893,13 +894,7 @@ void IvfProbe::Offer(void* context, size_t query, size_t row, float key,
     return;
   }
   const size_t d = static_cast<size_t>(scan.probe->ivf_.d);
-  // Every cache line of the row, which need not start on one.
-  const auto* begin = reinterpret_cast<const char*>(scan.x + row * d);
-  const char* end = begin + d * sizeof(float);
-  for (const char* line = begin - reinterpret_cast<uintptr_t>(begin) % 64;
-       line < end; line += 64) {
-    __builtin_prefetch(line);
-  }
+  PrefetchLines(scan.x + row * d, d * sizeof(float));
   scan.probe->store_.PrefetchRow(static_cast<size_t>(scan.ids[row]));
   scan.pending[scan.pending_n++] = {static_cast<uint32_t>(query),
                                     static_cast<uint32_t>(row), key + slack};

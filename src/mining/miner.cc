@@ -10,6 +10,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "base/prefetch.h"
 #include "base/status_macros.h"
 #include "mining/sampling.h"
 
@@ -212,11 +213,8 @@ void Collect(const MiningQuery& query, const MiningOptions& options,
   // them all before the first is needed.
   for (size_t c = 0; c < count; ++c) {
     store.PrefetchRow(static_cast<size_t>(rows[c]));
-    const auto* vector = reinterpret_cast<const char*>(
-        store.vector(static_cast<size_t>(rows[c])));
-    const size_t bytes = store.dim() * sizeof(float);
-    for (size_t b = 0; b < bytes; b += 64) __builtin_prefetch(vector + b);
-    __builtin_prefetch(vector + bytes - 1);
+    PrefetchLines(store.vector(static_cast<size_t>(rows[c])),
+                  store.dim() * sizeof(float));
   }
   const bool exhausted = count < k || k >= n;
   // A fetched candidate is certain when no unfetched one can be closer;
