@@ -219,10 +219,21 @@ HARDNEG_AVX512 inline void Dpbf16(__m512i& acc, __m512i x, __m512i b) {
 // Groups [g, g + R) against queries [i, i + Q) at precision P: R x Q
 // accumulators held in registers over all steps, R row loads and Q
 // broadcasts a step.
+//
+// The first query tile (i == 0) also prefetches the next R groups, a line
+// of each a step. An IVF cell is scanned for a few query tiles only, so
+// its rows come from memory, and each tile would otherwise wait for them
+// (in-process on W2, 40,000 candidates a query: 13-20% less time). Past
+// the last group the prefetches are wasted, not faults: prefetch
+// instructions never fault.
 template <ScanPrecision P, size_t R, size_t Q>
 HARDNEG_AVX512 void Tile(const TileArgs& t, size_t g, size_t i) {
   const size_t steps = t.rows->steps();
   const uint8_t* base = t.rows->lines() + g * steps * kLineBytes;
+  // An address, not a pointer: it may lie past the rows' allocation.
+  const uintptr_t ahead =
+      reinterpret_cast<uintptr_t>(base) + R * steps * kLineBytes;
+  const bool fetch = i == 0;
   __m512i acc[R][Q];
 #pragma GCC unroll 8
   for (size_t r = 0; r < R; ++r) {
@@ -233,6 +244,15 @@ HARDNEG_AVX512 void Tile(const TileArgs& t, size_t g, size_t i) {
 #pragma GCC unroll 8
   for (size_t j = 0; j < Q; ++j) q[j] = t.queries->packed(i + j);
   for (size_t s = 0; s < steps; ++s) {
+    if (fetch) {
+#pragma GCC unroll 8
+      for (size_t r = 0; r < R; ++r) {
+        _mm_prefetch(
+            // NOLINTNEXTLINE(performance-no-int-to-ptr): an address only
+            reinterpret_cast<const char*>(ahead + (r * steps + s) * kLineBytes),
+            _MM_HINT_T0);
+      }
+    }
     __m512i x[R];
 #pragma GCC unroll 8
     for (size_t r = 0; r < R; ++r) {
