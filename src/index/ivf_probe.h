@@ -273,8 +273,11 @@ class IvfProbe {
   // probe (BatchScan), sharing each probe's read.
   static constexpr size_t kMinBatchQueries = 8;
   // Cell mode ranks and scans at most this many queries of a search at a
-  // time (a search splits into chunks of equal size).
-  static constexpr size_t kCellChunkQueries = 256;
+  // time (a search splits into chunks of equal size). The more queries a
+  // chunk, the more share each cell's read: on W2, searches of 512
+  // queries took 19% less time a query than two chunks of 256 (own class
+  // excluded, 40,000 candidates; 11% less for one positive at 2,000).
+  static constexpr size_t kCellChunkQueries = 512;
 
   Span SpanOf(size_t probe) const;
   // Bytes of the packed copies.
