@@ -301,7 +301,7 @@ QueryState StartQuery(const MiningQuery& query, const MiningOptions& options,
   if (index.skips()) {
     // Matches and near filters never take a place among the k fetched,
     // so a little over the window leaves room for the scores too close
-    // to the k-th to be certain. An approximate index (IVF cells) has no
+    // to the k-th to be certain. An approximate index (IVF) has no
     // such margin: it returns its k best by float32 score, so two spare
     // places cover a near filter's exact score falling on the other side
     // of its limit; each extra place lowers its screens (on W2 with the
