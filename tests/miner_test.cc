@@ -1609,6 +1609,76 @@ TEST(MinerTest, ApproximateIndexReturnsOnlyValidNegatives) {
   }
 }
 
+// IVF fetches the window plus two: when more of those fall past a near
+// filter's limit by the exact score, another round fills the window.
+// Twelve rows score one float step above the limit of a relative margin,
+// which IVF's float32 screen lets through (it rounds the limit up) and
+// the miner's exact check refuses; they are the twelve best after the
+// positive, so the first round's fetch holds nothing else.
+TEST(MinerTest, IvfRefillsTheWindowWhenTheNearFilterRefusesFetchedRows) {
+  Rng rng(52);
+  StoreData data;
+  data.dim = 4;
+  data.labels.emplace();
+  auto add = [&](const std::vector<float>& row) {
+    data.ids.push_back(static_cast<int64_t>(data.ids.size()) * 7 + 3);
+    data.vectors.insert(data.vectors.end(), row.begin(), row.end());
+    data.labels->push_back(static_cast<int64_t>(data.ids.size() % 3));
+  };
+  add({1, 0, 0, 0});  // the positive
+  // p = 1; the limit is 1 - 0.1f (in double), between two floats.
+  const float margin = 0.1f;
+  const double limit = 1.0 - static_cast<double>(margin);
+  float above = static_cast<float>(limit);
+  while (static_cast<double>(above) <= limit) {
+    above = std::nextafter(above, 2.0f);
+  }
+  const size_t first_refused = data.ids.size();
+  for (int i = 0; i < 12; ++i) {
+    const float side = std::sqrt(1.0f - above * above);
+    add({above, i % 2 == 0 ? side : 0.0f, i % 2 == 0 ? 0.0f : side, 0});
+  }
+  std::normal_distribution<double> normal;
+  while (data.ids.size() < 600) {
+    std::vector<float> row(4);
+    double norm = 0;
+    for (float& v : row) {
+      v = static_cast<float>(normal(rng));
+      norm += static_cast<double>(v) * v;
+    }
+    for (float& v : row) v = static_cast<float>(v / std::sqrt(norm));
+    if (row[0] < 0.8f) add(row);
+  }
+  std::shared_ptr<const IndexVersion> version =
+      BuildVersion(data, Metric::kInnerProduct, "IVF4,Flat");
+  ASSERT_NE(version, nullptr);
+  ASSERT_FALSE(version->index().exact());
+  ASSERT_TRUE(version->index().skips());
+  OwnedQuery q;
+  q.embedding = {1, 0, 0, 0};
+  q.positive_ids = {data.ids[0]};
+  const std::vector<OwnedQuery> queries = {q};
+  const std::vector<MiningQuery> views = Views(queries);
+  MiningOptions o = Top(10);
+  o.relative_margin = margin;
+  o.nprobe = 4;  // every list: the answer is the exact one
+  absl::StatusOr<std::vector<MiningResult>> got =
+      Miner().Mine(*version, views, o);
+  ASSERT_TRUE(got.ok()) << got.status();
+  const ReferenceResult want =
+      ReferenceMine(version->store(), Metric::kInnerProduct, views[0], o);
+  ASSERT_EQ(want.top.size(), 10u);
+  const MiningResult& r = (*got)[0];
+  EXPECT_EQ(r.shortfall, 0u);
+  ASSERT_EQ(r.negatives.size(), 10u);
+  for (size_t j = 0; j < 10; ++j) {
+    EXPECT_EQ(r.negatives[j].id, want.top[j].id) << "negatives[" << j << "]";
+    EXPECT_FALSE(r.negatives[j].row >= first_refused &&
+                 r.negatives[j].row < first_refused + 12)
+        << "row " << r.negatives[j].row << " scores past the limit";
+  }
+}
+
 // Per-request nprobe on one IVF version: probing every list gives the
 // exact answer, and requests with different nprobe in one batch each get
 // what they get alone.
