@@ -223,7 +223,7 @@ HARDNEG_AVX512 inline void Dpbf16(__m512i& acc, __m512i x, __m512i b) {
 // The first query tile (i == 0) also prefetches the next R groups, a line
 // of each a step. An IVF cell is scanned for a few query tiles only, so
 // its rows come from memory, and each tile would otherwise wait for them
-// (in-process on W2, 40,000 candidates a query: 13-20% less time). Past
+// (in-process on W2, 40,000 candidates a query: 13-18% less time). Past
 // the last group the prefetches are wasted, not faults: prefetch
 // instructions never fault.
 template <ScanPrecision P, size_t R, size_t Q>
