@@ -1638,15 +1638,8 @@ TEST(MinerTest, IvfRefillsTheWindowWhenTheNearFilterRefusesFetchedRows) {
     const float side = std::sqrt(1.0f - above * above);
     add({above, i % 2 == 0 ? side : 0.0f, i % 2 == 0 ? 0.0f : side, 0});
   }
-  std::normal_distribution<double> normal;
   while (data.ids.size() < 600) {
-    std::vector<float> row(4);
-    double norm = 0;
-    for (float& v : row) {
-      v = static_cast<float>(normal(rng));
-      norm += static_cast<double>(v) * v;
-    }
-    for (float& v : row) v = static_cast<float>(v / std::sqrt(norm));
+    const std::vector<float> row = GaussianVector(rng, data.dim, true);
     if (row[0] < 0.8f) add(row);
   }
   std::shared_ptr<const IndexVersion> version =
