@@ -64,6 +64,18 @@ float FloatAbove(double bound) {
 // (d + 16) u |q| |e_r| + (d + 16) u (|q| + |f|) |x'_r|: so a candidate that
 // is certainly under a ceiling stays under it once rescored.
 //
+// Centred rows (m, the rows' mean rounded to float; x' then packs
+// x - m, with e = x - m - x' measured in double):
+//
+//   q.x = q.m + q.(x - m)
+//
+// The kernels add o = fl(q.m) (summed in double: |o - q.m| <= u |q| |m|
+// and a negligible double error) to the reduced dot, whose error is the
+// above with x - m for x. The addition rounds once more on |key| <=
+// (|q| + |f|) |x'_r| + |q| |m|; the rescoring (on |x_r| <= |m| + |e_r| +
+// |x'_r|) and the screens' few roundings now also act on |q| |m|. All of
+// it is within (d + 32) u |q| |m|, added to c (times 1.0625).
+//
 // DotSlack(i, r) is the sum, times 1.0625 for the rounding of the bound's
 // own arithmetic, written a |e_r| + b |x'_r| + c for the kernels. For L2
 // keys (2 dot - |q|^2 - |x|^2) callers double it and add the rounding of
@@ -156,11 +168,14 @@ HARDNEG_AVX512 __attribute__((always_inline)) inline void Emit(
   const size_t row0 = g * kReducedGroupRows;
   const size_t live = std::min(kReducedGroupRows, t.end - row0);
   const auto valid = static_cast<__mmask16>((1u << live) - 1);
-  __m512 key = dot;
+  // q.m for centred rows (0 otherwise): the same float addition as the
+  // portable kernel's (this file is built without contraction into FMAs).
+  const __m512 full = _mm512_add_ps(dot, _mm512_set1_ps(t.queries->offset(i)));
+  __m512 key = full;
   const ReducedSink& sink = *t.sink;
   if (sink.row_sq != nullptr) {
     const __m512 row_sq = _mm512_maskz_loadu_ps(valid, sink.row_sq + row0);
-    key = _mm512_sub_ps(_mm512_sub_ps(_mm512_add_ps(dot, dot),
+    key = _mm512_sub_ps(_mm512_sub_ps(_mm512_add_ps(full, full),
                                       _mm512_set1_ps(sink.query_sq[i])),
                         row_sq);
   }
@@ -409,6 +424,7 @@ void PortableScan(const ReducedRows& rows, const ReducedQueries& queries,
           dot += Bf16Value(x[0]) * Bf16Value(static_cast<uint16_t>(q[s]));
         }
       }
+      dot += queries.offset(i);
       float key = dot;
       if (sink.row_sq != nullptr) {
         key = 2 * dot - sink.query_sq[i] - sink.row_sq[row];
@@ -492,7 +508,7 @@ size_t ReducedRows::BytesFor(size_t n, size_t dim, ScanPrecision precision) {
 }
 
 ReducedRows::ReducedRows(const float* rows, size_t n, size_t dim,
-                         ScanPrecision precision)
+                         ScanPrecision precision, bool centred)
     : precision_(precision), n_(n), dim_(dim) {
   const size_t per_step = precision == ScanPrecision::kInt8 ? 4 : 2;
   steps_ = (dim + per_step - 1) / per_step;
@@ -510,7 +526,31 @@ ReducedRows::ReducedRows(const float* rows, size_t n, size_t dim,
   } else {
     std::memset(lines_.get(), 0, bytes);
   }
+  if (centred && n > 0) Centre(rows);
   Pack(rows);
+}
+
+void ReducedRows::Centre(const float* rows) {
+  std::vector<double> sum(dim_, 0.0);
+  const auto n = static_cast<int64_t>(n_);
+#pragma omp parallel
+  {
+    std::vector<double> part(dim_, 0.0);
+#pragma omp for schedule(static) nowait
+    for (int64_t r = 0; r < n; ++r) {
+      const float* x = rows + static_cast<size_t>(r) * dim_;
+      for (size_t d = 0; d < dim_; ++d) part[d] += x[d];
+    }
+#pragma omp critical
+    for (size_t d = 0; d < dim_; ++d) sum[d] += part[d];
+  }
+  centre_.resize(dim_);
+  double sq = 0;
+  for (size_t d = 0; d < dim_; ++d) {
+    centre_[d] = static_cast<float>(sum[d] / static_cast<double>(n_));
+    sq += static_cast<double>(centre_[d]) * centre_[d];
+  }
+  centre_norm_ = Up(std::sqrt(sq));
 }
 
 void ReducedRows::Pack(const float* rows) {
@@ -523,11 +563,17 @@ void ReducedRows::Pack(const float* rows) {
   for (int64_t r = 0; r < n; ++r) {
     const auto row = static_cast<size_t>(r);
     const float* x = rows + row * dim_;
+    // The row less the centre, in double (x - m, whose error the residual
+    // measures), and as the float the packing rounds.
+    auto value = [&](size_t d) {
+      return centre_.empty() ? static_cast<double>(x[d])
+                             : static_cast<double>(x[d]) - centre_[d];
+    };
     float scale = 0;
     if (int8) {
       float max_abs = 0;
       for (size_t d = 0; d < dim_; ++d) {
-        max_abs = std::max(max_abs, std::abs(x[d]));
+        max_abs = std::max(max_abs, std::abs(static_cast<float>(value(d))));
       }
       scale = Int8Scale(max_abs);
       scales_[row] = scale;
@@ -538,18 +584,19 @@ void ReducedRows::Pack(const float* rows) {
     double residual = 0;
     double norm = 0;
     for (size_t d = 0; d < dim_; ++d) {
+      const double v = value(d);
       double packed = 0;  // the value the kernels multiply
       if (int8) {
-        const int32_t v = Quantise(x[d], scale);
-        line[(d / 4) * kLineBytes + d % 4] = static_cast<uint8_t>(v + 128);
-        packed = static_cast<double>(scale) * v;
+        const int32_t q = Quantise(static_cast<float>(v), scale);
+        line[(d / 4) * kLineBytes + d % 4] = static_cast<uint8_t>(q + 128);
+        packed = static_cast<double>(scale) * q;
       } else {
-        const uint16_t bits = Bf16Bits(x[d]);
+        const uint16_t bits = Bf16Bits(static_cast<float>(v));
         std::memcpy(line + (d / 2) * kLineBytes + (d % 2) * 2, &bits,
                     sizeof bits);
         packed = Bf16Value(bits);
       }
-      residual += (x[d] - packed) * (x[d] - packed);
+      residual += (v - packed) * (v - packed);
       norm += packed * packed;
     }
     residuals_[row] = FloatAbove(std::sqrt(residual));
@@ -570,6 +617,7 @@ void ReducedQueries::Prepare(const ReducedRows& rows, const float* queries,
   packed_.assign(nq * steps_, 0);
   scale_.assign(nq, 0.0f);
   correction_.assign(nq, 0);
+  offset_.assign(nq, 0.0f);
   slack_.assign(nq, 0.0);
   a_.assign(nq, 0.0);
   b_.assign(nq, 0.0);
@@ -623,6 +671,18 @@ void ReducedQueries::Prepare(const ReducedRows& rows, const float* queries,
     a_[i] = 1.0625 * qn * (1 + rescoring);
     b_[i] = 1.0625 * (f + (arithmetic + rescoring) * (qn + f));
     c_[i] = 1e-30 + (int8 ? 3 : 5) * d * std::ldexp(1.0, -126);
+    const std::vector<float>& centre = rows.centre();
+    if (!centre.empty()) {
+      double offset = 0;
+      for (size_t j = 0; j < dim; ++j) {
+        offset += static_cast<double>(q[j]) * centre[j];
+      }
+      offset_[i] = static_cast<float>(offset);
+      // The offset's rounding, its addition to the key, the rescoring's
+      // and the screens' arithmetic on the |q| |m| the key now holds (see
+      // the derivation above).
+      c_[i] += 1.0625 * (d + 32) * kUnitRoundoff * qn * rows.centre_norm();
+    }
     slack_[i] =
         a_[i] * rows.max_residual() + b_[i] * rows.max_reduced_norm() + c_[i];
   }
@@ -635,6 +695,7 @@ void ReducedQueries::Select(const ReducedQueries& from, const uint32_t* which,
   packed_.resize(m * steps_);
   scale_.resize(m);
   correction_.resize(m);
+  offset_.resize(m);
   slack_.resize(m);
   a_.resize(m);
   b_.resize(m);
@@ -644,6 +705,7 @@ void ReducedQueries::Select(const ReducedQueries& from, const uint32_t* which,
     std::copy_n(from.packed(i), steps_, packed_.data() + j * steps_);
     scale_[j] = from.scale_[i];
     correction_[j] = from.correction_[i];
+    offset_[j] = from.offset_[i];
     slack_[j] = from.slack_[i];
     a_[j] = from.a_[i];
     b_[j] = from.b_[i];

@@ -68,11 +68,19 @@ ScanPrecision EffectiveScan(ScanPrecision requested, size_t dim);
 inline constexpr size_t kReducedGroupRows = 16;
 
 // The rows of a store, packed at a reduced precision (kBf16 or kInt8).
+//
+// Centred rows. Rows far from the origin that differ little (embeddings
+// with a common direction: all positive, or a mean cosine of 0.8) spend a
+// packed value's precision on what they share, and the keys cannot order
+// them. Packed `centred`, each row is stored as x - m, where m is the
+// rows' mean (centre()); ReducedQueries adds q.m back to every key
+// (offset()), so keys are q.x as before, with the error of q.(x - m).
 class ReducedRows {
  public:
   // Packs rows [0, n) of row-major `rows` (n x dim, finite), in parallel
-  // on the OpenMP threads.
-  ReducedRows(const float* rows, size_t n, size_t dim, ScanPrecision precision);
+  // on the OpenMP threads; less their mean when `centred`.
+  ReducedRows(const float* rows, size_t n, size_t dim, ScanPrecision precision,
+              bool centred = false);
 
   ReducedRows(const ReducedRows&) = delete;
   ReducedRows& operator=(const ReducedRows&) = delete;
@@ -83,10 +91,15 @@ class ReducedRows {
   // 4-byte packed steps per row: ceil(dim / 4) for int8, ceil(dim / 2)
   // for bf16.
   size_t steps() const { return steps_; }
-  // Over all rows x: the largest |x - x'| and |x'|, where x' is the row as
-  // the kernels see it (dequantised), both rounded up.
+  // Over all rows x: the largest |x - m - x'| and |x'|, where x' is the
+  // row as the kernels see it (dequantised) and m the centre (0 unless
+  // centred), both rounded up.
   double max_residual() const { return max_residual_; }
   double max_reduced_norm() const { return max_reduced_norm_; }
+  // The centre m subtracted before packing (dim floats), or empty; and
+  // |m|, rounded up (0 when empty).
+  const std::vector<float>& centre() const { return centre_; }
+  double centre_norm() const { return centre_norm_; }
 
   // Heap bytes held.
   size_t MemoryBytes() const { return BytesFor(n_, dim_, precision_); }
@@ -107,7 +120,9 @@ class ReducedRows {
     void operator()(uint8_t* p) const { std::free(p); }
   };
 
-  // Packs every row and measures its residual and norm.
+  // Sets centre_ to the mean of the n rows (in double, rounded to float).
+  void Centre(const float* rows);
+  // Packs every row (less the centre) and measures its residual and norm.
   void Pack(const float* rows);
 
   ScanPrecision precision_;
@@ -118,6 +133,8 @@ class ReducedRows {
   std::vector<float> scales_;
   std::vector<float> residuals_;
   std::vector<float> norms_;
+  std::vector<float> centre_;
+  double centre_norm_ = 0;
   double max_residual_ = 0;
   double max_reduced_norm_ = 0;
 };
@@ -128,8 +145,8 @@ class ReducedQueries {
   // Packs the `nq` queries (row-major nq x rows.dim()) for `rows`.
   void Prepare(const ReducedRows& rows, const float* queries, size_t nq);
   // Queries which[0 .. m) of `from`, in that order: as Prepare would make
-  // them for any rows of the same dim and precision (DotSlack(i) without
-  // a row is from's).
+  // them for any rows of the same dim, precision and centre (DotSlack(i)
+  // without a row is from's).
   void Select(const ReducedQueries& from, const uint32_t* which, size_t m);
 
   size_t size() const { return nq_; }
@@ -149,6 +166,9 @@ class ReducedQueries {
   const uint32_t* packed(size_t i) const { return packed_.data() + i * steps_; }
   float scale(size_t i) const { return scale_[i]; }
   int32_t correction(size_t i) const { return correction_[i]; }
+  // What the kernels add to query i's dot products: q.m for the rows'
+  // centre m, rounded to float (0 for rows not centred).
+  float offset(size_t i) const { return offset_[i]; }
 
  private:
   size_t nq_ = 0;
@@ -156,6 +176,7 @@ class ReducedQueries {
   std::vector<uint32_t> packed_;
   std::vector<float> scale_;
   std::vector<int32_t> correction_;
+  std::vector<float> offset_;
   std::vector<double> slack_;
   std::vector<double> a_;
   std::vector<double> b_;

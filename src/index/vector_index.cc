@@ -348,8 +348,11 @@ class FlatIndex final : public VectorIndex {
             const IndexBuildOptions& options)
       : store_(store), metric_(metric), scan_(FlatScan(store, options)) {
     if (scan_ != ScanPrecision::kF32) {
+      // Centred: rows far from the origin keep their precision for what
+      // differs between them (reduced_scan.h).
       reduced_ = std::make_unique<ReducedRows>(store.data(), store.size(),
-                                               store.dim(), scan_);
+                                               store.dim(), scan_,
+                                               /*centred=*/true);
       if (std::isfinite(reduced_->max_residual()) &&
           std::isfinite(reduced_->max_reduced_norm())) {
         // From now on the float32 rows are read only to rescore a few
@@ -452,8 +455,8 @@ class FlatIndex final : public VectorIndex {
   ScanPrecision scan() const override { return scan_; }
 
   // True once most queries the reduced pass took fell back (rows it cannot
-  // order, such as rows far from the origin that differ little): from
-  // then on the float32 pass alone is cheaper.
+  // order even centred, such as two distant clumps of rows that differ
+  // little within each): from then on the float32 pass alone is cheaper.
   bool ReducedFailing() const {
     const uint64_t queries = reduced_queries_.load(std::memory_order_relaxed);
     return queries >= kMinReducedVerdict &&
