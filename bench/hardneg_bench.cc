@@ -219,6 +219,8 @@ struct Workload {
   size_t clusters = 0;
   // Also measure IVF against exact search.
   bool ivf = false;
+  // Also measure the scans on rows sharing a direction (m).
+  bool shared_direction = false;
 };
 
 // One printed line: calls are batches (a, b) or requests (c).
@@ -746,6 +748,8 @@ struct ScanFigures {
   double unpinned_bound_qps[2] = {0, 0};  // (j) at the start and at the end
   std::optional<double> peak_qps[2];      // (k) bf16, int8
   std::vector<ScanModeFigures> modes;     // (l) f32, bf16, int8
+  // (m): f32, then int8 (when measured), on rows sharing a direction.
+  std::vector<ScanModeFigures> shared;
 };
 
 // What the summary reports for one workload.
@@ -1207,6 +1211,122 @@ absl::Status RunScanModes(const Options& opt, const std::string& checkpoints,
   return absl::OkStatus();
 }
 
+// (m): how far x = (a u + g) / |a u + g| (u fixed, g the workload's unit
+// rows) lies along u: two such rows have a mean cosine of about
+// a^2 / (1 + a^2), 0.8 here, as many encoders' embeddings do.
+constexpr float kSharedDirection = 2.0f;
+
+// Moves `n` unit rows of `dim` along u = (1, ..., 1) / sqrt(dim) as
+// kSharedDirection says, in place.
+void ShareDirection(size_t n, size_t dim, float* rows) {
+  const auto along = static_cast<float>(kSharedDirection /
+                                        std::sqrt(static_cast<double>(dim)));
+  for (size_t r = 0; r < n; ++r) {
+    float* x = rows + r * dim;
+    double sq = 0;
+    for (size_t j = 0; j < dim; ++j) {
+      x[j] += along;
+      sq += static_cast<double>(x[j]) * x[j];
+    }
+    const auto inverse = static_cast<float>(1 / std::sqrt(sq));
+    for (size_t j = 0; j < dim; ++j) x[j] *= inverse;
+  }
+}
+
+// (m) The exact Miner at f32 and int8 on workload `w`'s rows and queries
+// moved to share a direction, where packed values would spend their
+// precision on what the rows share unless packed less their mean
+// (index/reduced_scan.h).
+absl::Status RunSharedDirection(const Workload& w, const Options& opt,
+                                const QueryPool& uniform, double ref_qps,
+                                double bound_qps, ScanFigures* out) {
+  std::printf(
+      "  (m) rows and queries sharing a direction (x = (%.0f u + g) / |%.0f u "
+      "+ g|, mean cosine about %.1f): each scan precision's Miner, int8 "
+      "packing the rows less their mean\n",
+      kSharedDirection, kSharedDirection,
+      kSharedDirection * kSharedDirection /
+          (1 + kSharedDirection * kSharedDirection));
+  std::fflush(stdout);
+  absl::StatusOr<TempDir> tmp = TempDir::Create(opt.tmp_dir, "hardneg-bench");
+  if (!tmp.ok()) return tmp.status();
+  const std::string checkpoints = tmp->path() + "/checkpoints";
+  QueryPool pool = uniform;
+  ShareDirection(kQueryPool, w.dim, pool.embeddings.data());
+  {
+    std::vector<float> embeddings(w.n * w.dim);
+    SplitMix64 rng(opt.seed);
+    FillWorkloadVectors(w, {}, &rng, w.n, embeddings.data());
+    ShareDirection(w.n, w.dim, embeddings.data());
+    std::vector<int64_t> ids(w.n);
+    std::vector<int64_t> labels(w.n);
+    for (size_t i = 0; i < w.n; ++i) {
+      ids[i] = static_cast<int64_t>(i);
+      labels[i] = static_cast<int64_t>(i % 10);
+    }
+    CheckpointManifest manifest;
+    manifest.name = "v1";
+    manifest.step = 1;
+    manifest.dim = static_cast<uint32_t>(w.dim);
+    manifest.metric = Metric::kInnerProduct;
+    HARDNEG_RETURN_IF_ERROR(
+        WriteCheckpoint(checkpoints, manifest, embeddings, ids, labels));
+  }
+  std::vector<std::vector<int64_t>> f32_ids;
+  for (ScanPrecision precision : {ScanPrecision::kF32, ScanPrecision::kInt8}) {
+    const std::string name = ScanPrecisionName(precision);
+    if (!CpuRunsScan(precision)) {
+      std::printf("  (m) %s skipped: this CPU lacks %s\n", name.c_str(),
+                  ScanFeatures(precision));
+      continue;
+    }
+    IndexManagerOptions options;
+    options.checkpoints_dir = checkpoints;
+    options.build.scan = precision;
+    options.build_threads = opt.cores;
+    IndexManager manager(options);
+    HARDNEG_RETURN_IF_ERROR(manager.LoadNewest());
+    std::shared_ptr<const IndexVersion> version = manager.Current();
+    if (version == nullptr) {
+      return absl::InternalError("LoadNewest served none");
+    }
+    ScanModeFigures& fig = out->shared.emplace_back();
+    fig.precision = precision;
+    fig.measured = true;
+    const VectorIndex::ScanStats before = version->index().scan_stats();
+    std::vector<std::vector<int64_t>> ids =
+        MineIds(*version, pool, kAgreementQueries, MineSettings{});
+    const LineStats batched = RunMiner(*version, pool, kFaissBatch,
+                                       MineSettings{}, opt.seconds, 100000);
+    PrintLine("(m) " + name + " Miner B=256", batched, ref_qps, bound_qps);
+    fig.miner_qps = batched.qps;
+    const VectorIndex::ScanStats after = version->index().scan_stats();
+    fig.stats.reduced_queries = after.reduced_queries - before.reduced_queries;
+    fig.stats.fallbacks = after.fallbacks - before.fallbacks;
+    if (precision == ScanPrecision::kF32) {
+      f32_ids = std::move(ids);
+      continue;
+    }
+    fig.compared = std::min(ids.size(), f32_ids.size());
+    for (size_t q = 0; q < fig.compared; ++q) {
+      fig.identical += ids[q] == f32_ids[q] ? 1 : 0;
+    }
+    fig.recall = Recall(ids, f32_ids);
+    std::printf(
+        "    %s: %.2fx f32's q/s; negatives identical to f32's for %zu of %zu "
+        "queries; fell back to float32: %llu of %llu queries\n",
+        name.c_str(),
+        out->shared.front().miner_qps > 0
+            ? fig.miner_qps / out->shared.front().miner_qps
+            : 0.0,
+        fig.identical, fig.compared,
+        static_cast<unsigned long long>(fig.stats.fallbacks),
+        static_cast<unsigned long long>(fig.stats.reduced_queries));
+    std::fflush(stdout);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status RunWorkload(const Workload& w, const Options& opt,
                          Summary* summary) {
   summary->workload = w.name;
@@ -1400,6 +1520,10 @@ absl::Status RunWorkload(const Workload& w, const Options& opt,
 
   HARDNEG_RETURN_IF_ERROR(
       RunScanModes(opt, checkpoints, pool, ref_qps, bound_qps, &summary->scan));
+  if (w.shared_direction) {
+    HARDNEG_RETURN_IF_ERROR(
+        RunSharedDirection(w, opt, pool, ref_qps, bound_qps, &summary->scan));
+  }
 
   if (w.ivf) {
     HARDNEG_RETURN_IF_ERROR(
@@ -2075,6 +2199,18 @@ void PrintScanSummary(const Summary& s) {
                 m.service_qps / bound, m.service_qps / unpinned, x_peak.c_str(),
                 identical.c_str(), fell_back.c_str());
   }
+  const std::vector<ScanModeFigures>& shared = s.scan.shared;
+  if (shared.size() == 2 && shared[0].miner_qps > 0) {
+    const ScanModeFigures& int8 = shared[1];
+    std::printf(
+        "      rows sharing a direction (m): int8 Miner B=256 at %.2fx f32's "
+        "(%.1f against %.1f q/s), negatives identical for %zu of %zu, fell "
+        "back on %llu of %llu queries\n",
+        int8.miner_qps / shared[0].miner_qps, int8.miner_qps,
+        shared[0].miner_qps, int8.identical, int8.compared,
+        static_cast<unsigned long long>(int8.stats.fallbacks),
+        static_cast<unsigned long long>(int8.stats.reduced_queries));
+  }
 }
 
 void PrintSummary(const std::vector<Summary>& summaries, int cores) {
@@ -2154,7 +2290,7 @@ int Main() {
     if (name == "W4") {
       w4 = true;
     } else if (name == "W1") {
-      workloads.push_back({"W1", 100000 / divisor, 128});
+      workloads.push_back({"W1", 100000 / divisor, 128, 0, false, true});
     } else if (name == "W2") {
       workloads.push_back({"W2", 1000000 / divisor, 128, 3000 / divisor, true});
     } else if (name == "W3") {
