@@ -1243,7 +1243,8 @@ absl::Status RunSharedDirection(const Workload& w, const Options& opt,
   std::printf(
       "  (m) rows and queries sharing a direction (x = (%.0f u + g) / |%.0f u "
       "+ g|, mean cosine about %.1f): each scan precision's Miner, int8 "
-      "packing the rows less their mean\n",
+      "packing the rows less their mean and the queries less their share "
+      "along it\n",
       kSharedDirection, kSharedDirection,
       kSharedDirection * kSharedDirection /
           (1 + kSharedDirection * kSharedDirection));

@@ -206,6 +206,61 @@ TEST_P(ReducedScanTest, CentredRowsKeepTheirPrecision) {
   }
 }
 
+// Queries that share the rows' direction (30 times their own spread along
+// it), with centred rows: packed less that share, the kernels add it back
+// from each row's projection. Every key stays within its slack of the
+// exact q.x, and the slack is about that of the query without the share,
+// not 30 times it.
+TEST_P(ReducedScanTest, QueriesAlongTheRowsDirectionArePackedWithoutIt) {
+  Rng rng(19);
+  for (size_t dim : {size_t{2}, size_t{64}, size_t{131}}) {
+    SCOPED_TRACE("dim " + std::to_string(dim));
+    const size_t n = 83;
+    const size_t nq = 13;
+    const std::vector<float> offset = Gaussian(rng, dim, 10.0f);
+    std::vector<float> x = Gaussian(rng, n * dim, 1.0f);
+    for (size_t r = 0; r < n; ++r) {
+      for (size_t j = 0; j < dim; ++j) x[r * dim + j] += offset[j];
+    }
+    const ReducedRows rows(x.data(), n, dim, GetParam().precision,
+                           /*centred=*/true);
+    const std::vector<float>& direction = rows.direction();
+    ASSERT_EQ(direction.size(), dim);
+    // Each query without its share along the direction, then with a
+    // share 30 times its norm.
+    std::vector<float> small = Gaussian(rng, nq * dim, 1.0f);
+    std::vector<float> q(nq * dim);
+    for (size_t i = 0; i < nq; ++i) {
+      float* s = small.data() + i * dim;
+      const double along = Dot(s, direction.data(), dim);
+      for (size_t j = 0; j < dim; ++j) {
+        s[j] = static_cast<float>(s[j] - along * direction[j]);
+      }
+      const double norm = std::sqrt(Dot(s, s, dim));
+      for (size_t j = 0; j < dim; ++j) {
+        q[i * dim + j] = static_cast<float>(s[j] + 30 * norm * direction[j]);
+      }
+    }
+    ReducedQueries queries;
+    queries.Prepare(rows, q.data(), nq);
+    ReducedQueries without;
+    without.Prepare(rows, small.data(), nq);
+    const Offers offers = ScanAll(rows, queries, portable(),
+                                  -std::numeric_limits<float>::infinity());
+    for (size_t i = 0; i < nq; ++i) {
+      EXPECT_NE(queries.along(i), 0.0f) << "query " << i << " packed whole";
+      EXPECT_LT(queries.DotSlack(i), 3 * without.DotSlack(i)) << "query " << i;
+      for (size_t r = 0; r < n; ++r) {
+        const float key = offers.keys[i * n + r];
+        ASSERT_FALSE(std::isnan(key)) << "row " << r << " not offered";
+        const double exact = Dot(q.data() + i * dim, x.data() + r * dim, dim);
+        EXPECT_LE(std::fabs(key - exact), queries.DotSlack(i, r, rows))
+            << "query " << i << " row " << r;
+      }
+    }
+  }
+}
+
 // A query along a row's rounding error (integers, so the query itself is
 // exact at both precisions) makes the error q.e reach |q| |e|: the bound's
 // leading term, which the test sees used to within 15%. Also for a row
@@ -439,18 +494,28 @@ INSTANTIATE_TEST_SUITE_P(Kernels, ReducedScanTest,
                          CaseName);
 
 // The SIMD and portable int8 kernels compute the same integer sums, scaled
-// the same way: identical keys.
+// the same way: identical keys. Also for centred rows, with queries
+// packed less their share along the rows' direction.
 TEST(ReducedScanKernelsTest, Int8SimdAndPortableAgreeExactly) {
   Rng rng(15);
   const size_t dim = 131;
   const size_t n = 300;
   const size_t nq = 11;
-  const std::vector<float> x = Gaussian(rng, n * dim, 1.0f);
-  const std::vector<float> q = Gaussian(rng, nq * dim, 1.0f);
+  std::vector<float> x = Gaussian(rng, n * dim, 1.0f);
+  std::vector<float> q = Gaussian(rng, nq * dim, 1.0f);
+  for (size_t r = 0; r < n; ++r) {
+    for (size_t j = 0; j < dim; ++j) x[r * dim + j] += 3.0f;
+  }
+  for (size_t i = 0; i < nq; i += 2) {
+    for (size_t j = 0; j < dim; ++j) q[i * dim + j] += 5.0f;
+  }
   for (const bool centred : {false, true}) {
     const ReducedRows rows(x.data(), n, dim, ScanPrecision::kInt8, centred);
     ReducedQueries queries;
     queries.Prepare(rows, q.data(), nq);
+    if (centred) {
+      EXPECT_NE(queries.along(0), 0.0f) << "query 0 packed whole";
+    }
     const float all = -std::numeric_limits<float>::infinity();
     const Offers simd = ScanAll(rows, queries, false, all);
     const Offers portable = ScanAll(rows, queries, true, all);

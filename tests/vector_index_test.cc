@@ -766,7 +766,8 @@ TEST_P(FlatMetricTest, ReducedScanKeepsOnlyThePackedCopy) {
     const std::unique_ptr<VectorIndex> index =
         BuildFlat(*store, metric, options);
     ASSERT_NE(index, nullptr);
-    EXPECT_EQ(index->MemoryBytes(), ReducedRows::BytesFor(n, dim, scan));
+    EXPECT_EQ(index->MemoryBytes(),
+              ReducedRows::BytesFor(n, dim, scan, /*centred=*/true));
     EXPECT_EQ(IndexBytesEstimate(*store, options), index->MemoryBytes());
     EXPECT_GE(IndexBytesBound(n, dim, options), index->MemoryBytes());
   }

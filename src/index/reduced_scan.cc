@@ -76,6 +76,21 @@ float FloatAbove(double bound) {
 // |x'_r|) and the screens' few roundings now also act on |q| |m|. All of
 // it is within (d + 32) u |q| |m|, added to c (times 1.0625).
 //
+// A query along the rows' direction (n = m / |m| in float; each row keeps
+// p_r = fl(n.(x_r - m)), summed in double) may be packed less its share
+// l = fl(q.n): w = q - l n (in double, exact to 2^-53), q' its packing,
+// f = w - q'. With y = x - m = x' + e:
+//
+//   q.y - (q'.x' + l p_r) = w.e + f.x' + l (n.y - p_r)
+//
+// so |error| <= |w| |e| + |f| |x'| + |l| u |p_r|, and |p_r| <= |n| (|e| +
+// |x'|) (1 + u). The kernels' l p_r and its addition round twice more on
+// |l| |n| (|e| + |x'|), and the addition once on |q'| |x'| <= (|w| + |f|)
+// |x'|: a = |w| + 4u |l| |n| + (d + 16) u |q| and b = |f| + 4u |l| |n| +
+// (arithmetic + u) (|w| + |f|) + (d + 16) u (|q| + |f|), each times
+// 1.0625 (c as above). Prepare keeps whichever packing, whole or less the
+// share, has the smaller bound over all rows.
+//
 // DotSlack(i, r) is the sum, times 1.0625 for the rounding of the bound's
 // own arithmetic, written a |e_r| + b |x'_r| + c for the kernels. For L2
 // keys (2 dot - |q|^2 - |x|^2) callers double it and add the rounding of
@@ -170,7 +185,14 @@ HARDNEG_AVX512 __attribute__((always_inline)) inline void Emit(
   const auto valid = static_cast<__mmask16>((1u << live) - 1);
   // q.m for centred rows (0 otherwise): the same float addition as the
   // portable kernel's (this file is built without contraction into FMAs).
-  const __m512 full = _mm512_add_ps(dot, _mm512_set1_ps(t.queries->offset(i)));
+  __m512 full = _mm512_add_ps(dot, _mm512_set1_ps(t.queries->offset(i)));
+  if (t.rows->projections() != nullptr) {
+    // And the query's share along the rows' direction, times each row's
+    // projection on it (0 for a query packed whole).
+    full = _mm512_add_ps(
+        full, _mm512_mul_ps(_mm512_set1_ps(t.queries->along(i)),
+                            _mm512_loadu_ps(t.rows->projections() + row0)));
+  }
   __m512 key = full;
   const ReducedSink& sink = *t.sink;
   if (sink.row_sq != nullptr) {
@@ -425,6 +447,9 @@ void PortableScan(const ReducedRows& rows, const ReducedQueries& queries,
         }
       }
       dot += queries.offset(i);
+      if (rows.projections() != nullptr) {
+        dot += queries.along(i) * rows.projections()[row];
+      }
       float key = dot;
       if (sink.row_sq != nullptr) {
         key = 2 * dot - sink.query_sq[i] - sink.row_sq[row];
@@ -446,6 +471,88 @@ void PortableScan(const ReducedRows& rows, const ReducedQueries& queries,
       }
     }
   }
+}
+
+// One query packed (into `packed`, steps zeroed) from `target` (dim
+// values), rounded to float first: its int8 scale and correction (int8),
+// and |target - q'| in double, rounded up.
+struct PackedQuery {
+  float scale = 0;
+  int32_t correction = 0;
+  double residual = 0;
+};
+
+PackedQuery PackQuery(const double* target, size_t dim, bool int8,
+                      uint32_t* packed) {
+  PackedQuery out;
+  double residual = 0;
+  if (int8) {
+    float max_abs = 0;
+    for (size_t j = 0; j < dim; ++j) {
+      max_abs = std::max(max_abs, std::abs(static_cast<float>(target[j])));
+    }
+    const float s = Int8Scale(max_abs);
+    int32_t sum = 0;
+    for (size_t j = 0; j < dim; ++j) {
+      const int32_t v = Quantise(static_cast<float>(target[j]), s);
+      sum += v;
+      packed[j / 4] |= static_cast<uint32_t>(static_cast<uint8_t>(v))
+                       << (8 * (j % 4));
+      const double dequantised = static_cast<double>(s) * v;
+      residual += (target[j] - dequantised) * (target[j] - dequantised);
+    }
+    out.scale = s;
+    out.correction = 128 * sum;
+  } else {
+    for (size_t j = 0; j < dim; ++j) {
+      const uint16_t bits = Bf16Bits(static_cast<float>(target[j]));
+      packed[j / 2] |= static_cast<uint32_t>(bits) << (16 * (j % 2));
+      const double v = Bf16Value(bits);
+      residual += (target[j] - v) * (target[j] - v);
+    }
+  }
+  out.residual = Up(std::sqrt(residual));
+  return out;
+}
+
+// Query `q` (|q| <= qn) packed less its share l = q.n along `rows`'
+// direction n (into `packed`, steps zeroed; `target`, dim doubles, is
+// scratch), with its DotSlack coefficients a and b (see the derivation
+// above; c is the whole query's).
+struct AlongPacking {
+  PackedQuery packed;
+  float lambda = 0;
+  double a = 0;
+  double b = 0;
+};
+
+AlongPacking PackAlong(const ReducedRows& rows, const float* q, double qn,
+                       double arithmetic, double rescoring, double* target,
+                       uint32_t* packed) {
+  const size_t dim = rows.dim();
+  const std::vector<float>& direction = rows.direction();
+  double along = 0;
+  for (size_t j = 0; j < dim; ++j) {
+    along += static_cast<double>(q[j]) * direction[j];
+  }
+  AlongPacking out;
+  out.lambda = static_cast<float>(along);
+  double rest = 0;
+  for (size_t j = 0; j < dim; ++j) {
+    // Exact in double to within 2^-53: a float less a product of floats.
+    target[j] = q[j] - static_cast<double>(out.lambda) * direction[j];
+    rest += target[j] * target[j];
+  }
+  out.packed =
+      PackQuery(target, dim, rows.precision() == ScanPrecision::kInt8, packed);
+  const double w = Up(std::sqrt(rest));
+  const double f = out.packed.residual;
+  const double shared =
+      4 * kUnitRoundoff * std::fabs(out.lambda) * rows.direction_norm();
+  out.a = 1.0625 * (w + shared + rescoring * qn);
+  out.b = 1.0625 * (f + shared + (arithmetic + kUnitRoundoff) * (w + f) +
+                    rescoring * (qn + f));
+  return out;
 }
 
 }  // namespace
@@ -497,14 +604,18 @@ ScanPrecision ResolveScanPrecision(ScanPrecision requested) {
   return ScanPrecision::kF32;
 }
 
-size_t ReducedRows::BytesFor(size_t n, size_t dim, ScanPrecision precision) {
+size_t ReducedRows::BytesFor(size_t n, size_t dim, ScanPrecision precision,
+                             bool centred) {
   const size_t groups = (n + kReducedGroupRows - 1) / kReducedGroupRows;
   const size_t per_step = precision == ScanPrecision::kInt8 ? 4 : 2;
   const size_t steps = (dim + per_step - 1) / per_step;
-  // Lines, then each row's residual and norm (and int8's scale).
-  const size_t per_row = precision == ScanPrecision::kInt8 ? 3 : 2;
+  // Lines, then each row's residual and norm (and int8's scale, and a
+  // centred row's projection).
+  const size_t per_row =
+      (precision == ScanPrecision::kInt8 ? 3 : 2) + (centred ? 1 : 0);
   return groups * steps * kLineBytes +
-         groups * kReducedGroupRows * per_row * sizeof(float);
+         groups * kReducedGroupRows * per_row * sizeof(float) +
+         (centred ? 2 * dim * sizeof(float) : 0);  // the centre, direction
 }
 
 ReducedRows::ReducedRows(const float* rows, size_t n, size_t dim,
@@ -526,31 +637,50 @@ ReducedRows::ReducedRows(const float* rows, size_t n, size_t dim,
   } else {
     std::memset(lines_.get(), 0, bytes);
   }
-  if (centred && n > 0) Centre(rows);
+  if (centred) {
+    projections_.assign(groups * kReducedGroupRows, 0.0f);
+    if (n > 0) Centre(rows);
+  }
   Pack(rows);
 }
 
 void ReducedRows::Centre(const float* rows) {
-  std::vector<double> sum(dim_, 0.0);
-  const auto n = static_cast<int64_t>(n_);
-#pragma omp parallel
-  {
-    std::vector<double> part(dim_, 0.0);
-#pragma omp for schedule(static) nowait
-    for (int64_t r = 0; r < n; ++r) {
-      const float* x = rows + static_cast<size_t>(r) * dim_;
-      for (size_t d = 0; d < dim_; ++d) part[d] += x[d];
+  // Sums of fixed blocks of rows, added in order: the same centre
+  // whatever the number of threads.
+  constexpr size_t kBlockRows = 16384;
+  const size_t blocks = (n_ + kBlockRows - 1) / kBlockRows;
+  std::vector<double> sums(blocks * dim_, 0.0);
+  const auto block_count = static_cast<int64_t>(blocks);
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < block_count; ++b) {
+    const auto block = static_cast<size_t>(b);
+    double* sum = sums.data() + block * dim_;
+    const size_t end = std::min(n_, (block + 1) * kBlockRows);
+    for (size_t r = block * kBlockRows; r < end; ++r) {
+      const float* x = rows + r * dim_;
+      for (size_t d = 0; d < dim_; ++d) sum[d] += x[d];
     }
-#pragma omp critical
-    for (size_t d = 0; d < dim_; ++d) sum[d] += part[d];
   }
-  centre_.resize(dim_);
+  centre_.assign(dim_, 0.0f);
   double sq = 0;
   for (size_t d = 0; d < dim_; ++d) {
-    centre_[d] = static_cast<float>(sum[d] / static_cast<double>(n_));
+    double sum = 0;
+    for (size_t b = 0; b < blocks; ++b) sum += sums[b * dim_ + d];
+    centre_[d] = static_cast<float>(sum / static_cast<double>(n_));
     sq += static_cast<double>(centre_[d]) * centre_[d];
   }
   centre_norm_ = Up(std::sqrt(sq));
+  // The direction the rows share, m / |m| in float (not exactly unit: the
+  // bound uses its own norm).
+  if (!(sq > 0) || !std::isfinite(sq)) return;
+  const double inverse = 1 / std::sqrt(sq);
+  direction_.resize(dim_);
+  double dsq = 0;
+  for (size_t d = 0; d < dim_; ++d) {
+    direction_[d] = static_cast<float>(centre_[d] * inverse);
+    dsq += static_cast<double>(direction_[d]) * direction_[d];
+  }
+  direction_norm_ = Up(std::sqrt(dsq));
 }
 
 void ReducedRows::Pack(const float* rows) {
@@ -601,6 +731,11 @@ void ReducedRows::Pack(const float* rows) {
     }
     residuals_[row] = FloatAbove(std::sqrt(residual));
     norms_[row] = FloatAbove(std::sqrt(norm));
+    if (!direction_.empty()) {
+      double along = 0;
+      for (size_t d = 0; d < dim_; ++d) along += direction_[d] * value(d);
+      projections_[row] = static_cast<float>(along);
+    }
     max_residual = std::max(max_residual, residual);
     max_norm = std::max(max_norm, norm);
   }
@@ -618,60 +753,39 @@ void ReducedQueries::Prepare(const ReducedRows& rows, const float* queries,
   scale_.assign(nq, 0.0f);
   correction_.assign(nq, 0);
   offset_.assign(nq, 0.0f);
+  along_.assign(nq, 0.0f);
   slack_.assign(nq, 0.0);
   a_.assign(nq, 0.0);
   b_.assign(nq, 0.0);
   c_.assign(nq, 0.0);
   const auto d = static_cast<double>(dim);
+  // The arithmetic's relative error, on |q'| |x'|.
+  const double arithmetic =
+      (int8 ? (dim > 1040 ? 4 : 3) : d + 8) * kUnitRoundoff;
+  // The float32 rescoring of a candidate (FloatDot: at most d + 8
+  // roundings on |q| |x| <= |q| (|e| + |x'|)) and the float arithmetic
+  // of keys and screens (a few roundings of |key| <= (|q| + |f|) |x'|).
+  const double rescoring = (d + 16) * kUnitRoundoff;
+  const std::vector<float>& centre = rows.centre();
+  const bool has_direction = !rows.direction().empty();
+  std::vector<double> target(dim);
+  std::vector<uint32_t> other(steps_);
   for (size_t i = 0; i < nq; ++i) {
     const float* q = queries + i * dim;
     uint32_t* packed = packed_.data() + i * steps_;
     double norm = 0;
-    double residual = 0;
-    if (int8) {
-      float max_abs = 0;
-      for (size_t j = 0; j < dim; ++j) {
-        max_abs = std::max(max_abs, std::abs(q[j]));
-      }
-      const float s = Int8Scale(max_abs);
-      int32_t sum = 0;
-      for (size_t j = 0; j < dim; ++j) {
-        const int32_t v = Quantise(q[j], s);
-        sum += v;
-        packed[j / 4] |= static_cast<uint32_t>(static_cast<uint8_t>(v))
-                         << (8 * (j % 4));
-        const double dequantised = static_cast<double>(s) * v;
-        residual += (q[j] - dequantised) * (q[j] - dequantised);
-        norm += static_cast<double>(q[j]) * q[j];
-      }
-      scale_[i] = s;
-      correction_[i] = 128 * sum;
-    } else {
-      for (size_t j = 0; j < dim; ++j) {
-        const uint16_t bits = Bf16Bits(q[j]);
-        packed[j / 2] |= static_cast<uint32_t>(bits) << (16 * (j % 2));
-        const double v = Bf16Value(bits);
-        residual += (q[j] - v) * (q[j] - v);
-        norm += static_cast<double>(q[j]) * q[j];
-      }
+    for (size_t j = 0; j < dim; ++j) {
+      target[j] = q[j];
+      norm += static_cast<double>(q[j]) * q[j];
     }
     const double qn = Up(std::sqrt(norm));
-    const double f = Up(std::sqrt(residual));
-    // The arithmetic's relative error, on |q'| |x'| <= (|q| + |f|) |x'|.
-    double arithmetic = 0;
-    if (int8) {
-      arithmetic = (dim > 1040 ? 4 : 3) * kUnitRoundoff;
-    } else {
-      arithmetic = (d + 8) * kUnitRoundoff;
-    }
-    // The float32 rescoring of a candidate (FloatDot: at most d + 8
-    // roundings on |q| |x| <= |q| (|e| + |x'|)) and the float arithmetic
-    // of keys and screens (a few roundings of |key| <= (|q| + |f|) |x'|).
-    const double rescoring = (d + 16) * kUnitRoundoff;
+    const PackedQuery plain = PackQuery(target.data(), dim, int8, packed);
+    scale_[i] = plain.scale;
+    correction_[i] = plain.correction;
     a_[i] = 1.0625 * qn * (1 + rescoring);
-    b_[i] = 1.0625 * (f + (arithmetic + rescoring) * (qn + f));
+    b_[i] = 1.0625 *
+            (plain.residual + (arithmetic + rescoring) * (qn + plain.residual));
     c_[i] = 1e-30 + (int8 ? 3 : 5) * d * std::ldexp(1.0, -126);
-    const std::vector<float>& centre = rows.centre();
     if (!centre.empty()) {
       double offset = 0;
       for (size_t j = 0; j < dim; ++j) {
@@ -682,6 +796,23 @@ void ReducedQueries::Prepare(const ReducedRows& rows, const float* queries,
       // and the screens' arithmetic on the |q| |m| the key now holds (see
       // the derivation above).
       c_[i] += 1.0625 * (d + 32) * kUnitRoundoff * qn * rows.centre_norm();
+    }
+    if (has_direction) {
+      // The query less its share along the rows' direction n, which the
+      // kernels add back from each row's projection: kept when its bound
+      // is the smaller.
+      std::fill(other.begin(), other.end(), 0);
+      const AlongPacking along = PackAlong(rows, q, qn, arithmetic, rescoring,
+                                           target.data(), other.data());
+      if (along.a * rows.max_residual() + along.b * rows.max_reduced_norm() <
+          a_[i] * rows.max_residual() + b_[i] * rows.max_reduced_norm()) {
+        std::copy(other.begin(), other.end(), packed);
+        scale_[i] = along.packed.scale;
+        correction_[i] = along.packed.correction;
+        along_[i] = along.lambda;
+        a_[i] = along.a;
+        b_[i] = along.b;
+      }
     }
     slack_[i] =
         a_[i] * rows.max_residual() + b_[i] * rows.max_reduced_norm() + c_[i];
@@ -696,6 +827,7 @@ void ReducedQueries::Select(const ReducedQueries& from, const uint32_t* which,
   scale_.resize(m);
   correction_.resize(m);
   offset_.resize(m);
+  along_.resize(m);
   slack_.resize(m);
   a_.resize(m);
   b_.resize(m);
@@ -706,6 +838,7 @@ void ReducedQueries::Select(const ReducedQueries& from, const uint32_t* which,
     scale_[j] = from.scale_[i];
     correction_[j] = from.correction_[i];
     offset_[j] = from.offset_[i];
+    along_[j] = from.along_[i];
     slack_[j] = from.slack_[i];
     a_[j] = from.a_[i];
     b_[j] = from.b_[i];

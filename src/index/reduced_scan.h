@@ -75,6 +75,11 @@ inline constexpr size_t kReducedGroupRows = 16;
 // them. Packed `centred`, each row is stored as x - m, where m is the
 // rows' mean (centre()); ReducedQueries adds q.m back to every key
 // (offset()), so keys are q.x as before, with the error of q.(x - m).
+// Queries that share the direction too would still spend theirs on it:
+// each row also keeps its projection p = n.(x - m) on n = m / |m|
+// (direction()), and a query whose bound is the smaller for it is packed
+// less its share along n, q - l n, l = q.n (along()), which the kernels
+// add back as l p.
 class ReducedRows {
  public:
   // Packs rows [0, n) of row-major `rows` (n x dim, finite), in parallel
@@ -100,11 +105,24 @@ class ReducedRows {
   // |m|, rounded up (0 when empty).
   const std::vector<float>& centre() const { return centre_; }
   double centre_norm() const { return centre_norm_; }
+  // n = m / |m| in float (empty unless centred with m != 0), and |n|
+  // rounded up.
+  const std::vector<float>& direction() const { return direction_; }
+  double direction_norm() const { return direction_norm_; }
+  // Centred: each row's n.(x - m), rounded to float (0 without a
+  // direction; padded with zeros to whole groups); else null.
+  const float* projections() const {
+    return projections_.empty() ? nullptr : projections_.data();
+  }
 
   // Heap bytes held.
-  size_t MemoryBytes() const { return BytesFor(n_, dim_, precision_); }
-  // What MemoryBytes() is for `n` rows of `dim` at `precision`.
-  static size_t BytesFor(size_t n, size_t dim, ScanPrecision precision);
+  size_t MemoryBytes() const {
+    return BytesFor(n_, dim_, precision_, !projections_.empty());
+  }
+  // What MemoryBytes() is for `n` rows of `dim` at `precision`, packed
+  // centred or not.
+  static size_t BytesFor(size_t n, size_t dim, ScanPrecision precision,
+                         bool centred = false);
 
   // The packed lines: group g, step s at line g * steps() + s.
   const uint8_t* lines() const { return lines_.get(); }
@@ -135,6 +153,9 @@ class ReducedRows {
   std::vector<float> norms_;
   std::vector<float> centre_;
   double centre_norm_ = 0;
+  std::vector<float> direction_;
+  double direction_norm_ = 0;
+  std::vector<float> projections_;
   double max_residual_ = 0;
   double max_reduced_norm_ = 0;
 };
@@ -167,8 +188,11 @@ class ReducedQueries {
   float scale(size_t i) const { return scale_[i]; }
   int32_t correction(size_t i) const { return correction_[i]; }
   // What the kernels add to query i's dot products: q.m for the rows'
-  // centre m, rounded to float (0 for rows not centred).
+  // centre m, rounded to float (0 for rows not centred); and l = q.n, the
+  // share along the rows' direction it was packed without, times each
+  // row's projection (0 when packed whole).
   float offset(size_t i) const { return offset_[i]; }
+  float along(size_t i) const { return along_[i]; }
 
  private:
   size_t nq_ = 0;
@@ -177,6 +201,7 @@ class ReducedQueries {
   std::vector<float> scale_;
   std::vector<int32_t> correction_;
   std::vector<float> offset_;
+  std::vector<float> along_;
   std::vector<double> slack_;
   std::vector<double> a_;
   std::vector<double> b_;

@@ -1137,7 +1137,8 @@ size_t IndexBytesEstimate(const CandidateStore& store,
   }
   const ScanPrecision scan = FlatScan(store, options);
   if (scan != ScanPrecision::kF32) {
-    return ReducedRows::BytesFor(store.size(), store.dim(), scan);
+    return ReducedRows::BytesFor(store.size(), store.dim(), scan,
+                                 /*centred=*/true);
   }
   return UsesHalfScan(store, options) ? values * sizeof(uint16_t) : 0;
 }
@@ -1150,7 +1151,7 @@ size_t IndexBytesBound(size_t rows, size_t dim,
   }
   const ScanPrecision scan = EffectiveScan(options.scan, dim);
   if (scan != ScanPrecision::kF32) {
-    return ReducedRows::BytesFor(rows, dim, scan);
+    return ReducedRows::BytesFor(rows, dim, scan, /*centred=*/true);
   }
   return options.half_scan ? values * sizeof(uint16_t) : 0;
 }
