@@ -1,7 +1,6 @@
 #include "index/cell_keys.h"
 
 #if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
 #include <immintrin.h>
 #define HARDNEG_CELL_KEYS_X86 1
 #endif
@@ -44,18 +43,7 @@ void CellsFromFrom(size_t c, const uint16_t* bins, size_t n, uint16_t cut,
 #if defined(HARDNEG_CELL_KEYS_X86)
 #define HARDNEG_AVX2 __attribute__((target("avx2")))
 
-// AVX2, usable only when the OS saves the YMM registers.
-bool CpuHasAvx2() {
-  if (!CpuSavesState(kYmmState)) return false;
-  unsigned eax, ebx, ecx, edx;
-  __cpuid_count(7, 0, eax, ebx, ecx, edx);
-  return (ebx & bit_AVX2) != 0;
-}
-
-bool Simd() {
-  static const bool simd = CpuHasAvx2();
-  return simd;
-}
+bool Simd() { return CpuFeatures().avx2; }
 
 // The same operations as KeysFrom, eight lanes at a time: v + v is 2 v
 // exactly, and min/max of the finite keys do not depend on the order.

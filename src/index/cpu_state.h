@@ -1,20 +1,26 @@
-// What every run-time SIMD check in src/index shares: whether this x86 CPU
-// has CPUID leaf 7 and its OS saves the register state the instructions
-// need (OSXSAVE, then XCR0 holding every bit of a mask).
+// What every run-time SIMD check in src/index reads: the instructions this
+// x86 CPU reports (CPUID) that its OS also saves the registers for
+// (OSXSAVE, then XCR0 holding the YMM, or ZMM and opmask, state). The one
+// owner of CPUID here: the kernels' dispatch asks CpuFeatures().
 //
-// A stateless function; safe to call from any thread.
+// Read once, on first use (thread-safe); all false on other CPUs.
 #ifndef HARDNEG_SRC_INDEX_CPU_STATE_H_
 #define HARDNEG_SRC_INDEX_CPU_STATE_H_
 
 namespace hardneg {
 
-// XCR0 bits: SSE and AVX (YMM) state; plus opmask and ZMM state.
-inline constexpr unsigned kYmmState = 0x6;
-inline constexpr unsigned kZmmState = 0xe6;
+// Each true only when the CPU reports it and the OS saves its state.
+struct CpuFeatureSet {
+  bool avx2 = false;
+  bool fma = false;
+  bool f16c = false;
+  bool avx512f = false;
+  bool avx512bw = false;
+  bool avx512_vnni = false;
+  bool avx512_bf16 = false;
+};
 
-// True on x86 when CPUID reports leaf 7 and the OS saves every state in
-// `xcr0_mask`; false elsewhere.
-bool CpuSavesState(unsigned xcr0_mask);
+const CpuFeatureSet& CpuFeatures();
 
 }  // namespace hardneg
 

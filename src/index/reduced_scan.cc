@@ -1,7 +1,6 @@
 #include "index/reduced_scan.h"
 
 #if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
 // g++ 12's AVX-512 intrinsics read _mm512_undefined_ps(), which its own
 // -Wuninitialized then reports at every use.
 #pragma GCC diagnostic push
@@ -138,33 +137,15 @@ float Int8Scale(float max_abs) { return max_abs / 127.0f; }
 #if defined(HARDNEG_REDUCED_X86)
 #define HARDNEG_AVX512 __attribute__((target("avx512f")))
 
-// AVX-512 F and BW plus `extra_ebx`/`extra` leaf-7 bits, usable only when
-// the OS saves the ZMM state (XCR0 bits 1, 2, 5, 6, 7).
-bool CpuHasAvx512(unsigned leaf7_ecx, unsigned leaf7_1_eax) {
-  if (!CpuSavesState(kZmmState)) return false;
-  unsigned eax, ebx, ecx, edx;
-  __cpuid_count(7, 0, eax, ebx, ecx, edx);
-  const unsigned max_subleaf = eax;
-  constexpr unsigned kAvx512F = 1u << 16;
-  constexpr unsigned kAvx512BW = 1u << 30;
-  if ((ebx & kAvx512F) == 0 || (ebx & kAvx512BW) == 0) return false;
-  if ((ecx & leaf7_ecx) != leaf7_ecx) return false;
-  if (leaf7_1_eax != 0) {
-    if (max_subleaf < 1) return false;
-    __cpuid_count(7, 1, eax, ebx, ecx, edx);
-    if ((eax & leaf7_1_eax) != leaf7_1_eax) return false;
-  }
-  return true;
-}
-
+// AVX-512 F and BW (what every kernel here uses) plus VNNI or BF16.
 bool CpuHasVnni() {
-  static const bool has = CpuHasAvx512(1u << 11, 0);  // AVX512_VNNI
-  return has;
+  const CpuFeatureSet& cpu = CpuFeatures();
+  return cpu.avx512f && cpu.avx512bw && cpu.avx512_vnni;
 }
 
 bool CpuHasBf16() {
-  static const bool has = CpuHasAvx512(0, 1u << 5);  // AVX512_BF16
-  return has;
+  const CpuFeatureSet& cpu = CpuFeatures();
+  return cpu.avx512f && cpu.avx512bw && cpu.avx512_bf16;
 }
 
 // What one tile call needs besides its position.
@@ -860,8 +841,8 @@ void ReducedScan(const ReducedRows& rows, const ReducedQueries& queries,
 
 float FloatDot(const float* a, const float* b, size_t dim) {
 #if defined(HARDNEG_REDUCED_X86)
-  static const bool avx512 = CpuHasAvx512(0, 0);
-  if (avx512) return Avx512Dot(a, b, dim);
+  const CpuFeatureSet& cpu = CpuFeatures();
+  if (cpu.avx512f && cpu.avx512bw) return Avx512Dot(a, b, dim);
 #endif
   float s = 0;
   for (size_t i = 0; i < dim; ++i) s += a[i] * b[i];

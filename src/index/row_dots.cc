@@ -1,7 +1,6 @@
 #include "index/row_dots.h"
 
 #if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
 #include <immintrin.h>
 #define HARDNEG_ROW_DOTS_X86 1
 #endif
@@ -172,26 +171,16 @@ HARDNEG_SIMD void SimdToHalf(const float* in, size_t n, uint16_t* out) {
   for (; i < n; ++i) out[i] = HalfBits(in[i]);
 }
 
-// AVX2, FMA and F16C, each usable only when the OS saves the YMM registers
-// (OSXSAVE, and XCR0 with the SSE and AVX states): the checks g++'s
-// __builtin_cpu_supports makes, read from CPUID directly because clang 14's
-// __builtin_cpu_supports does not know "f16c".
-bool CpuHasAvx2FmaF16c() {
-  if (!CpuSavesState(kYmmState)) return false;
-  unsigned eax, ebx, ecx, edx;
-  __cpuid(1, eax, ebx, ecx, edx);
-  if ((ecx & bit_FMA) == 0 || (ecx & bit_F16C) == 0) return false;
-  __cpuid_count(7, 0, eax, ebx, ecx, edx);
-  return (ebx & bit_AVX2) != 0;
-}
 #endif  // HARDNEG_ROW_DOTS_X86
 
 }  // namespace
 
 bool RowDotsSimd() {
 #if defined(HARDNEG_ROW_DOTS_X86)
-  static const bool simd = CpuHasAvx2FmaF16c();
-  return simd;
+  // AVX2, FMA and F16C (read from CPUID, index/cpu_state.h: clang 14's
+  // __builtin_cpu_supports does not know "f16c").
+  const CpuFeatureSet& cpu = CpuFeatures();
+  return cpu.avx2 && cpu.fma && cpu.f16c;
 #else
   return false;
 #endif
