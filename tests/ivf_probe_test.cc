@@ -486,9 +486,22 @@ struct CellFixture {
   std::unique_ptr<faiss::Index> ivf;
 };
 
-CellFixture MakeCellFixture(faiss::MetricType metric) {
+// Moves unit vectors (rows of kCellDim) along u = (1, ..., 1) / sqrt(d):
+// v = (a u + v) / |a u + v|, so that two share a mean cosine of about
+// a^2 / (1 + a^2).
+void ShareDirection(std::vector<float>& v, float a) {
+  const float along = a / std::sqrt(static_cast<float>(kCellDim));
+  for (size_t r = 0; r * kCellDim < v.size(); ++r) {
+    for (size_t j = 0; j < kCellDim; ++j) v[r * kCellDim + j] += along;
+    Normalize(v.data() + r * kCellDim, kCellDim);
+  }
+}
+
+// `shared`: the rows moved by ShareDirection(4), a mean cosine of 0.94.
+CellFixture MakeCellFixture(faiss::MetricType metric, bool shared = false) {
   CellFixture f;
   f.data = MixedData(21);
+  if (shared) ShareDirection(f.data.vectors, 4.0f);
   absl::StatusOr<CandidateStore> store = CandidateStore::Create(
       kCellDim, f.data.ids, f.data.vectors, f.data.labels);
   EXPECT_TRUE(store.ok()) << store.status();
@@ -876,6 +889,39 @@ TEST(IvfProbeCellsTest, ReducedScanAnswersAsFloat32) {
         }
       }
     }
+  }
+}
+
+// Rows and queries sharing a direction (a mean cosine of 0.94): every
+// list is packed less the store's mean and the queries less their share
+// along it, so the reduced scan still rules out most entries unrescored,
+// and answers as float32 does.
+TEST(IvfProbeCellsTest, ReducedScanOfRowsSharingADirection) {
+  const bool native = NativeReduced();
+  CellFixture f = MakeCellFixture(faiss::METRIC_INNER_PRODUCT, true);
+  std::unique_ptr<IvfProbe> reduced =
+      IvfProbe::Create(*f.ivf, *f.store, 0, IvfProbeUnit::kCell,
+                       ScanPrecision::kAuto, /*reduced_ranking=*/false);
+  std::unique_ptr<IvfProbe> f32 = IvfProbe::Create(
+      *f.ivf, *f.store, 0, IvfProbeUnit::kCell, ScanPrecision::kF32);
+  const size_t nq = 64;
+  CellQueries cell_queries(f, 35, nq);
+  ShareDirection(cell_queries.queries, 4.0f);
+  SearchOptions& options = cell_queries.options;
+  const size_t k = 10;
+  options.nprobe = 2;
+  options.ivf_min_candidates = 1200;
+  const Result got = ProbeWith(*reduced, cell_queries.queries, k, options);
+  const Result want = ProbeWith(*f32, cell_queries.queries, k, options);
+  EXPECT_EQ(got.stats.candidates_scanned, want.stats.candidates_scanned);
+  if (native) {
+    // 2.5% here (2.7% on the rows before they were moved); with the lists
+    // packed as they are, 25% (and 96% at a mean cosine of 0.985).
+    EXPECT_LT(got.stats.candidates_rescored * 20, got.stats.candidates_scanned);
+  }
+  for (size_t j = 0; j < nq * k; ++j) {
+    EXPECT_EQ(got.rows[j], want.rows[j]) << j;
+    EXPECT_NEAR(got.scores[j], want.scores[j], 1e-5);
   }
 }
 

@@ -261,13 +261,7 @@ void IvfProbe::MakeCells(faiss::IndexIVF& ivf, const CandidateStore& store,
   std::sort(label_cells_.begin(), label_cells_.end());
   label_cells_.shrink_to_fit();
   MakeSlots();
-  if (scan != ScanPrecision::kF32) {
-    PackLists(lists, d, scan);
-    if (reduced_ranking) {
-      centroid_rows_ =
-          std::make_unique<ReducedRows>(cell_centroids_.data(), cells, d, scan);
-    }
-  }
+  if (scan != ScanPrecision::kF32) PackLists(lists, d, scan, reduced_ranking);
 }
 
 void IvfProbe::MakeSlots() {
@@ -309,7 +303,17 @@ void IvfProbe::MakeSlots() {
 }
 
 void IvfProbe::PackLists(const faiss::InvertedLists& lists, size_t d,
-                         ScanPrecision scan) {
+                         ScanPrecision scan, bool reduced_ranking) {
+  // Every list, and the centroids, centred on the store's mean
+  // (index/reduced_scan.h): rows that share a direction keep the packed
+  // values' precision for what differs, and one packing of a batch's
+  // queries serves every list.
+  const ReducedRows::Centring centre =
+      ReducedRows::CentringOf(store_.data(), store_.size(), d);
+  if (reduced_ranking) {
+    centroid_rows_ = std::make_unique<ReducedRows>(
+        cell_centroids_.data(), cell_list_.size(), d, scan, centre);
+  }
   scan_ = scan;
   reduced_.resize(lists.nlist);
   for (size_t l = 0; l < lists.nlist; ++l) {
@@ -317,11 +321,12 @@ void IvfProbe::PackLists(const faiss::InvertedLists& lists, size_t d,
     if (n == 0) continue;
     faiss::InvertedLists::ScopedCodes codes(&lists, l);
     reduced_[l] = std::make_unique<ReducedRows>(
-        reinterpret_cast<const float*>(codes.get()), n, d, scan);
+        reinterpret_cast<const float*>(codes.get()), n, d, scan, centre);
     packed_max_residual_ =
         std::max(packed_max_residual_, reduced_[l]->max_residual());
     packed_max_norm_ =
         std::max(packed_max_norm_, reduced_[l]->max_reduced_norm());
+    packed_centre_norm_ = reduced_[l]->centre_norm();
   }
 }
 
@@ -372,10 +377,15 @@ size_t IvfProbe::BytesBound(size_t rows, size_t dim, size_t nlist,
   // Each list packed on its own: up to a group's padding a list.
   const ScanPrecision packed = PackedScan(scan, dim);
   if (packed != ScanPrecision::kF32) {
+    // (Each list keeps its own copy of the shared centre: BytesFor of no
+    // rows.)
     bytes += ReducedRows::BytesFor(rows + nlist * (kReducedGroupRows - 1), dim,
-                                   packed);
+                                   packed, /*centred=*/false) +
+             nlist * ReducedRows::BytesFor(0, dim, packed, /*centred=*/true) +
+             (rows + nlist * (kReducedGroupRows - 1)) * sizeof(float);
     // And the cells' centroids, packed for ranking.
-    bytes += ReducedRows::BytesFor(cells + kReducedGroupRows, dim, packed);
+    bytes += ReducedRows::BytesFor(cells + kReducedGroupRows, dim, packed,
+                                   /*centred=*/true);
   }
   return bytes;
 }
@@ -941,7 +951,8 @@ void IvfProbe::PackBatch(Batch& batch) const {
   if (!batch.reduced) return;
   const size_t d = static_cast<size_t>(ivf_.d);
   const size_t m = batch.m;
-  // Prepare depends on the rows' dim and precision only (every list's).
+  // Prepare depends on the rows' dim, precision and centre only (every
+  // list's).
   batch.packed.Prepare(*prototype, batch.queries + batch.q0 * d, m);
   batch.slack_a.resize(m);
   batch.slack_b.resize(m);
@@ -954,9 +965,11 @@ void IvfProbe::PackBatch(Batch& batch) const {
     // Float32 for a batch whose keys could leave float's range.
     const float* q = batch.queries + (batch.q0 + j) * d;
     const double norm = std::sqrt(static_cast<double>(FloatDot(q, q, d)));
-    const double largest =
-        packed.a(j) * packed_max_residual_ + packed.b(j) * packed_max_norm_ +
-        packed.c(j) + (norm + packed_max_norm_) * (norm + packed_max_norm_);
+    const double row = packed_centre_norm_ + packed_max_residual_ +
+                       packed_max_norm_;  // |x| at most
+    const double largest = packed.a(j) * packed_max_residual_ +
+                           packed.b(j) * packed_max_norm_ + packed.c(j) +
+                           (norm + row) * (norm + row);
     batch.reduced = largest < kMaxReducedKey;
   }
 }

@@ -200,9 +200,10 @@ class IvfProbe {
   // Numbers the distinct labels (slots) and fills cell_slot_ and each
   // slot's mixed cells (slot_mixed_begin_, slot_mixed_cells_).
   void MakeSlots();
-  // Packs every list at `scan` (int8 or bf16).
+  // Packs every list at `scan` (int8 or bf16), and the cells' centroids
+  // when `reduced_ranking`, centred on the store's mean.
   void PackLists(const faiss::InvertedLists& lists, size_t d,
-                 ScanPrecision scan);
+                 ScanPrecision scan, bool reduced_ranking);
   // Ranks the `cells` scores of query i (`score`, changed in place) into
   // `out`, as RankCells says.
   void SelectCells(float* score, size_t i, const SearchOptions& options,
@@ -468,9 +469,11 @@ class IvfProbe {
   std::vector<std::unique_ptr<ReducedRows>> reduced_;
   // And the cells' centroids packed, for RankCells (null in float32).
   std::unique_ptr<ReducedRows> centroid_rows_;
-  // Over all lists' packed rows: the largest |x - x'| and |x'|.
+  // Over all lists' packed rows: the largest |x - m - x'| and |x'|, and
+  // the norm of the centre m they share (rounded up).
   double packed_max_residual_ = 0;
   double packed_max_norm_ = 0;
+  double packed_centre_norm_ = 0;
 };
 
 }  // namespace hardneg

@@ -601,6 +601,11 @@ size_t ReducedRows::BytesFor(size_t n, size_t dim, ScanPrecision precision,
 
 ReducedRows::ReducedRows(const float* rows, size_t n, size_t dim,
                          ScanPrecision precision, bool centred)
+    : ReducedRows(rows, n, dim, precision,
+                  centred ? CentringOf(rows, n, dim) : Centring()) {}
+
+ReducedRows::ReducedRows(const float* rows, size_t n, size_t dim,
+                         ScanPrecision precision, const Centring& centring)
     : precision_(precision), n_(n), dim_(dim) {
   const size_t per_step = precision == ScanPrecision::kInt8 ? 4 : 2;
   steps_ = (dim + per_step - 1) / per_step;
@@ -618,42 +623,61 @@ ReducedRows::ReducedRows(const float* rows, size_t n, size_t dim,
   } else {
     std::memset(lines_.get(), 0, bytes);
   }
-  if (centred) {
+  if (!centring.mean.empty()) {
     projections_.assign(groups * kReducedGroupRows, 0.0f);
-    if (n > 0) Centre(rows);
+    Centre(centring);
   }
   Pack(rows);
 }
 
-void ReducedRows::Centre(const float* rows) {
-  // Sums of fixed blocks of rows, added in order: the same centre
-  // whatever the number of threads.
+ReducedRows::Centring ReducedRows::CentringOf(const float* rows, size_t n,
+                                              size_t dim) {
+  // Sums of fixed blocks of rows (and of their squared norms), added in
+  // order.
   constexpr size_t kBlockRows = 16384;
-  const size_t blocks = (n_ + kBlockRows - 1) / kBlockRows;
-  std::vector<double> sums(blocks * dim_, 0.0);
+  const size_t blocks = (n + kBlockRows - 1) / kBlockRows;
+  std::vector<double> sums(blocks * (dim + 1), 0.0);
   const auto block_count = static_cast<int64_t>(blocks);
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < block_count; ++b) {
     const auto block = static_cast<size_t>(b);
-    double* sum = sums.data() + block * dim_;
-    const size_t end = std::min(n_, (block + 1) * kBlockRows);
+    double* sum = sums.data() + block * (dim + 1);
+    const size_t end = std::min(n, (block + 1) * kBlockRows);
     for (size_t r = block * kBlockRows; r < end; ++r) {
-      const float* x = rows + r * dim_;
-      for (size_t d = 0; d < dim_; ++d) sum[d] += x[d];
+      const float* x = rows + r * dim;
+      for (size_t d = 0; d < dim; ++d) {
+        sum[d] += x[d];
+        sum[dim] += static_cast<double>(x[d]) * x[d];
+      }
     }
   }
-  centre_.assign(dim_, 0.0f);
-  double sq = 0;
-  for (size_t d = 0; d < dim_; ++d) {
-    double sum = 0;
-    for (size_t b = 0; b < blocks; ++b) sum += sums[b * dim_ + d];
-    centre_[d] = static_cast<float>(sum / static_cast<double>(n_));
-    sq += static_cast<double>(centre_[d]) * centre_[d];
+  Centring centring;
+  centring.mean.assign(dim, 0.0f);
+  if (n == 0) return centring;
+  std::vector<double> total(dim + 1, 0.0);
+  for (size_t b = 0; b < blocks; ++b) {
+    for (size_t d = 0; d <= dim; ++d) total[d] += sums[b * (dim + 1) + d];
   }
+  const auto count = static_cast<double>(n);
+  double sq = 0;
+  for (size_t d = 0; d < dim; ++d) {
+    centring.mean[d] = static_cast<float>(total[d] / count);
+    sq += static_cast<double>(centring.mean[d]) * centring.mean[d];
+  }
+  // E|x - m|^2 = E|x|^2 - |m|^2.
+  const double spread = total[dim] / count - sq;
+  centring.direction = sq > 0 && 3 * sq >= spread;
+  return centring;
+}
+
+void ReducedRows::Centre(const Centring& centring) {
+  centre_ = centring.mean;
+  double sq = 0;
+  for (float c : centre_) sq += static_cast<double>(c) * c;
   centre_norm_ = Up(std::sqrt(sq));
   // The direction the rows share, m / |m| in float (not exactly unit: the
   // bound uses its own norm).
-  if (!(sq > 0) || !std::isfinite(sq)) return;
+  if (!centring.direction || !(sq > 0) || !std::isfinite(sq)) return;
   const double inverse = 1 / std::sqrt(sq);
   direction_.resize(dim_);
   double dsq = 0;

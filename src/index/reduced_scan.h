@@ -86,6 +86,22 @@ class ReducedRows {
   // on the OpenMP threads; less their mean when `centred`.
   ReducedRows(const float* rows, size_t n, size_t dim, ScanPrecision precision,
               bool centred = false);
+  // How a set of rows is packed centred: their mean m (empty: not
+  // centred), and whether they share its direction enough (a mean cosine
+  // of about 1/4 or more: |m|^2 >= E|x - m|^2 / 3) for queries to be
+  // packed less their share along it; below, that gains little, and each
+  // key would pay for adding it back.
+  struct Centring {
+    std::vector<float> mean;
+    bool direction = false;
+  };
+  // The Centring of rows [0, n) (a mean of zeros when n is 0), summed in
+  // double in fixed blocks: the same whatever the number of threads.
+  static Centring CentringOf(const float* rows, size_t n, size_t dim);
+  // The same as centred, on `centring` (of a larger set of rows, such as
+  // IVF lists that share one, and so one ReducedQueries).
+  ReducedRows(const float* rows, size_t n, size_t dim, ScanPrecision precision,
+              const Centring& centring);
 
   ReducedRows(const ReducedRows&) = delete;
   ReducedRows& operator=(const ReducedRows&) = delete;
@@ -105,19 +121,19 @@ class ReducedRows {
   // |m|, rounded up (0 when empty).
   const std::vector<float>& centre() const { return centre_; }
   double centre_norm() const { return centre_norm_; }
-  // n = m / |m| in float (empty unless centred with m != 0), and |n|
-  // rounded up.
+  // n = m / |m| in float, and |n| rounded up: empty unless centred rows
+  // share a direction (Centring::direction, and m != 0).
   const std::vector<float>& direction() const { return direction_; }
   double direction_norm() const { return direction_norm_; }
-  // Centred: each row's n.(x - m), rounded to float (0 without a
-  // direction; padded with zeros to whole groups); else null.
+  // Each row's n.(x - m), rounded to float (padded with zeros to whole
+  // groups), when there is a direction; else null.
   const float* projections() const {
-    return projections_.empty() ? nullptr : projections_.data();
+    return direction_.empty() ? nullptr : projections_.data();
   }
 
   // Heap bytes held.
   size_t MemoryBytes() const {
-    return BytesFor(n_, dim_, precision_, !projections_.empty());
+    return BytesFor(n_, dim_, precision_, !centre_.empty());
   }
   // What MemoryBytes() is for `n` rows of `dim` at `precision`, packed
   // centred or not.
@@ -138,8 +154,9 @@ class ReducedRows {
     void operator()(uint8_t* p) const { std::free(p); }
   };
 
-  // Sets centre_ to the mean of the n rows (in double, rounded to float).
-  void Centre(const float* rows);
+  // Sets centre_ to centring.mean (not empty), with its norm, and the
+  // direction when centring.direction.
+  void Centre(const Centring& centring);
   // Packs every row (less the centre) and measures its residual and norm.
   void Pack(const float* rows);
 
