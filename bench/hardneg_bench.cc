@@ -1129,6 +1129,71 @@ absl::Status MeasureScanBounds(const Workload& w, const Options& opt,
 // B=256 and B=1, the service at S=8 B=16, the negatives of
 // kAgreementQueries queries against f32's, and the share of the reduced
 // pass's queries that fell back to float32 over these lines.
+// A Flat index over `checkpoints` at `precision`.
+IndexManagerOptions FlatOptions(const std::string& checkpoints,
+                                ScanPrecision precision, const Options& opt) {
+  IndexManagerOptions options;
+  options.checkpoints_dir = checkpoints;
+  options.build.scan = precision;
+  options.build_threads = opt.cores;
+  return options;
+}
+
+// Loads `manager`'s newest version and returns it.
+absl::StatusOr<std::shared_ptr<const IndexVersion>> LoadCurrent(
+    IndexManager& manager) {
+  HARDNEG_RETURN_IF_ERROR(manager.LoadNewest());
+  std::shared_ptr<const IndexVersion> version = manager.Current();
+  if (version == nullptr) return absl::InternalError("LoadNewest served none");
+  return version;
+}
+
+// What MineAtScan leaves for Agreement: the scan counters before it, and
+// the negatives of kAgreementQueries queries.
+struct MinedAtScan {
+  VectorIndex::ScanStats before;
+  std::vector<std::vector<int64_t>> ids;
+};
+
+// The negatives of kAgreementQueries queries on `version`, then its Miner
+// B=256, printed as `label` + " Miner B=256" and set in `fig`.
+MinedAtScan MineAtScan(const IndexVersion& version, const QueryPool& pool,
+                       const Options& opt, const std::string& label,
+                       double ref_qps, double bound_qps, ScanModeFigures* fig) {
+  fig->measured = true;
+  MinedAtScan mined;
+  mined.before = version.index().scan_stats();
+  mined.ids = MineIds(version, pool, kAgreementQueries, MineSettings{});
+  const LineStats batched =
+      RunMiner(version, pool, kFaissBatch, MineSettings{}, opt.seconds, 100000);
+  PrintLine(label + " Miner B=256", batched, ref_qps, bound_qps);
+  fig->miner_qps = batched.qps;
+  return mined;
+}
+
+// The scan counters since `before`, and how `ids` (this precision's
+// negatives) agree with f32's: for f32 itself, `ids` become `f32_ids`.
+// True when `fig` is f32's.
+bool Agreement(const IndexVersion& version,
+               const VectorIndex::ScanStats& before,
+               std::vector<std::vector<int64_t>> ids,
+               std::vector<std::vector<int64_t>>* f32_ids,
+               ScanModeFigures* fig) {
+  const VectorIndex::ScanStats after = version.index().scan_stats();
+  fig->stats.reduced_queries = after.reduced_queries - before.reduced_queries;
+  fig->stats.fallbacks = after.fallbacks - before.fallbacks;
+  if (fig->precision == ScanPrecision::kF32) {
+    *f32_ids = std::move(ids);
+    return true;
+  }
+  fig->compared = std::min(ids.size(), f32_ids->size());
+  for (size_t q = 0; q < fig->compared; ++q) {
+    fig->identical += ids[q] == (*f32_ids)[q] ? 1 : 0;
+  }
+  fig->recall = Recall(ids, *f32_ids);
+  return false;
+}
+
 absl::Status RunScanModes(const Options& opt, const std::string& checkpoints,
                           const QueryPool& pool, double ref_qps,
                           double bound_qps, ScanFigures* out) {
@@ -1150,29 +1215,18 @@ absl::Status RunScanModes(const Options& opt, const std::string& checkpoints,
           name.c_str(), ScanFeatures(precision));
       continue;
     }
-    IndexManagerOptions options;
-    options.checkpoints_dir = checkpoints;
-    options.build.scan = precision;
-    options.build_threads = opt.cores;
-    IndexManager manager(options);
-    HARDNEG_RETURN_IF_ERROR(manager.LoadNewest());
-    std::shared_ptr<const IndexVersion> version = manager.Current();
-    if (version == nullptr) {
-      return absl::InternalError("LoadNewest served none");
-    }
+    IndexManager manager(FlatOptions(checkpoints, precision, opt));
+    absl::StatusOr<std::shared_ptr<const IndexVersion>> loaded =
+        LoadCurrent(manager);
+    if (!loaded.ok()) return loaded.status();
+    const std::shared_ptr<const IndexVersion> version = *std::move(loaded);
     if (version->index().scan() != precision) {
       return absl::InternalError("asked for scan " + name +
                                  ", the index scans at " +
                                  ScanPrecisionName(version->index().scan()));
     }
-    fig.measured = true;
-    const VectorIndex::ScanStats before = version->index().scan_stats();
-    std::vector<std::vector<int64_t>> ids =
-        MineIds(*version, pool, kAgreementQueries, MineSettings{});
-    const LineStats batched = RunMiner(*version, pool, kFaissBatch,
-                                       MineSettings{}, opt.seconds, 100000);
-    PrintLine("(l) " + name + " Miner B=256", batched, ref_qps, bound_qps);
-    fig.miner_qps = batched.qps;
+    MinedAtScan mined = MineAtScan(*version, pool, opt, "(l) " + name, ref_qps,
+                                   bound_qps, &fig);
     const LineStats lone =
         RunMiner(*version, pool, 1, MineSettings{}, opt.seconds, 100000);
     PrintLine("(l) " + name + " Miner B=1", lone, ref_qps, bound_qps);
@@ -1182,19 +1236,10 @@ absl::Status RunScanModes(const Options& opt, const std::string& checkpoints,
                        "(l) " + name + " S=8 B=16", ref_qps, bound_qps);
     if (!cell.ok()) return cell.status();
     fig.service_qps = cell->qps;
-    const VectorIndex::ScanStats after = version->index().scan_stats();
-    fig.stats.reduced_queries = after.reduced_queries - before.reduced_queries;
-    fig.stats.fallbacks = after.fallbacks - before.fallbacks;
-
-    if (precision == ScanPrecision::kF32) {
-      f32_ids = std::move(ids);
+    if (Agreement(*version, mined.before, std::move(mined.ids), &f32_ids,
+                  &fig)) {
       continue;
     }
-    fig.compared = std::min(ids.size(), f32_ids.size());
-    for (size_t q = 0; q < fig.compared; ++q) {
-      fig.identical += ids[q] == f32_ids[q] ? 1 : 0;
-    }
-    fig.recall = Recall(ids, f32_ids);
     std::printf(
         "    %s: negatives identical to f32's for %zu of %zu queries "
         "(recall@%u %.4f); fell back to float32: %llu of %llu queries "
@@ -1209,6 +1254,27 @@ absl::Status RunScanModes(const Options& opt, const std::string& checkpoints,
     std::fflush(stdout);
   }
   return absl::OkStatus();
+}
+
+// Writes `embeddings` (w.n rows of workload `w`) as checkpoint v1 under
+// `checkpoints`: ids 0 .. n - 1, and each row's class as its label.
+absl::Status WriteWorkloadCheckpoint(const Workload& w,
+                                     const std::string& checkpoints,
+                                     const std::vector<float>& embeddings) {
+  std::vector<int64_t> ids(w.n);
+  std::vector<int64_t> labels(w.n);
+  for (size_t i = 0; i < w.n; ++i) {
+    ids[i] = static_cast<int64_t>(i);
+    // Clustered workloads: the class is the cluster (row i is in cluster
+    // i % clusters), so excluding a query's class removes its cluster.
+    labels[i] = static_cast<int64_t>(i % (w.clusters == 0 ? 10 : w.clusters));
+  }
+  CheckpointManifest manifest;
+  manifest.name = "v1";
+  manifest.step = 1;
+  manifest.dim = static_cast<uint32_t>(w.dim);
+  manifest.metric = Metric::kInnerProduct;
+  return WriteCheckpoint(checkpoints, manifest, embeddings, ids, labels);
 }
 
 // (m): how far x = (a u + g) / |a u + g| (u fixed, g the workload's unit
@@ -1259,19 +1325,8 @@ absl::Status RunSharedDirection(const Workload& w, const Options& opt,
     SplitMix64 rng(opt.seed);
     FillWorkloadVectors(w, {}, &rng, w.n, embeddings.data());
     ShareDirection(w.n, w.dim, embeddings.data());
-    std::vector<int64_t> ids(w.n);
-    std::vector<int64_t> labels(w.n);
-    for (size_t i = 0; i < w.n; ++i) {
-      ids[i] = static_cast<int64_t>(i);
-      labels[i] = static_cast<int64_t>(i % 10);
-    }
-    CheckpointManifest manifest;
-    manifest.name = "v1";
-    manifest.step = 1;
-    manifest.dim = static_cast<uint32_t>(w.dim);
-    manifest.metric = Metric::kInnerProduct;
     HARDNEG_RETURN_IF_ERROR(
-        WriteCheckpoint(checkpoints, manifest, embeddings, ids, labels));
+        WriteWorkloadCheckpoint(w, checkpoints, embeddings));
   }
   std::vector<std::vector<int64_t>> f32_ids;
   for (ScanPrecision precision : {ScanPrecision::kF32, ScanPrecision::kInt8}) {
@@ -1281,38 +1336,19 @@ absl::Status RunSharedDirection(const Workload& w, const Options& opt,
                   ScanFeatures(precision));
       continue;
     }
-    IndexManagerOptions options;
-    options.checkpoints_dir = checkpoints;
-    options.build.scan = precision;
-    options.build_threads = opt.cores;
-    IndexManager manager(options);
-    HARDNEG_RETURN_IF_ERROR(manager.LoadNewest());
-    std::shared_ptr<const IndexVersion> version = manager.Current();
-    if (version == nullptr) {
-      return absl::InternalError("LoadNewest served none");
-    }
+    IndexManager manager(FlatOptions(checkpoints, precision, opt));
+    absl::StatusOr<std::shared_ptr<const IndexVersion>> loaded =
+        LoadCurrent(manager);
+    if (!loaded.ok()) return loaded.status();
+    const std::shared_ptr<const IndexVersion> version = *std::move(loaded);
     ScanModeFigures& fig = out->shared.emplace_back();
     fig.precision = precision;
-    fig.measured = true;
-    const VectorIndex::ScanStats before = version->index().scan_stats();
-    std::vector<std::vector<int64_t>> ids =
-        MineIds(*version, pool, kAgreementQueries, MineSettings{});
-    const LineStats batched = RunMiner(*version, pool, kFaissBatch,
-                                       MineSettings{}, opt.seconds, 100000);
-    PrintLine("(m) " + name + " Miner B=256", batched, ref_qps, bound_qps);
-    fig.miner_qps = batched.qps;
-    const VectorIndex::ScanStats after = version->index().scan_stats();
-    fig.stats.reduced_queries = after.reduced_queries - before.reduced_queries;
-    fig.stats.fallbacks = after.fallbacks - before.fallbacks;
-    if (precision == ScanPrecision::kF32) {
-      f32_ids = std::move(ids);
+    MinedAtScan mined = MineAtScan(*version, pool, opt, "(m) " + name, ref_qps,
+                                   bound_qps, &fig);
+    if (Agreement(*version, mined.before, std::move(mined.ids), &f32_ids,
+                  &fig)) {
       continue;
     }
-    fig.compared = std::min(ids.size(), f32_ids.size());
-    for (size_t q = 0; q < fig.compared; ++q) {
-      fig.identical += ids[q] == f32_ids[q] ? 1 : 0;
-    }
-    fig.recall = Recall(ids, f32_ids);
     std::printf(
         "    %s: %.2fx f32's q/s; negatives identical to f32's for %zu of %zu "
         "queries; fell back to float32: %llu of %llu queries\n",
@@ -1366,21 +1402,8 @@ absl::Status RunWorkload(const Workload& w, const Options& opt,
     std::vector<float> embeddings(w.n * w.dim);
     SplitMix64 rng(opt.seed);
     FillWorkloadVectors(w, centers, &rng, w.n, embeddings.data());
-    std::vector<int64_t> ids(w.n);
-    std::vector<int64_t> labels(w.n);
-    for (size_t i = 0; i < w.n; ++i) {
-      ids[i] = static_cast<int64_t>(i);
-      // Clustered workloads: the class is the cluster (row i is in cluster
-      // i % clusters), so excluding a query's class removes its cluster.
-      labels[i] = static_cast<int64_t>(i % (w.clusters == 0 ? 10 : w.clusters));
-    }
-    CheckpointManifest manifest;
-    manifest.name = "v1";
-    manifest.step = 1;
-    manifest.dim = static_cast<uint32_t>(w.dim);
-    manifest.metric = Metric::kInnerProduct;
     HARDNEG_RETURN_IF_ERROR(
-        WriteCheckpoint(checkpoints, manifest, embeddings, ids, labels));
+        WriteWorkloadCheckpoint(w, checkpoints, embeddings));
     flat.add(static_cast<faiss::Index::idx_t>(w.n), embeddings.data());
     std::printf(
         "  data generated, checkpoint written, FAISS index built in "

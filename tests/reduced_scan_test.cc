@@ -165,6 +165,44 @@ TEST_P(ReducedScanTest, EveryKeyIsWithinItsSlack) {
   }
 }
 
+// n normal rows of dim (deviation 1) about a common normal offset
+// (deviation `offset_sd`).
+std::vector<float> RowsAboutAnOffset(Rng& rng, size_t n, size_t dim,
+                                     float offset_sd) {
+  const std::vector<float> offset = Gaussian(rng, dim, offset_sd);
+  std::vector<float> x = Gaussian(rng, n * dim, 1.0f);
+  for (size_t r = 0; r < n; ++r) {
+    for (size_t j = 0; j < dim; ++j) x[r * dim + j] += offset[j];
+  }
+  return x;
+}
+
+// The queries `q` (row-major) packed for `rows`.
+ReducedQueries PreparedFor(const ReducedRows& rows,
+                           const std::vector<float>& q) {
+  ReducedQueries queries;
+  queries.Prepare(rows, q.data(), q.size() / rows.dim());
+  return queries;
+}
+
+// Every key of every query (`q`, row-major) and row (`x`) is offered and
+// within its row's slack of the exact dot product.
+void ExpectKeysWithinSlack(const Offers& offers, const ReducedQueries& queries,
+                           const ReducedRows& rows, const std::vector<float>& q,
+                           const std::vector<float>& x) {
+  const size_t n = rows.size();
+  const size_t dim = rows.dim();
+  for (size_t i = 0; i < queries.size(); ++i) {
+    for (size_t r = 0; r < n; ++r) {
+      const float key = offers.keys[i * n + r];
+      ASSERT_FALSE(std::isnan(key)) << "row " << r << " not offered";
+      const double exact = Dot(q.data() + i * dim, x.data() + r * dim, dim);
+      EXPECT_LE(std::fabs(key - exact), queries.DotSlack(i, r, rows))
+          << "query " << i << " row " << r;
+    }
+  }
+}
+
 // Rows far from the origin that differ little (a common offset 100 times
 // their spread), packed centred: every key is still within its slack of
 // the exact q.x (the kernels add q.m back), and the slack is that of the
@@ -175,34 +213,22 @@ TEST_P(ReducedScanTest, CentredRowsKeepTheirPrecision) {
     SCOPED_TRACE("dim " + std::to_string(dim));
     const size_t n = 83;
     const size_t nq = 13;
-    const std::vector<float> offset = Gaussian(rng, dim, 100.0f);
-    std::vector<float> x = Gaussian(rng, n * dim, 1.0f);
-    for (size_t r = 0; r < n; ++r) {
-      for (size_t j = 0; j < dim; ++j) x[r * dim + j] += offset[j];
-    }
+    const std::vector<float> x = RowsAboutAnOffset(rng, n, dim, 100.0f);
     const std::vector<float> q = Gaussian(rng, nq * dim, 1.0f);
     const ReducedRows plain(x.data(), n, dim, GetParam().precision);
     const ReducedRows rows(x.data(), n, dim, GetParam().precision,
                            /*centred=*/true);
     ASSERT_EQ(rows.centre().size(), dim);
     EXPECT_TRUE(plain.centre().empty());
-    ReducedQueries plain_queries;
-    plain_queries.Prepare(plain, q.data(), nq);
-    ReducedQueries queries;
-    queries.Prepare(rows, q.data(), nq);
+    const ReducedQueries plain_queries = PreparedFor(plain, q);
+    const ReducedQueries queries = PreparedFor(rows, q);
     const Offers offers = ScanAll(rows, queries, portable(),
                                   -std::numeric_limits<float>::infinity());
     for (size_t i = 0; i < nq; ++i) {
       EXPECT_LT(queries.DotSlack(i), plain_queries.DotSlack(i) / 20)
           << "query " << i;
-      for (size_t r = 0; r < n; ++r) {
-        const float key = offers.keys[i * n + r];
-        ASSERT_FALSE(std::isnan(key)) << "row " << r << " not offered";
-        const double exact = Dot(q.data() + i * dim, x.data() + r * dim, dim);
-        EXPECT_LE(std::fabs(key - exact), queries.DotSlack(i, r, rows))
-            << "query " << i << " row " << r;
-      }
     }
+    ExpectKeysWithinSlack(offers, queries, rows, q, x);
   }
 }
 
@@ -217,11 +243,7 @@ TEST_P(ReducedScanTest, QueriesAlongTheRowsDirectionArePackedWithoutIt) {
     SCOPED_TRACE("dim " + std::to_string(dim));
     const size_t n = 83;
     const size_t nq = 13;
-    const std::vector<float> offset = Gaussian(rng, dim, 10.0f);
-    std::vector<float> x = Gaussian(rng, n * dim, 1.0f);
-    for (size_t r = 0; r < n; ++r) {
-      for (size_t j = 0; j < dim; ++j) x[r * dim + j] += offset[j];
-    }
+    const std::vector<float> x = RowsAboutAnOffset(rng, n, dim, 10.0f);
     const ReducedRows rows(x.data(), n, dim, GetParam().precision,
                            /*centred=*/true);
     const std::vector<float>& direction = rows.direction();
@@ -241,23 +263,15 @@ TEST_P(ReducedScanTest, QueriesAlongTheRowsDirectionArePackedWithoutIt) {
         q[i * dim + j] = static_cast<float>(s[j] + 30 * norm * direction[j]);
       }
     }
-    ReducedQueries queries;
-    queries.Prepare(rows, q.data(), nq);
-    ReducedQueries without;
-    without.Prepare(rows, small.data(), nq);
+    const ReducedQueries queries = PreparedFor(rows, q);
+    const ReducedQueries without = PreparedFor(rows, small);
     const Offers offers = ScanAll(rows, queries, portable(),
                                   -std::numeric_limits<float>::infinity());
     for (size_t i = 0; i < nq; ++i) {
       EXPECT_NE(queries.along(i), 0.0f) << "query " << i << " packed whole";
       EXPECT_LT(queries.DotSlack(i), 3 * without.DotSlack(i)) << "query " << i;
-      for (size_t r = 0; r < n; ++r) {
-        const float key = offers.keys[i * n + r];
-        ASSERT_FALSE(std::isnan(key)) << "row " << r << " not offered";
-        const double exact = Dot(q.data() + i * dim, x.data() + r * dim, dim);
-        EXPECT_LE(std::fabs(key - exact), queries.DotSlack(i, r, rows))
-            << "query " << i << " row " << r;
-      }
     }
+    ExpectKeysWithinSlack(offers, queries, rows, q, x);
   }
 }
 
