@@ -232,6 +232,19 @@ TEST_P(ReducedScanTest, CentredRowsKeepTheirPrecision) {
   }
 }
 
+// Rows whose difference from their mean passes float's range (hostile
+// checkpoints): packing leaves an infinite residual, by which callers
+// scan float32, rather than converting NaN to an integer.
+TEST_P(ReducedScanTest, CentredRowsPastFloatsRangeHaveNoBound) {
+  const size_t dim = 4;
+  const float big = 3e38f;
+  const std::vector<float> x = {big, big, big,  big,  big,  big,
+                                big, big, -big, -big, -big, -big};
+  const ReducedRows rows(x.data(), 3, dim, GetParam().precision,
+                         /*centred=*/true);
+  EXPECT_FALSE(std::isfinite(rows.max_residual()));
+}
+
 // Queries that share the rows' direction (30 times their own spread along
 // it), with centred rows: packed less that share, the kernels add it back
 // from each row's projection. Every key stays within its slack of the

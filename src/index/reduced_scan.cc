@@ -128,6 +128,10 @@ double Up(double bound) { return bound * (1 + 1e-9); }
 int32_t Quantise(float v, float s) {
   if (s == 0) return 0;
   const float r = std::nearbyint(v / s);
+  // NaN from an infinite value over an infinite scale (a centred row, or a
+  // query less its share, past float's range): 0, whose residual is then
+  // infinite, so that the caller scans float32.
+  if (std::isnan(r)) return 0;
   return static_cast<int32_t>(std::clamp(r, -127.0f, 127.0f));
 }
 
@@ -734,6 +738,11 @@ void ReducedRows::Pack(const float* rows) {
       residual += (v - packed) * (v - packed);
       norm += packed * packed;
     }
+    // Past float's range (an infinite scale makes NaN): no bound, which
+    // the max below keeps (it would pass over a NaN).
+    constexpr double kInf = std::numeric_limits<double>::infinity();
+    if (std::isnan(residual)) residual = kInf;
+    if (std::isnan(norm)) norm = kInf;
     residuals_[row] = FloatAbove(std::sqrt(residual));
     norms_[row] = FloatAbove(std::sqrt(norm));
     if (!direction_.empty()) {
