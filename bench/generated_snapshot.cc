@@ -19,6 +19,8 @@
 #include "bench_util.h"
 #include "format/file_util.h"
 #include "format/npy.h"
+#include "index/vector_index.h"
+#include "versions/snapshot.h"
 
 namespace hardneg::bench {
 namespace {
@@ -32,15 +34,19 @@ SplitMix64 RowRng(uint64_t seed, size_t row) {
                     (static_cast<uint64_t>(row) * 0xd1b54a32d192ed03ULL));
 }
 
-// meta.json as src/versions/snapshot.cc's MetaJson writes it (format 1).
+// meta.json, written by the server's own code.
 std::string MetaJson(const GeneratedSnapshotSpec& spec) {
-  return absl::StrFormat(
-      "{\n  \"format\": 1,\n  \"name\": \"%s\",\n  \"step\": %d,\n"
-      "  \"sequence\": %d,\n  \"metric\": \"inner_product\",\n"
-      "  \"dim\": %d,\n  \"size\": %d,\n  \"index\": \"Flat\",\n"
-      "  \"scan\": \"%s\",\n  \"created\": %.3f,\n  \"has_labels\": false\n}\n",
-      spec.name, spec.step, spec.sequence, spec.dim, spec.rows, spec.scan,
-      absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()));
+  SnapshotMeta meta;
+  meta.info.name = spec.name;
+  meta.info.step = spec.step;
+  meta.info.sequence = spec.sequence;
+  meta.info.metric = Metric::kInnerProduct;
+  meta.info.created = absl::Now();
+  meta.dim = spec.dim;
+  meta.size = spec.rows;
+  meta.index = kFlatFactory;
+  meta.scan = spec.scan;
+  return SnapshotMetaJson(meta);
 }
 
 }  // namespace

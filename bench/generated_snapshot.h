@@ -3,10 +3,11 @@
 // snapshot, and an exact reference answer computed by streaming the file.
 //
 // WriteGeneratedSnapshot writes the layout of src/versions/snapshot.h
-// (meta.json, ids.npy, vectors.npy) for a server to restore by mapping its
-// vectors; the rows go through NpyMatrixWriter a chunk at a time and are
-// never all in memory. The server's snapshot reader checks every field,
-// so a layout this writer gets wrong fails the restore, loudly.
+// (meta.json, by the server's own SnapshotMetaJson; ids.npy, vectors.npy)
+// for a server to restore by mapping its vectors; the rows go through
+// NpyMatrixWriter a chunk at a time and are never all in memory. The server's
+// snapshot reader checks every field, so a layout this writer gets wrong fails
+// the restore, loudly.
 //
 // Stateless functions; they use the OpenMP threads. Benchmarks only.
 #ifndef HARDNEG_BENCH_GENERATED_SNAPSHOT_H_
@@ -21,6 +22,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "index/reduced_scan.h"
 
 namespace hardneg::bench {
 
@@ -32,7 +34,7 @@ struct GeneratedSnapshotSpec {
   size_t rows = 0;
   size_t dim = 0;
   uint64_t seed = 0;
-  std::string scan = "int8";  // meta.json's "scan"
+  ScanPrecision scan = ScanPrecision::kInt8;  // meta.json's "scan"
 };
 
 // Writes rows [0, rows) of uniform random unit vectors (row r drawn from

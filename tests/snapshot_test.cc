@@ -263,6 +263,27 @@ TEST(SnapshotTest, TheScanPrecisionIsKept) {
   EXPECT_EQ((*restored)->index().scan(), ScanPrecision::kBf16);
 }
 
+// SnapshotMetaJson, for writers that hold no IndexVersion (the bench's
+// W4), writes what WriteSnapshot writes for the same version.
+TEST(SnapshotTest, MetaJsonIsWhatWriteSnapshotWrites) {
+  for (const bool labels : {false, true}) {
+    const std::string dir = FreshDir(labels ? "meta-labels" : "meta");
+    VersionSpec spec;
+    spec.labels = labels;
+    spec.scan = ScanPrecision::kF32;
+    Write(dir, spec);
+    SnapshotMeta meta;
+    meta.info = InfoOf(spec);
+    meta.dim = kDim;
+    meta.size = kRows;
+    meta.index = spec.factory;
+    meta.scan = ScanPrecision::kF32;
+    meta.has_labels = labels;
+    EXPECT_EQ(SnapshotMetaJson(meta),
+              ReadText(SnapshotDir(dir, spec.sequence) + "/meta.json"));
+  }
+}
+
 TEST(SnapshotTest, NewestSequenceIsRestored) {
   const std::string dir = FreshDir("newest");
   for (uint64_t sequence : {3, 12, 5}) {

@@ -113,25 +113,15 @@ void RemoveTemporaries(const std::vector<std::string>& temporaries) {
   }
 }
 
-json MetaJson(const IndexVersion& version, ShardFilter shard) {
-  const VersionInfo& info = version.info();
-  json meta = json::object();
-  meta["format"] = kFormat;
-  meta["name"] = info.name;
-  meta["step"] = info.step;
-  meta["sequence"] = info.sequence;
-  meta["metric"] = MetricName(info.metric);
-  meta["dim"] = version.dim();
-  meta["size"] = version.size();
-  meta["index"] = version.index().type();
-  meta["scan"] = ScanPrecisionName(version.index().scan());
-  meta["created"] =
-      absl::FDivDuration(info.created - absl::UnixEpoch(), absl::Seconds(1));
-  meta["has_labels"] = version.store().has_labels();
-  if (shard.sharded()) {
-    meta["shard_index"] = shard.index;
-    meta["num_shards"] = shard.count;
-  }
+SnapshotMeta MetaOf(const IndexVersion& version, ShardFilter shard) {
+  SnapshotMeta meta;
+  meta.info = version.info();
+  meta.dim = version.dim();
+  meta.size = version.size();
+  meta.index = version.index().type();
+  meta.scan = version.index().scan();
+  meta.has_labels = version.store().has_labels();
+  meta.shard = shard;
   return meta;
 }
 
@@ -169,7 +159,7 @@ absl::Status WriteSnapshotFiles(const std::string& dir,
   }
   // Written last, though the rename of the directory is what publishes.
   HARDNEG_RETURN_IF_ERROR(WriteFileAtomically(
-      JoinPath(dir, kMetaFile), MetaJson(version, shard).dump(2) + "\n"));
+      JoinPath(dir, kMetaFile), SnapshotMetaJson(MetaOf(version, shard))));
   return SyncPath(dir, /*directory=*/true);
 }
 
@@ -368,6 +358,28 @@ absl::StatusOr<std::shared_ptr<const IndexVersion>> LoadSnapshot(
 }
 
 }  // namespace
+
+std::string SnapshotMetaJson(const SnapshotMeta& meta) {
+  const VersionInfo& info = meta.info;
+  json out = json::object();
+  out["format"] = kFormat;
+  out["name"] = info.name;
+  out["step"] = info.step;
+  out["sequence"] = info.sequence;
+  out["metric"] = MetricName(info.metric);
+  out["dim"] = meta.dim;
+  out["size"] = meta.size;
+  out["index"] = meta.index;
+  out["scan"] = ScanPrecisionName(meta.scan);
+  out["created"] =
+      absl::FDivDuration(info.created - absl::UnixEpoch(), absl::Seconds(1));
+  out["has_labels"] = meta.has_labels;
+  if (meta.shard.sharded()) {
+    out["shard_index"] = meta.shard.index;
+    out["num_shards"] = meta.shard.count;
+  }
+  return out.dump(2) + "\n";
+}
 
 std::optional<uint64_t> ParseSnapshotName(absl::string_view name) {
   if (!absl::ConsumePrefix(&name, kSnapshotPrefix)) return std::nullopt;

@@ -51,6 +51,22 @@ struct SnapshotOptions {
   bool map_vectors = false;
 };
 
+// What a snapshot's meta.json records (everything the reader checks).
+struct SnapshotMeta {
+  VersionInfo info;
+  size_t dim = 0;
+  size_t size = 0;
+  std::string index;  // the index factory, such as "Flat"
+  ScanPrecision scan = ScanPrecision::kF32;
+  bool has_labels = false;
+  ShardFilter shard;
+};
+
+// The text of meta.json for `meta`, as WriteSnapshot writes it: for a
+// writer of a snapshot's files that holds no IndexVersion (hardneg-bench's
+// W4 streams 27 GB of rows to disk).
+std::string SnapshotMetaJson(const SnapshotMeta& meta);
+
 // The sequence of a `snapshot-<20 digits>` directory name, or nullopt for
 // any other name.
 std::optional<uint64_t> ParseSnapshotName(absl::string_view name);
