@@ -377,12 +377,11 @@ size_t IvfProbe::BytesBound(size_t rows, size_t dim, size_t nlist,
   // Each list packed on its own: up to a group's padding a list.
   const ScanPrecision packed = PackedScan(scan, dim);
   if (packed != ScanPrecision::kF32) {
-    // (Each list keeps its own copy of the shared centre: BytesFor of no
-    // rows.)
+    // Each list also keeps its own copy of the shared centre: BytesFor of
+    // no rows (one copy counted twice, a bound).
     bytes += ReducedRows::BytesFor(rows + nlist * (kReducedGroupRows - 1), dim,
-                                   packed, /*centred=*/false) +
-             nlist * ReducedRows::BytesFor(0, dim, packed, /*centred=*/true) +
-             (rows + nlist * (kReducedGroupRows - 1)) * sizeof(float);
+                                   packed, /*centred=*/true) +
+             nlist * ReducedRows::BytesFor(0, dim, packed, /*centred=*/true);
     // And the cells' centroids, packed for ranking.
     bytes += ReducedRows::BytesFor(cells + kReducedGroupRows, dim, packed,
                                    /*centred=*/true);
