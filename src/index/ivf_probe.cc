@@ -14,7 +14,6 @@
 #include <numeric>
 #include <utility>
 
-#include "base/prefetch.h"
 #include "index/cell_keys.h"
 #include "index/ivf_flat_scan.h"
 #include "index/row_dots.h"
@@ -882,8 +881,8 @@ struct IvfProbe::CellScan {
   size_t begin;          // the cell's first entry in the list
   size_t* too_close;     // per query of the scan
   float* screen;         // per query of the scan
-  // Offers waiting for their float32 rows, prefetched when offered: query
-  // (of the scan), row, and key + slack.
+  // Offers waiting to be rescored: query (of the scan), row, and key +
+  // slack.
   struct Offer {
     uint32_t query;
     uint32_t row;
@@ -902,9 +901,6 @@ void IvfProbe::Offer(void* context, size_t query, size_t row, float key,
       row - scan.part->skip_begin[query] < scan.part->skip_n[query]) {
     return;
   }
-  const size_t d = static_cast<size_t>(scan.probe->ivf_.d);
-  PrefetchLines(scan.x + row * d, d * sizeof(float));
-  scan.probe->store_.PrefetchRow(static_cast<size_t>(scan.ids[row]));
   scan.pending[scan.pending_n++] = {static_cast<uint32_t>(query),
                                     static_cast<uint32_t>(row), key + slack};
   if (scan.pending_n == kPendingRescores) Rescore(scan);

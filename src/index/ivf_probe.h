@@ -337,11 +337,16 @@ class IvfProbe {
                  size_t prefix, float* scores, int64_t* rows,
                  std::vector<ProbeState>& states) const;
   // BatchScan's shared state, a thread's heaps and buffers, and one
-  // reduced scan of a cell. Its ReducedSink::offer, Offer, prefetches the
-  // offered entry's float32 row and queues it; Rescore, every
-  // kPendingRescores offers and at the end of the cell, rescores those
-  // still above their screens in float32, pushes them into their queries'
-  // heaps and raises the screens to the heaps' k-th best scores.
+  // reduced scan of a cell. Its ReducedSink::offer, Offer, queues the
+  // offered entry; Rescore, every kPendingRescores offers and at the end of
+  // the cell, rescores those still above their screens in float32, pushes
+  // them into their queries' heaps and raises the screens to the heaps'
+  // k-th best scores. Offer prefetches nothing: the lines of a scattered
+  // row (float32 row, the store's id and label) are TLB misses, and a
+  // prefetch that misses the TLB held up the tile loop around it. On W2
+  // with the own class excluded (40,000 candidates, in-process, skip_row
+  // reading the store as the Miner's does), 64-73 us a query without them,
+  // 78-84 with; Rescore's loads of eight offers overlap of themselves.
   struct Batch;
   struct CellScratch;
   struct CellScan;
@@ -433,8 +438,7 @@ class IvfProbe {
               int64_t* rows, std::vector<ProbeState>& states) const;
 
   const faiss::IndexIVF& ivf_;
-  // The entries' rows (which outlive the index): Offer prefetches the ids
-  // and labels that skip_row will read.
+  // The entries' rows (which outlive the index).
   const CandidateStore& store_;
   const size_t default_min_candidates_;
   // Per-list label counts, CSR: list l's distinct labels (ascending) are
