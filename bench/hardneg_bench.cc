@@ -43,7 +43,10 @@
 //       whose (f) line was fastest of those whose recall reaches the
 //       mode's target, against the exact service with the same
 //       exclusions (W2's (c) S=8 B=16 excludes one positive; "(c) own
-//       class excluded" both);
+//       class excluded" both); three (g) lines alternate with two of the
+//       exact service again ("(c) exact again"), and the ratio is of the
+//       better of each side's three, so that the machine's drift between
+//       (c) and (g) does not decide it;
 //   (h) the same query mined in-process and then over the service,
 //       alternately, for the single-query gap without drift between lines;
 //   (i) the (e) round trip, each right after an untimed in-process
@@ -207,6 +210,8 @@ constexpr IvfSetting kIvfSettings[] = {
 // The issue's targets for IVF: recall@10 at a speed over the exact service.
 constexpr double kIvfRecallTarget = 0.99;       // one positive excluded
 constexpr double kIvfClassRecallTarget = 0.95;  // own class excluded too
+// (g)'s IVF service lines, alternated with the exact service's.
+constexpr int kIvfServiceRounds = 3;
 constexpr double kIvfSpeedupTarget = 5;
 // Queries whose negatives are compared, IVF against exact.
 constexpr size_t kRecallQueries = 512;
@@ -990,10 +995,11 @@ absl::StatusOr<LineStats> RunServiceLine(IndexManager* manager,
 // excluded; exact[1]: own class excluded too) and per setting the Miner's
 // q/s and recall@10 of negatives against the exact answer, then the
 // service at the fastest setting (by the Miner) that reaches the mode's
-// recall target.
+// recall target, alternating with the exact service on `exact_manager`.
 absl::Status RunIvf(const Workload& w, const Options& opt,
                     const std::string& checkpoints, const QueryPool& pool,
-                    const ExactReference (&exact)[2], double ref_qps,
+                    const ExactReference (&exact)[2],
+                    IndexManager* exact_manager, double ref_qps,
                     double bound_qps, Summary* summary) {
   IndexManagerOptions options;
   options.checkpoints_dir = checkpoints;
@@ -1046,14 +1052,34 @@ absl::Status RunIvf(const Workload& w, const Options& opt,
       }
     }
     if (!result.found) continue;
-    absl::StatusOr<LineStats> s =
-        RunServiceLine(&manager, opt, pool, {result.setting, exclude_class},
-                       "(g) IVF " + SettingName(result.setting) + " S=8 B=16",
-                       ref_qps, bound_qps);
-    if (!s.ok()) return s.status();
-    result.service_speedup = s->qps / exact[mode].service_qps;
-    std::printf("    %.2fx exact (c) S=8 B=16 with the same exclusions\n",
-                result.service_speedup);
+    // The exact (c) line ran minutes before, and the machine drifts by
+    // 20-30% over minutes: IVF and the exact service alternate here, and
+    // the ratio is of the better of each (the exact one also counting
+    // (c)'s first measurement).
+    const std::string name =
+        "(g) IVF " + SettingName(result.setting) + " S=8 B=16";
+    double ivf_qps = 0;
+    double exact_qps = exact[mode].service_qps;
+    for (int round = 0; round < kIvfServiceRounds; ++round) {
+      absl::StatusOr<LineStats> s = RunServiceLine(
+          &manager, opt, pool, {result.setting, exclude_class},
+          round == 0 ? name : name + " again", ref_qps, bound_qps);
+      if (!s.ok()) return s.status();
+      ivf_qps = std::max(ivf_qps, s->qps);
+      if (round + 1 == kIvfServiceRounds) break;
+      absl::StatusOr<LineStats> e = RunServiceLine(
+          exact_manager, opt, pool, {{}, exclude_class},
+          std::string("(c) exact again, ") +
+              (exclude_class ? "own class excluded" : "one positive excluded"),
+          ref_qps, bound_qps);
+      if (!e.ok()) return e.status();
+      exact_qps = std::max(exact_qps, e->qps);
+    }
+    result.service_speedup = ivf_qps / exact_qps;
+    std::printf(
+        "    %.2fx the exact service S=8 B=16 with the same exclusions "
+        "(%.1f / %.1f q/s: the better of the alternated lines each)\n",
+        result.service_speedup, ivf_qps, exact_qps);
   }
   return absl::OkStatus();
 }
@@ -1550,8 +1576,8 @@ absl::Status RunWorkload(const Workload& w, const Options& opt,
   }
 
   if (w.ivf) {
-    HARDNEG_RETURN_IF_ERROR(
-        RunIvf(w, opt, checkpoints, pool, exact, ref_qps, bound_qps, summary));
+    HARDNEG_RETURN_IF_ERROR(RunIvf(w, opt, checkpoints, pool, exact, &manager,
+                                   ref_qps, bound_qps, summary));
   }
 
   // The references again, after the rest: the summary takes the better.
