@@ -9,8 +9,10 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <random>
@@ -922,6 +924,116 @@ TEST(IvfProbeCellsTest, ReducedScanOfRowsSharingADirection) {
   for (size_t j = 0; j < nq * k; ++j) {
     EXPECT_EQ(got.rows[j], want.rows[j]) << j;
     EXPECT_NEAR(got.scores[j], want.scores[j], 1e-5);
+  }
+}
+
+// Rows the reduced pass cannot order: near duplicates (1e-5 apart, 1024
+// dims), whose keys' slack (about 6e-5, mostly the rounding of q.m, the
+// rows' mean) covers all their differences, so that the screens rule out
+// nothing and every entry of a query's reduced cell is rescored. The
+// answers are float32's up to float32's own near-ties (its dot products
+// of 1024 terms round by up to about 1e-6 here).
+TEST(IvfProbeCellsTest, ReducedScanOfRowsItCannotOrder) {
+  const size_t dim = 1024;
+  const size_t per_label = 4608;
+  const size_t n = 3 * per_label;  // labels 0 (excluded), 1 and 2
+  Rng rng(41);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> base(dim);
+  for (float& x : base) x = normal(rng);
+  Normalize(base.data(), dim);
+  std::vector<float> rows(n * dim);
+  std::vector<int64_t> ids(n);
+  std::vector<int64_t> labels(n);
+  for (size_t r = 0; r < n; ++r) {
+    for (size_t j = 0; j < dim; ++j) {
+      rows[r * dim + j] = base[j] + 1e-5f * normal(rng);
+    }
+    ids[r] = static_cast<int64_t>(r);
+    labels[r] = static_cast<int64_t>(r % 3);
+  }
+  absl::StatusOr<CandidateStore> store =
+      CandidateStore::Create(dim, ids, rows, labels);
+  ASSERT_TRUE(store.ok()) << store.status();
+  std::unique_ptr<faiss::Index> ivf(faiss::index_factory(
+      static_cast<int>(dim), "IVF1,Flat", faiss::METRIC_INNER_PRODUCT));
+  ivf->train(static_cast<faiss::Index::idx_t>(n), rows.data());
+  ivf->add(static_cast<faiss::Index::idx_t>(n), rows.data());
+  std::unique_ptr<IvfProbe> reduced =
+      IvfProbe::Create(*ivf, *store, 0, IvfProbeUnit::kCell,
+                       ScanPrecision::kAuto, /*reduced_ranking=*/false);
+  std::unique_ptr<IvfProbe> f32 = IvfProbe::Create(
+      *ivf, *store, 0, IvfProbeUnit::kCell, ScanPrecision::kF32);
+  ASSERT_NE(reduced, nullptr);
+  ASSERT_NE(f32, nullptr);
+  // A batch (IvfProbe::kMinBatchQueries or more): the first cell in
+  // float32, the other reduced.
+  const size_t nq = 8;
+  const size_t k = 10;
+  std::vector<float> queries(nq * dim);
+  for (size_t i = 0; i < nq; ++i) {
+    for (size_t j = 0; j < dim; ++j) {
+      queries[i * dim + j] = base[j] + 0.1f * normal(rng);
+    }
+    Normalize(queries.data() + i * dim, dim);
+  }
+  const std::vector<std::optional<int64_t>> excluded(nq, int64_t{0});
+  SearchOptions options;
+  options.excluded_label = excluded;
+  options.skip_row = [&labels](size_t, int64_t r) {
+    return labels[static_cast<size_t>(r)] == 0;
+  };
+  options.ivf_min_candidates = n;
+  auto search = [&](const IvfProbe& probe) {
+    Result r;
+    r.scores.resize(nq * k);
+    r.rows.resize(nq * k);
+    probe.Search(queries.data(), nq, k, options, r.scores.data(), r.rows.data(),
+                 &r.stats);
+    return r;
+  };
+  const Result got = search(*reduced);
+  const Result want = search(*f32);
+  EXPECT_EQ(got.stats.candidates_scanned, want.stats.candidates_scanned);
+  EXPECT_EQ(got.stats.candidates_scanned, nq * 2 * per_label);
+  if (NativeReduced()) {
+    // Nearly every entry of the reduced cell rescored.
+    EXPECT_GT(got.stats.candidates_rescored, nq * per_label * 8 / 10);
+  }
+  const double tolerance = 3e-6;
+  for (size_t i = 0; i < nq; ++i) {
+    std::vector<double> exact(n, -1e30);
+    for (size_t r = 0; r < n; ++r) {
+      if (labels[r] == 0) continue;
+      double dot = 0;
+      for (size_t j = 0; j < dim; ++j) {
+        dot += static_cast<double>(queries[i * dim + j]) * rows[r * dim + j];
+      }
+      exact[r] = dot;
+    }
+    std::vector<double> sorted = exact;
+    std::sort(sorted.begin(), sorted.end(), std::greater<>());
+    const double kth = sorted[k - 1];
+    std::set<int64_t> seen;
+    for (size_t j = 0; j < k; ++j) {
+      const int64_t row = got.rows[i * k + j];
+      ASSERT_GE(row, 0) << "query " << i;
+      EXPECT_NE(labels[static_cast<size_t>(row)], 0);
+      EXPECT_TRUE(seen.insert(row).second) << "row " << row << " twice";
+      EXPECT_GE(exact[static_cast<size_t>(row)], kth - tolerance)
+          << "query " << i << " row " << row;
+      EXPECT_NEAR(got.scores[i * k + j], exact[static_cast<size_t>(row)],
+                  tolerance);
+    }
+    // As near the exact best as float32's own answer.
+    const auto weakest = [&](const Result& r) {
+      double w = 1e30;
+      for (size_t j = 0; j < k; ++j) {
+        w = std::min(w, exact[static_cast<size_t>(r.rows[i * k + j])]);
+      }
+      return w;
+    };
+    EXPECT_GE(weakest(got), weakest(want) - tolerance / 2) << "query " << i;
   }
 }
 
