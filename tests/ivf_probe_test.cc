@@ -558,8 +558,9 @@ bool NativeReduced() {
 }
 
 Result ProbeWith(const IvfProbe& probe, const std::vector<float>& queries,
-                 size_t k, const SearchOptions& options) {
-  const size_t nq = queries.size() / kCellDim;
+                 size_t k, const SearchOptions& options,
+                 size_t dim = kCellDim) {
+  const size_t nq = queries.size() / dim;
   Result r;
   r.scores.resize(nq * k);
   r.rows.resize(nq * k);
@@ -984,16 +985,8 @@ TEST(IvfProbeCellsTest, ReducedScanOfRowsItCannotOrder) {
     return labels[static_cast<size_t>(r)] == 0;
   };
   options.ivf_min_candidates = n;
-  auto search = [&](const IvfProbe& probe) {
-    Result r;
-    r.scores.resize(nq * k);
-    r.rows.resize(nq * k);
-    probe.Search(queries.data(), nq, k, options, r.scores.data(), r.rows.data(),
-                 &r.stats);
-    return r;
-  };
-  const Result got = search(*reduced);
-  const Result want = search(*f32);
+  const Result got = ProbeWith(*reduced, queries, k, options, dim);
+  const Result want = ProbeWith(*f32, queries, k, options, dim);
   EXPECT_EQ(got.stats.candidates_scanned, want.stats.candidates_scanned);
   EXPECT_EQ(got.stats.candidates_scanned, nq * 2 * per_label);
   if (NativeReduced()) {
