@@ -24,6 +24,7 @@
 #include "index/vector_index.h"
 #include "mining/miner.h"
 #include "random_corpus.h"
+#include "reference_miner.h"
 
 namespace hardneg {
 namespace {
@@ -998,11 +999,9 @@ TEST(IvfProbeCellsTest, ReducedScanOfRowsItCannotOrder) {
     std::vector<double> exact(n, -1e30);
     for (size_t r = 0; r < n; ++r) {
       if (labels[r] == 0) continue;
-      double dot = 0;
-      for (size_t j = 0; j < dim; ++j) {
-        dot += static_cast<double>(queries[i * dim + j]) * rows[r * dim + j];
-      }
-      exact[r] = dot;
+      exact[r] = reference::ExactScoreDouble(Metric::kInnerProduct,
+                                             queries.data() + i * dim,
+                                             rows.data() + r * dim, dim);
     }
     std::vector<double> sorted = exact;
     std::sort(sorted.begin(), sorted.end(), std::greater<>());
