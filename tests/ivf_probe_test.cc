@@ -351,6 +351,8 @@ TEST(IvfProbeTest, MinerFindsExactNegativesWhenTheClassIsExcluded) {
   ASSERT_NE(plain_ivf, nullptr);
   EXPECT_TRUE(ivf->index().skips());
   EXPECT_FALSE(plain_ivf->index().skips());
+  EXPECT_FALSE(flat->index().excludes_labels());
+  EXPECT_FALSE(plain_ivf->index().excludes_labels());
 
   Rng rng(6);
   const size_t nq = 60;
@@ -1138,6 +1140,10 @@ TEST(IvfProbeCellsTest, ChosenAutomaticallyAndKeptThroughSaveAndLoad) {
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ((*loaded)->scan(), native);
   EXPECT_EQ((*loaded)->MemoryBytes(), (*built)->MemoryBytes());
+  // Cells pass over the excluded label themselves (the miner's skip_row
+  // then tests no labels).
+  EXPECT_TRUE((*built)->excludes_labels());
+  EXPECT_TRUE((*loaded)->excludes_labels());
 
   Rng rng(36);
   std::vector<float> queries;
@@ -1170,6 +1176,79 @@ TEST(IvfProbeCellsTest, ChosenAutomaticallyAndKeptThroughSaveAndLoad) {
       BuildVectorIndex(*store, Metric::kInnerProduct, build);
   ASSERT_TRUE(f32.ok());
   EXPECT_EQ((*f32)->scan(), ScanPrecision::kF32);
+}
+
+// Through the miner, cells exclude a query's class, its own id and its
+// positives (ids that are not rows, the nearest rows of other classes) as
+// the exact miner does: probing every cell, the same negatives.
+TEST(IvfProbeCellsTest, MinerExcludesTheClassOwnIdAndPositives) {
+  StoreData data = MixedData(24);
+  for (size_t r = 0; r < data.size(); ++r) {
+    data.ids[r] = static_cast<int64_t>(1000000 + 7 * r);
+  }
+  std::shared_ptr<const IndexVersion> flat =
+      BuildVersion(data, Metric::kInnerProduct);
+  std::shared_ptr<const IndexVersion> cells =
+      BuildVersion(data, Metric::kInnerProduct, kCellFactory);
+  ASSERT_NE(flat, nullptr);
+  ASSERT_NE(cells, nullptr);
+  ASSERT_TRUE(cells->index().excludes_labels());
+
+  Rng rng(37);
+  std::normal_distribution<float> normal(0.0f, 0.05f);
+  const size_t nq = 24;
+  std::vector<std::vector<float>> embeddings(nq);
+  std::vector<std::vector<int64_t>> positives(nq);
+  std::vector<MiningQuery> queries(nq);
+  for (size_t i = 0; i < nq; ++i) {
+    const size_t row = i * 389 % data.size();
+    std::vector<float>& q = embeddings[i];
+    q = data.Row(row);
+    for (float& x : q) x += normal(rng);
+    Normalize(q.data(), kCellDim);
+    // The nearest rows of other classes: the first is the query's own id,
+    // the next three its positives (with an id the store lacks).
+    std::vector<std::pair<float, size_t>> others;
+    for (size_t r = 0; r < data.size(); ++r) {
+      if (CellClassOf(r) == CellClassOf(row)) continue;
+      float dot = 0;
+      for (size_t j = 0; j < kCellDim; ++j) {
+        dot += q[j] * data.vectors[r * kCellDim + j];
+      }
+      others.emplace_back(-dot, r);
+    }
+    std::partial_sort(others.begin(), others.begin() + 4, others.end());
+    for (size_t j = 1; j < 4; ++j) {
+      positives[i].push_back(data.ids[others[j].second]);
+    }
+    positives[i].push_back(5);  // not in the store
+    queries[i].embedding = q;
+    queries[i].label = CellClassOf(row);
+    queries[i].query_id = data.ids[others[0].second];
+    queries[i].positive_ids = positives[i];
+  }
+  MiningOptions options;
+  options.num_negatives = 10;
+  options.ivf_min_candidates = data.size();  // every cell
+  const Miner miner;
+  absl::StatusOr<std::vector<MiningResult>> want =
+      miner.Mine(*flat, queries, options);
+  absl::StatusOr<std::vector<MiningResult>> got =
+      miner.Mine(*cells, queries, options);
+  ASSERT_TRUE(want.ok()) << want.status();
+  ASSERT_TRUE(got.ok()) << got.status();
+  for (size_t i = 0; i < nq; ++i) {
+    ASSERT_EQ((*got)[i].negatives.size(), 10u) << "query " << i;
+    ASSERT_EQ((*want)[i].negatives.size(), 10u) << "query " << i;
+    for (size_t j = 0; j < 10; ++j) {
+      const int64_t id = (*got)[i].negatives[j].id;
+      EXPECT_EQ(id, (*want)[i].negatives[j].id) << "query " << i;
+      EXPECT_NE(id, *queries[i].query_id);
+      EXPECT_EQ(std::count(positives[i].begin(), positives[i].end(), id), 0);
+      EXPECT_NE(CellClassOf(static_cast<size_t>((id - 1000000) / 7)),
+                *queries[i].label);
+    }
+  }
 }
 
 // A FAISS index saved before cells existed (lists in insertion order)

@@ -170,7 +170,10 @@ class IvfProbe {
                            ScanPrecision scan);
 
   // True when the probe ranks and scans cells; probes() is then the number
-  // of cells, else of lists.
+  // of cells, else of lists. In cell mode Search never scores an entry of
+  // query i's excluded label: it returns none, and asks skip_row about
+  // none (the label's own cells are passed over, and in a mixed cell the
+  // label's span).
   bool cells() const { return !cell_list_.empty(); }
   size_t probes() const;
   // The precision batches scan cells at (kF32 unless packed copies exist).

@@ -990,6 +990,9 @@ class FaissIndex final : public VectorIndex {
 
   bool exact() const override { return false; }
   bool skips() const override { return probe_ != nullptr; }
+  bool excludes_labels() const override {
+    return probe_ != nullptr && probe_->cells();
+  }
   ScanPrecision scan() const override {
     return probe_ != nullptr ? probe_->scan() : ScanPrecision::kF32;
   }

@@ -101,6 +101,12 @@ class VectorIndex {
   // skip, so that they take no place among the k returned.
   virtual bool skips() const = 0;
 
+  // True when Search, given SearchOptions::excluded_label, never returns a
+  // row of query i's excluded label nor asks skip_row about one (IVF-Flat
+  // over a labelled store in cell mode, index/ivf_probe.h): skip_row then
+  // need not test the label.
+  virtual bool excludes_labels() const { return false; }
+
   // The factory string, e.g. "Flat".
   virtual std::string type() const = 0;
   IndexKind kind() const { return IndexKindOf(type()); }

@@ -43,6 +43,10 @@ struct QueryState {
   // Search may skip candidates whose approximate score is past this.
   float skip_beyond = 0;
   absl::flat_hash_set<int64_t> positive_set;  // only for long lists
+  // The rows Matches excludes by id (the query's own and its stored
+  // positives'), sorted: what SkipInSearch tests instead of reading the
+  // store's id of each row the index asks about (ids are unique).
+  std::vector<uint32_t> excluded_rows;
   std::vector<Scored> survivors;
 };
 
@@ -92,6 +96,22 @@ bool Matches(const MiningQuery& query, const QueryState& state,
   return IsPositive(query, state, id);
 }
 
+// Matches for the index's skip_row during Search: the same answer for the
+// rows the index asks about, from the query's excluded rows rather than
+// each row's id, and without the row's label where the index passes over
+// the query's label itself (`labels_excluded`): the store's ids and labels
+// are random reads, one or two for each candidate that enters a top-k.
+bool SkipInSearch(const MiningQuery& query, const QueryState& state,
+                  const CandidateStore& store, bool labels_excluded,
+                  uint32_t row) {
+  if (std::binary_search(state.excluded_rows.begin(), state.excluded_rows.end(),
+                         row)) {
+    return true;
+  }
+  return !labels_excluded && query.label.has_value() && store.has_labels() &&
+         store.label(row) == *query.label;
+}
+
 // Step 3: true when the score passes the bounds and the margins against p.
 bool PassesFilters(const QueryState& state, const MiningOptions& options,
                    Metric metric, float score) {
@@ -122,13 +142,16 @@ bool PassesFilters(const QueryState& state, const MiningOptions& options,
   return true;
 }
 
-// The weakest of the stored positives' scores, or nullopt.
+// The weakest of the stored positives' scores, or nullopt; their rows
+// appended to `*rows` when given.
 std::optional<float> WeakestStored(const MiningQuery& query, Metric metric,
-                                   const CandidateStore& store) {
+                                   const CandidateStore& store,
+                                   std::vector<uint32_t>* rows = nullptr) {
   std::optional<float> p;
   for (int64_t id : query.positive_ids) {
     std::optional<size_t> row = store.RowOf(id);
     if (!row.has_value()) continue;
+    if (rows != nullptr) rows->push_back(static_cast<uint32_t>(*row));
     const float s = ExactScore(metric, query.embedding.data(),
                                store.vector(*row), store.dim());
     if (!p.has_value() || Closer(metric, *p, s)) p = s;
@@ -136,10 +159,12 @@ std::optional<float> WeakestStored(const MiningQuery& query, Metric metric,
   return p;
 }
 
-// p: the weakest of the stored positives' scores and the client's scores.
+// p: the weakest of the stored positives' scores and the client's scores
+// (the stored positives' rows appended to `*rows`).
 std::optional<double> WeakestPositive(const MiningQuery& query, Metric metric,
-                                      const CandidateStore& store) {
-  std::optional<float> p = WeakestStored(query, metric, store);
+                                      const CandidateStore& store,
+                                      std::vector<uint32_t>* rows) {
+  std::optional<float> p = WeakestStored(query, metric, store, rows);
   for (float s : query.positive_scores) {
     if (!p.has_value() || Closer(metric, *p, s)) p = s;
   }
@@ -283,7 +308,12 @@ QueryState StartQuery(const MiningQuery& query, const MiningOptions& options,
   const size_t n = store.size();
   const size_t range_max = RangeMax(options);
   QueryState state;
-  state.p = WeakestPositive(query, metric, store);
+  state.p = WeakestPositive(query, metric, store, &state.excluded_rows);
+  if (query.query_id.has_value()) {
+    const std::optional<size_t> own = store.RowOf(*query.query_id);
+    if (own.has_value()) state.excluded_rows.push_back(*own);
+  }
+  std::sort(state.excluded_rows.begin(), state.excluded_rows.end());
   if (query.positive_ids.size() > kLinearScanPositives) {
     state.positive_set.insert(query.positive_ids.begin(),
                               query.positive_ids.end());
@@ -387,9 +417,11 @@ absl::Status SearchGroup(const IndexVersion& version,
   search.nprobe = options.nprobe;
   search.ivf_min_candidates = options.ivf_min_candidates;
   search.excluded_label = buffers.excluded_label;
+  const bool labels_excluded = version.index().excludes_labels();
   search.skip_row = [&](size_t j, int64_t row) {
-    return Matches(*queries[group[j]].query, states[group[j]], version.store(),
-                   static_cast<uint32_t>(row));
+    return SkipInSearch(*queries[group[j]].query, states[group[j]],
+                        version.store(), labels_excluded,
+                        static_cast<uint32_t>(row));
   };
   HARDNEG_RETURN_IF_ERROR(
       version.index().Search(buffers.embeddings.data(), group.size(), k, search,
