@@ -7,7 +7,6 @@
 #include <utility>
 #include <vector>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "base/prefetch.h"
@@ -20,8 +19,6 @@ namespace {
 // Candidates fetched per search round across its queries (~12 bytes each),
 // so that deep searches of big batches stay within a few hundred MB.
 constexpr size_t kMaxFetch = size_t{16} << 20;
-// Positive id lists longer than this are put in a hash set for lookups.
-constexpr size_t kLinearScanPositives = 16;
 // Batches of at least this many queries run their per-query steps on the
 // OpenMP threads. (Read only by OpenMP pragmas, which clang compiles only
 // for libomp: unused there.)
@@ -42,10 +39,9 @@ struct QueryState {
   double eps = 0;
   // Search may skip candidates whose approximate score is past this.
   float skip_beyond = 0;
-  absl::flat_hash_set<int64_t> positive_set;  // only for long lists
-  // The rows Matches excludes by id (the query's own and its stored
-  // positives'), sorted: what SkipInSearch tests instead of reading the
-  // store's id of each row the index asks about (ids are unique).
+  // The rows of the query's own id and its stored positives, sorted: ids
+  // are unique in a store, so Matches tests a row against these rather
+  // than reading its id.
   std::vector<uint32_t> excluded_rows;
   std::vector<Scored> survivors;
 };
@@ -77,38 +73,20 @@ absl::Status ValidateQuery(const MiningQuery& query, size_t i, size_t dim) {
   return absl::OkStatus();
 }
 
-bool IsPositive(const MiningQuery& query, const QueryState& state, int64_t id) {
-  if (!state.positive_set.empty()) return state.positive_set.contains(id);
-  return std::find(query.positive_ids.begin(), query.positive_ids.end(), id) !=
-         query.positive_ids.end();
-}
-
 // Step 2: true when the candidate matches the query (and is excluded).
-// Needs no score, so it runs before the exact rescoring.
+// Needs no score, so it runs before the exact rescoring, and during Search
+// as the index's skip_row, for each candidate that enters a top-k: there
+// `test_label` is false where the index passes over the query's label
+// itself (VectorIndex::excludes_labels), so that the check reads nothing
+// from the store (a row's label is a random read).
 bool Matches(const MiningQuery& query, const QueryState& state,
-             const CandidateStore& store, uint32_t row) {
-  const int64_t id = store.id(row);
-  if (query.query_id.has_value() && *query.query_id == id) return true;
-  if (query.label.has_value() && store.has_labels() &&
-      store.label(row) == *query.label) {
-    return true;
-  }
-  return IsPositive(query, state, id);
-}
-
-// Matches for the index's skip_row during Search: the same answer for the
-// rows the index asks about, from the query's excluded rows rather than
-// each row's id, and without the row's label where the index passes over
-// the query's label itself (`labels_excluded`): the store's ids and labels
-// are random reads, one or two for each candidate that enters a top-k.
-bool SkipInSearch(const MiningQuery& query, const QueryState& state,
-                  const CandidateStore& store, bool labels_excluded,
-                  uint32_t row) {
+             const CandidateStore& store, uint32_t row,
+             bool test_label = true) {
   if (std::binary_search(state.excluded_rows.begin(), state.excluded_rows.end(),
                          row)) {
     return true;
   }
-  return !labels_excluded && query.label.has_value() && store.has_labels() &&
+  return test_label && query.label.has_value() && store.has_labels() &&
          store.label(row) == *query.label;
 }
 
@@ -314,10 +292,6 @@ QueryState StartQuery(const MiningQuery& query, const MiningOptions& options,
     if (own.has_value()) state.excluded_rows.push_back(*own);
   }
   std::sort(state.excluded_rows.begin(), state.excluded_rows.end());
-  if (query.positive_ids.size() > kLinearScanPositives) {
-    state.positive_set.insert(query.positive_ids.begin(),
-                              query.positive_ids.end());
-  }
   double squared_norm = 0;
   for (float v : query.embedding) squared_norm += static_cast<double>(v) * v;
   state.norm = std::sqrt(squared_norm);
@@ -417,11 +391,10 @@ absl::Status SearchGroup(const IndexVersion& version,
   search.nprobe = options.nprobe;
   search.ivf_min_candidates = options.ivf_min_candidates;
   search.excluded_label = buffers.excluded_label;
-  const bool labels_excluded = version.index().excludes_labels();
+  const bool test_label = !version.index().excludes_labels();
   search.skip_row = [&](size_t j, int64_t row) {
-    return SkipInSearch(*queries[group[j]].query, states[group[j]],
-                        version.store(), labels_excluded,
-                        static_cast<uint32_t>(row));
+    return Matches(*queries[group[j]].query, states[group[j]], version.store(),
+                   static_cast<uint32_t>(row), test_label);
   };
   HARDNEG_RETURN_IF_ERROR(
       version.index().Search(buffers.embeddings.data(), group.size(), k, search,
