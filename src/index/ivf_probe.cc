@@ -14,6 +14,7 @@
 #include <numeric>
 #include <utility>
 
+#include "base/prefetch.h"
 #include "index/cell_keys.h"
 #include "index/ivf_flat_scan.h"
 #include "index/row_dots.h"
@@ -912,6 +913,15 @@ void IvfProbe::Rescore(CellScan& scan) {
   CellScratch& part = *scan.part;
   const size_t d = static_cast<size_t>(scan.probe->ivf_.d);
   const size_t k = batch.k;
+  // The rows of the offers still above their screens, all asked for
+  // before the first is read, so that their misses overlap (see the class
+  // comment).
+  for (size_t p = 0; p < scan.pending_n; ++p) {
+    const CellScan::Offer& offer = scan.pending[p];
+    if (offer.bound >= scan.screen[offer.query]) {
+      PrefetchLines(scan.x + offer.row * d, d * sizeof(float));
+    }
+  }
   for (size_t p = 0; p < scan.pending_n; ++p) {
     const CellScan::Offer& offer = scan.pending[p];
     // The screen may have risen since the offer.
