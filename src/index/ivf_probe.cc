@@ -42,6 +42,19 @@ void ScoreList(const float* codes, size_t n, size_t d, const float* query,
   for (size_t j = 0; j < n; ++j) out[j] = SquaredL2(query, codes + j * d, d);
 }
 
+// Rows first + which[0], ..., first + which[n - 1] of `rows` (d floats
+// each) into `out`, one after another: the queries of one BatchDots, sgemm
+// or quantizer call.
+template <typename Row>
+void GatherRows(const float* rows, size_t d, size_t first, const Row* which,
+                size_t n, std::vector<float>& out) {
+  out.resize(n * d);
+  for (size_t j = 0; j < n; ++j) {
+    std::copy_n(rows + (first + static_cast<size_t>(which[j])) * d, d,
+                out.data() + j * d);
+  }
+}
+
 // Below this many rows sgemm's packing costs more than it saves: the rows
 // stay in cache across RowDots' passes.
 constexpr size_t kMinSgemmRows = 512;
@@ -632,10 +645,7 @@ size_t IvfProbe::RankCells(const float* queries,
       for (size_t g = 0; g < groups; ++g) {
         const size_t g0 = g * group;
         const size_t gm = std::min(group, m - g0);
-        batch.resize(gm * d);
-        for (size_t j = 0; j < gm; ++j) {
-          std::copy_n(queries + which[g0 + j] * d, d, batch.data() + j * d);
-        }
+        GatherRows(queries, d, 0, which.data() + g0, gm, batch);
         packed.Prepare(*centroid_rows_, batch.data(), gm);
         keys.resize(gm * cells);
         ReducedSink sink;
@@ -653,10 +663,7 @@ size_t IvfProbe::RankCells(const float* queries,
     std::vector<float> batch, dots;
     for (size_t g0 = 0; g0 < m; g0 += group) {
       const size_t gm = std::min(group, m - g0);
-      batch.resize(gm * d);
-      for (size_t j = 0; j < gm; ++j) {
-        std::copy_n(queries + which[g0 + j] * d, d, batch.data() + j * d);
-      }
+      GatherRows(queries, d, 0, which.data() + g0, gm, batch);
       dots.resize(gm * cells);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(gm),
                   static_cast<int>(cells), static_cast<int>(d), 1.0f,
@@ -1029,11 +1036,7 @@ void IvfProbe::ScanFloat(const Batch& batch, size_t probe, const Span& span,
   using C = faiss::CMin<float, IdxT>;
   const size_t d = static_cast<size_t>(ivf_.d);
   const size_t k = batch.k;
-  part.batch.resize(mine.size() * d);
-  for (size_t j = 0; j < mine.size(); ++j) {
-    std::copy_n(batch.queries + (batch.q0 + mine[j]) * d, d,
-                part.batch.data() + j * d);
-  }
+  GatherRows(batch.queries, d, batch.q0, mine.data(), mine.size(), part.batch);
   part.dots.resize(mine.size() * span.n);
   BatchDots(x + span.begin * d, span.n, d, part.batch.data(), mine.size(),
             part.dots.data());
@@ -1204,10 +1207,7 @@ void IvfProbe::Resume(const float* queries, size_t q0, const Plan& plan,
   std::vector<IdxT> order;
   for (size_t b0 = 0; b0 < rest.size(); b0 += chunk) {
     const size_t m = std::min(chunk, rest.size() - b0);
-    batch.resize(m * d);
-    for (size_t j = 0; j < m; ++j) {
-      std::copy_n(queries + (q0 + rest[b0 + j]) * d, d, batch.data() + j * d);
-    }
+    GatherRows(queries, d, q0, rest.data() + b0, m, batch);
     coarse.resize(m * nlist);
     order.resize(m * nlist);
     ivf_.quantizer->search(static_cast<IdxT>(m), batch.data(),
