@@ -117,8 +117,9 @@ class IvfProbe {
   // matters: on the bench's W2 data with the own class excluded, 32,000
   // candidates found 0.9418 of the exact negatives at 16, 0.9434 at 8 and
   // 0.9404 at 32. Nor does a cell's centroid: ranking a label's cells by
-  // the mean of all their entries (the class's centroid) found 0.9410,
-  // and by the average of that and the cell's own 0.9412. The cells need
+  // the mean of all their entries (near the class's centroid: the mixed
+  // cells held under a tenth of W2's) found 0.9410, and by the average of
+  // that and the cell's own 0.9412. The cells need
   // just over 36,000 for 0.95 (0.9498 there). A simulation of W2's
   // clusters (bench/ivf_cluster_floor.py) ranked whole by their means
   // needs about 32,000, and about 29,000 on average when each query stops
