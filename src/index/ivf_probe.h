@@ -119,13 +119,12 @@ class IvfProbe {
   // 0.9404 at 32. Nor does a cell's centroid: ranking a label's cells by
   // the mean of all their entries (near the class's centroid: the mixed
   // cells held under a tenth of W2's) found 0.9410, and by the average of
-  // that and the cell's own 0.9412. The cells need
-  // just over 36,000 for 0.95 (0.9498 there). A simulation of W2's
-  // clusters (bench/ivf_cluster_floor.py) ranked whole by their means
-  // needs about 32,000, and about 29,000 on average when each query stops
-  // once the next cluster's mean score plus a margin falls below its k-th
-  // best: a fifth fewer candidates than the cells', some 10% of a
-  // search's time.
+  // that and the cell's own 0.9412. The cells need just over 36,000 for
+  // 0.95 (0.9498 there). A simulation of W2's clusters
+  // (bench/ivf_cluster_floor.py) ranked whole by their means needs about
+  // 32,000, and about 29,000 on average when each query stops once the
+  // next cluster's mean score plus a margin falls below its k-th best: a
+  // fifth fewer candidates than the cells', some 10% of a search's time.
   static constexpr size_t kMinCellSize = 16;
   // True when a label with `count` entries in a list sits in its mixed
   // cell (the one owner of that rule).
