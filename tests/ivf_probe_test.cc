@@ -7,6 +7,7 @@
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
 #include <gtest/gtest.h>
+#include <omp.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -902,6 +903,35 @@ TEST(IvfProbeCellsTest, ReducedScanAnswersAsFloat32) {
 // list is packed less the store's mean and the queries less their share
 // along it, so the reduced scan still rules out most entries unrescored,
 // and answers as float32 does.
+// A batch's threads take the cells as they come free and share their
+// screens (a thread drops what another's k-th best rules out): one, two
+// or three threads, run after run, scan the same entries and give the
+// same answers.
+TEST(IvfProbeCellsTest, BatchAnswersAlikeOnAnyNumberOfThreads) {
+  CellFixture f = MakeCellFixture(faiss::METRIC_INNER_PRODUCT);
+  std::unique_ptr<IvfProbe> probe = IvfProbe::Create(
+      *f.ivf, *f.store, 0, IvfProbeUnit::kCell, ScanPrecision::kAuto);
+  const size_t nq = 96;
+  CellQueries cell_queries(f, 35, nq);
+  SearchOptions& options = cell_queries.options;
+  options.nprobe = 2;
+  options.ivf_min_candidates = 5000;
+  const size_t k = 10;
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const Result one = ProbeWith(*probe, cell_queries.queries, k, options);
+  for (int threads : {2, 3}) {
+    omp_set_num_threads(threads);
+    for (int run = 0; run < 3; ++run) {
+      const Result got = ProbeWith(*probe, cell_queries.queries, k, options);
+      EXPECT_EQ(got.stats.candidates_scanned, one.stats.candidates_scanned);
+      EXPECT_EQ(got.rows, one.rows) << threads << " threads, run " << run;
+      EXPECT_EQ(got.scores, one.scores) << threads << " threads, run " << run;
+    }
+  }
+  omp_set_num_threads(saved);
+}
+
 TEST(IvfProbeCellsTest, ReducedScanOfRowsSharingADirection) {
   const bool native = NativeReduced();
   CellFixture f = MakeCellFixture(faiss::METRIC_INNER_PRODUCT, true);

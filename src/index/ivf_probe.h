@@ -39,13 +39,15 @@
 // the second pass's screens; the rest in a second), into heaps of
 // its own, merged after; queries the plan left short probe on alone.
 // Answers do not depend on the split, but which of two exactly tied
-// entries is kept may depend on the number of threads. In cell mode at a
-// reduced `scan` precision (int8 or bf16, index/reduced_scan.h), the
-// batch's second pass scans each cell's packed copy, screened by each
-// query's current k-th best score plus the reduced dot product's proven
-// error bound, and rescores what passes in float32: an entry is dropped
-// only when it could not have entered the query's top k, so recall is
-// limited by the probing alone.
+// entries is kept may depend on it: on the number of threads, and on
+// which thread took which probe, which varies from run to run. In cell
+// mode at a reduced `scan` precision (int8 or bf16,
+// index/reduced_scan.h), the batch's second pass scans each cell's packed
+// copy, screened by each query's current k-th best score (the highest of
+// any thread's heap) plus the reduced dot product's proven error bound,
+// and rescores what passes in float32: an entry is dropped only when it
+// could not have entered the query's top k, so recall is limited by the
+// probing alone.
 //
 // Immutable after Create: Search may be called from any number of threads.
 // The FAISS index and the store must outlive the probe, unchanged.
@@ -377,6 +379,11 @@ class IvfProbe {
   static void Offer(void* context, size_t query, size_t row, float key,
                     float slack);
   static void Rescore(CellScan& scan);
+  // A scanning thread's screen for query j (relative to batch.q0) whose
+  // own heap's k-th best score is `kth`: the higher of it and the shared
+  // batch.screens[j], which it raises to `kth` (just `kth` when the batch
+  // shares none).
+  static float SharedScreen(const Batch& batch, size_t j, float kth);
   // Which queries (relative to a batch's q0) scan each probe: probe p's
   // are queries[begin[p] .. begin[p + 1]), in order.
   struct Probers {
