@@ -899,10 +899,6 @@ TEST(IvfProbeCellsTest, ReducedScanAnswersAsFloat32) {
   }
 }
 
-// Rows and queries sharing a direction (a mean cosine of 0.94): every
-// list is packed less the store's mean and the queries less their share
-// along it, so the reduced scan still rules out most entries unrescored,
-// and answers as float32 does.
 // A batch's threads take the cells as they come free and share their
 // screens (a thread drops what another's k-th best rules out): one, two
 // or three threads, run after run, scan the same entries and give the
@@ -932,6 +928,10 @@ TEST(IvfProbeCellsTest, BatchAnswersAlikeOnAnyNumberOfThreads) {
   omp_set_num_threads(saved);
 }
 
+// Rows and queries sharing a direction (a mean cosine of 0.94): every
+// list is packed less the store's mean and the queries less their share
+// along it, so the reduced scan still rules out most entries unrescored,
+// and answers as float32 does.
 TEST(IvfProbeCellsTest, ReducedScanOfRowsSharingADirection) {
   const bool native = NativeReduced();
   CellFixture f = MakeCellFixture(faiss::METRIC_INNER_PRODUCT, true);
