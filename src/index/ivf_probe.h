@@ -352,26 +352,25 @@ class IvfProbe {
                  const SearchOptions& options, const int64_t* order,
                  size_t prefix, float* scores, int64_t* rows,
                  std::vector<ProbeState>& states) const;
-  // BatchScan's shared state, a thread's heaps and buffers, and one
-  // reduced scan of a cell. Its ReducedSink::offer, Offer, queues the
-  // offered entry; Rescore, every kPendingRescores offers and at the end of
-  // the cell, rescores those still above their screens in float32, pushes
-  // them into their queries' heaps and raises the screens to the heaps'
-  // k-th best scores. Offer prefetches nothing: the lines of a scattered
-  // row (float32 row, the store's id and label) are TLB misses, and a
-  // prefetch that misses the TLB held up the tile loop around it. On W2
-  // with the own class excluded (40,000 candidates, in-process, skip_row
-  // reading the store as the Miner's does), 64-73 us a query without them,
-  // 78-84 with; through the Miner (k = 12), no difference showed above the
-  // machine's noise. Rescore instead asks for the rows of the offers
-  // still above their screens before it reads the first, where its dot
-  // products had waited for one row at a time (15% of the time): through
-  // the Miner on the same data, faster in 9 of 9 interleaved pairs (by
-  // 1-18%), then 8 of 9; in the bench, old and new binaries alternated,
-  // the own class's service ratio went from 3.79x and 3.84x to 4.18x and
-  // 4.50x. Prefetching at the offer and rescoring a batch later (the
-  // misses then overlap the next tiles) was no faster, and 16 offers a
-  // batch no different from 8.
+  // BatchScan's shared state, a thread's heaps and buffers, and one reduced
+  // scan of a cell. Its ReducedSink::offer, Offer, queues the offered entry;
+  // Rescore, every kPendingRescores offers and at the end of the cell, rescores
+  // those still above their screens in float32, pushes them into their queries'
+  // heaps and raises the screens to the heaps' k-th best scores (or higher:
+  // SharedScreen). Offer prefetches nothing: the lines of a scattered row
+  // (float32 row, the store's id and label) are TLB misses, and a prefetch that
+  // misses the TLB held up the tile loop around it. On W2 with the own class
+  // excluded (40,000 candidates, in-process, skip_row reading the store as the
+  // Miner's does), 64-73 us a query without them, 78-84 with; through the Miner
+  // (k = 12), no difference showed above the machine's noise. Rescore instead
+  // asks for the rows of the offers still above their screens before it reads
+  // the first, where its dot products had waited for one row at a time (15% of
+  // the time): through the Miner on the same data, faster in 9 of 9 interleaved
+  // pairs (by 1-18%), then 8 of 9; in the bench, old and new binaries
+  // alternated, the own class's service ratio went from 3.79x and 3.84x to
+  // 4.18x and 4.50x. Prefetching at the offer and rescoring a batch later (the
+  // misses then overlap the next tiles) was no faster, and 16 offers a batch no
+  // different from 8.
   struct Batch;
   struct CellScratch;
   struct CellScan;
