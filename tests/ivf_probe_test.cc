@@ -902,27 +902,54 @@ TEST(IvfProbeCellsTest, ReducedScanAnswersAsFloat32) {
 // A batch's threads take the cells as they come free and share their
 // screens (a thread drops what another's k-th best rules out): one, two
 // or three threads, run after run, scan the same entries and give the
-// same answers.
+// float32 scan's answers, with and without a window (entries too close
+// pass every screen and are then rejected).
 TEST(IvfProbeCellsTest, BatchAnswersAlikeOnAnyNumberOfThreads) {
+  const bool native = NativeReduced();
   CellFixture f = MakeCellFixture(faiss::METRIC_INNER_PRODUCT);
-  std::unique_ptr<IvfProbe> probe = IvfProbe::Create(
-      *f.ivf, *f.store, 0, IvfProbeUnit::kCell, ScanPrecision::kAuto);
+  // (Cells ranked in float32 by both: the same cells scanned.)
+  std::unique_ptr<IvfProbe> reduced =
+      IvfProbe::Create(*f.ivf, *f.store, 0, IvfProbeUnit::kCell,
+                       ScanPrecision::kAuto, /*reduced_ranking=*/false);
+  std::unique_ptr<IvfProbe> f32 = IvfProbe::Create(
+      *f.ivf, *f.store, 0, IvfProbeUnit::kCell, ScanPrecision::kF32);
   const size_t nq = 96;
   CellQueries cell_queries(f, 35, nq);
+  const std::vector<float>& queries = cell_queries.queries;
   SearchOptions& options = cell_queries.options;
+  const size_t k = 10;
+  // The window: each query's 3 best exact negatives too close (the limit
+  // halfway to the 4th).
+  const Result exact = Exhaustive(*f32, queries, k, options);
+  std::vector<float> closest(nq);
+  for (size_t i = 0; i < nq; ++i) {
+    closest[i] = (exact.scores[i * k + 2] + exact.scores[i * k + 3]) / 2;
+  }
   options.nprobe = 2;
   options.ivf_min_candidates = 5000;
-  const size_t k = 10;
   const int saved = omp_get_max_threads();
-  omp_set_num_threads(1);
-  const Result one = ProbeWith(*probe, cell_queries.queries, k, options);
-  for (int threads : {2, 3}) {
-    omp_set_num_threads(threads);
-    for (int run = 0; run < 3; ++run) {
-      const Result got = ProbeWith(*probe, cell_queries.queries, k, options);
-      EXPECT_EQ(got.stats.candidates_scanned, one.stats.candidates_scanned);
-      EXPECT_EQ(got.rows, one.rows) << threads << " threads, run " << run;
-      EXPECT_EQ(got.scores, one.scores) << threads << " threads, run " << run;
+  for (bool window : {false, true}) {
+    options.closest =
+        window ? absl::MakeConstSpan(closest) : absl::Span<const float>();
+    omp_set_num_threads(1);
+    const Result want = ProbeWith(*f32, queries, k, options);
+    for (int threads : {1, 2, 3}) {
+      omp_set_num_threads(threads);
+      for (int run = 0; run < (threads == 1 ? 1 : 3); ++run) {
+        const Result got = ProbeWith(*reduced, queries, k, options);
+        const std::string where = std::to_string(threads) + " threads, run " +
+                                  std::to_string(run) +
+                                  (window ? ", window" : "");
+        EXPECT_EQ(got.stats.candidates_scanned, want.stats.candidates_scanned)
+            << where;
+        if (native) {
+          EXPECT_GT(got.stats.candidates_rescored, 0u) << where;
+        }
+        for (size_t j = 0; j < nq * k; ++j) {
+          ASSERT_EQ(got.rows[j], want.rows[j]) << where << ", entry " << j;
+          EXPECT_NEAR(got.scores[j], want.scores[j], 1e-5) << where;
+        }
+      }
     }
   }
   omp_set_num_threads(saved);
