@@ -591,6 +591,37 @@ Result Exhaustive(const IvfProbe& probe, const std::vector<float>& queries,
   return ProbeWith(probe, queries, k, options);
 }
 
+// Cell-mode probes of one index at the CPU's reduced precision and at
+// float32, both ranking the cells in float32, so that both scan the same
+// cells.
+struct ReducedAndF32 {
+  ReducedAndF32(faiss::Index& ivf, const CandidateStore& store)
+      : reduced(IvfProbe::Create(ivf, store, 0, IvfProbeUnit::kCell,
+                                 ScanPrecision::kAuto,
+                                 /*reduced_ranking=*/false)),
+        f32(IvfProbe::Create(ivf, store, 0, IvfProbeUnit::kCell,
+                             ScanPrecision::kF32)) {}
+  std::unique_ptr<IvfProbe> reduced;
+  std::unique_ptr<IvfProbe> f32;
+};
+
+// A window for `queries`: each query's `too_close` best exact negatives
+// are too close, the limit halfway to the next (clear of the float
+// kernels' last-bit differences).
+std::vector<float> ClosestLimits(const IvfProbe& f32,
+                                 const std::vector<float>& queries, size_t k,
+                                 const SearchOptions& options,
+                                 size_t too_close) {
+  const Result exact = Exhaustive(f32, queries, k, options);
+  std::vector<float> closest(queries.size() / kCellDim);
+  for (size_t i = 0; i < closest.size(); ++i) {
+    closest[i] = (exact.scores[i * k + too_close - 1] +
+                  exact.scores[i * k + too_close]) /
+                 2;
+  }
+  return closest;
+}
+
 // Cell mode sorts each list by label in place: the labels with a cell of
 // their own first, each contiguous, then the mixed cell's; and FAISS's own
 // search of the sorted index answers as before.
@@ -829,12 +860,9 @@ TEST(IvfProbeCellsTest, ReducedScanAnswersAsFloat32) {
   // (On a CPU without a native reduced precision both scan float32.)
   const bool native = NativeReduced();
   CellFixture f = MakeCellFixture(faiss::METRIC_INNER_PRODUCT);
-  // (Cells ranked in float32 by both: the same cells scanned.)
-  std::unique_ptr<IvfProbe> reduced =
-      IvfProbe::Create(*f.ivf, *f.store, 0, IvfProbeUnit::kCell,
-                       ScanPrecision::kAuto, /*reduced_ranking=*/false);
-  std::unique_ptr<IvfProbe> f32 = IvfProbe::Create(
-      *f.ivf, *f.store, 0, IvfProbeUnit::kCell, ScanPrecision::kF32);
+  const ReducedAndF32 probes(*f.ivf, *f.store);
+  const std::unique_ptr<IvfProbe>& reduced = probes.reduced;
+  const std::unique_ptr<IvfProbe>& f32 = probes.f32;
   ASSERT_EQ(reduced->scan() != ScanPrecision::kF32, native);
   ASSERT_EQ(f32->scan(), ScanPrecision::kF32);
   if (native) {
@@ -847,13 +875,9 @@ TEST(IvfProbeCellsTest, ReducedScanAnswersAsFloat32) {
   SearchOptions& options = cell_queries.options;
   const size_t k = 10;
   // Half the budgets with a window: the 4 best exact negatives of each
-  // query are too close (the limit halfway to the 5th, clear of the
-  // float kernels' last-bit differences).
-  const Result exact = Exhaustive(*f32, queries, k, options);
-  std::vector<float> closest(nq);
-  for (size_t i = 0; i < nq; ++i) {
-    closest[i] = (exact.scores[i * k + 3] + exact.scores[i * k + 4]) / 2;
-  }
+  // query are too close.
+  const std::vector<float> closest =
+      ClosestLimits(*f32, queries, k, options, 4);
   for (uint32_t budget : {200u, 1200u, 5000u}) {
     for (bool window : {false, true}) {
       options.nprobe = 2;
@@ -907,24 +931,15 @@ TEST(IvfProbeCellsTest, ReducedScanAnswersAsFloat32) {
 TEST(IvfProbeCellsTest, BatchAnswersAlikeOnAnyNumberOfThreads) {
   const bool native = NativeReduced();
   CellFixture f = MakeCellFixture(faiss::METRIC_INNER_PRODUCT);
-  // (Cells ranked in float32 by both: the same cells scanned.)
-  std::unique_ptr<IvfProbe> reduced =
-      IvfProbe::Create(*f.ivf, *f.store, 0, IvfProbeUnit::kCell,
-                       ScanPrecision::kAuto, /*reduced_ranking=*/false);
-  std::unique_ptr<IvfProbe> f32 = IvfProbe::Create(
-      *f.ivf, *f.store, 0, IvfProbeUnit::kCell, ScanPrecision::kF32);
+  const ReducedAndF32 probes(*f.ivf, *f.store);
   const size_t nq = 96;
   CellQueries cell_queries(f, 35, nq);
   const std::vector<float>& queries = cell_queries.queries;
   SearchOptions& options = cell_queries.options;
   const size_t k = 10;
-  // The window: each query's 3 best exact negatives too close (the limit
-  // halfway to the 4th).
-  const Result exact = Exhaustive(*f32, queries, k, options);
-  std::vector<float> closest(nq);
-  for (size_t i = 0; i < nq; ++i) {
-    closest[i] = (exact.scores[i * k + 2] + exact.scores[i * k + 3]) / 2;
-  }
+  // The window: each query's 3 best exact negatives too close.
+  const std::vector<float> closest =
+      ClosestLimits(*probes.f32, queries, k, options, 3);
   options.nprobe = 2;
   options.ivf_min_candidates = 5000;
   const int saved = omp_get_max_threads();
@@ -932,11 +947,11 @@ TEST(IvfProbeCellsTest, BatchAnswersAlikeOnAnyNumberOfThreads) {
     options.closest =
         window ? absl::MakeConstSpan(closest) : absl::Span<const float>();
     omp_set_num_threads(1);
-    const Result want = ProbeWith(*f32, queries, k, options);
+    const Result want = ProbeWith(*probes.f32, queries, k, options);
     for (int threads : {1, 2, 3}) {
       omp_set_num_threads(threads);
       for (int run = 0; run < (threads == 1 ? 1 : 3); ++run) {
-        const Result got = ProbeWith(*reduced, queries, k, options);
+        const Result got = ProbeWith(*probes.reduced, queries, k, options);
         const std::string where = std::to_string(threads) + " threads, run " +
                                   std::to_string(run) +
                                   (window ? ", window" : "");
@@ -962,11 +977,9 @@ TEST(IvfProbeCellsTest, BatchAnswersAlikeOnAnyNumberOfThreads) {
 TEST(IvfProbeCellsTest, ReducedScanOfRowsSharingADirection) {
   const bool native = NativeReduced();
   CellFixture f = MakeCellFixture(faiss::METRIC_INNER_PRODUCT, true);
-  std::unique_ptr<IvfProbe> reduced =
-      IvfProbe::Create(*f.ivf, *f.store, 0, IvfProbeUnit::kCell,
-                       ScanPrecision::kAuto, /*reduced_ranking=*/false);
-  std::unique_ptr<IvfProbe> f32 = IvfProbe::Create(
-      *f.ivf, *f.store, 0, IvfProbeUnit::kCell, ScanPrecision::kF32);
+  const ReducedAndF32 probes(*f.ivf, *f.store);
+  const std::unique_ptr<IvfProbe>& reduced = probes.reduced;
+  const std::unique_ptr<IvfProbe>& f32 = probes.f32;
   const size_t nq = 64;
   CellQueries cell_queries(f, 35, nq);
   ShareDirection(cell_queries.queries, 4.0f);
@@ -1020,11 +1033,9 @@ TEST(IvfProbeCellsTest, ReducedScanOfRowsItCannotOrder) {
       static_cast<int>(dim), "IVF1,Flat", faiss::METRIC_INNER_PRODUCT));
   ivf->train(static_cast<faiss::Index::idx_t>(n), rows.data());
   ivf->add(static_cast<faiss::Index::idx_t>(n), rows.data());
-  std::unique_ptr<IvfProbe> reduced =
-      IvfProbe::Create(*ivf, *store, 0, IvfProbeUnit::kCell,
-                       ScanPrecision::kAuto, /*reduced_ranking=*/false);
-  std::unique_ptr<IvfProbe> f32 = IvfProbe::Create(
-      *ivf, *store, 0, IvfProbeUnit::kCell, ScanPrecision::kF32);
+  const ReducedAndF32 probes(*ivf, *store);
+  const std::unique_ptr<IvfProbe>& reduced = probes.reduced;
+  const std::unique_ptr<IvfProbe>& f32 = probes.f32;
   ASSERT_NE(reduced, nullptr);
   ASSERT_NE(f32, nullptr);
   // A batch (IvfProbe::kMinBatchQueries or more): the first cell in
