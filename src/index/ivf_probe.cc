@@ -1035,6 +1035,9 @@ void IvfProbe::ScanReduced(const Batch& batch, size_t probe, const Span& span,
   sink.offer = &IvfProbe::Offer;
   sink.context = &scan;
   const size_t group_begin = span.begin / kReducedGroupRows * kReducedGroupRows;
+  // The cell's ids, read by Rescore's PushOne for every offer it rescores
+  // (skip_row's row), arrive while the kernel runs (see the class comment).
+  PrefetchLines(ids + span.begin, span.n * sizeof(IdxT));
   ReducedScan(*reduced_[span.list], part.some, group_begin, span.begin + span.n,
               sink);
   Rescore(scan);

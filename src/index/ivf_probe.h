@@ -370,7 +370,14 @@ class IvfProbe {
   // alternated, the own class's service ratio went from 3.79x and 3.84x to
   // 4.18x and 4.50x. Prefetching at the offer and rescoring a batch later (the
   // misses then overlap the next tiles) was no faster, and 16 offers a batch no
-  // different from 8.
+  // different from 8. ScanReduced asks for the cell's ids (one run of 8 bytes
+  // an entry) before the kernel runs: Rescore's PushOne had waited on them, a
+  // third of Rescore's samples. Two single-thread Miners at 187 queries (the
+  // service's shape; W2, own class excluded) were faster with it in 5 of 6
+  // alternated pairs, by 5% on average (-8% to +11%). Rescoring nothing until
+  // the pass ends (screens from the offers' lower bounds, key - slack) cut the
+  // rescores from 65 to 37 a query there, but was no faster, and 3-11% slower
+  // on a two-thread batch.
   struct Batch;
   struct CellScratch;
   struct CellScan;
