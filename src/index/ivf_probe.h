@@ -376,7 +376,7 @@ class IvfProbe {
   // service's shape; W2, own class excluded) were faster with it in 5 of 6
   // alternated pairs, by 5% on average (-8% to +11%). Rescoring nothing until
   // the pass ends (screens from the offers' lower bounds, key - slack) cut the
-  // rescores from 65 to 37 a query there, but was no faster, and 3-11% slower
+  // rescores from 65 to 37 a query there, but was no faster, and 4-11% slower
   // on a two-thread batch.
   struct Batch;
   struct CellScratch;
