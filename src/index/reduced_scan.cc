@@ -158,10 +158,11 @@ struct TileArgs {
   const ReducedQueries* queries;
   const ReducedSink* sink;
   size_t end;  // rows at or past it are padding
-  // The per-row floats Emit reads (scales, residuals, norms, projections,
-  // squared norms: those the scan uses), which the first query tile asks
-  // for ahead.
-  std::array<const float*, 5> row_floats;
+  // The per-row floats a tile's end reads (int8 scales in Tile; residuals,
+  // norms, projections and squared norms in Emit), those this scan uses,
+  // which the first query tile asks for ahead (PrefetchRowFloats).
+  static constexpr size_t kMaxRowFloats = 5;
+  std::array<const float*, kMaxRowFloats> row_floats;
   size_t row_float_arrays;
 };
 
@@ -243,6 +244,23 @@ HARDNEG_AVX512 inline void Dpbf16(__m512i& acc, __m512i x, __m512i b) {
   __asm__("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(x), "v"(b));
 }
 
+// Asks for groups [g, g + groups)' entries of each of t.row_floats: every
+// line that holds them (the arrays need not start on a line).
+HARDNEG_AVX512 __attribute__((always_inline)) inline void PrefetchRowFloats(
+    const TileArgs& t, size_t g, size_t groups) {
+  const size_t bytes = groups * kReducedGroupRows * sizeof(float);
+  for (size_t a = 0; a < t.row_float_arrays; ++a) {
+    // An address, not a pointer: it may lie past the array.
+    const uintptr_t first = reinterpret_cast<uintptr_t>(t.row_floats[a]) +
+                            g * kReducedGroupRows * sizeof(float);
+    for (uintptr_t line = first / kLineBytes * kLineBytes; line < first + bytes;
+         line += kLineBytes) {
+      // NOLINTNEXTLINE(performance-no-int-to-ptr): an address only
+      _mm_prefetch(reinterpret_cast<const char*>(line), _MM_HINT_T0);
+    }
+  }
+}
+
 // Groups [g, g + R) against queries [i, i + Q) at precision P: R x Q
 // accumulators held in registers over all steps, R row loads and Q
 // broadcasts a step.
@@ -251,18 +269,18 @@ HARDNEG_AVX512 inline void Dpbf16(__m512i& acc, __m512i x, __m512i b) {
 // of each a step. An IVF cell is scanned for a few query tiles only, so
 // its rows come from memory, and each tile would otherwise wait for them
 // (in-process on W2, 40,000 candidates a query: 13-18% less time). It
-// asks for those groups' per-row floats too (t.row_floats, a line an
-// array a group), which Emit would otherwise wait for at the end of the
-// next tile. A walk over 1,024 lists of 977 int8 rows in cells of 226 (a
-// temporary harness, with and without, alternated 20 times) took 8-9%
-// less time a row at 7 queries a cell (W2's own-class service shape; 20
-// of 20 walks faster, twice), 6% at 3 and at 14 (18 and 19 of 20). On W2
-// itself, two single-thread Miners at 187 queries a batch (the service's
-// shape under load): faster in 4 of 6 alternated pairs, 6% on average
-// (-9% to +21%; the machine's noise). One query a scan showed no
-// difference, so SimdScan leaves the floats out there. Past the last group
-// the prefetches are wasted, not faults: prefetch instructions never
-// fault.
+// asks for those groups' per-row floats too (PrefetchRowFloats), which
+// the end of the next tile would otherwise wait for. A walk over 1,024
+// lists of 977 int8 rows in cells of 226 (a temporary harness, with and
+// without alternated 20 times a round) took 3-7% less time a row at 7
+// queries a cell (W2's own-class service shape; faster in 15 to 20 of 20
+// walks in each of five rounds), 3-9% at 3 and 2-3% at 14 (two rounds
+// each, 15 to 20 of 20). On W2 itself, two single-thread Miners at 187
+// queries a batch (the service's shape under load) were faster in 4 of 6
+// alternated pairs, by 6% on average (-9% to +21%: the machine's noise).
+// One query a scan showed no difference, so SimdScan leaves the floats
+// out there. Past the last group the prefetches are wasted, not faults:
+// prefetch instructions never fault.
 template <ScanPrecision P, size_t R, size_t Q>
 HARDNEG_AVX512 void Tile(const TileArgs& t, size_t g, size_t i) {
   const size_t steps = t.rows->steps();
@@ -271,20 +289,7 @@ HARDNEG_AVX512 void Tile(const TileArgs& t, size_t g, size_t i) {
   const uintptr_t ahead =
       reinterpret_cast<uintptr_t>(base) + R * steps * kLineBytes;
   const bool fetch = i == 0;
-  if (fetch) {
-    const size_t next = (g + R) * kReducedGroupRows;
-    for (size_t a = 0; a < t.row_float_arrays; ++a) {
-      const uintptr_t floats = reinterpret_cast<uintptr_t>(t.row_floats[a]);
-#pragma GCC unroll 8
-      for (size_t r = 0; r < R; ++r) {
-        _mm_prefetch(
-            // NOLINTNEXTLINE(performance-no-int-to-ptr): an address only
-            reinterpret_cast<const char*>(
-                floats + (next + r * kReducedGroupRows) * sizeof(float)),
-            _MM_HINT_T0);
-      }
-    }
-  }
+  if (fetch) PrefetchRowFloats(t, g + R, R);
   __m512i acc[R][Q];
 #pragma GCC unroll 8
   for (size_t r = 0; r < R; ++r) {
