@@ -275,9 +275,10 @@ HARDNEG_AVX512 __attribute__((always_inline)) inline void PrefetchRowFloats(
 // without alternated 20 times a round) took 3-7% less time a row at 7
 // queries a cell (W2's own-class service shape; faster in 15 to 20 of 20
 // walks in each of five rounds), 3-9% at 3 and 2-3% at 14 (two rounds
-// each, 15 to 20 of 20). On W2 itself, two single-thread Miners at 187
-// queries a batch (the service's shape under load) were faster in 4 of 6
-// alternated pairs, by 6% on average (-9% to +21%: the machine's noise).
+// each, 15 to 20 of 20). On W2 itself, with a first form of it (a line
+// an array a group), two single-thread Miners at 187 queries a batch (the
+// service's shape under load) were faster in 4 of 6 alternated pairs, by
+// 6% on average (-9% to +21%: the machine's noise).
 // One query a scan showed no difference, so SimdScan leaves the floats
 // out there. Past the last group the prefetches are wasted, not faults:
 // prefetch instructions never fault.
