@@ -923,6 +923,52 @@ TEST(IvfProbeCellsTest, ReducedScanAnswersAsFloat32) {
   }
 }
 
+// A reduced batch's first pass rescores the entries of each seed cell's
+// highest bounds first, a few more than k, and then those that reach the
+// k-th best score so found. When skip_row turns away most of those first
+// (here each query's 40 best negatives), the heap is not full after them,
+// and the pass rescores on until it is: the answers stay float32's.
+TEST(IvfProbeCellsTest, FirstPassRescoresOnPastSkippedEntries) {
+  const bool native = NativeReduced();
+  CellFixture f = MakeCellFixture(faiss::METRIC_INNER_PRODUCT);
+  const ReducedAndF32 probes(*f.ivf, *f.store);
+  const size_t nq = 32;
+  CellQueries cell_queries(f, 35, nq);
+  const std::vector<float>& queries = cell_queries.queries;
+  const size_t k = 10;
+  const size_t skipped = 40;
+  const Result best =
+      Exhaustive(*probes.f32, queries, skipped, cell_queries.options);
+  std::vector<std::set<int64_t>> skip(nq);
+  for (size_t i = 0; i < nq; ++i) {
+    skip[i].insert(
+        best.rows.begin() + static_cast<std::ptrdiff_t>(i * skipped),
+        best.rows.begin() + static_cast<std::ptrdiff_t>((i + 1) * skipped));
+  }
+  SearchOptions options = cell_queries.options;
+  const auto class_skip = cell_queries.options.skip_row;
+  options.skip_row = [&](size_t i, int64_t r) {
+    return class_skip(i, r) || skip[i].count(r) > 0;
+  };
+  for (uint32_t budget : {400u, 1200u, 5000u}) {
+    options.nprobe = 1;
+    options.ivf_min_candidates = budget;
+    const Result got = ProbeWith(*probes.reduced, queries, k, options);
+    const Result want = ProbeWith(*probes.f32, queries, k, options);
+    EXPECT_EQ(got.stats.candidates_scanned, want.stats.candidates_scanned);
+    if (native) {
+      EXPECT_GT(got.stats.candidates_rescored, nq * k);
+      EXPECT_LT(got.stats.candidates_rescored * 4, got.stats.candidates_scanned)
+          << "budget " << budget;
+    }
+    for (size_t j = 0; j < nq * k; ++j) {
+      EXPECT_EQ(got.rows[j], want.rows[j]) << "budget " << budget << " " << j;
+      EXPECT_NEAR(got.scores[j], want.scores[j], 1e-5);
+      EXPECT_EQ(skip[j / k].count(got.rows[j]), 0u);
+    }
+  }
+}
+
 // A batch's threads take the cells as they come free and share their
 // screens (a thread drops what another's k-th best rules out): one, two
 // or three threads, run after run, scan the same entries and give the
@@ -1038,8 +1084,9 @@ TEST(IvfProbeCellsTest, ReducedScanOfRowsItCannotOrder) {
   const std::unique_ptr<IvfProbe>& f32 = probes.f32;
   ASSERT_NE(reduced, nullptr);
   ASSERT_NE(f32, nullptr);
-  // A batch (IvfProbe::kMinBatchQueries or more): the first cell in
-  // float32, the other reduced.
+  // A batch (IvfProbe::kMinBatchQueries or more): the first cell as the
+  // first pass reads it (each entry's key, then the float32 rows its
+  // bound cannot rule out), the other screened.
   const size_t nq = 8;
   const size_t k = 10;
   std::vector<float> queries(nq * dim);

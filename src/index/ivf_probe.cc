@@ -89,6 +89,11 @@ constexpr size_t kRankGroupScores = size_t{1} << 16;
 // The reduced pass's keys and bounds must stay far inside float's range.
 constexpr double kMaxReducedKey = 1e36;
 
+// SeedReduced rescores the entries of the k + kSeedSpare highest bounds
+// first: a few spare, for those that skip_row or `closest` turns away.
+// (With none spare, no different on W2, where neither does.)
+constexpr size_t kSeedSpare = 4;
+
 }  // namespace
 
 std::unique_ptr<IvfProbe> IvfProbe::Create(faiss::Index& index,
@@ -942,6 +947,7 @@ void IvfProbe::Rescore(CellScan& scan) {
     const CellScan::Offer& offer = scan.pending[p];
     if (offer.bound >= scan.screen[offer.query]) {
       PrefetchLines(scan.x + offer.row * d, d * sizeof(float));
+      __builtin_prefetch(scan.ids + offer.row);
     }
   }
   for (size_t p = 0; p < scan.pending_n; ++p) {
@@ -1035,14 +1041,88 @@ void IvfProbe::ScanReduced(const Batch& batch, size_t probe, const Span& span,
   sink.offer = &IvfProbe::Offer;
   sink.context = &scan;
   const size_t group_begin = span.begin / kReducedGroupRows * kReducedGroupRows;
-  // The cell's ids, read by Rescore's PushOne for every offer it rescores
-  // (skip_row's row), arrive while the kernel runs (see the class comment).
-  PrefetchLines(ids + span.begin, span.n * sizeof(IdxT));
   ReducedScan(*reduced_[span.list], part.some, group_begin, span.begin + span.n,
               sink);
   Rescore(scan);
   for (uint32_t j : mine) {
     ProbeState& state = part.states[j];
+    ++state.stats.probes_scanned;
+    state.stats.candidates_scanned += span.n;
+  }
+}
+
+void IvfProbe::SeedReduced(const Batch& batch, size_t probe, const Span& span,
+                           absl::Span<const uint32_t> mine, const float* x,
+                           const IdxT* ids, CellScratch& part,
+                           size_t* too_close) const {
+  // Every entry's key (as ScanReduced's kernel computes it) plus its slack
+  // bounds its float32 score from above. The entries of the k +
+  // kSeedSpare highest bounds are rescored first, which fills the heap
+  // with about the cell's best: then every other entry whose bound
+  // reaches the heap's k-th best score (the screen, rising) is rescored,
+  // as ScanReduced offers them. An entry left out has a bound, so a
+  // score, below a k-th best score of entries rescored: it could not
+  // have entered the top k, and the heap ends as the float32 scan's would.
+  using C = faiss::CMin<float, IdxT>;
+  const size_t d = static_cast<size_t>(ivf_.d);
+  const size_t k = batch.k;
+  const size_t n = mine.size();
+  const ReducedRows& packed = *reduced_[span.list];
+  const size_t group_begin = span.begin / kReducedGroupRows * kReducedGroupRows;
+  const size_t end = span.begin + span.n;
+  part.some.Select(batch.packed, mine.data(), n);
+  part.dots.resize(n * end);  // keys, then bounds, by entry of the list
+  ReducedSink sink;
+  sink.keys = part.dots.data();
+  sink.key_stride = end;
+  ReducedScan(packed, part.some, group_begin, end, sink);
+  const float* residuals = packed.residuals();
+  const float* norms = packed.norms();
+  const size_t first = std::min(span.n, k + kSeedSpare);
+  for (size_t j = 0; j < n; ++j) {
+    const size_t local = mine[j];
+    const size_t i = batch.q0 + local;
+    const Span skip = ExcludedSpan(probe, i, *batch.options);
+    const auto skipped = [&skip](size_t r) { return r - skip.begin < skip.n; };
+    // The slack as the kernel's portable form computes it (FloatAbove
+    // leaves room for that arithmetic); entries of the excluded label
+    // are never rescored.
+    float* bound = part.dots.data() + j * end;
+    const float a = batch.slack_a[local];
+    const float b = batch.slack_b[local];
+    const float c = batch.slack_c[local];
+    for (size_t r = span.begin; r < end; ++r) {
+      bound[r] = skipped(r)
+                     ? -std::numeric_limits<float>::infinity()
+                     : bound[r] + (a * residuals[r] + (b * norms[r] + c));
+    }
+    part.batch.assign(bound + span.begin, bound + end);
+    const auto nth =
+        part.batch.begin() + static_cast<std::ptrdiff_t>(first - 1);
+    std::nth_element(part.batch.begin(), nth, part.batch.end(),
+                     std::greater<float>());
+    const float top = *nth;
+    const auto best = [&](size_t r) { return !skipped(r) && bound[r] >= top; };
+    float* heap_scores = part.scores.data() + local * k;
+    int64_t* heap_rows = part.rows.data() + local * k;
+    ProbeState& state = part.states[local];
+    const float* query = batch.queries + i * d;
+    const auto rescore = [&](size_t r) {
+      ++state.stats.candidates_rescored;
+      if (!PushOne<C>(FloatDot(query, x + r * d, d), ids[r], i, *batch.options,
+                      k, heap_scores, heap_rows, state)) {
+        ++too_close[j];
+      }
+    };
+    for (size_t r = span.begin; r < end; ++r) {
+      if (best(r)) PrefetchLines(x + r * d, d * sizeof(float));
+    }
+    for (size_t r = span.begin; r < end; ++r) {
+      if (best(r)) rescore(r);
+    }
+    for (size_t r = span.begin; r < end; ++r) {
+      if (!skipped(r) && !best(r) && bound[r] >= heap_scores[0]) rescore(r);
+    }
     ++state.stats.probes_scanned;
     state.stats.candidates_scanned += span.n;
   }
@@ -1101,14 +1181,14 @@ void IvfProbe::BatchScan(const float* queries, size_t q0, size_t m,
   batch.rows = rows;
   batch.states = &states;
   PackBatch(batch);
-  ScanProbes(batch, seed, false);
+  ScanProbes(batch, seed, batch.reduced ? Pass::kSeed : Pass::kFloat);
   // Every thread's heaps start at the first pass's k-th best scores.
   std::vector<std::atomic<float>> screens(batch.reduced ? m : 0);
   for (size_t j = 0; j < screens.size(); ++j) {
     screens[j].store(scores[(q0 + j) * k], std::memory_order_relaxed);
   }
   batch.screens = screens.empty() ? nullptr : screens.data();
-  ScanProbes(batch, rest, batch.reduced);
+  ScanProbes(batch, rest, batch.reduced ? Pass::kReduced : Pass::kFloat);
 }
 
 IvfProbe::Probers IvfProbe::MakeProbers(
@@ -1136,7 +1216,7 @@ IvfProbe::Probers IvfProbe::MakeProbers(
 }
 
 void IvfProbe::ScanProbes(const Batch& batch, const Probers& probers,
-                          bool reduced) const {
+                          Pass pass) const {
   const size_t m = batch.m;
   const size_t k = batch.k;
   std::vector<CellScratch> parts(static_cast<size_t>(omp_get_max_threads()));
@@ -1166,8 +1246,11 @@ void IvfProbe::ScanProbes(const Batch& batch, const Probers& probers,
       faiss::InvertedLists::ScopedIds ids(ivf_.invlists, span.list);
       const auto* x = reinterpret_cast<const float*>(codes.get());
       too_close.assign(mine.size(), 0);
-      if (reduced) {
+      if (pass == Pass::kReduced) {
         ScanReduced(batch, probe, span, mine, x, ids.get(), part,
+                    too_close.data());
+      } else if (pass == Pass::kSeed) {
+        SeedReduced(batch, probe, span, mine, x, ids.get(), part,
                     too_close.data());
       } else {
         ScanFloat(batch, probe, span, mine, x, ids.get(), part,

@@ -35,9 +35,9 @@
 // computed with SIMD. A batch of kMinBatchQueries or more inner-product
 // queries plans each query's probes from the label counts, then scans
 // probe by probe, each thread whole probes for all the queries probing
-// them (each query's first probe in float32 in a first pass, which sets
-// the second pass's screens; the rest in a second), into heaps of
-// its own, merged after; queries the plan left short probe on alone.
+// them (each query's first probe in a first pass, which sets the second
+// pass's screens; the rest in a second), into heaps of its own, merged
+// after; queries the plan left short probe on alone.
 // Answers do not depend on the split, but which of two exactly tied
 // entries is kept may depend on it: on the number of threads, and on
 // which thread took which probe, which varies from run to run. In cell
@@ -47,7 +47,10 @@
 // any thread's heap) plus the reduced dot product's proven error bound,
 // and rescores what passes in float32: an entry is dropped only when it
 // could not have entered the query's top k, so recall is limited by the
-// probing alone.
+// probing alone. The first pass reads the packed copy too: it rescores
+// the entries of each seed cell's highest bounds (key plus error bound)
+// first, then the others that reach the k-th best score so found (else
+// float32 throughout).
 //
 // Immutable after Create: Search may be called from any number of threads.
 // The FAISS index and the store must outlive the probe, unchanged.
@@ -344,9 +347,11 @@ class IvfProbe {
   // Inner product: queries q0 .. q0 + m - 1 (their prefix rankings in
   // `order`) scan their planned probes probe by probe: each query's first
   // kSeedProbes in a first pass, then the rest. One: on W2 at 2,000
-  // candidates a query, two took 20% longer (float32 rows are 4x int8's
-  // bytes) to save one rescore a query; at 40,000 with the own class
-  // excluded they saved 29 of 79 rescores, in the same time.
+  // candidates a query, two took 20% longer when the first pass scanned
+  // float32 rows (4x int8's bytes) to save one rescore a query; at 40,000
+  // with the own class excluded they saved 29 of 79 rescores, in the same
+  // time. Packed (SeedReduced), two were 3% slower there (two
+  // single-thread Miners at 187 queries, six alternated rounds).
   static constexpr size_t kSeedProbes = 1;
   void BatchScan(const float* queries, size_t q0, size_t m, const Plan& plan,
                  const SearchOptions& options, const int64_t* order,
@@ -370,11 +375,15 @@ class IvfProbe {
   // alternated, the own class's service ratio went from 3.79x and 3.84x to
   // 4.18x and 4.50x. Prefetching at the offer and rescoring a batch later (the
   // misses then overlap the next tiles) was no faster, and 16 offers a batch no
-  // different from 8. ScanReduced asks for the cell's ids (one run of 8 bytes
-  // an entry) before the kernel runs: Rescore's PushOne had waited on them, a
-  // third of Rescore's samples. Two single-thread Miners at 187 queries (the
-  // service's shape; W2, own class excluded) were faster with it in 5 of 6
-  // alternated pairs, by 5% on average (-8% to +11%). Rescoring nothing until
+  // different from 8. Rescore asks for each such offer's id (skip_row's row,
+  // which PushOne reads) with its row: PushOne had waited on the ids, a third
+  // of Rescore's samples. Asking for the whole cell's ids (one run of 8 bytes
+  // an entry) before the kernel ran was faster than nothing (two
+  // single-thread Miners at 187 queries, the service's shape; W2, own class
+  // excluded: 5 of 6 alternated pairs, 5% on average), but its 28 or so
+  // prefetches a cell stalled on the core's outstanding misses (3% of the
+  // time, for about 3 ids a cell read): asking for the offers' ids alone was
+  // faster again in 8 of 8 rounds, by 3% on average. Rescoring nothing until
   // the pass ends (screens from the offers' lower bounds, key - slack) cut the
   // rescores from 65 to 37 a query there, but was no faster, and 4-11% slower
   // on a two-thread batch.
@@ -404,19 +413,31 @@ class IvfProbe {
   // query j's probes in order).
   Probers MakeProbers(const std::vector<std::vector<uint32_t>>& planned,
                       size_t from, size_t to) const;
+  // How ScanProbes scans a probe: float32 (ScanFloat), the first pass of a
+  // reduced batch (SeedReduced: no screen yet), or the second (ScanReduced).
+  enum class Pass { kFloat, kSeed, kReduced };
   // The probes with queries in `probers` (relative to batch.q0), split
-  // between the threads probe by probe, each scanning (reduced: the packed
-  // copies, with batch.reduced; else float32) into heaps of its own; then
+  // between the threads probe by probe, each scanning as `pass` says
+  // (kSeed and kReduced need batch.reduced) into heaps of its own; then
   // merged into the batch's heaps and states (MergePart).
-  void ScanProbes(const Batch& batch, const Probers& probers,
-                  bool reduced) const;
+  void ScanProbes(const Batch& batch, const Probers& probers, Pass pass) const;
   void MergePart(const Batch& batch, const CellScratch& part) const;
   // Packs the batch for the reduced copies (batch.reduced false when
   // there are none, or a query's keys could leave float's range).
   void PackBatch(Batch& batch) const;
   // Queries `mine` (relative to the batch) scan `probe` (entries `span`),
-  // whose list's entries are `x` and `ids`: reduced, or in float32.
+  // whose list's entries are `x` and `ids`: reduced, screened; reduced, as
+  // a first pass; or in float32. SeedReduced reads every entry's packed
+  // key, so that a seed cell's float32 rows are read only for the few
+  // entries its keys cannot rule out (about k + 5 a query on W2, own
+  // class excluded, where ScanFloat read all of a cell's 226 or so): two
+  // single-thread Miners at 187 queries there were faster with it in 8 of
+  // 8 alternated rounds (7% on average), then 6 of 6 (5%).
   void ScanReduced(const Batch& batch, size_t probe, const Span& span,
+                   absl::Span<const uint32_t> mine, const float* x,
+                   const int64_t* ids, CellScratch& part,
+                   size_t* too_close) const;
+  void SeedReduced(const Batch& batch, size_t probe, const Span& span,
                    absl::Span<const uint32_t> mine, const float* x,
                    const int64_t* ids, CellScratch& part,
                    size_t* too_close) const;
