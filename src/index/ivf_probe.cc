@@ -8,7 +8,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <array>
 #include <atomic>
 #include <cmath>
 #include <limits>
@@ -886,6 +885,20 @@ struct IvfProbe::CellScratch {
   // Per query of a scan: its ExcludedSpan's entries.
   std::vector<size_t> skip_begin, skip_n;
   std::vector<float> batch, dots;
+  // Offers waiting to be rescored, from this thread's current and earlier
+  // reduced scans of the pass: the query (relative to q0), its index among
+  // the scan's queries, the entry's float32 row and id, key + slack, and
+  // which of the thread's scans offered it.
+  struct Pending {
+    uint32_t j;
+    uint32_t query;
+    const float* row;
+    const IdxT* id;
+    float bound;
+    size_t scan;
+  };
+  std::vector<Pending> pending;
+  size_t scans = 0;  // reduced scans this thread has begun
 };
 
 // One reduced scan of a cell by some of a batch's queries.
@@ -899,15 +912,7 @@ struct IvfProbe::CellScan {
   size_t begin;          // the cell's first entry in the list
   size_t* too_close;     // per query of the scan
   float* screen;         // per query of the scan
-  // Offers waiting to be rescored: query (of the scan), row, and key +
-  // slack.
-  struct Offer {
-    uint32_t query;
-    uint32_t row;
-    float bound;
-  };
-  std::array<Offer, kPendingRescores> pending;
-  size_t pending_n = 0;
+  size_t n;              // queries of the scan
 };
 
 float IvfProbe::SharedScreen(const Batch& batch, size_t j, float kth) {
@@ -929,47 +934,60 @@ void IvfProbe::Offer(void* context, size_t query, size_t row, float key,
       row - scan.part->skip_begin[query] < scan.part->skip_n[query]) {
     return;
   }
-  scan.pending[scan.pending_n++] = {static_cast<uint32_t>(query),
-                                    static_cast<uint32_t>(row), key + slack};
-  if (scan.pending_n == kPendingRescores) Rescore(scan);
-}
-
-void IvfProbe::Rescore(CellScan& scan) {
-  using C = faiss::CMin<float, IdxT>;
-  const Batch& batch = *scan.batch;
   CellScratch& part = *scan.part;
   const size_t d = static_cast<size_t>(scan.probe->ivf_.d);
+  part.pending.push_back({scan.mine[query], static_cast<uint32_t>(query),
+                          scan.x + row * d, scan.ids + row, key + slack,
+                          part.scans});
+  if (part.pending.size() == kPendingRescores) {
+    scan.probe->Rescore(*scan.batch, part, &scan);
+  }
+}
+
+void IvfProbe::Rescore(const Batch& batch, CellScratch& part,
+                       CellScan* scan) const {
+  using C = faiss::CMin<float, IdxT>;
+  const size_t d = static_cast<size_t>(ivf_.d);
   const size_t k = batch.k;
   // The rows of the offers still above their screens, all asked for
   // before the first is read, so that their misses overlap (see the class
   // comment).
-  for (size_t p = 0; p < scan.pending_n; ++p) {
-    const CellScan::Offer& offer = scan.pending[p];
-    if (offer.bound >= scan.screen[offer.query]) {
-      PrefetchLines(scan.x + offer.row * d, d * sizeof(float));
-      __builtin_prefetch(scan.ids + offer.row);
+  for (const CellScratch::Pending& offer : part.pending) {
+    if (offer.bound >= part.scores[offer.j * k]) {
+      PrefetchLines(offer.row, d * sizeof(float));
+      __builtin_prefetch(offer.id);
     }
   }
-  for (size_t p = 0; p < scan.pending_n; ++p) {
-    const CellScan::Offer& offer = scan.pending[p];
+  for (const CellScratch::Pending& offer : part.pending) {
+    const size_t j = offer.j;
     // The screen may have risen since the offer.
-    if (offer.bound < scan.screen[offer.query]) continue;
-    const size_t j = scan.mine[offer.query];
+    if (offer.bound < SharedScreen(batch, j, part.scores[j * k])) continue;
     const size_t i = batch.q0 + j;
     ProbeState& state = part.states[j];
     ++state.stats.candidates_rescored;
-    const float score =
-        FloatDot(batch.queries + i * d, scan.x + offer.row * d, d);
-    if (!scan.probe->PushOne<C>(score, scan.ids[offer.row], i, *batch.options,
-                                k, part.scores.data() + j * k,
-                                part.rows.data() + j * k, state)) {
-      ++scan.too_close[offer.query];
+    const float score = FloatDot(batch.queries + i * d, offer.row, d);
+    const bool current = scan != nullptr && offer.scan == part.scans;
+    if (!PushOne<C>(score, *offer.id, i, *batch.options, k,
+                    part.scores.data() + j * k, part.rows.data() + j * k,
+                    state)) {
+      if (current) {
+        ++scan->too_close[offer.query];
+      } else {
+        // An earlier scan's cell was counted already, with this entry
+        // among its survivors (ScanReduced made sure others stay).
+        --state.stats.survivors_scanned;
+      }
     }
     // The k-th best score so far (this thread's, or another's if
     // higher): the rest of the scan offers only what could still beat it.
-    scan.screen[offer.query] = SharedScreen(batch, j, part.scores[j * k]);
+    const float screen = SharedScreen(batch, j, part.scores[j * k]);
+    if (current) scan->screen[offer.query] = screen;
   }
-  scan.pending_n = 0;
+  part.pending.clear();
+  if (scan == nullptr) return;
+  for (size_t q = 0; q < scan->n; ++q) {
+    scan->screen[q] = std::max(scan->screen[q], part.scores[scan->mine[q] * k]);
+  }
 }
 
 void IvfProbe::PackBatch(Batch& batch) const {
@@ -1031,8 +1049,9 @@ void IvfProbe::ScanReduced(const Batch& batch, size_t probe, const Span& span,
     part.skip_begin[j] = skip.begin;
     part.skip_n[j] = skip.n;
   }
+  ++part.scans;
   CellScan scan{this, &batch,     &part,     mine.data(),        x,
-                ids,  span.begin, too_close, part.screen.data(), {}};
+                ids,  span.begin, too_close, part.screen.data(), n};
   ReducedSink sink;
   sink.slack_a = part.a.data();
   sink.slack_b = part.b.data();
@@ -1043,7 +1062,16 @@ void IvfProbe::ScanReduced(const Batch& batch, size_t probe, const Span& span,
   const size_t group_begin = span.begin / kReducedGroupRows * kReducedGroupRows;
   ReducedScan(*reduced_[span.list], part.some, group_begin, span.begin + span.n,
               sink);
-  Rescore(scan);
+  // The offers still pending wait for the next scans' (a few a cell, each
+  // a random read: eight at a time overlap their misses better), unless
+  // one of them could leave this cell's query without a survivor: then
+  // ScanProbes' Account must see their fate.
+  bool settle = false;
+  for (size_t j = 0; j < n && !settle; ++j) {
+    settle = span.n - std::min(span.n, part.skip_n[j] + too_close[j]) <=
+             part.pending.size();
+  }
+  if (settle) Rescore(batch, part, &scan);
   for (uint32_t j : mine) {
     ProbeState& state = part.states[j];
     ++state.stats.probes_scanned;
@@ -1262,6 +1290,8 @@ void IvfProbe::ScanProbes(const Batch& batch, const Probers& probers,
                 too_close[j], part.states[mine[j]]);
       }
     }
+    // The offers the last scans left pending.
+    Rescore(batch, part, nullptr);
   }
   for (const CellScratch& part : parts) {
     if (!part.states.empty()) MergePart(batch, part);

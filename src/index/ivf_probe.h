@@ -359,26 +359,33 @@ class IvfProbe {
                  std::vector<ProbeState>& states) const;
   // BatchScan's shared state, a thread's heaps and buffers, and one reduced
   // scan of a cell. Its ReducedSink::offer, Offer, queues the offered entry;
-  // Rescore, every kPendingRescores offers and at the end of the cell, rescores
-  // those still above their screens in float32, pushes them into their queries'
-  // heaps and raises the screens to the heaps' k-th best scores (or higher:
-  // SharedScreen). Offer prefetches nothing: the lines of a scattered row
-  // (float32 row, the store's id and label) are TLB misses, and a prefetch that
-  // misses the TLB held up the tile loop around it. On W2 with the own class
-  // excluded (40,000 candidates, in-process, skip_row reading the store as the
-  // Miner's does), 64-73 us a query without them, 78-84 with; through the Miner
-  // (k = 12), no difference showed above the machine's noise. Rescore instead
-  // asks for the rows of the offers still above their screens before it reads
-  // the first, where its dot products had waited for one row at a time (15% of
-  // the time): through the Miner on the same data, faster in 9 of 9 interleaved
-  // pairs (by 1-18%), then 8 of 9; in the bench, old and new binaries
-  // alternated, the own class's service ratio went from 3.79x and 3.84x to
-  // 4.18x and 4.50x. Prefetching at the offer and rescoring a batch later (the
-  // misses then overlap the next tiles) was no faster, and 16 offers a batch no
-  // different from 8. Rescore asks for each such offer's id (skip_row's row,
-  // which PushOne reads) with its row: PushOne had waited on the ids, a third
-  // of Rescore's samples. Asking for the whole cell's ids (one run of 8 bytes
-  // an entry) before the kernel ran was faster than nothing (two
+  // Rescore, every kPendingRescores offers (a thread's, across its cells) and
+  // once the pass's scans are over, rescores those still above their screens
+  // in float32, pushes them into their queries' heaps and raises the screens
+  // to the heaps' k-th best scores (or higher: SharedScreen). It also ran at
+  // the end of each cell, for the 3 or so offers a cell has on W2 (own class
+  // excluded, 40,000 candidates): each run's misses wait about as long for
+  // three rows as for eight. Now a cell's offers wait for the next cells'
+  // unless they could be its last survivors for a query (Account must know
+  // which entries were too close); two single-thread Miners at 187 queries
+  // were faster so in 8 of 8 alternated rounds, by 3% on average (a first
+  // version: 8 of 8, 3%). Offer prefetches nothing: the lines of a scattered
+  // row (float32 row, the store's id and label) are TLB misses, and a prefetch
+  // that misses the TLB held up the tile loop around it. On W2 with the own
+  // class excluded (40,000 candidates, in-process, skip_row reading the store
+  // as the Miner's does), 64-73 us a query without them, 78-84 with; through
+  // the Miner (k = 12), no difference showed above the machine's noise. Rescore
+  // instead asks for the rows of the offers still above their screens before it
+  // reads the first, where its dot products had waited for one row at a time
+  // (15% of the time): through the Miner on the same data, faster in 9 of 9
+  // interleaved pairs (by 1-18%), then 8 of 9; in the bench, old and new
+  // binaries alternated, the own class's service ratio went from 3.79x
+  // and 3.84x to 4.18x and 4.50x. Prefetching at the offer and rescoring a
+  // batch later (the misses then overlap the next tiles) was no faster, and 16
+  // offers a batch no different from 8. Rescore asks for each such offer's id
+  // (skip_row's row, which PushOne reads) with its row: PushOne had waited on
+  // the ids, a third of Rescore's samples. Asking for the whole cell's ids (one
+  // run of 8 bytes an entry) before the kernel ran was faster than nothing (two
   // single-thread Miners at 187 queries, the service's shape; W2, own class
   // excluded: 5 of 6 alternated pairs, 5% on average), but its 28 or so
   // prefetches a cell stalled on the core's outstanding misses (3% of the
@@ -393,7 +400,10 @@ class IvfProbe {
   static constexpr size_t kPendingRescores = 8;
   static void Offer(void* context, size_t query, size_t row, float key,
                     float slack);
-  static void Rescore(CellScan& scan);
+  // Rescores the thread's pending offers (part.pending); `scan` is the
+  // reduced scan under way (its screens and too_close updated), or null
+  // once the pass's scans are over.
+  void Rescore(const Batch& batch, CellScratch& part, CellScan* scan) const;
   // A scanning thread's screen for query j (relative to batch.q0) whose
   // own heap's k-th best score is `kth`: the higher of it and the shared
   // batch.screens[j], which it raises to `kth` (just `kth` when the batch
