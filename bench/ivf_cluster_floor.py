@@ -37,6 +37,20 @@ def unit(a):
     return a / np.linalg.norm(a, axis=1, keepdims=True)
 
 
+def w2_like(rng, nq):
+    """Rows of W2's law (row r in cluster r % CLUSTERS), and nq queries
+    with their clusters: (rows, queries, query clusters)."""
+    n = CLUSTERS * PER_CLUSTER
+    centres = unit(rng.uniform(-1, 1, (CLUSTERS, DIM)).astype(np.float32))
+    label = np.arange(n) % CLUSTERS
+    rows = unit(centres[label] +
+                unit(rng.uniform(-1, 1, (n, DIM)).astype(np.float32)))
+    qlabel = np.arange(nq) * 7 % CLUSTERS
+    queries = unit(centres[qlabel] + unit(
+        rng.uniform(-1, 1, (nq, DIM)).astype(np.float32)))
+    return rows, queries, qlabel
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--queries", type=int, default=400)
@@ -44,13 +58,7 @@ def main():
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     n = CLUSTERS * PER_CLUSTER
-    centres = unit(rng.uniform(-1, 1, (CLUSTERS, DIM)).astype(np.float32))
-    label = np.arange(n) % CLUSTERS
-    rows = unit(centres[label] +
-                unit(rng.uniform(-1, 1, (n, DIM)).astype(np.float32)))
-    qlabel = np.arange(args.queries) * 7 % CLUSTERS
-    queries = unit(centres[qlabel] + unit(
-        rng.uniform(-1, 1, (args.queries, DIM)).astype(np.float32)))
+    rows, queries, qlabel = w2_like(rng, args.queries)
     # Row r is in cluster r % CLUSTERS: reshaped, column c is cluster c.
     means = rows.reshape(PER_CLUSTER, CLUSTERS, DIM).mean(axis=0)
 
