@@ -605,6 +605,16 @@ struct ReducedAndF32 {
   std::unique_ptr<IvfProbe> f32;
 };
 
+// The inner-product cell fixture, its ReducedAndF32 probes, and nq
+// class-excluded queries from Rng(seed).
+struct ReducedCase {
+  ReducedCase(size_t nq, uint64_t seed)
+      : probes(*f.ivf, *f.store), cell_queries(f, seed, nq) {}
+  CellFixture f = MakeCellFixture(faiss::METRIC_INNER_PRODUCT);
+  ReducedAndF32 probes;
+  CellQueries cell_queries;
+};
+
 // A window for `queries`: each query's `too_close` best exact negatives
 // are too close, the limit halfway to the next (clear of the float
 // kernels' last-bit differences).
@@ -930,10 +940,10 @@ TEST(IvfProbeCellsTest, ReducedScanAnswersAsFloat32) {
 // and the pass rescores on until it is: the answers stay float32's.
 TEST(IvfProbeCellsTest, FirstPassRescoresOnPastSkippedEntries) {
   const bool native = NativeReduced();
-  CellFixture f = MakeCellFixture(faiss::METRIC_INNER_PRODUCT);
-  const ReducedAndF32 probes(*f.ivf, *f.store);
   const size_t nq = 32;
-  CellQueries cell_queries(f, 35, nq);
+  ReducedCase c(nq, 35);
+  const ReducedAndF32& probes = c.probes;
+  const CellQueries& cell_queries = c.cell_queries;
   const std::vector<float>& queries = cell_queries.queries;
   const size_t k = 10;
   const size_t skipped = 40;
@@ -976,12 +986,11 @@ TEST(IvfProbeCellsTest, FirstPassRescoresOnPastSkippedEntries) {
 // pass every screen and are then rejected).
 TEST(IvfProbeCellsTest, BatchAnswersAlikeOnAnyNumberOfThreads) {
   const bool native = NativeReduced();
-  CellFixture f = MakeCellFixture(faiss::METRIC_INNER_PRODUCT);
-  const ReducedAndF32 probes(*f.ivf, *f.store);
   const size_t nq = 96;
-  CellQueries cell_queries(f, 35, nq);
-  const std::vector<float>& queries = cell_queries.queries;
-  SearchOptions& options = cell_queries.options;
+  ReducedCase c(nq, 35);
+  const ReducedAndF32& probes = c.probes;
+  const std::vector<float>& queries = c.cell_queries.queries;
+  SearchOptions& options = c.cell_queries.options;
   const size_t k = 10;
   // The window: each query's 3 best exact negatives too close.
   const std::vector<float> closest =
