@@ -966,8 +966,11 @@ TEST(IvfProbeCellsTest, FirstPassRescoresOnPastSkippedEntries) {
     const Result got = ProbeWith(*probes.reduced, queries, k, options);
     const Result want = ProbeWith(*probes.f32, queries, k, options);
     EXPECT_EQ(got.stats.candidates_scanned, want.stats.candidates_scanned);
+    EXPECT_EQ(got.stats.survivors_scanned, want.stats.survivors_scanned);
+    EXPECT_EQ(got.stats.lists_reached, want.stats.lists_reached);
     if (native) {
-      EXPECT_GT(got.stats.candidates_rescored, nq * k);
+      // More than each seed cell's first k + 4.
+      EXPECT_GT(got.stats.candidates_rescored, nq * (k + 4));
       EXPECT_LT(got.stats.candidates_rescored * 4, got.stats.candidates_scanned)
           << "budget " << budget;
     }
@@ -1012,6 +1015,10 @@ TEST(IvfProbeCellsTest, BatchAnswersAlikeOnAnyNumberOfThreads) {
                                   (window ? ", window" : "");
         EXPECT_EQ(got.stats.candidates_scanned, want.stats.candidates_scanned)
             << where;
+        EXPECT_EQ(got.stats.survivors_scanned, want.stats.survivors_scanned)
+            << where;
+        EXPECT_EQ(got.stats.lists_reached, want.stats.lists_reached) << where;
+        EXPECT_EQ(got.stats.probes_scanned, want.stats.probes_scanned) << where;
         if (native) {
           EXPECT_GT(got.stats.candidates_rescored, 0u) << where;
         }
@@ -1154,9 +1161,9 @@ TEST(IvfProbeCellsTest, ReducedScanOfRowsItCannotOrder) {
     EXPECT_GE(weakest(got), weakest(want) - tolerance / 2) << "query " << i;
   }
   // A window below every score: every entry is offered, rescored and too
-  // close. The reduced pass leaves a few offers of a cell pending into the
-  // next cell's scan, but not when they could be the cell's last
-  // survivors: then, as in float32, no list counts as reached.
+  // close. The reduced pass may leave a few offers of a cell pending into
+  // the next cell's scan, but not when they could be the cell's last
+  // survivors, as here: so, as in float32, no list counts as reached.
   // (Nine queries, and cells of an odd size, so that some offers are
   // still pending when a cell's scan ends.)
   std::vector<float> nine = queries;

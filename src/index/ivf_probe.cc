@@ -868,9 +868,9 @@ struct IvfProbe::Batch {
   bool reduced = false;
   ReducedQueries packed;
   std::vector<float> slack_a, slack_b, slack_c;
-  // The reduced pass's screens, shared by its threads: per query, the
-  // highest k-th best score of any thread's heap (null in the float32
-  // pass).
+  // The second pass's screens, shared by its threads: per query, the
+  // highest k-th best score of any thread's heap (null in the first
+  // pass, and in float32).
   std::atomic<float>* screens = nullptr;
 };
 
@@ -888,7 +888,10 @@ struct IvfProbe::CellScratch {
   // Offers waiting to be rescored, from this thread's current and earlier
   // reduced scans of the pass: the query (relative to q0), its index among
   // the scan's queries, the entry's float32 row and id, key + slack, and
-  // which of the thread's scans offered it.
+  // which of the thread's scans offered it. The row and id point into
+  // the lists past their Scoped* holders: reduced scans run only over
+  // ArrayInvertedLists (Create), whose pointers stay valid while the
+  // index is unchanged.
   struct Pending {
     uint32_t j;
     uint32_t query;
@@ -1096,6 +1099,7 @@ void IvfProbe::SeedReduced(const Batch& batch, size_t probe, const Span& span,
   const size_t k = batch.k;
   const size_t n = mine.size();
   const ReducedRows& packed = *reduced_[span.list];
+  if (span.n == 0) return;  // (PlanProbes plans no empty probe)
   const size_t group_begin = span.begin / kReducedGroupRows * kReducedGroupRows;
   const size_t end = span.begin + span.n;
   part.some.Select(batch.packed, mine.data(), n);
@@ -1187,9 +1191,10 @@ void IvfProbe::BatchScan(const float* queries, size_t q0, size_t m,
   const size_t k = plan.k;
   // Each query's plan from label counts alone (in parallel: a plan walks
   // a few hundred ranks); then which queries scan each probe: each
-  // query's first kSeedProbes probes in a first pass, in float32 (nothing
-  // to rescore), the rest in a second, reduced when the batch is, whose
-  // screens then start at the k-th best score of the first.
+  // query's first kSeedProbes probes in a first pass (SeedReduced when
+  // the batch is reduced, else float32), the rest in a second, reduced
+  // when the batch is, whose screens then start at the k-th best score of
+  // the first.
   std::vector<std::vector<uint32_t>> planned(m);
 #pragma omp parallel for if (m > 1) schedule(dynamic, 8)
   for (size_t j = 0; j < m; ++j) {

@@ -252,7 +252,9 @@ struct ReducedSink {
   void* context = nullptr;
   // When set, the scan writes every row's key instead, to
   // keys[i * key_stride + row] for query i (no slack, screen or offers):
-  // reduced scores for ranking, where no answer depends on their error.
+  // reduced scores for ranking, where no answer depends on their error,
+  // or for a caller that adds the slack itself (IvfProbe's first pass):
+  // the same keys the screen would compare.
   float* keys = nullptr;
   size_t key_stride = 0;
 };
