@@ -27,11 +27,9 @@ one float32 product per cell and query).
 
 About 2 minutes and 3 GB. Needs python3-numpy.
 """
-import argparse
-
 import numpy as np
 
-from ivf_cluster_floor import CLUSTERS, K, PER_CLUSTER, w2_like
+from ivf_cluster_floor import CLUSTERS, K, PER_CLUSTER, query_args, w2_like
 
 BUDGET = 40000
 
@@ -46,10 +44,7 @@ def packed(x, levels):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--queries", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
+    args = query_args(__doc__, 100)
     rng = np.random.default_rng(args.seed)
     rows, queries, qlabel = w2_like(rng, args.queries)
     # cluster x row x dim (row r is in cluster r % CLUSTERS)

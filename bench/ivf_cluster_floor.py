@@ -37,6 +37,14 @@ def unit(a):
     return a / np.linalg.norm(a, axis=1, keepdims=True)
 
 
+def query_args(doc, queries):
+    """The scripts' command line: --queries (default `queries`), --seed."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--queries", type=int, default=queries)
+    parser.add_argument("--seed", type=int, default=1)
+    return parser.parse_args()
+
+
 def w2_like(rng, nq):
     """Rows of W2's law (row r in cluster r % CLUSTERS), and nq queries
     with their clusters: (rows, queries, query clusters)."""
@@ -52,10 +60,7 @@ def w2_like(rng, nq):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--queries", type=int, default=400)
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
+    args = query_args(__doc__, 400)
     rng = np.random.default_rng(args.seed)
     n = CLUSTERS * PER_CLUSTER
     rows, queries, qlabel = w2_like(rng, args.queries)
