@@ -381,10 +381,12 @@ TEST_P(ReducedScanTest, TheOfferedSlackBoundsEachKey) {
     std::vector<double> error;
     std::vector<double> slack;
     std::vector<size_t> rows;
+    std::vector<size_t> queries;
+    std::vector<float> bound;  // key + slack, in float
     const std::vector<float>* x;
     const std::vector<float>* q;
     size_t dim;
-  } seen{{}, {}, {}, &x, &q, dim};
+  } seen{{}, {}, {}, {}, {}, &x, &q, dim};
   ReducedSink sink;
   const std::vector<float> screens(nq, -std::numeric_limits<float>::infinity());
   sink.screen = screens.data();
@@ -399,6 +401,8 @@ TEST_P(ReducedScanTest, TheOfferedSlackBoundsEachKey) {
     s.error.push_back(std::fabs(key - exact));
     s.slack.push_back(slack);
     s.rows.push_back(row);
+    s.queries.push_back(i);
+    s.bound.push_back(key + slack);
   };
   const size_t begin = 3 * kReducedGroupRows;
   const size_t end = n - 7;
@@ -408,6 +412,17 @@ TEST_P(ReducedScanTest, TheOfferedSlackBoundsEachKey) {
     EXPECT_GE(seen.rows[j], begin);
     EXPECT_LT(seen.rows[j], end);
     EXPECT_LE(seen.error[j], seen.slack[j]) << "row " << seen.rows[j];
+  }
+  // With keys as well, each row's key + slack is written instead: the
+  // bound the screen compares (IvfProbe's first pass reads it).
+  std::vector<float> bounds(nq * n, std::numeric_limits<float>::quiet_NaN());
+  sink.keys = bounds.data();
+  sink.key_stride = n;
+  ReducedScan(rows, queries, begin, end, sink, portable());
+  ASSERT_EQ(seen.rows.size(), nq * (end - begin));  // nothing offered
+  for (size_t j = 0; j < seen.rows.size(); ++j) {
+    EXPECT_EQ(bounds[seen.queries[j] * n + seen.rows[j]], seen.bound[j])
+        << "query " << seen.queries[j] << " row " << seen.rows[j];
   }
 }
 

@@ -1028,6 +1028,26 @@ void IvfProbe::PackBatch(Batch& batch) const {
   }
 }
 
+ReducedSink IvfProbe::SlackSink(const Batch& batch,
+                                absl::Span<const uint32_t> mine,
+                                CellScratch& part) {
+  const size_t n = mine.size();
+  part.some.Select(batch.packed, mine.data(), n);
+  part.a.resize(n);
+  part.b.resize(n);
+  part.c.resize(n);
+  for (size_t j = 0; j < n; ++j) {
+    part.a[j] = batch.slack_a[mine[j]];
+    part.b[j] = batch.slack_b[mine[j]];
+    part.c[j] = batch.slack_c[mine[j]];
+  }
+  ReducedSink sink;
+  sink.slack_a = part.a.data();
+  sink.slack_b = part.b.data();
+  sink.slack_c = part.c.data();
+  return sink;
+}
+
 void IvfProbe::ScanReduced(const Batch& batch, size_t probe, const Span& span,
                            absl::Span<const uint32_t> mine, const float* x,
                            const IdxT* ids, CellScratch& part,
@@ -1035,17 +1055,11 @@ void IvfProbe::ScanReduced(const Batch& batch, size_t probe, const Span& span,
   // The cell's packed entries, screened by each query's k-th best score
   // so far; what passes is rescored in float32 (Rescore).
   const size_t n = mine.size();
-  part.some.Select(batch.packed, mine.data(), n);
-  part.a.resize(n);
-  part.b.resize(n);
-  part.c.resize(n);
+  ReducedSink sink = SlackSink(batch, mine, part);
   part.screen.resize(n);
   part.skip_begin.resize(n);
   part.skip_n.resize(n);
   for (size_t j = 0; j < n; ++j) {
-    part.a[j] = batch.slack_a[mine[j]];
-    part.b[j] = batch.slack_b[mine[j]];
-    part.c[j] = batch.slack_c[mine[j]];
     part.screen[j] =
         SharedScreen(batch, mine[j], part.scores[mine[j] * batch.k]);
     const Span skip = ExcludedSpan(probe, batch.q0 + mine[j], *batch.options);
@@ -1055,10 +1069,6 @@ void IvfProbe::ScanReduced(const Batch& batch, size_t probe, const Span& span,
   ++part.scans;
   CellScan scan{this, &batch,     &part,     mine.data(),        x,
                 ids,  span.begin, too_close, part.screen.data(), n};
-  ReducedSink sink;
-  sink.slack_a = part.a.data();
-  sink.slack_b = part.b.data();
-  sink.slack_c = part.c.data();
   sink.screen = part.screen.data();
   sink.offer = &IvfProbe::Offer;
   sink.context = &scan;
@@ -1086,8 +1096,8 @@ void IvfProbe::SeedReduced(const Batch& batch, size_t probe, const Span& span,
                            absl::Span<const uint32_t> mine, const float* x,
                            const IdxT* ids, CellScratch& part,
                            size_t* too_close) const {
-  // Every entry's key (as ScanReduced's kernel computes it) plus its slack
-  // bounds its float32 score from above. The entries of the k +
+  // Every entry's key plus its slack (the kernel's, as its screen would
+  // compare them) bounds its float32 score from above. The entries of the k +
   // kSeedSpare highest bounds are rescored first, which fills the heap
   // with about the cell's best: then every other entry whose bound
   // reaches the heap's k-th best score (the screen, rising) is rescored,
@@ -1102,31 +1112,21 @@ void IvfProbe::SeedReduced(const Batch& batch, size_t probe, const Span& span,
   if (span.n == 0) return;  // (PlanProbes plans no empty probe)
   const size_t group_begin = span.begin / kReducedGroupRows * kReducedGroupRows;
   const size_t end = span.begin + span.n;
-  part.some.Select(batch.packed, mine.data(), n);
-  part.dots.resize(n * end);  // keys, then bounds, by entry of the list
-  ReducedSink sink;
+  part.dots.resize(n * end);  // bounds, by entry of the list
+  ReducedSink sink = SlackSink(batch, mine, part);
   sink.keys = part.dots.data();
   sink.key_stride = end;
   ReducedScan(packed, part.some, group_begin, end, sink);
-  const float* residuals = packed.residuals();
-  const float* norms = packed.norms();
   const size_t first = std::min(span.n, k + kSeedSpare);
   for (size_t j = 0; j < n; ++j) {
     const size_t local = mine[j];
     const size_t i = batch.q0 + local;
     const Span skip = ExcludedSpan(probe, i, *batch.options);
     const auto skipped = [&skip](size_t r) { return r - skip.begin < skip.n; };
-    // The slack as the kernel's portable form computes it (FloatAbove
-    // leaves room for that arithmetic); entries of the excluded label
-    // are never rescored.
+    // Entries of the excluded label are never rescored.
     float* bound = part.dots.data() + j * end;
-    const float a = batch.slack_a[local];
-    const float b = batch.slack_b[local];
-    const float c = batch.slack_c[local];
-    for (size_t r = span.begin; r < end; ++r) {
-      bound[r] = skipped(r)
-                     ? -std::numeric_limits<float>::infinity()
-                     : bound[r] + (a * residuals[r] + (b * norms[r] + c));
+    for (size_t r = skip.begin; r < skip.begin + skip.n; ++r) {
+      bound[r] = -std::numeric_limits<float>::infinity();
     }
     part.batch.assign(bound + span.begin, bound + end);
     const auto nth =

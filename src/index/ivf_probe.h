@@ -435,6 +435,11 @@ class IvfProbe {
   // Packs the batch for the reduced copies (batch.reduced false when
   // there are none, or a query's keys could leave float's range).
   void PackBatch(Batch& batch) const;
+  // Selects the packed queries `mine` (relative to the batch) into
+  // part.some, and their slack coefficients into a sink for them.
+  static ReducedSink SlackSink(const Batch& batch,
+                               absl::Span<const uint32_t> mine,
+                               CellScratch& part);
   // Queries `mine` (relative to the batch) scan `probe` (entries `span`),
   // whose list's entries are `x` and `ids`: reduced, screened; reduced, as
   // a first pass; or in float32. SeedReduced reads every entry's packed

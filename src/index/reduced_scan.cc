@@ -167,7 +167,8 @@ struct TileArgs {
 };
 
 // Screens the 16 keys of group g for query i and offers those that pass
-// (or, for a sink with keys, writes them all).
+// (or, for a sink with keys, writes them all, plus their slack when it
+// has coefficients).
 // Always inlined: a call would spill the tile's live accumulators.
 HARDNEG_AVX512 __attribute__((always_inline)) inline void Emit(
     const TileArgs& t, size_t g, size_t i, __m512 dot) {
@@ -192,10 +193,6 @@ HARDNEG_AVX512 __attribute__((always_inline)) inline void Emit(
                                       _mm512_set1_ps(sink.query_sq[i])),
                         row_sq);
   }
-  if (sink.keys != nullptr) {
-    _mm512_mask_storeu_ps(sink.keys + i * sink.key_stride + row0, valid, key);
-    return;
-  }
   // The row's slack: a e_r + b n_r + c (+ d |x|^2 for L2; zero without
   // coefficients).
   __m512 slack = _mm512_setzero_ps();
@@ -211,6 +208,12 @@ HARDNEG_AVX512 __attribute__((always_inline)) inline void Emit(
                               _mm512_maskz_loadu_ps(valid, sink.row_sq + row0),
                               slack);
     }
+  }
+  if (sink.keys != nullptr) {
+    const __m512 out =
+        sink.slack_a != nullptr ? _mm512_add_ps(key, slack) : key;
+    _mm512_mask_storeu_ps(sink.keys + i * sink.key_stride + row0, valid, out);
+    return;
   }
   __mmask16 mask =
       _mm512_mask_cmp_ps_mask(valid, _mm512_add_ps(key, slack),
@@ -396,7 +399,7 @@ void SimdScan(const ReducedRows& rows, const ReducedQueries& queries,
       if (floats != nullptr) t.row_floats[t.row_float_arrays++] = floats;
     };
     if (rows.precision() == ScanPrecision::kInt8) add(rows.scales());
-    if (sink.keys == nullptr && sink.slack_a != nullptr) {
+    if (sink.slack_a != nullptr) {
       add(rows.residuals());
       add(rows.norms());
     }
@@ -490,10 +493,6 @@ void PortableScan(const ReducedRows& rows, const ReducedQueries& queries,
       if (sink.row_sq != nullptr) {
         key = 2 * dot - sink.query_sq[i] - sink.row_sq[row];
       }
-      if (sink.keys != nullptr) {
-        sink.keys[i * sink.key_stride + row] = key;
-        continue;
-      }
       float slack = 0;
       if (sink.slack_a != nullptr) {
         slack = sink.slack_a[i] * rows.residuals()[row] +
@@ -501,6 +500,11 @@ void PortableScan(const ReducedRows& rows, const ReducedQueries& queries,
         if (sink.row_sq != nullptr) {
           slack += sink.slack_d[i] * sink.row_sq[row];
         }
+      }
+      if (sink.keys != nullptr) {
+        sink.keys[i * sink.key_stride + row] =
+            sink.slack_a != nullptr ? key + slack : key;
+        continue;
       }
       if (key + slack >= sink.screen[i]) {
         sink.offer(sink.context, i, row, key, slack);

@@ -251,10 +251,10 @@ struct ReducedSink {
                 float slack) = nullptr;
   void* context = nullptr;
   // When set, the scan writes every row's key instead, to
-  // keys[i * key_stride + row] for query i (no slack, screen or offers):
-  // reduced scores for ranking, where no answer depends on their error,
-  // or for a caller that adds the slack itself (IvfProbe's first pass):
-  // the same keys the screen would compare.
+  // keys[i * key_stride + row] for query i (no screen or offers): reduced
+  // scores for ranking, where no answer depends on their error; or, with
+  // slack coefficients, key + slack as the screen would compare it, an
+  // upper bound on the row's exact key (IvfProbe's first pass).
   float* keys = nullptr;
   size_t key_stride = 0;
 };
