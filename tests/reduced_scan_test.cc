@@ -414,14 +414,19 @@ TEST_P(ReducedScanTest, TheOfferedSlackBoundsEachKey) {
     EXPECT_LE(seen.error[j], seen.slack[j]) << "row " << seen.rows[j];
   }
   // With keys as well, each row's key + slack is written instead: the
-  // bound the screen compares (IvfProbe's first pass reads it).
-  std::vector<float> bounds(nq * n, std::numeric_limits<float>::quiet_NaN());
+  // bound the screen compares (IvfProbe's first pass reads it), here
+  // from the scan's first row on (key_first).
+  const size_t stride = end - begin;
+  std::vector<float> bounds(nq * stride,
+                            std::numeric_limits<float>::quiet_NaN());
   sink.keys = bounds.data();
-  sink.key_stride = n;
+  sink.key_stride = stride;
+  sink.key_first = begin;
   ReducedScan(rows, queries, begin, end, sink, portable());
   ASSERT_EQ(seen.rows.size(), nq * (end - begin));  // nothing offered
   for (size_t j = 0; j < seen.rows.size(); ++j) {
-    EXPECT_EQ(bounds[seen.queries[j] * n + seen.rows[j]], seen.bound[j])
+    EXPECT_EQ(bounds[seen.queries[j] * stride + (seen.rows[j] - begin)],
+              seen.bound[j])
         << "query " << seen.queries[j] << " row " << seen.rows[j];
   }
 }

@@ -1112,10 +1112,13 @@ void IvfProbe::SeedReduced(const Batch& batch, size_t probe, const Span& span,
   if (span.n == 0) return;  // (PlanProbes plans no empty probe)
   const size_t group_begin = span.begin / kReducedGroupRows * kReducedGroupRows;
   const size_t end = span.begin + span.n;
-  part.dots.resize(n * end);  // bounds, by entry of the list
+  // Bounds, by entry of the cell's groups (from group_begin).
+  const size_t stride = end - group_begin;
+  part.dots.resize(n * stride);
   ReducedSink sink = SlackSink(batch, mine, part);
   sink.keys = part.dots.data();
-  sink.key_stride = end;
+  sink.key_stride = stride;
+  sink.key_first = group_begin;
   ReducedScan(packed, part.some, group_begin, end, sink);
   const size_t first = std::min(span.n, k + kSeedSpare);
   for (size_t j = 0; j < n; ++j) {
@@ -1124,17 +1127,20 @@ void IvfProbe::SeedReduced(const Batch& batch, size_t probe, const Span& span,
     const Span skip = ExcludedSpan(probe, i, *batch.options);
     const auto skipped = [&skip](size_t r) { return r - skip.begin < skip.n; };
     // Entries of the excluded label are never rescored.
-    float* bound = part.dots.data() + j * end;
+    float* const bounds = part.dots.data() + j * stride;
+    const auto bound = [&](size_t r) -> float& {
+      return bounds[r - group_begin];
+    };
     for (size_t r = skip.begin; r < skip.begin + skip.n; ++r) {
-      bound[r] = -std::numeric_limits<float>::infinity();
+      bound(r) = -std::numeric_limits<float>::infinity();
     }
-    part.batch.assign(bound + span.begin, bound + end);
+    part.batch.assign(&bound(span.begin), bounds + stride);
     const auto nth =
         part.batch.begin() + static_cast<std::ptrdiff_t>(first - 1);
     std::nth_element(part.batch.begin(), nth, part.batch.end(),
                      std::greater<float>());
     const float top = *nth;
-    const auto best = [&](size_t r) { return !skipped(r) && bound[r] >= top; };
+    const auto best = [&](size_t r) { return !skipped(r) && bound(r) >= top; };
     float* heap_scores = part.scores.data() + local * k;
     int64_t* heap_rows = part.rows.data() + local * k;
     ProbeState& state = part.states[local];
@@ -1153,7 +1159,7 @@ void IvfProbe::SeedReduced(const Batch& batch, size_t probe, const Span& span,
       if (best(r)) rescore(r);
     }
     for (size_t r = span.begin; r < end; ++r) {
-      if (!skipped(r) && !best(r) && bound[r] >= heap_scores[0]) rescore(r);
+      if (!skipped(r) && !best(r) && bound(r) >= heap_scores[0]) rescore(r);
     }
     ++state.stats.probes_scanned;
     state.stats.candidates_scanned += span.n;

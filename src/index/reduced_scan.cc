@@ -212,7 +212,8 @@ HARDNEG_AVX512 __attribute__((always_inline)) inline void Emit(
   if (sink.keys != nullptr) {
     const __m512 out =
         sink.slack_a != nullptr ? _mm512_add_ps(key, slack) : key;
-    _mm512_mask_storeu_ps(sink.keys + i * sink.key_stride + row0, valid, out);
+    _mm512_mask_storeu_ps(
+        sink.keys + i * sink.key_stride + (row0 - sink.key_first), valid, out);
     return;
   }
   __mmask16 mask =
@@ -502,7 +503,7 @@ void PortableScan(const ReducedRows& rows, const ReducedQueries& queries,
         }
       }
       if (sink.keys != nullptr) {
-        sink.keys[i * sink.key_stride + row] =
+        sink.keys[i * sink.key_stride + (row - sink.key_first)] =
             sink.slack_a != nullptr ? key + slack : key;
         continue;
       }

@@ -251,12 +251,14 @@ struct ReducedSink {
                 float slack) = nullptr;
   void* context = nullptr;
   // When set, the scan writes every row's key instead, to
-  // keys[i * key_stride + row] for query i (no screen or offers): reduced
-  // scores for ranking, where no answer depends on their error; or, with
-  // slack coefficients, key + slack as the screen would compare it, an
-  // upper bound on the row's exact key (IvfProbe's first pass).
+  // keys[i * key_stride + row - key_first] for query i (no screen or
+  // offers; key_first at most the scan's begin): reduced scores for
+  // ranking, where no answer depends on their error; or, with slack
+  // coefficients, key + slack as the screen would compare it, an upper
+  // bound on the row's exact key (IvfProbe's first pass).
   float* keys = nullptr;
   size_t key_stride = 0;
+  size_t key_first = 0;
 };
 
 // Offers rows [begin, end) of `rows` to queries [0, queries.size()) through
