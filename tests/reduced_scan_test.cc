@@ -11,9 +11,12 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <limits>
 #include <optional>
 #include <random>
+#include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -599,6 +602,102 @@ TEST(ReducedRowsTest, BytesAreAQuarterOrAHalfOfFloat32PlusPerRowTerms) {
   // Plus, per row, its residual and norm (and int8's scale).
   EXPECT_EQ(int8.MemoryBytes(), n * dim + 3 * n * sizeof(float));
   EXPECT_EQ(bf16.MemoryBytes(), n * dim * 2 + 2 * n * sizeof(float));
+}
+
+// An IVF index's lists share one ReducedLines: rows packed in it scan as
+// rows with lines of their own and count the same bytes, and taking more
+// than its room throws.
+TEST(ReducedRowsTest, RowsInReducedLinesScanAsRowsWithTheirOwn) {
+  Rng rng(17);
+  const size_t dim = 70;
+  const size_t nq = 5;
+  const std::vector<size_t> sizes = {33, 1, 200};
+  std::vector<std::vector<float>> lists;
+  for (size_t n : sizes) lists.push_back(Gaussian(rng, n * dim, 1.0f));
+  const std::vector<float> q = Gaussian(rng, nq * dim, 1.0f);
+  const ReducedRows::Centring centring =
+      ReducedRows::CentringOf(lists[2].data(), sizes[2], dim);
+  const float all = -std::numeric_limits<float>::infinity();
+  for (ScanPrecision precision : {ScanPrecision::kInt8, ScanPrecision::kBf16}) {
+    SCOPED_TRACE(ScanPrecisionName(precision));
+    size_t bytes = 0;
+    for (size_t n : sizes) bytes += ReducedRows::LineBytes(n, dim, precision);
+    ReducedLines lines(bytes);
+    for (size_t l = 0; l < sizes.size(); ++l) {
+      const ReducedRows own(lists[l].data(), sizes[l], dim, precision,
+                            centring);
+      const ReducedRows shared(lists[l].data(), sizes[l], dim, precision,
+                               centring, &lines);
+      EXPECT_EQ(shared.MemoryBytes(), own.MemoryBytes()) << "list " << l;
+      ReducedQueries queries;
+      queries.Prepare(own, q.data(), nq);
+      for (bool portable : {false, true}) {
+        const Offers a = ScanAll(own, queries, portable, all);
+        const Offers b = ScanAll(shared, queries, portable, all);
+        ASSERT_EQ(a.keys.size(), b.keys.size());
+        for (size_t e = 0; e < a.keys.size(); ++e) {
+          ASSERT_EQ(a.keys[e], b.keys[e]) << "list " << l << " entry " << e;
+        }
+      }
+    }
+    EXPECT_EQ(lines.PaddingBytes(), 0u);  // short: allocated as asked
+    EXPECT_THROW(lines.Take(64), std::length_error);
+  }
+  // An index of empty lists asks for none: a line is allocated (counted).
+  ReducedLines none(0);
+  EXPECT_EQ(none.PaddingBytes(), 64u);
+  EXPECT_THROW(none.Take(64), std::length_error);
+}
+
+// Whether the mapping holding `p` was advised as huge pages: its VmFlags
+// in /proc/self/smaps hold "hg" (set by madvise(MADV_HUGEPAGE) whatever
+// the kernel's THP setting).
+bool AdvisedHuge(const void* p) {
+  const auto at = reinterpret_cast<uintptr_t>(p);
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  bool inside = false;
+  while (std::getline(smaps, line)) {
+    uintptr_t begin = 0;
+    uintptr_t end = 0;
+    char dash = 0;
+    std::istringstream header(line);
+    if (header >> std::hex >> begin >> dash >> end && dash == '-') {
+      inside = begin <= at && at < end;
+    } else if (inside && line.rfind("VmFlags:", 0) == 0) {
+      return (line + " ").find(" hg ") != std::string::npos;
+    }
+  }
+  return false;
+}
+
+// Lines of 4 MB or more (a Flat index's rows; an IVF index's lists
+// together) start on a 2 MB boundary, are advised as huge pages, and count
+// whole 2 MB pages; shorter ones are none of these.
+TEST(ReducedRowsTest, LongLinesAreAdvisedAsHugePages) {
+  const size_t dim = 128;
+  const size_t n = 40000;  // 2,500 groups of 32 lines: 5,120,000 bytes
+  const size_t huge = size_t{2} << 20;
+  const std::vector<float> x(n * dim, 0.5f);
+  const ReducedRows rows(x.data(), n, dim, ScanPrecision::kInt8);
+  ASSERT_EQ(ReducedRows::LineBytes(n, dim, ScanPrecision::kInt8), 5120000u);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(rows.lines()) % huge, 0u);
+  EXPECT_EQ(rows.MemoryBytes(), 3 * huge + 3 * n * sizeof(float));
+  EXPECT_EQ(rows.MemoryBytes(),
+            ReducedRows::BytesFor(n, dim, ScanPrecision::kInt8));
+  EXPECT_TRUE(AdvisedHuge(rows.lines()));
+
+  ReducedLines lines(5120000);
+  EXPECT_EQ(lines.PaddingBytes(), 3 * huge);
+  const uint8_t* first = lines.Take(5000000);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(first) % huge, 0u);
+  EXPECT_TRUE(AdvisedHuge(first));
+  EXPECT_EQ(lines.PaddingBytes(), 3 * huge - 5000000);
+
+  const size_t few = 1024;  // 131,072 bytes of lines
+  const ReducedRows short_rows(x.data(), few, dim, ScanPrecision::kInt8);
+  EXPECT_EQ(short_rows.MemoryBytes(), few * dim + 3 * few * sizeof(float));
+  EXPECT_FALSE(AdvisedHuge(short_rows.lines()));
 }
 
 }  // namespace

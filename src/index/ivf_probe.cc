@@ -333,13 +333,21 @@ void IvfProbe::PackLists(const faiss::InvertedLists& lists, size_t d,
         cell_centroids_.data(), cell_list_.size(), d, scan, centre);
   }
   scan_ = scan;
+  // Every list's lines in one allocation (ReducedLines: huge pages).
+  size_t line_bytes = 0;
+  for (size_t l = 0; l < lists.nlist; ++l) {
+    const size_t n = lists.list_size(l);
+    if (n != 0) line_bytes += ReducedRows::LineBytes(n, d, scan);
+  }
+  packed_lines_ = std::make_unique<ReducedLines>(line_bytes);
   reduced_.resize(lists.nlist);
   for (size_t l = 0; l < lists.nlist; ++l) {
     const size_t n = lists.list_size(l);
     if (n == 0) continue;
     faiss::InvertedLists::ScopedCodes codes(&lists, l);
     reduced_[l] = std::make_unique<ReducedRows>(
-        reinterpret_cast<const float*>(codes.get()), n, d, scan, centre);
+        reinterpret_cast<const float*>(codes.get()), n, d, scan, centre,
+        packed_lines_.get());
     packed_max_residual_ =
         std::max(packed_max_residual_, reduced_[l]->max_residual());
     packed_max_norm_ =
@@ -395,8 +403,10 @@ size_t IvfProbe::BytesBound(size_t rows, size_t dim, size_t nlist,
   // Each list packed on its own: up to a group's padding a list.
   const ScanPrecision packed = PackedScan(scan, dim);
   if (packed != ScanPrecision::kF32) {
-    // Each list also keeps its own copy of the shared centre: BytesFor of
-    // no rows (one copy counted twice, a bound).
+    // The lists' lines share one allocation (ReducedLines), rounded up as
+    // BytesFor rounds the lines of that many rows. Each list also keeps
+    // its own copy of the shared centre: BytesFor of no rows (one copy
+    // counted twice, a bound).
     bytes += ReducedRows::BytesFor(rows + nlist * (kReducedGroupRows - 1), dim,
                                    packed, /*centred=*/true) +
              nlist * ReducedRows::BytesFor(0, dim, packed, /*centred=*/true);
@@ -408,7 +418,7 @@ size_t IvfProbe::BytesBound(size_t rows, size_t dim, size_t nlist,
 }
 
 size_t IvfProbe::PackedBytes() const {
-  size_t bytes = 0;
+  size_t bytes = packed_lines_ != nullptr ? packed_lines_->PaddingBytes() : 0;
   for (const std::unique_ptr<ReducedRows>& rows : reduced_) {
     if (rows != nullptr) bytes += rows->MemoryBytes();
   }

@@ -10,12 +10,15 @@
 #define HARDNEG_REDUCED_X86 1
 #endif
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <new>
+#include <stdexcept>
 #include <utility>
 
 #include "index/cpu_state.h"
@@ -119,6 +122,42 @@ float Bf16Value(uint16_t bits) {
   float f;
   std::memcpy(&f, &x, sizeof f);
   return f;
+}
+
+// Lines of at least this many bytes are read in long runs (a Flat index's
+// packed rows, an IVF index's lists together), and are allocated on 2 MB
+// boundaries and advised as transparent huge pages, where the kernel
+// grants them (THP "madvise" or "always"; a hint only). Each 4 KB page of
+// a long run otherwise costs the scan a TLB miss: on W2's lists, two
+// single-thread IVF searches of 187 queries each (own class excluded,
+// 40,000 candidates; the lists in one allocation with the advice against
+// 1,024 allocations) were faster in 8 of 8 alternated rounds, by 4.7% on
+// average (15,060 -> 15,564 q/s medians); with one positive excluded
+// (2,000 candidates), 4 of 6, +1.1%.
+constexpr size_t kHugePageBytes = size_t{2} << 20;
+constexpr size_t kHugeLinesBytes = 2 * kHugePageBytes;
+
+// What AllocateLines(bytes) allocates.
+size_t LinesAllocated(size_t bytes) {
+  return bytes < kHugeLinesBytes
+             ? bytes
+             : (bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+}
+
+// `bytes` (a multiple of a line) aligned to a line, and long ones as above;
+// throws std::bad_alloc.
+uint8_t* AllocateLines(size_t bytes) {
+  const size_t allocated = LinesAllocated(bytes);
+  void* lines = std::aligned_alloc(
+      bytes < kHugeLinesBytes ? kLineBytes : kHugePageBytes, allocated);
+  if (lines == nullptr) throw std::bad_alloc();
+#if defined(MADV_HUGEPAGE)
+  if (allocated >= kHugeLinesBytes) {
+    // Advice only: a kernel without THP refuses it, and the pages stay 4 KB.
+    madvise(lines, allocated, MADV_HUGEPAGE);
+  }
+#endif
+  return static_cast<uint8_t*>(lines);
 }
 
 // Rounds a bound up a little, so that its own rounding never shrinks it.
@@ -645,18 +684,44 @@ ScanPrecision ResolveScanPrecision(ScanPrecision requested) {
   return ScanPrecision::kF32;
 }
 
-size_t ReducedRows::BytesFor(size_t n, size_t dim, ScanPrecision precision,
-                             bool centred) {
+size_t ReducedRows::LineBytes(size_t n, size_t dim, ScanPrecision precision) {
   const size_t groups = (n + kReducedGroupRows - 1) / kReducedGroupRows;
   const size_t per_step = precision == ScanPrecision::kInt8 ? 4 : 2;
   const size_t steps = (dim + per_step - 1) / per_step;
-  // Lines, then each row's residual and norm (and int8's scale, and a
-  // centred row's projection).
+  // At least a line, so that no rows have null lines.
+  return std::max<size_t>(kLineBytes, groups * steps * kLineBytes);
+}
+
+size_t ReducedRows::FloatBytes(size_t n, size_t dim, ScanPrecision precision,
+                               bool centred) {
+  const size_t groups = (n + kReducedGroupRows - 1) / kReducedGroupRows;
+  // Each row's residual and norm (and int8's scale, and a centred row's
+  // projection).
   const size_t per_row =
       (precision == ScanPrecision::kInt8 ? 3 : 2) + (centred ? 1 : 0);
-  return groups * steps * kLineBytes +
-         groups * kReducedGroupRows * per_row * sizeof(float) +
+  return groups * kReducedGroupRows * per_row * sizeof(float) +
          (centred ? 2 * dim * sizeof(float) : 0);  // the centre, direction
+}
+
+size_t ReducedRows::BytesFor(size_t n, size_t dim, ScanPrecision precision,
+                             bool centred) {
+  return LinesAllocated(LineBytes(n, dim, precision)) +
+         FloatBytes(n, dim, precision, centred);
+}
+
+// (At least a line is allocated: aligned_alloc may return null for none.)
+ReducedLines::ReducedLines(size_t bytes)
+    : block_(AllocateLines(std::max(bytes, kLineBytes))),
+      size_(bytes),
+      allocated_(LinesAllocated(std::max(bytes, kLineBytes))) {}
+
+uint8_t* ReducedLines::Take(size_t bytes) {
+  if (bytes > size_ - used_) {
+    throw std::length_error("ReducedLines: more lines taken than asked for");
+  }
+  uint8_t* lines = block_.get() + used_;
+  used_ += bytes;
+  return lines;
 }
 
 ReducedRows::ReducedRows(const float* rows, size_t n, size_t dim,
@@ -667,13 +732,31 @@ ReducedRows::ReducedRows(const float* rows, size_t n, size_t dim,
 ReducedRows::ReducedRows(const float* rows, size_t n, size_t dim,
                          ScanPrecision precision, const Centring& centring)
     : precision_(precision), n_(n), dim_(dim) {
+  Init(rows, centring, nullptr);
+}
+
+ReducedRows::ReducedRows(const float* rows, size_t n, size_t dim,
+                         ScanPrecision precision, const Centring& centring,
+                         ReducedLines* lines)
+    : precision_(precision), n_(n), dim_(dim) {
+  Init(rows, centring, lines);
+}
+
+void ReducedRows::Init(const float* rows, const Centring& centring,
+                       ReducedLines* lines) {
+  const ScanPrecision precision = precision_;
   const size_t per_step = precision == ScanPrecision::kInt8 ? 4 : 2;
-  steps_ = (dim + per_step - 1) / per_step;
-  const size_t groups = (n + kReducedGroupRows - 1) / kReducedGroupRows;
-  const size_t bytes =
-      std::max<size_t>(kLineBytes, groups * steps_ * kLineBytes);
-  lines_.reset(static_cast<uint8_t*>(std::aligned_alloc(kLineBytes, bytes)));
-  if (lines_ == nullptr) throw std::bad_alloc();
+  steps_ = (dim_ + per_step - 1) / per_step;
+  const size_t groups = (n_ + kReducedGroupRows - 1) / kReducedGroupRows;
+  const size_t bytes = LineBytes(n_, dim_, precision);
+  if (lines != nullptr) {
+    lines_ = std::unique_ptr<uint8_t, LinesDeleter>(lines->Take(bytes),
+                                                    LinesDeleter{false});
+    lines_bytes_ = bytes;
+  } else {
+    lines_.reset(AllocateLines(bytes));
+    lines_bytes_ = LinesAllocated(bytes);
+  }
   residuals_.assign(groups * kReducedGroupRows, 0.0f);
   norms_.assign(groups * kReducedGroupRows, 0.0f);
   if (precision == ScanPrecision::kInt8) {

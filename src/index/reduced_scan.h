@@ -67,6 +67,33 @@ ScanPrecision EffectiveScan(ScanPrecision requested, size_t dim);
 // Rows a packed group holds.
 inline constexpr size_t kReducedGroupRows = 16;
 
+// Packed lines of many ReducedRows in one allocation. An IVF index packs
+// each list on its own, about 125 KB on W2: too short for the kernel to
+// back with huge pages, which the lines of 1,024 lists together are.
+class ReducedLines {
+ public:
+  // Room for `bytes` of lines (the sum of ReducedRows::LineBytes of the
+  // rows to be packed in it).
+  explicit ReducedLines(size_t bytes);
+  ReducedLines(const ReducedLines&) = delete;
+  ReducedLines& operator=(const ReducedLines&) = delete;
+
+  // The next `bytes` (a multiple of a cache line), or throws
+  // std::length_error past the room asked for.
+  uint8_t* Take(size_t bytes);
+  // Allocated bytes not taken: what no ReducedRows::MemoryBytes() counts.
+  size_t PaddingBytes() const { return allocated_ - used_; }
+
+ private:
+  struct FreeDeleter {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  std::unique_ptr<uint8_t, FreeDeleter> block_;
+  size_t size_ = 0;
+  size_t allocated_ = 0;
+  size_t used_ = 0;
+};
+
 // The rows of a store, packed at a reduced precision (kBf16 or kInt8).
 //
 // Centred rows. Rows far from the origin that differ little (embeddings
@@ -131,14 +158,23 @@ class ReducedRows {
     return direction_.empty() ? nullptr : projections_.data();
   }
 
-  // Heap bytes held.
+  // The same, with the packed lines taken from `lines` (which must outlive
+  // the rows and have LineBytes(n, dim, precision) left) instead of an
+  // allocation of their own.
+  ReducedRows(const float* rows, size_t n, size_t dim, ScanPrecision precision,
+              const Centring& centring, ReducedLines* lines);
+
+  // Heap bytes held (the lines' share of a ReducedLines counted here, its
+  // padding by the ReducedLines).
   size_t MemoryBytes() const {
-    return BytesFor(n_, dim_, precision_, !centre_.empty());
+    return lines_bytes_ + FloatBytes(n_, dim_, precision_, !centre_.empty());
   }
   // What MemoryBytes() is for `n` rows of `dim` at `precision`, packed
-  // centred or not.
+  // centred or not, with lines of their own.
   static size_t BytesFor(size_t n, size_t dim, ScanPrecision precision,
                          bool centred = false);
+  // The packed lines of `n` rows: what a ReducedLines must hold for them.
+  static size_t LineBytes(size_t n, size_t dim, ScanPrecision precision);
 
   // The packed lines: group g, step s at line g * steps() + s.
   const uint8_t* lines() const { return lines_.get(); }
@@ -150,10 +186,22 @@ class ReducedRows {
   const float* norms() const { return norms_.data(); }
 
  private:
-  struct FreeDeleter {
-    void operator()(uint8_t* p) const { std::free(p); }
+  // Frees lines the rows allocated; none taken from a ReducedLines.
+  struct LinesDeleter {
+    LinesDeleter() : owned(true) {}
+    explicit LinesDeleter(bool owns) : owned(owns) {}
+    bool owned;
+    void operator()(uint8_t* p) const {
+      if (owned) std::free(p);
+    }
   };
 
+  // What MemoryBytes() counts besides the lines.
+  static size_t FloatBytes(size_t n, size_t dim, ScanPrecision precision,
+                           bool centred);
+  // Allocates the lines (lines == null) or takes them from `lines`, then
+  // packs.
+  void Init(const float* rows, const Centring& centring, ReducedLines* lines);
   // Sets centre_ to centring.mean (not empty), with its norm, and the
   // direction when centring.direction.
   void Centre(const Centring& centring);
@@ -164,7 +212,8 @@ class ReducedRows {
   size_t n_;
   size_t dim_;
   size_t steps_;
-  std::unique_ptr<uint8_t, FreeDeleter> lines_;
+  std::unique_ptr<uint8_t, LinesDeleter> lines_;
+  size_t lines_bytes_ = 0;  // as MemoryBytes() counts them
   std::vector<float> scales_;
   std::vector<float> residuals_;
   std::vector<float> norms_;
