@@ -539,12 +539,12 @@ class IvfProbe {
   std::vector<uint32_t> cell_slot_;
   std::vector<uint32_t> slot_mixed_begin_;
   std::vector<uint32_t> slot_mixed_cells_;
+  // The lists' packed lines, in one allocation (declared before reduced_:
+  // it outlives the rows that point into it).
+  std::unique_ptr<ReducedLines> packed_lines_;
   // Cell mode at a reduced precision: each list's entries packed (null for
   // an empty list); else empty and scan_ kF32.
   ScanPrecision scan_ = ScanPrecision::kF32;
-  // The lists' packed lines, in one allocation (declared first: it
-  // outlives the rows that point into it).
-  std::unique_ptr<ReducedLines> packed_lines_;
   std::vector<std::unique_ptr<ReducedRows>> reduced_;
   // And the cells' centroids packed, for RankCells (null in float32).
   std::unique_ptr<ReducedRows> centroid_rows_;

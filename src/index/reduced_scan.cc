@@ -125,11 +125,13 @@ float Bf16Value(uint16_t bits) {
 }
 
 // Lines of at least this many bytes are read in long runs (a Flat index's
-// packed rows, an IVF index's lists together), and are allocated on 2 MB
-// boundaries and advised as transparent huge pages, where the kernel
-// grants them (THP "madvise" or "always"; a hint only). Each 4 KB page of
-// a long run otherwise costs the scan a TLB miss: on W2's lists, two
-// single-thread IVF searches of 187 queries each (own class excluded,
+// packed rows, an IVF index's lists together): they are mapped on their
+// own (never from malloc's heap, which would keep the advice for whatever
+// reuses the range), on 2 MB boundaries, and advised as transparent huge
+// pages, which the kernel grants under THP "madvise" or "always" (a hint
+// only: without THP, or under "never", the pages stay 4 KB). Each 4 KB
+// page of a long run otherwise costs the scan a TLB miss: on W2's lists,
+// two single-thread IVF searches of 187 queries each (own class excluded,
 // 40,000 candidates; the lists in one allocation with the advice against
 // 1,024 allocations) were faster in 8 of 8 alternated rounds, by 4.7% on
 // average (15,060 -> 15,564 q/s medians); with one positive excluded
@@ -144,20 +146,33 @@ size_t LinesAllocated(size_t bytes) {
              : (bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
 }
 
-// `bytes` (a multiple of a line) aligned to a line, and long ones as above;
-// throws std::bad_alloc.
+// `bytes` (a multiple of a line, at least one) aligned to a line, and long
+// ones as above; throws std::bad_alloc. Freed by PackedLinesDeleter{bytes}.
 uint8_t* AllocateLines(size_t bytes) {
-  const size_t allocated = LinesAllocated(bytes);
-  void* lines = std::aligned_alloc(
-      bytes < kHugeLinesBytes ? kLineBytes : kHugePageBytes, allocated);
-  if (lines == nullptr) throw std::bad_alloc();
-#if defined(MADV_HUGEPAGE)
-  if (allocated >= kHugeLinesBytes) {
-    // Advice only: a kernel without THP refuses it, and the pages stay 4 KB.
-    madvise(lines, allocated, MADV_HUGEPAGE);
+  if (bytes < kHugeLinesBytes) {
+    void* lines = std::aligned_alloc(kLineBytes, bytes);
+    if (lines == nullptr) throw std::bad_alloc();
+    return static_cast<uint8_t*>(lines);
   }
+  const size_t allocated = LinesAllocated(bytes);
+  // A page-aligned mapping a huge page longer, trimmed to a huge page's
+  // boundary at both ends.
+  void* mapped =
+      mmap(nullptr, allocated + kHugePageBytes, PROT_READ | PROT_WRITE,
+           MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mapped == MAP_FAILED) throw std::bad_alloc();
+  const auto begin = reinterpret_cast<uintptr_t>(mapped);
+  const uintptr_t aligned =
+      (begin + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+  if (aligned > begin) munmap(mapped, aligned - begin);
+  const uintptr_t tail = begin + kHugePageBytes - aligned;
+  // NOLINTNEXTLINE(performance-no-int-to-ptr): mmap's own range
+  auto* lines = reinterpret_cast<uint8_t*>(aligned);
+  if (tail > 0) munmap(lines + allocated, tail);
+#if defined(MADV_HUGEPAGE)
+  madvise(lines, allocated, MADV_HUGEPAGE);  // advice: the result is moot
 #endif
-  return static_cast<uint8_t*>(lines);
+  return lines;
 }
 
 // Rounds a bound up a little, so that its own rounding never shrinks it.
@@ -709,13 +724,27 @@ size_t ReducedRows::BytesFor(size_t n, size_t dim, ScanPrecision precision,
          FloatBytes(n, dim, precision, centred);
 }
 
-// (At least a line is allocated: aligned_alloc may return null for none.)
+void PackedLinesDeleter::operator()(uint8_t* lines) const {
+  if (bytes == 0) return;
+  if (bytes < kHugeLinesBytes) {
+    std::free(lines);
+  } else {
+    munmap(lines, LinesAllocated(bytes));
+  }
+}
+
+// At least a line is allocated, for none asked for: AllocateLines takes
+// no empty request.
 ReducedLines::ReducedLines(size_t bytes)
-    : block_(AllocateLines(std::max(bytes, kLineBytes))),
-      size_(bytes),
-      allocated_(LinesAllocated(std::max(bytes, kLineBytes))) {}
+    : size_((bytes + kLineBytes - 1) / kLineBytes * kLineBytes),
+      allocated_(LinesAllocated(std::max(size_, kLineBytes))) {
+  const size_t asked = std::max(size_, kLineBytes);
+  block_ = std::unique_ptr<uint8_t, PackedLinesDeleter>(
+      AllocateLines(asked), PackedLinesDeleter(asked));
+}
 
 uint8_t* ReducedLines::Take(size_t bytes) {
+  bytes = (bytes + kLineBytes - 1) / kLineBytes * kLineBytes;
   if (bytes > size_ - used_) {
     throw std::length_error("ReducedLines: more lines taken than asked for");
   }
@@ -750,11 +779,12 @@ void ReducedRows::Init(const float* rows, const Centring& centring,
   const size_t groups = (n_ + kReducedGroupRows - 1) / kReducedGroupRows;
   const size_t bytes = LineBytes(n_, dim_, precision);
   if (lines != nullptr) {
-    lines_ = std::unique_ptr<uint8_t, LinesDeleter>(lines->Take(bytes),
-                                                    LinesDeleter{false});
+    lines_ = std::unique_ptr<uint8_t, PackedLinesDeleter>(lines->Take(bytes),
+                                                          PackedLinesDeleter());
     lines_bytes_ = bytes;
   } else {
-    lines_.reset(AllocateLines(bytes));
+    lines_ = std::unique_ptr<uint8_t, PackedLinesDeleter>(
+        AllocateLines(bytes), PackedLinesDeleter(bytes));
     lines_bytes_ = LinesAllocated(bytes);
   }
   residuals_.assign(groups * kReducedGroupRows, 0.0f);

@@ -70,6 +70,15 @@ inline constexpr size_t kReducedGroupRows = 16;
 // Packed lines of many ReducedRows in one allocation. An IVF index packs
 // each list on its own, about 125 KB on W2: too short for the kernel to
 // back with huge pages, which the lines of 1,024 lists together are.
+// Frees packed lines as reduced_scan.cc allocates them (`bytes`, the size
+// asked for, tells how); 0 for lines the holder does not own.
+struct PackedLinesDeleter {
+  PackedLinesDeleter() : bytes(0) {}
+  explicit PackedLinesDeleter(size_t owned_bytes) : bytes(owned_bytes) {}
+  void operator()(uint8_t* lines) const;
+  size_t bytes;
+};
+
 class ReducedLines {
  public:
   // Room for `bytes` of lines (the sum of ReducedRows::LineBytes of the
@@ -78,17 +87,14 @@ class ReducedLines {
   ReducedLines(const ReducedLines&) = delete;
   ReducedLines& operator=(const ReducedLines&) = delete;
 
-  // The next `bytes` (a multiple of a cache line), or throws
+  // The next `bytes` (rounded up to a cache line), or throws
   // std::length_error past the room asked for.
   uint8_t* Take(size_t bytes);
   // Allocated bytes not taken: what no ReducedRows::MemoryBytes() counts.
   size_t PaddingBytes() const { return allocated_ - used_; }
 
  private:
-  struct FreeDeleter {
-    void operator()(uint8_t* p) const { std::free(p); }
-  };
-  std::unique_ptr<uint8_t, FreeDeleter> block_;
+  std::unique_ptr<uint8_t, PackedLinesDeleter> block_;
   size_t size_ = 0;
   size_t allocated_ = 0;
   size_t used_ = 0;
@@ -186,16 +192,6 @@ class ReducedRows {
   const float* norms() const { return norms_.data(); }
 
  private:
-  // Frees lines the rows allocated; none taken from a ReducedLines.
-  struct LinesDeleter {
-    LinesDeleter() : owned(true) {}
-    explicit LinesDeleter(bool owns) : owned(owns) {}
-    bool owned;
-    void operator()(uint8_t* p) const {
-      if (owned) std::free(p);
-    }
-  };
-
   // What MemoryBytes() counts besides the lines.
   static size_t FloatBytes(size_t n, size_t dim, ScanPrecision precision,
                            bool centred);
@@ -212,7 +208,8 @@ class ReducedRows {
   size_t n_;
   size_t dim_;
   size_t steps_;
-  std::unique_ptr<uint8_t, LinesDeleter> lines_;
+  // Its own (freed with it), or taken from a ReducedLines (not).
+  std::unique_ptr<uint8_t, PackedLinesDeleter> lines_;
   size_t lines_bytes_ = 0;  // as MemoryBytes() counts them
   std::vector<float> scales_;
   std::vector<float> residuals_;
