@@ -139,11 +139,14 @@ float Bf16Value(uint16_t bits) {
 constexpr size_t kHugePageBytes = size_t{2} << 20;
 constexpr size_t kHugeLinesBytes = 2 * kHugePageBytes;
 
+// `bytes` rounded up to a multiple of `unit`.
+size_t RoundUp(size_t bytes, size_t unit) {
+  return (bytes + unit - 1) / unit * unit;
+}
+
 // What AllocateLines(bytes) allocates.
 size_t LinesAllocated(size_t bytes) {
-  return bytes < kHugeLinesBytes
-             ? bytes
-             : (bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+  return bytes < kHugeLinesBytes ? bytes : RoundUp(bytes, kHugePageBytes);
 }
 
 // `bytes` (a multiple of a line, at least one) aligned to a line, and long
@@ -162,8 +165,7 @@ uint8_t* AllocateLines(size_t bytes) {
            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mapped == MAP_FAILED) throw std::bad_alloc();
   const auto begin = reinterpret_cast<uintptr_t>(mapped);
-  const uintptr_t aligned =
-      (begin + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+  const uintptr_t aligned = RoundUp(begin, kHugePageBytes);
   if (aligned > begin) munmap(mapped, aligned - begin);
   const uintptr_t tail = begin + kHugePageBytes - aligned;
   // NOLINTNEXTLINE(performance-no-int-to-ptr): mmap's own range
@@ -735,16 +737,18 @@ void PackedLinesDeleter::operator()(uint8_t* lines) const {
 
 // At least a line is allocated, for none asked for: AllocateLines takes
 // no empty request.
-ReducedLines::ReducedLines(size_t bytes)
-    : size_((bytes + kLineBytes - 1) / kLineBytes * kLineBytes),
-      allocated_(LinesAllocated(std::max(size_, kLineBytes))) {
+ReducedLines::ReducedLines(size_t bytes) : size_(RoundUp(bytes, kLineBytes)) {
   const size_t asked = std::max(size_, kLineBytes);
   block_ = std::unique_ptr<uint8_t, PackedLinesDeleter>(
       AllocateLines(asked), PackedLinesDeleter(asked));
 }
 
+size_t ReducedLines::PaddingBytes() const {
+  return LinesAllocated(block_.get_deleter().bytes) - used_;
+}
+
 uint8_t* ReducedLines::Take(size_t bytes) {
-  bytes = (bytes + kLineBytes - 1) / kLineBytes * kLineBytes;
+  bytes = RoundUp(bytes, kLineBytes);
   if (bytes > size_ - used_) {
     throw std::length_error("ReducedLines: more lines taken than asked for");
   }
@@ -759,25 +763,13 @@ ReducedRows::ReducedRows(const float* rows, size_t n, size_t dim,
                   centred ? CentringOf(rows, n, dim) : Centring()) {}
 
 ReducedRows::ReducedRows(const float* rows, size_t n, size_t dim,
-                         ScanPrecision precision, const Centring& centring)
-    : precision_(precision), n_(n), dim_(dim) {
-  Init(rows, centring, nullptr);
-}
-
-ReducedRows::ReducedRows(const float* rows, size_t n, size_t dim,
                          ScanPrecision precision, const Centring& centring,
                          ReducedLines* lines)
     : precision_(precision), n_(n), dim_(dim) {
-  Init(rows, centring, lines);
-}
-
-void ReducedRows::Init(const float* rows, const Centring& centring,
-                       ReducedLines* lines) {
-  const ScanPrecision precision = precision_;
   const size_t per_step = precision == ScanPrecision::kInt8 ? 4 : 2;
-  steps_ = (dim_ + per_step - 1) / per_step;
-  const size_t groups = (n_ + kReducedGroupRows - 1) / kReducedGroupRows;
-  const size_t bytes = LineBytes(n_, dim_, precision);
+  steps_ = (dim + per_step - 1) / per_step;
+  const size_t groups = (n + kReducedGroupRows - 1) / kReducedGroupRows;
+  const size_t bytes = LineBytes(n, dim, precision);
   if (lines != nullptr) {
     lines_ = std::unique_ptr<uint8_t, PackedLinesDeleter>(lines->Take(bytes),
                                                           PackedLinesDeleter());

@@ -91,12 +91,11 @@ class ReducedLines {
   // std::length_error past the room asked for.
   uint8_t* Take(size_t bytes);
   // Allocated bytes not taken: what no ReducedRows::MemoryBytes() counts.
-  size_t PaddingBytes() const { return allocated_ - used_; }
+  size_t PaddingBytes() const;
 
  private:
   std::unique_ptr<uint8_t, PackedLinesDeleter> block_;
   size_t size_ = 0;
-  size_t allocated_ = 0;
   size_t used_ = 0;
 };
 
@@ -132,9 +131,12 @@ class ReducedRows {
   // double in fixed blocks: the same whatever the number of threads.
   static Centring CentringOf(const float* rows, size_t n, size_t dim);
   // The same as centred, on `centring` (of a larger set of rows, such as
-  // IVF lists that share one, and so one ReducedQueries).
+  // IVF lists that share one, and so one ReducedQueries); with the packed
+  // lines taken from `lines` when set (which must outlive the rows and
+  // have LineBytes(n, dim, precision) left) instead of an allocation of
+  // their own.
   ReducedRows(const float* rows, size_t n, size_t dim, ScanPrecision precision,
-              const Centring& centring);
+              const Centring& centring, ReducedLines* lines = nullptr);
 
   ReducedRows(const ReducedRows&) = delete;
   ReducedRows& operator=(const ReducedRows&) = delete;
@@ -164,12 +166,6 @@ class ReducedRows {
     return direction_.empty() ? nullptr : projections_.data();
   }
 
-  // The same, with the packed lines taken from `lines` (which must outlive
-  // the rows and have LineBytes(n, dim, precision) left) instead of an
-  // allocation of their own.
-  ReducedRows(const float* rows, size_t n, size_t dim, ScanPrecision precision,
-              const Centring& centring, ReducedLines* lines);
-
   // Heap bytes held (the lines' share of a ReducedLines counted here, its
   // padding by the ReducedLines).
   size_t MemoryBytes() const {
@@ -195,9 +191,6 @@ class ReducedRows {
   // What MemoryBytes() counts besides the lines.
   static size_t FloatBytes(size_t n, size_t dim, ScanPrecision precision,
                            bool centred);
-  // Allocates the lines (lines == null) or takes them from `lines`, then
-  // packs.
-  void Init(const float* rows, const Centring& centring, ReducedLines* lines);
   // Sets centre_ to centring.mean (not empty), with its norm, and the
   // direction when centring.direction.
   void Centre(const Centring& centring);
