@@ -321,6 +321,14 @@ void MinerService::AwaitQueuedQueriesForTesting(size_t queries) const {
   queue_mu_.Await(absl::Condition(&reached));
 }
 
+bool MinerService::AwaitBusyWaitForTesting(absl::Duration timeout) const {
+  absl::MutexLock lock(&queue_mu_);
+  auto waiting = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) {
+    return busy_waits_ > 0;
+  };
+  return queue_mu_.AwaitWithTimeout(absl::Condition(&waiting), timeout);
+}
+
 size_t MinerService::CancelledQueuedForTesting() const {
   absl::MutexLock lock(&queue_mu_);
   size_t cancelled = 0;
@@ -338,7 +346,10 @@ void MinerService::DrainQueue() const {
   bool stopped = false;
   {
     absl::MutexLock lock(&queue_mu_);
-    const absl::Time deadline = absl::Now() + options_.max_batch_delay;
+    const absl::Time now = absl::Now();
+    const absl::Time deadline = now + options_.max_batch_delay;
+    const absl::Time busy_deadline =
+        now + std::max(options_.max_batch_delay, options_.busy_batch_delay);
     while (true) {
       while (!queue_.empty()) {
         const v1::MineRequest& request = *queue_.front().request;
@@ -355,16 +366,22 @@ void MinerService::DrainQueue() const {
         queue_.pop_front();
       }
       if (jobs.empty() || queries >= options_.max_batch_queries ||
-          !queue_.empty() || options_.max_batch_delay <= absl::ZeroDuration()) {
+          !queue_.empty() || stopped_) {
         break;
       }
-      // Not full: wait a little for more requests to join.
-      auto more = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) {
-        return !queue_.empty();
+      // Not full: wait a little for more requests to join; longer while
+      // another batch runs (busy_batch_delay), but only until it ends.
+      const bool busy = running_batches_ > 0;
+      const absl::Time until = busy ? busy_deadline : deadline;
+      if (until <= absl::Now()) break;
+      auto more = [this, busy]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) {
+        return !queue_.empty() || stopped_ || (busy && running_batches_ == 0);
       };
-      if (!queue_mu_.AwaitWithDeadline(absl::Condition(&more), deadline)) {
-        break;
-      }
+      if (busy) ++busy_waits_;
+      const bool woken =
+          queue_mu_.AwaitWithDeadline(absl::Condition(&more), until);
+      if (busy) --busy_waits_;
+      if (!woken) break;
     }
     if (jobs.empty()) return;
     alone = ++running_batches_ == 1 && queue_.empty();
@@ -378,6 +395,9 @@ void MinerService::DrainQueue() const {
     absl::MutexLock lock(&queue_mu_);
     --running_batches_;
     return;
+  }
+  if (options_.batch_started_for_testing) {
+    options_.batch_started_for_testing(queries);
   }
   const int threads = omp_get_max_threads();
   if (alone && options_.lone_batch_threads > 0) {

@@ -61,6 +61,19 @@ struct MinerServiceOptions {
   // full. 0: never wait; requests that queue while the workers are busy
   // are coalesced anyway, so a lone query is never held back.
   absl::Duration max_batch_delay = absl::ZeroDuration();
+  // How long a worker waits for more requests to fill its batch while
+  // another batch is being searched (under load), and no longer than that
+  // batch runs: a lone request never waits for it. Where each query's cost
+  // is mostly a share of reading the candidates (an IVF index over
+  // labelled candidates probing tens of thousands of them, whose batch
+  // reads each cell once for all its queries) fuller batches serve more
+  // queries a second; where each query pays for its own arithmetic (the
+  // exact index on a corpus that fits the caches) the wait idles a core.
+  // README, "Throughput and latency", has the figures. 0: never wait.
+  absl::Duration busy_batch_delay = absl::ZeroDuration();
+  // Called with each batch's query count just before it is searched (for
+  // tests: it may block, holding that batch running).
+  std::function<void(size_t)> batch_started_for_testing;
   // OpenMP threads for a batch that runs while no other batch runs or
   // waits, so that a lone query uses every core (the Flat kernel splits
   // its rows). 0 leaves each worker's own setting.
@@ -142,6 +155,10 @@ class MinerService final : public RawMinerCallbackService {
   // Blocks until exactly `queries` queries wait for a worker (for tests).
   void AwaitQueuedQueriesForTesting(size_t queries) const
       ABSL_LOCKS_EXCLUDED(queue_mu_);
+  // Blocks until a worker waits for its batch to fill beside a running one
+  // (busy_batch_delay), at most `timeout`; true if one does (for tests).
+  bool AwaitBusyWaitForTesting(absl::Duration timeout) const
+      ABSL_LOCKS_EXCLUDED(queue_mu_);
   // Queued jobs whose call is known here to be cancelled (for tests).
   size_t CancelledQueuedForTesting() const ABSL_LOCKS_EXCLUDED(queue_mu_);
   const MinerServiceOptions& options() const { return options_; }
@@ -182,6 +199,8 @@ class MinerService final : public RawMinerCallbackService {
   bool stopped_ ABSL_GUARDED_BY(queue_mu_) = false;
   // Batches being answered now.
   mutable int running_batches_ ABSL_GUARDED_BY(queue_mu_) = 0;
+  // Workers waiting for their batch to fill beside a running one.
+  mutable int busy_waits_ ABSL_GUARDED_BY(queue_mu_) = 0;
   // Mine streams open now.
   mutable std::atomic<size_t> streams_{0};
   // Owns Publish builds that outlive their call (wait=false); declared last

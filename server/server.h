@@ -29,8 +29,8 @@ namespace hardneg {
 
 struct ServerOptions {
   std::string host = "127.0.0.1";  // 0.0.0.0: every network
-  int port = 50051;    // 0 picks a free port
-  size_t threads = 0;  // search workers; 0 means one per core
+  int port = 50051;                // 0 picks a free port
+  size_t threads = 0;              // search workers; 0 means one per core
   // Threads one search may use inside BLAS/OpenMP; 0 means 1 when there
   // are several workers (they already fill the cores), else one per core,
   // and one per core for a batch that runs while no other runs or waits.
@@ -95,6 +95,9 @@ class HardnegServer {
   // Blocks until exactly `queries` queries wait for a worker (for tests).
   void AwaitQueuedQueriesForTesting(size_t queries) const {
     service_->AwaitQueuedQueriesForTesting(queries);
+  }
+  bool AwaitBusyWaitForTesting(absl::Duration timeout) const {
+    return service_->AwaitBusyWaitForTesting(timeout);
   }
   size_t CancelledQueuedForTesting() const {
     return service_->CancelledQueuedForTesting();

@@ -92,6 +92,13 @@ ABSL_FLAG(int64_t, max_batch_delay_us, 0,
           "How long a worker waits for more requests to fill a batch; 0 "
           "never waits (requests that queue while workers are busy are "
           "coalesced anyway).");
+ABSL_FLAG(int64_t, busy_batch_delay_us, 0,
+          "How long a worker waits for more requests to fill a batch while "
+          "another batch is being searched (and no longer than it runs); 0 "
+          "never waits. Under load it fills batches to --max_batch: on an "
+          "IVF index over labelled candidates that probes tens of thousands "
+          "a query, 5000 served about 11% more queries a second (README, "
+          "\"Throughput and latency\").");
 ABSL_FLAG(uint32_t, num_shards, 1,
           "Shards the corpus is split into; this server keeps only the "
           "candidates of --shard_index (ids with splitmix64(id) % "
@@ -198,6 +205,8 @@ absl::StatusOr<ServerOptions> ServerOptionsFromFlags() {
       std::max<uint32_t>(1, absl::GetFlag(FLAGS_max_batch));
   server.service.max_batch_delay = absl::Microseconds(
       std::max<int64_t>(0, absl::GetFlag(FLAGS_max_batch_delay_us)));
+  server.service.busy_batch_delay = absl::Microseconds(
+      std::max<int64_t>(0, absl::GetFlag(FLAGS_busy_batch_delay_us)));
   server.limits = LimitsFromFlags();
   if (absl::GetFlag(FLAGS_num_shards) > 1) {
     server.limits = server.limits.ForShard();

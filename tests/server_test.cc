@@ -712,6 +712,110 @@ double SearchedQueries(prometheus::Registry& registry) {
   return -1;
 }
 
+// Each batch's query count as it starts; the first batch is held running
+// until `release` is notified.
+class BatchLog {
+ public:
+  std::function<void(size_t)> Hook() {
+    return [this](size_t queries) {
+      bool first = false;
+      {
+        absl::MutexLock lock(&mu_);
+        first = sizes_.empty();
+        sizes_.push_back(queries);
+      }
+      if (first) {
+        first_started.Notify();
+        release.WaitForNotification();
+      }
+    };
+  }
+  std::vector<size_t> sizes() {
+    absl::MutexLock lock(&mu_);
+    return sizes_;
+  }
+  absl::Notification first_started;
+  absl::Notification release;
+
+ private:
+  absl::Mutex mu_;
+  std::vector<size_t> sizes_ ABSL_GUARDED_BY(mu_);
+};
+
+// One query through MineOnce, with a deadline, on a thread of its own.
+std::thread MineOneQuery(v1::Miner::Stub* stub, uint64_t id,
+                         grpc::Status* status) {
+  return std::thread([stub, id, status] {
+    std::mt19937 rng(static_cast<uint32_t>(id));
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(60));
+    v1::MineResponse response;
+    *status = stub->MineOnce(&context, RandomRequest(id, 1, 3, rng), &response);
+  });
+}
+
+ServerOptions BusyDelayOptions(BatchLog* log) {
+  ServerOptions options;
+  options.threads = 2;
+  options.service.max_batch_queries = 3;
+  // Far past the tests' deadlines: only a full batch, or the end of the
+  // batch that runs, may end a wait.
+  options.service.busy_batch_delay = absl::Hours(1);
+  options.service.batch_started_for_testing = log->Hook();
+  return options;
+}
+
+// busy_batch_delay: a request that finds no batch running starts at once;
+// while one runs, the other worker's batch waits until it is full.
+TEST(BusyBatchDelayTest, WhileABatchRunsTheNextFillsUp) {
+  BatchLog log;
+  OwnServer own("busy_fill", 4, BusyDelayOptions(&log));
+  auto stub = own.Stub();
+  grpc::Status a, b, c, d;
+  std::thread ta = MineOneQuery(stub.get(), 1, &a);
+  ASSERT_TRUE(
+      log.first_started.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  // B waits beside A's batch (without the delay it would start alone);
+  // C and D fill its batch.
+  std::thread tb = MineOneQuery(stub.get(), 2, &b);
+  ASSERT_TRUE(own.server().AwaitBusyWaitForTesting(absl::Seconds(60)));
+  std::thread tc = MineOneQuery(stub.get(), 3, &c);
+  std::thread td = MineOneQuery(stub.get(), 4, &d);
+  // Answered while A's batch is still held.
+  tb.join();
+  tc.join();
+  td.join();
+  EXPECT_TRUE(b.ok()) << b.error_message();
+  EXPECT_TRUE(c.ok()) << c.error_message();
+  EXPECT_TRUE(d.ok()) << d.error_message();
+  EXPECT_THAT(log.sizes(), ::testing::ElementsAre(1, 3));
+  log.release.Notify();
+  ta.join();
+  EXPECT_TRUE(a.ok()) << a.error_message();
+}
+
+// A waiting batch starts when the batch it waited beside ends, full or
+// not, instead of waiting out the delay (an hour here, past B's deadline).
+TEST(BusyBatchDelayTest, AWaitEndsWithTheBatchThatRuns) {
+  BatchLog log;
+  OwnServer own("busy_end", 5, BusyDelayOptions(&log));
+  auto stub = own.Stub();
+  grpc::Status a, b;
+  std::thread ta = MineOneQuery(stub.get(), 1, &a);
+  ASSERT_TRUE(
+      log.first_started.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  std::thread tb = MineOneQuery(stub.get(), 2, &b);
+  ASSERT_TRUE(own.server().AwaitBusyWaitForTesting(absl::Seconds(60)));
+  EXPECT_THAT(log.sizes(), ::testing::ElementsAre(1));
+  log.release.Notify();
+  ta.join();
+  tb.join();
+  EXPECT_TRUE(a.ok()) << a.error_message();
+  EXPECT_TRUE(b.ok()) << b.error_message();
+  EXPECT_THAT(log.sizes(), ::testing::ElementsAre(1, 1));
+}
+
 // A call cancelled while it waits for a worker is not mined: its place in
 // the batch goes to requests someone still waits for. (A client that
 // retries on timeout used to pile up work nobody would read.)
