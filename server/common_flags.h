@@ -38,9 +38,9 @@ absl::StatusOr<std::shared_ptr<const TokenAuthorizer>> AuthFromFlags();
 // A binary's start: --help lists the flags of the files whose paths end
 // with one of `flag_files` (and the limit flags), `usage` heads it and
 // names the program (its first word), and exits 0; --version prints the
-// version line (base/build_info.h) and exits 0; the command line is parsed; SIGTERM and SIGINT are blocked before any
-// thread starts, so that only the caller's sigwait receives them. Returns
-// those signals.
+// version line (base/build_info.h) and exits 0; the command line is parsed;
+// SIGTERM and SIGINT are blocked before any thread starts, so that only the
+// caller's sigwait receives them. Returns those signals.
 sigset_t StartBinary(int argc, char** argv, std::vector<std::string> flag_files,
                      const std::string& usage);
 

@@ -1,5 +1,5 @@
-// Fuzzes the Publish assembler (src/versions/publish.h PublishAssembler): the input
-// is a Publish stream, a sequence of length-delimited
+// Fuzzes the Publish assembler (src/versions/publish.h PublishAssembler): the
+// input is a Publish stream, a sequence of length-delimited
 // hardneg.v1.PublishRequest messages (varint size, then the message). The
 // first must carry the header; the rest are chunks, handed to the
 // assembler as the Publish reactor hands them (server/publish_reactor.cc),
