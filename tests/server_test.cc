@@ -767,19 +767,21 @@ ServerOptions BusyDelayOptions(BatchLog* log) {
 }
 
 // busy_batch_delay: a request that finds no batch running starts at once;
-// while one runs, the other worker's batch waits until it is full.
+// while one runs, the other worker's batch waits until it is full. (EXPECT,
+// not ASSERT: A's batch must be released and every thread joined, or a
+// failure would hang the server's shutdown.)
 TEST(BusyBatchDelayTest, WhileABatchRunsTheNextFillsUp) {
   BatchLog log;
   OwnServer own("busy_fill", 4, BusyDelayOptions(&log));
   auto stub = own.Stub();
   grpc::Status a, b, c, d;
   std::thread ta = MineOneQuery(stub.get(), 1, &a);
-  ASSERT_TRUE(
+  EXPECT_TRUE(
       log.first_started.WaitForNotificationWithTimeout(absl::Seconds(60)));
   // B waits beside A's batch (without the delay it would start alone);
   // C and D fill its batch.
   std::thread tb = MineOneQuery(stub.get(), 2, &b);
-  ASSERT_TRUE(own.server().AwaitBusyWaitForTesting(absl::Seconds(60)));
+  EXPECT_TRUE(own.server().AwaitBusyWaitForTesting(absl::Seconds(60)));
   std::thread tc = MineOneQuery(stub.get(), 3, &c);
   std::thread td = MineOneQuery(stub.get(), 4, &d);
   // Answered while A's batch is still held.
@@ -803,10 +805,10 @@ TEST(BusyBatchDelayTest, AWaitEndsWithTheBatchThatRuns) {
   auto stub = own.Stub();
   grpc::Status a, b;
   std::thread ta = MineOneQuery(stub.get(), 1, &a);
-  ASSERT_TRUE(
+  EXPECT_TRUE(
       log.first_started.WaitForNotificationWithTimeout(absl::Seconds(60)));
   std::thread tb = MineOneQuery(stub.get(), 2, &b);
-  ASSERT_TRUE(own.server().AwaitBusyWaitForTesting(absl::Seconds(60)));
+  EXPECT_TRUE(own.server().AwaitBusyWaitForTesting(absl::Seconds(60)));
   EXPECT_THAT(log.sizes(), ::testing::ElementsAre(1));
   log.release.Notify();
   ta.join();
