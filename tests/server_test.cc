@@ -768,8 +768,8 @@ ServerOptions BusyDelayOptions(BatchLog* log) {
 
 // busy_batch_delay: a request that finds no batch running starts at once;
 // while one runs, the other worker's batch waits until it is full. (EXPECT,
-// not ASSERT: A's batch must be released and every thread joined, or a
-// failure would hang the server's shutdown.)
+// not ASSERT: a failure must still release A's batch and join every
+// thread, or it would end in std::terminate or a hung shutdown.)
 TEST(BusyBatchDelayTest, WhileABatchRunsTheNextFillsUp) {
   BatchLog log;
   OwnServer own("busy_fill", 4, BusyDelayOptions(&log));
