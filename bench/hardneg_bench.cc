@@ -218,10 +218,10 @@ constexpr double kIvfClassRecallTarget = 0.95;  // own class excluded too
 constexpr int kIvfServiceRounds = 3;
 // Both servers' busy_batch_delay in each mode's (g) lines and the exact
 // lines alternated with them (one positive, own class). The own class
-// probes 38,000 or so candidates a query, a batch's reads of the cells
-// shared by its queries: batches filled under load served about 11% more
-// q/s there, and the exact service about 3% more. One positive probes
-// 2,000, where the wait cost about what it saved (README, "Throughput and
+// probes 38,000 or so candidates a query, and a batch reads each cell once
+// for all its queries: batches filled under load served about 11% more q/s
+// there, and the exact service about 3% more. One positive probes 2,000,
+// where the wait cost its IVF service about 4% (README, "Throughput and
 // latency").
 constexpr absl::Duration kIvfBusyBatchDelay[2] = {absl::ZeroDuration(),
                                                   absl::Milliseconds(5)};
