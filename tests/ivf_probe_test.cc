@@ -983,10 +983,10 @@ TEST(IvfProbeCellsTest, FirstPassRescoresOnPastSkippedEntries) {
 }
 
 // A batch's threads take the cells as they come free and share their
-// screens (a thread drops what another's k-th best rules out): one, two
-// or three threads, run after run, scan the same entries and give the
-// float32 scan's answers, with and without a window (entries too close
-// pass every screen and are then rejected).
+// heaps (a thread drops what another's pushes rule out): one, two or
+// three threads, run after run, scan the same entries, rescore about as
+// many and give the float32 scan's answers, with and without a window
+// (entries too close pass every screen and are then rejected).
 TEST(IvfProbeCellsTest, BatchAnswersAlikeOnAnyNumberOfThreads) {
   const bool native = NativeReduced();
   const size_t nq = 96;
@@ -1006,6 +1006,7 @@ TEST(IvfProbeCellsTest, BatchAnswersAlikeOnAnyNumberOfThreads) {
         window ? absl::MakeConstSpan(closest) : absl::Span<const float>();
     omp_set_num_threads(1);
     const Result want = ProbeWith(*probes.f32, queries, k, options);
+    size_t one_thread_rescored = 0;
     for (int threads : {1, 2, 3}) {
       omp_set_num_threads(threads);
       for (int run = 0; run < (threads == 1 ? 1 : 3); ++run) {
@@ -1022,6 +1023,13 @@ TEST(IvfProbeCellsTest, BatchAnswersAlikeOnAnyNumberOfThreads) {
         if (native) {
           EXPECT_GT(got.stats.candidates_rescored, 0u) << where;
         }
+        // One heap a query for all the threads: the screens rise with
+        // every thread's pushes, so more threads rescore about what one
+        // does (about 12% more on two with a heap a thread).
+        if (threads == 1) one_thread_rescored = got.stats.candidates_rescored;
+        EXPECT_LE(got.stats.candidates_rescored,
+                  one_thread_rescored + one_thread_rescored / 20)
+            << where;
         for (size_t j = 0; j < nq * k; ++j) {
           ASSERT_EQ(got.rows[j], want.rows[j]) << where << ", entry " << j;
           EXPECT_NEAR(got.scores[j], want.scores[j], 1e-5) << where;

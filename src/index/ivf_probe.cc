@@ -5,6 +5,7 @@
 #include <faiss/invlists/DirectMap.h>
 #include <faiss/invlists/InvertedLists.h>
 #include <faiss/utils/Heap.h>
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <thread>
 #include <utility>
 
 #include "base/prefetch.h"
@@ -878,10 +880,12 @@ struct IvfProbe::Batch {
   bool reduced = false;
   ReducedQueries packed;
   std::vector<float> slack_a, slack_b, slack_c;
-  // The second pass's screens, shared by its threads: per query, the
-  // highest k-th best score of any thread's heap (null in the first
-  // pass, and in float32).
+  // The second pass's, when reduced (null in the first pass, and in
+  // float32): its threads push into the batch's heaps (scores, rows), query
+  // j's behind heap_locks[j] (PushLocked), whose k-th best score is
+  // screens[j].
   std::atomic<float>* screens = nullptr;
+  std::atomic<bool>* heap_locks = nullptr;
 };
 
 // One ScanProbes thread's heaps and states for the batch's queries
@@ -928,14 +932,35 @@ struct IvfProbe::CellScan {
   size_t n;              // queries of the scan
 };
 
-float IvfProbe::SharedScreen(const Batch& batch, size_t j, float kth) {
-  if (batch.screens == nullptr) return kth;
-  std::atomic<float>& shared = batch.screens[j];
-  float seen = shared.load(std::memory_order_relaxed);
-  while (seen < kth &&
-         !shared.compare_exchange_weak(seen, kth, std::memory_order_relaxed)) {
+float IvfProbe::Screen(const Batch& batch, size_t j) {
+  return batch.screens[j].load(std::memory_order_relaxed);
+}
+
+bool IvfProbe::PushLocked(const Batch& batch, size_t j, float score,
+                          int64_t row, ProbeState& state) const {
+  using C = faiss::CMin<float, IdxT>;
+  const size_t k = batch.k;
+  const size_t i = batch.q0 + j;
+  // A spin lock: two threads seldom push into one query's heap at once,
+  // and each holds it for one push. (A holder the scheduler took off its
+  // core would keep the waiter spinning: past kSpinsBeforeYield it yields.)
+  std::atomic<bool>& lock = batch.heap_locks[j];
+  size_t spins = 0;
+  while (lock.exchange(true, std::memory_order_acquire)) {
+    while (lock.load(std::memory_order_relaxed)) {
+      if (++spins < kSpinsBeforeYield) {
+        _mm_pause();
+      } else {
+        std::this_thread::yield();
+      }
+    }
   }
-  return std::max(seen, kth);
+  float* scores = batch.scores + i * k;
+  const bool pushed = PushOne<C>(score, row, i, *batch.options, k, scores,
+                                 batch.rows + i * k, state);
+  batch.screens[j].store(scores[0], std::memory_order_relaxed);
+  lock.store(false, std::memory_order_release);
+  return pushed;
 }
 
 void IvfProbe::Offer(void* context, size_t query, size_t row, float key,
@@ -959,14 +984,12 @@ void IvfProbe::Offer(void* context, size_t query, size_t row, float key,
 
 void IvfProbe::Rescore(const Batch& batch, CellScratch& part,
                        CellScan* scan) const {
-  using C = faiss::CMin<float, IdxT>;
   const size_t d = static_cast<size_t>(ivf_.d);
-  const size_t k = batch.k;
   // The rows of the offers still above their screens, all asked for
   // before the first is read, so that their misses overlap (see the class
   // comment).
   for (const CellScratch::Pending& offer : part.pending) {
-    if (offer.bound >= part.scores[offer.j * k]) {
+    if (offer.bound >= Screen(batch, offer.j)) {
       PrefetchLines(offer.row, d * sizeof(float));
       __builtin_prefetch(offer.id);
     }
@@ -974,15 +997,13 @@ void IvfProbe::Rescore(const Batch& batch, CellScratch& part,
   for (const CellScratch::Pending& offer : part.pending) {
     const size_t j = offer.j;
     // The screen may have risen since the offer.
-    if (offer.bound < SharedScreen(batch, j, part.scores[j * k])) continue;
+    if (offer.bound < Screen(batch, j)) continue;
     const size_t i = batch.q0 + j;
     ProbeState& state = part.states[j];
     ++state.stats.candidates_rescored;
     const float score = FloatDot(batch.queries + i * d, offer.row, d);
     const bool current = scan != nullptr && offer.scan == part.scans;
-    if (!PushOne<C>(score, *offer.id, i, *batch.options, k,
-                    part.scores.data() + j * k, part.rows.data() + j * k,
-                    state)) {
+    if (!PushLocked(batch, j, score, *offer.id, state)) {
       if (current) {
         ++scan->too_close[offer.query];
       } else {
@@ -991,15 +1012,14 @@ void IvfProbe::Rescore(const Batch& batch, CellScratch& part,
         --state.stats.survivors_scanned;
       }
     }
-    // The k-th best score so far (this thread's, or another's if
-    // higher): the rest of the scan offers only what could still beat it.
-    const float screen = SharedScreen(batch, j, part.scores[j * k]);
-    if (current) scan->screen[offer.query] = screen;
+    // The k-th best score so far (whichever thread pushed it): the rest
+    // of the scan offers only what could still beat it.
+    if (current) scan->screen[offer.query] = Screen(batch, j);
   }
   part.pending.clear();
   if (scan == nullptr) return;
   for (size_t q = 0; q < scan->n; ++q) {
-    scan->screen[q] = std::max(scan->screen[q], part.scores[scan->mine[q] * k]);
+    scan->screen[q] = std::max(scan->screen[q], Screen(batch, scan->mine[q]));
   }
 }
 
@@ -1070,8 +1090,7 @@ void IvfProbe::ScanReduced(const Batch& batch, size_t probe, const Span& span,
   part.skip_begin.resize(n);
   part.skip_n.resize(n);
   for (size_t j = 0; j < n; ++j) {
-    part.screen[j] =
-        SharedScreen(batch, mine[j], part.scores[mine[j] * batch.k]);
+    part.screen[j] = Screen(batch, mine[j]);
     const Span skip = ExcludedSpan(probe, batch.q0 + mine[j], *batch.options);
     part.skip_begin[j] = skip.begin;
     part.skip_n[j] = skip.n;
@@ -1231,12 +1250,16 @@ void IvfProbe::BatchScan(const float* queries, size_t q0, size_t m,
   batch.states = &states;
   PackBatch(batch);
   ScanProbes(batch, seed, batch.reduced ? Pass::kSeed : Pass::kFloat);
-  // Every thread's heaps start at the first pass's k-th best scores.
+  // The screens start at the first pass's k-th best scores.
   std::vector<std::atomic<float>> screens(batch.reduced ? m : 0);
+  std::vector<std::atomic<bool>> heap_locks(screens.size());
   for (size_t j = 0; j < screens.size(); ++j) {
     screens[j].store(scores[(q0 + j) * k], std::memory_order_relaxed);
   }
-  batch.screens = screens.empty() ? nullptr : screens.data();
+  if (batch.reduced) {
+    batch.screens = screens.data();
+    batch.heap_locks = heap_locks.data();
+  }
   ScanProbes(batch, rest, batch.reduced ? Pass::kReduced : Pass::kFloat);
 }
 
@@ -1271,15 +1294,19 @@ void IvfProbe::ScanProbes(const Batch& batch, const Probers& probers,
   std::vector<CellScratch> parts(static_cast<size_t>(omp_get_max_threads()));
 #pragma omp parallel
   {
-    // Each thread scans whole probes, for all their queries, into heaps of
-    // its own that start at k copies of the query's k-th best score so far
-    // (rows -1): they take only what beats it, and are merged at the end.
+    // Each thread scans whole probes, for all their queries: the reduced
+    // pass into the batch's heaps (PushLocked), the others into heaps of
+    // the thread's own that start at k copies of the query's k-th best
+    // score so far (rows -1): they take only what beats it, and are
+    // merged at the end. Its states are its own either way.
     CellScratch& part = parts[static_cast<size_t>(omp_get_thread_num())];
-    part.scores.resize(m * k);
-    part.rows.assign(m * k, -1);
-    for (size_t j = 0; j < m; ++j) {
-      std::fill_n(part.scores.data() + j * k, k,
-                  batch.scores[(batch.q0 + j) * k]);
+    if (pass != Pass::kReduced) {
+      part.scores.resize(m * k);
+      part.rows.assign(m * k, -1);
+      for (size_t j = 0; j < m; ++j) {
+        std::fill_n(part.scores.data() + j * k, k,
+                    batch.scores[(batch.q0 + j) * k]);
+      }
     }
     part.states.assign(m, ProbeState());
     std::vector<size_t> too_close;
@@ -1325,7 +1352,8 @@ void IvfProbe::MergePart(const Batch& batch, const CellScratch& part) const {
   for (size_t j = 0; j < batch.m; ++j) {
     float* scores = batch.scores + (batch.q0 + j) * k;
     int64_t* rows = batch.rows + (batch.q0 + j) * k;
-    for (size_t e = j * k; e < (j + 1) * k; ++e) {
+    // (No heaps of its own after the reduced pass.)
+    for (size_t e = j * k; e < std::min((j + 1) * k, part.rows.size()); ++e) {
       if (part.rows[e] >= 0 && C::cmp(scores[0], part.scores[e])) {
         faiss::heap_replace_top<C>(k, scores, rows, part.scores[e],
                                    part.rows[e]);

@@ -36,15 +36,16 @@
 // queries plans each query's probes from the label counts, then scans
 // probe by probe, each thread whole probes for all the queries probing
 // them (each query's first probe in a first pass, which sets the second
-// pass's screens; the rest in a second), into heaps of its own, merged
-// after; queries the plan left short probe on alone.
+// pass's screens; the rest in a second), into heaps of its own merged
+// after (a reduced second pass: into the batch's one heap a query, behind
+// a lock); queries the plan left short probe on alone.
 // Answers do not depend on the split, but which of two exactly tied
 // entries is kept may depend on it: on the number of threads, and on
 // which thread took which probe, which varies from run to run. In cell
 // mode at a reduced `scan` precision (int8 or bf16,
 // index/reduced_scan.h), the batch's second pass scans each cell's packed
-// copy, screened by each query's current k-th best score (the highest of
-// any thread's heap) plus the reduced dot product's proven error bound,
+// copy, screened by each query's current k-th best score (of the heap
+// every thread pushes into) plus the reduced dot product's proven error bound,
 // and rescores what passes in float32: an entry is dropped only when it
 // could not have entered the query's top k, so recall is limited by the
 // probing alone. The first pass reads the packed copy too: it rescores
@@ -362,7 +363,23 @@ class IvfProbe {
   // Rescore, every kPendingRescores offers (a thread's, across its cells) and
   // once the pass's scans are over, rescores those still above their screens
   // in float32, pushes them into their queries' heaps and raises the screens
-  // to the heaps' k-th best scores (or higher: SharedScreen). It also ran at
+  // to the heaps' k-th best scores (PushLocked). One heap a query for all
+  // the batch's threads. When each thread kept heaps of its own (merged
+  // after the pass, starting at k copies of the first pass's k-th best),
+  // a screen rose only once k entries had beaten that score on one
+  // thread, and was the highest of the threads' k-th best scores, each of
+  // the entries one thread had scanned (about the 2k-th best of the
+  // batch's on two). The test BatchAnswersAlikeOnAnyNumberOfThreads
+  // rescored 4,019 entries on one thread and 4,488 on two then, 3,194 and
+  // 3,197 now. In-process on W2 (own class excluded, 37,000 candidates), a
+  // Miner of two threads at 512 queries a batch had taken 21% more perf
+  // samples a query than two single-thread Miners at 512; with the one
+  // heap it served 8% more q/s (6 of 6 alternated rounds); two
+  // single-thread Miners at 256, 1% more (4 of 6), and 2% more for one
+  // positive excluded (2,000 candidates, 6 of 6). absl::Mutex for the lock
+  // cost about 6% of the samples (its bookkeeping for deadlock detection):
+  // a spin lock held for one push is cheap, as two threads seldom push
+  // into one query's heap at once. Rescore also ran at
   // the end of each cell, for the 3 or so offers a cell has on W2 (own class
   // excluded, 40,000 candidates): each run's misses wait about as long for
   // three rows as for eight. Now a cell's offers wait for the next cells'
@@ -404,11 +421,15 @@ class IvfProbe {
   // reduced scan under way (its screens and too_close updated), or null
   // once the pass's scans are over.
   void Rescore(const Batch& batch, CellScratch& part, CellScan* scan) const;
-  // A scanning thread's screen for query j (relative to batch.q0) whose
-  // own heap's k-th best score is `kth`: the higher of it and the shared
-  // batch.screens[j], which it raises to `kth` (just `kth` when the batch
-  // shares none).
-  static float SharedScreen(const Batch& batch, size_t j, float kth);
+  // Query j's screen (relative to batch.q0) in a reduced second pass: the
+  // k-th best score of its heap so far.
+  static float Screen(const Batch& batch, size_t j);
+  // Pushes a rescored entry into query j's heap in a reduced second pass
+  // (PushOne, under batch.heap_locks[j]) and publishes the heap's k-th
+  // best score as the query's screen; PushOne's result.
+  bool PushLocked(const Batch& batch, size_t j, float score, int64_t row,
+                  ProbeState& state) const;
+  static constexpr size_t kSpinsBeforeYield = 1024;
   // Which queries (relative to a batch's q0) scan each probe: probe p's
   // are queries[begin[p] .. begin[p + 1]), in order.
   struct Probers {
@@ -428,8 +449,9 @@ class IvfProbe {
   enum class Pass { kFloat, kSeed, kReduced };
   // The probes with queries in `probers` (relative to batch.q0), split
   // between the threads probe by probe, each scanning as `pass` says
-  // (kSeed and kReduced need batch.reduced) into heaps of its own; then
-  // merged into the batch's heaps and states (MergePart).
+  // (kSeed and kReduced need batch.reduced) into heaps of its own (kReduced:
+  // the batch's, PushLocked) and states of its own; then merged into the
+  // batch's heaps and states (MergePart).
   void ScanProbes(const Batch& batch, const Probers& probers, Pass pass) const;
   void MergePart(const Batch& batch, const CellScratch& part) const;
   // Packs the batch for the reduced copies (batch.reduced false when
