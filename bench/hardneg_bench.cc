@@ -46,8 +46,11 @@
 //       class excluded" both); three (g) lines alternate with two of the
 //       exact service again ("(c) exact again"), and the ratio is of the
 //       better of each side's three, so that the machine's drift between
-//       (c) and (g) does not decide it; in the own-class mode both servers
-//       of these lines run with busy_batch_delay 5 ms (kIvfBusyBatchDelay);
+//       (c) and (g) does not decide it; in the own-class mode each
+//       server of these lines runs in the shape that serves it best
+//       (kIvfServerShape: IVF on one worker of both cores, batches of up
+//       to 512 queries filled for up to 2 ms; the exact service on two
+//       workers with busy_batch_delay 5 ms);
 //   (h) the same query mined in-process and then over the service,
 //       alternately, for the single-query gap without drift between lines;
 //   (i) the (e) round trip, each right after an untimed in-process
@@ -216,15 +219,32 @@ constexpr double kIvfRecallTarget = 0.99;       // one positive excluded
 constexpr double kIvfClassRecallTarget = 0.95;  // own class excluded too
 // (g)'s IVF service lines, alternated with the exact service's.
 constexpr int kIvfServiceRounds = 3;
-// Both servers' busy_batch_delay in each mode's (g) lines and the exact
-// lines alternated with them (one positive, own class). The own class
-// probes 38,000 or so candidates a query, and a batch reads each cell once
-// for all its queries: batches filled under load served about 11% more q/s
-// there, and the exact service about 3% more. One positive probes 2,000,
-// where the wait cost its IVF service about 4% (README, "Throughput and
+// How a server of the (g) lines runs (ServerOptions::threads, and
+// MinerServiceOptions' max_batch_queries, max_batch_delay and
+// busy_batch_delay): the server's defaults unless a shape served that
+// side better.
+struct ServerShape {
+  size_t threads = 0;
+  size_t max_batch = 256;
+  absl::Duration max_batch_delay = absl::ZeroDuration();
+  absl::Duration busy_batch_delay = absl::ZeroDuration();
+};
+// Per mode (one positive, own class): the IVF server of the (g) lines,
+// and the exact one of the lines alternated with them. The own class
+// probes 37,000 or so candidates a query, and a batch reads each cell once
+// for all its queries, so the more queries a batch the better: on two
+// workers, batches filled while the other's runs (busy_batch_delay 5 ms)
+// served about 11% more q/s than the defaults; one worker of both cores
+// at batches of up to 512 (all the bench's queries in flight), filled for
+// up to 2 ms, 10% more again (5 of 5 alternated lines, p99 36 ms against
+// 55). The exact service gained about 3% from the busy delay, and lost
+// about 9% on one worker at 512. One positive probes 2,000, where the
+// busy delay cost the IVF service about 4% (README, "Throughput and
 // latency").
-constexpr absl::Duration kIvfBusyBatchDelay[2] = {absl::ZeroDuration(),
-                                                  absl::Milliseconds(5)};
+constexpr ServerShape kIvfServerShape[2][2] = {
+    {{}, {}},
+    {{1, 512, absl::Milliseconds(2), absl::ZeroDuration()},
+     {0, 256, absl::ZeroDuration(), absl::Milliseconds(5)}}};
 constexpr double kIvfSpeedupTarget = 5;
 // Queries whose negatives are compared, IVF against exact.
 constexpr size_t kRecallQueries = 512;
@@ -955,16 +975,39 @@ std::string CellName(const CellConfig& cfg) {
          std::to_string(cfg.in_flight);
 }
 
-// Starts a server on `manager` (loopback, a free port, default threads;
-// `busy_batch_delay` as MinerServiceOptions says).
+// Starts a server on `manager` (loopback, a free port) of `shape`.
 absl::StatusOr<std::unique_ptr<HardnegServer>> StartServer(
-    IndexManager* manager,
-    absl::Duration busy_batch_delay = absl::ZeroDuration()) {
+    IndexManager* manager, const ServerShape& shape = {}) {
   ServerOptions server_options;
   server_options.host = "127.0.0.1";
   server_options.port = 0;
-  server_options.service.busy_batch_delay = busy_batch_delay;
+  server_options.threads = shape.threads;
+  server_options.service.max_batch_queries = shape.max_batch;
+  server_options.service.max_batch_delay = shape.max_batch_delay;
+  server_options.service.busy_batch_delay = shape.busy_batch_delay;
   return HardnegServer::Start(server_options, manager);
+}
+
+// The server flags of `shape` that are not the defaults, after a space
+// (empty when none).
+std::string ShapeName(const ServerShape& shape) {
+  const ServerShape defaults;
+  std::string name;
+  if (shape.threads != defaults.threads) {
+    absl::StrAppend(&name, " --threads ", shape.threads);
+  }
+  if (shape.max_batch != defaults.max_batch) {
+    absl::StrAppend(&name, " --max_batch ", shape.max_batch);
+  }
+  if (shape.max_batch_delay != defaults.max_batch_delay) {
+    absl::StrAppend(&name, " --max_batch_delay_us ",
+                    absl::ToInt64Microseconds(shape.max_batch_delay));
+  }
+  if (shape.busy_batch_delay != defaults.busy_batch_delay) {
+    absl::StrAppend(&name, " --busy_batch_delay_us ",
+                    absl::ToInt64Microseconds(shape.busy_batch_delay));
+  }
+  return name;
 }
 
 // The exact (Flat) references of one IVF mode.
@@ -985,9 +1028,9 @@ std::string SettingName(const IvfSetting& setting) {
 absl::StatusOr<LineStats> RunServiceLine(
     IndexManager* manager, const Options& opt, const QueryPool& pool,
     const MineSettings& settings, const std::string& label, double ref_qps,
-    double bound_qps, absl::Duration busy_batch_delay = absl::ZeroDuration()) {
+    double bound_qps, const ServerShape& shape = {}) {
   absl::StatusOr<std::unique_ptr<HardnegServer>> server =
-      StartServer(manager, busy_batch_delay);
+      StartServer(manager, shape);
   if (!server.ok()) return server.status();
   CellConfig cfg;
   cfg.streams = 8;
@@ -1071,19 +1114,16 @@ absl::Status RunIvf(const Workload& w, const Options& opt,
     // 20-30% over minutes: IVF and the exact service alternate here, and
     // the ratio is of the better of each (the exact one also counting
     // (c)'s first measurement).
-    const absl::Duration busy = kIvfBusyBatchDelay[mode];
-    const std::string server_setting =
-        busy > absl::ZeroDuration()
-            ? " busy_batch_delay " + absl::FormatDuration(busy)
-            : "";
-    const std::string name =
-        "(g) IVF " + SettingName(result.setting) + " S=8 B=16" + server_setting;
+    const ServerShape& ivf_shape = kIvfServerShape[mode][0];
+    const ServerShape& exact_shape = kIvfServerShape[mode][1];
+    const std::string name = "(g) IVF " + SettingName(result.setting) +
+                             " S=8 B=16" + ShapeName(ivf_shape);
     double ivf_qps = 0;
     double exact_qps = exact[mode].service_qps;
     for (int round = 0; round < kIvfServiceRounds; ++round) {
       absl::StatusOr<LineStats> s = RunServiceLine(
           &manager, opt, pool, {result.setting, exclude_class},
-          round == 0 ? name : name + " again", ref_qps, bound_qps, busy);
+          round == 0 ? name : name + " again", ref_qps, bound_qps, ivf_shape);
       if (!s.ok()) return s.status();
       ivf_qps = std::max(ivf_qps, s->qps);
       if (round + 1 == kIvfServiceRounds) break;
@@ -1091,8 +1131,8 @@ absl::Status RunIvf(const Workload& w, const Options& opt,
           exact_manager, opt, pool, {{}, exclude_class},
           std::string("(c) exact again, ") +
               (exclude_class ? "own class excluded" : "one positive excluded") +
-              server_setting,
-          ref_qps, bound_qps, busy);
+              ShapeName(exact_shape),
+          ref_qps, bound_qps, exact_shape);
       if (!e.ok()) return e.status();
       exact_qps = std::max(exact_qps, e->qps);
     }
