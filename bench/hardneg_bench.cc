@@ -221,11 +221,11 @@ constexpr double kIvfClassRecallTarget = 0.95;  // own class excluded too
 constexpr int kIvfServiceRounds = 3;
 // How a server of the (g) lines runs (ServerOptions::threads, and
 // MinerServiceOptions' max_batch_queries, max_batch_delay and
-// busy_batch_delay): the server's defaults unless a shape served that
-// side better.
+// busy_batch_delay; 0 threads or max_batch: the server's default): the
+// server's defaults unless a shape served that side better.
 struct ServerShape {
   size_t threads = 0;
-  size_t max_batch = 256;
+  size_t max_batch = 0;
   absl::Duration max_batch_delay = absl::ZeroDuration();
   absl::Duration busy_batch_delay = absl::ZeroDuration();
 };
@@ -244,7 +244,7 @@ struct ServerShape {
 constexpr ServerShape kIvfServerShape[2][2] = {
     {{}, {}},
     {{1, 512, absl::Milliseconds(2), absl::ZeroDuration()},
-     {0, 256, absl::ZeroDuration(), absl::Milliseconds(5)}}};
+     {0, 0, absl::ZeroDuration(), absl::Milliseconds(5)}}};
 constexpr double kIvfSpeedupTarget = 5;
 // Queries whose negatives are compared, IVF against exact.
 constexpr size_t kRecallQueries = 512;
@@ -982,7 +982,9 @@ absl::StatusOr<std::unique_ptr<HardnegServer>> StartServer(
   server_options.host = "127.0.0.1";
   server_options.port = 0;
   server_options.threads = shape.threads;
-  server_options.service.max_batch_queries = shape.max_batch;
+  if (shape.max_batch != 0) {
+    server_options.service.max_batch_queries = shape.max_batch;
+  }
   server_options.service.max_batch_delay = shape.max_batch_delay;
   server_options.service.busy_batch_delay = shape.busy_batch_delay;
   return HardnegServer::Start(server_options, manager);
