@@ -5,8 +5,12 @@
 #include <faiss/invlists/DirectMap.h>
 #include <faiss/invlists/InvertedLists.h>
 #include <faiss/utils/Heap.h>
-#include <immintrin.h>
 #include <omp.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define HARDNEG_IVF_PROBE_X86 1
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -25,6 +29,36 @@ namespace hardneg {
 namespace {
 
 using IdxT = faiss::Index::idx_t;
+
+// Holds one query's heap in a batch's second pass (IvfProbe::PushLocked):
+// a spin lock, since two threads seldom push into one query's heap at
+// once and each holds it for one push. A holder the scheduler took off
+// its core would keep the waiter spinning, so past kSpinsBeforeYield it
+// yields.
+class HeapLock {
+ public:
+  explicit HeapLock(std::atomic<bool>& held) : held_(held) {
+    size_t spins = 0;
+    while (held_.exchange(true, std::memory_order_acquire)) {
+      while (held_.load(std::memory_order_relaxed)) {
+        if (++spins < kSpinsBeforeYield) {
+#ifdef HARDNEG_IVF_PROBE_X86
+          _mm_pause();
+#endif
+        } else {
+          std::this_thread::yield();
+        }
+      }
+    }
+  }
+  ~HeapLock() { held_.store(false, std::memory_order_release); }
+  HeapLock(const HeapLock&) = delete;
+  HeapLock& operator=(const HeapLock&) = delete;
+
+ private:
+  static constexpr size_t kSpinsBeforeYield = 1024;
+  std::atomic<bool>& held_;
+};
 
 // Coarse scores ranked per quantizer call, at most (about 12 bytes each):
 // queries are ranked in chunks of kRankEntries / nlist.
@@ -941,26 +975,24 @@ bool IvfProbe::PushLocked(const Batch& batch, size_t j, float score,
   using C = faiss::CMin<float, IdxT>;
   const size_t k = batch.k;
   const size_t i = batch.q0 + j;
-  // A spin lock: two threads seldom push into one query's heap at once,
-  // and each holds it for one push. (A holder the scheduler took off its
-  // core would keep the waiter spinning: past kSpinsBeforeYield it yields.)
-  std::atomic<bool>& lock = batch.heap_locks[j];
-  size_t spins = 0;
-  while (lock.exchange(true, std::memory_order_acquire)) {
-    while (lock.load(std::memory_order_relaxed)) {
-      if (++spins < kSpinsBeforeYield) {
-        _mm_pause();
-      } else {
-        std::this_thread::yield();
-      }
-    }
+  const SearchOptions& options = *batch.options;
+  if (!options.closest.empty() && C::cmp(options.closest[i], score)) {
+    return false;
   }
+  // The screen only rises, and never past the heap's k-th best: a score
+  // that does not beat it now never enters. skip_row (a label read from
+  // memory, in the Miner) is asked before the lock, which then guards only
+  // the heap.
+  if (!C::cmp(Screen(batch, j), score)) return true;
+  if (options.skip_row && options.skip_row(i, row)) return true;
+  HeapLock lock(batch.heap_locks[j]);
   float* scores = batch.scores + i * k;
-  const bool pushed = PushOne<C>(score, row, i, *batch.options, k, scores,
-                                 batch.rows + i * k, state);
-  batch.screens[j].store(scores[0], std::memory_order_relaxed);
-  lock.store(false, std::memory_order_release);
-  return pushed;
+  if (C::cmp(scores[0], score)) {
+    faiss::heap_replace_top<C>(k, scores, batch.rows + i * k, score, row);
+    ++state.filled;
+    batch.screens[j].store(scores[0], std::memory_order_relaxed);
+  }
+  return true;
 }
 
 void IvfProbe::Offer(void* context, size_t query, size_t row, float key,

@@ -400,11 +400,11 @@ class IvfProbe {
   // and 3.84x to 4.18x and 4.50x. Prefetching at the offer and rescoring a
   // batch later (the misses then overlap the next tiles) was no faster, and 16
   // offers a batch no different from 8. Rescore asks for each such offer's id
-  // (skip_row's row, which PushOne reads) with its row: PushOne had waited on
-  // the ids, a third of Rescore's samples. Asking for the whole cell's ids (one
-  // run of 8 bytes an entry) before the kernel ran was faster than nothing (two
-  // single-thread Miners at 187 queries, the service's shape; W2, own class
-  // excluded: 5 of 6 alternated pairs, 5% on average), but its 28 or so
+  // (skip_row's row, which PushLocked reads) with its row: PushOne had waited
+  // on the ids, a third of Rescore's samples. Asking for the whole cell's ids
+  // (one run of 8 bytes an entry) before the kernel ran was faster than nothing
+  // (two single-thread Miners at 187 queries, the service's shape; W2, own
+  // class excluded: 5 of 6 alternated pairs, 5% on average), but its 28 or so
   // prefetches a cell stalled on the core's outstanding misses (3% of the
   // time, for about 3 ids a cell read): asking for the offers' ids alone was
   // faster again in 8 of 8 rounds, by 3% on average. Rescoring nothing until
@@ -424,12 +424,12 @@ class IvfProbe {
   // Query j's screen (relative to batch.q0) in a reduced second pass: the
   // k-th best score of its heap so far.
   static float Screen(const Batch& batch, size_t j);
-  // Pushes a rescored entry into query j's heap in a reduced second pass
-  // (PushOne, under batch.heap_locks[j]) and publishes the heap's k-th
-  // best score as the query's screen; PushOne's result.
+  // Pushes a rescored entry into query j's heap in a reduced second pass,
+  // as PushOne does (false: too close), and publishes the heap's k-th best
+  // score as the query's screen. Only the push holds batch.heap_locks[j]:
+  // closest, the screen and skip_row are checked before it.
   bool PushLocked(const Batch& batch, size_t j, float score, int64_t row,
                   ProbeState& state) const;
-  static constexpr size_t kSpinsBeforeYield = 1024;
   // Which queries (relative to a batch's q0) scan each probe: probe p's
   // are queries[begin[p] .. begin[p + 1]), in order.
   struct Probers {

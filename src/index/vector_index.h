@@ -53,9 +53,11 @@ struct SearchOptions {
   // than closest[i] may be skipped for query i.
   absl::Span<const float> closest;
   // Rows that may be skipped for query i (empty function: none). Called
-  // only for candidates that would enter a top-k (IVF-Flat's batches keep
-  // one a thread, so also for some that the final top-k leaves out), from
-  // the calling thread or, for a batch, from OpenMP threads at once.
+  // only for candidates that would enter a top-k (IVF-Flat's batches ask
+  // before another thread's push may have ruled one out, or into a
+  // thread's own heap, so also for some that the final top-k leaves out),
+  // from the calling thread or, for a batch, from OpenMP threads at once,
+  // holding no lock.
   std::function<bool(size_t i, int64_t row)> skip_row;
   // Inverted lists probed per query by IVF indexes; 0 keeps the index's
   // own setting. Ignored by other indexes.
