@@ -13,7 +13,8 @@
 //   (j) the same at the AVX-512 rate: measured in a child process (the
 //       bench again, --sgemm_only=d) with those two variables unset, since
 //       OpenBLAS reads them when it loads; the float32 bound issue 13's
-//       reduced-precision scans must also pass;
+//       reduced-precision scans must also pass (on a CPU without AVX-512,
+//       only OpenBLAS's unpinned choice of kernels, and named so);
 //   (k) the peak of vdpbf16ps (bf16) and vpdpbusd (int8): zmm operands in
 //       registers, 16 independent accumulators, one thread per core at
 //       once, best of 3 (instruction_peak.cc), in GFLOP/s-equivalent
@@ -145,6 +146,7 @@
 #include "generated_snapshot.h"
 #include "hardneg/v1/miner.grpc.pb.h"
 #include "hardneg/v1/miner.pb.h"
+#include "index/cpu_state.h"
 #include "index/reduced_scan.h"
 #include "instruction_peak.h"
 #include "memory_sampler.h"
@@ -1166,6 +1168,14 @@ const char* ScanFeatures(ScanPrecision precision) {
   }
 }
 
+// What (j) measured: OpenBLAS picks its AVX-512 kernels unpinned only
+// where the CPU has AVX-512.
+const char* UnpinnedRate() {
+  return CpuFeatures().avx512f
+             ? "the AVX-512 rate"
+             : "OpenBLAS's unpinned rate (this CPU has no AVX-512)";
+}
+
 // The floating-point operations of one query's exact scan: 2 N d.
 double QueryFlops(const Workload& w) {
   return 2.0 * static_cast<double>(w.n) * static_cast<double>(w.dim);
@@ -1186,11 +1196,11 @@ absl::Status MeasureScanBounds(const Workload& w, const Options& opt,
                     value != nullptr ? value : "(unset)");
   }
   std::printf(
-      "  (j) the same at the AVX-512 rate, in a child process without %s "
+      "  (j) the same at %s, in a child process without %s "
       "(OpenBLAS core %s there, %s in (d)): %.1f GFLOP/s -> bound %.1f "
       "q/s\n",
-      pins.c_str(), corename.c_str(), openblas_get_corename(), *unpinned,
-      out->unpinned_bound_qps[0]);
+      UnpinnedRate(), pins.c_str(), corename.c_str(), openblas_get_corename(),
+      *unpinned, out->unpinned_bound_qps[0]);
   const ScanPrecision reduced[] = {ScanPrecision::kBf16, ScanPrecision::kInt8};
   const char* instruction[] = {"vdpbf16ps (bf16)", "vpdpbusd (int8)"};
   for (size_t i = 0; i < 2; ++i) {
@@ -1944,8 +1954,9 @@ absl::Status RunW4Phases(const Options& opt, W4Summary* out) {
   absl::StatusOr<double> unpinned = MeasureUnpinnedSgemm(w.dim, opt, &corename);
   if (!unpinned.ok()) return unpinned.status();
   out->unpinned_bound_qps[0] = *unpinned * 1e9 / QueryFlops(w);
-  std::printf("  (j) at the AVX-512 rate (core %s): %.1f GFLOP/s -> %.2f q/s\n",
-              corename.c_str(), *unpinned, out->unpinned_bound_qps[0]);
+  std::printf("  (j) at %s (core %s): %.1f GFLOP/s -> %.2f q/s\n",
+              UnpinnedRate(), corename.c_str(), *unpinned,
+              out->unpinned_bound_qps[0]);
 
   const std::string& parent = opt.w4_dir;
   // v1's rows, the server's copy of v2's, ids and slack.
@@ -2219,12 +2230,12 @@ void PrintW4Summary(const W4Summary& s) {
                    s.memory[kW4Swap].max_rss_file)));
   std::printf(
       "    B=256: Miner %.2f q/s, p50 %.0f ms; service S=1 %.2f q/s, p50 "
-      "%.0f ms = %.2fx the float32 bound ((d) %.2f q/s), %.2fx at the "
-      "AVX-512 rate ((j) %.2f q/s); fell back to float32: %llu of %llu "
+      "%.0f ms = %.2fx the float32 bound ((d) %.2f q/s), %.2fx at %s "
+      "((j) %.2f q/s); fell back to float32: %llu of %llu "
       "queries\n",
       s.miner.qps, s.miner.p50_ms, s.service.qps, s.service.p50_ms,
-      s.service.qps / bound, bound, s.service.qps / unpinned, unpinned,
-      static_cast<unsigned long long>(s.scan.fallbacks),
+      s.service.qps / bound, bound, s.service.qps / unpinned, UnpinnedRate(),
+      unpinned, static_cast<unsigned long long>(s.scan.fallbacks),
       static_cast<unsigned long long>(s.scan.reduced_queries));
   std::printf(
       "    disk: %.1f GiB free before, at least %.1f GiB during, %.1f GiB "
@@ -2256,11 +2267,11 @@ void PrintScanSummary(const Summary& s) {
   std::printf(
       "    issue 13, at scan %s (auto's choice on this CPU), from (l):\n"
       "      service S=8 B=16: %.1f q/s = %.3fx the float32 bound as OpenBLAS "
-      "runs here ((d) %.1f q/s%s), %.3fx the AVX-512 float32 bound ((j) "
+      "runs here ((d) %.1f q/s%s), %.3fx the float32 bound at %s ((j) "
       "%.1f q/s%s)\n",
       best_name, chosen->service_qps, chosen->service_qps / bound, bound,
       service_target ? "; target >= 1.5" : "", chosen->service_qps / unpinned,
-      unpinned, service_target ? "; target >= 1.0" : "");
+      UnpinnedRate(), unpinned, service_target ? "; target >= 1.0" : "");
   // (c) serves the default build options, so its cell measured the same
   // precision earlier: the gap between the two is this machine's drift.
   std::printf(
