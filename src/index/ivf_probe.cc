@@ -60,6 +60,23 @@ class HeapLock {
   std::atomic<bool>& held_;
 };
 
+// Whether query i's heap, whose k-th best score is `kth`, takes `score`
+// at `row`: too close (closer than options.closest[i]), not (no better
+// than `kth`, or skip_row skips it), or yes. The one order of these
+// checks for every push (PushOne, PushLocked): skip_row, the costly one,
+// is asked last.
+enum class Admission { kTooClose, kNo, kYes };
+template <class C>
+Admission Admit(float score, int64_t row, size_t i,
+                const SearchOptions& options, float kth) {
+  if (!options.closest.empty() && C::cmp(options.closest[i], score)) {
+    return Admission::kTooClose;
+  }
+  if (!C::cmp(kth, score)) return Admission::kNo;  // the sentinel until full
+  if (options.skip_row && options.skip_row(i, row)) return Admission::kNo;
+  return Admission::kYes;
+}
+
 // Coarse scores ranked per quantizer call, at most (about 12 bytes each):
 // queries are ranked in chunks of kRankEntries / nlist.
 constexpr size_t kRankEntries = size_t{1} << 20;
@@ -764,11 +781,8 @@ template <class C>
 bool IvfProbe::PushOne(float score, int64_t row, size_t i,
                        const SearchOptions& options, size_t k, float* scores,
                        int64_t* rows, ProbeState& state) const {
-  if (!options.closest.empty() && C::cmp(options.closest[i], score)) {
-    return false;
-  }
-  if (!C::cmp(scores[0], score)) return true;  // the sentinel until full
-  if (options.skip_row && options.skip_row(i, row)) return true;
+  const Admission admission = Admit<C>(score, row, i, options, scores[0]);
+  if (admission != Admission::kYes) return admission == Admission::kNo;
   faiss::heap_replace_top<C>(k, scores, rows, score, row);
   ++state.filled;
   return true;
@@ -975,16 +989,13 @@ bool IvfProbe::PushLocked(const Batch& batch, size_t j, float score,
   using C = faiss::CMin<float, IdxT>;
   const size_t k = batch.k;
   const size_t i = batch.q0 + j;
-  const SearchOptions& options = *batch.options;
-  if (!options.closest.empty() && C::cmp(options.closest[i], score)) {
-    return false;
-  }
   // The screen only rises, and never past the heap's k-th best: a score
   // that does not beat it now never enters. skip_row (a label read from
   // memory, in the Miner) is asked before the lock, which then guards only
   // the heap.
-  if (!C::cmp(Screen(batch, j), score)) return true;
-  if (options.skip_row && options.skip_row(i, row)) return true;
+  const Admission admission =
+      Admit<C>(score, row, i, *batch.options, Screen(batch, j));
+  if (admission != Admission::kYes) return admission == Admission::kNo;
   HeapLock lock(batch.heap_locks[j]);
   float* scores = batch.scores + i * k;
   if (C::cmp(scores[0], score)) {
